@@ -1,0 +1,14 @@
+//! Schema migrations of sessiond. Used as a library by `sessiond migrate` (and at start-up in the
+//! embedded default), and as a stand-alone CLI with `--features cli`.
+pub use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_create_users;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000001_create_users::Migration)]
+    }
+}

@@ -1,0 +1,96 @@
+//! `AuthenticatedSession`: a handler that takes one cannot run without a valid, unrevoked session.
+//!
+//! The hot path is: verify the JWT (HMAC, in memory), then look the session id up in the local
+//! cache. Only a miss (or an untrusted cache) sends a message to the SessionRegistry.
+use std::{future::Future, pin::Pin};
+
+use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+use uuid::Uuid;
+
+use crate::{
+    error::ApiError,
+    session::{now_unix, CacheLookup, SessionState, Validate},
+    state::AppState,
+};
+
+#[derive(Debug, Clone)]
+pub struct AuthenticatedSession {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub roles: Vec<String>,
+    /// Absolute end of the session (unix seconds).
+    pub session_expires_at: i64,
+}
+
+/// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+/// Tokens in query strings or cookies are never looked at.
+fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+impl FromRequest for AuthenticatedSession {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let claims = state
+            .as_ref()
+            .and_then(|s| bearer_token(req).and_then(|t| s.jwt.verify(t)));
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::Internal("AppState missing".into()))?;
+            let checks = &state.metrics.token_checks;
+            let Some(claims) = claims else {
+                checks.with_label_values(&["rejected"]).inc();
+                return Err(ApiError::Unauthorized);
+            };
+            let found: Option<SessionState> = match state.cache.lookup(claims.sid).await {
+                CacheLookup::Hit(found) => {
+                    checks.with_label_values(&["cache_hit"]).inc();
+                    found
+                }
+                CacheLookup::Miss => {
+                    checks.with_label_values(&["cache_miss"]).inc();
+                    let asked = state
+                        .sessions
+                        .send(Validate {
+                            user_id: claims.sub,
+                            session_id: claims.sid,
+                        })
+                        .await;
+                    match asked
+                        .map_err(ApiError::from)
+                        .and_then(|r| r.map_err(ApiError::from))
+                    {
+                        Ok(found) => found,
+                        Err(e) => {
+                            // Never accept a token that could not be checked.
+                            checks.with_label_values(&["unavailable"]).inc();
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            match found {
+                Some(s) if s.user_id == claims.sub && s.is_live(now_unix()) => {
+                    Ok(AuthenticatedSession {
+                        user_id: claims.sub,
+                        session_id: claims.sid,
+                        roles: claims.roles,
+                        session_expires_at: s.expires_at,
+                    })
+                }
+                _ => {
+                    checks.with_label_values(&["rejected"]).inc();
+                    Err(ApiError::Unauthorized)
+                }
+            }
+        })
+    }
+}

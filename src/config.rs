@@ -1,0 +1,439 @@
+//! Environment variables → a validated [`Config`]. Every error names the variable it came from.
+use std::{fmt, time::Duration};
+
+use rand::RngCore;
+
+/// A value that must never reach a log line, an error body or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug)]
+pub struct Argon2Config {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Hashes running at once; more wait in a queue.
+    pub max_concurrency: usize,
+    /// How long a request may wait for a hashing slot before it gets 503.
+    pub queue_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// `None`: the embedded SQLite file at `sqlite_path`.
+    pub database_url: Option<String>,
+    pub sqlite_path: String,
+    /// `None`: sessions live in this process (single node).
+    pub redis_url: Option<String>,
+    pub jwt_secret: Secret,
+    /// True when no JWT_SECRET was given and one was generated for this process.
+    pub jwt_secret_generated: bool,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// Absolute session lifetime (TOKEN_EXPIRATION hours); also the Redis TTL of the session key.
+    pub session_lifetime: Duration,
+    pub access_token_ttl: Duration,
+    /// Upper bound on how long a pod trusts its local copy of a session.
+    pub session_cache_ttl: Duration,
+    pub redis_prefix: String,
+    pub redis_timeout: Duration,
+    pub pubsub_ping_interval: Duration,
+    pub argon2: Argon2Config,
+    pub body_limit: usize,
+    pub workers: usize,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    /// Run pending migrations at start-up (default: on for SQLite, off for PostgreSQL where a
+    /// Kubernetes Job runs `sessiond migrate` once).
+    pub migrate_on_start: bool,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Reads variables through `get` so tests can configure without touching the process environment.
+struct Env<F: Fn(&str) -> Option<String>>(F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// A set, non-blank value.
+    fn get(&self, var: &'static str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn string(&self, var: &'static str, default: &str) -> String {
+        self.get(var).unwrap_or_else(|| default.to_string())
+    }
+
+    fn number<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        let Some(raw) = self.get(var) else {
+            return Ok(default);
+        };
+        let value: T = raw
+            .trim()
+            .parse()
+            .map_err(|_| err(var, format!("expected a whole number, got {raw:?}")))?;
+        if value < min || value > max {
+            return Err(err(
+                var,
+                format!("must be between {min} and {max}, got {value}"),
+            ));
+        }
+        Ok(value)
+    }
+
+    fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+            Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+            Some(v) => Err(err(var, format!("expected true or false, got {v:?}"))),
+        }
+    }
+}
+
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(get);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+
+        let database_url = env.get("DB_URL");
+        if let Some(url) = &database_url {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(err(
+                    "DB_URL",
+                    "expected a postgres://, postgresql:// or sqlite: URL",
+                ));
+            }
+        }
+        let redis_url = env.get("REDIS_URL");
+        if let Some(url) = &redis_url {
+            redis::Client::open(url.as_str())
+                .map_err(|_| err("REDIS_URL", "not a valid redis:// or rediss:// URL"))?;
+        }
+
+        let (jwt_secret, jwt_secret_generated) = match env.get("JWT_SECRET") {
+            Some(s) if s.len() < MIN_SECRET_BYTES => {
+                return Err(err(
+                    "JWT_SECRET",
+                    format!("must be at least {MIN_SECRET_BYTES} bytes long"),
+                ));
+            }
+            Some(s) => (Secret::new(s.into_bytes()), false),
+            None if database_url.is_some() || redis_url.is_some() => {
+                return Err(err(
+                    "JWT_SECRET",
+                    "required when DB_URL or REDIS_URL is set (tokens must survive restarts and be \
+                     valid on every pod)",
+                ));
+            }
+            None => {
+                let mut bytes = vec![0u8; 32];
+                rand::rng().fill_bytes(&mut bytes);
+                (Secret::new(bytes), true)
+            }
+        };
+
+        let is_sqlite = database_url
+            .as_deref()
+            .is_none_or(|u| u.starts_with("sqlite:"));
+
+        let log_format = match env
+            .string("LOG_FORMAT", "pretty")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "json" => LogFormat::Json,
+            "pretty" | "text" => LogFormat::Pretty,
+            other => {
+                return Err(err(
+                    "LOG_FORMAT",
+                    format!("expected json or pretty, got {other:?}"),
+                ))
+            }
+        };
+
+        let redis_prefix = env.string("REDIS_PREFIX", "sessiond:");
+        if redis_prefix.len() > 64
+            || redis_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(err(
+                "REDIS_PREFIX",
+                "at most 64 characters, no spaces or control characters",
+            ));
+        }
+
+        let secs = |s: u64| Duration::from_secs(s);
+        let millis = |ms: u64| Duration::from_millis(ms);
+        Ok(Config {
+            host: env.string("HOST", "0.0.0.0"),
+            port: env.number("PORT", 8080u16, 0, u16::MAX)?,
+            database_url,
+            sqlite_path: env.string("SQLITE_PATH", "sessiond.db"),
+            redis_url,
+            jwt_secret,
+            jwt_secret_generated,
+            jwt_issuer: env.string("JWT_ISSUER", "sessiond"),
+            jwt_audience: env.string("JWT_AUDIENCE", "sessiond"),
+            session_lifetime: secs(env.number("TOKEN_EXPIRATION", 24u64, 1, 24 * 365)? * 3600),
+            access_token_ttl: secs(env.number("ACCESS_TOKEN_TTL", 900u64, 10, 86_400)?),
+            session_cache_ttl: secs(env.number("SESSION_CACHE_TTL", 5u64, 0, 300)?),
+            redis_prefix,
+            redis_timeout: millis(env.number("REDIS_TIMEOUT_MS", 250u64, 10, 60_000)?),
+            pubsub_ping_interval: millis(env.number(
+                "PUBSUB_PING_INTERVAL_MS",
+                1000u64,
+                50,
+                60_000,
+            )?),
+            argon2: Argon2Config {
+                memory_kib: env.number(
+                    "ARGON2_MEMORY_KIB",
+                    19_456u32,
+                    8 * 1024,
+                    4 * 1024 * 1024,
+                )?,
+                iterations: env.number("ARGON2_ITERATIONS", 2u32, 1, 100)?,
+                parallelism: env.number("ARGON2_PARALLELISM", 1u32, 1, 64)?,
+                max_concurrency: env.number("ARGON2_MAX_CONCURRENCY", cores, 1, 1024)?,
+                queue_timeout: millis(env.number("ARGON2_QUEUE_TIMEOUT_MS", 2000u64, 1, 60_000)?),
+            },
+            body_limit: env.number("BODY_LIMIT_BYTES", 16 * 1024usize, 1024, 10 * 1024 * 1024)?,
+            workers: env.number("HTTP_WORKERS", cores, 1, 1024)?,
+            log_format,
+            log_filter: env.string("RUST_LOG", "info"),
+            migrate_on_start: env.boolean("MIGRATE_ON_START", is_sqlite)?,
+            shutdown_grace: secs(env.number("SHUTDOWN_GRACE_SECONDS", 30u64, 0, 3600)?),
+        })
+    }
+
+    pub fn is_embedded_db(&self) -> bool {
+        self.database_url
+            .as_deref()
+            .is_none_or(|u| u.starts_with("sqlite:"))
+    }
+
+    /// The effective configuration as `NAME=value` lines, secrets and URL passwords masked.
+    pub fn describe(&self) -> String {
+        let url = |u: &Option<String>, unset: &str| {
+            u.as_deref().map_or(unset.to_string(), mask_url_password)
+        };
+        let lines = [
+            ("HOST", self.host.clone()),
+            ("PORT", self.port.to_string()),
+            (
+                "DB_URL",
+                url(
+                    &self.database_url,
+                    &format!("(unset: embedded SQLite at {})", self.sqlite_path),
+                ),
+            ),
+            (
+                "REDIS_URL",
+                url(&self.redis_url, "(unset: in-process sessions, single node)"),
+            ),
+            (
+                "JWT_SECRET",
+                if self.jwt_secret_generated {
+                    "(unset: random per process)".into()
+                } else {
+                    "********".into()
+                },
+            ),
+            ("JWT_ISSUER", self.jwt_issuer.clone()),
+            ("JWT_AUDIENCE", self.jwt_audience.clone()),
+            (
+                "TOKEN_EXPIRATION",
+                format!("{}", self.session_lifetime.as_secs() / 3600),
+            ),
+            (
+                "ACCESS_TOKEN_TTL",
+                self.access_token_ttl.as_secs().to_string(),
+            ),
+            (
+                "SESSION_CACHE_TTL",
+                self.session_cache_ttl.as_secs().to_string(),
+            ),
+            ("REDIS_PREFIX", self.redis_prefix.clone()),
+            (
+                "REDIS_TIMEOUT_MS",
+                self.redis_timeout.as_millis().to_string(),
+            ),
+            (
+                "PUBSUB_PING_INTERVAL_MS",
+                self.pubsub_ping_interval.as_millis().to_string(),
+            ),
+            ("ARGON2_MEMORY_KIB", self.argon2.memory_kib.to_string()),
+            ("ARGON2_ITERATIONS", self.argon2.iterations.to_string()),
+            ("ARGON2_PARALLELISM", self.argon2.parallelism.to_string()),
+            (
+                "ARGON2_MAX_CONCURRENCY",
+                self.argon2.max_concurrency.to_string(),
+            ),
+            (
+                "ARGON2_QUEUE_TIMEOUT_MS",
+                self.argon2.queue_timeout.as_millis().to_string(),
+            ),
+            ("BODY_LIMIT_BYTES", self.body_limit.to_string()),
+            ("HTTP_WORKERS", self.workers.to_string()),
+            (
+                "LOG_FORMAT",
+                format!("{:?}", self.log_format).to_lowercase(),
+            ),
+            ("RUST_LOG", self.log_filter.clone()),
+            ("MIGRATE_ON_START", self.migrate_on_start.to_string()),
+            (
+                "SHUTDOWN_GRACE_SECONDS",
+                self.shutdown_grace.as_secs().to_string(),
+            ),
+        ];
+        lines
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The URL sea-orm connects to.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.sqlite_path),
+        }
+    }
+}
+
+/// `scheme://user:***@host/...`: URLs may carry passwords, which must not be printed.
+pub fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert!(c.jwt_secret_generated);
+        assert!(c.is_embedded_db() && c.redis_url.is_none() && c.migrate_on_start);
+        assert_eq!(c.session_lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(c.session_cache_ttl, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        assert_eq!(config(&[("PORT", "http")]).unwrap_err().var, "PORT");
+        assert_eq!(
+            config(&[("TOKEN_EXPIRATION", "0")]).unwrap_err().var,
+            "TOKEN_EXPIRATION"
+        );
+        assert_eq!(
+            config(&[("JWT_SECRET", "short")]).unwrap_err().var,
+            "JWT_SECRET"
+        );
+        assert_eq!(
+            config(&[("LOG_FORMAT", "xml")]).unwrap_err().var,
+            "LOG_FORMAT"
+        );
+        assert_eq!(
+            config(&[("DB_URL", "mysql://x")]).unwrap_err().var,
+            "DB_URL"
+        );
+    }
+
+    #[test]
+    fn services_require_a_secret_and_the_secret_is_never_printed() {
+        let e = config(&[("REDIS_URL", "redis://127.0.0.1/")]).unwrap_err();
+        assert_eq!(e.var, "JWT_SECRET");
+        let secret = "s".repeat(40);
+        let c = config(&[("REDIS_URL", "redis://127.0.0.1/"), ("JWT_SECRET", &secret)]).unwrap();
+        assert!(!format!("{c:?}").contains(&secret));
+        assert!(!c.migrate_on_start || c.is_embedded_db());
+        assert!(!c.describe().contains(&secret));
+    }
+
+    #[test]
+    fn url_passwords_are_masked() {
+        assert_eq!(
+            mask_url_password("postgres://app:hunter2@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            mask_url_password("redis://:pw@cache/0"),
+            "redis://:***@cache/0"
+        );
+        assert_eq!(
+            mask_url_password("redis://cache:6379"),
+            "redis://cache:6379"
+        );
+    }
+}

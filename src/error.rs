@@ -1,0 +1,152 @@
+//! The one wire error type. Every public error code lives in [`ApiError::code`]: code → status.
+//! Bodies carry the short public message only; causes go to the log.
+use actix_web::{
+    http::{header, StatusCode},
+    HttpResponse, ResponseError,
+};
+use serde::Serialize;
+
+use crate::{session::SessionError, users::password::PasswordError, users::UserStoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Missing, malformed, expired, tampered or revoked token: deliberately one answer.
+    #[error("a valid bearer access token is required")]
+    Unauthorized,
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("not allowed")]
+    Forbidden,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("too many requests, retry later")]
+    RateLimited { retry_after: u64 },
+    /// A backing service could not answer; `detail` is logged, never sent.
+    #[error("{what} is unavailable, retry later")]
+    Unavailable { what: &'static str, detail: String },
+    /// A bug or an unexpected state; `0` is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn code(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest(message.into())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, error) = self.code();
+        match self {
+            ApiError::Unavailable { what, detail } => {
+                tracing::warn!(service = what, cause = %detail, "backing service unavailable")
+            }
+            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            _ => {}
+        }
+        let mut res = HttpResponse::build(status);
+        match self {
+            ApiError::Unauthorized => {
+                res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::RateLimited { retry_after } => {
+                res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::Unavailable { .. } => {
+                res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        res.insert_header((header::CACHE_CONTROL, "no-store"));
+        res.json(ErrorBody {
+            error,
+            message: self.to_string(),
+        })
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Unavailable(detail) => ApiError::Unavailable {
+                what: "session store",
+                detail,
+            },
+            SessionError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<UserStoreError> for ApiError {
+    fn from(e: UserStoreError) -> Self {
+        match e {
+            UserStoreError::EmailTaken => ApiError::EmailTaken,
+            UserStoreError::NotFound => ApiError::NotFound("user"),
+            UserStoreError::Unavailable(detail) => ApiError::Unavailable {
+                what: "database",
+                detail,
+            },
+            UserStoreError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy => ApiError::Unavailable {
+                what: "password hashing",
+                detail: "argon2 pool saturated".into(),
+            },
+            PasswordError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        ApiError::Unavailable {
+            what: "actor",
+            detail: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! sessiond: a session-management server. See README.md.
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+pub mod session;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+pub mod users;

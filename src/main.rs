@@ -1,0 +1,90 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sessiond::{config::Config, startup, telemetry};
+
+/// sessiond: session-management server (users in PostgreSQL or SQLite, sessions in Redis or
+/// in-process). Configuration comes from environment variables; see README.md.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print it, secrets masked.
+    CheckConfig,
+}
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sessiond: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format, &config.log_filter);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => migrate(config).await,
+        Command::CheckConfig => {
+            println!("{}", config.describe());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sessiond: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let db = startup::connect_database(&config).await?;
+    startup::migrate(&db).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let app = startup::Application::build(config).await?;
+    let handle = app.handle();
+    actix_web::rt::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received; finishing in-flight requests");
+        handle.stop(true).await;
+    });
+    app.run_until_stopped().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! HTTP routes, one file per resource, plus the shared request plumbing: JSON body limits and
+//! error mapping, JSON 404/405, request ids.
+mod auth;
+mod health;
+mod session;
+mod users;
+
+use actix_web::{
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    error::{JsonPayloadError, PathError, QueryPayloadError},
+    http::header::{HeaderName, HeaderValue},
+    middleware::Next,
+    web, HttpRequest, HttpResponse,
+};
+use tracing::Instrument;
+
+use crate::error::ApiError;
+
+pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(
+            web::JsonConfig::default()
+                .limit(body_limit)
+                .content_type_required(true)
+                .error_handler(move |e, _| json_error(e, body_limit).into()),
+        )
+        .app_data(web::PathConfig::default().error_handler(|e: PathError, _| {
+            ApiError::invalid(format!("invalid path parameter: {}", short(&e.to_string()))).into()
+        }))
+        .app_data(
+            web::QueryConfig::default().error_handler(|e: QueryPayloadError, _| {
+                ApiError::invalid(format!("invalid query string: {}", short(&e.to_string()))).into()
+            }),
+        );
+        health::configure(cfg);
+        users::configure(cfg);
+        auth::configure(cfg);
+        session::configure(cfg);
+    }
+}
+
+/// A resource whose unknown methods get a JSON 405 instead of an empty body.
+pub(crate) fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed)
+    }))
+}
+
+pub async fn not_found(_: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("route"))
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// Maps body errors to the contract: 415 wrong type, 413 too big, 400 otherwise, without echoing
+/// the parser's raw message (which can quote the input).
+fn json_error(e: JsonPayloadError, limit: usize) -> ApiError {
+    match e {
+        JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            ApiError::PayloadTooLarge(limit)
+        }
+        JsonPayloadError::Deserialize(e) => ApiError::invalid(describe_serde_error(&e)),
+        _ => ApiError::invalid("could not read the request body"),
+    }
+}
+
+/// A short, input-free description of why a JSON body was refused.
+fn describe_serde_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => "request body is not valid JSON".into(),
+        Category::Data => {
+            let msg = e.to_string();
+            // serde's messages name the field between backticks; keep only known shapes.
+            for (prefix, what) in [
+                ("missing field `", "missing field"),
+                ("unknown field `", "unknown field"),
+                ("duplicate field `", "duplicate field"),
+            ] {
+                if let Some(rest) = msg.strip_prefix(prefix) {
+                    if let Some((field, _)) = rest.split_once('`') {
+                        if field.len() <= 40
+                            && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        {
+                            return format!("{what}: {field}");
+                        }
+                        return what.to_string();
+                    }
+                }
+            }
+            if msg.starts_with("invalid type") {
+                return "a field has the wrong type".into();
+            }
+            "request body does not match the expected fields".into()
+        }
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A sane incoming id (short, plain characters) is kept so logs line up across services;
+/// anything else is replaced.
+fn request_id(req: &ServiceRequest) -> HeaderValue {
+    req.headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty()
+                && b.len() <= 128
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        })
+}
+
+/// Request id on every span and response; nosniff on every response.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = request_id(&req);
+    let span = tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or_default(),
+        method = %req.method(),
+        route = req.match_pattern().as_deref().unwrap_or("unmatched"),
+    );
+    let mut res = next.call(req).instrument(span).await?;
+    let headers = res.headers_mut();
+    headers.insert(X_REQUEST_ID.clone(), id);
+    headers.insert(
+        actix_web::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(res)
+}

@@ -1,0 +1,353 @@
+//! The SessionRegistry actor: owns the session store, the writes to the local cache and, with
+//! Redis, the subscription to `{prefix}invalidate` through which every pod hears of revocations.
+//!
+//! Staleness when an invalidation is lost (pub/sub is at-most-once) is bounded twice over:
+//! cache entries live at most SESSION_CACHE_TTL, and while the subscription is down the cache is
+//! not trusted (every check reads Redis) and is emptied once the pod has resubscribed.
+use std::{sync::Arc, time::Duration, time::Instant};
+
+use actix::prelude::*;
+use futures_util::StreamExt;
+use rand::Rng;
+use redis::aio::PubSubSink;
+use uuid::Uuid;
+
+use super::{
+    cache::CacheEntry, Invalidation, SessionCache, SessionError, SessionRecord, SessionState,
+    SessionStore,
+};
+use crate::metrics::Metrics;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct SessionRegistry {
+    store: SessionStore,
+    cache: SessionCache,
+    metrics: Metrics,
+    sub: Option<Subscription>,
+}
+
+/// The pub/sub side: a dedicated connection, replaced whenever it dies.
+struct Subscription {
+    client: redis::Client,
+    channel: String,
+    timeout: Duration,
+    ping_interval: Duration,
+    /// Bumped on every connect and loss so events of a dead connection are ignored.
+    generation: u64,
+    sink: Option<PubSubSink>,
+    stream: Option<SpawnHandle>,
+    connecting: bool,
+    ever_connected: bool,
+    backoff: Duration,
+}
+
+enum SubEvent {
+    Message(redis::Msg),
+    Ended(u64),
+}
+
+impl SessionRegistry {
+    pub fn new(
+        store: SessionStore,
+        cache: SessionCache,
+        metrics: Metrics,
+        ping_interval: Duration,
+    ) -> Self {
+        let sub = match &store {
+            SessionStore::Redis(r) => Some(Subscription {
+                client: r.client().clone(),
+                channel: r.channel().to_string(),
+                timeout: r.timeout(),
+                ping_interval,
+                generation: 0,
+                sink: None,
+                stream: None,
+                connecting: false,
+                ever_connected: false,
+                backoff: BACKOFF_MIN,
+            }),
+            SessionStore::Memory(_) => None,
+        };
+        Self {
+            store,
+            cache,
+            metrics,
+            sub,
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        let Some(sub) = self.sub.as_mut() else { return };
+        if sub.connecting || sub.sink.is_some() {
+            return;
+        }
+        sub.connecting = true;
+        let (client, channel, limit) = (sub.client.clone(), sub.channel.clone(), sub.timeout * 4);
+        let attempt = async move {
+            let pubsub = tokio::time::timeout(limit, client.get_async_pubsub())
+                .await
+                .map_err(|_| "timed out connecting".to_string())?
+                .map_err(|e| e.to_string())?;
+            let (mut sink, stream) = pubsub.split();
+            tokio::time::timeout(limit, sink.subscribe(&channel))
+                .await
+                .map_err(|_| "timed out subscribing".to_string())?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((sink, stream))
+        };
+        ctx.spawn(attempt.into_actor(self).map(|result, act, ctx| {
+            let Some(sub) = act.sub.as_mut() else { return };
+            sub.connecting = false;
+            match result {
+                Ok((sink, stream)) => {
+                    sub.generation += 1;
+                    let generation = sub.generation;
+                    let events = stream
+                        .map(SubEvent::Message)
+                        .chain(futures_util::stream::once(async move { SubEvent::Ended(generation) }));
+                    sub.stream = Some(ctx.add_stream(events));
+                    sub.sink = Some(sink);
+                    sub.backoff = BACKOFF_MIN;
+                    let resubscribed = std::mem::replace(&mut sub.ever_connected, true);
+                    // Whatever was published while we were not listening is gone: forget every
+                    // cached answer before trusting the cache again.
+                    act.cache.flush();
+                    act.cache.set_trusted(true);
+                    act.metrics.cache_flushes.inc();
+                    if resubscribed {
+                        act.metrics.pubsub_resubscriptions.inc();
+                        tracing::info!(channel = %sub.channel, "re-subscribed to invalidations; local session cache emptied");
+                    } else {
+                        tracing::info!(channel = %sub.channel, "subscribed to invalidations");
+                    }
+                }
+                Err(cause) => {
+                    tracing::warn!(%cause, retry_in_ms = sub.backoff.as_millis() as u64, "cannot subscribe to invalidations");
+                    act.retry_later(ctx);
+                }
+            }
+        }));
+    }
+
+    fn retry_later(&mut self, ctx: &mut Context<Self>) {
+        let Some(sub) = self.sub.as_mut() else { return };
+        // Full jitter, so pods that lost Redis together do not reconnect in lockstep.
+        let delay = rand::rng().random_range(BACKOFF_MIN.min(sub.backoff)..=sub.backoff);
+        sub.backoff = (sub.backoff * 2).min(BACKOFF_MAX);
+        ctx.run_later(delay, |act, ctx| act.connect(ctx));
+    }
+
+    /// The subscription of `generation` is dead (stream ended, or a ping failed).
+    fn lost(&mut self, generation: u64, cause: &str, ctx: &mut Context<Self>) {
+        let Some(sub) = self.sub.as_mut() else { return };
+        if generation != sub.generation || sub.sink.is_none() {
+            return;
+        }
+        sub.generation += 1;
+        sub.sink = None;
+        if let Some(handle) = sub.stream.take() {
+            ctx.cancel_future(handle);
+        }
+        // From now until the resubscription, invalidations may be missed: believe only Redis.
+        self.cache.set_trusted(false);
+        tracing::warn!(%cause, "invalidation subscription lost; checking every token against Redis until resubscribed");
+        self.retry_later(ctx);
+    }
+
+    /// A silently dead connection (no FIN, e.g. a network partition) is only noticed by asking.
+    fn ping(&mut self, ctx: &mut Context<Self>) {
+        let Some(sub) = self.sub.as_ref() else { return };
+        let Some(mut sink) = sub.sink.clone() else {
+            return;
+        };
+        let (generation, limit) = (sub.generation, sub.timeout.max(sub.ping_interval));
+        let probe = async move {
+            match tokio::time::timeout(limit, sink.ping::<redis::Value>()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("ping timed out".to_string()),
+            }
+        };
+        ctx.spawn(probe.into_actor(self).map(move |result, act, ctx| {
+            if let Err(cause) = result {
+                act.lost(generation, &cause, ctx);
+            }
+        }));
+    }
+}
+
+impl Actor for SessionRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        if let Some(sub) = &self.sub {
+            ctx.run_interval(sub.ping_interval, |act, ctx| act.ping(ctx));
+            self.connect(ctx);
+        }
+    }
+}
+
+impl StreamHandler<SubEvent> for SessionRegistry {
+    fn handle(&mut self, event: SubEvent, ctx: &mut Self::Context) {
+        match event {
+            SubEvent::Message(msg) => match Invalidation::decode(msg.get_payload_bytes()) {
+                Some(inv) => {
+                    self.metrics.invalidations_received.inc();
+                    let cache = self.cache.clone();
+                    // `wait` keeps invalidations in arrival order.
+                    ctx.wait(actix::fut::wrap_future(
+                        async move { cache.apply(inv).await },
+                    ));
+                }
+                None => tracing::warn!("ignored a malformed invalidation message"),
+            },
+            SubEvent::Ended(generation) => self.lost(generation, "connection closed", ctx),
+        }
+    }
+
+    /// The default would stop the actor; a finished stream is handled by `SubEvent::Ended`.
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// Stores a new session and caches it, so the first request with its token is a cache hit.
+#[derive(Message)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct CreateSession(pub SessionRecord);
+
+impl Handler<CreateSession> for SessionRegistry {
+    type Result = ResponseFuture<Result<(), SessionError>>;
+
+    fn handle(&mut self, msg: CreateSession, _: &mut Self::Context) -> Self::Result {
+        let (store, cache, metrics) =
+            (self.store.clone(), self.cache.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let rec = msg.0;
+            store.create(&rec).await?;
+            metrics.sessions_created.inc();
+            let state = SessionState {
+                user_id: rec.user_id,
+                expires_at: rec.expires_at,
+            };
+            let entry = CacheEntry {
+                state: Some(state),
+                read_at: Instant::now(),
+            };
+            cache.insert(rec.session_id, Arc::new(entry)).await;
+            Ok(())
+        })
+    }
+}
+
+/// The cache-miss path of a token check: read the store (one read for concurrent misses of one
+/// session) and cache the answer.
+#[derive(Message)]
+#[rtype(result = "Result<Option<SessionState>, SessionError>")]
+pub struct Validate {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+impl Handler<Validate> for SessionRegistry {
+    type Result = ResponseFuture<Result<Option<SessionState>, SessionError>>;
+
+    fn handle(&mut self, msg: Validate, _: &mut Self::Context) -> Self::Result {
+        let (store, cache) = (self.store.clone(), self.cache.clone());
+        let Validate {
+            user_id,
+            session_id: sid,
+        } = msg;
+        Box::pin(async move {
+            let load = |store: SessionStore| async move {
+                let read_at = Instant::now();
+                store
+                    .load(user_id, sid)
+                    .await
+                    .map(|state| Arc::new(CacheEntry { state, read_at }))
+            };
+            if cache.is_trusted() && !cache.ttl().is_zero() {
+                let entry = cache
+                    .entries()
+                    .try_get_with(sid, load(store))
+                    .await
+                    .map_err(|e| (*e).clone())?;
+                return Ok(cache.screen(sid, &entry).await);
+            }
+            // Not trusted (subscription down): the store's answer, not cached, since an
+            // invalidation for it could be missed. If the store is unreachable, a cached entry
+            // younger than SESSION_CACHE_TTL is the best answer there is; without one, 503.
+            match load(store).await {
+                Ok(entry) => Ok(cache.screen(sid, &entry).await),
+                Err(e) => match cache.fallback(sid).await {
+                    Some(entry) => Ok(cache.screen(sid, &entry).await),
+                    None => Err(e),
+                },
+            }
+        })
+    }
+}
+
+/// Ends one session: Redis first (acknowledged before the caller answers), then this pod's
+/// cache, then (in the same Redis transaction) the broadcast to every other pod.
+/// `Ok(false)`: the session was already gone.
+#[derive(Message)]
+#[rtype(result = "Result<bool, SessionError>")]
+pub struct Revoke {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+impl Handler<Revoke> for SessionRegistry {
+    type Result = ResponseFuture<Result<bool, SessionError>>;
+
+    fn handle(&mut self, msg: Revoke, _: &mut Self::Context) -> Self::Result {
+        let (store, cache, metrics) =
+            (self.store.clone(), self.cache.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let existed = store.revoke(msg.user_id, msg.session_id).await?;
+            cache.apply(Invalidation::Session(msg.session_id)).await;
+            if let SessionStore::Redis(_) = store {
+                metrics.invalidations_published.inc();
+            }
+            if existed {
+                metrics.sessions_revoked.inc();
+            }
+            Ok(existed)
+        })
+    }
+}
+
+/// Readiness: can the store answer?
+#[derive(Message)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct Ping;
+
+impl Handler<Ping> for SessionRegistry {
+    type Result = ResponseFuture<Result<(), SessionError>>;
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { store.ping().await })
+    }
+}
+
+/// Graceful shutdown: drop the subscription and stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        if let Some(sub) = self.sub.as_mut() {
+            sub.sink = None;
+            if let Some(handle) = sub.stream.take() {
+                ctx.cancel_future(handle);
+            }
+        }
+        ctx.stop();
+    }
+}

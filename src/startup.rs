@@ -1,0 +1,179 @@
+//! Builds the application: database, migrations, session store, actors, HTTP server on its own
+//! listener (port 0 in tests), and a handle with the bound port.
+use std::{net::TcpListener, time::Duration};
+
+use actix::{Actor, Addr};
+use actix_web::{dev::Server, dev::ServerHandle, middleware::from_fn, web, App, HttpServer};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+use crate::{
+    auth::JwtKeys,
+    config::Config,
+    metrics::Metrics,
+    routes,
+    session::{self, MemoryStore, RedisStore, SessionCache, SessionRegistry, SessionStore},
+    state::AppState,
+    users::{self, password::PasswordHasher, UserStore},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("DB_URL: cannot connect to the database: {0}")]
+    Database(String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("REDIS_URL: cannot connect to Redis: {0}")]
+    Redis(String),
+    #[error("argon2 settings rejected: {0}")]
+    Argon2(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Database calls longer than this give 503.
+const DB_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn connect_database(config: &Config) -> Result<DatabaseConnection, StartupError> {
+    let mut options = ConnectOptions::new(config.effective_database_url());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(3))
+        .max_connections(if config.is_embedded_db() { 1 } else { 16 });
+    Database::connect(options)
+        .await
+        .map_err(|e| StartupError::Database(e.to_string()))
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), StartupError> {
+    Migrator::up(db, None)
+        .await
+        .map_err(|e| StartupError::Migration(e.to_string()))
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    users: Addr<UserStore>,
+    sessions: Addr<SessionRegistry>,
+}
+
+impl Application {
+    /// Must run inside an actix system (`#[actix_web::main]`, `#[actix_web::test]`).
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let db = connect_database(&config).await?;
+        if config.migrate_on_start {
+            migrate(&db).await?;
+        }
+        let hasher = PasswordHasher::new(&config.argon2)
+            .await
+            .map_err(|e| StartupError::Argon2(e.to_string()))?;
+        let metrics = Metrics::new();
+
+        // With Redis the cache is trusted only once the invalidation subscription is up.
+        let (store, trusted) = match &config.redis_url {
+            Some(url) => {
+                let redis = RedisStore::connect(url, &config.redis_prefix, config.redis_timeout)
+                    .await
+                    .map_err(|e| StartupError::Redis(e.to_string()))?;
+                (SessionStore::Redis(redis), false)
+            }
+            None => (SessionStore::Memory(MemoryStore::default()), true),
+        };
+        let cache = SessionCache::new(config.session_cache_ttl, trusted);
+        let sessions = SessionRegistry::new(
+            store,
+            cache.clone(),
+            metrics.clone(),
+            config.pubsub_ping_interval,
+        )
+        .start();
+        let users = UserStore::new(db, DB_TIMEOUT).start();
+
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let bind_err = |source| StartupError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let port = listener.local_addr().map_err(bind_err)?.port();
+        tracing::info!(
+            port,
+            database = if config.is_embedded_db() {
+                "sqlite (embedded)"
+            } else {
+                "postgresql"
+            },
+            sessions = if config.redis_url.is_some() {
+                "redis"
+            } else {
+                "in-process"
+            },
+            "sessiond starting"
+        );
+        if config.redis_url.is_none() {
+            tracing::warn!(
+                "sessions are kept in this process: single-node mode, sessions end when it stops"
+            );
+        }
+        if config.jwt_secret_generated {
+            tracing::warn!("JWT_SECRET is not set: using a random per-process secret, tokens die with the process");
+        }
+
+        let (workers, grace, body_limit) =
+            (config.workers, config.shutdown_grace, config.body_limit);
+        let state = web::Data::new(AppState {
+            jwt: JwtKeys::new(&config),
+            config,
+            users: users.clone(),
+            sessions: sessions.clone(),
+            cache,
+            hasher,
+            metrics,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(routes::request_context))
+                .configure(routes::configure(body_limit))
+                .default_service(web::to(routes::not_found))
+        })
+        .listen(listener)
+        .map_err(bind_err)?
+        .workers(workers)
+        .shutdown_timeout(grace.as_secs())
+        // Signals are handled by the binary, which asks for a graceful stop on SIGTERM and SIGINT.
+        .disable_signals()
+        .run();
+        Ok(Self {
+            port,
+            server,
+            users,
+            sessions,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped (gracefully: in-flight requests finish), then closes
+    /// the subscription and the database pool.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        let _ = self.sessions.send(session::Stop).await;
+        let _ = self.users.send(users::Stop).await;
+        result
+    }
+}

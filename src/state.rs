@@ -1,0 +1,20 @@
+//! What every handler can reach: actor addresses, the cache read handle, keys and settings.
+use actix::Addr;
+
+use crate::{
+    auth::JwtKeys,
+    config::Config,
+    metrics::Metrics,
+    session::{SessionCache, SessionRegistry},
+    users::{password::PasswordHasher, UserStore},
+};
+
+pub struct AppState {
+    pub config: Config,
+    pub jwt: JwtKeys,
+    pub users: Addr<UserStore>,
+    pub sessions: Addr<SessionRegistry>,
+    pub cache: SessionCache,
+    pub hasher: PasswordHasher,
+    pub metrics: Metrics,
+}

@@ -1,0 +1,300 @@
+//! The UserStore actor owns sea-orm access to the users table, plus the rules for what a valid
+//! email, password and name are.
+pub mod password;
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use entities::user;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, Set, SqlErr, Statement,
+};
+use serde::Serialize;
+use unicode_normalization::UnicodeNormalization;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserStoreError {
+    #[error("email taken")]
+    EmailTaken,
+    #[error("user not found")]
+    NotFound,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+impl From<DbErr> for UserStoreError {
+    fn from(e: DbErr) -> Self {
+        if let Some(SqlErr::UniqueConstraintViolation(_)) = e.sql_err() {
+            return UserStoreError::EmailTaken;
+        }
+        match e {
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => {
+                UserStoreError::Unavailable(e.to_string())
+            }
+            _ => UserStoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The public view of an account (API.md "user").
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub name: Option<String>,
+    pub roles: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Every account has the `user` role until roles are stored per user.
+pub fn default_roles() -> Vec<String> {
+    vec!["user".to_string()]
+}
+
+impl From<&user::Model> for User {
+    fn from(m: &user::Model) -> Self {
+        User {
+            id: m.id,
+            email: m.email.clone(),
+            name: m.name.clone(),
+            roles: default_roles(),
+            created_at: m.created_at,
+        }
+    }
+}
+
+pub const MAX_EMAIL_LEN: usize = 254;
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_CHARS: usize = 128;
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// NFKC, trimmed, lower-cased: two spellings of one address are one account.
+pub fn normalize_email(raw: &str) -> Result<String, String> {
+    let email: String = raw.trim().nfkc().collect::<String>().trim().to_lowercase();
+    if email.is_empty() {
+        return Err("email is required".into());
+    }
+    if email.len() > MAX_EMAIL_LEN {
+        return Err(format!("email must be at most {MAX_EMAIL_LEN} bytes"));
+    }
+    let valid = match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && local.len() <= 64
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+        }
+        None => false,
+    };
+    if !valid || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("email is not a valid address".into());
+    }
+    Ok(email)
+}
+
+/// Counted in Unicode scalar values; never trimmed or truncated.
+pub fn validate_password(password: &str) -> Result<(), String> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD_CHARS {
+        return Err(format!(
+            "password must be at least {MIN_PASSWORD_CHARS} characters"
+        ));
+    }
+    if n > MAX_PASSWORD_CHARS {
+        return Err(format!(
+            "password must be at most {MAX_PASSWORD_CHARS} characters"
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_name(name: Option<String>) -> Result<Option<String>, String> {
+    let Some(name) = name else { return Ok(None) };
+    let name = name.trim().to_string();
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(format!("name must be at most {MAX_NAME_CHARS} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name must not contain control characters".into());
+    }
+    Ok((!name.is_empty()).then_some(name))
+}
+
+pub struct UserStore {
+    db: DatabaseConnection,
+    timeout: Duration,
+}
+
+impl UserStore {
+    pub fn new(db: DatabaseConnection, timeout: Duration) -> Self {
+        Self { db, timeout }
+    }
+}
+
+impl Actor for UserStore {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+/// Bounds a database call so a hung database gives 503, not a hung request.
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, DbErr>>,
+) -> Result<T, UserStoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(UserStoreError::from),
+        Err(_) => Err(UserStoreError::Unavailable(
+            "database call timed out".into(),
+        )),
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<User, UserStoreError>")]
+pub struct CreateUser {
+    pub email: String,
+    pub name: Option<String>,
+    pub password_hash: String,
+}
+
+impl Handler<CreateUser> for UserStore {
+    type Result = ResponseFuture<Result<User, UserStoreError>>;
+
+    fn handle(&mut self, msg: CreateUser, _: &mut Self::Context) -> Self::Result {
+        let (db, timeout) = (self.db.clone(), self.timeout);
+        Box::pin(async move {
+            let now = Utc::now();
+            let model = user::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                email: Set(msg.email),
+                name: Set(msg.name),
+                password_hash: Set(msg.password_hash),
+                created_at: Set(now),
+                updated_at: Set(now),
+            };
+            let saved = bounded(timeout, model.insert(&db)).await?;
+            Ok(User::from(&saved))
+        })
+    }
+}
+
+/// The account and its password hash, for login.
+#[derive(Message)]
+#[rtype(result = "Result<Option<user::Model>, UserStoreError>")]
+pub struct FindByEmail(pub String);
+
+impl Handler<FindByEmail> for UserStore {
+    type Result = ResponseFuture<Result<Option<user::Model>, UserStoreError>>;
+
+    fn handle(&mut self, msg: FindByEmail, _: &mut Self::Context) -> Self::Result {
+        let (db, timeout) = (self.db.clone(), self.timeout);
+        Box::pin(async move {
+            let query = user::Entity::find().filter(user::Column::Email.eq(msg.0));
+            bounded(timeout, query.one(&db)).await
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<User, UserStoreError>")]
+pub struct FindById(pub Uuid);
+
+impl Handler<FindById> for UserStore {
+    type Result = ResponseFuture<Result<User, UserStoreError>>;
+
+    fn handle(&mut self, msg: FindById, _: &mut Self::Context) -> Self::Result {
+        let (db, timeout) = (self.db.clone(), self.timeout);
+        Box::pin(async move {
+            let found = bounded(timeout, user::Entity::find_by_id(msg.0).one(&db)).await?;
+            found
+                .as_ref()
+                .map(User::from)
+                .ok_or(UserStoreError::NotFound)
+        })
+    }
+}
+
+/// Readiness: one round trip to the database.
+#[derive(Message)]
+#[rtype(result = "Result<(), UserStoreError>")]
+pub struct Ping;
+
+impl Handler<Ping> for UserStore {
+    type Result = ResponseFuture<Result<(), UserStoreError>>;
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) -> Self::Result {
+        let (db, timeout) = (self.db.clone(), self.timeout);
+        Box::pin(async move {
+            let stmt = Statement::from_string(db.get_database_backend(), "SELECT 1");
+            bounded(timeout, db.query_one_raw(stmt)).await.map(|_| ())
+        })
+    }
+}
+
+/// Ends the actor and closes its pool (graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for UserStore {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) -> Self::Result {
+        ctx.stop();
+        let db = self.db.clone();
+        Box::pin(async move {
+            let _ = db.close().await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalized_to_one_spelling() {
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        // Fullwidth letters fold under NFKC.
+        assert_eq!(
+            normalize_email("ＡＤＡ@example.com").unwrap(),
+            "ada@example.com"
+        );
+        assert!(normalize_email("no-at-sign").is_err());
+        assert!(normalize_email("a@b@c").is_err());
+        assert!(normalize_email("a b@c.d").is_err());
+        assert!(normalize_email(&format!("{}@x.io", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn passwords_count_characters_not_bytes() {
+        assert!(validate_password("ééééééé").is_err()); // 7 chars, 14 bytes
+        assert!(validate_password("éééééééé").is_ok());
+        assert!(validate_password(&"x".repeat(128)).is_ok());
+        assert!(validate_password(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn names_are_bounded_and_single_line() {
+        assert_eq!(
+            validate_name(Some(" Ada ".into())).unwrap().as_deref(),
+            Some("Ada")
+        );
+        assert!(validate_name(Some("a\r\nb".into())).is_err());
+        assert!(validate_name(Some("x".repeat(101))).is_err());
+    }
+}
