@@ -1,0 +1,226 @@
+//! Two pods (two Applications) on one database and one Redis: revocation reaches both.
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::{helpers::*, proxy::RedisProxy, services_only};
+
+services_only!(
+    logout_on_one_pod_revokes_the_token_on_the_other,
+    lost_invalidation_after_subscriber_kill_is_bounded_by_cache_ttl,
+    silently_dead_subscription_is_noticed_by_ping,
+    racing_logouts_on_two_pods_never_500,
+);
+
+const CACHE_TTL: u64 = 3;
+
+async fn two_pods() -> (Deployment, TestApp, TestApp) {
+    let mut dep = Deployment::new(Backend::Services).await;
+    dep.set("SESSION_CACHE_TTL", CACHE_TTL);
+    let a = dep.spawn().await;
+    let b = dep.spawn().await;
+    (dep, a, b)
+}
+
+/// Polls B until it refuses `token`; returns how long that took after `since`.
+async fn rejected_within(
+    b: &TestApp,
+    token: &str,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let mut last = StatusCode::OK;
+    let ok = eventually(limit, Duration::from_millis(10), async || {
+        last = b.get("/session", Some(token)).await.status;
+        assert!(
+            last == StatusCode::OK || last == StatusCode::UNAUTHORIZED,
+            "unexpected {last}"
+        );
+        last == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    ok.then(|| since.elapsed())
+}
+
+async fn logout_on_one_pod_revokes_the_token_on_the_other() {
+    let (_dep, a, b) = two_pods().await;
+    let (_, tokens) = a.user().await;
+    for _ in 0..3 {
+        assert_eq!(
+            b.get("/session", Some(&tokens.access)).await.status,
+            StatusCode::OK,
+            "warm on B"
+        );
+    }
+    assert_eq!(
+        a.post_auth("/logout", &tokens.access).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let done = Instant::now();
+    // A refuses at once.
+    a.get("/session", Some(&tokens.access))
+        .await
+        .assert_error(401, "unauthorized");
+    let took = rejected_within(&b, &tokens.access, done, Duration::from_secs(CACHE_TTL)).await;
+    assert!(
+        took.is_some(),
+        "B still accepted a revoked token after SESSION_CACHE_TTL"
+    );
+    // And it stays refused.
+    b.get("/profile", Some(&tokens.access))
+        .await
+        .assert_error(401, "unauthorized");
+}
+
+async fn lost_invalidation_after_subscriber_kill_is_bounded_by_cache_ttl() {
+    let mut dep = Deployment::new(Backend::Services).await;
+    dep.set("SESSION_CACHE_TTL", CACHE_TTL);
+    let upstream = redis_addr();
+    let proxy = RedisProxy::start(upstream).await;
+    let a = dep.spawn().await;
+    let b = dep.spawn_with(&[("REDIS_URL", proxy.url())]).await;
+    let (_, tokens) = a.user().await;
+    assert_eq!(
+        b.get("/session", Some(&tokens.access)).await.status,
+        StatusCode::OK
+    );
+    let subscribers = proxy.pubsub_upstream_addrs();
+    assert_eq!(subscribers.len(), 1, "B has one subscriber connection");
+
+    // Kill B's subscriber server-side, then log out on A at once: the message can be lost.
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ADDR")
+        .arg(subscribers[0].to_string())
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut con)
+        .await
+        .expect("CLIENT KILL");
+    assert_eq!(killed, 1, "B's subscriber connection was killed");
+    assert_eq!(
+        a.post_auth("/logout", &tokens.access).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let done = Instant::now();
+    let took = rejected_within(&b, &tokens.access, done, Duration::from_secs(CACHE_TTL)).await;
+    assert!(
+        took.is_some(),
+        "B accepted a revoked token longer than SESSION_CACHE_TTL"
+    );
+
+    // B resubscribes by itself and propagation works again.
+    let resubscribed = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || proxy.pubsub_upstream_addrs().len() >= 2,
+    )
+    .await;
+    assert!(resubscribed, "B resubscribed");
+    let (_, second) = a.user().await;
+    assert_eq!(
+        b.get("/session", Some(&second.access)).await.status,
+        StatusCode::OK
+    );
+    let metrics = b
+        .client
+        .get(b.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("sessiond_pubsub_resubscriptions_total 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        a.post_auth("/logout", &second.access).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let took = rejected_within(
+        &b,
+        &second.access,
+        Instant::now(),
+        Duration::from_secs(CACHE_TTL),
+    )
+    .await;
+    assert!(took.is_some());
+}
+
+async fn silently_dead_subscription_is_noticed_by_ping() {
+    let mut dep = Deployment::new(Backend::Services).await;
+    // A long cache TTL, so only the ping can explain a timely rejection.
+    dep.set("SESSION_CACHE_TTL", 60)
+        .set("PUBSUB_PING_INTERVAL_MS", 200);
+    let proxy = RedisProxy::start(redis_addr()).await;
+    let a = dep.spawn().await;
+    let b = dep.spawn_with(&[("REDIS_URL", proxy.url())]).await;
+    let (_, tokens) = a.user().await;
+    assert_eq!(
+        b.get("/session", Some(&tokens.access)).await.status,
+        StatusCode::OK
+    );
+    proxy.freeze_pubsub(true);
+    assert_eq!(
+        a.post_auth("/logout", &tokens.access).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let took = rejected_within(&b, &tokens.access, Instant::now(), Duration::from_secs(10)).await;
+    assert!(took.is_some(), "B never noticed its dead subscription");
+}
+
+async fn racing_logouts_on_two_pods_never_500() {
+    let (_dep, a, b) = two_pods().await;
+    for _ in 0..5 {
+        let (_, tokens) = a.user().await;
+        assert_eq!(
+            b.get("/session", Some(&tokens.access)).await.status,
+            StatusCode::OK
+        );
+        let (ra, rb) = tokio::join!(
+            a.post_auth("/logout", &tokens.access),
+            b.post_auth("/logout", &tokens.access)
+        );
+        for r in [&ra, &rb] {
+            assert!(
+                r.status == StatusCode::NO_CONTENT || r.status == StatusCode::UNAUTHORIZED,
+                "{} {}",
+                r.status,
+                r.body
+            );
+        }
+        assert!(ra.status == StatusCode::NO_CONTENT || rb.status == StatusCode::NO_CONTENT);
+        a.get("/session", Some(&tokens.access))
+            .await
+            .assert_error(401, "unauthorized");
+    }
+}
+
+pub fn redis_addr() -> std::net::SocketAddr {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .rsplit('@')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_string();
+    let hostport = if hostport.contains(':') {
+        hostport
+    } else {
+        format!("{hostport}:6379")
+    };
+    std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("TEST_REDIS_URL resolves")
+}

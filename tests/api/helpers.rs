@@ -1,0 +1,385 @@
+//! Spawning sessiond in-process on port 0, against a fresh database and Redis prefix per test.
+//!
+//! Backends: `Embedded` (SQLite file + in-process sessions) always; `Services` (PostgreSQL +
+//! Redis) when TEST_DATABASE_URL and TEST_REDIS_URL are set. REQUIRE_SERVICES=1 turns a missing
+//! or unreachable service into a failure instead of a skip.
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use reqwest::{header::HeaderMap, Response, StatusCode};
+use sea_orm::{ConnectionTrait, Database, Statement};
+use serde_json::{json, Value};
+use sessiond::{config::Config, startup::Application};
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Services,
+}
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+pub const PASSWORD: &str = "correct horse battery";
+
+fn required() -> bool {
+    std::env::var("REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Whether the PostgreSQL + Redis half of a test should run.
+pub fn services_available() -> bool {
+    let ok = std::env::var("TEST_DATABASE_URL").is_ok() && std::env::var("TEST_REDIS_URL").is_ok();
+    if !ok {
+        assert!(
+            !required(),
+            "REQUIRE_SERVICES=1 but TEST_DATABASE_URL / TEST_REDIS_URL are not set"
+        );
+        eprintln!(
+            "skipping the PostgreSQL + Redis variant: TEST_DATABASE_URL / TEST_REDIS_URL unset"
+        );
+    }
+    ok
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL")
+}
+
+/// One deployment: a database and a Redis prefix that several app instances (pods, restarts)
+/// share. Dropping it removes the database, the Redis keys and the SQLite file.
+pub struct Deployment {
+    vars: HashMap<String, String>,
+    admin_url: Option<String>,
+    db_name: Option<String>,
+    dir: Option<PathBuf>,
+    pub prefix: String,
+}
+
+impl Deployment {
+    pub async fn new(backend: Backend) -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let prefix = format!("test-{id}:");
+        let mut vars = HashMap::from([
+            ("HOST".to_string(), "127.0.0.1".to_string()),
+            ("PORT".to_string(), "0".to_string()),
+            ("JWT_SECRET".to_string(), SECRET.to_string()),
+            ("HTTP_WORKERS".to_string(), "2".to_string()),
+            ("MIGRATE_ON_START".to_string(), "true".to_string()),
+            ("SHUTDOWN_GRACE_SECONDS".to_string(), "2".to_string()),
+            // Cheaper than production hashing; the parameters are covered by unit tests.
+            ("ARGON2_MEMORY_KIB".to_string(), "8192".to_string()),
+            ("ARGON2_ITERATIONS".to_string(), "1".to_string()),
+            ("ARGON2_QUEUE_TIMEOUT_MS".to_string(), "20000".to_string()),
+            ("RUST_LOG".to_string(), "warn".to_string()),
+        ]);
+        let (mut admin_url, mut db_name, mut dir) = (None, None, None);
+        match backend {
+            Backend::Embedded => {
+                let d = std::env::temp_dir().join(format!("sessiond-test-{id}"));
+                std::fs::create_dir_all(&d).expect("create temp dir");
+                vars.insert(
+                    "SQLITE_PATH".into(),
+                    d.join("sessiond.db").display().to_string(),
+                );
+                dir = Some(d);
+            }
+            Backend::Services => {
+                let admin = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+                let name = format!("sessiond_test_{id}");
+                let conn = Database::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot connect to TEST_DATABASE_URL: {e}"));
+                conn.execute_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    format!("CREATE DATABASE {name}"),
+                ))
+                .await
+                .expect("create test database");
+                let _ = conn.close().await;
+                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                vars.insert("DB_URL".into(), format!("{base}/{name}"));
+                vars.insert("REDIS_URL".into(), redis_url());
+                vars.insert("REDIS_PREFIX".into(), prefix.clone());
+                admin_url = Some(admin);
+                db_name = Some(name);
+            }
+        }
+        Self {
+            vars,
+            admin_url,
+            db_name,
+            dir,
+            prefix,
+        }
+    }
+
+    pub fn set(&mut self, key: &str, value: impl ToString) -> &mut Self {
+        self.vars.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn config(&self) -> Config {
+        Config::from_lookup(|k| self.vars.get(k).cloned()).expect("test configuration is valid")
+    }
+
+    pub fn database_url(&self) -> String {
+        self.config().effective_database_url()
+    }
+
+    /// Starts one instance ("pod") of the deployment.
+    pub async fn spawn(&self) -> TestApp {
+        self.spawn_with(&[]).await
+    }
+
+    /// Starts an instance with some settings changed for it only (e.g. REDIS_URL via a proxy).
+    pub async fn spawn_with(&self, overrides: &[(&str, String)]) -> TestApp {
+        let mut vars = self.vars.clone();
+        for (k, v) in overrides {
+            vars.insert(k.to_string(), v.clone());
+        }
+        let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");
+        let app = Application::build(config)
+            .await
+            .expect("application starts");
+        let port = app.port();
+        let handle = app.handle();
+        actix_web::rt::spawn(app.run_until_stopped());
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            handle,
+        }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let (Some(admin), Some(name)) = (self.admin_url.clone(), self.db_name.clone()) else {
+            return;
+        };
+        let prefix = self.prefix.clone();
+        // Runs on its own thread and runtime: Drop is sync and may run while panicking.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                if let Ok(conn) = Database::connect(&admin).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = conn
+                        .execute_raw(Statement::from_string(conn.get_database_backend(), sql))
+                        .await;
+                    let _ = conn.close().await;
+                }
+                if let Ok(client) = redis::Client::open(redis_url()) {
+                    if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(format!("{prefix}*"))
+                            .query_async(&mut con)
+                            .await
+                            .unwrap_or_default();
+                        if !keys.is_empty() {
+                            let _: redis::RedisResult<()> =
+                                redis::cmd("DEL").arg(keys).query_async(&mut con).await;
+                        }
+                    }
+                }
+                Some(())
+            })
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub handle: actix_web::dev::ServerHandle,
+}
+
+/// A response read whole: status, headers and JSON body (Null when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    async fn read(res: Response) -> Self {
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+
+    /// Asserts the contract's error shape and code.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, error: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.error(), error, "body: {}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error body has a message: {}",
+            self.body
+        );
+    }
+}
+
+pub struct Tokens {
+    pub access: String,
+    pub session_id: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        let res = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        Reply::read(res).await
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut req = self.client.post(self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        Reply::read(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Reply::read(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn post_auth(&self, path: &str, token: &str) -> Reply {
+        let res = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent");
+        Reply::read(res).await
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Reply {
+        self.post_json("/register", &json!({"email": email, "password": password}))
+            .await
+    }
+
+    pub async fn login_reply(&self, email: &str, password: &str) -> Reply {
+        self.post_json("/login", &json!({"email": email, "password": password}))
+            .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Tokens {
+        let r = self.login_reply(email, password).await;
+        assert_eq!(r.status, StatusCode::OK, "login failed: {}", r.body);
+        Tokens {
+            access: r.body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_string(),
+            session_id: r.body["session_id"]
+                .as_str()
+                .expect("session_id")
+                .to_string(),
+        }
+    }
+
+    /// Registers a fresh account and logs it in.
+    pub async fn user(&self) -> (String, Tokens) {
+        let email = format!("user-{}@example.com", Uuid::new_v4().simple());
+        let r = self.register(&email, PASSWORD).await;
+        assert_eq!(r.status, StatusCode::CREATED, "register failed: {}", r.body);
+        let tokens = self.login(&email, PASSWORD).await;
+        (email, tokens)
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
+
+/// Polls `check` every `every` until it returns true or `deadline` passes.
+pub async fn eventually(
+    deadline: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> bool {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        actix_web::rt::time::sleep(every).await;
+    }
+}
+
+/// Declares `<name>::embedded` and `<name>::services` tests that run `async fn name(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[actix_web::test]
+            async fn embedded() {
+                super::$name($crate::helpers::Backend::Embedded).await
+            }
+            #[actix_web::test]
+            async fn services() {
+                if $crate::helpers::services_available() {
+                    super::$name($crate::helpers::Backend::Services).await
+                }
+            }
+        }
+    )*};
+}
+
+/// Declares a test that needs Redis (multi-pod behaviour): skipped, or failed under
+/// REQUIRE_SERVICES=1, when the services are not configured.
+#[macro_export]
+macro_rules! services_only {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[actix_web::test]
+            async fn services() {
+                if $crate::helpers::services_available() {
+                    super::$name().await
+                }
+            }
+        }
+    )*};
+}

@@ -1,0 +1,12 @@
+//! The one integration test binary: every API test runs against the embedded default and,
+//! with TEST_DATABASE_URL + TEST_REDIS_URL, against PostgreSQL + Redis.
+mod helpers;
+mod proxy;
+
+mod cross_pod;
+mod flow;
+mod persistence;
+mod redis_down;
+mod registration;
+mod tokens;
+mod validation;
