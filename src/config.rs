@@ -70,6 +70,13 @@ pub struct Config {
     /// Kubernetes Job runs `sessiond migrate` once).
     pub migrate_on_start: bool,
     pub shutdown_grace: Duration,
+    /// A just-rotated refresh token presented again within this window returns the same successor
+    /// pair (parallel tabs); after it, it is reuse and revokes the session.
+    pub refresh_reuse_grace: Duration,
+    /// Sessions unused for this long end; `None`: off.
+    pub session_idle_timeout: Option<Duration>,
+    /// Peers whose X-Forwarded-For is believed (load balancers); empty: only the peer address counts.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +259,12 @@ impl Config {
             log_filter: env.string("RUST_LOG", "info"),
             migrate_on_start: env.boolean("MIGRATE_ON_START", is_sqlite)?,
             shutdown_grace: secs(env.number("SHUTDOWN_GRACE_SECONDS", 30u64, 0, 3600)?),
+            refresh_reuse_grace: secs(env.number("REFRESH_REUSE_GRACE", 10u64, 0, 300)?),
+            session_idle_timeout: match env.number("SESSION_IDLE_TIMEOUT", 0u64, 0, 365 * 86_400)? {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+            trusted_proxies: parse_proxies(env.get("TRUSTED_PROXIES"))?,
         })
     }
 
@@ -334,6 +347,23 @@ impl Config {
                 "SHUTDOWN_GRACE_SECONDS",
                 self.shutdown_grace.as_secs().to_string(),
             ),
+            (
+                "REFRESH_REUSE_GRACE",
+                self.refresh_reuse_grace.as_secs().to_string(),
+            ),
+            (
+                "SESSION_IDLE_TIMEOUT",
+                self.session_idle_timeout
+                    .map_or("0 (off)".into(), |d| d.as_secs().to_string()),
+            ),
+            (
+                "TRUSTED_PROXIES",
+                self.trusted_proxies
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ];
         lines
             .iter()
@@ -349,6 +379,27 @@ impl Config {
             None => format!("sqlite://{}?mode=rwc", self.sqlite_path),
         }
     }
+}
+
+/// `10.0.0.0/8, 192.168.1.7`: addresses or CIDR ranges, comma-separated.
+fn parse_proxies(raw: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    err(
+                        "TRUSTED_PROXIES",
+                        format!("not an IP address or CIDR range: {s:?}"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// `scheme://user:***@host/...`: URLs may carry passwords, which must not be printed.
@@ -408,6 +459,14 @@ mod tests {
             config(&[("DB_URL", "mysql://x")]).unwrap_err().var,
             "DB_URL"
         );
+        assert_eq!(
+            config(&[("TRUSTED_PROXIES", "10.0.0.0/8, nope")])
+                .unwrap_err()
+                .var,
+            "TRUSTED_PROXIES"
+        );
+        let c = config(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
     }
 
     #[test]

@@ -13,8 +13,17 @@ pub struct Metrics {
     pub registrations: IntCounter,
     /// outcome: success, invalid_credentials, error
     pub logins: IntCounterVec,
-    /// outcome: cache_hit, cache_miss, rejected, unavailable
-    pub token_checks: IntCounterVec,
+    /// Children of `sessiond_token_checks_total{outcome}`, resolved once: the hot path bumps a
+    /// counter without a label lookup.
+    pub token_checks: TokenChecks,
+}
+
+#[derive(Clone)]
+pub struct TokenChecks {
+    pub cache_hit: IntCounter,
+    pub cache_miss: IntCounter,
+    pub rejected: IntCounter,
+    pub unavailable: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -68,12 +77,20 @@ impl Metrics {
             sessions_revoked: counter(&r, "sessions_revoked_total", "Sessions revoked."),
             registrations: counter(&r, "registrations_total", "Accounts registered."),
             logins: counter_vec(&r, "logins_total", "Login attempts by outcome.", "outcome"),
-            token_checks: counter_vec(
-                &r,
-                "token_checks_total",
-                "Bearer token checks by outcome.",
-                "outcome",
-            ),
+            token_checks: {
+                let v = counter_vec(
+                    &r,
+                    "token_checks_total",
+                    "Bearer token checks by outcome.",
+                    "outcome",
+                );
+                TokenChecks {
+                    cache_hit: v.with_label_values(&["cache_hit"]),
+                    cache_miss: v.with_label_values(&["cache_miss"]),
+                    rejected: v.with_label_values(&["rejected"]),
+                    unavailable: v.with_label_values(&["unavailable"]),
+                }
+            },
             registry: r,
         }
     }

@@ -12,7 +12,9 @@ use crate::{
     config::Config,
     metrics::Metrics,
     routes,
-    session::{self, MemoryStore, RedisStore, SessionCache, SessionRegistry, SessionStore},
+    session::{
+        self, Lifetimes, MemoryStore, RedisStore, SessionCache, SessionRegistry, SessionStore,
+    },
     state::AppState,
     users::{self, password::PasswordHasher, UserStore},
 };
@@ -74,17 +76,19 @@ impl Application {
             .map_err(|e| StartupError::Argon2(e.to_string()))?;
         let metrics = Metrics::new();
 
+        let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace);
         // With Redis the cache is trusted only once the invalidation subscription is up.
         let (store, trusted) = match &config.redis_url {
             Some(url) => {
-                let redis = RedisStore::connect(url, &config.redis_prefix, config.redis_timeout)
-                    .await
-                    .map_err(|e| StartupError::Redis(e.to_string()))?;
+                let redis =
+                    RedisStore::connect(url, &config.redis_prefix, config.redis_timeout, lifetimes)
+                        .await
+                        .map_err(|e| StartupError::Redis(e.to_string()))?;
                 (SessionStore::Redis(redis), false)
             }
-            None => (SessionStore::Memory(MemoryStore::default()), true),
+            None => (SessionStore::Memory(MemoryStore::new(lifetimes)), true),
         };
-        let cache = SessionCache::new(config.session_cache_ttl, trusted);
+        let cache = SessionCache::new(config.session_cache_ttl, trusted, lifetimes);
         let sessions = SessionRegistry::new(
             store,
             cache.clone(),

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{
     error::ApiError,
-    session::{now_unix, CacheLookup, SessionState, Validate},
+    session::{now_unix, CacheLookup, SessionState, Touch, Validate},
     state::AppState,
 };
 
@@ -47,21 +47,31 @@ impl FromRequest for AuthenticatedSession {
             let state = state.ok_or_else(|| ApiError::Internal("AppState missing".into()))?;
             let checks = &state.metrics.token_checks;
             let Some(claims) = claims else {
-                checks.with_label_values(&["rejected"]).inc();
+                checks.rejected.inc();
                 return Err(ApiError::Unauthorized);
             };
             let found: Option<SessionState> = match state.cache.lookup(claims.sid).await {
-                CacheLookup::Hit(found) => {
-                    checks.with_label_values(&["cache_hit"]).inc();
+                CacheLookup::Hit {
+                    state: found,
+                    touch,
+                } => {
+                    checks.cache_hit.inc();
+                    if touch {
+                        state.sessions.do_send(Touch {
+                            user_id: claims.sub,
+                            session_id: claims.sid,
+                        });
+                    }
                     found
                 }
-                CacheLookup::Miss => {
-                    checks.with_label_values(&["cache_miss"]).inc();
+                CacheLookup::Miss { fresh } => {
+                    checks.cache_miss.inc();
                     let asked = state
                         .sessions
                         .send(Validate {
                             user_id: claims.sub,
                             session_id: claims.sid,
+                            fresh,
                         })
                         .await;
                     match asked
@@ -71,14 +81,15 @@ impl FromRequest for AuthenticatedSession {
                         Ok(found) => found,
                         Err(e) => {
                             // Never accept a token that could not be checked.
-                            checks.with_label_values(&["unavailable"]).inc();
+                            checks.unavailable.inc();
                             return Err(e);
                         }
                     }
                 }
             };
             match found {
-                Some(s) if s.user_id == claims.sub && s.is_live(now_unix()) => {
+                // Idleness was judged by the cache or the store; the absolute end is final.
+                Some(s) if s.user_id == claims.sub && now_unix() < s.expires_at => {
                     Ok(AuthenticatedSession {
                         user_id: claims.sub,
                         session_id: claims.sid,
@@ -87,7 +98,7 @@ impl FromRequest for AuthenticatedSession {
                     })
                 }
                 _ => {
-                    checks.with_label_values(&["rejected"]).inc();
+                    checks.rejected.inc();
                     Err(ApiError::Unauthorized)
                 }
             }

@@ -63,8 +63,9 @@ impl JwtKeys {
         }
     }
 
-    /// Signs an access token for the session; it never outlives the session.
-    /// Returns the token and its lifetime in seconds.
+    /// Signs an access token for the session; it never outlives the session. Deterministic in
+    /// its inputs (HS256, fixed claim order), which lets a refresh replayed within the grace
+    /// window return the very same token. Returns the token and its lifetime in seconds.
     pub fn issue(
         &self,
         user_id: Uuid,
@@ -72,6 +73,7 @@ impl JwtKeys {
         roles: Vec<String>,
         session_expires_at: i64,
         now: i64,
+        jti: Uuid,
     ) -> Result<(String, i64), SignError> {
         let exp = (now + self.access_ttl.as_secs() as i64).min(session_expires_at);
         let claims = Claims {
@@ -82,7 +84,7 @@ impl JwtKeys {
             exp,
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
-            jti: Uuid::new_v4(),
+            jti,
             roles,
         };
         let token = encode(&self.header, &claims, &self.encoding).map_err(|_| SignError)?;
@@ -119,7 +121,14 @@ mod tests {
         let k = keys();
         let (uid, sid, now) = (Uuid::new_v4(), Uuid::new_v4(), crate::session::now_unix());
         let (token, ttl) = k
-            .issue(uid, sid, vec!["user".into()], now + 3600, now)
+            .issue(
+                uid,
+                sid,
+                vec!["user".into()],
+                now + 3600,
+                now,
+                Uuid::new_v4(),
+            )
             .unwrap();
         assert_eq!(ttl, 900);
         let claims = k.verify(&token).unwrap();
@@ -131,7 +140,14 @@ mod tests {
         let k = keys();
         let now = crate::session::now_unix();
         let (_, ttl) = k
-            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], now + 60, now)
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                now + 60,
+                now,
+                Uuid::new_v4(),
+            )
             .unwrap();
         assert_eq!(ttl, 60);
     }
@@ -141,7 +157,14 @@ mod tests {
         let k = keys();
         let now = crate::session::now_unix();
         let (token, _) = k
-            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], now + 3600, now)
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                vec![],
+                now + 3600,
+                now,
+                Uuid::new_v4(),
+            )
             .unwrap();
         let parts: Vec<&str> = token.split('.').collect();
         for alg in ["none", "None", "NONE"] {

@@ -1,23 +1,24 @@
-//! Login and logout.
+//! Login, refresh, logout and logout-everywhere.
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::resource;
+use super::{client_ip, resource};
 use crate::{
     auth::AuthenticatedSession,
     error::ApiError,
-    session::{now_unix, CreateSession, Revoke, SessionRecord},
+    session::{
+        now_unix, CreateSession, Refresh, RefreshToken, Revoke, RevokeAll, Rotation, SessionRecord,
+    },
     state::AppState,
     users::{self, FindByEmail, MAX_PASSWORD_CHARS},
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/login").route(web::post().to(login)))
-        .service(resource("/logout").route(web::post().to(logout)));
+        .service(resource("/token/refresh").route(web::post().to(refresh)))
+        .service(resource("/logout").route(web::post().to(logout)))
+        .service(resource("/logout/all").route(web::post().to(logout_all)));
 }
 
 #[derive(Deserialize)]
@@ -39,13 +40,32 @@ struct TokenPair {
 
 const MAX_USER_AGENT: usize = 256;
 
-/// 256 random bits, base64url; only its SHA-256 is stored.
-fn new_refresh_token() -> (String, String) {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let token = URL_SAFE_NO_PAD.encode(bytes);
-    let hash = hex::encode(Sha256::digest(token.as_bytes()));
-    (token, hash)
+/// Signs the access token and answers with the pair; `iat` and `jti` are inputs so a replayed
+/// refresh yields byte-identical tokens.
+fn token_response(
+    state: &AppState,
+    refresh: &RefreshToken,
+    roles: Vec<String>,
+    expires_at: i64,
+    iat: i64,
+    jti: Uuid,
+) -> Result<HttpResponse, ApiError> {
+    let (uid, sid) = (refresh.user_id, refresh.session_id);
+    let (access_token, expires_in) = state
+        .jwt
+        .issue(uid, sid, roles, expires_at, iat, jti)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"))
+        .json(TokenPair {
+            access_token,
+            token_type: "Bearer",
+            expires_in,
+            refresh_token: refresh.encode(),
+            refresh_expires_in: expires_at - iat,
+            session_id: sid,
+        }))
 }
 
 #[tracing::instrument(name = "login", skip_all)]
@@ -76,47 +96,78 @@ async fn login(
 
     let now = now_unix();
     let expires_at = now + state.config.session_lifetime.as_secs() as i64;
-    let (refresh_token, refresh_hash) = new_refresh_token();
+    let refresh = RefreshToken::generate(account.id, Uuid::new_v4());
+    let roles = users::default_roles();
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+        .map(|ua| {
+            ua.chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_USER_AGENT)
+                .collect()
+        });
     let record = SessionRecord {
-        session_id: Uuid::new_v4(),
+        session_id: refresh.session_id,
         user_id: account.id,
         created_at: now,
         last_seen_at: now,
         expires_at,
-        ip: req.peer_addr().map(|a| a.ip().to_string()),
+        ip: client_ip(&req, &state.config.trusted_proxies),
         user_agent,
-        refresh_hash,
+        roles: roles.clone(),
+        refresh_hash: refresh.hash(),
     };
-    let session_id = record.session_id;
     state.sessions.send(CreateSession(record)).await??;
-    let (access_token, expires_in) = state
-        .jwt
-        .issue(
-            account.id,
-            session_id,
-            users::default_roles(),
-            expires_at,
-            now,
-        )
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
     outcome("success");
-    tracing::info!(user_id = %account.id, %session_id, "logged in");
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::PRAGMA, "no-cache"))
-        .json(TokenPair {
-            access_token,
-            token_type: "Bearer",
-            expires_in,
-            refresh_token,
-            refresh_expires_in: expires_at - now,
-            session_id,
-        }))
+    tracing::info!(user_id = %account.id, session_id = %refresh.session_id, "logged in");
+    token_response(&state, &refresh, roles, expires_at, now, Uuid::new_v4())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+/// Rotates the refresh token. Within the grace window the just-rotated token gets the same
+/// successor pair (parallel tabs); after it, presenting it again revokes the whole session.
+#[tracing::instrument(name = "refresh", skip_all)]
+async fn refresh(
+    state: web::Data<AppState>,
+    body: web::Json<RefreshBody>,
+) -> Result<HttpResponse, ApiError> {
+    let presented = RefreshToken::parse(&body.refresh_token).ok_or(ApiError::Unauthorized)?;
+    let successor = RefreshToken::generate(presented.user_id, presented.session_id);
+    let (jti, now) = (Uuid::new_v4(), now_unix());
+    let outcome = state
+        .sessions
+        .send(Refresh {
+            presented: presented.clone(),
+            successor: successor.clone(),
+            jti,
+            now,
+        })
+        .await??;
+    match outcome {
+        Rotation::Rotated { expires_at, roles } => {
+            token_response(&state, &successor, roles, expires_at, now, jti)
+        }
+        Rotation::Replayed {
+            expires_at,
+            roles,
+            rotated_at,
+            sealed_successor,
+            jti,
+        } => {
+            let successor = presented
+                .unseal(&sealed_successor)
+                .ok_or(ApiError::Unauthorized)?;
+            token_response(&state, &successor, roles, expires_at, rotated_at, jti)
+        }
+        Rotation::Reused | Rotation::Invalid => Err(ApiError::Unauthorized),
+    }
 }
 
 /// 204 once Redis has acknowledged the revocation; 503 (and the session not reported as ended)
@@ -136,5 +187,30 @@ async fn logout(
         return Err(ApiError::Unauthorized);
     }
     tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "logged out");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogoutAllQuery {
+    #[serde(default)]
+    keep_current: bool,
+}
+
+/// Ends every session of the caller on every pod (`?keep_current=true`: all but this one).
+async fn logout_all(
+    state: web::Data<AppState>,
+    session: AuthenticatedSession,
+    query: web::Query<LogoutAllQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let except = query.keep_current.then_some(session.session_id);
+    let n = state
+        .sessions
+        .send(RevokeAll {
+            user_id: session.user_id,
+            except,
+        })
+        .await??;
+    tracing::info!(user_id = %session.user_id, revoked = n, "logged out everywhere");
     Ok(HttpResponse::NoContent().finish())
 }

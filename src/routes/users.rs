@@ -6,13 +6,15 @@ use super::resource;
 use crate::{
     auth::AuthenticatedSession,
     error::ApiError,
+    session::RevokeAll,
     state::AppState,
-    users::{self, CreateUser, FindByEmail, FindById},
+    users::{self, CreateUser, FindAccount, FindByEmail, FindById, SetPassword},
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/register").route(web::post().to(register)))
-        .service(resource("/profile").route(web::get().to(profile)));
+        .service(resource("/profile").route(web::get().to(profile)))
+        .service(resource("/profile/password").route(web::put().to(change_password)));
 }
 
 #[derive(Deserialize)]
@@ -66,4 +68,56 @@ async fn profile(
 ) -> Result<HttpResponse, ApiError> {
     let user = state.users.send(FindById(session.user_id)).await??;
     Ok(HttpResponse::Ok().json(user))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+/// Changes the password and ends every other session of the user. Sessions are revoked before
+/// the new hash is stored: if the second step fails, the old password still works and the call
+/// can simply be retried.
+#[tracing::instrument(name = "change_password", skip_all)]
+async fn change_password(
+    state: web::Data<AppState>,
+    session: AuthenticatedSession,
+    body: web::Json<PasswordBody>,
+) -> Result<HttpResponse, ApiError> {
+    let PasswordBody {
+        current_password,
+        new_password,
+    } = body.into_inner();
+    users::validate_password(&new_password).map_err(|m| ApiError::invalid(format!("new_{m}")))?;
+    let account = state
+        .users
+        .send(FindAccount(session.user_id))
+        .await??
+        .ok_or(ApiError::NotFound("user"))?;
+    if !state
+        .hasher
+        .verify(current_password, Some(account.password_hash))
+        .await?
+    {
+        return Err(ApiError::Forbidden);
+    }
+    let password_hash = state.hasher.hash(new_password).await?;
+    let revoked = state
+        .sessions
+        .send(RevokeAll {
+            user_id: session.user_id,
+            except: Some(session.session_id),
+        })
+        .await??;
+    state
+        .users
+        .send(SetPassword {
+            user_id: session.user_id,
+            password_hash,
+        })
+        .await??;
+    tracing::info!(user_id = %session.user_id, other_sessions_revoked = revoked, "password changed");
+    Ok(HttpResponse::NoContent().finish())
 }

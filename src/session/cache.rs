@@ -2,7 +2,7 @@
 //! this pod has been told is revoked. Readers (the hot path) only read; the registry actor writes.
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -11,23 +11,54 @@ use std::{
 use moka::future::Cache;
 use uuid::Uuid;
 
-use super::{Invalidation, SessionState};
+use super::{now_unix, Invalidation, Lifetimes, SessionState};
 
 /// One cached answer of the store. `state: None` caches "no such session", so replaying a revoked
 /// token does not cost a Redis read per request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CacheEntry {
     pub state: Option<SessionState>,
     /// When the store read that produced this entry *started*: a revoke-all seen after that
     /// instant makes the entry untrustworthy even if the read finished later.
     pub read_at: Instant,
+    /// Last use this pod knows of (unix seconds); drives throttled last_seen_at writes.
+    touched_at: AtomicI64,
+}
+
+impl CacheEntry {
+    pub fn new(state: Option<SessionState>, read_at: Instant) -> Self {
+        let touched = state.map_or(0, |s| s.last_seen_at);
+        Self {
+            state,
+            read_at,
+            touched_at: AtomicI64::new(touched),
+        }
+    }
+
+    pub fn touched_at(&self) -> i64 {
+        self.touched_at.load(Ordering::Relaxed)
+    }
+
+    /// True for one caller per `interval`: that caller records the session's use.
+    pub fn claim_touch(&self, now: i64, interval: Duration) -> bool {
+        let touched = self.touched_at();
+        now - touched >= interval.as_secs() as i64
+            && self
+                .touched_at
+                .compare_exchange(touched, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 pub enum CacheLookup {
-    /// A trusted cached answer (which may be "revoked").
-    Hit(Option<SessionState>),
-    /// Ask the registry (cache miss, or the cache is not trusted right now).
-    Miss,
+    /// A trusted cached answer (`None`: revoked or unknown). `touch`: this request should record
+    /// the session's use (at most once per touch interval per pod).
+    Hit {
+        state: Option<SessionState>,
+        touch: bool,
+    },
+    /// Ask the registry. `fresh`: bypass the cache (the session may have gone idle).
+    Miss { fresh: bool },
 }
 
 #[derive(Clone)]
@@ -41,11 +72,12 @@ pub struct SessionCache {
     /// store is believed (cached entries serve only as a fallback when the store is unreachable).
     trusted: Arc<AtomicBool>,
     ttl: Duration,
+    lifetimes: Lifetimes,
 }
 
 impl SessionCache {
     /// `ttl` bounds how long a pod trusts a cached answer (SESSION_CACHE_TTL); zero disables caching.
-    pub fn new(ttl: Duration, trusted: bool) -> Self {
+    pub fn new(ttl: Duration, trusted: bool, lifetimes: Lifetimes) -> Self {
         // A tombstone must outlive any entry whose load started before the revoke:
         // load time (bounded by the Redis timeout) + ttl. A second of margin covers it.
         let tombstone_ttl = ttl + Duration::from_secs(1);
@@ -58,11 +90,16 @@ impl SessionCache {
             revoked_users: Cache::builder().time_to_live(tombstone_ttl).build(),
             trusted: Arc::new(AtomicBool::new(trusted)),
             ttl,
+            lifetimes,
         }
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    pub fn lifetimes(&self) -> Lifetimes {
+        self.lifetimes
     }
 
     pub fn is_trusted(&self) -> bool {
@@ -76,11 +113,28 @@ impl SessionCache {
     /// The hot path: no message, no I/O.
     pub async fn lookup(&self, sid: Uuid) -> CacheLookup {
         if !self.is_trusted() {
-            return CacheLookup::Miss;
+            return CacheLookup::Miss { fresh: false };
         }
-        match self.entries.get(&sid).await {
-            Some(entry) => CacheLookup::Hit(self.screen(sid, &entry).await),
-            None => CacheLookup::Miss,
+        let Some(entry) = self.entries.get(&sid).await else {
+            return CacheLookup::Miss { fresh: false };
+        };
+        let Some(state) = self.screen(sid, &entry).await else {
+            return CacheLookup::Hit {
+                state: None,
+                touch: false,
+            };
+        };
+        let now = now_unix();
+        if let Some(idle) = self.lifetimes.idle_timeout {
+            // Unused here for longer than the idle timeout: another pod may have seen use, so
+            // only the store can say whether the session is still alive.
+            if now - entry.touched_at() >= idle.as_secs() as i64 {
+                return CacheLookup::Miss { fresh: true };
+            }
+        }
+        CacheLookup::Hit {
+            state: Some(state),
+            touch: entry.claim_touch(now, self.lifetimes.touch_interval),
         }
     }
 
@@ -112,14 +166,16 @@ impl SessionCache {
     }
 
     /// Applies a revocation seen locally or received from another pod.
-    pub(super) async fn apply(&self, inv: Invalidation) {
+    pub(super) async fn apply(&self, inv: &Invalidation) {
         match inv {
-            Invalidation::Session(sid) => {
-                self.revoked_sessions.insert(sid, ()).await;
-                self.entries.invalidate(&sid).await;
+            Invalidation::Sessions(sids) => {
+                for sid in sids {
+                    self.revoked_sessions.insert(*sid, ()).await;
+                    self.entries.invalidate(sid).await;
+                }
             }
             Invalidation::User(uid) => {
-                self.revoked_users.insert(uid, Instant::now()).await;
+                self.revoked_users.insert(*uid, Instant::now()).await;
             }
         }
     }

@@ -2,12 +2,19 @@
 //! pub/sub subscription and the writes to the local cache; [`SessionCache`] is the cloneable
 //! read handle that answers the hot path without a message round trip.
 mod cache;
+pub mod refresh;
 mod registry;
 mod store;
 
 pub use cache::{CacheLookup, SessionCache};
-pub use registry::{CreateSession, Ping, Revoke, SessionRegistry, Stop, Validate};
+pub use refresh::RefreshToken;
+pub use registry::{
+    CreateSession, ListSessions, Ping, Refresh, Revoke, RevokeAll, SessionRegistry, Stop, Touch,
+    Validate,
+};
 pub use store::{MemoryStore, RedisStore, SessionStore};
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -40,6 +47,8 @@ pub struct SessionRecord {
     pub expires_at: i64,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// Roles at login, carried into access tokens minted by refreshes.
+    pub roles: Vec<String>,
     /// SHA-256 (hex) of the current refresh token; the token itself is never stored.
     pub refresh_hash: String,
 }
@@ -49,37 +58,100 @@ pub struct SessionRecord {
 pub struct SessionState {
     pub user_id: Uuid,
     pub expires_at: i64,
+    pub last_seen_at: i64,
 }
 
-impl SessionState {
-    pub fn is_live(&self, now: i64) -> bool {
-        now < self.expires_at
+/// Session lifetime rules shared by both stores.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Sessions unused for this long end.
+    pub idle_timeout: Option<Duration>,
+    /// How often use of a session is written back (last_seen_at), at most.
+    pub touch_interval: Duration,
+    pub reuse_grace: Duration,
+}
+
+impl Lifetimes {
+    pub fn new(idle_timeout: Option<Duration>, reuse_grace: Duration) -> Self {
+        // Often enough that a used session never looks idle, rare enough that the hot path does
+        // not write to Redis on every request.
+        let touch_interval = idle_timeout.map_or(Duration::from_secs(60), |idle| {
+            (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        });
+        Self {
+            idle_timeout,
+            touch_interval,
+            reuse_grace,
+        }
+    }
+
+    /// When the session ends if it is not used again after `last_seen_at`.
+    pub fn end_at(&self, expires_at: i64, last_seen_at: i64) -> i64 {
+        match self.idle_timeout {
+            Some(idle) => expires_at.min(last_seen_at + idle.as_secs() as i64),
+            None => expires_at,
+        }
+    }
+
+    pub fn is_live(&self, s: &SessionState, now: i64) -> bool {
+        now < self.end_at(s.expires_at, s.last_seen_at)
     }
 }
 
-/// What travels on `{prefix}invalidate`: `s:<sid>` for one session, `u:<uid>` for all sessions of a
-/// user. Plain text keeps the subscriber's parse trivial and the channel readable with redis-cli.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a refresh did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The presented token was current: the successor is stored.
+    Rotated { expires_at: i64, roles: Vec<String> },
+    /// The presented token was rotated moments ago (within the grace window): here is what is
+    /// needed to hand out the same successor again.
+    Replayed {
+        expires_at: i64,
+        roles: Vec<String>,
+        rotated_at: i64,
+        sealed_successor: String,
+        jti: Uuid,
+    },
+    /// A rotated token came back after the grace window: the session was revoked.
+    Reused,
+    /// Unknown, expired or revoked session, or a token that was never issued for it.
+    Invalid,
+}
+
+/// What travels on `{prefix}invalidate`: `s:<sid>[,<sid>...]` for sessions, `u:<uid>` for all
+/// sessions of a user. Plain text keeps the subscriber's parse trivial and the channel readable
+/// with redis-cli.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
-    Session(Uuid),
+    Sessions(Vec<Uuid>),
     User(Uuid),
 }
 
 impl Invalidation {
+    pub fn session(sid: Uuid) -> Self {
+        Invalidation::Sessions(vec![sid])
+    }
+
     pub fn encode(&self) -> String {
         match self {
-            Invalidation::Session(sid) => format!("s:{sid}"),
+            Invalidation::Sessions(sids) => {
+                let ids: Vec<String> = sids.iter().map(Uuid::to_string).collect();
+                format!("s:{}", ids.join(","))
+            }
             Invalidation::User(uid) => format!("u:{uid}"),
         }
     }
 
     pub fn decode(payload: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(payload).ok()?;
-        let (kind, id) = text.split_once(':')?;
-        let id = Uuid::parse_str(id).ok()?;
+        let (kind, ids) = text.split_once(':')?;
         match kind {
-            "s" => Some(Invalidation::Session(id)),
-            "u" => Some(Invalidation::User(id)),
+            "s" => ids
+                .split(',')
+                .map(|id| Uuid::parse_str(id).ok())
+                .collect::<Option<Vec<_>>>()
+                .map(Invalidation::Sessions),
+            "u" => Uuid::parse_str(ids).ok().map(Invalidation::User),
             _ => None,
         }
     }
@@ -95,12 +167,26 @@ mod tests {
 
     #[test]
     fn invalidations_round_trip_and_garbage_is_ignored() {
-        let id = Uuid::new_v4();
-        for inv in [Invalidation::Session(id), Invalidation::User(id)] {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        for inv in [
+            Invalidation::session(a),
+            Invalidation::Sessions(vec![a, b]),
+            Invalidation::User(a),
+        ] {
             assert_eq!(Invalidation::decode(inv.encode().as_bytes()), Some(inv));
         }
         assert_eq!(Invalidation::decode(b"x:1"), None);
         assert_eq!(Invalidation::decode(b"s:not-a-uuid"), None);
         assert_eq!(Invalidation::decode(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn idle_sessions_end_early_but_never_after_their_absolute_end() {
+        let l = Lifetimes::new(Some(Duration::from_secs(100)), Duration::from_secs(10));
+        assert_eq!(l.end_at(1_000, 500), 600);
+        assert_eq!(l.end_at(1_000, 950), 1_000);
+        assert_eq!(l.touch_interval, Duration::from_secs(25));
+        let off = Lifetimes::new(None, Duration::from_secs(10));
+        assert_eq!(off.end_at(1_000, 0), 1_000);
     }
 }

@@ -13,8 +13,8 @@ use redis::aio::PubSubSink;
 use uuid::Uuid;
 
 use super::{
-    cache::CacheEntry, Invalidation, SessionCache, SessionError, SessionRecord, SessionState,
-    SessionStore,
+    cache::CacheEntry, now_unix, Invalidation, RefreshToken, Rotation, SessionCache, SessionError,
+    SessionRecord, SessionState, SessionStore,
 };
 use crate::metrics::Metrics;
 
@@ -199,7 +199,7 @@ impl StreamHandler<SubEvent> for SessionRegistry {
                     let cache = self.cache.clone();
                     // `wait` keeps invalidations in arrival order.
                     ctx.wait(actix::fut::wrap_future(
-                        async move { cache.apply(inv).await },
+                        async move { cache.apply(&inv).await },
                     ));
                 }
                 None => tracing::warn!("ignored a malformed invalidation message"),
@@ -230,11 +230,9 @@ impl Handler<CreateSession> for SessionRegistry {
             let state = SessionState {
                 user_id: rec.user_id,
                 expires_at: rec.expires_at,
+                last_seen_at: rec.last_seen_at,
             };
-            let entry = CacheEntry {
-                state: Some(state),
-                read_at: Instant::now(),
-            };
+            let entry = CacheEntry::new(Some(state), Instant::now());
             cache.insert(rec.session_id, Arc::new(entry)).await;
             Ok(())
         })
@@ -242,12 +240,13 @@ impl Handler<CreateSession> for SessionRegistry {
 }
 
 /// The cache-miss path of a token check: read the store (one read for concurrent misses of one
-/// session) and cache the answer.
+/// session) and cache the answer. `fresh` bypasses a cached answer (possible idle session).
 #[derive(Message)]
 #[rtype(result = "Result<Option<SessionState>, SessionError>")]
 pub struct Validate {
     pub user_id: Uuid,
     pub session_id: Uuid,
+    pub fresh: bool,
 }
 
 impl Handler<Validate> for SessionRegistry {
@@ -258,32 +257,64 @@ impl Handler<Validate> for SessionRegistry {
         let Validate {
             user_id,
             session_id: sid,
+            fresh,
         } = msg;
         Box::pin(async move {
             let load = |store: SessionStore| async move {
                 let read_at = Instant::now();
-                store
-                    .load(user_id, sid)
-                    .await
-                    .map(|state| Arc::new(CacheEntry { state, read_at }))
+                let state = store.load(user_id, sid).await?;
+                Ok::<_, SessionError>(Arc::new(CacheEntry::new(state, read_at)))
             };
-            if cache.is_trusted() && !cache.ttl().is_zero() {
-                let entry = cache
+            let cacheable = cache.is_trusted() && !cache.ttl().is_zero();
+            let entry = if cacheable && !fresh {
+                cache
                     .entries()
-                    .try_get_with(sid, load(store))
+                    .try_get_with(sid, load(store.clone()))
                     .await
-                    .map_err(|e| (*e).clone())?;
-                return Ok(cache.screen(sid, &entry).await);
+                    .map_err(|e| (*e).clone())?
+            } else if cacheable {
+                let entry = load(store.clone()).await?;
+                cache.insert(sid, entry.clone()).await;
+                entry
+            } else {
+                // Not trusted (subscription down): the store's answer, not cached, since an
+                // invalidation for it could be missed. If the store is unreachable, a cached entry
+                // younger than SESSION_CACHE_TTL is the best answer there is; without one, 503.
+                match load(store.clone()).await {
+                    Ok(entry) => entry,
+                    Err(e) => cache.fallback(sid).await.ok_or(e)?,
+                }
+            };
+            let state = cache.screen(sid, &entry).await;
+            if let Some(s) = state {
+                let now = now_unix();
+                if entry.claim_touch(now, cache.lifetimes().touch_interval) {
+                    // Best effort: a lost write only makes last_seen_at a little older.
+                    let _ = store.touch(s.user_id, sid, now).await;
+                }
             }
-            // Not trusted (subscription down): the store's answer, not cached, since an
-            // invalidation for it could be missed. If the store is unreachable, a cached entry
-            // younger than SESSION_CACHE_TTL is the best answer there is; without one, 503.
-            match load(store).await {
-                Ok(entry) => Ok(cache.screen(sid, &entry).await),
-                Err(e) => match cache.fallback(sid).await {
-                    Some(entry) => Ok(cache.screen(sid, &entry).await),
-                    None => Err(e),
-                },
+            Ok(state)
+        })
+    }
+}
+
+/// Records use of a session (throttled by the caller). Fire-and-forget from the hot path.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Touch {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+impl Handler<Touch> for SessionRegistry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Touch, _: &mut Self::Context) -> Self::Result {
+        let (store, cache) = (self.store.clone(), self.cache.clone());
+        Box::pin(async move {
+            if let Ok(false) = store.touch(msg.user_id, msg.session_id, now_unix()).await {
+                // Ended meanwhile (idle elsewhere, or expired): stop serving it from the cache.
+                cache.apply(&Invalidation::session(msg.session_id)).await;
             }
         })
     }
@@ -307,14 +338,92 @@ impl Handler<Revoke> for SessionRegistry {
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
         Box::pin(async move {
             let existed = store.revoke(msg.user_id, msg.session_id).await?;
-            cache.apply(Invalidation::Session(msg.session_id)).await;
-            if let SessionStore::Redis(_) = store {
-                metrics.invalidations_published.inc();
-            }
+            // Only a session that was the caller's is evicted: naming someone else's id does
+            // nothing, here or on other pods.
             if existed {
+                cache.apply(&Invalidation::session(msg.session_id)).await;
+                if let SessionStore::Redis(_) = store {
+                    metrics.invalidations_published.inc();
+                }
                 metrics.sessions_revoked.inc();
             }
             Ok(existed)
+        })
+    }
+}
+
+/// Ends every session of a user (but `except`), on every pod. Returns how many ended.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SessionError>")]
+pub struct RevokeAll {
+    pub user_id: Uuid,
+    pub except: Option<Uuid>,
+}
+
+impl Handler<RevokeAll> for SessionRegistry {
+    type Result = ResponseFuture<Result<usize, SessionError>>;
+
+    fn handle(&mut self, msg: RevokeAll, _: &mut Self::Context) -> Self::Result {
+        let (store, cache, metrics) =
+            (self.store.clone(), self.cache.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let revoked = store.revoke_all(msg.user_id, msg.except).await?;
+            if !revoked.is_empty() {
+                cache.apply(&Invalidation::Sessions(revoked.clone())).await;
+                if let SessionStore::Redis(_) = store {
+                    metrics.invalidations_published.inc();
+                }
+                metrics.sessions_revoked.inc_by(revoked.len() as u64);
+            }
+            Ok(revoked.len())
+        })
+    }
+}
+
+/// The user's live sessions.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<SessionRecord>, SessionError>")]
+pub struct ListSessions(pub Uuid);
+
+impl Handler<ListSessions> for SessionRegistry {
+    type Result = ResponseFuture<Result<Vec<SessionRecord>, SessionError>>;
+
+    fn handle(&mut self, msg: ListSessions, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { store.list(msg.0).await })
+    }
+}
+
+/// One refresh-token rotation; a detected reuse is revoked on every pod before this returns.
+#[derive(Message)]
+#[rtype(result = "Result<Rotation, SessionError>")]
+pub struct Refresh {
+    pub presented: RefreshToken,
+    pub successor: RefreshToken,
+    pub jti: Uuid,
+    pub now: i64,
+}
+
+impl Handler<Refresh> for SessionRegistry {
+    type Result = ResponseFuture<Result<Rotation, SessionError>>;
+
+    fn handle(&mut self, msg: Refresh, _: &mut Self::Context) -> Self::Result {
+        let (store, cache, metrics) =
+            (self.store.clone(), self.cache.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let sid = msg.presented.session_id;
+            let outcome = store
+                .rotate(&msg.presented, &msg.successor, msg.jti, msg.now)
+                .await?;
+            if outcome == Rotation::Reused {
+                cache.apply(&Invalidation::session(sid)).await;
+                if let SessionStore::Redis(_) = store {
+                    metrics.invalidations_published.inc();
+                }
+                metrics.sessions_revoked.inc();
+                tracing::warn!(session_id = %sid, "refresh token reuse detected; session revoked");
+            }
+            Ok(outcome)
         })
     }
 }

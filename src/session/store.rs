@@ -1,20 +1,27 @@
 //! Where sessions live: Redis (production, shared by every pod) or this process (embedded
 //! default, single node). Key layout, one per deployment:
-//! - `{prefix}{u:<uid>}:session:<sid>`: hash of the [`SessionRecord`], EXPIREAT = absolute end;
-//! - `{prefix}{u:<uid>}:sessions`: sorted set of the user's sids scored by expiry.
+//! - `{prefix}{u:<uid>}:session:<sid>`: hash of the [`SessionRecord`] plus refresh-rotation
+//!   state; EXPIREAT = absolute end, or earlier with an idle timeout;
+//! - `{prefix}{u:<uid>}:session:<sid>:used`: set of the hashes of rotated refresh tokens;
+//! - `{prefix}{u:<uid>}:sessions`: sorted set of the user's sids scored by absolute expiry.
 //!
-//! Both keys of one user share the `{u:<uid>}` hash tag so one MULTI can touch them on Redis
-//! Cluster too. Every call is bounded by the Redis timeout: a slow Redis gives 503, not a pile-up.
+//! All keys of one user share the `{u:<uid>}` hash tag, so each script or MULTI touches one
+//! Redis Cluster slot. Every call is bounded by the Redis timeout: a slow Redis gives 503, not a
+//! pile-up.
 use std::{
-    sync::Arc,
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use moka::{future::Cache, Expiry};
-use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, AsyncCommands};
+use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, AsyncCommands, Script};
 use uuid::Uuid;
 
-use super::{now_unix, Invalidation, SessionError, SessionRecord, SessionState};
+use super::{
+    now_unix, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord,
+    SessionState,
+};
 
 #[derive(Clone)]
 pub enum SessionStore {
@@ -22,31 +29,68 @@ pub enum SessionStore {
     Memory(MemoryStore),
 }
 
+/// Dispatches to the backend; both implement the same semantics.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            SessionStore::Redis($s) => $call,
+            SessionStore::Memory($s) => Ok($call),
+        }
+    };
+}
+
 impl SessionStore {
-    pub async fn create(&self, rec: &SessionRecord) -> Result<(), SessionError> {
+    pub fn lifetimes(&self) -> Lifetimes {
         match self {
-            SessionStore::Redis(r) => r.create(rec).await,
-            SessionStore::Memory(m) => {
-                m.create(rec).await;
-                Ok(())
-            }
+            SessionStore::Redis(r) => r.lifetimes,
+            SessionStore::Memory(m) => m.lifetimes,
         }
     }
 
+    pub async fn create(&self, rec: &SessionRecord) -> Result<(), SessionError> {
+        dispatch!(self, s => s.create(rec).await)
+    }
+
+    /// The session if it is live (not revoked, expired or idle).
     pub async fn load(&self, uid: Uuid, sid: Uuid) -> Result<Option<SessionState>, SessionError> {
-        match self {
-            SessionStore::Redis(r) => r.load(uid, sid).await,
-            SessionStore::Memory(m) => Ok(m.load(uid, sid).await),
-        }
+        dispatch!(self, s => s.load(uid, sid).await)
+    }
+
+    /// Records use of the session. `Ok(false)`: it is gone.
+    pub async fn touch(&self, uid: Uuid, sid: Uuid, now: i64) -> Result<bool, SessionError> {
+        dispatch!(self, s => s.touch(uid, sid, now).await)
     }
 
     /// Deletes the session and (Redis) publishes its invalidation in the same transaction.
     /// `Ok(false)`: it was already gone.
     pub async fn revoke(&self, uid: Uuid, sid: Uuid) -> Result<bool, SessionError> {
-        match self {
-            SessionStore::Redis(r) => r.revoke(uid, sid).await,
-            SessionStore::Memory(m) => Ok(m.revoke(uid, sid).await),
-        }
+        dispatch!(self, s => s.revoke(uid, sid).await)
+    }
+
+    /// Revokes every session of the user but `except`; returns the revoked ids.
+    pub async fn revoke_all(
+        &self,
+        uid: Uuid,
+        except: Option<Uuid>,
+    ) -> Result<Vec<Uuid>, SessionError> {
+        dispatch!(self, s => s.revoke_all(uid, except).await)
+    }
+
+    /// The user's live sessions, oldest first; prunes index entries of ended ones.
+    pub async fn list(&self, uid: Uuid) -> Result<Vec<SessionRecord>, SessionError> {
+        dispatch!(self, s => s.list(uid).await)
+    }
+
+    /// One atomic rotation step (see [`Rotation`]). `successor` is stored only if `presented` is
+    /// the current token.
+    pub async fn rotate(
+        &self,
+        presented: &RefreshToken,
+        successor: &RefreshToken,
+        jti: Uuid,
+        now: i64,
+    ) -> Result<Rotation, SessionError> {
+        dispatch!(self, s => s.rotate(presented, successor, jti, now).await)
     }
 
     pub async fn ping(&self) -> Result<(), SessionError> {
@@ -57,6 +101,102 @@ impl SessionStore {
     }
 }
 
+fn roles_field(roles: &[String]) -> String {
+    roles.join(",")
+}
+
+fn parse_roles(field: &str) -> Vec<String> {
+    field
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+static TOUCH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local exp = redis.call('HGET', KEYS[1], 'expires_at')
+if not exp then return 0 end
+redis.call('HSET', KEYS[1], 'last_seen_at', ARGV[1])
+local idle = tonumber(ARGV[2])
+if idle > 0 then
+  redis.call('EXPIREAT', KEYS[1], math.min(tonumber(exp), tonumber(ARGV[1]) + idle))
+end
+return 1",
+    )
+});
+
+/// Deletes one session; only a session that existed is announced, so naming someone else's
+/// session id cannot evict it anywhere.
+static REVOKE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1",
+    )
+});
+
+static REVOKE_ALL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local sids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local revoked = {}
+for _, sid in ipairs(sids) do
+  if sid ~= ARGV[2] then
+    local n = redis.call('DEL', ARGV[1] .. sid)
+    redis.call('DEL', ARGV[1] .. sid .. ':used')
+    redis.call('ZREM', KEYS[1], sid)
+    if n > 0 then table.insert(revoked, sid) end
+  end
+end
+if #revoked > 0 then redis.call('PUBLISH', ARGV[3], 's:' .. table.concat(revoked, ',')) end
+return revoked",
+    )
+});
+
+static ROTATE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local f = redis.call('HMGET', KEYS[1], 'refresh_hash', 'prev_hash', 'rotated_at', 'succ_sealed', 'succ_jti', 'expires_at', 'roles')
+if not f[1] then return {'invalid'} end
+local now = tonumber(ARGV[3])
+if f[1] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'refresh_hash', ARGV[2], 'prev_hash', ARGV[1], 'rotated_at', ARGV[3],
+    'succ_sealed', ARGV[5], 'succ_jti', ARGV[6], 'last_seen_at', ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('EXPIREAT', KEYS[3], tonumber(f[6]))
+  local idle = tonumber(ARGV[9])
+  if idle > 0 then redis.call('EXPIREAT', KEYS[1], math.min(tonumber(f[6]), now + idle)) end
+  return {'rotated', f[6], f[7] or ''}
+end
+if f[2] == ARGV[1] and now - tonumber(f[3]) <= tonumber(ARGV[4]) then
+  return {'replayed', f[6], f[7] or '', f[3], f[4], f[5]}
+end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('ZREM', KEYS[2], ARGV[8])
+  redis.call('PUBLISH', ARGV[7], 's:' .. ARGV[8])
+  return {'reused'}
+end
+return {'invalid'}",
+    )
+});
+
+const RECORD_FIELDS: [&str; 8] = [
+    "user_id",
+    "created_at",
+    "last_seen_at",
+    "expires_at",
+    "ip",
+    "user_agent",
+    "roles",
+    "refresh_hash",
+];
+
 #[derive(Clone)]
 pub struct RedisStore {
     client: redis::Client,
@@ -64,10 +204,16 @@ pub struct RedisStore {
     prefix: Arc<str>,
     channel: Arc<str>,
     timeout: Duration,
+    lifetimes: Lifetimes,
 }
 
 impl RedisStore {
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, SessionError> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        lifetimes: Lifetimes,
+    ) -> Result<Self, SessionError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout * 4))
@@ -86,6 +232,7 @@ impl RedisStore {
             prefix: Arc::from(prefix),
             channel: Arc::from(format!("{prefix}invalidate")),
             timeout,
+            lifetimes,
         })
     }
 
@@ -102,12 +249,25 @@ impl RedisStore {
         self.timeout
     }
 
+    /// `{prefix}{u:<uid>}:session:` — the session keys of one user start with this.
+    fn session_prefix(&self, uid: Uuid) -> String {
+        format!("{}{{u:{uid}}}:session:", self.prefix)
+    }
+
     pub fn session_key(&self, uid: Uuid, sid: Uuid) -> String {
-        format!("{}{{u:{uid}}}:session:{sid}", self.prefix)
+        format!("{}{sid}", self.session_prefix(uid))
+    }
+
+    fn used_key(&self, uid: Uuid, sid: Uuid) -> String {
+        format!("{}{sid}:used", self.session_prefix(uid))
     }
 
     pub fn index_key(&self, uid: Uuid) -> String {
         format!("{}{{u:{uid}}}:sessions", self.prefix)
+    }
+
+    fn idle_secs(&self) -> u64 {
+        self.lifetimes.idle_timeout.map_or(0, |d| d.as_secs())
     }
 
     async fn bounded<T>(
@@ -133,6 +293,8 @@ impl RedisStore {
             .arg(rec.last_seen_at)
             .arg("expires_at")
             .arg(rec.expires_at)
+            .arg("roles")
+            .arg(roles_field(&rec.roles))
             .arg("refresh_hash")
             .arg(&rec.refresh_hash);
         if let Some(ip) = &rec.ip {
@@ -145,7 +307,10 @@ impl RedisStore {
         pipe.atomic()
             .add_command(hset)
             .ignore()
-            .expire_at(&key, rec.expires_at)
+            .expire_at(
+                &key,
+                self.lifetimes.end_at(rec.expires_at, rec.last_seen_at),
+            )
             .ignore()
             .zrembyscore(&index, "-inf", rec.created_at)
             .ignore()
@@ -169,30 +334,167 @@ impl RedisStore {
     async fn load(&self, uid: Uuid, sid: Uuid) -> Result<Option<SessionState>, SessionError> {
         let key = self.session_key(uid, sid);
         let mut conn = self.conn.clone();
-        let (user_id, expires_at): (Option<String>, Option<i64>) = self
-            .bounded(conn.hmget(&key, &["user_id", "expires_at"]))
+        let (user_id, expires_at, last_seen_at): (Option<String>, Option<i64>, Option<i64>) = self
+            .bounded(conn.hmget(&key, &["user_id", "expires_at", "last_seen_at"]))
             .await?;
-        let state = match (user_id, expires_at) {
-            (Some(u), Some(expires_at)) if u == uid.to_string() => Some(SessionState {
-                user_id: uid,
-                expires_at,
-            }),
+        let state = match (user_id, expires_at, last_seen_at) {
+            (Some(u), Some(expires_at), Some(last_seen_at)) if u == uid.to_string() => {
+                Some(SessionState {
+                    user_id: uid,
+                    expires_at,
+                    last_seen_at,
+                })
+            }
             _ => None,
         };
-        Ok(state.filter(|s| s.is_live(now_unix())))
+        Ok(state.filter(|s| self.lifetimes.is_live(s, now_unix())))
+    }
+
+    async fn touch(&self, uid: Uuid, sid: Uuid, now: i64) -> Result<bool, SessionError> {
+        let mut conn = self.conn.clone();
+        let mut call = TOUCH.key(self.session_key(uid, sid));
+        call.arg(now).arg(self.idle_secs());
+        let alive: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(alive == 1)
     }
 
     async fn revoke(&self, uid: Uuid, sid: Uuid) -> Result<bool, SessionError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(self.session_key(uid, sid))
-            .zrem(self.index_key(uid), sid.to_string())
-            .ignore()
-            .publish(&*self.channel, Invalidation::Session(sid).encode())
-            .ignore();
         let mut conn = self.conn.clone();
-        let (deleted,): (u32,) = self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(deleted > 0)
+        let mut call = REVOKE.key(self.session_key(uid, sid));
+        call.key(self.used_key(uid, sid))
+            .key(self.index_key(uid))
+            .arg(sid.to_string())
+            .arg(&*self.channel)
+            .arg(Invalidation::session(sid).encode());
+        let deleted: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(deleted == 1)
+    }
+
+    async fn revoke_all(&self, uid: Uuid, except: Option<Uuid>) -> Result<Vec<Uuid>, SessionError> {
+        let mut conn = self.conn.clone();
+        let mut call = REVOKE_ALL.key(self.index_key(uid));
+        call.arg(self.session_prefix(uid))
+            .arg(except.map(|s| s.to_string()).unwrap_or_default())
+            .arg(&*self.channel);
+        let revoked: Vec<String> = self.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(revoked
+            .iter()
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .collect())
+    }
+
+    async fn list(&self, uid: Uuid) -> Result<Vec<SessionRecord>, SessionError> {
+        let index = self.index_key(uid);
+        let mut conn = self.conn.clone();
+        let sids: Vec<String> = self
+            .bounded(async {
+                let _: () = conn.zrembyscore(&index, "-inf", now_unix()).await?;
+                conn.zrange(&index, 0, -1).await
+            })
+            .await?;
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for sid in &sids {
+            pipe.cmd("HMGET")
+                .arg(format!("{}{sid}", self.session_prefix(uid)))
+                .arg(&RECORD_FIELDS);
+        }
+        type Fields = (
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Fields> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let (mut live, mut gone) = (Vec::new(), Vec::new());
+        let now = now_unix();
+        for (sid, row) in sids.iter().zip(rows) {
+            let Ok(session_id) = Uuid::parse_str(sid) else {
+                continue;
+            };
+            match row {
+                (
+                    Some(user),
+                    Some(created_at),
+                    Some(last_seen_at),
+                    Some(expires_at),
+                    ip,
+                    user_agent,
+                    roles,
+                    hash,
+                ) if user == uid.to_string()
+                    && now < self.lifetimes.end_at(expires_at, last_seen_at) =>
+                {
+                    live.push(SessionRecord {
+                        session_id,
+                        user_id: uid,
+                        created_at,
+                        last_seen_at,
+                        expires_at,
+                        ip,
+                        user_agent,
+                        roles: parse_roles(&roles.unwrap_or_default()),
+                        refresh_hash: hash.unwrap_or_default(),
+                    })
+                }
+                _ => gone.push(sid.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            let _: () = self.bounded(conn.zrem(&index, gone)).await?;
+        }
+        live.sort_by_key(|r| r.created_at);
+        Ok(live)
+    }
+
+    async fn rotate(
+        &self,
+        presented: &RefreshToken,
+        successor: &RefreshToken,
+        jti: Uuid,
+        now: i64,
+    ) -> Result<Rotation, SessionError> {
+        let (uid, sid) = (presented.user_id, presented.session_id);
+        let mut conn = self.conn.clone();
+        let mut call = ROTATE.key(self.session_key(uid, sid));
+        call.key(self.index_key(uid))
+            .key(self.used_key(uid, sid))
+            .arg(presented.hash())
+            .arg(successor.hash())
+            .arg(now)
+            .arg(self.lifetimes.reuse_grace.as_secs())
+            .arg(presented.seal(successor))
+            .arg(jti.to_string())
+            .arg(&*self.channel)
+            .arg(sid.to_string())
+            .arg(self.idle_secs());
+        let reply: Vec<String> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let num = |i: usize| reply.get(i).and_then(|v| v.parse::<i64>().ok());
+        let text = |i: usize| reply.get(i).cloned().unwrap_or_default();
+        Ok(match reply.first().map(String::as_str) {
+            Some("rotated") => Rotation::Rotated {
+                expires_at: num(1).unwrap_or(now),
+                roles: parse_roles(&text(2)),
+            },
+            Some("replayed") => match (num(1), num(3), Uuid::parse_str(&text(5))) {
+                (Some(expires_at), Some(rotated_at), Ok(jti)) => Rotation::Replayed {
+                    expires_at,
+                    roles: parse_roles(&text(2)),
+                    rotated_at,
+                    sealed_successor: text(4),
+                    jti,
+                },
+                _ => Rotation::Invalid,
+            },
+            Some("reused") => Rotation::Reused,
+            _ => Rotation::Invalid,
+        })
     }
 
     pub async fn ping(&self) -> Result<(), SessionError> {
@@ -203,56 +505,218 @@ impl RedisStore {
     }
 }
 
+/// One in-process session with its rotation state.
+struct MemSession {
+    rec: SessionRecord,
+    prev_hash: Option<String>,
+    rotated_at: i64,
+    sealed_successor: String,
+    jti: Uuid,
+    used: HashSet<String>,
+}
+
 /// Sessions in this process, for the embedded single-node default. Entries expire at the
-/// session's absolute end.
+/// session's absolute end; idle ones are dropped when next looked at.
 #[derive(Clone)]
 pub struct MemoryStore {
-    sessions: Cache<Uuid, Arc<SessionRecord>>,
+    sessions: Cache<Uuid, Arc<Mutex<MemSession>>>,
+    by_user: Arc<Mutex<HashMap<Uuid, HashSet<Uuid>>>>,
+    lifetimes: Lifetimes,
 }
 
 struct UntilSessionEnd;
 
-impl Expiry<Uuid, Arc<SessionRecord>> for UntilSessionEnd {
+impl Expiry<Uuid, Arc<Mutex<MemSession>>> for UntilSessionEnd {
     fn expire_after_create(
         &self,
         _: &Uuid,
-        rec: &Arc<SessionRecord>,
+        s: &Arc<Mutex<MemSession>>,
         _: Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            (rec.expires_at - now_unix()).max(0) as u64
-        ))
-    }
-}
-
-impl Default for MemoryStore {
-    fn default() -> Self {
-        Self {
-            sessions: Cache::builder().expire_after(UntilSessionEnd).build(),
-        }
+        let expires_at = s.lock().map_or(0, |s| s.rec.expires_at);
+        Some(Duration::from_secs((expires_at - now_unix()).max(0) as u64))
     }
 }
 
 impl MemoryStore {
+    pub fn new(lifetimes: Lifetimes) -> Self {
+        Self {
+            sessions: Cache::builder().expire_after(UntilSessionEnd).build(),
+            by_user: Arc::default(),
+            lifetimes,
+        }
+    }
+
+    /// The user's live session, dropping it if it has ended.
+    async fn live(&self, uid: Uuid, sid: Uuid) -> Option<Arc<Mutex<MemSession>>> {
+        let entry = self.sessions.get(&sid).await?;
+        let live = entry.lock().ok().is_some_and(|s| {
+            let state = SessionState {
+                user_id: s.rec.user_id,
+                expires_at: s.rec.expires_at,
+                last_seen_at: s.rec.last_seen_at,
+            };
+            s.rec.user_id == uid && self.lifetimes.is_live(&state, now_unix())
+        });
+        if live {
+            return Some(entry);
+        }
+        if entry.lock().is_ok_and(|s| s.rec.user_id == uid) {
+            self.remove(uid, sid).await;
+        }
+        None
+    }
+
+    async fn remove(&self, uid: Uuid, sid: Uuid) -> bool {
+        if let Ok(mut idx) = self.by_user.lock() {
+            if let Some(set) = idx.get_mut(&uid) {
+                set.remove(&sid);
+                if set.is_empty() {
+                    idx.remove(&uid);
+                }
+            }
+        }
+        self.sessions.remove(&sid).await.is_some()
+    }
+
     async fn create(&self, rec: &SessionRecord) {
+        if let Ok(mut idx) = self.by_user.lock() {
+            idx.entry(rec.user_id).or_default().insert(rec.session_id);
+        }
+        let session = MemSession {
+            rec: rec.clone(),
+            prev_hash: None,
+            rotated_at: 0,
+            sealed_successor: String::new(),
+            jti: Uuid::nil(),
+            used: HashSet::new(),
+        };
         self.sessions
-            .insert(rec.session_id, Arc::new(rec.clone()))
+            .insert(rec.session_id, Arc::new(Mutex::new(session)))
             .await;
     }
 
     async fn load(&self, uid: Uuid, sid: Uuid) -> Option<SessionState> {
-        let rec = self.sessions.get(&sid).await?;
-        let state = SessionState {
-            user_id: rec.user_id,
-            expires_at: rec.expires_at,
+        let entry = self.live(uid, sid).await?;
+        let s = entry.lock().ok()?;
+        Some(SessionState {
+            user_id: uid,
+            expires_at: s.rec.expires_at,
+            last_seen_at: s.rec.last_seen_at,
+        })
+    }
+
+    async fn touch(&self, uid: Uuid, sid: Uuid, now: i64) -> bool {
+        let Some(entry) = self.live(uid, sid).await else {
+            return false;
         };
-        (rec.user_id == uid && state.is_live(now_unix())).then_some(state)
+        let touched = match entry.lock() {
+            Ok(mut s) => {
+                s.rec.last_seen_at = s.rec.last_seen_at.max(now);
+                true
+            }
+            Err(_) => false,
+        };
+        touched
     }
 
     async fn revoke(&self, uid: Uuid, sid: Uuid) -> bool {
         match self.sessions.get(&sid).await {
-            Some(rec) if rec.user_id == uid => self.sessions.remove(&sid).await.is_some(),
+            Some(s) if s.lock().is_ok_and(|s| s.rec.user_id == uid) => self.remove(uid, sid).await,
             _ => false,
+        }
+    }
+
+    async fn revoke_all(&self, uid: Uuid, except: Option<Uuid>) -> Vec<Uuid> {
+        let sids: Vec<Uuid> = self
+            .by_user
+            .lock()
+            .map(|idx| {
+                idx.get(&uid)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let mut revoked = Vec::new();
+        for sid in sids.into_iter().filter(|s| Some(*s) != except) {
+            if self.remove(uid, sid).await {
+                revoked.push(sid);
+            }
+        }
+        revoked
+    }
+
+    async fn list(&self, uid: Uuid) -> Vec<SessionRecord> {
+        let sids: Vec<Uuid> = self
+            .by_user
+            .lock()
+            .map(|idx| {
+                idx.get(&uid)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for sid in sids {
+            if let Some(entry) = self.live(uid, sid).await {
+                if let Ok(s) = entry.lock() {
+                    out.push(s.rec.clone());
+                }
+            } else {
+                self.remove(uid, sid).await;
+            }
+        }
+        out.sort_by_key(|r| r.created_at);
+        out
+    }
+
+    async fn rotate(
+        &self,
+        presented: &RefreshToken,
+        successor: &RefreshToken,
+        jti: Uuid,
+        now: i64,
+    ) -> Rotation {
+        let (uid, sid) = (presented.user_id, presented.session_id);
+        let Some(entry) = self.live(uid, sid).await else {
+            return Rotation::Invalid;
+        };
+        let hash = presented.hash();
+        let reused = {
+            let Ok(mut s) = entry.lock() else {
+                return Rotation::Invalid;
+            };
+            if s.rec.refresh_hash == hash {
+                let previous = std::mem::replace(&mut s.rec.refresh_hash, successor.hash());
+                s.used.insert(previous.clone());
+                s.prev_hash = Some(previous);
+                s.rotated_at = now;
+                s.sealed_successor = presented.seal(successor);
+                s.jti = jti;
+                s.rec.last_seen_at = now;
+                return Rotation::Rotated {
+                    expires_at: s.rec.expires_at,
+                    roles: s.rec.roles.clone(),
+                };
+            }
+            if s.prev_hash.as_deref() == Some(hash.as_str())
+                && now - s.rotated_at <= self.lifetimes.reuse_grace.as_secs() as i64
+            {
+                return Rotation::Replayed {
+                    expires_at: s.rec.expires_at,
+                    roles: s.rec.roles.clone(),
+                    rotated_at: s.rotated_at,
+                    sealed_successor: s.sealed_successor.clone(),
+                    jti: s.jti,
+                };
+            }
+            s.used.contains(&hash)
+        };
+        if reused {
+            self.remove(uid, sid).await;
+            Rotation::Reused
+        } else {
+            Rotation::Invalid
         }
     }
 }

@@ -225,6 +225,44 @@ impl Handler<FindById> for UserStore {
     }
 }
 
+/// The account with its password hash, by id (password change).
+#[derive(Message)]
+#[rtype(result = "Result<Option<user::Model>, UserStoreError>")]
+pub struct FindAccount(pub Uuid);
+
+impl Handler<FindAccount> for UserStore {
+    type Result = ResponseFuture<Result<Option<user::Model>, UserStoreError>>;
+
+    fn handle(&mut self, msg: FindAccount, _: &mut Self::Context) -> Self::Result {
+        let (db, timeout) = (self.db.clone(), self.timeout);
+        Box::pin(async move { bounded(timeout, user::Entity::find_by_id(msg.0).one(&db)).await })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), UserStoreError>")]
+pub struct SetPassword {
+    pub user_id: Uuid,
+    pub password_hash: String,
+}
+
+impl Handler<SetPassword> for UserStore {
+    type Result = ResponseFuture<Result<(), UserStoreError>>;
+
+    fn handle(&mut self, msg: SetPassword, _: &mut Self::Context) -> Self::Result {
+        let (db, timeout) = (self.db.clone(), self.timeout);
+        Box::pin(async move {
+            let update = user::ActiveModel {
+                id: Set(msg.user_id),
+                password_hash: Set(msg.password_hash),
+                updated_at: Set(Utc::now()),
+                ..Default::default()
+            };
+            bounded(timeout, update.update(&db)).await.map(|_| ())
+        })
+    }
+}
+
 /// Readiness: one round trip to the database.
 #[derive(Message)]
 #[rtype(result = "Result<(), UserStoreError>")]

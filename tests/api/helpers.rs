@@ -246,6 +246,7 @@ impl Reply {
 
 pub struct Tokens {
     pub access: String,
+    pub refresh: String,
     pub session_id: String,
 }
 
@@ -310,6 +311,10 @@ impl TestApp {
                 .as_str()
                 .expect("access_token")
                 .to_string(),
+            refresh: r.body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_string(),
             session_id: r.body["session_id"]
                 .as_str()
                 .expect("session_id")
@@ -324,6 +329,23 @@ impl TestApp {
         assert_eq!(r.status, StatusCode::CREATED, "register failed: {}", r.body);
         let tokens = self.login(&email, PASSWORD).await;
         (email, tokens)
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        Reply::read(req.send().await.expect("request sent")).await
     }
 
     pub async fn stop(&self) {

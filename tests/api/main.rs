@@ -7,6 +7,8 @@ mod cross_pod;
 mod flow;
 mod persistence;
 mod redis_down;
+mod refresh;
 mod registration;
+mod sessions;
 mod tokens;
 mod validation;
