@@ -21,8 +21,9 @@ pub enum ApiError {
     Forbidden,
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// Carries the `Allow` header value (RFC 9110 requires it on 405).
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     #[error("an account with this email already exists")]
     EmailTaken,
     #[error("request body is larger than {0} bytes")]
@@ -39,10 +40,14 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: String,
+/// Every error response has this shape; `error` is a stable code, `message` is for humans.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "invalid_request", "message": "password must be at least 8 characters"}))]
+pub struct ErrorBody {
+    /// invalid_request, unauthorized, invalid_credentials, forbidden, not_found, method_not_allowed,
+    /// email_taken, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
+    pub error: &'static str,
+    pub message: String,
 }
 
 impl ApiError {
@@ -54,7 +59,7 @@ impl ApiError {
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
@@ -93,6 +98,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable { .. } => {
                 res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                res.insert_header((header::ALLOW, *allow));
             }
             _ => {}
         }

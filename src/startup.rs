@@ -71,19 +71,24 @@ impl Application {
         if config.migrate_on_start {
             migrate(&db).await?;
         }
-        let hasher = PasswordHasher::new(&config.argon2)
+        let metrics = Metrics::new();
+        let hasher = PasswordHasher::new(&config.argon2, metrics.clone())
             .await
             .map_err(|e| StartupError::Argon2(e.to_string()))?;
-        let metrics = Metrics::new();
 
         let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace);
         // With Redis the cache is trusted only once the invalidation subscription is up.
         let (store, trusted) = match &config.redis_url {
             Some(url) => {
-                let redis =
-                    RedisStore::connect(url, &config.redis_prefix, config.redis_timeout, lifetimes)
-                        .await
-                        .map_err(|e| StartupError::Redis(e.to_string()))?;
+                let redis = RedisStore::connect(
+                    url,
+                    &config.redis_prefix,
+                    config.redis_timeout,
+                    lifetimes,
+                    metrics.redis.clone(),
+                )
+                .await
+                .map_err(|e| StartupError::Redis(e.to_string()))?;
                 (SessionStore::Redis(redis), false)
             }
             None => (SessionStore::Memory(MemoryStore::new(lifetimes)), true),
@@ -96,7 +101,7 @@ impl Application {
             config.pubsub_ping_interval,
         )
         .start();
-        let users = UserStore::new(db, DB_TIMEOUT).start();
+        let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
 
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {

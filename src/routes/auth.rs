@@ -15,25 +15,33 @@ use crate::{
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/login").route(web::post().to(login)))
-        .service(resource("/token/refresh").route(web::post().to(refresh)))
-        .service(resource("/logout").route(web::post().to(logout)))
-        .service(resource("/logout/all").route(web::post().to(logout_all)));
+    cfg.service(resource("/login", "POST").route(web::post().to(login)))
+        .service(resource("/token/refresh", "POST").route(web::post().to(refresh)))
+        .service(resource("/logout", "POST").route(web::post().to(logout)))
+        .service(resource("/logout/all", "POST").route(web::post().to(logout_all)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoginBody {
+pub struct LoginBody {
+    #[schema(example = "ada@example.com")]
     email: String,
+    #[schema(example = "correct horse battery")]
     password: String,
 }
 
-#[derive(Serialize)]
-struct TokenPair {
+/// A new session's (or a refresh's) tokens. Served with `Cache-Control: no-store`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenPair {
+    /// JWT (HS256) for `Authorization: Bearer`.
     access_token: String,
+    #[schema(example = "Bearer")]
     token_type: &'static str,
+    /// Seconds until the access token expires.
     expires_in: i64,
+    /// Opaque; present it to POST /token/refresh. Rotated on every use.
     refresh_token: String,
+    /// Seconds until the session ends (refreshing never extends it).
     refresh_expires_in: i64,
     session_id: Uuid,
 }
@@ -68,13 +76,32 @@ fn token_response(
         }))
 }
 
+/// Log in: creates a session.
+#[utoipa::path(post, path = "/login", tag = "sessions", request_body = LoginBody,
+    responses(
+        (status = 200, description = "Session created", body = TokenPair,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 401, description = "Unknown email or wrong password, indistinguishable (`invalid_credentials`)", body = crate::error::ErrorBody),
+    ))]
 #[tracing::instrument(name = "login", skip_all)]
-async fn login(
+pub async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let LoginBody { email, password } = body.into_inner();
+    let result = attempt_login(&req, &state, body.into_inner()).await;
+    if result.as_ref().is_err_and(|e| e.code().0.is_server_error()) {
+        state.metrics.logins.with_label_values(&["error"]).inc();
+    }
+    result
+}
+
+async fn attempt_login(
+    req: &HttpRequest,
+    state: &AppState,
+    body: LoginBody,
+) -> Result<HttpResponse, ApiError> {
+    let LoginBody { email, password } = body;
     let outcome = |o: &str| state.metrics.logins.with_label_values(&[o]).inc();
     // A malformed email or an impossible password cannot match any account: same answer as a
     // wrong password, without spending a hash.
@@ -114,7 +141,7 @@ async fn login(
         created_at: now,
         last_seen_at: now,
         expires_at,
-        ip: client_ip(&req, &state.config.trusted_proxies),
+        ip: client_ip(req, &state.config.trusted_proxies),
         user_agent,
         roles: roles.clone(),
         refresh_hash: refresh.hash(),
@@ -122,19 +149,26 @@ async fn login(
     state.sessions.send(CreateSession(record)).await??;
     outcome("success");
     tracing::info!(user_id = %account.id, session_id = %refresh.session_id, "logged in");
-    token_response(&state, &refresh, roles, expires_at, now, Uuid::new_v4())
+    token_response(state, &refresh, roles, expires_at, now, Uuid::new_v4())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RefreshBody {
+pub struct RefreshBody {
     refresh_token: String,
 }
 
 /// Rotates the refresh token. Within the grace window the just-rotated token gets the same
 /// successor pair (parallel tabs); after it, presenting it again revokes the whole session.
+#[utoipa::path(post, path = "/token/refresh", tag = "sessions", request_body = RefreshBody,
+    responses(
+        (status = 200, description = "New token pair", body = TokenPair,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 401, description = "Unknown, expired, revoked or reused refresh token (`unauthorized`); reuse revokes the session", body = crate::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+    ))]
 #[tracing::instrument(name = "refresh", skip_all)]
-async fn refresh(
+pub async fn refresh(
     state: web::Data<AppState>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -172,7 +206,9 @@ async fn refresh(
 
 /// 204 once Redis has acknowledged the revocation; 503 (and the session not reported as ended)
 /// if it could not be reached; 401 if a racing logout ended it first.
-async fn logout(
+#[utoipa::path(post, path = "/logout", tag = "sessions", security(("bearer" = [])),
+    responses((status = 204, description = "The session is revoked on every pod")))]
+pub async fn logout(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
@@ -190,15 +226,22 @@ async fn logout(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct LogoutAllQuery {
+#[into_params(parameter_in = Query)]
+pub struct LogoutAllQuery {
+    /// Keep the calling session.
     #[serde(default)]
     keep_current: bool,
 }
 
 /// Ends every session of the caller on every pod (`?keep_current=true`: all but this one).
-async fn logout_all(
+#[utoipa::path(post, path = "/logout/all", tag = "sessions", security(("bearer" = [])), params(LogoutAllQuery),
+    responses(
+        (status = 204, description = "Every session of the caller is revoked on every pod"),
+        (status = 400, description = "Invalid query parameter (`invalid_request`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn logout_all(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
     query: web::Query<LogoutAllQuery>,

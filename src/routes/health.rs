@@ -2,24 +2,52 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
 
 use super::resource;
 use crate::{session, state::AppState, users};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/health").route(web::get().to(health)))
-        .service(resource("/ready").route(web::get().to(ready)))
-        .service(resource("/metrics").route(web::get().to(metrics)));
+    cfg.service(resource("/health", "GET").route(web::get().to(health)))
+        .service(resource("/ready", "GET").route(web::get().to(ready)))
+        .service(resource("/metrics", "GET").route(web::get().to(metrics)));
 }
 
-/// Cheap: answers while the process serves.
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
-/// Both backing services must answer within a short bound.
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
+/// Liveness: answers while the process serves; touches no backing service.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The process serves", body = Health)))]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok" })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Checks {
+    /// ok | unavailable
+    database: &'static str,
+    /// ok | unavailable | in-process (embedded single-node mode)
+    redis: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// ok | unavailable
+    status: &'static str,
+    checks: Checks,
+}
+
+/// Readiness: the database and Redis must answer within a second.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve", body = Readiness),
+        (status = 503, description = "A backing service does not answer", body = Readiness),
+    ))]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let limit = Duration::from_secs(1);
     let db = tokio::time::timeout(limit, state.users.send(users::Ping));
     let redis = tokio::time::timeout(limit, state.sessions.send(session::Ping));
@@ -27,20 +55,31 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let db_ok = matches!(db, Ok(Ok(Ok(()))));
     let redis_ok = matches!(redis, Ok(Ok(Ok(()))));
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let redis_word = if state.config.redis_url.is_none() {
-        "in-process"
-    } else {
-        word(redis_ok)
+    let checks = Checks {
+        database: word(db_ok),
+        redis: if state.config.redis_url.is_none() {
+            "in-process"
+        } else {
+            word(redis_ok)
+        },
     };
-    let body = |status: &str| json!({"status": status, "checks": {"database": word(db_ok), "redis": redis_word}});
     if db_ok && redis_ok {
-        HttpResponse::Ok().json(body("ok"))
+        HttpResponse::Ok().json(Readiness {
+            status: "ok",
+            checks,
+        })
     } else {
-        HttpResponse::ServiceUnavailable().json(body("unavailable"))
+        HttpResponse::ServiceUnavailable().json(Readiness {
+            status: "unavailable",
+            checks,
+        })
     }
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

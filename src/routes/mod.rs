@@ -1,9 +1,9 @@
 //! HTTP routes, one file per resource, plus the shared request plumbing: JSON body limits and
 //! error mapping, JSON 404/405, request ids.
-mod auth;
-mod health;
-mod session;
-mod users;
+pub mod auth;
+pub mod health;
+pub mod session;
+pub mod users;
 
 use actix_web::{
     body::MessageBody,
@@ -15,7 +15,7 @@ use actix_web::{
 };
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, state::AppState};
 
 pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg: &mut web::ServiceConfig| {
@@ -37,13 +37,16 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
         users::configure(cfg);
         auth::configure(cfg);
         session::configure(cfg);
+        cfg.service(
+            resource("/openapi.json", "GET").route(web::get().to(crate::openapi::openapi_json)),
+        );
     }
 }
 
-/// A resource whose unknown methods get a JSON 405 instead of an empty body.
-pub(crate) fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|| async {
-        Err::<HttpResponse, _>(ApiError::MethodNotAllowed)
+/// A resource whose other methods get a JSON 405 with `Allow: <allow>`.
+pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
     }))
 }
 
@@ -148,19 +151,45 @@ fn request_id(req: &ServiceRequest) -> HeaderValue {
         })
 }
 
-/// Request id on every span and response; nosniff on every response.
+/// Request id on every span and response, nosniff on every response, and the request metrics
+/// (labelled by route template, never the raw path).
 pub async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = std::time::Instant::now();
     let id = request_id(&req);
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
     let span = tracing::info_span!(
         "request",
         request_id = id.to_str().unwrap_or_default(),
-        method = %req.method(),
-        route = req.match_pattern().as_deref().unwrap_or("unmatched"),
+        method = %method,
+        route = %route,
     );
-    let mut res = next.call(req).instrument(span).await?;
+    let mut res = next.call(req).instrument(span.clone()).await?;
+    let status = res.status();
+    let elapsed = start.elapsed();
+    if let Some(m) = metrics {
+        let labels = [method.as_str(), route.as_str(), status.as_str()];
+        m.http_requests.with_label_values(&labels).inc();
+        m.http_duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+    span.in_scope(|| {
+        let micros = elapsed.as_micros() as u64;
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), micros, "request failed");
+        } else if status.is_client_error() {
+            tracing::info!(status = status.as_u16(), micros, "request refused");
+        } else {
+            tracing::debug!(status = status.as_u16(), micros, "request served");
+        }
+    });
     let headers = res.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), id);
     headers.insert(

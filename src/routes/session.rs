@@ -14,9 +14,9 @@ use crate::{
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/session").route(web::get().to(current_session)))
-        .service(resource("/sessions").route(web::get().to(list_sessions)))
-        .service(resource("/sessions/{id}").route(web::delete().to(delete_session)));
+    cfg.service(resource("/session", "GET").route(web::get().to(current_session)))
+        .service(resource("/sessions", "GET").route(web::get().to(list_sessions)))
+        .service(resource("/sessions/{id}", "DELETE").route(web::delete().to(delete_session)));
 }
 
 fn timestamp(unix: i64) -> Result<DateTime<Utc>, ApiError> {
@@ -24,15 +24,18 @@ fn timestamp(unix: i64) -> Result<DateTime<Utc>, ApiError> {
         .ok_or_else(|| ApiError::Internal("timestamp out of range".into()))
 }
 
-#[derive(Serialize)]
-struct SessionInfo {
+/// Who the caller is, from the token and the session registry.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SessionInfo {
     user_id: Uuid,
     session_id: Uuid,
     roles: Vec<String>,
     expires_at: DateTime<Utc>,
 }
 
-async fn current_session(session: AuthenticatedSession) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/session", tag = "sessions", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's session", body = SessionInfo)))]
+pub async fn current_session(session: AuthenticatedSession) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(SessionInfo {
         user_id: session.user_id,
         session_id: session.session_id,
@@ -41,8 +44,8 @@ async fn current_session(session: AuthenticatedSession) -> Result<HttpResponse, 
     }))
 }
 
-#[derive(Serialize)]
-struct SessionItem {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SessionItem {
     id: Uuid,
     created_at: DateTime<Utc>,
     last_seen_at: DateTime<Utc>,
@@ -52,12 +55,14 @@ struct SessionItem {
     current: bool,
 }
 
-#[derive(Serialize)]
-struct Items<T> {
-    items: Vec<T>,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SessionList {
+    items: Vec<SessionItem>,
 }
 
-async fn list_sessions(
+#[utoipa::path(get, path = "/sessions", tag = "sessions", security(("bearer" = [])),
+    responses((status = 200, description = "The caller's live sessions", body = SessionList)))]
+pub async fn list_sessions(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
@@ -76,11 +81,18 @@ async fn list_sessions(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(HttpResponse::Ok().json(Items { items }))
+    Ok(HttpResponse::Ok().json(SessionList { items }))
 }
 
 /// Only the caller's own sessions can be named: anyone else's id is 404, like an unknown one.
-async fn delete_session(
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "A session id from GET /sessions")),
+    responses(
+        (status = 204, description = "The session is revoked on every pod"),
+        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such session of the caller (`not_found`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn delete_session(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
     id: web::Path<Uuid>,

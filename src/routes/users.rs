@@ -12,22 +12,34 @@ use crate::{
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/register").route(web::post().to(register)))
-        .service(resource("/profile").route(web::get().to(profile)))
-        .service(resource("/profile/password").route(web::put().to(change_password)));
+    cfg.service(resource("/register", "POST").route(web::post().to(register)))
+        .service(resource("/profile", "GET").route(web::get().to(profile)))
+        .service(resource("/profile/password", "PUT").route(web::put().to(change_password)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RegisterBody {
+pub struct RegisterBody {
+    /// Trimmed, NFKC-normalized and lower-cased before use; one account per normalized address.
+    #[schema(max_length = 254, format = Email, example = "ada@example.com")]
     email: String,
+    /// 8 to 128 characters (Unicode scalar values); never trimmed or truncated.
+    #[schema(min_length = 8, max_length = 128, example = "correct horse battery")]
     password: String,
+    /// Optional display name, at most 100 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 100, pattern = r"^[^\x00-\x1f\x7f]*$", example = "Ada")]
     name: Option<String>,
 }
 
+/// Create an account.
+#[utoipa::path(post, path = "/register", tag = "users", request_body = RegisterBody,
+    responses(
+        (status = 201, description = "Account created", body = users::User),
+        (status = 409, description = "An account with this email exists (`email_taken`)", body = crate::error::ErrorBody),
+    ))]
 #[tracing::instrument(name = "register", skip_all)]
-async fn register(
+pub async fn register(
     state: web::Data<AppState>,
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -62,7 +74,13 @@ async fn register(
     Ok(HttpResponse::Created().json(user))
 }
 
-async fn profile(
+/// The caller's account.
+#[utoipa::path(get, path = "/profile", tag = "users", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's account", body = users::User),
+        (status = 404, description = "The account no longer exists (`not_found`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn profile(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
@@ -70,18 +88,25 @@ async fn profile(
     Ok(HttpResponse::Ok().json(user))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PasswordBody {
+pub struct PasswordBody {
     current_password: String,
+    #[schema(min_length = 8, max_length = 128)]
     new_password: String,
 }
 
 /// Changes the password and ends every other session of the user. Sessions are revoked before
 /// the new hash is stored: if the second step fails, the old password still works and the call
 /// can simply be retried.
+#[utoipa::path(put, path = "/profile/password", tag = "users", security(("bearer" = [])), request_body = PasswordBody,
+    responses(
+        (status = 204, description = "Password changed; every other session of the user is revoked"),
+        (status = 403, description = "The current password is wrong; nothing changed (`forbidden`)", body = crate::error::ErrorBody),
+        (status = 404, description = "The account no longer exists (`not_found`)", body = crate::error::ErrorBody),
+    ))]
 #[tracing::instrument(name = "change_password", skip_all)]
-async fn change_password(
+pub async fn change_password(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
     body: web::Json<PasswordBody>,

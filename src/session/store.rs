@@ -18,6 +18,8 @@ use moka::{future::Cache, Expiry};
 use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, AsyncCommands, Script};
 use uuid::Uuid;
 
+use crate::metrics::CallMetrics;
+
 use super::{
     now_unix, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord,
     SessionState,
@@ -205,6 +207,7 @@ pub struct RedisStore {
     channel: Arc<str>,
     timeout: Duration,
     lifetimes: Lifetimes,
+    metrics: CallMetrics,
 }
 
 impl RedisStore {
@@ -213,6 +216,7 @@ impl RedisStore {
         prefix: &str,
         timeout: Duration,
         lifetimes: Lifetimes,
+        metrics: CallMetrics,
     ) -> Result<Self, SessionError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -233,6 +237,7 @@ impl RedisStore {
             channel: Arc::from(format!("{prefix}invalidate")),
             timeout,
             lifetimes,
+            metrics,
         })
     }
 
@@ -272,12 +277,16 @@ impl RedisStore {
 
     async fn bounded<T>(
         &self,
+        op: &'static str,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, SessionError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(SessionError::from),
-            Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
-        }
+        let call = async {
+            match tokio::time::timeout(self.timeout, fut).await {
+                Ok(r) => r.map_err(SessionError::from),
+                Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
+            }
+        };
+        self.metrics.observe(op, call).await
     }
 
     async fn create(&self, rec: &SessionRecord) -> Result<(), SessionError> {
@@ -328,14 +337,18 @@ impl RedisStore {
             .arg("GT")
             .ignore();
         let mut conn = self.conn.clone();
-        self.bounded(pipe.query_async::<()>(&mut conn)).await
+        self.bounded("create", pipe.query_async::<()>(&mut conn))
+            .await
     }
 
     async fn load(&self, uid: Uuid, sid: Uuid) -> Result<Option<SessionState>, SessionError> {
         let key = self.session_key(uid, sid);
         let mut conn = self.conn.clone();
         let (user_id, expires_at, last_seen_at): (Option<String>, Option<i64>, Option<i64>) = self
-            .bounded(conn.hmget(&key, &["user_id", "expires_at", "last_seen_at"]))
+            .bounded(
+                "load",
+                conn.hmget(&key, &["user_id", "expires_at", "last_seen_at"]),
+            )
             .await?;
         let state = match (user_id, expires_at, last_seen_at) {
             (Some(u), Some(expires_at), Some(last_seen_at)) if u == uid.to_string() => {
@@ -354,7 +367,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let mut call = TOUCH.key(self.session_key(uid, sid));
         call.arg(now).arg(self.idle_secs());
-        let alive: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        let alive: i64 = self.bounded("touch", call.invoke_async(&mut conn)).await?;
         Ok(alive == 1)
     }
 
@@ -366,7 +379,7 @@ impl RedisStore {
             .arg(sid.to_string())
             .arg(&*self.channel)
             .arg(Invalidation::session(sid).encode());
-        let deleted: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        let deleted: i64 = self.bounded("revoke", call.invoke_async(&mut conn)).await?;
         Ok(deleted == 1)
     }
 
@@ -376,7 +389,9 @@ impl RedisStore {
         call.arg(self.session_prefix(uid))
             .arg(except.map(|s| s.to_string()).unwrap_or_default())
             .arg(&*self.channel);
-        let revoked: Vec<String> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let revoked: Vec<String> = self
+            .bounded("revoke_all", call.invoke_async(&mut conn))
+            .await?;
         Ok(revoked
             .iter()
             .filter_map(|s| Uuid::parse_str(s).ok())
@@ -387,7 +402,7 @@ impl RedisStore {
         let index = self.index_key(uid);
         let mut conn = self.conn.clone();
         let sids: Vec<String> = self
-            .bounded(async {
+            .bounded("list_index", async {
                 let _: () = conn.zrembyscore(&index, "-inf", now_unix()).await?;
                 conn.zrange(&index, 0, -1).await
             })
@@ -411,7 +426,7 @@ impl RedisStore {
             Option<String>,
             Option<String>,
         );
-        let rows: Vec<Fields> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let rows: Vec<Fields> = self.bounded("list", pipe.query_async(&mut conn)).await?;
         let (mut live, mut gone) = (Vec::new(), Vec::new());
         let now = now_unix();
         for (sid, row) in sids.iter().zip(rows) {
@@ -447,7 +462,7 @@ impl RedisStore {
             }
         }
         if !gone.is_empty() {
-            let _: () = self.bounded(conn.zrem(&index, gone)).await?;
+            let _: () = self.bounded("list_prune", conn.zrem(&index, gone)).await?;
         }
         live.sort_by_key(|r| r.created_at);
         Ok(live)
@@ -474,7 +489,7 @@ impl RedisStore {
             .arg(&*self.channel)
             .arg(sid.to_string())
             .arg(self.idle_secs());
-        let reply: Vec<String> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let reply: Vec<String> = self.bounded("rotate", call.invoke_async(&mut conn)).await?;
         let num = |i: usize| reply.get(i).and_then(|v| v.parse::<i64>().ok());
         let text = |i: usize| reply.get(i).cloned().unwrap_or_default();
         Ok(match reply.first().map(String::as_str) {
@@ -499,7 +514,7 @@ impl RedisStore {
 
     pub async fn ping(&self) -> Result<(), SessionError> {
         let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("PING").query_async::<String>(&mut conn))
+        self.bounded("ping", redis::cmd("PING").query_async::<String>(&mut conn))
             .await
             .map(|_| ())
     }

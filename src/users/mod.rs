@@ -12,6 +12,8 @@ use sea_orm::{
     QueryFilter, Set, SqlErr, Statement,
 };
 use serde::Serialize;
+
+use crate::metrics::CallMetrics;
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
@@ -42,7 +44,7 @@ impl From<DbErr> for UserStoreError {
 }
 
 /// The public view of an account (API.md "user").
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -131,11 +133,51 @@ pub fn validate_name(name: Option<String>) -> Result<Option<String>, String> {
 pub struct UserStore {
     db: DatabaseConnection,
     timeout: Duration,
+    metrics: CallMetrics,
 }
 
 impl UserStore {
-    pub fn new(db: DatabaseConnection, timeout: Duration) -> Self {
-        Self { db, timeout }
+    pub fn new(db: DatabaseConnection, timeout: Duration, metrics: CallMetrics) -> Self {
+        Self {
+            db,
+            timeout,
+            metrics,
+        }
+    }
+
+    /// What every handler's future needs, cloned out of the actor.
+    fn ctx(&self) -> Db {
+        Db {
+            conn: self.db.clone(),
+            timeout: self.timeout,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// A database handle with its call bound and metrics.
+struct Db {
+    conn: DatabaseConnection,
+    timeout: Duration,
+    metrics: CallMetrics,
+}
+
+impl Db {
+    /// Bounds a database call so a hung database gives 503, not a hung request.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, UserStoreError> {
+        let bounded = async {
+            match tokio::time::timeout(self.timeout, fut).await {
+                Ok(r) => r.map_err(UserStoreError::from),
+                Err(_) => Err(UserStoreError::Unavailable(
+                    "database call timed out".into(),
+                )),
+            }
+        };
+        self.metrics.observe(op, bounded).await
     }
 }
 
@@ -144,19 +186,6 @@ impl Actor for UserStore {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
-    }
-}
-
-/// Bounds a database call so a hung database gives 503, not a hung request.
-async fn bounded<T>(
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<T, DbErr>>,
-) -> Result<T, UserStoreError> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r.map_err(UserStoreError::from),
-        Err(_) => Err(UserStoreError::Unavailable(
-            "database call timed out".into(),
-        )),
     }
 }
 
@@ -172,7 +201,7 @@ impl Handler<CreateUser> for UserStore {
     type Result = ResponseFuture<Result<User, UserStoreError>>;
 
     fn handle(&mut self, msg: CreateUser, _: &mut Self::Context) -> Self::Result {
-        let (db, timeout) = (self.db.clone(), self.timeout);
+        let db = self.ctx();
         Box::pin(async move {
             let now = Utc::now();
             let model = user::ActiveModel {
@@ -183,7 +212,7 @@ impl Handler<CreateUser> for UserStore {
                 created_at: Set(now),
                 updated_at: Set(now),
             };
-            let saved = bounded(timeout, model.insert(&db)).await?;
+            let saved = db.call("insert_user", model.insert(&db.conn)).await?;
             Ok(User::from(&saved))
         })
     }
@@ -198,10 +227,10 @@ impl Handler<FindByEmail> for UserStore {
     type Result = ResponseFuture<Result<Option<user::Model>, UserStoreError>>;
 
     fn handle(&mut self, msg: FindByEmail, _: &mut Self::Context) -> Self::Result {
-        let (db, timeout) = (self.db.clone(), self.timeout);
+        let db = self.ctx();
         Box::pin(async move {
             let query = user::Entity::find().filter(user::Column::Email.eq(msg.0));
-            bounded(timeout, query.one(&db)).await
+            db.call("find_user_by_email", query.one(&db.conn)).await
         })
     }
 }
@@ -214,9 +243,14 @@ impl Handler<FindById> for UserStore {
     type Result = ResponseFuture<Result<User, UserStoreError>>;
 
     fn handle(&mut self, msg: FindById, _: &mut Self::Context) -> Self::Result {
-        let (db, timeout) = (self.db.clone(), self.timeout);
+        let db = self.ctx();
         Box::pin(async move {
-            let found = bounded(timeout, user::Entity::find_by_id(msg.0).one(&db)).await?;
+            let found = db
+                .call(
+                    "find_user_by_id",
+                    user::Entity::find_by_id(msg.0).one(&db.conn),
+                )
+                .await?;
             found
                 .as_ref()
                 .map(User::from)
@@ -234,8 +268,14 @@ impl Handler<FindAccount> for UserStore {
     type Result = ResponseFuture<Result<Option<user::Model>, UserStoreError>>;
 
     fn handle(&mut self, msg: FindAccount, _: &mut Self::Context) -> Self::Result {
-        let (db, timeout) = (self.db.clone(), self.timeout);
-        Box::pin(async move { bounded(timeout, user::Entity::find_by_id(msg.0).one(&db)).await })
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call(
+                "find_user_by_id",
+                user::Entity::find_by_id(msg.0).one(&db.conn),
+            )
+            .await
+        })
     }
 }
 
@@ -250,7 +290,7 @@ impl Handler<SetPassword> for UserStore {
     type Result = ResponseFuture<Result<(), UserStoreError>>;
 
     fn handle(&mut self, msg: SetPassword, _: &mut Self::Context) -> Self::Result {
-        let (db, timeout) = (self.db.clone(), self.timeout);
+        let db = self.ctx();
         Box::pin(async move {
             let update = user::ActiveModel {
                 id: Set(msg.user_id),
@@ -258,7 +298,9 @@ impl Handler<SetPassword> for UserStore {
                 updated_at: Set(Utc::now()),
                 ..Default::default()
             };
-            bounded(timeout, update.update(&db)).await.map(|_| ())
+            db.call("update_password", update.update(&db.conn))
+                .await
+                .map(|_| ())
         })
     }
 }
@@ -272,10 +314,12 @@ impl Handler<Ping> for UserStore {
     type Result = ResponseFuture<Result<(), UserStoreError>>;
 
     fn handle(&mut self, _: Ping, _: &mut Self::Context) -> Self::Result {
-        let (db, timeout) = (self.db.clone(), self.timeout);
+        let db = self.ctx();
         Box::pin(async move {
-            let stmt = Statement::from_string(db.get_database_backend(), "SELECT 1");
-            bounded(timeout, db.query_one_raw(stmt)).await.map(|_| ())
+            let stmt = Statement::from_string(db.conn.get_database_backend(), "SELECT 1");
+            db.call("ping", db.conn.query_one_raw(stmt))
+                .await
+                .map(|_| ())
         })
     }
 }

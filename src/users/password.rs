@@ -9,7 +9,7 @@ use argon2::{
 };
 use tokio::sync::Semaphore;
 
-use crate::config::Argon2Config;
+use crate::{config::Argon2Config, metrics::Metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -26,10 +26,11 @@ pub struct PasswordHasher {
     queue_timeout: Duration,
     /// Verified against when the email is unknown, so both cases cost one hash.
     dummy_hash: Arc<str>,
+    metrics: Metrics,
 }
 
 impl PasswordHasher {
-    pub async fn new(cfg: &Argon2Config) -> Result<Self, PasswordError> {
+    pub async fn new(cfg: &Argon2Config, metrics: Metrics) -> Result<Self, PasswordError> {
         let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
             .map_err(|e| PasswordError::Internal(e.to_string()))?;
         let argon = Arc::new(Argon2::new(Algorithm::Argon2id, Version::V0x13, params));
@@ -38,6 +39,7 @@ impl PasswordHasher {
             slots: Arc::new(Semaphore::new(cfg.max_concurrency)),
             queue_timeout: cfg.queue_timeout,
             dummy_hash: Arc::from(""),
+            metrics,
         };
         hasher.dummy_hash = Arc::from(hasher.hash("sessiond-timing-equaliser".into()).await?);
         Ok(hasher)
@@ -48,15 +50,25 @@ impl PasswordHasher {
         &self,
         f: impl FnOnce(&Argon2<'static>) -> R + Send + 'static,
     ) -> Result<R, PasswordError> {
-        let permit = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| PasswordError::Busy)?
-            .map_err(|_| PasswordError::Busy)?;
+        let waited = std::time::Instant::now();
+        let permit =
+            tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
+        self.metrics
+            .argon2_queue_wait
+            .observe(waited.elapsed().as_secs_f64());
+        let Ok(Ok(permit)) = permit else {
+            self.metrics.argon2_rejected.inc();
+            return Err(PasswordError::Busy);
+        };
         let argon = self.argon.clone();
         let span = tracing::Span::current();
+        let in_flight = self.metrics.argon2_in_flight.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            span.in_scope(|| f(&argon))
+            in_flight.inc();
+            let result = span.in_scope(|| f(&argon));
+            in_flight.dec();
+            result
         })
         .await
         .map_err(|e| PasswordError::Internal(e.to_string()))

@@ -1,0 +1,206 @@
+//! The OpenAPI 3.1 document served at GET /openapi.json, generated from the handlers'
+//! annotations. Responses every operation shares (503, and 400/413/415 for JSON bodies, 401 for
+//! bearer-protected ones, the X-Request-Id header) are added in one place by [`CommonResponses`],
+//! so an annotation cannot forget them.
+use std::sync::LazyLock;
+
+use utoipa::{
+    openapi::{
+        header::HeaderBuilder,
+        path::Operation,
+        response::{Response, ResponseBuilder},
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+        ContentBuilder, ObjectBuilder, Ref, RefOr, Type,
+    },
+    Modify, OpenApi,
+};
+
+use crate::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sessiond",
+        description = "Session-management server: accounts, logins, bearer access tokens, refresh \
+                       rotation and revocation that reaches every pod. Errors always have the shape \
+                       {\"error\": code, \"message\": text}.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        routes::users::register,
+        routes::users::profile,
+        routes::users::change_password,
+        routes::auth::login,
+        routes::auth::refresh,
+        routes::auth::logout,
+        routes::auth::logout_all,
+        routes::session::current_session,
+        routes::session::list_sessions,
+        routes::session::delete_session,
+        routes::health::health,
+        routes::health::ready,
+        routes::health::metrics,
+        openapi_json,
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&CommonResponses),
+    tags(
+        (name = "users", description = "Accounts"),
+        (name = "sessions", description = "Logins, tokens and sessions"),
+        (name = "operations", description = "Health, readiness, metrics, this document")
+    )
+)]
+pub struct ApiDoc;
+
+/// Rendered once: the document does not change while the process runs.
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_json()
+        .unwrap_or_else(|_| "{}".to_string())
+});
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document of this API", content_type = "application/json")))]
+pub async fn openapi_json() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .body(DOCUMENT.as_str())
+}
+
+fn error_response(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+}
+
+fn string_header(description: &str) -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .description(Some(description))
+        .build()
+}
+
+struct CommonResponses;
+
+impl CommonResponses {
+    fn apply(op: &mut Operation, path: &str) {
+        let responses = &mut op.responses.responses;
+        let mut add = |status: &str, response: Response| {
+            responses
+                .entry(status.to_string())
+                .or_insert(RefOr::T(response));
+        };
+        if op.request_body.is_some() {
+            add("400", error_response("Malformed JSON, missing, unknown or duplicate fields, or invalid values (`invalid_request`)"));
+            add(
+                "413",
+                error_response("Body over the size cap (`payload_too_large`)"),
+            );
+            add(
+                "415",
+                error_response("Body is not `application/json` (`unsupported_media_type`)"),
+            );
+        }
+        if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+            let mut unauthorized = error_response(
+                "Missing, malformed, expired, tampered or revoked access token (`unauthorized`)",
+            );
+            unauthorized.headers.insert(
+                "WWW-Authenticate".into(),
+                RefOr::T(string_header("Always `Bearer`")),
+            );
+            add("401", unauthorized);
+        }
+        let cheap = matches!(path, "/health" | "/metrics" | "/openapi.json" | "/ready");
+        if !cheap {
+            let mut unavailable = error_response(
+                "A backing service (database, Redis, password hashing) is unavailable; nothing was half-done (`unavailable`)",
+            );
+            unavailable.headers.insert(
+                "Retry-After".into(),
+                RefOr::T(string_header("Seconds to wait before retrying")),
+            );
+            add("503", unavailable);
+        }
+        for response in op.responses.responses.values_mut() {
+            if let RefOr::T(r) = response {
+                r.headers.entry("X-Request-Id".into()).or_insert_with(|| {
+                    RefOr::T(string_header(
+                        "The request's id, echoed when the request sent a sane one",
+                    ))
+                });
+            }
+        }
+    }
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("Access token from POST /login or POST /token/refresh"))
+                    .build(),
+            ),
+        );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                Self::apply(op, path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_covers_every_route_and_the_bearer_scheme() {
+        let doc: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
+        for path in [
+            "/register",
+            "/login",
+            "/logout",
+            "/logout/all",
+            "/profile",
+            "/profile/password",
+            "/session",
+            "/sessions",
+            "/sessions/{id}",
+            "/token/refresh",
+            "/health",
+            "/ready",
+            "/metrics",
+            "/openapi.json",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} documented");
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let profile = &doc["paths"]["/profile"]["get"]["responses"];
+        assert!(profile["401"]["headers"]["WWW-Authenticate"].is_object());
+        assert!(doc["paths"]["/register"]["post"]["responses"]["415"].is_object());
+    }
+}
