@@ -87,7 +87,6 @@ pub fn normalize_email(raw: &str) -> Result<String, String> {
     let valid = match email.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()
-                && local.len() <= 64
                 && !domain.is_empty()
                 && !domain.contains('@')
                 && !domain.starts_with('.')

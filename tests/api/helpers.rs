@@ -120,6 +120,11 @@ impl Deployment {
         Config::from_lookup(|k| self.vars.get(k).cloned()).expect("test configuration is valid")
     }
 
+    /// The environment an instance of this deployment runs with.
+    pub fn vars(&self) -> &HashMap<String, String> {
+        &self.vars
+    }
+
     pub fn database_url(&self) -> String {
         self.config().effective_database_url()
     }
@@ -148,7 +153,7 @@ impl Deployment {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),
-            handle,
+            handle: Some(handle),
         }
     }
 }
@@ -199,7 +204,7 @@ impl Drop for Deployment {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    pub handle: actix_web::dev::ServerHandle,
+    pub handle: Option<actix_web::dev::ServerHandle>,
 }
 
 /// A response read whole: status, headers and JSON body (Null when empty or not JSON).
@@ -251,6 +256,18 @@ pub struct Tokens {
 }
 
 impl TestApp {
+    /// A client for a server this test did not start in-process (the real binary).
+    pub fn external(address: &str) -> Self {
+        TestApp {
+            address: address.to_string(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            handle: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
@@ -349,7 +366,9 @@ impl TestApp {
     }
 
     pub async fn stop(&self) {
-        self.handle.stop(true).await;
+        if let Some(h) = &self.handle {
+            h.stop(true).await;
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod proxy;
 mod cross_pod;
 mod flow;
 mod persistence;
+mod process;
 mod redis_down;
 mod refresh;
 mod registration;

@@ -1,0 +1,284 @@
+//! The real binary, as operators run it: JSON logs free of secrets, and a graceful SIGTERM.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::{both_backends, helpers::*};
+
+both_backends!(
+    json_logs_of_a_full_flow_never_contain_secrets,
+    sigterm_lets_the_request_in_flight_finish,
+);
+
+struct Process {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    address: String,
+}
+
+impl Process {
+    async fn start(dep: &Deployment, extra: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiond"));
+        cmd.env_clear()
+            .envs(dep.vars())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("binary starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        let mut port = None;
+        let started = eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || {
+                let l = lines.lock().expect("lines");
+                port = l.iter().find_map(|line| {
+                    let v: Value = serde_json::from_str(line).ok()?;
+                    (v["message"] == "sessiond starting")
+                        .then(|| v["port"].as_u64())
+                        .flatten()
+                });
+                port.is_some()
+            },
+        )
+        .await;
+        assert!(
+            started,
+            "no start-up line: {:?}",
+            lines.lock().map(|l| l.clone())
+        );
+        let address = format!("http://127.0.0.1:{}", port.unwrap_or(0));
+        Self {
+            child,
+            lines,
+            address,
+        }
+    }
+
+    fn app(&self) -> TestApp {
+        TestApp::external(&self.address)
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM");
+    }
+
+    /// Waits for the exit; the exit code.
+    async fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        None
+    }
+
+    fn output(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
+    let dep = Deployment::new(backend).await;
+    let mut process = Process::start(&dep, &[]).await;
+    let app = process.app();
+    let email = "secretive@example.com";
+    let password = "a very secret passphrase 9f3b";
+    assert_eq!(
+        app.register(email, password).await.status,
+        StatusCode::CREATED
+    );
+    app.login_reply(email, "a wrong passphrase 12345")
+        .await
+        .assert_error(401, "invalid_credentials");
+    let tokens = app.login(email, password).await;
+    assert_eq!(
+        app.get("/profile", Some(&tokens.access)).await.status,
+        StatusCode::OK
+    );
+    let refreshed = app
+        .post_json("/token/refresh", &json!({"refresh_token": tokens.refresh}))
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK);
+    let access2 = refreshed.body["access_token"]
+        .as_str()
+        .expect("access")
+        .to_string();
+    let refresh2 = refreshed.body["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_string();
+    let new_password = "another secret passphrase 77aa";
+    let change = json!({"current_password": password, "new_password": new_password});
+    let r = app
+        .request(
+            reqwest::Method::PUT,
+            "/profile/password",
+            &access2,
+            Some(&change),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // A tampered token and a raw header value also go through the logs' reach.
+    app.get("/session", Some(&format!("{access2}x")))
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(
+        app.post_auth("/logout", &access2).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let scrape = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+
+    process.sigterm();
+    assert_eq!(
+        process.wait(Duration::from_secs(20)).await,
+        Some(0),
+        "clean exit"
+    );
+    let lines = process.output();
+    assert!(lines.len() > 10, "the flow was logged");
+    let json_lines = lines
+        .iter()
+        .filter(|l| serde_json::from_str::<Value>(l).is_ok())
+        .count();
+    assert!(
+        json_lines * 10 >= lines.len() * 9,
+        "LOG_FORMAT=json gives JSON lines"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("request_id")),
+        "request ids are on the request spans"
+    );
+    let secrets = [
+        password,
+        new_password,
+        "a wrong passphrase 12345",
+        &tokens.access,
+        &tokens.refresh,
+        &access2,
+        &refresh2,
+        SECRET,
+    ];
+    for haystack in lines.iter().chain(std::iter::once(&scrape)) {
+        for secret in secrets {
+            assert!(
+                !haystack.contains(secret),
+                "a secret reached the logs or metrics: {haystack}"
+            );
+        }
+        // Parts of a JWT (header.payload) or the Authorization header value.
+        let jwt_body = tokens.access.split('.').nth(1).unwrap_or("-");
+        assert!(
+            !haystack.contains(jwt_body),
+            "a token payload reached the logs: {haystack}"
+        );
+        assert!(
+            !haystack.contains("Bearer ey"),
+            "an Authorization value reached the logs: {haystack}"
+        );
+    }
+}
+
+async fn sigterm_lets_the_request_in_flight_finish(backend: Backend) {
+    let dep = Deployment::new(backend).await;
+    // Slow hashing so a login is surely in flight when the signal arrives.
+    let mut process = Process::start(
+        &dep,
+        &[
+            ("ARGON2_ITERATIONS", "100"),
+            ("SHUTDOWN_GRACE_SECONDS", "20"),
+        ],
+    )
+    .await;
+    let app = process.app();
+    assert_eq!(
+        app.register("inflight@example.com", PASSWORD).await.status,
+        StatusCode::CREATED
+    );
+    let started = Instant::now();
+    let login = async {
+        let reply = app.login_reply("inflight@example.com", PASSWORD).await;
+        (reply, started.elapsed())
+    };
+    let signal = async {
+        actix_web::rt::time::sleep(Duration::from_millis(150)).await;
+        process.sigterm();
+    };
+    let ((reply, took), ()) = tokio::join!(login, signal);
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the login in flight completed: {}",
+        reply.body
+    );
+    assert!(
+        took > Duration::from_millis(200),
+        "the login was in flight at SIGTERM ({took:?})"
+    );
+    assert_eq!(
+        process.wait(Duration::from_secs(25)).await,
+        Some(0),
+        "exit code 0"
+    );
+    assert!(
+        app.client.get(app.url("/health")).send().await.is_err(),
+        "no longer accepting connections"
+    );
+    assert!(process
+        .output()
+        .iter()
+        .any(|l| l.contains("shutdown signal received")));
+}
