@@ -282,3 +282,42 @@ async fn sigterm_lets_the_request_in_flight_finish(backend: Backend) {
         .iter()
         .any(|l| l.contains("shutdown signal received")));
 }
+
+#[test]
+fn check_config_masks_secrets_and_bad_values_name_the_variable() {
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiond"));
+        cmd.env_clear().arg("check-config");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("binary runs")
+    };
+    let out = run(&[
+        ("DB_URL", "postgres://app:db-password-123@db:5432/sessiond"),
+        ("REDIS_URL", "redis://:redis-password-456@cache:6379"),
+        ("JWT_SECRET", SECRET),
+        ("SESSION_CACHE_TTL", "7"),
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SESSION_CACHE_TTL=7"), "{text}");
+    assert!(
+        text.contains("postgres://app:***@db:5432/sessiond"),
+        "{text}"
+    );
+    for secret in ["db-password-123", "redis-password-456", SECRET] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    let bad = run(&[("PORT", "eighty")]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("PORT"));
+    let help = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for sub in ["serve", "migrate", "check-config"] {
+        assert!(help.contains(sub), "{help}");
+    }
+}
