@@ -37,6 +37,23 @@ pub struct Argon2Config {
     pub max_concurrency: usize,
     /// How long a request may wait for a hashing slot before it gets 503.
     pub queue_timeout: Duration,
+    /// Requests allowed to wait at once; more get 503 at once (fail fast under a flood).
+    pub max_queue: usize,
+}
+
+/// Rate limits (attempts per window; 0 disables one) and the per-account lockout.
+#[derive(Clone, Debug)]
+pub struct ThrottleConfig {
+    pub window: Duration,
+    pub login_per_ip: u64,
+    pub login_per_account: u64,
+    pub register_per_ip: u64,
+    pub refresh_per_ip: u64,
+    /// Consecutive failed logins before the account is locked (0: never).
+    pub lockout_threshold: u64,
+    /// First lock's length; each further failure doubles it.
+    pub lockout_base: Duration,
+    pub lockout_max: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +66,8 @@ pub struct Config {
     /// `None`: sessions live in this process (single node).
     pub redis_url: Option<String>,
     pub jwt_secret: Secret,
+    /// The secret being rotated out: still accepted for verification, never used to sign.
+    pub jwt_secret_previous: Option<Secret>,
     /// True when no JWT_SECRET was given and one was generated for this process.
     pub jwt_secret_generated: bool,
     pub jwt_issuer: String,
@@ -77,6 +96,11 @@ pub struct Config {
     pub session_idle_timeout: Option<Duration>,
     /// Peers whose X-Forwarded-For is believed (load balancers); empty: only the peer address counts.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub throttle: ThrottleConfig,
+    /// Origins allowed to call the API from a browser; empty: CORS off.
+    pub cors_allowed_origins: Vec<String>,
+    /// zxcvbn score (0-4) a new password must reach; 2 rejects the common and the trivial.
+    pub password_min_score: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +211,35 @@ impl Config {
             }
         };
 
+        let jwt_secret_previous = match env.get("JWT_SECRET_PREVIOUS") {
+            Some(s) if s.len() < MIN_SECRET_BYTES => {
+                return Err(err(
+                    "JWT_SECRET_PREVIOUS",
+                    format!("must be at least {MIN_SECRET_BYTES} bytes long"),
+                ));
+            }
+            Some(s) => Some(Secret::new(s.into_bytes())),
+            None => None,
+        };
+        let cors_allowed_origins: Vec<String> = env
+            .get("CORS_ALLOWED_ORIGINS")
+            .map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(bad) = cors_allowed_origins
+            .iter()
+            .find(|o| !(o.starts_with("https://") || o.starts_with("http://")) || o.contains('*'))
+        {
+            return Err(err(
+                "CORS_ALLOWED_ORIGINS",
+                format!("expected comma-separated http(s) origins without wildcards, got {bad:?}"),
+            ));
+        }
+
         let is_sqlite = database_url
             .as_deref()
             .is_none_or(|u| u.starts_with("sqlite:"));
@@ -227,6 +280,7 @@ impl Config {
             sqlite_path: env.string("SQLITE_PATH", "sessiond.db"),
             redis_url,
             jwt_secret,
+            jwt_secret_previous,
             jwt_secret_generated,
             jwt_issuer: env.string("JWT_ISSUER", "sessiond"),
             jwt_audience: env.string("JWT_AUDIENCE", "sessiond"),
@@ -252,6 +306,7 @@ impl Config {
                 parallelism: env.number("ARGON2_PARALLELISM", 1u32, 1, 64)?,
                 max_concurrency: env.number("ARGON2_MAX_CONCURRENCY", cores, 1, 1024)?,
                 queue_timeout: millis(env.number("ARGON2_QUEUE_TIMEOUT_MS", 2000u64, 1, 60_000)?),
+                max_queue: env.number("ARGON2_MAX_QUEUE", 4 * cores, 0, 100_000)?,
             },
             body_limit: env.number("BODY_LIMIT_BYTES", 16 * 1024usize, 1024, 10 * 1024 * 1024)?,
             workers: env.number("HTTP_WORKERS", cores, 1, 1024)?,
@@ -265,6 +320,23 @@ impl Config {
                 s => Some(Duration::from_secs(s)),
             },
             trusted_proxies: parse_proxies(env.get("TRUSTED_PROXIES"))?,
+            throttle: ThrottleConfig {
+                window: secs(env.number("RATE_LIMIT_WINDOW_SECONDS", 60u64, 1, 86_400)?),
+                login_per_ip: env.number("RATE_LIMIT_LOGIN_PER_IP", 30u64, 0, u64::MAX)?,
+                login_per_account: env.number(
+                    "RATE_LIMIT_LOGIN_PER_ACCOUNT",
+                    10u64,
+                    0,
+                    u64::MAX,
+                )?,
+                register_per_ip: env.number("RATE_LIMIT_REGISTER_PER_IP", 10u64, 0, u64::MAX)?,
+                refresh_per_ip: env.number("RATE_LIMIT_REFRESH_PER_IP", 60u64, 0, u64::MAX)?,
+                lockout_threshold: env.number("LOCKOUT_THRESHOLD", 5u64, 0, 99)?,
+                lockout_base: secs(env.number("LOCKOUT_BASE_SECONDS", 1u64, 1, 3600)?),
+                lockout_max: secs(env.number("LOCKOUT_MAX_SECONDS", 900u64, 1, 86_400)?),
+            },
+            cors_allowed_origins,
+            password_min_score: env.number("PASSWORD_MIN_SCORE", 2u8, 0, 4)?,
         })
     }
 
@@ -364,6 +436,49 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
+            (
+                "JWT_SECRET_PREVIOUS",
+                if self.jwt_secret_previous.is_some() {
+                    "********".into()
+                } else {
+                    "(unset)".into()
+                },
+            ),
+            (
+                "RATE_LIMIT_WINDOW_SECONDS",
+                self.throttle.window.as_secs().to_string(),
+            ),
+            (
+                "RATE_LIMIT_LOGIN_PER_IP",
+                self.throttle.login_per_ip.to_string(),
+            ),
+            (
+                "RATE_LIMIT_LOGIN_PER_ACCOUNT",
+                self.throttle.login_per_account.to_string(),
+            ),
+            (
+                "RATE_LIMIT_REGISTER_PER_IP",
+                self.throttle.register_per_ip.to_string(),
+            ),
+            (
+                "RATE_LIMIT_REFRESH_PER_IP",
+                self.throttle.refresh_per_ip.to_string(),
+            ),
+            (
+                "LOCKOUT_THRESHOLD",
+                self.throttle.lockout_threshold.to_string(),
+            ),
+            (
+                "LOCKOUT_BASE_SECONDS",
+                self.throttle.lockout_base.as_secs().to_string(),
+            ),
+            (
+                "LOCKOUT_MAX_SECONDS",
+                self.throttle.lockout_max.as_secs().to_string(),
+            ),
+            ("CORS_ALLOWED_ORIGINS", self.cors_allowed_origins.join(",")),
+            ("PASSWORD_MIN_SCORE", self.password_min_score.to_string()),
+            ("ARGON2_MAX_QUEUE", self.argon2.max_queue.to_string()),
         ];
         lines
             .iter()

@@ -30,6 +30,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
+    #[error("request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
     #[error("too many requests, retry later")]
     RateLimited { retry_after: u64 },
     /// A backing service could not answer; `detail` is logged, never sent.
@@ -63,6 +65,10 @@ impl ApiError {
             EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -146,6 +152,15 @@ impl From<PasswordError> for ApiError {
                 detail: "argon2 pool saturated".into(),
             },
             PasswordError::Internal(detail) => ApiError::Internal(detail),
+            e @ PasswordError::TooWeak(_) => ApiError::InvalidRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::throttle::Throttled> for ApiError {
+    fn from(t: crate::throttle::Throttled) -> Self {
+        ApiError::RateLimited {
+            retry_after: t.retry_after,
         }
     }
 }

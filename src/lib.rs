@@ -9,4 +9,5 @@ pub mod session;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod throttle;
 pub mod users;

@@ -3,7 +3,14 @@
 use std::{net::TcpListener, time::Duration};
 
 use actix::{Actor, Addr};
-use actix_web::{dev::Server, dev::ServerHandle, middleware::from_fn, web, App, HttpServer};
+use actix_cors::Cors;
+use actix_web::{
+    dev::Server,
+    dev::ServerHandle,
+    http::header,
+    middleware::{from_fn, Condition},
+    web, App, HttpServer,
+};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
@@ -16,6 +23,7 @@ use crate::{
         self, Lifetimes, MemoryStore, RedisStore, SessionCache, SessionRegistry, SessionStore,
     },
     state::AppState,
+    throttle::Throttle,
     users::{self, password::PasswordHasher, UserStore},
 };
 
@@ -57,6 +65,25 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), StartupError> {
         .map_err(|e| StartupError::Migration(e.to_string()))
 }
 
+/// Browser access for the listed origins only; bearer tokens, so no credentials mode.
+fn cors(origins: &[String]) -> Cors {
+    origins
+        .iter()
+        .fold(Cors::default(), |c, o| c.allowed_origin(o))
+        .allowed_methods(["GET", "POST", "PUT", "DELETE"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::RETRY_AFTER,
+            header::WWW_AUTHENTICATE,
+        ])
+        .max_age(600)
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -72,13 +99,14 @@ impl Application {
             migrate(&db).await?;
         }
         let metrics = Metrics::new();
-        let hasher = PasswordHasher::new(&config.argon2, metrics.clone())
-            .await
-            .map_err(|e| StartupError::Argon2(e.to_string()))?;
+        let hasher =
+            PasswordHasher::new(&config.argon2, config.password_min_score, metrics.clone())
+                .await
+                .map_err(|e| StartupError::Argon2(e.to_string()))?;
 
         let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace);
         // With Redis the cache is trusted only once the invalidation subscription is up.
-        let (store, trusted) = match &config.redis_url {
+        let (store, trusted, throttle) = match &config.redis_url {
             Some(url) => {
                 let redis = RedisStore::connect(
                     url,
@@ -89,9 +117,20 @@ impl Application {
                 )
                 .await
                 .map_err(|e| StartupError::Redis(e.to_string()))?;
-                (SessionStore::Redis(redis), false)
+                let throttle = Throttle::redis(
+                    config.throttle.clone(),
+                    redis.connection(),
+                    &config.redis_prefix,
+                    config.redis_timeout,
+                    metrics.redis.clone(),
+                );
+                (SessionStore::Redis(redis), false, throttle)
             }
-            None => (SessionStore::Memory(MemoryStore::new(lifetimes)), true),
+            None => (
+                SessionStore::Memory(MemoryStore::new(lifetimes)),
+                true,
+                Throttle::memory(config.throttle.clone()),
+            ),
         };
         let cache = SessionCache::new(config.session_cache_ttl, trusted, lifetimes);
         let sessions = SessionRegistry::new(
@@ -146,10 +185,14 @@ impl Application {
             cache,
             hasher,
             metrics,
+            throttle,
         });
+        let origins = state.config.cors_allowed_origins.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // Outermost of the two, so preflights and CORS errors get request ids too.
+                .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
                 .wrap(from_fn(routes::request_context))
                 .configure(routes::configure(body_limit))
                 .default_service(web::to(routes::not_found))

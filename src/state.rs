@@ -6,6 +6,7 @@ use crate::{
     config::Config,
     metrics::Metrics,
     session::{SessionCache, SessionRegistry},
+    throttle::Throttle,
     users::{password::PasswordHasher, UserStore},
 };
 
@@ -17,4 +18,5 @@ pub struct AppState {
     pub cache: SessionCache,
     pub hasher: PasswordHasher,
     pub metrics: Metrics,
+    pub throttle: Throttle,
 }

@@ -2,8 +2,11 @@
 //! requires every claim, checks iss, aud, exp and nbf with a small leeway, and checks `typ`.
 use std::time::Duration;
 
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -26,9 +29,35 @@ pub struct Claims {
     pub roles: Vec<String>,
 }
 
+/// A verification key and the `kid` that names it.
+struct VerifyKey {
+    kid: String,
+    key: DecodingKey,
+}
+
+impl VerifyKey {
+    fn new(secret: &[u8]) -> Self {
+        Self {
+            kid: key_id(secret),
+            key: DecodingKey::from_secret(secret),
+        }
+    }
+}
+
+/// A public name for a secret (a hash prefix), so a token says which key signed it during a
+/// rotation without revealing anything about the key.
+fn key_id(secret: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"sessiond/kid/v1");
+    h.update(secret);
+    hex::encode(&h.finalize()[..8])
+}
+
 pub struct JwtKeys {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    current: VerifyKey,
+    /// JWT_SECRET_PREVIOUS: verifies tokens signed before a rotation; never signs.
+    previous: Option<VerifyKey>,
     validation: Validation,
     header: Header,
     issuer: String,
@@ -50,11 +79,17 @@ impl JwtKeys {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECONDS;
+        let current = VerifyKey::new(secret);
         let mut header = Header::new(Algorithm::HS256);
         header.typ = Some("JWT".into());
+        header.kid = Some(current.kid.clone());
         Self {
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            current,
+            previous: config
+                .jwt_secret_previous
+                .as_ref()
+                .map(|s| VerifyKey::new(s.expose())),
             validation,
             header,
             issuer: config.jwt_issuer.clone(),
@@ -97,11 +132,35 @@ impl JwtKeys {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
-        if data.header.typ.as_deref() != Some("JWT") {
+        let header = decode_header(token).ok()?;
+        // Keys are never fetched or taken from a token (RFC 8725 3.10): a token that points
+        // elsewhere is refused outright.
+        if header.jku.is_some()
+            || header.jwk.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+        {
             return None;
         }
-        Some(data.claims)
+        if header.typ.as_deref() != Some("JWT") {
+            return None;
+        }
+        let keys: Vec<&VerifyKey> = match header.kid.as_deref() {
+            Some(kid) => {
+                let key = [Some(&self.current), self.previous.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|k| k.kid == kid);
+                vec![key?]
+            }
+            None => [Some(&self.current), self.previous.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
+        keys.into_iter()
+            .find_map(|k| decode::<Claims>(token, &k.key, &self.validation).ok())
+            .map(|data| data.claims)
     }
 }
 

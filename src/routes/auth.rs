@@ -11,6 +11,7 @@ use crate::{
         now_unix, CreateSession, Refresh, RefreshToken, Revoke, RevokeAll, Rotation, SessionRecord,
     },
     state::AppState,
+    throttle::{account_key, Scope, Throttled},
     users::{self, FindByEmail, MAX_PASSWORD_CHARS},
 };
 
@@ -82,6 +83,8 @@ fn token_response(
         (status = 200, description = "Session created", body = TokenPair,
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 401, description = "Unknown email or wrong password, indistinguishable (`invalid_credentials`)", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account, or the account is locked after repeated failures (`rate_limited`)", body = crate::error::ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
 #[tracing::instrument(name = "login", skip_all)]
 pub async fn login(
@@ -103,12 +106,40 @@ async fn attempt_login(
 ) -> Result<HttpResponse, ApiError> {
     let LoginBody { email, password } = body;
     let outcome = |o: &str| state.metrics.logins.with_label_values(&[o]).inc();
+    let now = now_unix();
+    let ip = client_ip(req, &state.config.trusted_proxies);
+    let throttled = |t: Throttled| {
+        outcome("throttled");
+        ApiError::from(t)
+    };
+    state
+        .throttle
+        .hit(Scope::LoginIp, ip.as_deref().unwrap_or("unknown"))
+        .await?
+        .map_err(throttled)?;
+    // The account key exists for any address, registered or not, so limits and lockouts say
+    // nothing about which accounts exist.
+    let normalized = users::normalize_email(&email);
+    let account_key = account_key(normalized.as_deref().unwrap_or(email.trim()));
+    state
+        .throttle
+        .hit(Scope::LoginAccount, &account_key)
+        .await?
+        .map_err(throttled)?;
+    // While locked, even the right password is refused, with the same answer as a wrong one.
+    state
+        .throttle
+        .check_lock(&account_key, now)
+        .await?
+        .map_err(throttled)?;
+
     // A malformed email or an impossible password cannot match any account: same answer as a
     // wrong password, without spending a hash.
     let (Ok(email), true) = (
-        users::normalize_email(&email),
+        normalized,
         (1..=MAX_PASSWORD_CHARS).contains(&password.chars().count()),
     ) else {
+        state.throttle.record_failure(&account_key, now).await?;
         outcome("invalid_credentials");
         return Err(ApiError::InvalidCredentials);
     };
@@ -117,11 +148,12 @@ async fn attempt_login(
     let stored = account.as_ref().map(|a| a.password_hash.clone());
     let verified = state.hasher.verify(password, stored).await?;
     let Some(account) = account.filter(|_| verified) else {
+        state.throttle.record_failure(&account_key, now).await?;
         outcome("invalid_credentials");
         return Err(ApiError::InvalidCredentials);
     };
+    state.throttle.record_success(&account_key).await?;
 
-    let now = now_unix();
     let expires_at = now + state.config.session_lifetime.as_secs() as i64;
     let refresh = RefreshToken::generate(account.id, Uuid::new_v4());
     let roles = users::default_roles();
@@ -141,7 +173,7 @@ async fn attempt_login(
         created_at: now,
         last_seen_at: now,
         expires_at,
-        ip: client_ip(req, &state.config.trusted_proxies),
+        ip,
         user_agent,
         roles: roles.clone(),
         refresh_hash: refresh.hash(),
@@ -166,12 +198,21 @@ pub struct RefreshBody {
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 401, description = "Unknown, expired, revoked or reused refresh token (`unauthorized`); reuse revokes the session", body = crate::error::ErrorBody,
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 429, description = "Too many refreshes from this address (`rate_limited`)", body = crate::error::ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
 #[tracing::instrument(name = "refresh", skip_all)]
 pub async fn refresh(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let ip = client_ip(&req, &state.config.trusted_proxies);
+    state
+        .throttle
+        .hit(Scope::RefreshIp, ip.as_deref().unwrap_or("unknown"))
+        .await?
+        .map_err(ApiError::from)?;
     let presented = RefreshToken::parse(&body.refresh_token).ok_or(ApiError::Unauthorized)?;
     let successor = RefreshToken::generate(presented.user_id, presented.session_id);
     let (jti, now) = (Uuid::new_v4(), now_unix());

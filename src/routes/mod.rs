@@ -15,6 +15,8 @@ use actix_web::{
 };
 use tracing::Instrument;
 
+use actix_web::ResponseError;
+
 use crate::{error::ApiError, state::AppState};
 
 pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
@@ -130,6 +132,9 @@ fn describe_serde_error(e: &serde_json::Error) -> String {
     }
 }
 
+/// Total size of request header names and values accepted.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A sane incoming id (short, plain characters) is kept so logs line up across services;
@@ -159,6 +164,23 @@ pub async fn request_context(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = std::time::Instant::now();
     let id = request_id(&req);
+    // The HTTP layer allows up to 128 KiB of headers; no client of this API needs more than a
+    // fraction of that, so anything bigger is refused before any handler runs.
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        let (req, _) = req.into_parts();
+        let mut res = ApiError::HeadersTooLarge(MAX_HEADER_BYTES).error_response();
+        res.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        res.headers_mut().insert(
+            actix_web::http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        return Ok(ServiceResponse::new(req, res).map_into_right_body());
+    }
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
     let metrics = req
@@ -170,7 +192,11 @@ pub async fn request_context(
         method = %method,
         route = %route,
     );
-    let mut res = next.call(req).instrument(span.clone()).await?;
+    let mut res = next
+        .call(req)
+        .instrument(span.clone())
+        .await?
+        .map_into_left_body();
     let status = res.status();
     let elapsed = start.elapsed();
     if let Some(m) = metrics {

@@ -1,13 +1,14 @@
 //! Accounts: registration and the caller's profile.
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::resource;
+use super::{client_ip, resource};
 use crate::{
     auth::AuthenticatedSession,
     error::ApiError,
     session::RevokeAll,
     state::AppState,
+    throttle::Scope,
     users::{self, CreateUser, FindAccount, FindByEmail, FindById, SetPassword},
 };
 
@@ -37,12 +38,21 @@ pub struct RegisterBody {
     responses(
         (status = 201, description = "Account created", body = users::User),
         (status = 409, description = "An account with this email exists (`email_taken`)", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many registrations from this address (`rate_limited`)", body = crate::error::ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
 #[tracing::instrument(name = "register", skip_all)]
 pub async fn register(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let ip = client_ip(&req, &state.config.trusted_proxies);
+    state
+        .throttle
+        .hit(Scope::RegisterIp, ip.as_deref().unwrap_or("unknown"))
+        .await?
+        .map_err(ApiError::from)?;
     let RegisterBody {
         email,
         password,
@@ -60,7 +70,12 @@ pub async fn register(
     {
         return Err(ApiError::EmailTaken);
     }
-    let password_hash = state.hasher.hash(password).await?;
+    let local_part = email.split('@').next().unwrap_or_default().to_string();
+    let known_words = [Some(email.clone()), Some(local_part), name.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let password_hash = state.hasher.hash_new(password, known_words).await?;
     let user = state
         .users
         .send(CreateUser {
@@ -128,7 +143,10 @@ pub async fn change_password(
     {
         return Err(ApiError::Forbidden);
     }
-    let password_hash = state.hasher.hash(new_password).await?;
+    let password_hash = state
+        .hasher
+        .hash_new(new_password, vec![account.email.clone()])
+        .await?;
     let revoked = state
         .sessions
         .send(RevokeAll {

@@ -241,6 +241,11 @@ impl RedisStore {
         })
     }
 
+    /// A clone of the shared multiplexed connection (rate limiting uses the same Redis).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// For the registry's dedicated pub/sub connection.
     pub fn client(&self) -> &redis::Client {
         &self.client

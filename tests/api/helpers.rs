@@ -68,7 +68,24 @@ impl Deployment {
             ("ARGON2_MEMORY_KIB".to_string(), "8192".to_string()),
             ("ARGON2_ITERATIONS".to_string(), "1".to_string()),
             ("ARGON2_QUEUE_TIMEOUT_MS".to_string(), "20000".to_string()),
+            // Races of many registrations queue for hashing rather than being shed.
+            ("ARGON2_MAX_QUEUE".to_string(), "1000".to_string()),
             ("RUST_LOG".to_string(), "warn".to_string()),
+            // Tests of other features make many attempts from one address; the throttling
+            // tests set their own limits.
+            ("RATE_LIMIT_LOGIN_PER_IP".to_string(), "1000000".to_string()),
+            (
+                "RATE_LIMIT_LOGIN_PER_ACCOUNT".to_string(),
+                "1000000".to_string(),
+            ),
+            (
+                "RATE_LIMIT_REGISTER_PER_IP".to_string(),
+                "1000000".to_string(),
+            ),
+            (
+                "RATE_LIMIT_REFRESH_PER_IP".to_string(),
+                "1000000".to_string(),
+            ),
         ]);
         let (mut admin_url, mut db_name, mut dir) = (None, None, None);
         match backend {

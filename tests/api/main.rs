@@ -5,6 +5,7 @@ mod proxy;
 
 mod cross_pod;
 mod flow;
+mod hardening;
 mod persistence;
 mod process;
 mod redis_down;

@@ -115,14 +115,16 @@ async fn bad_bodies_get_clear_json_errors_and_store_nothing(backend: Backend) {
         );
     }
     // Boundaries: 8 and 128 characters (not bytes) are accepted, and never trimmed.
-    let eight = "ééééééé "; // 8 characters, the last a space
+    let eight = "éÖß€ñ∂ƒ "; // 8 characters (17 bytes), the last a space
     let r = app.register("eight@example.com", eight).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     app.login("eight@example.com", eight).await;
     app.login_reply("eight@example.com", eight.trim())
         .await
         .assert_error(401, "invalid_credentials");
-    let long = "p".repeat(128);
+    let long: String = (0..128)
+        .map(|i| char::from(b'!' + ((i * 37 + 11) % 90) as u8))
+        .collect();
     assert_eq!(
         app.register("long128@example.com", &long).await.status,
         StatusCode::CREATED

@@ -1,0 +1,372 @@
+//! Abuse protection: fixed-window rate limits and a progressive per-account lockout, counted
+//! atomically in Redis so limits hold across pods (in-process in the embedded default).
+//!
+//! Accounts are keyed by a hash of the normalized email, whether or not the account exists, so
+//! neither the limits nor the lockout tell an attacker which emails are registered.
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use moka::future::Cache;
+use redis::{aio::ConnectionManager, Script};
+use sha2::{Digest, Sha256};
+
+use crate::{config::ThrottleConfig, metrics::CallMetrics, session::SessionError};
+
+/// What a limit is about.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    LoginIp,
+    LoginAccount,
+    RegisterIp,
+    RefreshIp,
+}
+
+impl Scope {
+    fn name(self) -> &'static str {
+        match self {
+            Scope::LoginIp => "login-ip",
+            Scope::LoginAccount => "login-acct",
+            Scope::RegisterIp => "register-ip",
+            Scope::RefreshIp => "refresh-ip",
+        }
+    }
+}
+
+/// Over a limit, or locked: retry after this many seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    pub retry_after: u64,
+}
+
+#[derive(Clone)]
+pub struct Throttle {
+    cfg: ThrottleConfig,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Redis {
+        conn: ConnectionManager,
+        prefix: Arc<str>,
+        timeout: Duration,
+        metrics: CallMetrics,
+    },
+    Memory {
+        windows: Cache<String, Arc<Window>>,
+        lockouts: Cache<String, Arc<Mutex<Lock>>>,
+    },
+}
+
+struct Window {
+    count: AtomicU64,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Lock {
+    failures: u64,
+    locked_until: i64,
+}
+
+static HIT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {n, redis.call('PTTL', KEYS[1])}",
+    )
+});
+
+/// Records a failure: after `threshold` consecutive failures the account is locked for
+/// base * 2^(failures - threshold) seconds, capped. The counter forgets after a day of quiet.
+static FAIL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local threshold, base, cap, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local until_ = 0
+if failures >= threshold then
+  local delay = math.min(cap, base * math.pow(2, math.min(failures - threshold, 30)))
+  until_ = now + delay
+  redis.call('HSET', KEYS[1], 'locked_until', until_)
+end
+redis.call('EXPIRE', KEYS[1], 86400)
+return until_",
+    )
+});
+
+fn lock_delay(cfg: &ThrottleConfig, failures: u64) -> i64 {
+    if cfg.lockout_threshold == 0 || failures < cfg.lockout_threshold {
+        return 0;
+    }
+    let exp = (failures - cfg.lockout_threshold).min(30) as u32;
+    (cfg.lockout_base
+        .as_secs()
+        .saturating_mul(2u64.saturating_pow(exp)))
+    .min(cfg.lockout_max.as_secs()) as i64
+}
+
+/// A key part for an account that does not reveal the address.
+pub fn account_key(normalized_email: &str) -> String {
+    hex::encode(&Sha256::digest(normalized_email.as_bytes())[..16])
+}
+
+impl Throttle {
+    pub fn memory(cfg: ThrottleConfig) -> Self {
+        let window = cfg.window;
+        Self {
+            cfg,
+            backend: Backend::Memory {
+                windows: Cache::builder().time_to_live(window).build(),
+                lockouts: Cache::builder()
+                    .time_to_idle(Duration::from_secs(86_400))
+                    .build(),
+            },
+        }
+    }
+
+    pub fn redis(
+        cfg: ThrottleConfig,
+        conn: ConnectionManager,
+        prefix: &str,
+        timeout: Duration,
+        metrics: CallMetrics,
+    ) -> Self {
+        Self {
+            cfg,
+            backend: Backend::Redis {
+                conn,
+                prefix: Arc::from(prefix),
+                timeout,
+                metrics,
+            },
+        }
+    }
+
+    fn limit(&self, scope: Scope) -> u64 {
+        match scope {
+            Scope::LoginIp => self.cfg.login_per_ip,
+            Scope::LoginAccount => self.cfg.login_per_account,
+            Scope::RegisterIp => self.cfg.register_per_ip,
+            Scope::RefreshIp => self.cfg.refresh_per_ip,
+        }
+    }
+
+    /// Counts one attempt; `Err(Throttled)` once the window's limit is exceeded.
+    pub async fn hit(&self, scope: Scope, id: &str) -> Result<Result<(), Throttled>, SessionError> {
+        let limit = self.limit(scope);
+        if limit == 0 {
+            return Ok(Ok(()));
+        }
+        let window = self.cfg.window;
+        let (count, remaining) = match &self.backend {
+            Backend::Redis {
+                conn,
+                prefix,
+                timeout,
+                metrics,
+            } => {
+                let key = format!("{prefix}rl:{}:{id}", scope.name());
+                let mut conn = conn.clone();
+                let mut call = HIT.key(key);
+                call.arg(window.as_millis() as u64);
+                let fut = async {
+                    match tokio::time::timeout(*timeout, call.invoke_async::<(u64, i64)>(&mut conn))
+                        .await
+                    {
+                        Ok(r) => r.map_err(SessionError::from),
+                        Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
+                    }
+                };
+                let (n, pttl) = metrics.observe("rate_limit", fut).await?;
+                (n, Duration::from_millis(pttl.max(0) as u64))
+            }
+            Backend::Memory { windows, .. } => {
+                let key = format!("{}:{id}", scope.name());
+                let w = windows
+                    .get_with(key, async {
+                        Arc::new(Window {
+                            count: AtomicU64::new(0),
+                            started: Instant::now(),
+                        })
+                    })
+                    .await;
+                let n = w.count.fetch_add(1, Ordering::AcqRel) + 1;
+                (n, window.saturating_sub(w.started.elapsed()))
+            }
+        };
+        if count > limit {
+            return Ok(Err(Throttled {
+                retry_after: remaining.as_secs().max(1),
+            }));
+        }
+        Ok(Ok(()))
+    }
+
+    /// `Err(Throttled)` while the account is locked.
+    pub async fn check_lock(
+        &self,
+        account: &str,
+        now: i64,
+    ) -> Result<Result<(), Throttled>, SessionError> {
+        if self.cfg.lockout_threshold == 0 {
+            return Ok(Ok(()));
+        }
+        let until = match &self.backend {
+            Backend::Redis {
+                conn,
+                prefix,
+                timeout,
+                metrics,
+            } => {
+                let mut conn = conn.clone();
+                let key = format!("{prefix}lock:{account}");
+                let fut = async {
+                    let cmd = redis::cmd("HGET").arg(&key).arg("locked_until").to_owned();
+                    match tokio::time::timeout(*timeout, cmd.query_async::<Option<i64>>(&mut conn))
+                        .await
+                    {
+                        Ok(r) => r.map_err(SessionError::from),
+                        Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
+                    }
+                };
+                metrics.observe("lockout_check", fut).await?.unwrap_or(0)
+            }
+            Backend::Memory { lockouts, .. } => match lockouts.get(account).await {
+                Some(l) => l.lock().map_or(0, |l| l.locked_until),
+                None => 0,
+            },
+        };
+        Ok(if until > now {
+            Err(Throttled {
+                retry_after: (until - now) as u64,
+            })
+        } else {
+            Ok(())
+        })
+    }
+
+    /// Records a failed login for the account.
+    pub async fn record_failure(&self, account: &str, now: i64) -> Result<(), SessionError> {
+        if self.cfg.lockout_threshold == 0 {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Redis {
+                conn,
+                prefix,
+                timeout,
+                metrics,
+            } => {
+                let mut conn = conn.clone();
+                let mut call = FAIL.key(format!("{prefix}lock:{account}"));
+                call.arg(self.cfg.lockout_threshold)
+                    .arg(self.cfg.lockout_base.as_secs())
+                    .arg(self.cfg.lockout_max.as_secs())
+                    .arg(now);
+                let fut = async {
+                    match tokio::time::timeout(*timeout, call.invoke_async::<i64>(&mut conn)).await
+                    {
+                        Ok(r) => r.map(|_| ()).map_err(SessionError::from),
+                        Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
+                    }
+                };
+                metrics.observe("lockout_fail", fut).await
+            }
+            Backend::Memory { lockouts, .. } => {
+                let lock = lockouts
+                    .get_with(account.to_string(), async { Arc::default() })
+                    .await;
+                if let Ok(mut l) = lock.lock() {
+                    l.failures += 1;
+                    let delay = lock_delay(&self.cfg, l.failures);
+                    if delay > 0 {
+                        l.locked_until = now + delay;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A successful login clears the account's failures.
+    pub async fn record_success(&self, account: &str) -> Result<(), SessionError> {
+        if self.cfg.lockout_threshold == 0 {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Redis {
+                conn,
+                prefix,
+                timeout,
+                metrics,
+            } => {
+                let mut conn = conn.clone();
+                let key = format!("{prefix}lock:{account}");
+                let fut = async {
+                    let cmd = redis::cmd("DEL").arg(&key).to_owned();
+                    match tokio::time::timeout(*timeout, cmd.query_async::<i64>(&mut conn)).await {
+                        Ok(r) => r.map(|_| ()).map_err(SessionError::from),
+                        Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
+                    }
+                };
+                metrics.observe("lockout_clear", fut).await
+            }
+            Backend::Memory { lockouts, .. } => {
+                lockouts.invalidate(account).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ThrottleConfig {
+        ThrottleConfig {
+            window: Duration::from_secs(60),
+            login_per_ip: 3,
+            login_per_account: 3,
+            register_per_ip: 3,
+            refresh_per_ip: 3,
+            lockout_threshold: 5,
+            lockout_base: Duration::from_secs(1),
+            lockout_max: Duration::from_secs(900),
+        }
+    }
+
+    #[test]
+    fn lockout_delays_grow_and_are_capped() {
+        let c = cfg();
+        let delays: Vec<i64> = (1..=20).map(|f| lock_delay(&c, f)).collect();
+        assert_eq!(&delays[..7], &[0, 0, 0, 0, 1, 2, 4]);
+        assert_eq!(delays[19], 900);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[actix_web::test]
+    async fn memory_limits_count_exactly() {
+        let t = Throttle::memory(cfg());
+        let mut results = Vec::new();
+        for _ in 0..5 {
+            results.push(t.hit(Scope::LoginIp, "1.2.3.4").await.unwrap().is_ok());
+        }
+        assert_eq!(results, [true, true, true, false, false]);
+        assert!(t.hit(Scope::LoginIp, "5.6.7.8").await.unwrap().is_ok());
+    }
+
+    #[test]
+    fn account_keys_hide_the_email() {
+        let k = account_key("ada@example.com");
+        assert_eq!(k.len(), 32);
+        assert!(!k.contains("ada"));
+    }
+}
