@@ -243,3 +243,51 @@ mod tests {
         assert!(k.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)).is_none());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn keys() -> JwtKeys {
+        let secret = "p".repeat(40);
+        let cfg = Config::from_lookup(|k| (k == "JWT_SECRET").then(|| secret.clone())).unwrap();
+        JwtKeys::new(&cfg)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary input never panics and never verifies.
+        #[test]
+        fn garbage_never_verifies(token in ".{0,600}") {
+            prop_assert!(keys().verify(&token).is_none());
+        }
+
+        /// Token-shaped garbage (three base64url parts) never verifies either.
+        #[test]
+        fn token_shaped_garbage_never_verifies(a in "[A-Za-z0-9_-]{0,120}", b in "[A-Za-z0-9_-]{0,300}", c in "[A-Za-z0-9_-]{0,90}") {
+            let token = [a, b, c].join(".");
+            prop_assert!(keys().verify(&token).is_none());
+        }
+
+        /// Flipping any one character of a real token breaks it.
+        #[test]
+        fn any_single_change_breaks_a_real_token(pos in any::<prop::sample::Index>(), replacement in "[A-Za-z0-9_-]") {
+            let k = keys();
+            let now = crate::session::now_unix();
+            let (token, _) = k.issue(Uuid::new_v4(), Uuid::new_v4(), vec!["user".into()], now + 60, now, Uuid::new_v4()).unwrap();
+            let i = pos.index(token.len());
+            let mut bytes = token.clone().into_bytes();
+            let original = bytes[i];
+            bytes[i] = replacement.as_bytes()[0];
+            let changed = String::from_utf8(bytes).unwrap();
+            // Base64 padding bits can make two characters decode alike at a part's last position.
+            prop_assume!(original != replacement.as_bytes()[0] && original != b'.');
+            if let Some(claims) = k.verify(&changed) {
+                let reference = k.verify(&token).unwrap();
+                prop_assert_eq!(claims.jti, reference.jti);
+            }
+        }
+    }
+}

@@ -134,3 +134,18 @@ mod tests {
         assert!(!sealed.contains(&hex::encode(prev.secret)));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_round_trips(token in ".{0,200}") {
+            if let Some(t) = RefreshToken::parse(&token) {
+                prop_assert_eq!(RefreshToken::parse(&t.encode()), Some(t));
+            }
+        }
+    }
+}

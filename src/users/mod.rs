@@ -379,3 +379,27 @@ mod tests {
         assert!(validate_name(Some("x".repeat(101))).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Normalizing twice changes nothing, and a valid address stays within the length cap.
+        #[test]
+        fn email_normalization_is_idempotent(raw in "\\PC{0,80}(@\\PC{0,40})?") {
+            if let Ok(once) = normalize_email(&raw) {
+                prop_assert_eq!(normalize_email(&once), Ok(once.clone()));
+                prop_assert!(once.len() <= MAX_EMAIL_LEN);
+                prop_assert!(!once.chars().any(|c| c.is_whitespace() || c.is_control()));
+            }
+        }
+
+        #[test]
+        fn name_and_password_rules_never_panic(s in "\\PC{0,200}") {
+            let _ = validate_password(&s);
+            let _ = validate_name(Some(s));
+        }
+    }
+}
