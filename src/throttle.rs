@@ -15,7 +15,11 @@ use moka::future::Cache;
 use redis::{aio::ConnectionManager, Script};
 use sha2::{Digest, Sha256};
 
-use crate::{config::ThrottleConfig, metrics::CallMetrics, session::SessionError};
+use crate::{
+    config::ThrottleConfig,
+    metrics::CallMetrics,
+    session::{bounded_redis, SessionError},
+};
 
 /// What a limit is about.
 #[derive(Debug, Clone, Copy)]
@@ -51,16 +55,34 @@ pub struct Throttle {
 
 #[derive(Clone)]
 enum Backend {
-    Redis {
-        conn: ConnectionManager,
-        prefix: Arc<str>,
-        timeout: Duration,
-        metrics: CallMetrics,
-    },
+    Redis(RedisLimits),
     Memory {
         windows: Cache<String, Arc<Window>>,
         lockouts: Cache<String, Arc<Mutex<Lock>>>,
     },
+}
+
+#[derive(Clone)]
+struct RedisLimits {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    timeout: Duration,
+    metrics: CallMetrics,
+}
+
+impl RedisLimits {
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, SessionError> {
+        let mut conn = self.conn.clone();
+        bounded_redis(self.timeout, &self.metrics, op, run(&mut conn)).await
+    }
 }
 
 struct Window {
@@ -140,12 +162,12 @@ impl Throttle {
     ) -> Self {
         Self {
             cfg,
-            backend: Backend::Redis {
+            backend: Backend::Redis(RedisLimits {
                 conn,
                 prefix: Arc::from(prefix),
                 timeout,
                 metrics,
-            },
+            }),
         }
     }
 
@@ -166,25 +188,12 @@ impl Throttle {
         }
         let window = self.cfg.window;
         let (count, remaining) = match &self.backend {
-            Backend::Redis {
-                conn,
-                prefix,
-                timeout,
-                metrics,
-            } => {
-                let key = format!("{prefix}rl:{}:{id}", scope.name());
-                let mut conn = conn.clone();
-                let mut call = HIT.key(key);
+            Backend::Redis(r) => {
+                let mut call = HIT.key(r.key("rl", &format!("{}:{id}", scope.name())));
                 call.arg(window.as_millis() as u64);
-                let fut = async {
-                    match tokio::time::timeout(*timeout, call.invoke_async::<(u64, i64)>(&mut conn))
-                        .await
-                    {
-                        Ok(r) => r.map_err(SessionError::from),
-                        Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
-                    }
-                };
-                let (n, pttl) = metrics.observe("rate_limit", fut).await?;
+                let (n, pttl): (u64, i64) = r
+                    .call("rate_limit", async |c| call.invoke_async(c).await)
+                    .await?;
                 (n, Duration::from_millis(pttl.max(0) as u64))
             }
             Backend::Memory { windows, .. } => {
@@ -219,24 +228,15 @@ impl Throttle {
             return Ok(Ok(()));
         }
         let until = match &self.backend {
-            Backend::Redis {
-                conn,
-                prefix,
-                timeout,
-                metrics,
-            } => {
-                let mut conn = conn.clone();
-                let key = format!("{prefix}lock:{account}");
-                let fut = async {
-                    let cmd = redis::cmd("HGET").arg(&key).arg("locked_until").to_owned();
-                    match tokio::time::timeout(*timeout, cmd.query_async::<Option<i64>>(&mut conn))
-                        .await
-                    {
-                        Ok(r) => r.map_err(SessionError::from),
-                        Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
-                    }
-                };
-                metrics.observe("lockout_check", fut).await?.unwrap_or(0)
+            Backend::Redis(r) => {
+                let cmd = redis::cmd("HGET")
+                    .arg(r.key("lock", account))
+                    .arg("locked_until")
+                    .to_owned();
+                let until: Option<i64> = r
+                    .call("lockout_check", async |c| cmd.query_async(c).await)
+                    .await?;
+                until.unwrap_or(0)
             }
             Backend::Memory { lockouts, .. } => match lockouts.get(account).await {
                 Some(l) => l.lock().map_or(0, |l| l.locked_until),
@@ -258,26 +258,15 @@ impl Throttle {
             return Ok(());
         }
         match &self.backend {
-            Backend::Redis {
-                conn,
-                prefix,
-                timeout,
-                metrics,
-            } => {
-                let mut conn = conn.clone();
-                let mut call = FAIL.key(format!("{prefix}lock:{account}"));
+            Backend::Redis(r) => {
+                let mut call = FAIL.key(r.key("lock", account));
                 call.arg(self.cfg.lockout_threshold)
                     .arg(self.cfg.lockout_base.as_secs())
                     .arg(self.cfg.lockout_max.as_secs())
                     .arg(now);
-                let fut = async {
-                    match tokio::time::timeout(*timeout, call.invoke_async::<i64>(&mut conn)).await
-                    {
-                        Ok(r) => r.map(|_| ()).map_err(SessionError::from),
-                        Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
-                    }
-                };
-                metrics.observe("lockout_fail", fut).await
+                r.call("lockout_fail", async |c| call.invoke_async::<i64>(c).await)
+                    .await
+                    .map(|_| ())
             }
             Backend::Memory { lockouts, .. } => {
                 let lock = lockouts
@@ -301,22 +290,11 @@ impl Throttle {
             return Ok(());
         }
         match &self.backend {
-            Backend::Redis {
-                conn,
-                prefix,
-                timeout,
-                metrics,
-            } => {
-                let mut conn = conn.clone();
-                let key = format!("{prefix}lock:{account}");
-                let fut = async {
-                    let cmd = redis::cmd("DEL").arg(&key).to_owned();
-                    match tokio::time::timeout(*timeout, cmd.query_async::<i64>(&mut conn)).await {
-                        Ok(r) => r.map(|_| ()).map_err(SessionError::from),
-                        Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
-                    }
-                };
-                metrics.observe("lockout_clear", fut).await
+            Backend::Redis(r) => {
+                let cmd = redis::cmd("DEL").arg(r.key("lock", account)).to_owned();
+                r.call("lockout_clear", async |c| cmd.query_async::<i64>(c).await)
+                    .await
+                    .map(|_| ())
             }
             Backend::Memory { lockouts, .. } => {
                 lockouts.invalidate(account).await;

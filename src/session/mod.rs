@@ -12,6 +12,7 @@ pub use registry::{
     CreateSession, ListSessions, Ping, Refresh, Revoke, RevokeAll, SessionRegistry, Stop, Touch,
     Validate,
 };
+pub(crate) use store::bounded_redis;
 pub use store::{MemoryStore, RedisStore, SessionStore};
 
 use std::time::Duration;

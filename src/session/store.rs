@@ -199,6 +199,23 @@ const RECORD_FIELDS: [&str; 8] = [
     "refresh_hash",
 ];
 
+/// Every Redis call: bounded by the timeout (a slow Redis gives 503, not a pile-up), timed and
+/// counted by operation.
+pub(crate) async fn bounded_redis<T>(
+    timeout: Duration,
+    metrics: &CallMetrics,
+    op: &'static str,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, SessionError> {
+    let call = async {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r.map_err(SessionError::from),
+            Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
+        }
+    };
+    metrics.observe(op, call).await
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
     client: redis::Client,
@@ -285,13 +302,7 @@ impl RedisStore {
         op: &'static str,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, SessionError> {
-        let call = async {
-            match tokio::time::timeout(self.timeout, fut).await {
-                Ok(r) => r.map_err(SessionError::from),
-                Err(_) => Err(SessionError::Unavailable("Redis call timed out".into())),
-            }
-        };
-        self.metrics.observe(op, call).await
+        bounded_redis(self.timeout, &self.metrics, op, fut).await
     }
 
     async fn create(&self, rec: &SessionRecord) -> Result<(), SessionError> {
@@ -587,6 +598,17 @@ impl MemoryStore {
         None
     }
 
+    fn user_sids(&self, uid: Uuid) -> Vec<Uuid> {
+        self.by_user
+            .lock()
+            .map(|idx| {
+                idx.get(&uid)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
     async fn remove(&self, uid: Uuid, sid: Uuid) -> bool {
         if let Ok(mut idx) = self.by_user.lock() {
             if let Some(set) = idx.get_mut(&uid) {
@@ -648,15 +670,7 @@ impl MemoryStore {
     }
 
     async fn revoke_all(&self, uid: Uuid, except: Option<Uuid>) -> Vec<Uuid> {
-        let sids: Vec<Uuid> = self
-            .by_user
-            .lock()
-            .map(|idx| {
-                idx.get(&uid)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default();
+        let sids = self.user_sids(uid);
         let mut revoked = Vec::new();
         for sid in sids.into_iter().filter(|s| Some(*s) != except) {
             if self.remove(uid, sid).await {
@@ -667,15 +681,7 @@ impl MemoryStore {
     }
 
     async fn list(&self, uid: Uuid) -> Vec<SessionRecord> {
-        let sids: Vec<Uuid> = self
-            .by_user
-            .lock()
-            .map(|idx| {
-                idx.get(&uid)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default();
+        let sids = self.user_sids(uid);
         let mut out = Vec::new();
         for sid in sids {
             if let Some(entry) = self.live(uid, sid).await {
