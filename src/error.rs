@@ -53,6 +53,20 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
+    /// A copy with the same public face (code and message), for errors shared between callers.
+    pub fn clone_public(&self) -> Self {
+        match self {
+            ApiError::NotFound(what) => ApiError::NotFound(what),
+            ApiError::Unavailable { what, detail } => ApiError::Unavailable {
+                what,
+                detail: detail.clone(),
+            },
+            ApiError::InvalidRequest(m) => ApiError::InvalidRequest(m.clone()),
+            ApiError::Unauthorized => ApiError::Unauthorized,
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+
     pub fn code(&self) -> (StatusCode, &'static str) {
         use ApiError::*;
         match self {

@@ -177,6 +177,14 @@ impl Application {
 
         let (workers, grace, body_limit) =
             (config.workers, config.shutdown_grace, config.body_limit);
+        let profiles = moka::future::Cache::builder()
+            .time_to_live(config.session_cache_ttl.max(Duration::from_millis(1)))
+            .max_capacity(if config.session_cache_ttl.is_zero() {
+                0
+            } else {
+                100_000
+            })
+            .build();
         let state = web::Data::new(AppState {
             jwt: JwtKeys::new(&config),
             config,
@@ -186,6 +194,7 @@ impl Application {
             hasher,
             metrics,
             throttle,
+            profiles,
         });
         let origins = state.config.cors_allowed_origins.clone();
         let server = HttpServer::new(move || {

@@ -19,4 +19,6 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub metrics: Metrics,
     pub throttle: Throttle,
+    /// Recently read profiles (GET /profile), kept at most SESSION_CACHE_TTL.
+    pub profiles: moka::future::Cache<uuid::Uuid, std::sync::Arc<crate::users::User>>,
 }

@@ -1,5 +1,7 @@
 //! Accounts: registration and the caller's profile.
 use actix_web::{web, HttpRequest, HttpResponse};
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use super::{client_ip, resource};
@@ -99,8 +101,21 @@ pub async fn profile(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let user = state.users.send(FindById(session.user_id)).await??;
-    Ok(HttpResponse::Ok().json(user))
+    // Profiles change rarely; a copy at most SESSION_CACHE_TTL old spares a database round trip
+    // per call, and concurrent misses for one user share one query.
+    let users = state.users.clone();
+    let user = state
+        .profiles
+        .try_get_with(session.user_id, async move {
+            let found = users.send(FindById(session.user_id)).await;
+            found
+                .map_err(ApiError::from)?
+                .map(Arc::new)
+                .map_err(ApiError::from)
+        })
+        .await
+        .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|e| e.clone_public()))?;
+    Ok(HttpResponse::Ok().json(&*user))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

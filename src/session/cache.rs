@@ -2,7 +2,7 @@
 //! this pod has been told is revoked. Readers (the hot path) only read; the registry actor writes.
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -68,6 +68,12 @@ pub struct SessionCache {
     revoked_sessions: Cache<Uuid, ()>,
     /// Users whose sessions were all revoked, with the instant that happened.
     revoked_users: Cache<Uuid, Instant>,
+    /// When the last tombstone was written: until one could still be alive, the hot path skips
+    /// the two tombstone lookups (most requests, since revocations are rare).
+    /// Milliseconds after `epoch` (+1, so 0 means never).
+    last_tombstone: Arc<AtomicU64>,
+    epoch: Instant,
+    tombstone_ttl: Duration,
     /// False while the pub/sub subscription is down: invalidations could be lost, so only the
     /// store is believed (cached entries serve only as a fallback when the store is unreachable).
     trusted: Arc<AtomicBool>,
@@ -88,6 +94,9 @@ impl SessionCache {
                 .build(),
             revoked_sessions: Cache::builder().time_to_live(tombstone_ttl).build(),
             revoked_users: Cache::builder().time_to_live(tombstone_ttl).build(),
+            last_tombstone: Arc::default(),
+            epoch: Instant::now(),
+            tombstone_ttl,
             trusted: Arc::new(AtomicBool::new(trusted)),
             ttl,
             lifetimes,
@@ -141,6 +150,9 @@ impl SessionCache {
     /// Applies the tombstones to a cached or freshly loaded entry.
     pub(super) async fn screen(&self, sid: Uuid, entry: &CacheEntry) -> Option<SessionState> {
         let state = entry.state?;
+        if !self.tombstones_may_exist() {
+            return Some(state);
+        }
         if self.revoked_sessions.contains_key(&sid) {
             return None;
         }
@@ -165,8 +177,22 @@ impl SessionCache {
         self.entries.insert(sid, entry).await;
     }
 
+    fn tombstones_may_exist(&self) -> bool {
+        match self.last_tombstone.load(Ordering::Acquire) {
+            0 => false,
+            at => {
+                let age = (self.epoch.elapsed().as_millis() as u64 + 1).saturating_sub(at);
+                age <= self.tombstone_ttl.as_millis() as u64
+            }
+        }
+    }
+
     /// Applies a revocation seen locally or received from another pod.
     pub(super) async fn apply(&self, inv: &Invalidation) {
+        // Marked before the tombstones are written, so a concurrent reader never skips a
+        // lookup it needs.
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last_tombstone.store(now, Ordering::Release);
         match inv {
             Invalidation::Sessions(sids) => {
                 for sid in sids {
