@@ -107,7 +107,10 @@ impl Settings {
             per_user_interval: pick(10.0, 5.0),
             distinct_measure: pick(20.0, 8.0),
             cache_ttls: vec![5, 60],
-            propagation_samples: env_number("BENCH_PROPAGATION_SAMPLES", if quick { 50 } else { 200 }),
+            propagation_samples: env_number(
+                "BENCH_PROPAGATION_SAMPLES",
+                if quick { 50 } else { 200 },
+            ),
             mixed_users: 4,
             mixed_calls: 20,
             mixed_measure: pick(8.0, 4.0),

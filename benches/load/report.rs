@@ -110,6 +110,9 @@ impl SweepPoint {
     }
 }
 
+/// Which server, its legend, which percentile, its colour.
+type ChartLine = (&'static str, &'static str, fn(&SweepPoint) -> u64, RGBColor);
+
 #[derive(Debug, Serialize)]
 pub struct Argon2Bound {
     pub memory_kib: u32,
@@ -152,7 +155,9 @@ impl Machine {
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or("unknown".into(), |kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0));
+            .map_or("unknown".into(), |kb| {
+                format!("{:.1} GiB", kb / 1024.0 / 1024.0)
+            });
         let rustc = std::process::Command::new("rustc")
             .arg("--version")
             .output()
@@ -326,7 +331,13 @@ impl Report {
             });
         };
         ratio("GET /session vs GET /health", hot, health, 0.8, "/health");
-        ratio("GET /profile vs GET /health", profile, health, 0.6, "/health");
+        ratio(
+            "GET /profile vs GET /health",
+            profile,
+            health,
+            0.6,
+            "/health",
+        );
         ratio(
             "GET /session vs the actix-session baseline",
             hot,
@@ -537,12 +548,7 @@ impl Report {
                 .map(|p| (p.offered_rps, pick(p) as f64 / 1000.0))
                 .collect()
         };
-        let x_max = self
-            .sweep
-            .iter()
-            .map(|p| p.offered_rps)
-            .fold(1.0, f64::max)
-            * 1.05;
+        let x_max = self.sweep.iter().map(|p| p.offered_rps).fold(1.0, f64::max) * 1.05;
         let y_max = self
             .sweep
             .iter()
@@ -574,11 +580,31 @@ impl Report {
             .x_label_formatter(&|v| thousands(*v))
             .y_label_formatter(&|v| format!("{v}"))
             .draw()?;
-        let lines: [(&str, &str, fn(&SweepPoint) -> u64, RGBColor); 4] = [
-            ("sessiond", "sessiond p99", |p| p.p99_us, RGBColor(20, 70, 170)),
-            ("sessiond", "sessiond p50", |p| p.p50_us, RGBColor(110, 160, 230)),
-            ("baseline", "actix-session p99", |p| p.p99_us, RGBColor(200, 40, 30)),
-            ("baseline", "actix-session p50", |p| p.p50_us, RGBColor(240, 150, 90)),
+        let lines: [ChartLine; 4] = [
+            (
+                "sessiond",
+                "sessiond p99",
+                |p| p.p99_us,
+                RGBColor(20, 70, 170),
+            ),
+            (
+                "sessiond",
+                "sessiond p50",
+                |p| p.p50_us,
+                RGBColor(110, 160, 230),
+            ),
+            (
+                "baseline",
+                "actix-session p99",
+                |p| p.p99_us,
+                RGBColor(200, 40, 30),
+            ),
+            (
+                "baseline",
+                "actix-session p50",
+                |p| p.p50_us,
+                RGBColor(240, 150, 90),
+            ),
         ];
         for (server, label, pick, color) in lines {
             let points = series(server, pick);
@@ -620,16 +646,23 @@ impl Report {
             }
         }
         println!("\n{md}");
-        println!("Written: {0}/report.md, {0}/report.json, {0}/hot-path.svg, {0}/server.log", dir.display());
+        println!(
+            "Written: {0}/report.md, {0}/report.json, {0}/hot-path.svg, {0}/server.log",
+            dir.display()
+        );
         if !settings.quick && settings.redis_url.is_some() {
             let benches = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
             let results = benches.join("results");
             std::fs::create_dir_all(&results).expect("creating benches/results");
             let _ = std::fs::copy(&svg, results.join("hot-path.svg"));
-            std::fs::write(results.join("report.json"), serde_json::to_string_pretty(self).expect("JSON") + "\n")
-                .expect("writing benches/results/report.json");
+            std::fs::write(
+                results.join("report.json"),
+                serde_json::to_string_pretty(self).expect("JSON") + "\n",
+            )
+            .expect("writing benches/results/report.json");
             let section = self.markdown("benches/results/hot-path.svg", "##");
-            std::fs::write(benches.join("RESULTS.md"), section).expect("writing benches/RESULTS.md");
+            std::fs::write(benches.join("RESULTS.md"), section)
+                .expect("writing benches/RESULTS.md");
             println!("README section: {}", benches.join("RESULTS.md").display());
         }
     }

@@ -41,7 +41,12 @@ fn ticks(path: &str) -> u64 {
         return 0;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     field(11) + field(12)
 }
 
@@ -75,7 +80,9 @@ async fn wait_for_quiet_machine() {
             return;
         }
         if start.elapsed() >= limit {
-            eprintln!("[load]   machine still busy ({busy:.1} cores used by others); measuring anyway");
+            eprintln!(
+                "[load]   machine still busy ({busy:.1} cores used by others); measuring anyway"
+            );
             return;
         }
         if !warned {
@@ -124,7 +131,10 @@ async fn redis_version(url: &str) -> Option<String> {
 }
 
 /// Runs one phase on the client thread and records the CPU it cost on each side, in cores.
-async fn phase<T, Fut>(redis_url: Option<String>, f: impl FnOnce() -> Fut + Send + 'static) -> (T, Cpu)
+async fn phase<T, Fut>(
+    redis_url: Option<String>,
+    f: impl FnOnce() -> Fut + Send + 'static,
+) -> (T, Cpu)
 where
     T: Send + 'static,
     Fut: Future<Output = T> + 'static,
@@ -265,7 +275,8 @@ impl Suite {
         .await;
         let label = format!("closed loop, {connections} conns");
         let rps = out.rps();
-        self.report.push(Row::new(scenario, server, &label, &out, cpu, note));
+        self.report
+            .push(Row::new(scenario, server, &label, &out, cpu, note));
         rps
     }
 }
@@ -317,7 +328,13 @@ pub async fn run_all(settings: Arc<Settings>, env: ServerEnv, prefix: String) ->
         .await;
     let hot = one(get("/session", Some(("Authorization", &auth))), 200);
     let hot_rps = suite
-        .closed("GET /session, one hot session", "sessiond", hot.clone(), conns, String::new())
+        .closed(
+            "GET /session, one hot session",
+            "sessiond",
+            hot.clone(),
+            conns,
+            String::new(),
+        )
         .await;
     let profile = one(get("/profile", Some(("Authorization", &auth))), 200);
     suite
@@ -337,8 +354,7 @@ pub async fn run_all(settings: Arc<Settings>, env: ServerEnv, prefix: String) ->
 
     eprintln!("[load] sessiond: mixed flows");
     let (users, calls, measure) = (s.mixed_users, s.mixed_calls, s.mixed_measure);
-    let ((steps, flows), cpu) =
-        phase(redis.clone(), move || mixed(a, users, calls, measure)).await;
+    let ((steps, flows), cpu) = phase(redis.clone(), move || mixed(a, users, calls, measure)).await;
     let label = format!("closed loop, {users} users");
     for (step, out) in steps {
         let note = format!(
@@ -368,11 +384,23 @@ pub async fn run_all(settings: Arc<Settings>, env: ServerEnv, prefix: String) ->
                 expect: 200,
             };
             suite
-                .closed("GET /health", "baseline", load(get("/health", None)), conns, String::new())
+                .closed(
+                    "GET /health",
+                    "baseline",
+                    load(get("/health", None)),
+                    conns,
+                    String::new(),
+                )
                 .await;
             let req = get("/session", Some(("Cookie", &cookie)));
             suite
-                .closed("GET /session, one hot session", "baseline", load(req.clone()), conns, String::new())
+                .closed(
+                    "GET /session, one hot session",
+                    "baseline",
+                    load(req.clone()),
+                    conns,
+                    String::new(),
+                )
                 .await;
             base_hot = Some(load(req));
             Some(b)
@@ -426,11 +454,13 @@ pub async fn run_all(settings: Arc<Settings>, env: ServerEnv, prefix: String) ->
         ));
         pod_b.stop().await;
 
-        eprintln!(
-            "[load] seeding {} sessions in Redis",
-            s.distinct_sessions
+        eprintln!("[load] seeding {} sessions in Redis", s.distinct_sessions);
+        let (url2, prefix2, cfg, n) = (
+            url.clone(),
+            prefix.clone(),
+            env.config(),
+            s.distinct_sessions,
         );
-        let (url2, prefix2, cfg, n) = (url.clone(), prefix.clone(), env.config(), s.distinct_sessions);
         let requests = on_client(move || seed_sessions(url2, prefix2, cfg, n)).await;
         let rate = s.distinct_sessions as f64 / s.per_user_interval.as_secs_f64();
         let mut current_ttl = config.session_cache_ttl.as_secs();
@@ -445,7 +475,10 @@ pub async fn run_all(settings: Arc<Settings>, env: ServerEnv, prefix: String) ->
                 wait_until_subscribed(pod.addr()).await;
                 pod
             };
-            eprintln!("[load] {} distinct sessions, SESSION_CACHE_TTL={ttl}s", s.distinct_sessions);
+            eprintln!(
+                "[load] {} distinct sessions, SESSION_CACHE_TTL={ttl}s",
+                s.distinct_sessions
+            );
             let load = Load {
                 addr: pod.addr(),
                 requests: requests.clone(),
@@ -475,7 +508,9 @@ pub async fn run_all(settings: Arc<Settings>, env: ServerEnv, prefix: String) ->
                 warm.as_secs()
             );
             let scenario = format!("GET /session, {} sessions, TTL {ttl}s", s.distinct_sessions);
-            suite.report.push(Row::new(&scenario, "sessiond", &label, &out, cpu, note));
+            suite
+                .report
+                .push(Row::new(&scenario, "sessiond", &label, &out, cpu, note));
             suite.report.hit_rates.push((*ttl, hit_rate, out.rps()));
 
             let (warmup, measure) = (s.warmup, s.measure);
@@ -486,9 +521,14 @@ pub async fn run_all(settings: Arc<Settings>, env: ServerEnv, prefix: String) ->
                 (out, (h1 - h0) / ((h1 - h0) + (m1 - m0)).max(1.0))
             })
             .await;
-            let note = format!("cache hit rate {:.1}% (users picked at random)", hit_rate * 100.0);
+            let note = format!(
+                "cache hit rate {:.1}% (users picked at random)",
+                hit_rate * 100.0
+            );
             let label = format!("closed loop, {conns} conns");
-            suite.report.push(Row::new(&scenario, "sessiond", &label, &out, cpu, note));
+            suite
+                .report
+                .push(Row::new(&scenario, "sessiond", &label, &out, cpu, note));
             pod_a = Some(pod);
         }
     } else {
@@ -513,7 +553,9 @@ async fn baseline_login(addr: SocketAddr) -> String {
         .await
         .expect("baseline POST /login");
     assert_eq!(response.status, 200, "baseline POST /login");
-    let set_cookie = response.header("set-cookie").expect("baseline session cookie");
+    let set_cookie = response
+        .header("set-cookie")
+        .expect("baseline session cookie");
     set_cookie
         .split(';')
         .next()
@@ -554,9 +596,10 @@ async fn mixed(
                     let t = Instant::now();
                     let (status, body) = post_json(&mut conn, "/login", &credentials()).await;
                     step("1 POST /login", t, check(status, 200));
-                    let (Some(access), Some(refresh)) =
-                        (body["access_token"].as_str(), body["refresh_token"].as_str())
-                    else {
+                    let (Some(access), Some(refresh)) = (
+                        body["access_token"].as_str(),
+                        body["refresh_token"].as_str(),
+                    ) else {
                         continue;
                     };
                     let auth = bearer(access);
@@ -579,7 +622,9 @@ async fn mixed(
                     };
                     let auth = bearer(access);
                     let t = Instant::now();
-                    let r = conn.send(&get("/session", Some(("Authorization", &auth)))).await;
+                    let r = conn
+                        .send(&get("/session", Some(("Authorization", &auth))))
+                        .await;
                     step("2 GET /session", t, r.and_then(|r| check(r.status, 200)));
                     let t = Instant::now();
                     let logout = request("POST", "/logout", &[("Authorization", &auth)], None);
@@ -634,9 +679,14 @@ fn new_session(keys: &JwtKeys, lifetime: Duration) -> (SessionRecord, String) {
 }
 
 async fn connect_store(url: &str, prefix: &str) -> SessionStore {
-    let store = RedisStore::connect(url, prefix, Duration::from_secs(2), session_store_lifetimes())
-        .await
-        .expect("connecting to Redis");
+    let store = RedisStore::connect(
+        url,
+        prefix,
+        Duration::from_secs(2),
+        session_store_lifetimes(),
+    )
+    .await
+    .expect("connecting to Redis");
     SessionStore::Redis(store)
 }
 
