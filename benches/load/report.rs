@@ -650,7 +650,8 @@ impl Report {
             "Written: {0}/report.md, {0}/report.json, {0}/hot-path.svg, {0}/server.log",
             dir.display()
         );
-        if !settings.quick && settings.redis_url.is_some() {
+        let publish = std::env::var("BENCH_PUBLISH").is_ok_and(|v| v == "1");
+        if (!settings.quick && settings.redis_url.is_some()) || publish {
             let benches = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
             let results = benches.join("results");
             std::fs::create_dir_all(&results).expect("creating benches/results");
@@ -660,7 +661,9 @@ impl Report {
                 serde_json::to_string_pretty(self).expect("JSON") + "\n",
             )
             .expect("writing benches/results/report.json");
-            let section = self.markdown("benches/results/hot-path.svg", "##");
+            let mut section = self.markdown("benches/results/hot-path.svg", "##");
+            section.push('\n');
+            section.push_str(include_str!("NOTES.md"));
             std::fs::write(benches.join("RESULTS.md"), section)
                 .expect("writing benches/RESULTS.md");
             println!("README section: {}", benches.join("RESULTS.md").display());
