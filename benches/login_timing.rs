@@ -32,7 +32,11 @@ fn welch_t(a: &[f64], b: &[f64]) -> f64 {
 
 /// Mann-Whitney U, normal approximation (ties get average ranks).
 fn mann_whitney_z(a: &[f64], b: &[f64]) -> f64 {
-    let mut all: Vec<(f64, bool)> = a.iter().map(|x| (*x, true)).chain(b.iter().map(|x| (*x, false))).collect();
+    let mut all: Vec<(f64, bool)> = a
+        .iter()
+        .map(|x| (*x, true))
+        .chain(b.iter().map(|x| (*x, false)))
+        .collect();
     all.sort_by(|x, y| x.0.total_cmp(&y.0));
     let mut ranks = vec![0.0; all.len()];
     let mut i = 0;
@@ -46,13 +50,21 @@ fn mann_whitney_z(a: &[f64], b: &[f64]) -> f64 {
         i = j + 1;
     }
     let (n1, n2) = (a.len() as f64, b.len() as f64);
-    let r1: f64 = all.iter().zip(&ranks).filter(|(v, _)| v.1).map(|(_, r)| r).sum();
+    let r1: f64 = all
+        .iter()
+        .zip(&ranks)
+        .filter(|(v, _)| v.1)
+        .map(|(_, r)| r)
+        .sum();
     let u = r1 - n1 * (n1 + 1.0) / 2.0;
     (u - n1 * n2 / 2.0) / (n1 * n2 * (n1 + n2 + 1.0) / 12.0).sqrt()
 }
 
 fn main() {
-    let samples: usize = std::env::var("LOGIN_TIMING_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let samples: usize = std::env::var("LOGIN_TIMING_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let dir = std::env::temp_dir().join(format!("sessiond-login-timing-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let db = dir.join("bench.db").display().to_string();

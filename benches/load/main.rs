@@ -1,0 +1,330 @@
+//! The load suite: starts sessiond in this process (embedded default, or PostgreSQL + Redis when
+//! BENCH_DATABASE_URL / BENCH_REDIS_URL are given) and the actix-session baseline on the same
+//! Redis, then drives the scenarios of issue 4 over keep-alive connections, closed loop at
+//! maximum rate and open loop at fixed rates, with latencies in HDR histograms.
+//!
+//! `cargo bench --bench load` (BENCH_QUICK=1 for a 1-2 minute run). Writes
+//! target/bench-report/{report.md,report.json,hot-path.svg} and prints the Markdown.
+//!
+//! How the 2 cores are shared: each server gets one HTTP worker thread (plus actix's System thread,
+//! where sessiond's actors run, and the acceptor); the load generator runs on one thread
+//! ("load-client", a current-thread tokio runtime). sessiond and the baseline run the same way,
+//! one at a time, so their ratios compare like with like. CPU used by the server side, the client
+//! thread and Redis is recorded for every phase, so a client-bound phase shows.
+mod baseline;
+mod client;
+mod report;
+mod scenarios;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use actix_web::dev::ServerHandle;
+use sea_orm::{ConnectionTrait, Database};
+use sessiond::{config::Config, startup::Application};
+
+pub const JWT_SECRET: &str = "load-suite-secret-0123456789abcdef-0123456789";
+pub const EMAIL: &str = "load@example.com";
+pub const PASSWORD: &str = "load-suite-password-1";
+
+/// A server started by the suite.
+pub struct Running {
+    pub port: u16,
+    pub handle: ServerHandle,
+    pub task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+}
+
+/// Knobs; the defaults are the full run, BENCH_QUICK=1 shortens everything.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub quick: bool,
+    pub redis_url: Option<String>,
+    pub database_admin_url: Option<String>,
+    pub connections: usize,
+    pub open_connections: usize,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub sweep_fractions: Vec<f64>,
+    pub sweep_measure: Duration,
+    pub distinct_sessions: usize,
+    pub per_user_interval: Duration,
+    pub distinct_measure: Duration,
+    pub cache_ttls: Vec<u64>,
+    pub propagation_samples: usize,
+    pub mixed_users: usize,
+    pub mixed_calls: usize,
+    pub mixed_measure: Duration,
+    pub server_log_filter: String,
+    pub out_dir: PathBuf,
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")),
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+        let secs = Duration::from_secs_f64;
+        let pick = |full: f64, q: f64| secs(if quick { q } else { full });
+        let non_empty = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            quick,
+            redis_url: non_empty("BENCH_REDIS_URL"),
+            database_admin_url: non_empty("BENCH_DATABASE_URL"),
+            connections: env_number("BENCH_CONNECTIONS", 32),
+            open_connections: env_number("BENCH_OPEN_CONNECTIONS", 64),
+            warmup: pick(1.0, 0.5),
+            measure: pick(5.0, 2.0),
+            sweep_fractions: if quick {
+                vec![0.2, 0.4, 0.6, 0.8]
+            } else {
+                vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+            },
+            sweep_measure: pick(3.0, 2.0),
+            distinct_sessions: env_number("BENCH_SESSIONS", if quick { 10_000 } else { 100_000 }),
+            per_user_interval: pick(10.0, 5.0),
+            distinct_measure: pick(20.0, 8.0),
+            cache_ttls: vec![5, 60],
+            propagation_samples: env_number(
+                "BENCH_PROPAGATION_SAMPLES",
+                if quick { 50 } else { 200 },
+            ),
+            mixed_users: 4,
+            mixed_calls: 20,
+            mixed_measure: pick(8.0, 4.0),
+            server_log_filter: std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            out_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-report")),
+        }
+    }
+}
+
+/// Runs `f` on the load generator's own thread and runtime, so the server threads of this
+/// process keep their cores; the System thread (sessiond's actors) only waits for the answer.
+pub async fn on_client<T, Fut>(f: impl FnOnce() -> Fut + Send + 'static) -> T
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("load-client".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the client's runtime");
+            let local = tokio::task::LocalSet::new();
+            let _ = tx.send(local.block_on(&rt, f()));
+        })
+        .expect("spawning the client thread");
+    rx.await.expect("the load client panicked (message above)")
+}
+
+/// The database sessiond uses: a fresh PostgreSQL database, or a temp SQLite file.
+enum Db {
+    Sqlite(PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Db {
+    async fn create(admin_url: Option<&str>, run_id: &str) -> (Self, String) {
+        let Some(admin_url) = admin_url else {
+            let path = std::env::temp_dir().join(format!("sessiond-load-{run_id}.db"));
+            let url = format!("sqlite://{}?mode=rwc", path.display());
+            return (Db::Sqlite(path), url);
+        };
+        let name = format!("sessiond_load_{run_id}");
+        let admin = Database::connect(admin_url)
+            .await
+            .expect("BENCH_DATABASE_URL: cannot connect");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("BENCH_DATABASE_URL: CREATE DATABASE failed");
+        let _ = admin.close().await;
+        let (base, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+        let scheme_end = base.find("://").map_or(0, |i| i + 3);
+        let authority_end = base[scheme_end..]
+            .find('/')
+            .map_or(base.len(), |i| scheme_end + i);
+        let mut url = format!("{}/{name}", &base[..authority_end]);
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        (
+            Db::Postgres {
+                admin_url: admin_url.to_string(),
+                name,
+            },
+            url,
+        )
+    }
+
+    async fn drop(self) {
+        match self {
+            Db::Sqlite(path) => {
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Db::Postgres { admin_url, name } => match Database::connect(&admin_url).await {
+                Ok(admin) => {
+                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    if let Err(e) = admin.execute_unprepared(&sql).await {
+                        eprintln!("warning: could not drop database {name}: {e}");
+                    }
+                    let _ = admin.close().await;
+                }
+                Err(e) => eprintln!("warning: could not drop database {name}: {e}"),
+            },
+        }
+    }
+}
+
+/// The environment of one sessiond instance; `Config::from_lookup` reads it as it would the
+/// process environment.
+#[derive(Clone)]
+pub struct ServerEnv(pub HashMap<&'static str, String>);
+
+impl ServerEnv {
+    pub fn with(&self, key: &'static str, value: impl Into<String>) -> Self {
+        let mut vars = self.0.clone();
+        vars.insert(key, value.into());
+        Self(vars)
+    }
+
+    pub fn config(&self) -> Config {
+        Config::from_lookup(|k| self.0.get(k).cloned()).expect("the suite's Config is valid")
+    }
+
+    pub async fn start(&self) -> Running {
+        let app = Application::build(self.config())
+            .await
+            .expect("starting sessiond");
+        let (port, handle) = (app.port(), app.handle());
+        Running {
+            port,
+            handle,
+            task: actix_web::rt::spawn(app.run_until_stopped()),
+        }
+    }
+}
+
+pub async fn clear_redis(url: &str, prefix: &str) -> redis::RedisResult<()> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Server logs go where production sends them (JSON lines at RUST_LOG=info, as
+/// `sessiond::telemetry::init` sets up), but into a file so the report stays readable: their cost
+/// is part of what is measured.
+fn init_server_logs(settings: &Settings) {
+    std::fs::create_dir_all(&settings.out_dir).expect("creating target/bench-report");
+    let file = std::fs::File::create(settings.out_dir.join("server.log"))
+        .expect("creating target/bench-report/server.log");
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.server_log_filter)
+        .expect("BENCH_RUST_LOG is a valid filter");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_writer(Mutex::new(file))
+        .init();
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    init_server_logs(&settings);
+    let report = actix_web::rt::System::new().block_on(run(settings.clone()));
+    report.write(&settings);
+    if !report.all_targets_met() {
+        eprintln!("note: some targets were missed; see the Targets table");
+    }
+}
+
+async fn run(settings: Settings) -> report::Report {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("load-{run_id}:");
+    let (db, db_url) = Db::create(settings.database_admin_url.as_deref(), &run_id).await;
+    let mut vars = HashMap::from([
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", "0".into()),
+        ("HTTP_WORKERS", "1".into()),
+        ("JWT_SECRET", JWT_SECRET.into()),
+        ("DB_URL", db_url),
+        ("MIGRATE_ON_START", "true".into()),
+        ("SHUTDOWN_GRACE_SECONDS", "1".into()),
+        ("SESSION_CACHE_TTL", "5".into()),
+        ("RUST_LOG", settings.server_log_filter.clone()),
+        ("LOG_FORMAT", "json".into()),
+        // The load generator is one client address hammering a few accounts: abuse limits
+        // would measure the limiter, not the server (they are tested in tests/api/hardening.rs).
+        ("RATE_LIMIT_LOGIN_PER_IP", "0".into()),
+        ("RATE_LIMIT_LOGIN_PER_ACCOUNT", "0".into()),
+        ("RATE_LIMIT_REFRESH_PER_IP", "0".into()),
+        ("RATE_LIMIT_REGISTER_PER_IP", "0".into()),
+        ("LOCKOUT_THRESHOLD", "0".into()),
+    ]);
+    if let Some(url) = &settings.redis_url {
+        vars.insert("REDIS_URL", url.clone());
+        vars.insert("REDIS_PREFIX", prefix.clone());
+    }
+    let env = ServerEnv(vars);
+    let settings = Arc::new(settings);
+
+    let report = scenarios::run_all(settings.clone(), env, prefix.clone()).await;
+
+    if let Some(url) = &settings.redis_url {
+        if let Err(e) = clear_redis(url, &prefix).await {
+            eprintln!("warning: could not delete the {prefix}* keys from Redis: {e}");
+        }
+    }
+    db.drop().await;
+    report
+}

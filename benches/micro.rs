@@ -1,0 +1,320 @@
+//! Micro-benchmarks of the primitives on the hot and login paths: JWT sign and verify, the whole
+//! token-check extractor on a cache hit, argon2id verify with the configured parameters, and a
+//! session create/revoke against Redis. `cargo bench --bench micro` (BENCH_REDIS_URL, default
+//! redis://127.0.0.1:6379; the Redis group is skipped when it does not answer).
+use std::{
+    hint::black_box,
+    time::{Duration, Instant},
+};
+
+use actix::Actor;
+use actix_web::{dev::Payload, http::header, test, web, App, FromRequest};
+use criterion::{criterion_group, criterion_main, Criterion};
+use sessiond::{
+    auth::{AuthenticatedSession, JwtKeys},
+    config::Config,
+    metrics::Metrics,
+    routes,
+    session::{
+        now_unix, CreateSession, Lifetimes, MemoryStore, RedisStore, RefreshToken, SessionCache,
+        SessionRecord, SessionRegistry, SessionStore,
+    },
+    state::AppState,
+    users::{password::PasswordHasher, UserStore},
+};
+use uuid::Uuid;
+
+const SECRET: &str = "micro-bench-secret-0123456789abcdef-0123456789";
+
+fn config() -> Config {
+    // The longest cache TTL, so every check below is a hit for the whole measurement.
+    Config::from_lookup(|k| match k {
+        "JWT_SECRET" => Some(SECRET.to_string()),
+        "SESSION_CACHE_TTL" => Some("300".to_string()),
+        _ => None,
+    })
+    .expect("bench config")
+}
+
+fn record(lifetime: Duration) -> SessionRecord {
+    let (uid, sid, now) = (Uuid::new_v4(), Uuid::new_v4(), now_unix());
+    SessionRecord {
+        session_id: sid,
+        user_id: uid,
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + lifetime.as_secs() as i64,
+        ip: Some("127.0.0.1".into()),
+        user_agent: Some("micro-bench".into()),
+        roles: vec!["user".into()],
+        refresh_hash: RefreshToken::generate(uid, sid).hash(),
+    }
+}
+
+fn issue(keys: &JwtKeys, rec: &SessionRecord) -> String {
+    keys.issue(
+        rec.user_id,
+        rec.session_id,
+        rec.roles.clone(),
+        rec.expires_at,
+        now_unix(),
+        Uuid::new_v4(),
+    )
+    .expect("signing")
+    .0
+}
+
+fn jwt(c: &mut Criterion) {
+    let cfg = config();
+    let keys = JwtKeys::new(&cfg);
+    let rec = record(cfg.session_lifetime);
+    let token = issue(&keys, &rec);
+    let mut g = c.benchmark_group("jwt");
+    g.bench_function("sign (HS256, API.md claims)", |b| {
+        b.iter(|| issue(&keys, black_box(&rec)))
+    });
+    g.bench_function("verify", |b| {
+        b.iter(|| keys.verify(black_box(&token)).expect("valid"))
+    });
+    g.finish();
+}
+
+/// The real AppState, as `Application::build` assembles it, with in-process sessions (the
+/// cache-hit path is the same with Redis) and an in-memory database nothing here reads.
+async fn app_state(cfg: Config) -> web::Data<AppState> {
+    let lifetimes = Lifetimes::new(cfg.session_idle_timeout, cfg.refresh_reuse_grace);
+    let cache = SessionCache::new(cfg.session_cache_ttl, true, lifetimes);
+    let metrics = Metrics::new();
+    let sessions = SessionRegistry::new(
+        SessionStore::Memory(MemoryStore::new(lifetimes)),
+        cache.clone(),
+        metrics.clone(),
+        cfg.pubsub_ping_interval,
+    )
+    .start();
+    let db = sea_orm::Database::connect("sqlite::memory:")
+        .await
+        .expect("in-memory SQLite");
+    let users = UserStore::new(db, Duration::from_secs(5), metrics.db.clone()).start();
+    let hasher = PasswordHasher::new(&cfg.argon2, cfg.password_min_score, metrics.clone())
+        .await
+        .expect("argon2");
+    web::Data::new(AppState {
+        jwt: JwtKeys::new(&cfg),
+        throttle: sessiond::throttle::Throttle::memory(cfg.throttle.clone()),
+        profiles: moka::future::Cache::builder().build(),
+        config: cfg,
+        users,
+        sessions,
+        cache,
+        hasher,
+        metrics,
+    })
+}
+
+fn token_check(c: &mut Criterion) {
+    // Actors need an actix System; each measurement runs `iters` calls inside one block_on.
+    let sys = actix_web::rt::System::new();
+    let cfg = config();
+    let (state, token) = sys.block_on(async {
+        let state = app_state(cfg.clone()).await;
+        let rec = record(cfg.session_lifetime);
+        let token = issue(&state.jwt, &rec);
+        // CreateSession caches the new session, as a login does.
+        state
+            .sessions
+            .send(CreateSession(rec))
+            .await
+            .expect("mailbox")
+            .expect("create");
+        (state, token)
+    });
+    let auth = format!("Bearer {token}");
+    let req = test::TestRequest::default()
+        .insert_header((header::AUTHORIZATION, auth.clone()))
+        .app_data(state.clone())
+        .to_http_request();
+    let app = sys.block_on(test::init_service(
+        App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(routes::request_context))
+            .configure(routes::configure(cfg.body_limit)),
+    ));
+    let hits_before = state.metrics.token_checks.cache_hit.get();
+
+    let mut g = c.benchmark_group("token check");
+    g.bench_function("extractor, cache hit (JWT verify + cache + metrics)", |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let s = AuthenticatedSession::from_request(&req, &mut Payload::None).await;
+                    black_box(s.expect("accepted"));
+                }
+                start.elapsed()
+            })
+        })
+    });
+    // The framework's own cost, for comparison: same app, same middleware, no token check.
+    g.bench_function("GET /health through the app's service", |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let req = test::TestRequest::get().uri("/health").to_request();
+                    let res = test::call_service(&app, req).await;
+                    assert!(res.status().is_success());
+                    black_box(test::read_body(res).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.bench_function("GET /session through the app's service, cache hit", |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let req = test::TestRequest::get()
+                        .uri("/session")
+                        .insert_header((header::AUTHORIZATION, auth.clone()))
+                        .to_request();
+                    let res = test::call_service(&app, req).await;
+                    assert!(res.status().is_success());
+                    black_box(test::read_body(res).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+    let misses = state.metrics.token_checks.cache_miss.get();
+    assert!(
+        state.metrics.token_checks.cache_hit.get() > hits_before && misses == 0,
+        "every check above must have been a cache hit"
+    );
+}
+
+fn argon2(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cfg = config();
+    let hasher = rt
+        .block_on(PasswordHasher::new(
+            &cfg.argon2,
+            cfg.password_min_score,
+            Metrics::new(),
+        ))
+        .expect("argon2");
+    let password = "micro-bench-password".to_string();
+    let hash = rt.block_on(hasher.hash(password.clone())).expect("hashing");
+    let mut g = c.benchmark_group("argon2id");
+    g.sample_size(10);
+    let name = format!(
+        "verify (m={} KiB, t={}, p={}, via the login pool)",
+        cfg.argon2.memory_kib, cfg.argon2.iterations, cfg.argon2.parallelism
+    );
+    g.bench_function(name, |b| {
+        b.to_async(&rt).iter(|| async {
+            assert!(hasher
+                .verify(password.clone(), Some(hash.clone()))
+                .await
+                .expect("verify"));
+        })
+    });
+    g.finish();
+}
+
+async fn clear(url: &str, prefix: &str) -> redis::RedisResult<()> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+fn redis_sessions(c: &mut Criterion) {
+    let url = std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let prefix = format!("micro-{}:", Uuid::new_v4().simple());
+    let cfg = config();
+    let lifetimes = Lifetimes::new(None, cfg.refresh_reuse_grace);
+    let store = match rt.block_on(RedisStore::connect(
+        &url,
+        &prefix,
+        Duration::from_secs(1),
+        lifetimes,
+        Metrics::new().redis.clone(),
+    )) {
+        Ok(s) => SessionStore::Redis(s),
+        Err(e) => {
+            eprintln!("skipping the Redis benchmarks: {url}: {e}");
+            return;
+        }
+    };
+    let lifetime = cfg.session_lifetime;
+    let mut g = c.benchmark_group("redis session (one round trip each)");
+    g.bench_function("create", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let store = store.clone();
+            async move {
+                let records: Vec<_> = (0..iters).map(|_| record(lifetime)).collect();
+                let start = Instant::now();
+                for rec in &records {
+                    store.create(rec).await.expect("create");
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.bench_function("revoke (delete + publish)", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let store = store.clone();
+            async move {
+                let records: Vec<_> = (0..iters).map(|_| record(lifetime)).collect();
+                for rec in &records {
+                    store.create(rec).await.expect("create");
+                }
+                let start = Instant::now();
+                for rec in &records {
+                    assert!(store
+                        .revoke(rec.user_id, rec.session_id)
+                        .await
+                        .expect("revoke"));
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+    if let Err(e) = rt.block_on(clear(&url, &prefix)) {
+        eprintln!("warning: could not delete the {prefix}* keys: {e}");
+    }
+}
+
+criterion_group! {
+    name = micro;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = jwt, token_check, argon2, redis_sessions
+}
+criterion_main!(micro);
