@@ -60,6 +60,8 @@ pub struct ThrottleConfig {
 pub struct Config {
     pub host: String,
     pub port: u16,
+    /// HTTPS from TLS_CERT_FILE + TLS_KEY_FILE; `None`: plain HTTP (TLS ends at the load balancer).
+    pub tls: Option<crate::tls::Tls>,
     /// `None`: the embedded SQLite file at `sqlite_path`.
     pub database_url: Option<String>,
     pub sqlite_path: String,
@@ -276,6 +278,7 @@ impl Config {
         Ok(Config {
             host: env.string("HOST", "0.0.0.0"),
             port: env.number("PORT", 8080u16, 0, u16::MAX)?,
+            tls: crate::tls::Tls::from_env(env.get("TLS_CERT_FILE"), env.get("TLS_KEY_FILE"))?,
             database_url,
             sqlite_path: env.string("SQLITE_PATH", "sessiond.db"),
             redis_url,
@@ -354,6 +357,18 @@ impl Config {
         let lines = [
             ("HOST", self.host.clone()),
             ("PORT", self.port.to_string()),
+            (
+                "TLS_CERT_FILE",
+                self.tls
+                    .as_ref()
+                    .map_or("(unset: plain HTTP)".into(), |t| t.cert_file.clone()),
+            ),
+            (
+                "TLS_KEY_FILE",
+                self.tls
+                    .as_ref()
+                    .map_or("(unset: plain HTTP)".into(), |t| t.key_file.clone()),
+            ),
             (
                 "DB_URL",
                 url(

@@ -10,4 +10,5 @@ pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;
 pub mod users;

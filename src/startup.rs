@@ -143,6 +143,7 @@ impl Application {
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
 
         let addr = format!("{}:{}", config.host, config.port);
+        let tls = config.tls.clone();
         let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
             addr: addr.clone(),
             source,
@@ -154,6 +155,7 @@ impl Application {
         let port = listener.local_addr().map_err(bind_err)?.port();
         tracing::info!(
             port,
+            https = tls.is_some(),
             database = if config.is_embedded_db() {
                 "sqlite (embedded)"
             } else {
@@ -205,8 +207,11 @@ impl Application {
                 .wrap(from_fn(routes::request_context))
                 .configure(routes::configure(body_limit))
                 .default_service(web::to(routes::not_found))
-        })
-        .listen(listener)
+        });
+        let server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls.server_config()),
+            None => server.listen(listener),
+        }
         .map_err(bind_err)?
         .workers(workers)
         .shutdown_timeout(grace.as_secs())

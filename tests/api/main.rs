@@ -12,5 +12,6 @@ mod redis_down;
 mod refresh;
 mod registration;
 mod sessions;
+mod tls;
 mod tokens;
 mod validation;
