@@ -24,7 +24,7 @@ use crate::routes;
         description = "Session-management server: accounts, logins, bearer access tokens, refresh \
                        rotation and revocation that reaches every pod. Errors always have the shape \
                        {\"error\": code, \"message\": text}.",
-        license(name = "Apache-2.0")
+        license(name = "MIT")
     ),
     paths(
         routes::users::register,

@@ -125,6 +125,13 @@ impl SessionCache {
             return CacheLookup::Miss { fresh: false };
         }
         let Some(entry) = self.entries.get(&sid).await else {
+            // Just revoked here or announced by another pod: answer without asking Redis.
+            if self.tombstones_may_exist() && self.revoked_sessions.contains_key(&sid) {
+                return CacheLookup::Hit {
+                    state: None,
+                    touch: false,
+                };
+            }
             return CacheLookup::Miss { fresh: false };
         };
         let Some(state) = self.screen(sid, &entry).await else {
