@@ -93,7 +93,7 @@ impl FromRequest for AuthenticatedSession {
                     Ok(AuthenticatedSession {
                         user_id: claims.sub,
                         session_id: claims.sid,
-                        roles: claims.roles,
+                        roles: claims.roles.clone(),
                         session_expires_at: s.expires_at,
                     })
                 }
