@@ -24,6 +24,9 @@ use sessiond::{
 };
 use uuid::Uuid;
 
+#[path = "support.rs"]
+mod support;
+
 const SECRET: &str = "micro-bench-secret-0123456789abcdef-0123456789";
 
 fn config() -> Config {
@@ -224,32 +227,6 @@ fn argon2(c: &mut Criterion) {
     g.finish();
 }
 
-async fn clear(url: &str, prefix: &str) -> redis::RedisResult<()> {
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(keys)
-                .query_async::<()>(&mut conn)
-                .await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
-}
 
 fn redis_sessions(c: &mut Criterion) {
     let url = std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -305,7 +282,7 @@ fn redis_sessions(c: &mut Criterion) {
         })
     });
     g.finish();
-    if let Err(e) = rt.block_on(clear(&url, &prefix)) {
+    if let Err(e) = rt.block_on(support::clear_redis(&url, &prefix)) {
         eprintln!("warning: could not delete the {prefix}* keys: {e}");
     }
 }

@@ -11,6 +11,8 @@
 //! ("load-client", a current-thread tokio runtime). sessiond and the baseline run the same way,
 //! one at a time, so their ratios compare like with like. CPU used by the server side, the client
 //! thread and Redis is recorded for every phase, so a client-bound phase shows.
+#[path = "../support.rs"]
+mod support;
 mod baseline;
 mod client;
 mod report;
@@ -232,32 +234,6 @@ impl ServerEnv {
     }
 }
 
-pub async fn clear_redis(url: &str, prefix: &str) -> redis::RedisResult<()> {
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(keys)
-                .query_async::<()>(&mut conn)
-                .await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
-}
 
 /// Server logs go where production sends them (JSON lines at RUST_LOG=info, as
 /// `sessiond::telemetry::init` sets up), but into a file so the report stays readable: their cost
@@ -321,7 +297,7 @@ async fn run(settings: Settings) -> report::Report {
     let report = scenarios::run_all(settings.clone(), env, prefix.clone()).await;
 
     if let Some(url) = &settings.redis_url {
-        if let Err(e) = clear_redis(url, &prefix).await {
+        if let Err(e) = support::clear_redis(url, &prefix).await {
             eprintln!("warning: could not delete the {prefix}* keys from Redis: {e}");
         }
     }
