@@ -227,7 +227,6 @@ fn argon2(c: &mut Criterion) {
     g.finish();
 }
 
-
 fn redis_sessions(c: &mut Criterion) {
     let url = std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -11,12 +11,12 @@
 //! ("load-client", a current-thread tokio runtime). sessiond and the baseline run the same way,
 //! one at a time, so their ratios compare like with like. CPU used by the server side, the client
 //! thread and Redis is recorded for every phase, so a client-bound phase shows.
-#[path = "../support.rs"]
-mod support;
 mod baseline;
 mod client;
 mod report;
 mod scenarios;
+#[path = "../support.rs"]
+mod support;
 
 use std::{
     collections::HashMap,
@@ -233,7 +233,6 @@ impl ServerEnv {
         }
     }
 }
-
 
 /// Server logs go where production sends them (JSON lines at RUST_LOG=info, as
 /// `sessiond::telemetry::init` sets up), but into a file so the report stays readable: their cost
