@@ -3,7 +3,7 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{client_ip, resource};
+use super::{limit_client, resource};
 use crate::{
     auth::AuthenticatedSession,
     error::ApiError,
@@ -107,16 +107,17 @@ async fn attempt_login(
     let LoginBody { email, password } = body;
     let outcome = |o: &str| state.metrics.logins.with_label_values(&[o]).inc();
     let now = now_unix();
-    let ip = client_ip(req, &state.config.trusted_proxies);
     let throttled = |t: Throttled| {
         outcome("throttled");
         ApiError::from(t)
     };
-    state
-        .throttle
-        .hit(Scope::LoginIp, ip.as_deref().unwrap_or("unknown"))
-        .await?
-        .map_err(throttled)?;
+    let ip = limit_client(req, state, Scope::LoginIp)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::RateLimited { .. }) {
+                outcome("throttled");
+            }
+        })?;
     // The account key exists for any address, registered or not, so limits and lockouts say
     // nothing about which accounts exist.
     let normalized = users::normalize_email(&email);
@@ -207,12 +208,7 @@ pub async fn refresh(
     state: web::Data<AppState>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let ip = client_ip(&req, &state.config.trusted_proxies);
-    state
-        .throttle
-        .hit(Scope::RefreshIp, ip.as_deref().unwrap_or("unknown"))
-        .await?
-        .map_err(ApiError::from)?;
+    limit_client(&req, &state, Scope::RefreshIp).await?;
     let presented = RefreshToken::parse(&body.refresh_token).ok_or(ApiError::Unauthorized)?;
     let successor = RefreshToken::generate(presented.user_id, presented.session_id);
     let (jti, now) = (Uuid::new_v4(), now_unix());

@@ -83,6 +83,21 @@ pub(crate) fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<S
     Some(client.to_string())
 }
 
+/// Counts one attempt against the client address's limit for `scope` (429 over it) and returns
+/// that address, for the handlers that record it.
+pub(crate) async fn limit_client(
+    req: &HttpRequest,
+    state: &AppState,
+    scope: crate::throttle::Scope,
+) -> Result<Option<String>, ApiError> {
+    let ip = client_ip(req, &state.config.trusted_proxies);
+    state
+        .throttle
+        .hit(scope, ip.as_deref().unwrap_or("unknown"))
+        .await??;
+    Ok(ip)
+}
+
 fn short(s: &str) -> String {
     s.chars().take(80).collect()
 }

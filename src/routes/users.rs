@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{client_ip, resource};
+use super::{limit_client, resource};
 use crate::{
     auth::AuthenticatedSession,
     error::ApiError,
@@ -49,12 +49,7 @@ pub async fn register(
     state: web::Data<AppState>,
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let ip = client_ip(&req, &state.config.trusted_proxies);
-    state
-        .throttle
-        .hit(Scope::RegisterIp, ip.as_deref().unwrap_or("unknown"))
-        .await?
-        .map_err(ApiError::from)?;
+    limit_client(&req, &state, Scope::RegisterIp).await?;
     let RegisterBody {
         email,
         password,

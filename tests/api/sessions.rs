@@ -237,28 +237,40 @@ async fn idle_timeout_ends_unused_sessions_and_keeps_used_ones(backend: Backend)
     );
 }
 
-async fn client_address_ignores_untrusted_forwarded_for(backend: Backend) {
-    let mut dep = Deployment::new(backend).await;
-    let app = dep.spawn().await;
-    let (email, _) = app.user().await;
-    let spoofed = app
+/// Logs in on `app` with extra request headers; the caller's own entry of GET /sessions.
+async fn login_and_current_session(
+    app: &TestApp,
+    email: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut req = app
         .client
         .post(app.url("/login"))
-        .header("x-forwarded-for", "203.0.113.9")
-        .header("user-agent", "spoof-test/1.0")
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .expect("sent");
-    let token = spoofed.json::<serde_json::Value>().await.expect("json")["access_token"]
+        .json(&json!({"email": email, "password": PASSWORD}));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let reply = req.send().await.expect("sent");
+    let token = reply.json::<serde_json::Value>().await.expect("json")["access_token"]
         .as_str()
         .expect("token")
         .to_string();
     let list = app.get("/sessions", Some(&token)).await;
-    let current = list.body["items"]
+    list.body["items"]
         .as_array()
         .and_then(|items| items.iter().find(|i| i["current"] == true).cloned())
-        .expect("current session listed");
+        .expect("current session listed")
+}
+
+async fn client_address_ignores_untrusted_forwarded_for(backend: Backend) {
+    let mut dep = Deployment::new(backend).await;
+    let app = dep.spawn().await;
+    let (email, _) = app.user().await;
+    let spoofed = [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("user-agent", "spoof-test/1.0"),
+    ];
+    let current = login_and_current_session(&app, &email, &spoofed).await;
     assert_eq!(
         current["ip"], "127.0.0.1",
         "X-Forwarded-For from an untrusted peer is ignored"
@@ -268,22 +280,7 @@ async fn client_address_ignores_untrusted_forwarded_for(backend: Backend) {
     // Behind a trusted proxy (here: loopback), the forwarded client address is recorded.
     dep.set("TRUSTED_PROXIES", "127.0.0.1/32");
     let behind = dep.spawn().await;
-    let r = behind
-        .client
-        .post(behind.url("/login"))
-        .header("x-forwarded-for", "198.51.100.7, 127.0.0.1")
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .expect("sent");
-    let token = r.json::<serde_json::Value>().await.expect("json")["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string();
-    let list = behind.get("/sessions", Some(&token)).await;
-    let current = list.body["items"]
-        .as_array()
-        .and_then(|items| items.iter().find(|i| i["current"] == true).cloned())
-        .expect("current session listed");
+    let forwarded = [("x-forwarded-for", "198.51.100.7, 127.0.0.1")];
+    let current = login_and_current_session(&behind, &email, &forwarded).await;
     assert_eq!(current["ip"], "198.51.100.7");
 }
