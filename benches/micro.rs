@@ -49,7 +49,7 @@ fn record(lifetime: Duration) -> SessionRecord {
         expires_at: now + lifetime.as_secs() as i64,
         ip: Some("127.0.0.1".into()),
         user_agent: Some("micro-bench".into()),
-        roles: vec!["user".into()],
+        access: std::sync::Arc::new(sessiond::auth::Access::new(vec!["user".into()], vec![])),
         refresh_hash: RefreshToken::generate(uid, sid).hash(),
     }
 }
@@ -58,7 +58,7 @@ fn issue(keys: &JwtKeys, rec: &SessionRecord) -> String {
     keys.issue(
         rec.user_id,
         rec.session_id,
-        rec.roles.clone(),
+        &rec.access,
         rec.expires_at,
         now_unix(),
         Uuid::new_v4(),
@@ -99,6 +99,8 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
         .await
         .expect("in-memory SQLite");
     let users = UserStore::new(db, Duration::from_secs(5), metrics.db.clone()).start();
+    // Nothing on the token-check path records audit events; the writer is left running.
+    let (audit, _writer) = sessiond::audit::AuditLog::start(users.clone(), metrics.clone());
     let hasher = PasswordHasher::new(&cfg.argon2, cfg.password_min_score, metrics.clone())
         .await
         .expect("argon2");
@@ -112,6 +114,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
         cache,
         hasher,
         metrics,
+        audit,
     })
 }
 

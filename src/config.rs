@@ -103,6 +103,8 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// zxcvbn score (0-4) a new password must reach; 2 rejects the common and the trivial.
     pub password_min_score: u8,
+    /// Normalized emails whose accounts get the `admin` role at start-up and at registration.
+    pub admin_emails: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +244,20 @@ impl Config {
             ));
         }
 
+        let mut admin_emails = Vec::new();
+        for raw in env.get("ADMIN_EMAILS").unwrap_or_default().split(',') {
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let email = crate::users::normalize_email(raw).map_err(|m| {
+                err(
+                    "ADMIN_EMAILS",
+                    format!("expected comma-separated emails: {m}"),
+                )
+            })?;
+            admin_emails.push(email);
+        }
+
         let is_sqlite = database_url
             .as_deref()
             .is_none_or(|u| u.starts_with("sqlite:"));
@@ -340,6 +356,7 @@ impl Config {
             },
             cors_allowed_origins,
             password_min_score: env.number("PASSWORD_MIN_SCORE", 2u8, 0, 4)?,
+            admin_emails,
         })
     }
 
@@ -494,6 +511,7 @@ impl Config {
             ("CORS_ALLOWED_ORIGINS", self.cors_allowed_origins.join(",")),
             ("PASSWORD_MIN_SCORE", self.password_min_score.to_string()),
             ("ARGON2_MAX_QUEUE", self.argon2.max_queue.to_string()),
+            ("ADMIN_EMAILS", self.admin_emails.join(",")),
         ];
         lines
             .iter()

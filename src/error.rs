@@ -26,6 +26,9 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("an account with this email already exists")]
     EmailTaken,
+    /// The change would break an invariant (the last admin, a taken role name); nothing changed.
+    #[error("{0}")]
+    Conflict(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("request body must be JSON (Content-Type: application/json)")]
@@ -47,7 +50,7 @@ pub enum ApiError {
 #[schema(example = json!({"error": "invalid_request", "message": "password must be at least 8 characters"}))]
 pub struct ErrorBody {
     /// invalid_request, unauthorized, invalid_credentials, forbidden, not_found, method_not_allowed,
-    /// email_taken, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
+    /// email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
     pub error: &'static str,
     pub message: String,
 }
@@ -77,6 +80,7 @@ impl ApiError {
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             HeadersTooLarge(_) => (
@@ -149,6 +153,8 @@ impl From<UserStoreError> for ApiError {
         match e {
             UserStoreError::EmailTaken => ApiError::EmailTaken,
             UserStoreError::NotFound => ApiError::NotFound("user"),
+            e @ UserStoreError::UnknownRole(_) => ApiError::InvalidRequest(e.to_string()),
+            UserStoreError::Conflict(m) => ApiError::Conflict(m),
             UserStoreError::Unavailable(detail) => ApiError::Unavailable {
                 what: "database",
                 detail,

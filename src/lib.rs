@@ -1,5 +1,7 @@
 //! sessiond: a session-management server. See README.md.
+pub mod audit;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod metrics;

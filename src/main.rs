@@ -20,6 +20,26 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it, secrets masked.
     CheckConfig,
+    /// Manage accounts directly in the database.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account (e.g. the first admin). The password is read from stdin, or prompted
+    /// for on a terminal; never from the command line.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// A role to give (repeatable), e.g. `--role admin`; every account also has `user`.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
 }
 
 #[actix_web::main]
@@ -40,6 +60,9 @@ async fn main() -> ExitCode {
             println!("{}", config.describe());
             Ok(())
         }
+        Command::User {
+            command: UserCommand::Create { email, name, roles },
+        } => create_user(config, email, name, roles).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,6 +72,18 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn create_user(
+    config: Config,
+    email: String,
+    name: Option<String>,
+    roles: Vec<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let password = sessiond::cli::read_password()?;
+    let id = sessiond::cli::create_user(&config, &email, name, roles, password).await?;
+    println!("{id}");
+    Ok(())
 }
 
 async fn migrate(config: Config) -> Result<(), Box<dyn std::error::Error>> {

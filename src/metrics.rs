@@ -31,6 +31,9 @@ pub struct Metrics {
     pub argon2_queue_wait: Histogram,
     pub argon2_in_flight: IntGauge,
     pub argon2_rejected: IntCounter,
+    /// outcome: written, dropped (queue full or shutdown), and failed write attempts (retried)
+    pub audit_events: IntCounterVec,
+    pub audit_queue: IntGauge,
 }
 
 #[derive(Clone)]
@@ -226,6 +229,17 @@ impl Metrics {
                 &r,
                 "argon2_rejected_total",
                 "Hash requests refused (503) because the pool stayed saturated.",
+            ),
+            audit_events: counter_vec(
+                &r,
+                "audit_events_total",
+                "Audit events by fate: written, dropped (queue full), write_failed (attempts, retried).",
+                &["outcome"],
+            ),
+            audit_queue: register(
+                &r,
+                IntGauge::new("audit_queue_length", "Audit events waiting to be written.")
+                    .expect("valid metric"),
             ),
             registry: r,
         }

@@ -37,6 +37,17 @@ use crate::routes;
         routes::session::current_session,
         routes::session::list_sessions,
         routes::session::delete_session,
+        routes::admin::list_users,
+        routes::admin::get_user,
+        routes::admin::set_roles,
+        routes::admin::disable_user,
+        routes::admin::enable_user,
+        routes::admin::delete_user,
+        routes::admin::list_user_sessions,
+        routes::admin::revoke_user_sessions,
+        routes::admin::list_roles,
+        routes::admin::create_role,
+        routes::admin::list_audit,
         routes::health::health,
         routes::health::ready,
         routes::health::metrics,
@@ -47,6 +58,7 @@ use crate::routes;
     tags(
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Logins, tokens and sessions"),
+        (name = "admin", description = "Accounts, roles, sessions and the audit trail, for callers holding the permission each operation names; without it: 403 `forbidden`"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]
@@ -117,6 +129,14 @@ impl CommonResponses {
                 RefOr::T(string_header("Always `Bearer`")),
             );
             add("401", unauthorized);
+        }
+        if path.starts_with("/admin/") {
+            add(
+                "403",
+                error_response(
+                    "The caller lacks the permission this operation needs (`forbidden`)",
+                ),
+            );
         }
         let cheap = matches!(path, "/health" | "/metrics" | "/openapi.json" | "/ready");
         if !cheap {
@@ -192,6 +212,14 @@ mod tests {
             "/ready",
             "/metrics",
             "/openapi.json",
+            "/admin/users",
+            "/admin/users/{id}",
+            "/admin/users/{id}/roles",
+            "/admin/users/{id}/disable",
+            "/admin/users/{id}/enable",
+            "/admin/users/{id}/sessions",
+            "/admin/roles",
+            "/admin/audit",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} documented");
         }
@@ -202,5 +230,6 @@ mod tests {
         let profile = &doc["paths"]["/profile"]["get"]["responses"];
         assert!(profile["401"]["headers"]["WWW-Authenticate"].is_object());
         assert!(doc["paths"]["/register"]["post"]["responses"]["415"].is_object());
+        assert!(doc["paths"]["/admin/audit"]["get"]["responses"]["403"].is_object());
     }
 }

@@ -15,7 +15,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use crate::{
-    auth::JwtKeys,
+    audit::{AuditEvent, AuditLog, AuditWriter},
+    auth::{access::ADMIN_ROLE, JwtKeys},
     config::Config,
     metrics::Metrics,
     routes,
@@ -37,6 +38,8 @@ pub enum StartupError {
     Redis(String),
     #[error("argon2 settings rejected: {0}")]
     Argon2(String),
+    #[error("ADMIN_EMAILS: cannot grant the admin role: {0}")]
+    AdminGrant(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -89,6 +92,7 @@ pub struct Application {
     server: Server,
     users: Addr<UserStore>,
     sessions: Addr<SessionRegistry>,
+    audit: AuditWriter,
 }
 
 impl Application {
@@ -141,6 +145,7 @@ impl Application {
         )
         .start();
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
+        let (audit, audit_writer) = AuditLog::start(users.clone(), metrics.clone());
 
         let addr = format!("{}:{}", config.host, config.port);
         let tls = config.tls.clone();
@@ -197,7 +202,9 @@ impl Application {
             metrics,
             throttle,
             profiles,
+            audit,
         });
+        grant_admin_emails(&state).await?;
         let origins = state.config.cors_allowed_origins.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -223,6 +230,7 @@ impl Application {
             server,
             users,
             sessions,
+            audit: audit_writer,
         })
     }
 
@@ -238,8 +246,43 @@ impl Application {
     /// the subscription and the database pool.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        self.audit.stop().await;
         let _ = self.sessions.send(session::Stop).await;
         let _ = self.users.send(users::Stop).await;
         result
     }
+}
+
+/// ADMIN_EMAILS at start-up: existing accounts listed there get `admin` (idempotent, so pods
+/// starting together agree), and their live sessions carry it from their next request on.
+async fn grant_admin_emails(state: &AppState) -> Result<(), StartupError> {
+    let fail = |e: String| StartupError::AdminGrant(e);
+    for email in &state.config.admin_emails {
+        let granted = state
+            .users
+            .send(users::GrantRole {
+                email: email.clone(),
+                role: ADMIN_ROLE.to_string(),
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let Some((user_id, previous)) = granted else {
+            continue;
+        };
+        let access = routes::admin::sync_session_access(state, user_id)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::info!(%user_id, "granted the admin role (ADMIN_EMAILS)");
+        state
+            .audit
+            .record(AuditEvent::success("role_change").subject(user_id).detail(
+                serde_json::json!({
+                    "roles": access.map(|a| a.roles).unwrap_or_default(),
+                    "previous": previous,
+                    "source": "ADMIN_EMAILS",
+                }),
+            ));
+    }
+    Ok(())
 }

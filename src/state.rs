@@ -2,6 +2,7 @@
 use actix::Addr;
 
 use crate::{
+    audit::AuditLog,
     auth::JwtKeys,
     config::Config,
     metrics::Metrics,
@@ -19,6 +20,7 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub metrics: Metrics,
     pub throttle: Throttle,
+    pub audit: AuditLog,
     /// Recently read profiles (GET /profile), kept at most SESSION_CACHE_TTL.
     pub profiles: moka::future::Cache<uuid::Uuid, std::sync::Arc<crate::users::User>>,
 }

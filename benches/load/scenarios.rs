@@ -662,7 +662,7 @@ fn session_store_lifetimes() -> Lifetimes {
 fn new_session(keys: &JwtKeys, lifetime: Duration) -> (SessionRecord, String) {
     let (uid, sid, now) = (Uuid::new_v4(), Uuid::new_v4(), now_unix());
     let expires_at = now + lifetime.as_secs() as i64;
-    let roles = vec!["user".to_string()];
+    let access = std::sync::Arc::new(sessiond::auth::Access::new(vec!["user".into()], vec![]));
     let record = SessionRecord {
         session_id: sid,
         user_id: uid,
@@ -671,11 +671,11 @@ fn new_session(keys: &JwtKeys, lifetime: Duration) -> (SessionRecord, String) {
         expires_at,
         ip: Some("127.0.0.1".into()),
         user_agent: Some("load-suite".into()),
-        roles: roles.clone(),
+        access: access.clone(),
         refresh_hash: RefreshToken::generate(uid, sid).hash(),
     };
     let (token, _) = keys
-        .issue(uid, sid, roles, expires_at, now, Uuid::new_v4())
+        .issue(uid, sid, &access, expires_at, now, Uuid::new_v4())
         .expect("signing");
     (record, token)
 }

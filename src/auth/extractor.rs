@@ -7,6 +7,7 @@ use std::{future::Future, pin::Pin};
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use uuid::Uuid;
 
+use super::SharedAccess;
 use crate::{
     error::ApiError,
     session::{now_unix, CacheLookup, SessionState, Touch, Validate},
@@ -17,7 +18,9 @@ use crate::{
 pub struct AuthenticatedSession {
     pub user_id: Uuid,
     pub session_id: Uuid,
-    pub roles: Vec<String>,
+    /// The session's current roles and permissions, from the session registry (not the token,
+    /// which may predate a role change).
+    pub access: SharedAccess,
     /// Absolute end of the session (unix seconds).
     pub session_expires_at: i64,
 }
@@ -93,7 +96,7 @@ impl FromRequest for AuthenticatedSession {
                     Ok(AuthenticatedSession {
                         user_id: claims.sub,
                         session_id: claims.sid,
-                        roles: claims.roles.clone(),
+                        access: s.access,
                         session_expires_at: s.expires_at,
                     })
                 }

@@ -27,6 +27,9 @@ pub struct Claims {
     pub aud: String,
     pub jti: Uuid,
     pub roles: Vec<String>,
+    /// Effective permissions of the roles (tokens issued before permissions existed lack it).
+    #[serde(default)]
+    pub permissions: Vec<String>,
 }
 
 /// A verification key and the `kid` that names it.
@@ -110,7 +113,7 @@ impl JwtKeys {
         &self,
         user_id: Uuid,
         session_id: Uuid,
-        roles: Vec<String>,
+        access: &super::Access,
         session_expires_at: i64,
         now: i64,
         jti: Uuid,
@@ -125,7 +128,8 @@ impl JwtKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             jti,
-            roles,
+            roles: access.roles.clone(),
+            permissions: access.permissions.clone(),
         };
         let token = encode(&self.header, &claims, &self.encoding).map_err(|_| SignError)?;
         Ok((token, exp - now))
@@ -205,7 +209,7 @@ mod tests {
             .issue(
                 uid,
                 sid,
-                vec!["user".into()],
+                &crate::auth::Access::new(vec!["user".into()], vec![]),
                 now + 3600,
                 now,
                 Uuid::new_v4(),
@@ -224,7 +228,7 @@ mod tests {
             .issue(
                 Uuid::new_v4(),
                 Uuid::new_v4(),
-                vec![],
+                &crate::auth::Access::default(),
                 now + 60,
                 now,
                 Uuid::new_v4(),
@@ -241,7 +245,7 @@ mod tests {
             .issue(
                 Uuid::new_v4(),
                 Uuid::new_v4(),
-                vec![],
+                &crate::auth::Access::default(),
                 now + 3600,
                 now,
                 Uuid::new_v4(),
@@ -298,7 +302,7 @@ mod properties {
         fn any_single_change_breaks_a_real_token(pos in any::<prop::sample::Index>(), replacement in "[A-Za-z0-9_-]") {
             let k = keys();
             let now = crate::session::now_unix();
-            let (token, _) = k.issue(Uuid::new_v4(), Uuid::new_v4(), vec!["user".into()], now + 60, now, Uuid::new_v4()).unwrap();
+            let (token, _) = k.issue(Uuid::new_v4(), Uuid::new_v4(), &crate::auth::Access::new(vec!["user".into()], vec![]), now + 60, now, Uuid::new_v4()).unwrap();
             let i = pos.index(token.len());
             let mut bytes = token.clone().into_bytes();
             let original = bytes[i];

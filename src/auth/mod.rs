@@ -1,7 +1,9 @@
-//! Authentication: JWT issue/verify and the extractor that turns a bearer token into an
-//! [`AuthenticatedSession`].
+//! Authentication and authorization: JWT issue/verify, the extractor that turns a bearer token
+//! into an [`AuthenticatedSession`], and [`Authorized<P>`] for permission checks.
+pub mod access;
 pub mod extractor;
 pub mod jwt;
 
+pub use access::{Access, Authorized, SharedAccess};
 pub use extractor::AuthenticatedSession;
 pub use jwt::{Claims, JwtKeys};

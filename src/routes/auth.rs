@@ -3,16 +3,17 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{limit_client, resource};
+use super::{admin::sync_session_access, client_ip, limit_client, resource};
 use crate::{
-    auth::AuthenticatedSession,
+    audit::AuditEvent,
+    auth::{Access, AuthenticatedSession},
     error::ApiError,
     session::{
         now_unix, CreateSession, Refresh, RefreshToken, Revoke, RevokeAll, Rotation, SessionRecord,
     },
     state::AppState,
     throttle::{account_key, Scope, Throttled},
-    users::{self, FindByEmail, MAX_PASSWORD_CHARS},
+    users::{self, FindAccess, FindByEmail, MAX_PASSWORD_CHARS},
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -54,7 +55,7 @@ const MAX_USER_AGENT: usize = 256;
 fn token_response(
     state: &AppState,
     refresh: &RefreshToken,
-    roles: Vec<String>,
+    access: &Access,
     expires_at: i64,
     iat: i64,
     jti: Uuid,
@@ -62,7 +63,7 @@ fn token_response(
     let (uid, sid) = (refresh.user_id, refresh.session_id);
     let (access_token, expires_in) = state
         .jwt
-        .issue(uid, sid, roles, expires_at, iat, jti)
+        .issue(uid, sid, access, expires_at, iat, jti)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -107,8 +108,14 @@ async fn attempt_login(
     let LoginBody { email, password } = body;
     let outcome = |o: &str| state.metrics.logins.with_label_values(&[o]).inc();
     let now = now_unix();
+    let peer = || client_ip(req, &state.config.trusted_proxies);
     let throttled = |t: Throttled| {
         outcome("throttled");
+        state.audit.record(
+            AuditEvent::denied("login")
+                .ip(peer())
+                .detail(serde_json::json!({"reason": "rate_limited"})),
+        );
         ApiError::from(t)
     };
     let ip = limit_client(req, state, Scope::LoginIp)
@@ -116,8 +123,23 @@ async fn attempt_login(
         .inspect_err(|e| {
             if matches!(e, ApiError::RateLimited { .. }) {
                 outcome("throttled");
+                state.audit.record(
+                    AuditEvent::denied("login")
+                        .ip(peer())
+                        .detail(serde_json::json!({"reason": "rate_limited"})),
+                );
             }
         })?;
+    let refused = |subject: Option<Uuid>, reason: &str| {
+        outcome("invalid_credentials");
+        state.audit.record(
+            AuditEvent::failure("login")
+                .subject(subject)
+                .ip(ip.clone())
+                .detail(serde_json::json!({ "reason": reason })),
+        );
+        ApiError::InvalidCredentials
+    };
     // The account key exists for any address, registered or not, so limits and lockouts say
     // nothing about which accounts exist.
     let normalized = users::normalize_email(&email);
@@ -141,23 +163,32 @@ async fn attempt_login(
         (1..=MAX_PASSWORD_CHARS).contains(&password.chars().count()),
     ) else {
         state.throttle.record_failure(&account_key, now).await?;
-        outcome("invalid_credentials");
-        return Err(ApiError::InvalidCredentials);
+        return Err(refused(None, "invalid_credentials"));
     };
     let account = state.users.send(FindByEmail(email)).await??;
     // Unknown accounts still pay one hash, so timing does not tell which emails exist.
     let stored = account.as_ref().map(|a| a.password_hash.clone());
     let verified = state.hasher.verify(password, stored).await?;
-    let Some(account) = account.filter(|_| verified) else {
-        state.throttle.record_failure(&account_key, now).await?;
-        outcome("invalid_credentials");
-        return Err(ApiError::InvalidCredentials);
+    let account = match account {
+        Some(a) if verified => a,
+        other => {
+            state.throttle.record_failure(&account_key, now).await?;
+            return Err(refused(other.map(|a| a.id), "invalid_credentials"));
+        }
+    };
+    // A disabled account gets the very answer a wrong password gets, and counts as a failure,
+    // so neither the response nor the lockout tells that it exists.
+    let access = match state.users.send(FindAccess(account.id)).await?? {
+        Some(a) if !a.disabled => a.access,
+        _ => {
+            state.throttle.record_failure(&account_key, now).await?;
+            return Err(refused(Some(account.id), "disabled"));
+        }
     };
     state.throttle.record_success(&account_key).await?;
 
     let expires_at = now + state.config.session_lifetime.as_secs() as i64;
     let refresh = RefreshToken::generate(account.id, Uuid::new_v4());
-    let roles = users::default_roles();
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
@@ -174,15 +205,40 @@ async fn attempt_login(
         created_at: now,
         last_seen_at: now,
         expires_at,
-        ip,
+        ip: ip.clone(),
         user_agent,
-        roles: roles.clone(),
+        access: std::sync::Arc::new(access.clone()),
         refresh_hash: refresh.hash(),
     };
     state.sessions.send(CreateSession(record)).await??;
+    // An admin may have disabled the account or changed its roles while this login ran; their
+    // session updates could not see the new session, so look again now that it exists.
+    let access = match state.users.send(FindAccess(account.id)).await?? {
+        Some(now_access) if !now_access.disabled && now_access.access == access => access,
+        Some(a) if !a.disabled => match sync_session_access(state, account.id).await? {
+            Some(synced) => synced,
+            None => return Err(refused(Some(account.id), "disabled")),
+        },
+        _ => {
+            state
+                .sessions
+                .send(Revoke {
+                    user_id: account.id,
+                    session_id: refresh.session_id,
+                })
+                .await??;
+            return Err(refused(Some(account.id), "disabled"));
+        }
+    };
     outcome("success");
+    state.audit.record(
+        AuditEvent::success("login")
+            .by(account.id)
+            .ip(ip.clone())
+            .detail(serde_json::json!({ "session_id": refresh.session_id })),
+    );
     tracing::info!(user_id = %account.id, session_id = %refresh.session_id, "logged in");
-    token_response(state, &refresh, roles, expires_at, now, Uuid::new_v4())
+    token_response(state, &refresh, &access, expires_at, now, Uuid::new_v4())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -222,12 +278,12 @@ pub async fn refresh(
         })
         .await??;
     match outcome {
-        Rotation::Rotated { expires_at, roles } => {
-            token_response(&state, &successor, roles, expires_at, now, jti)
+        Rotation::Rotated { expires_at, access } => {
+            token_response(&state, &successor, &access, expires_at, now, jti)
         }
         Rotation::Replayed {
             expires_at,
-            roles,
+            access,
             rotated_at,
             sealed_successor,
             jti,
@@ -235,9 +291,18 @@ pub async fn refresh(
             let successor = presented
                 .unseal(&sealed_successor)
                 .ok_or(ApiError::Unauthorized)?;
-            token_response(&state, &successor, roles, expires_at, rotated_at, jti)
+            token_response(&state, &successor, &access, expires_at, rotated_at, jti)
         }
-        Rotation::Reused | Rotation::Invalid => Err(ApiError::Unauthorized),
+        Rotation::Reused => {
+            state.audit.record(
+                AuditEvent::denied("refresh_reuse")
+                    .subject(presented.user_id)
+                    .ip(client_ip(&req, &state.config.trusted_proxies))
+                    .detail(serde_json::json!({ "session_id": presented.session_id })),
+            );
+            Err(ApiError::Unauthorized)
+        }
+        Rotation::Invalid => Err(ApiError::Unauthorized),
     }
 }
 
@@ -246,6 +311,7 @@ pub async fn refresh(
 #[utoipa::path(post, path = "/logout", tag = "sessions", security(("bearer" = [])),
     responses((status = 204, description = "The session is revoked on every pod")))]
 pub async fn logout(
+    req: HttpRequest,
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
@@ -259,6 +325,12 @@ pub async fn logout(
     if !revoked {
         return Err(ApiError::Unauthorized);
     }
+    state.audit.record(
+        AuditEvent::success("logout")
+            .by(session.user_id)
+            .ip(client_ip(&req, &state.config.trusted_proxies))
+            .detail(serde_json::json!({ "session_id": session.session_id })),
+    );
     tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "logged out");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -279,6 +351,7 @@ pub struct LogoutAllQuery {
         (status = 400, description = "Invalid query parameter (`invalid_request`)", body = crate::error::ErrorBody),
     ))]
 pub async fn logout_all(
+    req: HttpRequest,
     state: web::Data<AppState>,
     session: AuthenticatedSession,
     query: web::Query<LogoutAllQuery>,
@@ -291,6 +364,12 @@ pub async fn logout_all(
             except,
         })
         .await??;
+    state.audit.record(
+        AuditEvent::success("logout_all")
+            .by(session.user_id)
+            .ip(client_ip(&req, &state.config.trusted_proxies))
+            .detail(serde_json::json!({ "revoked": n, "kept_current": query.keep_current })),
+    );
     tracing::info!(user_id = %session.user_id, revoked = n, "logged out everywhere");
     Ok(HttpResponse::NoContent().finish())
 }

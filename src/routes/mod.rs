@@ -1,5 +1,6 @@
 //! HTTP routes, one file per resource, plus the shared request plumbing: JSON body limits and
 //! error mapping, JSON 404/405, request ids.
+pub mod admin;
 pub mod auth;
 pub mod health;
 pub mod session;
@@ -38,6 +39,7 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
         health::configure(cfg);
         users::configure(cfg);
         auth::configure(cfg);
+        admin::configure(cfg);
         session::configure(cfg);
         cfg.service(
             resource("/openapi.json", "GET").route(web::get().to(crate::openapi::openapi_json)),

@@ -19,17 +19,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/sessions/{id}", "DELETE").route(web::delete().to(delete_session)));
 }
 
-fn timestamp(unix: i64) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn timestamp(unix: i64) -> Result<DateTime<Utc>, ApiError> {
     DateTime::from_timestamp(unix, 0)
         .ok_or_else(|| ApiError::Internal("timestamp out of range".into()))
 }
 
 /// Who the caller is, from the token and the session registry.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct SessionInfo {
+pub struct SessionInfo<'a> {
     user_id: Uuid,
     session_id: Uuid,
-    roles: Vec<String>,
+    /// The session's current roles (a role change shows here on the next request).
+    #[schema(example = json!(["admin", "user"]))]
+    roles: &'a [String],
+    /// Union of the roles' permissions.
+    #[schema(example = json!(["audit:read", "sessions:revoke", "users:read", "users:write"]))]
+    permissions: &'a [String],
     expires_at: DateTime<Utc>,
 }
 
@@ -39,7 +44,8 @@ pub async fn current_session(session: AuthenticatedSession) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(SessionInfo {
         user_id: session.user_id,
         session_id: session.session_id,
-        roles: session.roles,
+        roles: &session.access.roles,
+        permissions: &session.access.permissions,
         expires_at: timestamp(session.session_expires_at)?,
     }))
 }
@@ -93,19 +99,27 @@ pub async fn list_sessions(
         (status = 404, description = "No such session of the caller (`not_found`)", body = crate::error::ErrorBody),
     ))]
 pub async fn delete_session(
+    req: actix_web::HttpRequest,
     state: web::Data<AppState>,
     session: AuthenticatedSession,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
+    let sid = id.into_inner();
     let revoked = state
         .sessions
         .send(Revoke {
             user_id: session.user_id,
-            session_id: id.into_inner(),
+            session_id: sid,
         })
         .await??;
     if !revoked {
         return Err(ApiError::NotFound("session"));
     }
+    state.audit.record(
+        crate::audit::AuditEvent::success("session_revoke")
+            .by(session.user_id)
+            .ip(super::client_ip(&req, &state.config.trusted_proxies))
+            .detail(serde_json::json!({ "session_id": sid })),
+    );
     Ok(HttpResponse::NoContent().finish())
 }

@@ -6,7 +6,11 @@ use serde::Deserialize;
 
 use super::{limit_client, resource};
 use crate::{
-    auth::AuthenticatedSession,
+    audit::AuditEvent,
+    auth::{
+        access::{ADMIN_ROLE, USER_ROLE},
+        AuthenticatedSession,
+    },
     error::ApiError,
     session::RevokeAll,
     state::AppState,
@@ -49,7 +53,7 @@ pub async fn register(
     state: web::Data<AppState>,
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
-    limit_client(&req, &state, Scope::RegisterIp).await?;
+    let ip = limit_client(&req, &state, Scope::RegisterIp).await?;
     let RegisterBody {
         email,
         password,
@@ -73,15 +77,26 @@ pub async fn register(
         .flatten()
         .collect();
     let password_hash = state.hasher.hash_new(password, known_words).await?;
+    let mut roles = vec![USER_ROLE.to_string()];
+    if state.config.admin_emails.contains(&email) {
+        roles.push(ADMIN_ROLE.to_string());
+    }
     let user = state
         .users
         .send(CreateUser {
             email,
             name,
             password_hash,
+            roles,
         })
         .await??;
     state.metrics.registrations.inc();
+    state.audit.record(
+        AuditEvent::success("register")
+            .by(user.id)
+            .ip(ip)
+            .detail(serde_json::json!({ "roles": user.roles })),
+    );
     tracing::info!(user_id = %user.id, "registered");
     Ok(HttpResponse::Created().json(user))
 }
@@ -110,7 +125,13 @@ pub async fn profile(
         })
         .await
         .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|e| e.clone_public()))?;
-    Ok(HttpResponse::Ok().json(&*user))
+    // Roles as the session knows them: current on every pod, while the cached profile may
+    // predate a role change.
+    let user = users::User {
+        roles: session.access.roles.clone(),
+        ..(*user).clone()
+    };
+    Ok(HttpResponse::Ok().json(user))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -132,6 +153,7 @@ pub struct PasswordBody {
     ))]
 #[tracing::instrument(name = "change_password", skip_all)]
 pub async fn change_password(
+    req: HttpRequest,
     state: web::Data<AppState>,
     session: AuthenticatedSession,
     body: web::Json<PasswordBody>,
@@ -146,11 +168,18 @@ pub async fn change_password(
         .send(FindAccount(session.user_id))
         .await??
         .ok_or(ApiError::NotFound("user"))?;
+    let event = |e: AuditEvent| {
+        e.by(session.user_id)
+            .ip(super::client_ip(&req, &state.config.trusted_proxies))
+    };
     if !state
         .hasher
         .verify(current_password, Some(account.password_hash))
         .await?
     {
+        state
+            .audit
+            .record(event(AuditEvent::failure("password_change")));
         return Err(ApiError::Forbidden);
     }
     let password_hash = state
@@ -171,6 +200,10 @@ pub async fn change_password(
             password_hash,
         })
         .await??;
+    state.audit.record(
+        event(AuditEvent::success("password_change"))
+            .detail(serde_json::json!({ "other_sessions_revoked": revoked })),
+    );
     tracing::info!(user_id = %session.user_id, other_sessions_revoked = revoked, "password changed");
     Ok(HttpResponse::NoContent().finish())
 }

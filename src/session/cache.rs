@@ -27,7 +27,7 @@ pub struct CacheEntry {
 
 impl CacheEntry {
     pub fn new(state: Option<SessionState>, read_at: Instant) -> Self {
-        let touched = state.map_or(0, |s| s.last_seen_at);
+        let touched = state.as_ref().map_or(0, |s| s.last_seen_at);
         Self {
             state,
             read_at,
@@ -50,6 +50,15 @@ impl CacheEntry {
     }
 }
 
+/// A cached or loaded entry, judged against what this pod has heard since it was read.
+pub(super) enum Screened {
+    Live(SessionState),
+    /// Revoked, unknown or expired.
+    Gone,
+    /// Live, but read before the user's roles changed: read it again.
+    Stale,
+}
+
 pub enum CacheLookup {
     /// A trusted cached answer (`None`: revoked or unknown). `touch`: this request should record
     /// the session's use (at most once per touch interval per pod).
@@ -68,6 +77,8 @@ pub struct SessionCache {
     revoked_sessions: Cache<Uuid, ()>,
     /// Users whose sessions were all revoked, with the instant that happened.
     revoked_users: Cache<Uuid, Instant>,
+    /// Users whose roles changed, with the instant: their entries read before it are stale.
+    changed_users: Cache<Uuid, Instant>,
     /// When the last tombstone was written: until one could still be alive, the hot path skips
     /// the two tombstone lookups (most requests, since revocations are rare).
     /// Milliseconds after `epoch` (+1, so 0 means never).
@@ -94,6 +105,7 @@ impl SessionCache {
                 .build(),
             revoked_sessions: Cache::builder().time_to_live(tombstone_ttl).build(),
             revoked_users: Cache::builder().time_to_live(tombstone_ttl).build(),
+            changed_users: Cache::builder().time_to_live(tombstone_ttl).build(),
             last_tombstone: Arc::default(),
             epoch: Instant::now(),
             tombstone_ttl,
@@ -134,11 +146,16 @@ impl SessionCache {
             }
             return CacheLookup::Miss { fresh: false };
         };
-        let Some(state) = self.screen(sid, &entry).await else {
-            return CacheLookup::Hit {
-                state: None,
-                touch: false,
-            };
+        let state = match self.screen(sid, &entry).await {
+            Screened::Live(state) => state,
+            Screened::Gone => {
+                return CacheLookup::Hit {
+                    state: None,
+                    touch: false,
+                }
+            }
+            // Read before a role change: the store has the new roles.
+            Screened::Stale => return CacheLookup::Miss { fresh: true },
         };
         let now = now_unix();
         if let Some(idle) = self.lifetimes.idle_timeout {
@@ -155,20 +172,27 @@ impl SessionCache {
     }
 
     /// Applies the tombstones to a cached or freshly loaded entry.
-    pub(super) async fn screen(&self, sid: Uuid, entry: &CacheEntry) -> Option<SessionState> {
-        let state = entry.state?;
+    pub(super) async fn screen(&self, sid: Uuid, entry: &CacheEntry) -> Screened {
+        let Some(state) = &entry.state else {
+            return Screened::Gone;
+        };
         if !self.tombstones_may_exist() {
-            return Some(state);
+            return Screened::Live(state.clone());
         }
         if self.revoked_sessions.contains_key(&sid) {
-            return None;
+            return Screened::Gone;
         }
         if let Some(at) = self.revoked_users.get(&state.user_id).await {
             if entry.read_at <= at {
-                return None;
+                return Screened::Gone;
             }
         }
-        Some(state)
+        if let Some(at) = self.changed_users.get(&state.user_id).await {
+            if entry.read_at <= at {
+                return Screened::Stale;
+            }
+        }
+        Screened::Live(state.clone())
     }
 
     /// A cached entry regardless of trust, for when the store cannot be reached.
@@ -209,6 +233,9 @@ impl SessionCache {
             }
             Invalidation::User(uid) => {
                 self.revoked_users.insert(*uid, Instant::now()).await;
+            }
+            Invalidation::Access(uid) => {
+                self.changed_users.insert(*uid, Instant::now()).await;
             }
         }
     }

@@ -9,16 +9,17 @@ mod store;
 pub use cache::{CacheLookup, SessionCache};
 pub use refresh::RefreshToken;
 pub use registry::{
-    CreateSession, ListSessions, Ping, Refresh, Revoke, RevokeAll, SessionRegistry, Stop, Touch,
-    Validate,
+    CreateSession, ListSessions, Ping, Refresh, Revoke, RevokeAll, SessionRegistry, SetAccess,
+    Stop, Touch, Validate,
 };
 pub(crate) use store::bounded_redis;
 pub use store::{MemoryStore, RedisStore, SessionStore};
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::auth::SharedAccess;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
@@ -37,7 +38,7 @@ impl From<redis::RedisError> for SessionError {
 }
 
 /// Everything stored about one session (the Redis hash, or the in-process entry).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct SessionRecord {
     pub session_id: Uuid,
     pub user_id: Uuid,
@@ -48,18 +49,20 @@ pub struct SessionRecord {
     pub expires_at: i64,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
-    /// Roles at login, carried into access tokens minted by refreshes.
-    pub roles: Vec<String>,
+    /// Roles and permissions, set at login and replaced by a role change (every session of the
+    /// user, through the invalidation path); what authorization and refreshed tokens use.
+    pub access: SharedAccess,
     /// SHA-256 (hex) of the current refresh token; the token itself is never stored.
     pub refresh_hash: String,
 }
 
 /// What a token check needs to know about a live session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionState {
     pub user_id: Uuid,
     pub expires_at: i64,
     pub last_seen_at: i64,
+    pub access: SharedAccess,
 }
 
 /// Session lifetime rules shared by both stores.
@@ -94,8 +97,8 @@ impl Lifetimes {
         }
     }
 
-    pub fn is_live(&self, s: &SessionState, now: i64) -> bool {
-        now < self.end_at(s.expires_at, s.last_seen_at)
+    pub fn is_live(&self, expires_at: i64, last_seen_at: i64, now: i64) -> bool {
+        now < self.end_at(expires_at, last_seen_at)
     }
 }
 
@@ -103,12 +106,15 @@ impl Lifetimes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
     /// The presented token was current: the successor is stored.
-    Rotated { expires_at: i64, roles: Vec<String> },
+    Rotated {
+        expires_at: i64,
+        access: SharedAccess,
+    },
     /// The presented token was rotated moments ago (within the grace window): here is what is
     /// needed to hand out the same successor again.
     Replayed {
         expires_at: i64,
-        roles: Vec<String>,
+        access: SharedAccess,
         rotated_at: i64,
         sealed_successor: String,
         jti: Uuid,
@@ -119,13 +125,15 @@ pub enum Rotation {
     Invalid,
 }
 
-/// What travels on `{prefix}invalidate`: `s:<sid>[,<sid>...]` for sessions, `u:<uid>` for all
-/// sessions of a user. Plain text keeps the subscriber's parse trivial and the channel readable
-/// with redis-cli.
+/// What travels on `{prefix}invalidate`: `s:<sid>[,<sid>...]` for revoked sessions, `u:<uid>`
+/// for all sessions of a user, `a:<uid>` when a user's roles changed (cached sessions of the user
+/// are re-read from the store, not ended). Plain text keeps the subscriber's parse trivial and the
+/// channel readable with redis-cli.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
     Sessions(Vec<Uuid>),
     User(Uuid),
+    Access(Uuid),
 }
 
 impl Invalidation {
@@ -140,6 +148,7 @@ impl Invalidation {
                 format!("s:{}", ids.join(","))
             }
             Invalidation::User(uid) => format!("u:{uid}"),
+            Invalidation::Access(uid) => format!("a:{uid}"),
         }
     }
 
@@ -153,6 +162,7 @@ impl Invalidation {
                 .collect::<Option<Vec<_>>>()
                 .map(Invalidation::Sessions),
             "u" => Uuid::parse_str(ids).ok().map(Invalidation::User),
+            "a" => Uuid::parse_str(ids).ok().map(Invalidation::Access),
             _ => None,
         }
     }
@@ -173,6 +183,7 @@ mod tests {
             Invalidation::session(a),
             Invalidation::Sessions(vec![a, b]),
             Invalidation::User(a),
+            Invalidation::Access(b),
         ] {
             assert_eq!(Invalidation::decode(inv.encode().as_bytes()), Some(inv));
         }

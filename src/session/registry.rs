@@ -13,8 +13,9 @@ use redis::aio::PubSubSink;
 use uuid::Uuid;
 
 use super::{
-    cache::CacheEntry, now_unix, Invalidation, RefreshToken, Rotation, SessionCache, SessionError,
-    SessionRecord, SessionState, SessionStore,
+    cache::{CacheEntry, Screened},
+    now_unix, Invalidation, RefreshToken, Rotation, SessionCache, SessionError, SessionRecord,
+    SessionState, SessionStore,
 };
 use crate::metrics::Metrics;
 
@@ -231,6 +232,7 @@ impl Handler<CreateSession> for SessionRegistry {
                 user_id: rec.user_id,
                 expires_at: rec.expires_at,
                 last_seen_at: rec.last_seen_at,
+                access: rec.access.clone(),
             };
             let entry = CacheEntry::new(Some(state), Instant::now());
             cache.insert(rec.session_id, Arc::new(entry)).await;
@@ -266,7 +268,7 @@ impl Handler<Validate> for SessionRegistry {
                 Ok::<_, SessionError>(Arc::new(CacheEntry::new(state, read_at)))
             };
             let cacheable = cache.is_trusted() && !cache.ttl().is_zero();
-            let entry = if cacheable && !fresh {
+            let mut entry = if cacheable && !fresh {
                 cache
                     .entries()
                     .try_get_with(sid, load(store.clone()))
@@ -285,8 +287,21 @@ impl Handler<Validate> for SessionRegistry {
                     Err(e) => cache.fallback(sid).await.ok_or(e)?,
                 }
             };
-            let state = cache.screen(sid, &entry).await;
-            if let Some(s) = state {
+            let mut screened = cache.screen(sid, &entry).await;
+            if matches!(screened, Screened::Stale) && cacheable {
+                // A read that began before a role change (a concurrent load): read again.
+                entry = load(store.clone()).await?;
+                cache.insert(sid, entry.clone()).await;
+                screened = cache.screen(sid, &entry).await;
+            }
+            let state = match screened {
+                Screened::Live(s) => Some(s),
+                // Still older than a change that arrived during the second read: the newest
+                // there is, good for this one request; the next one reads again.
+                Screened::Stale => entry.state.clone(),
+                Screened::Gone => None,
+            };
+            if let Some(s) = &state {
                 let now = now_unix();
                 if entry.claim_touch(now, cache.lifetimes().touch_interval) {
                     // Best effort: a lost write only makes last_seen_at a little older.
@@ -376,6 +391,34 @@ impl Handler<RevokeAll> for SessionRegistry {
                 metrics.sessions_revoked.inc_by(revoked.len() as u64);
             }
             Ok(revoked.len())
+        })
+    }
+}
+
+/// Replaces the roles and permissions of every live session of the user, then has every pod
+/// re-read them (this one at once). Returns how many sessions were updated.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SessionError>")]
+pub struct SetAccess {
+    pub user_id: Uuid,
+    pub access: crate::auth::SharedAccess,
+}
+
+impl Handler<SetAccess> for SessionRegistry {
+    type Result = ResponseFuture<Result<usize, SessionError>>;
+
+    fn handle(&mut self, msg: SetAccess, _: &mut Self::Context) -> Self::Result {
+        let (store, cache, metrics) =
+            (self.store.clone(), self.cache.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let updated = store.set_access(msg.user_id, &msg.access).await?;
+            cache.apply(&Invalidation::Access(msg.user_id)).await;
+            if updated > 0 {
+                if let SessionStore::Redis(_) = store {
+                    metrics.invalidations_published.inc();
+                }
+            }
+            Ok(updated)
         })
     }
 }

@@ -18,7 +18,10 @@ use moka::{future::Cache, Expiry};
 use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, AsyncCommands, Script};
 use uuid::Uuid;
 
-use crate::metrics::CallMetrics;
+use crate::{
+    auth::{Access, SharedAccess},
+    metrics::CallMetrics,
+};
 
 use super::{
     now_unix, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord,
@@ -78,6 +81,12 @@ impl SessionStore {
         dispatch!(self, s => s.revoke_all(uid, except).await)
     }
 
+    /// Replaces the roles and permissions of every live session of the user and (Redis)
+    /// announces the change to every pod. Returns how many sessions it touched.
+    pub async fn set_access(&self, uid: Uuid, access: &Access) -> Result<usize, SessionError> {
+        dispatch!(self, s => s.set_access(uid, access).await)
+    }
+
     /// The user's live sessions, oldest first; prunes index entries of ended ones.
     pub async fn list(&self, uid: Uuid) -> Result<Vec<SessionRecord>, SessionError> {
         dispatch!(self, s => s.list(uid).await)
@@ -103,17 +112,41 @@ impl SessionStore {
     }
 }
 
-fn roles_field(roles: &[String]) -> String {
-    roles.join(",")
+/// Role names and permissions never contain commas (see `auth::access`), so a comma-joined
+/// field is unambiguous.
+fn list_field(items: &[String]) -> String {
+    items.join(",")
 }
 
-fn parse_roles(field: &str) -> Vec<String> {
+fn parse_list(field: &str) -> Vec<String> {
     field
         .split(',')
         .filter(|r| !r.is_empty())
         .map(str::to_string)
         .collect()
 }
+
+fn parse_access(roles: &str, permissions: &str) -> SharedAccess {
+    Arc::new(Access::new(parse_list(roles), parse_list(permissions)))
+}
+
+/// Rewrites the roles and permissions of every live session of a user and announces it.
+static SET_ACCESS: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local sids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local n = 0
+for _, sid in ipairs(sids) do
+  local key = ARGV[1] .. sid
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'roles', ARGV[2], 'permissions', ARGV[3])
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return n",
+    )
+});
 
 static TOUCH: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
@@ -163,7 +196,7 @@ return revoked",
 static ROTATE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
-local f = redis.call('HMGET', KEYS[1], 'refresh_hash', 'prev_hash', 'rotated_at', 'succ_sealed', 'succ_jti', 'expires_at', 'roles')
+local f = redis.call('HMGET', KEYS[1], 'refresh_hash', 'prev_hash', 'rotated_at', 'succ_sealed', 'succ_jti', 'expires_at', 'roles', 'permissions')
 if not f[1] then return {'invalid'} end
 local now = tonumber(ARGV[3])
 if f[1] == ARGV[1] then
@@ -173,10 +206,10 @@ if f[1] == ARGV[1] then
   redis.call('EXPIREAT', KEYS[3], tonumber(f[6]))
   local idle = tonumber(ARGV[9])
   if idle > 0 then redis.call('EXPIREAT', KEYS[1], math.min(tonumber(f[6]), now + idle)) end
-  return {'rotated', f[6], f[7] or ''}
+  return {'rotated', f[6], f[7] or '', f[8] or ''}
 end
 if f[2] == ARGV[1] and now - tonumber(f[3]) <= tonumber(ARGV[4]) then
-  return {'replayed', f[6], f[7] or '', f[3], f[4], f[5]}
+  return {'replayed', f[6], f[7] or '', f[3], f[4], f[5], f[8] or ''}
 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
   redis.call('DEL', KEYS[1], KEYS[3])
@@ -188,7 +221,7 @@ return {'invalid'}",
     )
 });
 
-const RECORD_FIELDS: [&str; 8] = [
+const RECORD_FIELDS: [&str; 9] = [
     "user_id",
     "created_at",
     "last_seen_at",
@@ -197,6 +230,7 @@ const RECORD_FIELDS: [&str; 8] = [
     "user_agent",
     "roles",
     "refresh_hash",
+    "permissions",
 ];
 
 /// Every Redis call: bounded by the timeout (a slow Redis gives 503, not a pile-up), timed and
@@ -319,7 +353,9 @@ impl RedisStore {
             .arg("expires_at")
             .arg(rec.expires_at)
             .arg("roles")
-            .arg(roles_field(&rec.roles))
+            .arg(list_field(&rec.access.roles))
+            .arg("permissions")
+            .arg(list_field(&rec.access.permissions))
             .arg("refresh_hash")
             .arg(&rec.refresh_hash);
         if let Some(ip) = &rec.ip {
@@ -360,23 +396,46 @@ impl RedisStore {
     async fn load(&self, uid: Uuid, sid: Uuid) -> Result<Option<SessionState>, SessionError> {
         let key = self.session_key(uid, sid);
         let mut conn = self.conn.clone();
-        let (user_id, expires_at, last_seen_at): (Option<String>, Option<i64>, Option<i64>) = self
+        type Fields = (
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        );
+        let (user_id, expires_at, last_seen_at, roles, permissions): Fields = self
             .bounded(
                 "load",
-                conn.hmget(&key, &["user_id", "expires_at", "last_seen_at"]),
+                conn.hmget(
+                    &key,
+                    &[
+                        "user_id",
+                        "expires_at",
+                        "last_seen_at",
+                        "roles",
+                        "permissions",
+                    ],
+                ),
             )
             .await?;
         let state = match (user_id, expires_at, last_seen_at) {
-            (Some(u), Some(expires_at), Some(last_seen_at)) if u == uid.to_string() => {
+            (Some(u), Some(expires_at), Some(last_seen_at))
+                if u == uid.to_string()
+                    && self.lifetimes.is_live(expires_at, last_seen_at, now_unix()) =>
+            {
                 Some(SessionState {
                     user_id: uid,
                     expires_at,
                     last_seen_at,
+                    access: parse_access(
+                        roles.as_deref().unwrap_or_default(),
+                        permissions.as_deref().unwrap_or_default(),
+                    ),
                 })
             }
             _ => None,
         };
-        Ok(state.filter(|s| self.lifetimes.is_live(s, now_unix())))
+        Ok(state)
     }
 
     async fn touch(&self, uid: Uuid, sid: Uuid, now: i64) -> Result<bool, SessionError> {
@@ -414,6 +473,18 @@ impl RedisStore {
             .collect())
     }
 
+    async fn set_access(&self, uid: Uuid, access: &Access) -> Result<usize, SessionError> {
+        let mut conn = self.conn.clone();
+        let mut call = SET_ACCESS.key(self.index_key(uid));
+        call.arg(self.session_prefix(uid))
+            .arg(list_field(&access.roles))
+            .arg(list_field(&access.permissions))
+            .arg(&*self.channel)
+            .arg(Invalidation::Access(uid).encode());
+        self.bounded("set_access", call.invoke_async(&mut conn))
+            .await
+    }
+
     async fn list(&self, uid: Uuid) -> Result<Vec<SessionRecord>, SessionError> {
         let index = self.index_key(uid);
         let mut conn = self.conn.clone();
@@ -441,6 +512,7 @@ impl RedisStore {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
         let rows: Vec<Fields> = self.bounded("list", pipe.query_async(&mut conn)).await?;
         let (mut live, mut gone) = (Vec::new(), Vec::new());
@@ -459,6 +531,7 @@ impl RedisStore {
                     user_agent,
                     roles,
                     hash,
+                    permissions,
                 ) if user == uid.to_string()
                     && now < self.lifetimes.end_at(expires_at, last_seen_at) =>
                 {
@@ -470,7 +543,10 @@ impl RedisStore {
                         expires_at,
                         ip,
                         user_agent,
-                        roles: parse_roles(&roles.unwrap_or_default()),
+                        access: parse_access(
+                            roles.as_deref().unwrap_or_default(),
+                            permissions.as_deref().unwrap_or_default(),
+                        ),
                         refresh_hash: hash.unwrap_or_default(),
                     })
                 }
@@ -511,12 +587,12 @@ impl RedisStore {
         Ok(match reply.first().map(String::as_str) {
             Some("rotated") => Rotation::Rotated {
                 expires_at: num(1).unwrap_or(now),
-                roles: parse_roles(&text(2)),
+                access: parse_access(&text(2), &text(3)),
             },
             Some("replayed") => match (num(1), num(3), Uuid::parse_str(&text(5))) {
                 (Some(expires_at), Some(rotated_at), Ok(jti)) => Rotation::Replayed {
                     expires_at,
-                    roles: parse_roles(&text(2)),
+                    access: parse_access(&text(2), &text(6)),
                     rotated_at,
                     sealed_successor: text(4),
                     jti,
@@ -582,12 +658,10 @@ impl MemoryStore {
     async fn live(&self, uid: Uuid, sid: Uuid) -> Option<Arc<Mutex<MemSession>>> {
         let entry = self.sessions.get(&sid).await?;
         let live = entry.lock().ok().is_some_and(|s| {
-            let state = SessionState {
-                user_id: s.rec.user_id,
-                expires_at: s.rec.expires_at,
-                last_seen_at: s.rec.last_seen_at,
-            };
-            s.rec.user_id == uid && self.lifetimes.is_live(&state, now_unix())
+            s.rec.user_id == uid
+                && self
+                    .lifetimes
+                    .is_live(s.rec.expires_at, s.rec.last_seen_at, now_unix())
         });
         if live {
             return Some(entry);
@@ -645,6 +719,7 @@ impl MemoryStore {
             user_id: uid,
             expires_at: s.rec.expires_at,
             last_seen_at: s.rec.last_seen_at,
+            access: s.rec.access.clone(),
         })
     }
 
@@ -678,6 +753,19 @@ impl MemoryStore {
             }
         }
         revoked
+    }
+
+    async fn set_access(&self, uid: Uuid, access: &Access) -> usize {
+        let mut n = 0;
+        for sid in self.user_sids(uid) {
+            if let Some(entry) = self.live(uid, sid).await {
+                if let Ok(mut s) = entry.lock() {
+                    s.rec.access = Arc::new(access.clone());
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     async fn list(&self, uid: Uuid) -> Vec<SessionRecord> {
@@ -722,7 +810,7 @@ impl MemoryStore {
                 s.rec.last_seen_at = now;
                 return Rotation::Rotated {
                     expires_at: s.rec.expires_at,
-                    roles: s.rec.roles.clone(),
+                    access: s.rec.access.clone(),
                 };
             }
             if s.prev_hash.as_deref() == Some(hash.as_str())
@@ -730,7 +818,7 @@ impl MemoryStore {
             {
                 return Rotation::Replayed {
                     expires_at: s.rec.expires_at,
-                    roles: s.rec.roles.clone(),
+                    access: s.rec.access.clone(),
                     rotated_at: s.rotated_at,
                     sealed_successor: s.sealed_successor.clone(),
                     jti: s.jti,

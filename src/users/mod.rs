@@ -1,6 +1,9 @@
 //! The UserStore actor owns sea-orm access to the users table, plus the rules for what a valid
 //! email, password and name are.
+pub mod admin;
 pub mod password;
+
+pub use admin::*;
 
 use std::time::Duration;
 
@@ -9,7 +12,7 @@ use chrono::{DateTime, Utc};
 use entities::user;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, Set, SqlErr, Statement,
+    QueryFilter, Set, SqlErr, Statement, TransactionTrait,
 };
 use serde::Serialize;
 
@@ -23,6 +26,11 @@ pub enum UserStoreError {
     EmailTaken,
     #[error("user not found")]
     NotFound,
+    #[error("unknown role: {0}")]
+    UnknownRole(String),
+    /// The change would break an invariant (the last admin, an existing role name).
+    #[error("{0}")]
+    Conflict(String),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
@@ -53,18 +61,13 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
-/// Every account has the `user` role until roles are stored per user.
-pub fn default_roles() -> Vec<String> {
-    vec!["user".to_string()]
-}
-
-impl From<&user::Model> for User {
-    fn from(m: &user::Model) -> Self {
+impl User {
+    pub fn new(m: &user::Model, roles: Vec<String>) -> Self {
         User {
             id: m.id,
             email: m.email.clone(),
             name: m.name.clone(),
-            roles: default_roles(),
+            roles,
             created_at: m.created_at,
         }
     }
@@ -155,7 +158,7 @@ impl UserStore {
 }
 
 /// A database handle with its call bound and metrics.
-struct Db {
+pub(crate) struct Db {
     conn: DatabaseConnection,
     timeout: Duration,
     metrics: CallMetrics,
@@ -178,6 +181,23 @@ impl Db {
         };
         self.metrics.observe(op, bounded).await
     }
+
+    /// Like [`Db::call`], for a multi-statement unit (a transaction) with its own error type.
+    async fn call_tx<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, UserStoreError>>,
+    ) -> Result<T, UserStoreError> {
+        let bounded = async {
+            match tokio::time::timeout(self.timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(UserStoreError::Unavailable(
+                    "database call timed out".into(),
+                )),
+            }
+        };
+        self.metrics.observe(op, bounded).await
+    }
 }
 
 impl Actor for UserStore {
@@ -188,12 +208,14 @@ impl Actor for UserStore {
     }
 }
 
+/// A new account with its roles (which must exist), in one transaction.
 #[derive(Message)]
 #[rtype(result = "Result<User, UserStoreError>")]
 pub struct CreateUser {
     pub email: String,
     pub name: Option<String>,
     pub password_hash: String,
+    pub roles: Vec<String>,
 }
 
 impl Handler<CreateUser> for UserStore {
@@ -210,9 +232,19 @@ impl Handler<CreateUser> for UserStore {
                 password_hash: Set(msg.password_hash),
                 created_at: Set(now),
                 updated_at: Set(now),
+                disabled_at: Set(None),
             };
-            let saved = db.call("insert_user", model.insert(&db.conn)).await?;
-            Ok(User::from(&saved))
+            let roles = admin::normalize_roles(msg.roles);
+            let insert = async {
+                let txn = db.conn.begin().await?;
+                admin::check_roles_exist(&txn, &roles).await?;
+                let saved = model.insert(&txn).await?;
+                admin::insert_roles(&txn, saved.id, &roles).await?;
+                txn.commit().await?;
+                Ok::<_, UserStoreError>(saved)
+            };
+            let saved = db.call_tx("insert_user", insert).await?;
+            Ok(User::new(&saved, roles))
         })
     }
 }
@@ -244,16 +276,17 @@ impl Handler<FindById> for UserStore {
     fn handle(&mut self, msg: FindById, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
         Box::pin(async move {
-            let found = db
-                .call(
-                    "find_user_by_id",
-                    user::Entity::find_by_id(msg.0).one(&db.conn),
-                )
-                .await?;
-            found
-                .as_ref()
-                .map(User::from)
-                .ok_or(UserStoreError::NotFound)
+            let find = async {
+                let Some(found) = user::Entity::find_by_id(msg.0).one(&db.conn).await? else {
+                    return Err(UserStoreError::NotFound);
+                };
+                let roles = admin::roles_of(&db.conn, &[found.id]).await?;
+                Ok(User::new(
+                    &found,
+                    roles.get(&found.id).cloned().unwrap_or_default(),
+                ))
+            };
+            db.call_tx("find_user_by_id", find).await
         })
     }
 }

@@ -1,0 +1,260 @@
+//! The audit trail: security-relevant events, written to `audit_events` off the request path.
+//!
+//! Handlers call [`AuditLog::record`], which only puts the event on a bounded queue (never
+//! waits). One writer task drains the queue in batches through the UserStore actor, retrying a
+//! failed batch with backoff; inserts are idempotent (the event id is made here), so a retry after
+//! an ambiguous failure does not write an event twice. A full queue (the database has been down
+//! for a long while) drops events and counts them in `sessiond_audit_events_total{outcome="dropped"}`.
+use std::time::Duration;
+
+use actix::Addr;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::{
+    metrics::Metrics,
+    users::{UserStore, WriteAudit},
+};
+
+/// Events queued at most; beyond this they are dropped (and counted).
+const QUEUE: usize = 10_000;
+const BATCH: usize = 256;
+/// How long a stopping server keeps trying to write what is queued.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One event, as recorded.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub event_type: &'static str,
+    pub actor_id: Option<Uuid>,
+    pub subject_id: Option<Uuid>,
+    pub ip: Option<String>,
+    pub outcome: &'static str,
+    pub detail: serde_json::Value,
+}
+
+impl AuditEvent {
+    fn new(event_type: &'static str, outcome: &'static str) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            occurred_at: Utc::now(),
+            event_type,
+            actor_id: None,
+            subject_id: None,
+            ip: None,
+            outcome,
+            detail: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    pub fn success(event_type: &'static str) -> Self {
+        Self::new(event_type, "success")
+    }
+
+    /// Wrong credentials.
+    pub fn failure(event_type: &'static str) -> Self {
+        Self::new(event_type, "failure")
+    }
+
+    /// Refused by policy: missing permission, throttling, last admin, token reuse.
+    pub fn denied(event_type: &'static str) -> Self {
+        Self::new(event_type, "denied")
+    }
+
+    pub fn actor(mut self, id: impl Into<Option<Uuid>>) -> Self {
+        self.actor_id = id.into();
+        self
+    }
+
+    pub fn subject(mut self, id: impl Into<Option<Uuid>>) -> Self {
+        self.subject_id = id.into();
+        self
+    }
+
+    /// The user acting on their own account.
+    pub fn by(self, user: Uuid) -> Self {
+        self.actor(user).subject(user)
+    }
+
+    pub fn ip(mut self, ip: Option<String>) -> Self {
+        self.ip = ip;
+        self
+    }
+
+    /// Event-specific facts; never secrets.
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// The public shape of an event (GET /admin/audit).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditEventView {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    #[schema(example = "login")]
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    /// Who did it (null: the system, or an unauthenticated caller).
+    pub actor_id: Option<Uuid>,
+    /// The account it was done to (null: none, or unknown).
+    pub subject_id: Option<Uuid>,
+    pub ip: Option<String>,
+    /// success, failure (wrong credentials) or denied (refused by policy)
+    #[schema(example = "success")]
+    pub outcome: String,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// The cloneable handle handlers record through.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<AuditEvent>,
+    metrics: Metrics,
+}
+
+/// Stops the writer: what is queued is written (for at most [`DRAIN_DEADLINE`]).
+pub struct AuditWriter {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AuditWriter {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(DRAIN_DEADLINE * 2, self.task).await;
+    }
+}
+
+impl AuditLog {
+    /// Starts the writer task (on the current actix/tokio runtime).
+    pub fn start(users: Addr<UserStore>, metrics: Metrics) -> (Self, AuditWriter) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (stop, stopped) = watch::channel(false);
+        let task = actix_web::rt::spawn(write_loop(rx, stopped, users, metrics.clone()));
+        (Self { tx, metrics }, AuditWriter { stop, task })
+    }
+
+    /// Queues the event; never waits.
+    pub fn record(&self, event: AuditEvent) {
+        tracing::info!(
+            audit = event.event_type,
+            outcome = event.outcome,
+            actor_id = ?event.actor_id,
+            subject_id = ?event.subject_id,
+            "audit event"
+        );
+        match self.tx.try_send(event) {
+            Ok(()) => self.metrics.audit_queue.inc(),
+            Err(_) => {
+                self.metrics
+                    .audit_events
+                    .with_label_values(&["dropped"])
+                    .inc();
+                tracing::error!("audit queue full or closed: event dropped");
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<AuditEvent>,
+    mut stopped: watch::Receiver<bool>,
+    users: Addr<UserStore>,
+    metrics: Metrics,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            event = rx.recv() => match event {
+                Some(e) => batch.push(e),
+                None => break,
+            },
+            _ = stopped.changed() => break,
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        write(&mut batch, &users, &metrics, Some(&mut stopped)).await;
+    }
+    // Stopping: write what is left, within the deadline.
+    rx.close();
+    let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+    loop {
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty()
+            || tokio::time::timeout_at(deadline, write(&mut batch, &users, &metrics, None))
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+    let lost = batch.len() + rx.len();
+    if lost > 0 {
+        metrics
+            .audit_events
+            .with_label_values(&["dropped"])
+            .inc_by(lost as u64);
+        tracing::error!(lost, "audit events not written before shutdown");
+    }
+}
+
+/// Writes the batch, retrying with backoff until it succeeds; while `stopped` is given, a stop
+/// request ends the retrying (the drain gets another go at it).
+async fn write(
+    batch: &mut Vec<AuditEvent>,
+    users: &Addr<UserStore>,
+    metrics: &Metrics,
+    mut stopped: Option<&mut watch::Receiver<bool>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !batch.is_empty() {
+        let n = batch.len();
+        match users.send(WriteAudit(batch.clone())).await {
+            Ok(Ok(())) => {
+                metrics
+                    .audit_events
+                    .with_label_values(&["written"])
+                    .inc_by(n as u64);
+                metrics.audit_queue.sub(n as i64);
+                batch.clear();
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(cause = %e, events = n, "audit write failed; retrying"),
+            Err(e) => tracing::warn!(cause = %e, events = n, "audit write not delivered; retrying"),
+        }
+        metrics
+            .audit_events
+            .with_label_values(&["write_failed"])
+            .inc();
+        match stopped.as_deref_mut() {
+            Some(s) => {
+                if *s.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = s.changed() => return,
+                }
+            }
+            None => tokio::time::sleep(backoff).await,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

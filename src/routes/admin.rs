@@ -1,0 +1,573 @@
+//! The admin API: accounts, their roles and sessions, roles, and the audit trail. Every handler
+//! takes an [`Authorized<P>`], so the permission check is part of its signature; path ids and
+//! bodies are read only after it passed, so a caller without the permission learns nothing but
+//! 403.
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::sync::Arc;
+use uuid::Uuid;
+
+use super::{client_ip, resource};
+use crate::{
+    audit::{AuditEvent, AuditEventView},
+    auth::{
+        access::{
+            validate_permission, validate_role_name, AuditRead, SessionsRevoke, UsersRead,
+            UsersWrite,
+        },
+        Access, Authorized,
+    },
+    error::ApiError,
+    session::{ListSessions, RevokeAll, SetAccess},
+    state::AppState,
+    users::{
+        AdminUser, CreateRole, DeleteUser, FindAccess, GetUser, ListAudit, ListRoles, ListUsers,
+        PageRequest, RoleView, SetDisabled, SetRoles, UserStoreError,
+    },
+};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/admin/users", "GET").route(web::get().to(list_users)))
+        .service(
+            resource("/admin/users/{id}", "GET, DELETE")
+                .route(web::get().to(get_user))
+                .route(web::delete().to(delete_user)),
+        )
+        .service(resource("/admin/users/{id}/roles", "PUT").route(web::put().to(set_roles)))
+        .service(resource("/admin/users/{id}/disable", "POST").route(web::post().to(disable_user)))
+        .service(resource("/admin/users/{id}/enable", "POST").route(web::post().to(enable_user)))
+        .service(
+            resource("/admin/users/{id}/sessions", "GET, DELETE")
+                .route(web::get().to(list_user_sessions))
+                .route(web::delete().to(revoke_user_sessions)),
+        )
+        .service(
+            resource("/admin/roles", "GET, POST")
+                .route(web::get().to(list_roles))
+                .route(web::post().to(create_role)),
+        )
+        .service(resource("/admin/audit", "GET").route(web::get().to(list_audit)));
+}
+
+pub const DEFAULT_PER_PAGE: u64 = 50;
+pub const MAX_PER_PAGE: u64 = 200;
+
+fn page_request(page: Option<u64>, per_page: Option<u64>) -> Result<PageRequest, ApiError> {
+    let page = page.unwrap_or(1);
+    let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
+    if !(1..=1_000_000).contains(&page) {
+        return Err(ApiError::invalid("page must be between 1 and 1000000"));
+    }
+    if !(1..=MAX_PER_PAGE).contains(&per_page) {
+        return Err(ApiError::invalid(format!(
+            "per_page must be between 1 and {MAX_PER_PAGE}"
+        )));
+    }
+    Ok(PageRequest { page, per_page })
+}
+
+fn path_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id must be a UUID"))
+}
+
+/// Reads a JSON body after authorization, with the app's JsonConfig (limits, 415, error shape).
+async fn json_body<T: DeserializeOwned + 'static>(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, actix_web::Error> {
+    use actix_web::FromRequest;
+    let mut payload = payload.into_inner();
+    Ok(web::Json::<T>::from_request(req, &mut payload)
+        .await?
+        .into_inner())
+}
+
+/// Brings every live session of the user in line with the roles in the database, on every pod.
+/// Re-reads after writing so that concurrent role changes converge on the last one committed.
+/// Returns the account's access, or `None` if it no longer exists.
+pub(crate) async fn sync_session_access(
+    state: &AppState,
+    user_id: Uuid,
+) -> Result<Option<Access>, ApiError> {
+    let mut current = state.users.send(FindAccess(user_id)).await??;
+    for _ in 0..3 {
+        let Some(account) = current else {
+            return Ok(None);
+        };
+        state
+            .sessions
+            .send(SetAccess {
+                user_id,
+                access: Arc::new(account.access.clone()),
+            })
+            .await??;
+        current = state.users.send(FindAccess(user_id)).await??;
+        if current.as_ref().map(|c| &c.access) == Some(&account.access) {
+            return Ok(Some(account.access));
+        }
+    }
+    Ok(current.map(|c| c.access))
+}
+
+/// One page of accounts.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserPage {
+    items: Vec<AdminUser>,
+    page: u64,
+    per_page: u64,
+    total: u64,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UserListQuery {
+    /// Accounts whose (normalized) email starts with this; `%` and `_` are literal.
+    #[param(max_length = 254)]
+    email_prefix: Option<String>,
+    /// From 1.
+    #[param(minimum = 1, maximum = 1000000)]
+    page: Option<u64>,
+    /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
+    per_page: Option<u64>,
+}
+
+/// List accounts, ordered by email.
+#[utoipa::path(get, path = "/admin/users", tag = "admin", security(("bearer" = [])), params(UserListQuery),
+    responses(
+        (status = 200, description = "One page of accounts (permission `users:read`)", body = UserPage),
+        (status = 400, description = "Invalid query parameter (`invalid_request`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn list_users(
+    _: Authorized<UsersRead>,
+    state: web::Data<AppState>,
+    query: web::Query<UserListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let page = page_request(q.page, q.per_page)?;
+    let email_prefix = q.email_prefix.map(|p| p.trim().to_lowercase());
+    if email_prefix.as_ref().is_some_and(|p| p.len() > 254) {
+        return Err(ApiError::invalid("email_prefix must be at most 254 bytes"));
+    }
+    let (items, total) = state.users.send(ListUsers { email_prefix, page }).await??;
+    Ok(HttpResponse::Ok().json(UserPage {
+        items,
+        page: page.page,
+        per_page: page.per_page,
+        total,
+    }))
+}
+
+/// One account, with `disabled`.
+#[utoipa::path(get, path = "/admin/users/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account (permission `users:read`)", body = AdminUser),
+        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn get_user(
+    _: Authorized<UsersRead>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = state.users.send(GetUser(path_id(&id)?)).await??;
+    Ok(HttpResponse::Ok().json(user))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolesBody {
+    /// The account's roles from now on; `user` is always kept.
+    #[schema(example = json!(["admin"]), max_items = 32)]
+    roles: Vec<String>,
+}
+
+/// Replace an account's roles. Every live session of the account carries the new roles and
+/// permissions from its next request on, on every pod.
+#[utoipa::path(put, path = "/admin/users/{id}/roles", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Account id")), request_body = RolesBody,
+    responses(
+        (status = 200, description = "The account after the change (permission `users:write`)", body = AdminUser),
+        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
+        (status = 409, description = "The change would leave no enabled admin (`conflict`); nothing changed", body = crate::error::ErrorBody),
+    ))]
+pub async fn set_roles(
+    admin: Authorized<UsersWrite>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let user_id = path_id(&id)?;
+    let body: RolesBody = json_body(&req, payload).await?;
+    if body.roles.len() > 32 {
+        return Err(ApiError::invalid("at most 32 roles").into());
+    }
+    for r in &body.roles {
+        validate_role_name(r).map_err(ApiError::InvalidRequest)?;
+    }
+    let ip = client_ip(&req, &state.config.trusted_proxies);
+    let event = |e: AuditEvent| e.actor(admin.user_id).subject(user_id).ip(ip.clone());
+    let (user, previous) = match state
+        .users
+        .send(SetRoles {
+            user_id,
+            roles: body.roles.clone(),
+        })
+        .await
+        .map_err(ApiError::from)?
+    {
+        Ok(changed) => changed,
+        Err(e @ UserStoreError::Conflict(_)) => {
+            // Nothing changed, so the current roles are the ones the change would have replaced.
+            let previous = match state.users.send(GetUser(user_id)).await {
+                Ok(Ok(u)) => u.roles,
+                _ => Vec::new(),
+            };
+            state
+                .audit
+                .record(
+                    event(AuditEvent::denied("role_change")).detail(serde_json::json!({
+                        "roles": crate::users::normalize_roles(body.roles),
+                        "previous": previous,
+                    })),
+                );
+            return Err(ApiError::from(e).into());
+        }
+        Err(e) => return Err(ApiError::from(e).into()),
+    };
+    if user.roles != previous {
+        state.audit.record(
+            event(AuditEvent::success("role_change"))
+                .detail(serde_json::json!({"roles": user.roles, "previous": previous})),
+        );
+        state.profiles.invalidate(&user_id).await;
+    }
+    // Also when nothing changed: a retry after a failed session update completes it.
+    sync_session_access(&state, user_id).await?;
+    Ok(HttpResponse::Ok().json(user))
+}
+
+async fn set_disabled(
+    admin: &Authorized<UsersWrite>,
+    req: &HttpRequest,
+    state: &AppState,
+    raw_id: &str,
+    disabled: bool,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path_id(raw_id)?;
+    let kind = if disabled {
+        "user_disable"
+    } else {
+        "user_enable"
+    };
+    let event = |e: AuditEvent| {
+        e.actor(admin.user_id)
+            .subject(user_id)
+            .ip(client_ip(req, &state.config.trusted_proxies))
+    };
+    match state.users.send(SetDisabled { user_id, disabled }).await? {
+        Ok(true) => state.audit.record(event(AuditEvent::success(kind))),
+        Ok(false) => {}
+        Err(e @ UserStoreError::Conflict(_)) => {
+            state.audit.record(event(AuditEvent::denied(kind)));
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if disabled {
+        // Also when it was disabled already: a retry after a failed revocation completes it.
+        state
+            .sessions
+            .send(RevokeAll {
+                user_id,
+                except: None,
+            })
+            .await??;
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Disable an account: no logins, and every session ends on every pod.
+#[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Account id")),
+    responses(
+        (status = 204, description = "Disabled (permission `users:write`); every session of the account is revoked"),
+        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
+        (status = 409, description = "It is the last enabled admin (`conflict`); nothing changed", body = crate::error::ErrorBody),
+    ))]
+pub async fn disable_user(
+    admin: Authorized<UsersWrite>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_disabled(&admin, &req, &state, &id, true).await
+}
+
+/// Enable a disabled account: it can log in again.
+#[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Account id")),
+    responses(
+        (status = 204, description = "Enabled (permission `users:write`)"),
+        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn enable_user(
+    admin: Authorized<UsersWrite>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_disabled(&admin, &req, &state, &id, false).await
+}
+
+/// Delete an account: its sessions end on every pod; its audit events stay.
+#[utoipa::path(delete, path = "/admin/users/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Account id")),
+    responses(
+        (status = 204, description = "Deleted (permission `users:write`)"),
+        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
+        (status = 409, description = "It is the last enabled admin (`conflict`); nothing changed", body = crate::error::ErrorBody),
+    ))]
+pub async fn delete_user(
+    admin: Authorized<UsersWrite>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path_id(&id)?;
+    let event = |e: AuditEvent| {
+        e.actor(admin.user_id)
+            .subject(user_id)
+            .ip(client_ip(&req, &state.config.trusted_proxies))
+    };
+    match state.users.send(DeleteUser(user_id)).await? {
+        Ok(()) => state
+            .audit
+            .record(event(AuditEvent::success("user_delete"))),
+        Err(e @ UserStoreError::Conflict(_)) => {
+            state.audit.record(event(AuditEvent::denied("user_delete")));
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    state.profiles.invalidate(&user_id).await;
+    state
+        .sessions
+        .send(RevokeAll {
+            user_id,
+            except: None,
+        })
+        .await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A session as administrators see it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AdminSessionItem {
+    id: Uuid,
+    created_at: chrono::DateTime<chrono::Utc>,
+    last_seen_at: chrono::DateTime<chrono::Utc>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AdminSessionList {
+    items: Vec<AdminSessionItem>,
+}
+
+/// An account's live sessions.
+#[utoipa::path(get, path = "/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account's live sessions, oldest first (permission `sessions:revoke`)", body = AdminSessionList),
+        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn list_user_sessions(
+    _: Authorized<SessionsRevoke>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path_id(&id)?;
+    state.users.send(GetUser(user_id)).await??;
+    let records = state.sessions.send(ListSessions(user_id)).await??;
+    let ts = super::session::timestamp;
+    let items = records
+        .into_iter()
+        .map(|r| {
+            Ok(AdminSessionItem {
+                id: r.session_id,
+                created_at: ts(r.created_at)?,
+                last_seen_at: ts(r.last_seen_at)?,
+                expires_at: ts(r.expires_at)?,
+                ip: r.ip,
+                user_agent: r.user_agent,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(HttpResponse::Ok().json(AdminSessionList { items }))
+}
+
+/// End every session of an account, on every pod.
+#[utoipa::path(delete, path = "/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Account id")),
+    responses(
+        (status = 204, description = "Every session of the account is revoked (permission `sessions:revoke`)"),
+        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn revoke_user_sessions(
+    admin: Authorized<SessionsRevoke>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path_id(&id)?;
+    state.users.send(GetUser(user_id)).await??;
+    let revoked = state
+        .sessions
+        .send(RevokeAll {
+            user_id,
+            except: None,
+        })
+        .await??;
+    state.audit.record(
+        AuditEvent::success("sessions_revoke")
+            .actor(admin.user_id)
+            .subject(user_id)
+            .ip(client_ip(&req, &state.config.trusted_proxies))
+            .detail(serde_json::json!({ "revoked": revoked })),
+    );
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RoleList {
+    items: Vec<RoleView>,
+}
+
+/// Roles and their permissions, ordered by name.
+#[utoipa::path(get, path = "/admin/roles", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Every role (permission `users:write`)", body = RoleList)))]
+pub async fn list_roles(
+    _: Authorized<UsersWrite>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let items = state.users.send(ListRoles).await??;
+    Ok(HttpResponse::Ok().json(RoleList { items }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleBody {
+    #[schema(example = "support", pattern = "^[a-z][a-z0-9_-]{0,63}$")]
+    name: String,
+    /// `resource:action` strings; sessiond's own are users:read, users:write, sessions:revoke
+    /// and audit:read, others are for the services behind it.
+    #[schema(example = json!(["users:read", "sessions:revoke"]), max_items = 64)]
+    permissions: Vec<String>,
+}
+
+/// Create a role. Roles cannot be changed afterwards (create a new one and reassign), so the
+/// permissions a session carries always match its roles.
+#[utoipa::path(post, path = "/admin/roles", tag = "admin", security(("bearer" = [])), request_body = RoleBody,
+    responses(
+        (status = 201, description = "Role created (permission `users:write`)", body = RoleView),
+        (status = 409, description = "A role with this name exists (`conflict`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn create_role(
+    admin: Authorized<UsersWrite>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let body: RoleBody = json_body(&req, payload).await?;
+    validate_role_name(&body.name).map_err(ApiError::InvalidRequest)?;
+    if body.permissions.len() > 64 {
+        return Err(ApiError::invalid("at most 64 permissions per role").into());
+    }
+    for p in &body.permissions {
+        validate_permission(p).map_err(ApiError::InvalidRequest)?;
+    }
+    let role = state
+        .users
+        .send(CreateRole {
+            name: body.name,
+            permissions: body.permissions,
+        })
+        .await
+        .map_err(ApiError::from)?
+        .map_err(ApiError::from)?;
+    state.audit.record(
+        AuditEvent::success("role_create")
+            .actor(admin.user_id)
+            .ip(client_ip(&req, &state.config.trusted_proxies))
+            .detail(serde_json::json!({"name": role.name, "permissions": role.permissions})),
+    );
+    Ok(HttpResponse::Created().json(role))
+}
+
+/// One page of audit events.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    items: Vec<AuditEventView>,
+    page: u64,
+    per_page: u64,
+    total: u64,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Events where this account is the actor or the subject.
+    user_id: Option<Uuid>,
+    /// One event type, e.g. `login`, `role_change`.
+    #[serde(rename = "type")]
+    #[param(rename = "type", max_length = 32)]
+    event_type: Option<String>,
+    #[param(minimum = 1, maximum = 1000000)]
+    page: Option<u64>,
+    #[param(minimum = 1, maximum = 200)]
+    per_page: Option<u64>,
+}
+
+/// The audit trail, newest first.
+#[utoipa::path(get, path = "/admin/audit", tag = "admin", security(("bearer" = [])), params(AuditQuery),
+    responses(
+        (status = 200, description = "One page of events (permission `audit:read`)", body = AuditPage),
+        (status = 400, description = "Invalid query parameter (`invalid_request`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn list_audit(
+    _: Authorized<AuditRead>,
+    state: web::Data<AppState>,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let page = page_request(q.page, q.per_page)?;
+    if q.event_type.as_ref().is_some_and(|t| t.len() > 32) {
+        return Err(ApiError::invalid("type must be at most 32 characters"));
+    }
+    let (items, total) = state
+        .users
+        .send(ListAudit {
+            user_id: q.user_id,
+            event_type: q.event_type,
+            page,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(AuditPage {
+        items,
+        page: page.page,
+        per_page: page.per_page,
+        total,
+    }))
+}

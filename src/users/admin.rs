@@ -1,0 +1,708 @@
+//! Roles, permissions, account administration and the audit trail's storage: the UserStore
+//! messages behind the admin API. Changes that could leave no enabled admin run in a transaction
+//! that first locks the `admin` role row (PostgreSQL; SQLite serializes writers anyway), so two
+//! admins demoting each other at once cannot both succeed.
+use std::collections::{BTreeSet, HashMap};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use entities::{audit_event, role, role_permission, user, user_role};
+use sea_orm::{
+    sea_query::{LikeExpr, OnConflict},
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{UserStore, UserStoreError};
+use crate::{
+    audit::{AuditEvent, AuditEventView},
+    auth::access::{Access, ADMIN_ROLE, USER_ROLE},
+};
+
+/// An account as administrators see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AdminUser {
+    pub id: Uuid,
+    pub email: String,
+    pub name: Option<String>,
+    pub roles: Vec<String>,
+    /// Union of the roles' permissions.
+    pub permissions: Vec<String>,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RoleView {
+    #[schema(example = "support")]
+    pub name: String,
+    #[schema(example = json!(["users:read"]))]
+    pub permissions: Vec<String>,
+    /// `user` and `admin` are built in.
+    pub builtin: bool,
+}
+
+/// One page of a list: `page` from 1.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    pub page: u64,
+    pub per_page: u64,
+}
+
+/// Sorted, de-duplicated; every account holds `user`.
+pub fn normalize_roles(roles: Vec<String>) -> Vec<String> {
+    let mut set: BTreeSet<String> = roles.into_iter().collect();
+    set.insert(USER_ROLE.to_string());
+    set.into_iter().collect()
+}
+
+pub(crate) async fn check_roles_exist(
+    conn: &impl ConnectionTrait,
+    roles: &[String],
+) -> Result<(), UserStoreError> {
+    let found: BTreeSet<String> = role::Entity::find()
+        .filter(role::Column::Name.is_in(roles.iter().cloned()))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    match roles.iter().find(|r| !found.contains(*r)) {
+        Some(missing) => Err(UserStoreError::UnknownRole(missing.clone())),
+        None => Ok(()),
+    }
+}
+
+pub(crate) async fn insert_roles(
+    conn: &impl ConnectionTrait,
+    user_id: Uuid,
+    roles: &[String],
+) -> Result<(), UserStoreError> {
+    if roles.is_empty() {
+        return Ok(());
+    }
+    let rows = roles.iter().map(|r| user_role::ActiveModel {
+        user_id: Set(user_id),
+        role_name: Set(r.clone()),
+    });
+    user_role::Entity::insert_many(rows)
+        .on_conflict(
+            OnConflict::columns([user_role::Column::UserId, user_role::Column::RoleName])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}
+
+/// The sorted role names of each user.
+pub(crate) async fn roles_of(
+    conn: &impl ConnectionTrait,
+    users: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<String>>, UserStoreError> {
+    let rows = user_role::Entity::find()
+        .filter(user_role::Column::UserId.is_in(users.iter().copied()))
+        .order_by_asc(user_role::Column::RoleName)
+        .all(conn)
+        .await?;
+    let mut out: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for r in rows {
+        out.entry(r.user_id).or_default().push(r.role_name);
+    }
+    Ok(out)
+}
+
+/// The sorted permissions of each role.
+async fn permissions_of(
+    conn: &impl ConnectionTrait,
+    roles: impl IntoIterator<Item = String>,
+) -> Result<HashMap<String, Vec<String>>, UserStoreError> {
+    let rows = role_permission::Entity::find()
+        .filter(role_permission::Column::RoleName.is_in(roles))
+        .order_by_asc(role_permission::Column::Permission)
+        .all(conn)
+        .await?;
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for r in rows {
+        out.entry(r.role_name).or_default().push(r.permission);
+    }
+    Ok(out)
+}
+
+/// Roles and effective permissions of each of `users`.
+async fn access_of(
+    conn: &impl ConnectionTrait,
+    users: &[Uuid],
+) -> Result<HashMap<Uuid, Access>, UserStoreError> {
+    let roles = roles_of(conn, users).await?;
+    let names: BTreeSet<String> = roles.values().flatten().cloned().collect();
+    let perms = permissions_of(conn, names).await?;
+    Ok(roles
+        .into_iter()
+        .map(|(uid, roles)| {
+            let p = roles
+                .iter()
+                .flat_map(|r| perms.get(r).cloned().unwrap_or_default())
+                .collect();
+            (uid, Access::new(roles, p))
+        })
+        .collect())
+}
+
+async fn admin_views(
+    conn: &impl ConnectionTrait,
+    models: Vec<user::Model>,
+) -> Result<Vec<AdminUser>, UserStoreError> {
+    let ids: Vec<Uuid> = models.iter().map(|m| m.id).collect();
+    let mut access = access_of(conn, &ids).await?;
+    Ok(models
+        .into_iter()
+        .map(|m| {
+            let a = access.remove(&m.id).unwrap_or_default();
+            AdminUser {
+                id: m.id,
+                email: m.email,
+                name: m.name,
+                roles: a.roles,
+                permissions: a.permissions,
+                disabled: m.disabled_at.is_some(),
+                created_at: m.created_at,
+            }
+        })
+        .collect())
+}
+
+async fn admin_view(
+    conn: &impl ConnectionTrait,
+    user_id: Uuid,
+) -> Result<AdminUser, UserStoreError> {
+    let found = user::Entity::find_by_id(user_id)
+        .one(conn)
+        .await?
+        .ok_or(UserStoreError::NotFound)?;
+    admin_views(conn, vec![found])
+        .await?
+        .pop()
+        .ok_or(UserStoreError::NotFound)
+}
+
+/// Serializes changes that can remove an admin (PostgreSQL row lock; SQLite has one writer).
+async fn lock_admins(conn: &impl ConnectionTrait) -> Result<(), UserStoreError> {
+    if conn.get_database_backend() == DatabaseBackend::Postgres {
+        conn.execute_raw(Statement::from_string(
+            DatabaseBackend::Postgres,
+            "SELECT name FROM roles WHERE name = 'admin' FOR UPDATE",
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Refuses a change after which no enabled account holds `admin`, where `target` is the
+/// account about to lose it (demoted, disabled or deleted).
+async fn ensure_another_admin(
+    conn: &impl ConnectionTrait,
+    target: &user::Model,
+    what: &str,
+) -> Result<(), UserStoreError> {
+    let target_is_admin = target.disabled_at.is_none()
+        && user_role::Entity::find_by_id((target.id, ADMIN_ROLE.to_string()))
+            .one(conn)
+            .await?
+            .is_some();
+    if !target_is_admin {
+        return Ok(());
+    }
+    let others = user_role::Entity::find()
+        .inner_join(user::Entity)
+        .filter(user_role::Column::RoleName.eq(ADMIN_ROLE))
+        .filter(user::Column::DisabledAt.is_null())
+        .filter(user_role::Column::UserId.ne(target.id))
+        .count(conn)
+        .await?;
+    if others == 0 {
+        return Err(UserStoreError::Conflict(format!(
+            "{what} would leave no enabled admin; grant the admin role to another account first"
+        )));
+    }
+    Ok(())
+}
+
+async fn find_model(
+    conn: &impl ConnectionTrait,
+    user_id: Uuid,
+) -> Result<user::Model, UserStoreError> {
+    user::Entity::find_by_id(user_id)
+        .one(conn)
+        .await?
+        .ok_or(UserStoreError::NotFound)
+}
+
+fn escape_like(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// Roles, permissions and whether the account is disabled: what a session is made of.
+#[derive(Debug, Clone)]
+pub struct AccountAccess {
+    pub access: Access,
+    pub disabled: bool,
+}
+
+/// `None`: no such account.
+#[derive(Message)]
+#[rtype(result = "Result<Option<AccountAccess>, UserStoreError>")]
+pub struct FindAccess(pub Uuid);
+
+impl Handler<FindAccess> for UserStore {
+    type Result = ResponseFuture<Result<Option<AccountAccess>, UserStoreError>>;
+
+    fn handle(&mut self, msg: FindAccess, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call_tx("find_access", async {
+                let Some(found) = user::Entity::find_by_id(msg.0).one(&db.conn).await? else {
+                    return Ok(None);
+                };
+                let access = access_of(&db.conn, &[found.id])
+                    .await?
+                    .remove(&found.id)
+                    .unwrap_or_default();
+                Ok(Some(AccountAccess {
+                    access,
+                    disabled: found.disabled_at.is_some(),
+                }))
+            })
+            .await
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(Vec<AdminUser>, u64), UserStoreError>")]
+pub struct ListUsers {
+    /// Normalized (lower-case); matched literally.
+    pub email_prefix: Option<String>,
+    pub page: PageRequest,
+}
+
+impl Handler<ListUsers> for UserStore {
+    type Result = ResponseFuture<Result<(Vec<AdminUser>, u64), UserStoreError>>;
+
+    fn handle(&mut self, msg: ListUsers, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call_tx("list_users", async {
+                let mut query = user::Entity::find();
+                if let Some(prefix) = msg.email_prefix.filter(|p| !p.is_empty()) {
+                    query = query.filter(
+                        user::Column::Email.like(LikeExpr::new(escape_like(&prefix)).escape('\\')),
+                    );
+                }
+                let total = query.clone().count(&db.conn).await?;
+                let models = query
+                    .order_by_asc(user::Column::Email)
+                    .offset((msg.page.page - 1) * msg.page.per_page)
+                    .limit(msg.page.per_page)
+                    .all(&db.conn)
+                    .await?;
+                Ok((admin_views(&db.conn, models).await?, total))
+            })
+            .await
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<AdminUser, UserStoreError>")]
+pub struct GetUser(pub Uuid);
+
+impl Handler<GetUser> for UserStore {
+    type Result = ResponseFuture<Result<AdminUser, UserStoreError>>;
+
+    fn handle(&mut self, msg: GetUser, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move { db.call_tx("get_user", admin_view(&db.conn, msg.0)).await })
+    }
+}
+
+/// Replaces the account's roles (`user` is always kept). Returns the account after the change
+/// and its roles before it.
+#[derive(Message)]
+#[rtype(result = "Result<(AdminUser, Vec<String>), UserStoreError>")]
+pub struct SetRoles {
+    pub user_id: Uuid,
+    pub roles: Vec<String>,
+}
+
+impl Handler<SetRoles> for UserStore {
+    type Result = ResponseFuture<Result<(AdminUser, Vec<String>), UserStoreError>>;
+
+    fn handle(&mut self, msg: SetRoles, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            let roles = normalize_roles(msg.roles);
+            db.call_tx("set_roles", async {
+                let txn = db.conn.begin().await?;
+                let target = find_model(&txn, msg.user_id).await?;
+                check_roles_exist(&txn, &roles).await?;
+                let previous = roles_of(&txn, &[target.id])
+                    .await?
+                    .remove(&target.id)
+                    .unwrap_or_default();
+                if previous.iter().any(|r| r == ADMIN_ROLE)
+                    && !roles.iter().any(|r| r == ADMIN_ROLE)
+                {
+                    lock_admins(&txn).await?;
+                    ensure_another_admin(&txn, &target, "removing the admin role").await?;
+                }
+                user_role::Entity::delete_many()
+                    .filter(user_role::Column::UserId.eq(target.id))
+                    .filter(user_role::Column::RoleName.is_not_in(roles.iter().cloned()))
+                    .exec(&txn)
+                    .await?;
+                insert_roles(&txn, target.id, &roles).await?;
+                let view = admin_view(&txn, target.id).await?;
+                txn.commit().await?;
+                Ok((view, previous))
+            })
+            .await
+        })
+    }
+}
+
+/// Disables or enables an account. Returns whether anything changed.
+#[derive(Message)]
+#[rtype(result = "Result<bool, UserStoreError>")]
+pub struct SetDisabled {
+    pub user_id: Uuid,
+    pub disabled: bool,
+}
+
+impl Handler<SetDisabled> for UserStore {
+    type Result = ResponseFuture<Result<bool, UserStoreError>>;
+
+    fn handle(&mut self, msg: SetDisabled, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call_tx("set_disabled", async {
+                let txn = db.conn.begin().await?;
+                let target = find_model(&txn, msg.user_id).await?;
+                if target.disabled_at.is_some() == msg.disabled {
+                    return Ok(false);
+                }
+                if msg.disabled {
+                    lock_admins(&txn).await?;
+                    ensure_another_admin(&txn, &target, "disabling this account").await?;
+                }
+                let now = Utc::now();
+                user::ActiveModel {
+                    id: Set(target.id),
+                    disabled_at: Set(msg.disabled.then_some(now)),
+                    updated_at: Set(now),
+                    ..Default::default()
+                }
+                .update(&txn)
+                .await?;
+                txn.commit().await?;
+                Ok(true)
+            })
+            .await
+        })
+    }
+}
+
+/// Removes the account and its roles; the audit trail keeps its events.
+#[derive(Message)]
+#[rtype(result = "Result<(), UserStoreError>")]
+pub struct DeleteUser(pub Uuid);
+
+impl Handler<DeleteUser> for UserStore {
+    type Result = ResponseFuture<Result<(), UserStoreError>>;
+
+    fn handle(&mut self, msg: DeleteUser, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call_tx("delete_user", async {
+                let txn = db.conn.begin().await?;
+                let target = find_model(&txn, msg.0).await?;
+                lock_admins(&txn).await?;
+                ensure_another_admin(&txn, &target, "deleting this account").await?;
+                user_role::Entity::delete_many()
+                    .filter(user_role::Column::UserId.eq(target.id))
+                    .exec(&txn)
+                    .await?;
+                user::Entity::delete_by_id(target.id).exec(&txn).await?;
+                txn.commit().await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<RoleView>, UserStoreError>")]
+pub struct ListRoles;
+
+impl Handler<ListRoles> for UserStore {
+    type Result = ResponseFuture<Result<Vec<RoleView>, UserStoreError>>;
+
+    fn handle(&mut self, _: ListRoles, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call_tx("list_roles", async {
+                let roles = role::Entity::find()
+                    .order_by_asc(role::Column::Name)
+                    .all(&db.conn)
+                    .await?;
+                let mut perms =
+                    permissions_of(&db.conn, roles.iter().map(|r| r.name.clone())).await?;
+                Ok(roles
+                    .into_iter()
+                    .map(|r| RoleView {
+                        permissions: perms.remove(&r.name).unwrap_or_default(),
+                        name: r.name,
+                        builtin: r.builtin,
+                    })
+                    .collect())
+            })
+            .await
+        })
+    }
+}
+
+/// A new role; its name must be free. Name and permissions are validated by the caller.
+#[derive(Message)]
+#[rtype(result = "Result<RoleView, UserStoreError>")]
+pub struct CreateRole {
+    pub name: String,
+    pub permissions: Vec<String>,
+}
+
+impl Handler<CreateRole> for UserStore {
+    type Result = ResponseFuture<Result<RoleView, UserStoreError>>;
+
+    fn handle(&mut self, msg: CreateRole, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            let permissions: Vec<String> = msg
+                .permissions
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let name = msg.name;
+            let exists = || UserStoreError::Conflict(format!("a role named {name} already exists"));
+            db.call_tx("create_role", async {
+                let txn = db.conn.begin().await?;
+                if role::Entity::find_by_id(name.clone())
+                    .one(&txn)
+                    .await?
+                    .is_some()
+                {
+                    return Err(exists());
+                }
+                let inserted = role::ActiveModel {
+                    name: Set(name.clone()),
+                    builtin: Set(false),
+                    created_at: Set(Utc::now()),
+                }
+                .insert(&txn)
+                .await;
+                match inserted {
+                    Ok(_) => {}
+                    // A concurrent creation of the same name.
+                    Err(e)
+                        if matches!(
+                            e.sql_err(),
+                            Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+                        ) =>
+                    {
+                        return Err(exists())
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                if !permissions.is_empty() {
+                    role_permission::Entity::insert_many(permissions.iter().map(|p| {
+                        role_permission::ActiveModel {
+                            role_name: Set(name.clone()),
+                            permission: Set(p.clone()),
+                        }
+                    }))
+                    .exec_without_returning(&txn)
+                    .await?;
+                }
+                txn.commit().await?;
+                Ok(RoleView {
+                    name: name.clone(),
+                    permissions: permissions.clone(),
+                    builtin: false,
+                })
+            })
+            .await
+        })
+    }
+}
+
+/// Gives `role` to the account with this (normalized) email, if it exists (ADMIN_EMAILS at
+/// start-up, the CLI). Returns the account id and its roles before, when something changed.
+#[derive(Message)]
+#[rtype(result = "Result<Option<(Uuid, Vec<String>)>, UserStoreError>")]
+pub struct GrantRole {
+    pub email: String,
+    pub role: String,
+}
+
+impl Handler<GrantRole> for UserStore {
+    type Result = ResponseFuture<Result<Option<(Uuid, Vec<String>)>, UserStoreError>>;
+
+    fn handle(&mut self, msg: GrantRole, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call_tx("grant_role", async {
+                let txn = db.conn.begin().await?;
+                let Some(found) = user::Entity::find()
+                    .filter(user::Column::Email.eq(msg.email))
+                    .one(&txn)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let previous = roles_of(&txn, &[found.id])
+                    .await?
+                    .remove(&found.id)
+                    .unwrap_or_default();
+                if previous.contains(&msg.role) {
+                    return Ok(None);
+                }
+                check_roles_exist(&txn, std::slice::from_ref(&msg.role)).await?;
+                insert_roles(&txn, found.id, &[msg.role]).await?;
+                txn.commit().await?;
+                Ok(Some((found.id, previous)))
+            })
+            .await
+        })
+    }
+}
+
+/// Stores audit events; idempotent (a retried batch writes each event once).
+#[derive(Message)]
+#[rtype(result = "Result<(), UserStoreError>")]
+pub struct WriteAudit(pub Vec<AuditEvent>);
+
+impl Handler<WriteAudit> for UserStore {
+    type Result = ResponseFuture<Result<(), UserStoreError>>;
+
+    fn handle(&mut self, msg: WriteAudit, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            if msg.0.is_empty() {
+                return Ok(());
+            }
+            let rows = msg.0.into_iter().map(|e| audit_event::ActiveModel {
+                id: Set(e.id),
+                occurred_at: Set(e.occurred_at),
+                event_type: Set(e.event_type.to_string()),
+                actor_id: Set(e.actor_id),
+                subject_id: Set(e.subject_id),
+                ip: Set(e.ip),
+                outcome: Set(e.outcome.to_string()),
+                detail: Set(e.detail.to_string()),
+            });
+            let insert = audit_event::Entity::insert_many(rows)
+                .on_conflict(
+                    OnConflict::column(audit_event::Column::Id)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(&db.conn);
+            db.call("write_audit", insert).await.map(|_| ())
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(Vec<AuditEventView>, u64), UserStoreError>")]
+pub struct ListAudit {
+    /// Events where this account is the actor or the subject.
+    pub user_id: Option<Uuid>,
+    pub event_type: Option<String>,
+    pub page: PageRequest,
+}
+
+impl Handler<ListAudit> for UserStore {
+    type Result = ResponseFuture<Result<(Vec<AuditEventView>, u64), UserStoreError>>;
+
+    fn handle(&mut self, msg: ListAudit, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call_tx("list_audit", async {
+                let mut query = audit_event::Entity::find();
+                if let Some(uid) = msg.user_id {
+                    query = query.filter(
+                        Condition::any()
+                            .add(audit_event::Column::ActorId.eq(uid))
+                            .add(audit_event::Column::SubjectId.eq(uid)),
+                    );
+                }
+                if let Some(t) = msg.event_type {
+                    query = query.filter(audit_event::Column::EventType.eq(t));
+                }
+                let total = query.clone().count(&db.conn).await?;
+                let rows = query
+                    .order_by_desc(audit_event::Column::OccurredAt)
+                    .order_by_desc(audit_event::Column::Id)
+                    .offset((msg.page.page - 1) * msg.page.per_page)
+                    .limit(msg.page.per_page)
+                    .all(&db.conn)
+                    .await?;
+                let items = rows
+                    .into_iter()
+                    .map(|r| AuditEventView {
+                        id: r.id,
+                        event_type: r.event_type,
+                        occurred_at: r.occurred_at,
+                        actor_id: r.actor_id,
+                        subject_id: r.subject_id,
+                        ip: r.ip,
+                        outcome: r.outcome,
+                        detail: serde_json::from_str(&r.detail).unwrap_or(serde_json::Value::Null),
+                    })
+                    .collect();
+                Ok((items, total))
+            })
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_take_wildcards_literally() {
+        assert_eq!(escape_like("a_b%c\\"), "a\\_b\\%c\\\\%");
+    }
+
+    #[test]
+    fn every_account_keeps_the_user_role() {
+        assert_eq!(
+            normalize_roles(vec!["admin".into(), "admin".into()]),
+            ["admin", "user"]
+        );
+        assert_eq!(normalize_roles(vec![]), ["user"]);
+    }
+}
