@@ -146,8 +146,8 @@ impl AuditLog {
         tracing::info!(
             audit = event.event_type,
             outcome = event.outcome,
-            actor_id = ?event.actor_id,
-            subject_id = ?event.subject_id,
+            actor_id = event.actor_id.map(tracing::field::display),
+            subject_id = event.subject_id.map(tracing::field::display),
             "audit event"
         );
         match self.tx.try_send(event) {

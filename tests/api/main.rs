@@ -3,6 +3,8 @@
 mod helpers;
 mod proxy;
 
+mod admin;
+mod audit;
 mod cross_pod;
 mod flow;
 mod hardening;

@@ -1,6 +1,6 @@
 //! The real binary, as operators run it: JSON logs free of secrets, and a graceful SIGTERM.
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -9,11 +9,12 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::{both_backends, helpers::*};
+use crate::{admin::ADMIN_PERMISSIONS, audit, both_backends, helpers::*};
 
 both_backends!(
     json_logs_of_a_full_flow_never_contain_secrets,
     sigterm_lets_the_request_in_flight_finish,
+    user_create_cli_reads_the_password_from_stdin_and_grants_roles,
 );
 
 struct Process {
@@ -320,4 +321,161 @@ fn check_config_masks_secrets_and_bad_values_name_the_variable() {
     for sub in ["serve", "migrate", "check-config"] {
         assert!(help.contains(sub), "{help}");
     }
+}
+
+/// Runs `sessiond ARGS` with the deployment's settings and `input` on stdin; waits for the exit.
+fn cli(dep: &Deployment, args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .env_clear()
+        .envs(dep.vars())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    if let Some(mut stdin) = child.stdin.take() {
+        // A refused command line may exit before reading: a broken pipe is expected then.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    child.wait_with_output().expect("binary exits")
+}
+
+#[track_caller]
+fn assert_refused(out: &std::process::Output, what: &str) {
+    assert!(!out.status.success(), "{what}: exit {:?}", out.status);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).trim().is_empty(),
+        "{what}: a message on stderr"
+    );
+}
+
+async fn user_create_cli_reads_the_password_from_stdin_and_grants_roles(backend: Backend) {
+    let dep = Deployment::new(backend).await;
+    let password = "correct horse battery staple 42";
+    let line = format!("{password}\n");
+    let email = |kind: &str| format!("cli-{kind}-{}@example.com", uuid::Uuid::new_v4().simple());
+    let migrated = cli(&dep, &["migrate"], "");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+
+    let admin = email("admin");
+    let out = cli(
+        &dep,
+        &[
+            "user",
+            "create",
+            "--email",
+            &admin,
+            "--name",
+            "Cli Admin",
+            "--role",
+            "admin",
+        ],
+        &line,
+    );
+    assert!(
+        out.status.success(),
+        "user create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let printed: Vec<uuid::Uuid> = stdout
+        .split_whitespace()
+        .filter_map(|w| uuid::Uuid::parse_str(w).ok())
+        .collect();
+    assert_eq!(printed.len(), 1, "prints the new user's id: {stdout}");
+    let id = printed[0].to_string();
+    let plain = email("plain");
+    let out = cli(&dep, &["user", "create", "--email", &plain], &line);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Refused: an existing email, an unknown role, a weak password, a password in argv.
+    assert_refused(
+        &cli(&dep, &["user", "create", "--email", &admin], &line),
+        "existing email",
+    );
+    let unknown_role = email("role");
+    assert_refused(
+        &cli(
+            &dep,
+            &[
+                "user",
+                "create",
+                "--email",
+                &unknown_role,
+                "--role",
+                "no-such-role",
+            ],
+            &line,
+        ),
+        "unknown role",
+    );
+    let weak = email("weak");
+    assert_refused(
+        &cli(&dep, &["user", "create", "--email", &weak], "password\n"),
+        "weak password",
+    );
+    let in_argv = email("argv");
+    assert_refused(
+        &cli(
+            &dep,
+            &[
+                "user",
+                "create",
+                "--email",
+                &in_argv,
+                "--password",
+                password,
+            ],
+            &line,
+        ),
+        "password as an argument",
+    );
+
+    let app = dep.spawn().await;
+    // The trailing newline was not part of the password.
+    let tokens = app.login(&admin, password).await;
+    let session = app.get("/session", Some(&tokens.access)).await;
+    assert_eq!(session.status, StatusCode::OK, "{}", session.body);
+    assert_eq!(session.body["user_id"], id.as_str());
+    assert_eq!(session.body["roles"], json!(["admin", "user"]));
+    assert_eq!(session.body["permissions"], json!(ADMIN_PERMISSIONS));
+    let profile = app.get("/profile", Some(&tokens.access)).await;
+    assert_eq!(profile.body["name"], "Cli Admin", "{}", profile.body);
+    assert_eq!(profile.body["email"], admin.as_str());
+    let r = app.get("/admin/users", Some(&tokens.access)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    let others = app.login(&plain, password).await;
+    let session = app.get("/session", Some(&others.access)).await;
+    assert_eq!(session.body["roles"], json!(["user"]), "{}", session.body);
+    assert_eq!(session.body["permissions"], json!([]), "{}", session.body);
+    for refused in [&unknown_role, &weak, &in_argv] {
+        app.login_reply(refused, password)
+            .await
+            .assert_error(401, "invalid_credentials");
+    }
+    let r = app.get("/admin/users", Some(&tokens.access)).await;
+    assert_eq!(
+        r.body["total"], 2,
+        "only two accounts were created: {}",
+        r.body
+    );
+
+    let events = audit::settled(
+        &app,
+        &tokens.access,
+        &format!("user_id={id}&type=user_create"),
+        1,
+    )
+    .await;
+    audit::assert_event(&events[0], "user_create", None, Some(&id), "success");
 }
