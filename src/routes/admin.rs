@@ -1,7 +1,7 @@
 //! The admin API: accounts, their roles and sessions, roles, and the audit trail. Every handler
-//! takes an [`Authorized<P>`], so the permission check is part of its signature; path ids and
-//! bodies are read only after it passed, so a caller without the permission learns nothing but
-//! 403.
+//! takes an [`Authorized<P>`], so the permission check is part of its signature; path ids, query
+//! strings and bodies are read only after it passed (actix polls extractors together), so a
+//! caller without the permission learns nothing but 403.
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::sync::Arc;
@@ -68,6 +68,12 @@ fn page_request(page: Option<u64>, per_page: Option<u64>) -> Result<PageRequest,
 
 fn path_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id must be a UUID"))
+}
+
+/// Reads the query string after authorization, with the app's QueryConfig (error shape).
+async fn query<T: DeserializeOwned + 'static>(req: &HttpRequest) -> Result<T, actix_web::Error> {
+    use actix_web::FromRequest;
+    Ok(web::Query::<T>::extract(req).await?.into_inner())
 }
 
 /// Reads a JSON body after authorization, with the app's JsonConfig (limits, 415, error shape).
@@ -141,16 +147,21 @@ pub struct UserListQuery {
     ))]
 pub async fn list_users(
     _: Authorized<UsersRead>,
+    req: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<UserListQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let q = query.into_inner();
+) -> Result<HttpResponse, actix_web::Error> {
+    let q: UserListQuery = query(&req).await?;
     let page = page_request(q.page, q.per_page)?;
     let email_prefix = q.email_prefix.map(|p| p.trim().to_lowercase());
     if email_prefix.as_ref().is_some_and(|p| p.len() > 254) {
-        return Err(ApiError::invalid("email_prefix must be at most 254 bytes"));
+        return Err(ApiError::invalid("email_prefix must be at most 254 bytes").into());
     }
-    let (items, total) = state.users.send(ListUsers { email_prefix, page }).await??;
+    let (items, total) = state
+        .users
+        .send(ListUsers { email_prefix, page })
+        .await
+        .map_err(ApiError::from)?
+        .map_err(ApiError::from)?;
     Ok(HttpResponse::Ok().json(UserPage {
         items,
         page: page.page,
@@ -548,13 +559,13 @@ pub struct AuditQuery {
     ))]
 pub async fn list_audit(
     _: Authorized<AuditRead>,
+    req: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<AuditQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let q = query.into_inner();
+) -> Result<HttpResponse, actix_web::Error> {
+    let q: AuditQuery = query(&req).await?;
     let page = page_request(q.page, q.per_page)?;
     if q.event_type.as_ref().is_some_and(|t| t.len() > 32) {
-        return Err(ApiError::invalid("type must be at most 32 characters"));
+        return Err(ApiError::invalid("type must be at most 32 characters").into());
     }
     let (items, total) = state
         .users
@@ -563,7 +574,9 @@ pub async fn list_audit(
             event_type: q.event_type,
             page,
         })
-        .await??;
+        .await
+        .map_err(ApiError::from)?
+        .map_err(ApiError::from)?;
     Ok(HttpResponse::Ok().json(AuditPage {
         items,
         page: page.page,

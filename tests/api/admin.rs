@@ -259,6 +259,30 @@ async fn admin_endpoints_need_their_permission_and_a_valid_existing_id(backend: 
         StatusCode::OK,
         "the victim's session survived the plain user's attempts"
     );
+    // Authorization comes before reading the input: a malformed id, query or body still gets
+    // 403, so a caller without the permission learns nothing about what would be accepted.
+    let malformed: [(Method, &str, Option<Value>); 5] = [
+        (Method::GET, "/admin/users/not-a-uuid", None),
+        (Method::GET, "/admin/users?per_page=abc", None),
+        (Method::GET, "/admin/audit?page=0&user_id=x", None),
+        (
+            Method::PUT,
+            "/admin/users/not-a-uuid/roles",
+            Some(json!({"roles": "nope"})),
+        ),
+        (Method::POST, "/admin/roles", Some(json!({"unknown": 1}))),
+    ];
+    for (method, path, body) in malformed {
+        let r = call(
+            &app,
+            method.clone(),
+            path,
+            Some(&plain.tokens.access),
+            body.as_ref(),
+        )
+        .await;
+        r.assert_error(403, "forbidden");
+    }
 
     // An unknown account: 404 on every per-user endpoint; an id that is no UUID: 400.
     let unknown = Uuid::new_v4().to_string();
