@@ -245,3 +245,74 @@ impl SessionCache {
         self.entries.invalidate_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Access;
+
+    fn state(uid: Uuid, roles: &[&str]) -> SessionState {
+        let roles = roles.iter().map(|r| r.to_string()).collect();
+        SessionState {
+            user_id: uid,
+            expires_at: now_unix() + 3600,
+            last_seen_at: now_unix(),
+            access: Arc::new(Access::new(roles, vec![])),
+        }
+    }
+
+    fn roles_of(lookup: CacheLookup) -> Option<Vec<String>> {
+        match lookup {
+            CacheLookup::Hit { state: Some(s), .. } => Some(s.access.roles.clone()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_role_change_makes_older_entries_stale_not_revoked() {
+        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
+        let cache = SessionCache::new(Duration::from_secs(5), true, lifetimes);
+        let (uid, sid, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let read_at = Instant::now();
+        cache
+            .insert(
+                sid,
+                Arc::new(CacheEntry::new(Some(state(uid, &["user"])), read_at)),
+            )
+            .await;
+        cache
+            .insert(
+                other,
+                Arc::new(CacheEntry::new(
+                    Some(state(Uuid::new_v4(), &["user"])),
+                    read_at,
+                )),
+            )
+            .await;
+        assert_eq!(roles_of(cache.lookup(sid).await), Some(vec!["user".into()]));
+
+        cache.apply(&Invalidation::Access(uid)).await;
+        // Read before the change: ask the store again (bypassing the cached answer).
+        assert!(matches!(
+            cache.lookup(sid).await,
+            CacheLookup::Miss { fresh: true }
+        ));
+        // Other users' sessions are untouched.
+        assert!(roles_of(cache.lookup(other).await).is_some());
+
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let reread = CacheEntry::new(Some(state(uid, &["admin", "user"])), Instant::now());
+        cache.insert(sid, Arc::new(reread)).await;
+        assert_eq!(
+            roles_of(cache.lookup(sid).await),
+            Some(vec!["admin".into(), "user".into()])
+        );
+
+        // A revocation still wins over a re-read.
+        cache.apply(&Invalidation::User(uid)).await;
+        assert!(matches!(
+            cache.lookup(sid).await,
+            CacheLookup::Hit { state: None, .. }
+        ));
+    }
+}

@@ -75,13 +75,14 @@ pub(crate) async fn check_roles_exist(
     }
 }
 
+/// Adds the roles the account does not hold yet; returns how many were added.
 pub(crate) async fn insert_roles(
     conn: &impl ConnectionTrait,
     user_id: Uuid,
     roles: &[String],
-) -> Result<(), UserStoreError> {
+) -> Result<u64, UserStoreError> {
     if roles.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let rows = roles.iter().map(|r| user_role::ActiveModel {
         user_id: Set(user_id),
@@ -94,25 +95,28 @@ pub(crate) async fn insert_roles(
                 .to_owned(),
         )
         .exec_without_returning(conn)
-        .await?;
-    Ok(())
+        .await
+        .map_err(UserStoreError::from)
 }
 
-/// The sorted role names of each user.
+/// The sorted role names of each user; `user` is implied (an account registered by a pod of the
+/// previous version during a rollout has no role rows).
 pub(crate) async fn roles_of(
     conn: &impl ConnectionTrait,
     users: &[Uuid],
 ) -> Result<HashMap<Uuid, Vec<String>>, UserStoreError> {
     let rows = user_role::Entity::find()
         .filter(user_role::Column::UserId.is_in(users.iter().copied()))
-        .order_by_asc(user_role::Column::RoleName)
         .all(conn)
         .await?;
-    let mut out: HashMap<Uuid, Vec<String>> = HashMap::new();
+    let mut out: HashMap<Uuid, Vec<String>> = users.iter().map(|u| (*u, Vec::new())).collect();
     for r in rows {
         out.entry(r.user_id).or_default().push(r.role_name);
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|(u, roles)| (u, normalize_roles(roles)))
+        .collect())
 }
 
 /// The sorted permissions of each role.
@@ -588,9 +592,10 @@ impl Handler<GrantRole> for UserStore {
                     return Ok(None);
                 }
                 check_roles_exist(&txn, std::slice::from_ref(&msg.role)).await?;
-                insert_roles(&txn, found.id, &[msg.role]).await?;
+                // Pods starting together race here; only the one whose row landed reports it.
+                let added = insert_roles(&txn, found.id, &[msg.role]).await?;
                 txn.commit().await?;
-                Ok(Some((found.id, previous)))
+                Ok((added > 0).then_some((found.id, previous)))
             })
             .await
         })
