@@ -24,3 +24,10 @@ pub struct AppState {
     /// Recently read profiles (GET /profile), kept at most SESSION_CACHE_TTL.
     pub profiles: moka::future::Cache<uuid::Uuid, std::sync::Arc<crate::users::User>>,
 }
+
+impl AppState {
+    /// The client's address as audit records and limits see it (see `routes::client_ip`).
+    pub fn client_ip(&self, req: &actix_web::HttpRequest) -> Option<String> {
+        crate::routes::client_ip(req, &self.config.trusted_proxies)
+    }
+}

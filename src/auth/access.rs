@@ -140,10 +140,7 @@ impl<P: Permission + 'static> FromRequest for Authorized<P> {
                 state.audit.record(
                     AuditEvent::denied("access_denied")
                         .actor(session.user_id)
-                        .ip(crate::routes::client_ip(
-                            &req,
-                            &state.config.trusted_proxies,
-                        ))
+                        .ip(state.client_ip(&req))
                         .detail(serde_json::json!({
                             "permission": P::NAME,
                             "route": req.match_pattern().unwrap_or_default(),

@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::{client_ip, resource};
+use super::resource;
 use crate::{
     audit::{AuditEvent, AuditEventView},
     auth::{
@@ -68,6 +68,48 @@ fn page_request(page: Option<u64>, per_page: Option<u64>) -> Result<PageRequest,
 
 fn path_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id must be a UUID"))
+}
+
+/// The audit records of one admin call: the admin is the actor, the account acted on the subject.
+struct AdminAudit<'a> {
+    state: &'a AppState,
+    actor: Uuid,
+    subject: Option<Uuid>,
+    ip: Option<String>,
+}
+
+impl<'a> AdminAudit<'a> {
+    fn new(state: &'a AppState, req: &HttpRequest, admin: Uuid, subject: Option<Uuid>) -> Self {
+        Self {
+            state,
+            actor: admin,
+            subject,
+            ip: state.client_ip(req),
+        }
+    }
+
+    fn record(&self, event: AuditEvent) {
+        self.state.audit.record(
+            event
+                .actor(self.actor)
+                .subject(self.subject)
+                .ip(self.ip.clone()),
+        );
+    }
+
+    /// A change refused by the last-admin rule is recorded as denied (with `detail`) and
+    /// answered 409; other results pass through.
+    fn refused<T>(
+        &self,
+        kind: &'static str,
+        detail: impl FnOnce() -> serde_json::Value,
+        result: Result<T, UserStoreError>,
+    ) -> Result<T, ApiError> {
+        if let Err(UserStoreError::Conflict(_)) = &result {
+            self.record(AuditEvent::denied(kind).detail(detail()));
+        }
+        result.map_err(ApiError::from)
+    }
 }
 
 /// Reads the query string after authorization, with the app's QueryConfig (error shape).
@@ -219,42 +261,33 @@ pub async fn set_roles(
     for r in &body.roles {
         validate_role_name(r).map_err(ApiError::InvalidRequest)?;
     }
-    let ip = client_ip(&req, &state.config.trusted_proxies);
-    let event = |e: AuditEvent| e.actor(admin.user_id).subject(user_id).ip(ip.clone());
-    let (user, previous) = match state
+    let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
+    // Nothing changes when the change is refused, so the roles now are the ones it would replace.
+    let current = state
+        .users
+        .send(GetUser(user_id))
+        .await
+        .map_err(ApiError::from)?
+        .map_err(ApiError::from)?;
+    let requested = crate::users::normalize_roles(body.roles);
+    let result = state
         .users
         .send(SetRoles {
             user_id,
-            roles: body.roles.clone(),
+            roles: requested.clone(),
         })
         .await
-        .map_err(ApiError::from)?
-    {
-        Ok(changed) => changed,
-        Err(e @ UserStoreError::Conflict(_)) => {
-            // Nothing changed, so the current roles are the ones the change would have replaced.
-            let previous = match state.users.send(GetUser(user_id)).await {
-                Ok(Ok(u)) => u.roles,
-                _ => Vec::new(),
-            };
-            state
-                .audit
-                .record(
-                    event(AuditEvent::denied("role_change")).detail(serde_json::json!({
-                        "roles": crate::users::normalize_roles(body.roles),
-                        "previous": previous,
-                    })),
-                );
-            return Err(ApiError::from(e).into());
-        }
-        Err(e) => return Err(ApiError::from(e).into()),
-    };
+        .map_err(ApiError::from)?;
+    let (user, previous) = audit.refused(
+        "role_change",
+        || serde_json::json!({"roles": requested, "previous": current.roles}),
+        result,
+    )?;
     if user.roles != previous {
-        state.audit.record(
-            event(AuditEvent::success("role_change"))
+        audit.record(
+            AuditEvent::success("role_change")
                 .detail(serde_json::json!({"roles": user.roles, "previous": previous})),
         );
-        state.profiles.invalidate(&user_id).await;
     }
     // Also when nothing changed: a retry after a failed session update completes it.
     sync_session_access(&state, user_id).await?;
@@ -274,19 +307,10 @@ async fn set_disabled(
     } else {
         "user_enable"
     };
-    let event = |e: AuditEvent| {
-        e.actor(admin.user_id)
-            .subject(user_id)
-            .ip(client_ip(req, &state.config.trusted_proxies))
-    };
-    match state.users.send(SetDisabled { user_id, disabled }).await? {
-        Ok(true) => state.audit.record(event(AuditEvent::success(kind))),
-        Ok(false) => {}
-        Err(e @ UserStoreError::Conflict(_)) => {
-            state.audit.record(event(AuditEvent::denied(kind)));
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
+    let audit = AdminAudit::new(state, req, admin.user_id, Some(user_id));
+    let result = state.users.send(SetDisabled { user_id, disabled }).await?;
+    if audit.refused(kind, || serde_json::json!({}), result)? {
+        audit.record(AuditEvent::success(kind));
     }
     if disabled {
         // Also when it was disabled already: a retry after a failed revocation completes it.
@@ -352,22 +376,10 @@ pub async fn delete_user(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
-    let event = |e: AuditEvent| {
-        e.actor(admin.user_id)
-            .subject(user_id)
-            .ip(client_ip(&req, &state.config.trusted_proxies))
-    };
-    match state.users.send(DeleteUser(user_id)).await? {
-        Ok(()) => state
-            .audit
-            .record(event(AuditEvent::success("user_delete"))),
-        Err(e @ UserStoreError::Conflict(_)) => {
-            state.audit.record(event(AuditEvent::denied("user_delete")));
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
-    }
-    state.profiles.invalidate(&user_id).await;
+    let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
+    let result = state.users.send(DeleteUser(user_id)).await?;
+    audit.refused("user_delete", || serde_json::json!({}), result)?;
+    audit.record(AuditEvent::success("user_delete"));
     state
         .sessions
         .send(RevokeAll {
@@ -450,12 +462,8 @@ pub async fn revoke_user_sessions(
             except: None,
         })
         .await??;
-    state.audit.record(
-        AuditEvent::success("sessions_revoke")
-            .actor(admin.user_id)
-            .subject(user_id)
-            .ip(client_ip(&req, &state.config.trusted_proxies))
-            .detail(serde_json::json!({ "revoked": revoked })),
+    AdminAudit::new(&state, &req, admin.user_id, Some(user_id)).record(
+        AuditEvent::success("sessions_revoke").detail(serde_json::json!({ "revoked": revoked })),
     );
     Ok(HttpResponse::NoContent().finish())
 }
@@ -517,10 +525,8 @@ pub async fn create_role(
         .await
         .map_err(ApiError::from)?
         .map_err(ApiError::from)?;
-    state.audit.record(
+    AdminAudit::new(&state, &req, admin.user_id, None).record(
         AuditEvent::success("role_create")
-            .actor(admin.user_id)
-            .ip(client_ip(&req, &state.config.trusted_proxies))
             .detail(serde_json::json!({"name": role.name, "permissions": role.permissions})),
     );
     Ok(HttpResponse::Created().json(role))

@@ -3,7 +3,7 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{admin::sync_session_access, client_ip, limit_client, resource};
+use super::{admin::sync_session_access, limit_client, resource};
 use crate::{
     audit::AuditEvent,
     auth::{Access, AuthenticatedSession},
@@ -108,26 +108,23 @@ async fn attempt_login(
     let LoginBody { email, password } = body;
     let outcome = |o: &str| state.metrics.logins.with_label_values(&[o]).inc();
     let now = now_unix();
-    let peer = || client_ip(req, &state.config.trusted_proxies);
-    let throttled = |t: Throttled| {
+    let note_throttled = || {
         outcome("throttled");
         state.audit.record(
             AuditEvent::denied("login")
-                .ip(peer())
+                .ip(state.client_ip(req))
                 .detail(serde_json::json!({"reason": "rate_limited"})),
         );
+    };
+    let throttled = |t: Throttled| {
+        note_throttled();
         ApiError::from(t)
     };
     let ip = limit_client(req, state, Scope::LoginIp)
         .await
         .inspect_err(|e| {
             if matches!(e, ApiError::RateLimited { .. }) {
-                outcome("throttled");
-                state.audit.record(
-                    AuditEvent::denied("login")
-                        .ip(peer())
-                        .detail(serde_json::json!({"reason": "rate_limited"})),
-                );
+                note_throttled();
             }
         })?;
     let refused = |subject: Option<Uuid>, reason: &str| {
@@ -297,7 +294,7 @@ pub async fn refresh(
             state.audit.record(
                 AuditEvent::denied("refresh_reuse")
                     .subject(presented.user_id)
-                    .ip(client_ip(&req, &state.config.trusted_proxies))
+                    .ip(state.client_ip(&req))
                     .detail(serde_json::json!({ "session_id": presented.session_id })),
             );
             Err(ApiError::Unauthorized)
@@ -328,7 +325,7 @@ pub async fn logout(
     state.audit.record(
         AuditEvent::success("logout")
             .by(session.user_id)
-            .ip(client_ip(&req, &state.config.trusted_proxies))
+            .ip(state.client_ip(&req))
             .detail(serde_json::json!({ "session_id": session.session_id })),
     );
     tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "logged out");
@@ -367,7 +364,7 @@ pub async fn logout_all(
     state.audit.record(
         AuditEvent::success("logout_all")
             .by(session.user_id)
-            .ip(client_ip(&req, &state.config.trusted_proxies))
+            .ip(state.client_ip(&req))
             .detail(serde_json::json!({ "revoked": n, "kept_current": query.keep_current })),
     );
     tracing::info!(user_id = %session.user_id, revoked = n, "logged out everywhere");

@@ -92,7 +92,7 @@ pub(crate) async fn limit_client(
     state: &AppState,
     scope: crate::throttle::Scope,
 ) -> Result<Option<String>, ApiError> {
-    let ip = client_ip(req, &state.config.trusted_proxies);
+    let ip = state.client_ip(req);
     state
         .throttle
         .hit(scope, ip.as_deref().unwrap_or("unknown"))

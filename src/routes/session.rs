@@ -118,7 +118,7 @@ pub async fn delete_session(
     state.audit.record(
         crate::audit::AuditEvent::success("session_revoke")
             .by(session.user_id)
-            .ip(super::client_ip(&req, &state.config.trusted_proxies))
+            .ip(state.client_ip(&req))
             .detail(serde_json::json!({ "session_id": sid })),
     );
     Ok(HttpResponse::NoContent().finish())

@@ -168,10 +168,7 @@ pub async fn change_password(
         .send(FindAccount(session.user_id))
         .await??
         .ok_or(ApiError::NotFound("user"))?;
-    let event = |e: AuditEvent| {
-        e.by(session.user_id)
-            .ip(super::client_ip(&req, &state.config.trusted_proxies))
-    };
+    let event = |e: AuditEvent| e.by(session.user_id).ip(state.client_ip(&req));
     if !state
         .hasher
         .verify(current_password, Some(account.password_hash))
