@@ -18,6 +18,7 @@ use crate::{
         Access, Authorized,
     },
     error::ApiError,
+    routes::session::SessionList,
     session::{ListSessions, RevokeAll, SetAccess},
     state::AppState,
     users::{
@@ -390,27 +391,11 @@ pub async fn delete_user(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// A session as administrators see it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct AdminSessionItem {
-    id: Uuid,
-    created_at: chrono::DateTime<chrono::Utc>,
-    last_seen_at: chrono::DateTime<chrono::Utc>,
-    expires_at: chrono::DateTime<chrono::Utc>,
-    ip: Option<String>,
-    user_agent: Option<String>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct AdminSessionList {
-    items: Vec<AdminSessionItem>,
-}
-
 /// An account's live sessions.
 #[utoipa::path(get, path = "/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
-        (status = 200, description = "The account's live sessions, oldest first (permission `sessions:revoke`)", body = AdminSessionList),
+        (status = 200, description = "The account's live sessions, oldest first (permission `sessions:revoke`)", body = SessionList),
         (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
         (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
     ))]
@@ -422,21 +407,7 @@ pub async fn list_user_sessions(
     let user_id = path_id(&id)?;
     state.users.send(GetUser(user_id)).await??;
     let records = state.sessions.send(ListSessions(user_id)).await??;
-    let ts = super::session::timestamp;
-    let items = records
-        .into_iter()
-        .map(|r| {
-            Ok(AdminSessionItem {
-                id: r.session_id,
-                created_at: ts(r.created_at)?,
-                last_seen_at: ts(r.last_seen_at)?,
-                expires_at: ts(r.expires_at)?,
-                ip: r.ip,
-                user_agent: r.user_agent,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(HttpResponse::Ok().json(AdminSessionList { items }))
+    Ok(HttpResponse::Ok().json(SessionList::new(records, None)?))
 }
 
 /// End every session of an account, on every pod.

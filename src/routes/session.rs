@@ -9,7 +9,7 @@ use super::resource;
 use crate::{
     auth::AuthenticatedSession,
     error::ApiError,
-    session::{ListSessions, Revoke},
+    session::{ListSessions, Revoke, SessionRecord},
     state::AppState,
 };
 
@@ -19,7 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/sessions/{id}", "DELETE").route(web::delete().to(delete_session)));
 }
 
-pub(crate) fn timestamp(unix: i64) -> Result<DateTime<Utc>, ApiError> {
+fn timestamp(unix: i64) -> Result<DateTime<Utc>, ApiError> {
     DateTime::from_timestamp(unix, 0)
         .ok_or_else(|| ApiError::Internal("timestamp out of range".into()))
 }
@@ -58,12 +58,35 @@ pub struct SessionItem {
     expires_at: DateTime<Utc>,
     ip: Option<String>,
     user_agent: Option<String>,
-    current: bool,
+    /// Whether this is the session making the call (only in the caller's own list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current: Option<bool>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionList {
     items: Vec<SessionItem>,
+}
+
+impl SessionList {
+    /// `caller`: the calling session, when these are the caller's own sessions.
+    pub(crate) fn new(records: Vec<SessionRecord>, caller: Option<Uuid>) -> Result<Self, ApiError> {
+        let items = records
+            .into_iter()
+            .map(|r| {
+                Ok(SessionItem {
+                    id: r.session_id,
+                    created_at: timestamp(r.created_at)?,
+                    last_seen_at: timestamp(r.last_seen_at)?,
+                    expires_at: timestamp(r.expires_at)?,
+                    ip: r.ip,
+                    user_agent: r.user_agent,
+                    current: caller.map(|c| c == r.session_id),
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok(Self { items })
+    }
 }
 
 #[utoipa::path(get, path = "/sessions", tag = "sessions", security(("bearer" = [])),
@@ -73,21 +96,7 @@ pub async fn list_sessions(
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
     let records = state.sessions.send(ListSessions(session.user_id)).await??;
-    let items = records
-        .into_iter()
-        .map(|r| {
-            Ok(SessionItem {
-                id: r.session_id,
-                created_at: timestamp(r.created_at)?,
-                last_seen_at: timestamp(r.last_seen_at)?,
-                expires_at: timestamp(r.expires_at)?,
-                ip: r.ip,
-                user_agent: r.user_agent,
-                current: r.session_id == session.session_id,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(HttpResponse::Ok().json(SessionList { items }))
+    Ok(HttpResponse::Ok().json(SessionList::new(records, Some(session.session_id))?))
 }
 
 /// Only the caller's own sessions can be named: anyone else's id is 404, like an unknown one.

@@ -165,24 +165,18 @@ pub(crate) struct Db {
 }
 
 impl Db {
-    /// Bounds a database call so a hung database gives 503, not a hung request.
+    /// One database statement, bounded (see [`Db::call_tx`]).
     async fn call<T>(
         &self,
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T, DbErr>>,
     ) -> Result<T, UserStoreError> {
-        let bounded = async {
-            match tokio::time::timeout(self.timeout, fut).await {
-                Ok(r) => r.map_err(UserStoreError::from),
-                Err(_) => Err(UserStoreError::Unavailable(
-                    "database call timed out".into(),
-                )),
-            }
-        };
-        self.metrics.observe(op, bounded).await
+        self.call_tx(op, async { fut.await.map_err(UserStoreError::from) })
+            .await
     }
 
-    /// Like [`Db::call`], for a multi-statement unit (a transaction) with its own error type.
+    /// Bounds a unit of database work (one statement or a transaction) so a hung database gives
+    /// 503, not a hung request; timed and counted by `op`.
     async fn call_tx<T>(
         &self,
         op: &'static str,

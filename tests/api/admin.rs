@@ -286,39 +286,22 @@ async fn admin_endpoints_need_their_permission_and_a_valid_existing_id(backend: 
 
     // An unknown account: 404 on every per-user endpoint; an id that is no UUID: 400.
     let unknown = Uuid::new_v4().to_string();
-    for (method, path, body) in per_user_endpoints(&unknown) {
-        let r = call(
-            &app,
-            method.clone(),
-            &path,
-            Some(&admin.tokens.access),
-            body.as_ref(),
-        )
-        .await;
-        assert_eq!(
-            r.status,
-            StatusCode::NOT_FOUND,
-            "{method} {path}: {}",
-            r.body
-        );
-        r.assert_error(404, "not_found");
-    }
-    for (method, path, body) in per_user_endpoints("not-a-uuid") {
-        let r = call(
-            &app,
-            method.clone(),
-            &path,
-            Some(&admin.tokens.access),
-            body.as_ref(),
-        )
-        .await;
-        assert_eq!(
-            r.status,
-            StatusCode::BAD_REQUEST,
-            "{method} {path}: {}",
-            r.body
-        );
-        r.assert_error(400, "invalid_request");
+    for (id, status, code) in [
+        (unknown.as_str(), 404, "not_found"),
+        ("not-a-uuid", 400, "invalid_request"),
+    ] {
+        for (method, path, body) in per_user_endpoints(id) {
+            let r = call(
+                &app,
+                method.clone(),
+                &path,
+                Some(&admin.tokens.access),
+                body.as_ref(),
+            )
+            .await;
+            assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.body);
+            r.assert_error(status, code);
+        }
     }
 
     // The admin: every endpoint succeeds (the role did not exist, so the plain user's POST
