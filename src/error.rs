@@ -154,6 +154,7 @@ impl From<UserStoreError> for ApiError {
             UserStoreError::EmailTaken => ApiError::EmailTaken,
             UserStoreError::NotFound => ApiError::NotFound("user"),
             e @ UserStoreError::UnknownRole(_) => ApiError::InvalidRequest(e.to_string()),
+            UserStoreError::Invalid(m) => ApiError::InvalidRequest(m),
             UserStoreError::Conflict(m) => ApiError::Conflict(m),
             UserStoreError::Unavailable(detail) => ApiError::Unavailable {
                 what: "database",

@@ -13,8 +13,9 @@ use crate::config::Config;
 
 /// Clock skew tolerated on exp/nbf (RFC 8725 asks for little; ASVS for at most 30 s).
 pub const LEEWAY_SECONDS: u64 = 10;
-/// Longer than any token we issue; longer headers are rejected before any parsing.
-pub const MAX_TOKEN_BYTES: usize = 4096;
+/// Longer than any token we issue (16 roles and 64 permissions of the longest names: about
+/// 7.5 KiB; a unit test checks); longer headers are rejected before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 10 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -218,6 +219,32 @@ mod tests {
         assert_eq!(ttl, 900);
         let claims = k.verify(&token).unwrap();
         assert_eq!((claims.sub, claims.sid), (uid, sid));
+    }
+
+    #[test]
+    fn the_largest_access_an_account_can_hold_fits_in_a_token() {
+        use crate::users::{MAX_ACCOUNT_PERMISSIONS, MAX_ACCOUNT_ROLES};
+        let k = keys();
+        let now = crate::session::now_unix();
+        let name = |i: usize, len: usize| format!("{i:0>width$}", width = len).replace('0', "a");
+        let roles = (0..MAX_ACCOUNT_ROLES).map(|i| name(i, 64)).collect();
+        let permissions = (0..MAX_ACCOUNT_PERMISSIONS)
+            .map(|i| format!("{}:{}", name(i, 31), name(i, 32)))
+            .collect();
+        let access = crate::auth::Access::new(roles, permissions);
+        let (token, _) = k
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                &access,
+                now + 60,
+                now,
+                Uuid::new_v4(),
+            )
+            .unwrap();
+        assert!(token.len() < MAX_TOKEN_BYTES, "{} bytes", token.len());
+        let claims = k.verify(&token).expect("verifies");
+        assert_eq!(claims.permissions.len(), MAX_ACCOUNT_PERMISSIONS);
     }
 
     #[test]

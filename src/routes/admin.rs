@@ -234,7 +234,7 @@ pub async fn get_user(
 #[serde(deny_unknown_fields)]
 pub struct RolesBody {
     /// The account's roles from now on; `user` is always kept.
-    #[schema(example = json!(["admin"]), max_items = 32)]
+    #[schema(example = json!(["admin"]), max_items = 16)]
     roles: Vec<String>,
 }
 
@@ -256,8 +256,12 @@ pub async fn set_roles(
 ) -> Result<HttpResponse, actix_web::Error> {
     let user_id = path_id(&id)?;
     let body: RolesBody = json_body(&req, payload).await?;
-    if body.roles.len() > 32 {
-        return Err(ApiError::invalid("at most 32 roles").into());
+    if body.roles.len() > crate::users::MAX_ACCOUNT_ROLES {
+        return Err(ApiError::invalid(format!(
+            "an account holds at most {} roles",
+            crate::users::MAX_ACCOUNT_ROLES
+        ))
+        .into());
     }
     for r in &body.roles {
         validate_role_name(r).map_err(ApiError::InvalidRequest)?;

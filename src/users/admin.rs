@@ -51,6 +51,11 @@ pub struct PageRequest {
     pub per_page: u64,
 }
 
+/// Bounds on what one account holds: its roles and permissions travel in every access token,
+/// which must stay under `auth::jwt::MAX_TOKEN_BYTES`.
+pub const MAX_ACCOUNT_ROLES: usize = 16;
+pub const MAX_ACCOUNT_PERMISSIONS: usize = 64;
+
 /// Sorted, de-duplicated; every account holds `user`.
 pub fn normalize_roles(roles: Vec<String>) -> Vec<String> {
     let mut set: BTreeSet<String> = roles.into_iter().collect();
@@ -58,10 +63,17 @@ pub fn normalize_roles(roles: Vec<String>) -> Vec<String> {
     set.into_iter().collect()
 }
 
-pub(crate) async fn check_roles_exist(
+/// Checks that an account may hold exactly `roles`: they exist, and together they grant at most
+/// [`MAX_ACCOUNT_PERMISSIONS`] (so that the access token stays small enough to be accepted).
+pub(crate) async fn check_grant(
     conn: &impl ConnectionTrait,
     roles: &[String],
 ) -> Result<(), UserStoreError> {
+    if roles.len() > MAX_ACCOUNT_ROLES {
+        return Err(UserStoreError::Invalid(format!(
+            "an account holds at most {MAX_ACCOUNT_ROLES} roles"
+        )));
+    }
     let found: BTreeSet<String> = role::Entity::find()
         .filter(role::Column::Name.is_in(roles.iter().cloned()))
         .all(conn)
@@ -69,10 +81,21 @@ pub(crate) async fn check_roles_exist(
         .into_iter()
         .map(|r| r.name)
         .collect();
-    match roles.iter().find(|r| !found.contains(*r)) {
-        Some(missing) => Err(UserStoreError::UnknownRole(missing.clone())),
-        None => Ok(()),
+    if let Some(missing) = roles.iter().find(|r| !found.contains(*r)) {
+        return Err(UserStoreError::UnknownRole(missing.clone()));
     }
+    let granted: BTreeSet<String> = permissions_of(conn, roles.iter().cloned())
+        .await?
+        .into_values()
+        .flatten()
+        .collect();
+    if granted.len() > MAX_ACCOUNT_PERMISSIONS {
+        return Err(UserStoreError::Invalid(format!(
+            "these roles grant {} permissions together; an account holds at most {MAX_ACCOUNT_PERMISSIONS}",
+            granted.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Adds the roles the account does not hold yet; returns how many were added.
@@ -360,7 +383,7 @@ impl Handler<SetRoles> for UserStore {
             db.call_tx("set_roles", async {
                 let txn = db.conn.begin().await?;
                 let target = find_model(&txn, msg.user_id).await?;
-                check_roles_exist(&txn, &roles).await?;
+                check_grant(&txn, &roles).await?;
                 let previous = roles_of(&txn, &[target.id])
                     .await?
                     .remove(&target.id)
@@ -591,7 +614,9 @@ impl Handler<GrantRole> for UserStore {
                 if previous.contains(&msg.role) {
                     return Ok(None);
                 }
-                check_roles_exist(&txn, std::slice::from_ref(&msg.role)).await?;
+                let mut wanted = previous.clone();
+                wanted.push(msg.role.clone());
+                check_grant(&txn, &normalize_roles(wanted)).await?;
                 // Pods starting together race here; only the one whose row landed reports it.
                 let added = insert_roles(&txn, found.id, &[msg.role]).await?;
                 txn.commit().await?;

@@ -28,6 +28,9 @@ pub enum UserStoreError {
     NotFound,
     #[error("unknown role: {0}")]
     UnknownRole(String),
+    /// A request the data refuses (e.g. too many permissions); the message is for the caller.
+    #[error("{0}")]
+    Invalid(String),
     /// The change would break an invariant (the last admin, an existing role name).
     #[error("{0}")]
     Conflict(String),
@@ -231,7 +234,7 @@ impl Handler<CreateUser> for UserStore {
             let roles = admin::normalize_roles(msg.roles);
             let insert = async {
                 let txn = db.conn.begin().await?;
-                admin::check_roles_exist(&txn, &roles).await?;
+                admin::check_grant(&txn, &roles).await?;
                 let saved = model.insert(&txn).await?;
                 admin::insert_roles(&txn, saved.id, &roles).await?;
                 txn.commit().await?;

@@ -910,6 +910,30 @@ async fn custom_roles_are_validated_and_grant_exactly_their_permissions(backend:
     let claims = claims_of(&fresh.access);
     assert_eq!(claims["roles"], json!(["billing", "support", "user"]));
     assert_eq!(claims["permissions"], json!(["billing:read", "users:read"]));
+
+    // An account holds what fits in a token: at most 64 permissions and 16 roles, else 400 and
+    // nothing changes.
+    let wide =
+        |prefix: &str| -> Vec<String> { (0..40).map(|i| format!("{prefix}:p{i}")).collect() };
+    for (name, perms) in [("wide-a", wide("a")), ("wide-b", wide("b"))] {
+        let perms: Vec<&str> = perms.iter().map(String::as_str).collect();
+        let r = create_role(&app, token, name, &perms).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    set_roles(&app, token, &user.id, &["wide-a", "wide-b", "user"])
+        .await
+        .assert_error(400, "invalid_request");
+    let many: Vec<String> = (0..17).map(|i| format!("r{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    set_roles(&app, token, &user.id, &many)
+        .await
+        .assert_error(400, "invalid_request");
+    let r = set_roles(&app, token, &user.id, &["wide-a", "user"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let wide_login = app.login(&user.email, PASSWORD).await;
+    let r = app.get("/session", Some(&wide_login.access)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["permissions"].as_array().map(Vec::len), Some(40));
 }
 
 async fn admin_emails_at_start_up_promote_an_existing_account(backend: Backend) {
