@@ -27,27 +27,32 @@ use crate::{
     },
 };
 
+/// One scope, so that requests outside /admin skip these patterns after a single prefix check
+/// (most of them are dynamic, and the hot path should not try them one by one).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/admin/users", "GET").route(web::get().to(list_users)))
-        .service(
-            resource("/admin/users/{id}", "GET, DELETE")
-                .route(web::get().to(get_user))
-                .route(web::delete().to(delete_user)),
-        )
-        .service(resource("/admin/users/{id}/roles", "PUT").route(web::put().to(set_roles)))
-        .service(resource("/admin/users/{id}/disable", "POST").route(web::post().to(disable_user)))
-        .service(resource("/admin/users/{id}/enable", "POST").route(web::post().to(enable_user)))
-        .service(
-            resource("/admin/users/{id}/sessions", "GET, DELETE")
-                .route(web::get().to(list_user_sessions))
-                .route(web::delete().to(revoke_user_sessions)),
-        )
-        .service(
-            resource("/admin/roles", "GET, POST")
-                .route(web::get().to(list_roles))
-                .route(web::post().to(create_role)),
-        )
-        .service(resource("/admin/audit", "GET").route(web::get().to(list_audit)));
+    cfg.service(
+        web::scope("/admin")
+            .service(resource("/users", "GET").route(web::get().to(list_users)))
+            .service(
+                resource("/users/{id}", "GET, DELETE")
+                    .route(web::get().to(get_user))
+                    .route(web::delete().to(delete_user)),
+            )
+            .service(resource("/users/{id}/roles", "PUT").route(web::put().to(set_roles)))
+            .service(resource("/users/{id}/disable", "POST").route(web::post().to(disable_user)))
+            .service(resource("/users/{id}/enable", "POST").route(web::post().to(enable_user)))
+            .service(
+                resource("/users/{id}/sessions", "GET, DELETE")
+                    .route(web::get().to(list_user_sessions))
+                    .route(web::delete().to(revoke_user_sessions)),
+            )
+            .service(
+                resource("/roles", "GET, POST")
+                    .route(web::get().to(list_roles))
+                    .route(web::post().to(create_role)),
+            )
+            .service(resource("/audit", "GET").route(web::get().to(list_audit))),
+    );
 }
 
 pub const DEFAULT_PER_PAGE: u64 = 50;

@@ -39,11 +39,11 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
         health::configure(cfg);
         users::configure(cfg);
         auth::configure(cfg);
-        admin::configure(cfg);
         session::configure(cfg);
         cfg.service(
             resource("/openapi.json", "GET").route(web::get().to(crate::openapi::openapi_json)),
         );
+        admin::configure(cfg);
     }
 }
 
