@@ -235,11 +235,26 @@ pub async fn get_user(
     Ok(HttpResponse::Ok().json(user))
 }
 
+// Schema-only types: what `validate_role_name` and `validate_permission` accept, for clients.
+/// A role name: a lower-case letter, then lower-case letters, digits, `_` or `-`; at most 64.
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[a-z][a-z0-9_-]{0,63}$", example = "support")]
+pub struct RoleName(pub String);
+
+/// A permission: `resource:action`, e.g. `users:read` or `billing:*`; at most 64 characters.
+#[derive(utoipa::ToSchema)]
+#[schema(
+    pattern = "^[a-z][a-z0-9_-]*:[a-z*][a-z0-9_*-]*$",
+    max_length = 64,
+    example = "users:read"
+)]
+pub struct PermissionName(pub String);
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolesBody {
     /// The account's roles from now on; `user` is always kept.
-    #[schema(example = json!(["admin"]), max_items = 16)]
+    #[schema(value_type = Vec<RoleName>, example = json!(["admin"]), max_items = 16)]
     roles: Vec<String>,
 }
 
@@ -471,7 +486,7 @@ pub struct RoleBody {
     name: String,
     /// `resource:action` strings; sessiond's own are users:read, users:write, sessions:revoke
     /// and audit:read, others are for the services behind it.
-    #[schema(example = json!(["users:read", "sessions:revoke"]), max_items = 64)]
+    #[schema(value_type = Vec<PermissionName>, example = json!(["users:read", "sessions:revoke"]), max_items = 64)]
     permissions: Vec<String>,
 }
 
