@@ -1,6 +1,11 @@
-//! Cross-pod logout propagation: two `Application`s ("pod A", "pod B") in one process, sharing a
-//! database and a Redis prefix. Log in on A, warm the token into B's cache, log out on A, then poll
-//! `GET /session` on B until it answers 401. Run with `cargo bench --bench propagation`.
+//! Cross-pod propagation: two `Application`s ("pod A", "pod B") in one process, sharing a
+//! database and a Redis prefix.
+//! - Logout: log in on A, warm the token into B's cache, log out on A, then poll `GET /session`
+//!   on B until it answers 401.
+//! - Role change: with one session warm in B's cache, an admin changes the user's roles on A;
+//!   poll `GET /session` on B until it shows the new roles.
+//!
+//! Run with `cargo bench --bench propagation`.
 use std::{
     collections::HashMap,
     fmt::Display,
@@ -13,6 +18,7 @@ use serde_json::{json, Value};
 use sessiond::{config::Config, startup::Application};
 
 const GIVE_UP: Duration = Duration::from_secs(10);
+const ADMIN: &str = "bench-admin@example.com";
 const TARGET_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
 
 /// Unwraps, or panics naming what failed and why.
@@ -35,7 +41,9 @@ fn main() {
     }
     let failures = actix_web::rt::System::new().block_on(run());
     if failures > 0 {
-        eprintln!("FAILED: {failures} session(s) still accepted by pod B {GIVE_UP:?} after logout");
+        eprintln!(
+            "FAILED: {failures} sample(s) not seen by pod B {GIVE_UP:?} after the logout or role change"
+        );
         std::process::exit(1);
     }
 }
@@ -60,8 +68,12 @@ fn with_database(admin_url: &str, name: &str) -> String {
 struct Stats {
     propagation: Histogram<u64>,
     round_trip: Histogram<u64>,
+    /// From the role change's 200 on A to B showing the new roles.
+    role_change: Histogram<u64>,
     max_polls: u64,
+    max_role_polls: u64,
     failures: u64,
+    role_failures: u64,
     other_statuses: u64,
 }
 
@@ -98,6 +110,7 @@ async fn run() -> u64 {
         // 0 disables a limit: one account logs in N times from one address.
         ("RATE_LIMIT_LOGIN_PER_IP", "0".into()),
         ("RATE_LIMIT_LOGIN_PER_ACCOUNT", "0".into()),
+        ("ADMIN_EMAILS", ADMIN.into()),
     ]);
     let mut pods = Vec::new();
     for name in ["pod A", "pod B"] {
@@ -138,7 +151,7 @@ async fn run() -> u64 {
     }
     let stats = stats.expect("the benchmark client panicked (message above)");
     report(&stats);
-    stats.failures
+    stats.failures + stats.role_failures
 }
 
 async fn clear_redis(url: &str, prefix: &str) -> redis::RedisResult<()> {
@@ -163,11 +176,32 @@ async fn expect(request: reqwest::RequestBuilder, expected: u16, what: &str) -> 
 
 /// Status of `GET /session`, after reading the body so the connection is reused.
 async fn get_session(client: &reqwest::Client, base: &str, token: &str) -> u16 {
+    session_roles(client, base, token).await.0
+}
+
+/// Status and `roles` of `GET /session`.
+async fn session_roles(client: &reqwest::Client, base: &str, token: &str) -> (u16, Value) {
     let request = client.get(format!("{base}/session")).bearer_auth(token);
     let response = ok(request.send().await, "GET /session on pod B");
     let status = response.status().as_u16();
-    ok(response.bytes().await, "GET /session on pod B: body");
-    status
+    let body = ok(response.bytes().await, "GET /session on pod B: body");
+    let roles = serde_json::from_slice::<Value>(&body).map_or(Value::Null, |v| v["roles"].clone());
+    (status, roles)
+}
+
+/// Logs in on `base`; the access token.
+async fn login(client: &reqwest::Client, base: &str, creds: &Value) -> String {
+    let login = expect(
+        client.post(format!("{base}/login")).json(creds),
+        200,
+        "login",
+    )
+    .await;
+    let body: Value = ok(login.json().await, "POST /login: JSON body");
+    let token = body["access_token"]
+        .as_str()
+        .expect("login: no access_token");
+    token.to_string()
 }
 
 async fn b_metrics(client: &reqwest::Client, b: &str) -> String {
@@ -192,12 +226,15 @@ async fn drive(a: u16, b: u16, sessions: u64) -> Stats {
     let [a, b] = [a, b].map(|port| format!("http://127.0.0.1:{port}"));
     let client = reqwest::Client::new();
     let hist = || ok(Histogram::new_with_bounds(1, 60_000_000, 3), "histogram");
-    let (propagation, round_trip) = (hist(), hist());
+    let (propagation, round_trip, role_change) = (hist(), hist(), hist());
     let mut s = Stats {
         propagation,
         round_trip,
+        role_change,
         max_polls: 0,
+        max_role_polls: 0,
         failures: 0,
+        role_failures: 0,
         other_statuses: 0,
     };
 
@@ -211,11 +248,7 @@ async fn drive(a: u16, b: u16, sessions: u64) -> Stats {
     expect(register, 201, "POST /register on pod A").await;
 
     for _ in 0..sessions {
-        let login = expect(client.post(format!("{a}/login")).json(&creds), 200, "login").await;
-        let body: Value = ok(login.json().await, "POST /login on pod A: JSON body");
-        let token = body["access_token"]
-            .as_str()
-            .expect("login: no access_token");
+        let token = &login(&client, &a, &creds).await;
         let status = get_session(&client, &b, token).await;
         assert_eq!(status, 200, "warm-up GET /session on pod B");
         let start = Instant::now();
@@ -239,6 +272,7 @@ async fn drive(a: u16, b: u16, sessions: u64) -> Stats {
         }
         s.max_polls = s.max_polls.max(polls);
     }
+    role_changes(&client, &a, &b, &creds, sessions, &mut s).await;
     let metrics = b_metrics(&client, &b).await;
     eprintln!("pod B counters at the end:");
     for line in metrics.lines() {
@@ -249,8 +283,72 @@ async fn drive(a: u16, b: u16, sessions: u64) -> Stats {
     s
 }
 
-const ROWS: [&str; 2] = [
+/// An admin on A flips the user's roles between `["user"]` and `["bench", "user"]`, `samples`
+/// times, while the user's session is warm in B's cache; each time, B is polled until
+/// `GET /session` shows the new roles.
+async fn role_changes(
+    client: &reqwest::Client,
+    a: &str,
+    b: &str,
+    user: &Value,
+    samples: u64,
+    s: &mut Stats,
+) {
+    let admin_creds = json!({"email": ADMIN, "password": "bench-admin-password-1"});
+    let register = client.post(format!("{a}/register")).json(&admin_creds);
+    expect(register, 201, "POST /register (admin) on pod A").await;
+    let admin = login(client, a, &admin_creds).await;
+    let role = json!({"name": "bench", "permissions": ["bench:read"]});
+    let create = client
+        .post(format!("{a}/admin/roles"))
+        .bearer_auth(&admin)
+        .json(&role);
+    expect(create, 201, "POST /admin/roles on pod A").await;
+    let token = login(client, a, user).await;
+    let list = client
+        .get(format!("{a}/admin/users?email_prefix=bench@"))
+        .bearer_auth(&admin);
+    let list: Value = ok(
+        expect(list, 200, "GET /admin/users").await.json().await,
+        "users JSON",
+    );
+    let user_id = list["items"][0]["id"]
+        .as_str()
+        .expect("user id")
+        .to_string();
+    let roles_path = format!("{a}/admin/users/{user_id}/roles");
+    for i in 0..samples {
+        let roles = if i % 2 == 0 {
+            json!(["bench", "user"])
+        } else {
+            json!(["user"])
+        };
+        // Warm: B answers from its cache with the current roles.
+        let (status, _) = session_roles(client, b, &token).await;
+        assert_eq!(status, 200, "warm GET /session on pod B");
+        let put = client
+            .put(&roles_path)
+            .bearer_auth(&admin)
+            .json(&json!({"roles": roles}));
+        expect(put, 200, "PUT /admin/users/{id}/roles on pod A").await;
+        let (start, mut polls) = (Instant::now(), 0);
+        loop {
+            polls += 1;
+            let (status, seen) = session_roles(client, b, &token).await;
+            if status == 200 && seen == roles {
+                break ok(s.role_change.record(micros(start)), "histogram");
+            }
+            if start.elapsed() > GIVE_UP {
+                break s.role_failures += 1;
+            }
+        }
+        s.max_role_polls = s.max_role_polls.max(polls);
+    }
+}
+
+const ROWS: [&str; 3] = [
     "logout → first 401 on B",
+    "role change → new roles on B",
     "GET /session round trip (poll resolution)",
 ];
 
@@ -258,8 +356,12 @@ fn report(s: &Stats) {
     let quantiles = |h: &Histogram<u64>| [0.5, 0.9, 0.99].map(|p| h.value_at_quantile(p));
     println!("| measurement | samples | p50 | p90 | p99 | max | failures |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let failures = [s.failures.to_string(), "-".into()];
-    let hists = [&s.propagation, &s.round_trip];
+    let failures = [
+        s.failures.to_string(),
+        s.role_failures.to_string(),
+        "-".into(),
+    ];
+    let hists = [&s.propagation, &s.role_change, &s.round_trip];
     for ((name, h), failures) in ROWS.iter().zip(hists).zip(failures) {
         let ([p50, p90, p99], n, max) = (quantiles(h), h.len(), h.max());
         println!("| {name} | {n} | {p50} µs | {p90} µs | {p99} µs | {max} µs | {failures} |");
@@ -267,9 +369,9 @@ fn report(s: &Stats) {
     let median = |h: &Histogram<u64>| h.value_at_quantile(0.5).max(1) as f64;
     let ratio = median(&s.propagation) / median(&s.round_trip);
     println!(
-        "\nmedian propagation = {ratio:.1}× the median poll round trip; most polls needed: {}; \
-         other statuses while polling: {}",
-        s.max_polls, s.other_statuses
+        "\nmedian propagation = {ratio:.1}× the median poll round trip; most polls needed: {} \
+         (logout), {} (role change); other statuses while polling: {}",
+        s.max_polls, s.max_role_polls, s.other_statuses
     );
     let row = |h: &Histogram<u64>| {
         let [p50, p90, p99] = quantiles(h);
@@ -278,8 +380,11 @@ fn report(s: &Stats) {
     let out = json!({
         "command": "cargo bench --bench propagation",
         "logout_to_first_401_on_b": row(&s.propagation),
+        "role_change_to_new_roles_on_b": row(&s.role_change),
         "get_session_round_trip": row(&s.round_trip),
         "failures": s.failures,
+        "role_change_failures": s.role_failures,
+        "max_polls_until_new_roles": s.max_role_polls,
         "max_polls_until_401": s.max_polls,
         "other_statuses_while_polling": s.other_statuses,
     });
