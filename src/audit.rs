@@ -258,3 +258,62 @@ async fn write(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::{ListAudit, PageRequest};
+    use actix::Actor;
+    use migration::MigratorTrait;
+
+    /// The database refuses the first writes (no table yet): the events are kept and retried,
+    /// and land exactly once when it recovers; a stop writes nothing twice and drops nothing.
+    #[actix_web::test]
+    async fn failed_writes_are_retried_until_they_land_once() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let metrics = Metrics::new();
+        let users = UserStore::new(db.clone(), Duration::from_secs(5), metrics.db.clone()).start();
+        let (log, writer) = AuditLog::start(users.clone(), metrics.clone());
+        let count = |outcome: &str| metrics.audit_events.with_label_values(&[outcome]).get();
+
+        log.record(AuditEvent::success("register"));
+        log.record(AuditEvent::failure("login"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while count("write_failed") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no write was attempted"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        migration::Migrator::up(&db, None).await.unwrap();
+        while count("written") < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the retry never landed"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        writer.stop().await;
+
+        let page = PageRequest {
+            page: 1,
+            per_page: 10,
+        };
+        let (events, total) = users
+            .send(ListAudit {
+                user_id: None,
+                event_type: None,
+                page,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(total, 2, "{events:?}");
+        let mut kinds: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+        kinds.sort();
+        assert_eq!(kinds, ["login", "register"]);
+        assert_eq!((count("written"), count("dropped")), (2, 0));
+        assert_eq!(metrics.audit_queue.get(), 0);
+    }
+}
