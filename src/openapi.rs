@@ -138,6 +138,14 @@ impl CommonResponses {
                 ),
             );
         }
+        // Every per-account admin operation reads the same `{id}` and looks the account up.
+        if path.starts_with("/admin/users/{id}") {
+            add(
+                "400",
+                error_response("`id` is not a UUID (`invalid_request`)"),
+            );
+            add("404", error_response("No such account (`not_found`)"));
+        }
         let cheap = matches!(path, "/health" | "/metrics" | "/openapi.json" | "/ready");
         if !cheap {
             let mut unavailable = error_response(

@@ -223,8 +223,6 @@ pub async fn list_users(
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
         (status = 200, description = "The account (permission `users:read`)", body = AdminUser),
-        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
-        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
     ))]
 pub async fn get_user(
     _: Authorized<UsersRead>,
@@ -264,7 +262,6 @@ pub struct RolesBody {
     params(("id" = Uuid, Path, description = "Account id")), request_body = RolesBody,
     responses(
         (status = 200, description = "The account after the change (permission `users:write`)", body = AdminUser),
-        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
         (status = 409, description = "The change would leave no enabled admin (`conflict`); nothing changed", body = crate::error::ErrorBody),
     ))]
 pub async fn set_roles(
@@ -355,8 +352,6 @@ async fn set_disabled(
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
         (status = 204, description = "Disabled (permission `users:write`); every session of the account is revoked"),
-        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
-        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
         (status = 409, description = "It is the last enabled admin (`conflict`); nothing changed", body = crate::error::ErrorBody),
     ))]
 pub async fn disable_user(
@@ -373,8 +368,6 @@ pub async fn disable_user(
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
         (status = 204, description = "Enabled (permission `users:write`)"),
-        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
-        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
     ))]
 pub async fn enable_user(
     admin: Authorized<UsersWrite>,
@@ -390,8 +383,6 @@ pub async fn enable_user(
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
         (status = 204, description = "Deleted (permission `users:write`)"),
-        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
-        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
         (status = 409, description = "It is the last enabled admin (`conflict`); nothing changed", body = crate::error::ErrorBody),
     ))]
 pub async fn delete_user(
@@ -420,8 +411,6 @@ pub async fn delete_user(
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
         (status = 200, description = "The account's live sessions, oldest first (permission `sessions:revoke`)", body = SessionList),
-        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
-        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
     ))]
 pub async fn list_user_sessions(
     _: Authorized<SessionsRevoke>,
@@ -439,8 +428,6 @@ pub async fn list_user_sessions(
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
         (status = 204, description = "Every session of the account is revoked (permission `sessions:revoke`)"),
-        (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
-        (status = 404, description = "No such account (`not_found`)", body = crate::error::ErrorBody),
     ))]
 pub async fn revoke_user_sessions(
     admin: Authorized<SessionsRevoke>,
