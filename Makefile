@@ -26,6 +26,7 @@ bench:
 	cargo bench
 
 docker: ## PostgreSQL, Redis, migration, two replicas behind a load balancer on :8080
+	bash ci/dev-secrets.sh
 	$(COMPOSE) up --build
 
 docker-down:

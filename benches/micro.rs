@@ -144,7 +144,7 @@ fn token_check(c: &mut Criterion) {
         App::new()
             .app_data(state.clone())
             .wrap(actix_web::middleware::from_fn(routes::request_context))
-            .configure(routes::configure(cfg.body_limit)),
+            .configure(routes::configure(cfg.body_limit, true)),
     ));
     let hits_before = state.metrics.token_checks.cache_hit.get();
 

@@ -186,6 +186,12 @@ def overlay(name: str, path: Path, known: set[str], commands: set[str], paths: s
                 ann = w["spec"]["template"]["metadata"].get("annotations", {})
                 if ann.get("prometheus.io/path") not in paths:
                     fail(f"{where}: prometheus.io/path {ann.get('prometheus.io/path')!r} is not served")
+                scrape_port = str(config.get("METRICS_PORT") or config.get("PORT", "8080"))
+                if str(ann.get("prometheus.io/port")) != scrape_port:
+                    fail(f"{where}: prometheus.io/port {ann.get('prometheus.io/port')!r} is not the metrics port {scrape_port}")
+                declared = {str(p.get("containerPort")) for p in c.get("ports", [])}
+                if scrape_port not in declared:
+                    fail(f"{where}: the metrics port {scrape_port} is not a containerPort")
                 grace = int(config.get("SHUTDOWN_GRACE_SECONDS", grace_default))
                 pre = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
                 total = spec.get("terminationGracePeriodSeconds", 30)

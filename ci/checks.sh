@@ -77,6 +77,7 @@ actionlint .github/workflows/ci.yml
 log "shellcheck ci/*.sh"
 shellcheck ci/*.sh
 
+bash ci/dev-secrets.sh
 rendered=()
 for overlay in $OVERLAYS; do
   log "kubectl kustomize kubernetes/overlays/$overlay"

@@ -12,6 +12,9 @@ image="${2:?usage: ci/deploy.sh OVERLAY IMAGE}"
 timeout="${DEPLOY_TIMEOUT:-300s}"
 [ -d "kubernetes/overlays/$overlay" ] || { echo "deploy: no overlay kubernetes/overlays/$overlay" >&2; exit 2; }
 
+# The dev overlay reads its (random, git-ignored) secrets from a file written once.
+[ "$overlay" != dev ] || bash ci/dev-secrets.sh
+
 # A throw-away overlay on top of the chosen one sets the image (no `kustomize edit` needed).
 work="$(mktemp -d "$PWD/kubernetes/.deploy-XXXXXX")"
 trap 'rm -rf "$work"' EXIT

@@ -60,6 +60,10 @@ pub struct ThrottleConfig {
 pub struct Config {
     pub host: String,
     pub port: u16,
+    /// Serve /metrics on this port only (the public port answers 404 for it); `None`: on `port`.
+    pub metrics_port: Option<u16>,
+    /// `Strict-Transport-Security: max-age=…` on every response when serving TLS; 0: not sent.
+    pub hsts_max_age: u64,
     /// HTTPS from TLS_CERT_FILE + TLS_KEY_FILE; `None`: plain HTTP (TLS ends at the load balancer).
     pub tls: Option<crate::tls::Tls>,
     /// `None`: the embedded SQLite file at `sqlite_path`.
@@ -194,13 +198,7 @@ impl Config {
         }
 
         let (jwt_secret, jwt_secret_generated) = match env.get("JWT_SECRET") {
-            Some(s) if s.len() < MIN_SECRET_BYTES => {
-                return Err(err(
-                    "JWT_SECRET",
-                    format!("must be at least {MIN_SECRET_BYTES} bytes long"),
-                ));
-            }
-            Some(s) => (Secret::new(s.into_bytes()), false),
+            Some(s) => (check_secret("JWT_SECRET", s)?, false),
             None if database_url.is_some() || redis_url.is_some() => {
                 return Err(err(
                     "JWT_SECRET",
@@ -215,16 +213,10 @@ impl Config {
             }
         };
 
-        let jwt_secret_previous = match env.get("JWT_SECRET_PREVIOUS") {
-            Some(s) if s.len() < MIN_SECRET_BYTES => {
-                return Err(err(
-                    "JWT_SECRET_PREVIOUS",
-                    format!("must be at least {MIN_SECRET_BYTES} bytes long"),
-                ));
-            }
-            Some(s) => Some(Secret::new(s.into_bytes())),
-            None => None,
-        };
+        let jwt_secret_previous = env
+            .get("JWT_SECRET_PREVIOUS")
+            .map(|s| check_secret("JWT_SECRET_PREVIOUS", s))
+            .transpose()?;
         let cors_allowed_origins: Vec<String> = env
             .get("CORS_ALLOWED_ORIGINS")
             .map(|v| {
@@ -294,6 +286,11 @@ impl Config {
         Ok(Config {
             host: env.string("HOST", "0.0.0.0"),
             port: env.number("PORT", 8080u16, 0, u16::MAX)?,
+            metrics_port: env
+                .get("METRICS_PORT")
+                .map(|_| env.number("METRICS_PORT", 0u16, 0, u16::MAX))
+                .transpose()?,
+            hsts_max_age: env.number("HSTS_MAX_AGE", 31_536_000u64, 0, 2 * 31_536_000)?,
             tls: crate::tls::Tls::from_env(env.get("TLS_CERT_FILE"), env.get("TLS_KEY_FILE"))?,
             database_url,
             sqlite_path: env.string("SQLITE_PATH", "sessiond.db"),
@@ -374,6 +371,12 @@ impl Config {
         let lines = [
             ("HOST", self.host.clone()),
             ("PORT", self.port.to_string()),
+            (
+                "METRICS_PORT",
+                self.metrics_port
+                    .map_or("(unset: /metrics on PORT)".into(), |p| p.to_string()),
+            ),
+            ("HSTS_MAX_AGE", self.hsts_max_age.to_string()),
             (
                 "TLS_CERT_FILE",
                 self.tls
@@ -529,6 +532,84 @@ impl Config {
     }
 }
 
+/// Secret values that stand in this repository's files as examples (compose, manifests, docs,
+/// tests): a deployment that copied one has a key that anyone who read them knows.
+const KNOWN_PLACEHOLDERS: &[&str] = &[
+    "dev-only-jwt-secret-do-not-use-in-production-0123456789",
+    "REPLACE_ME_WITH_AT_LEAST_32_RANDOM_BYTES",
+];
+
+/// Words that mark a value as an example rather than a generated key.
+const PLACEHOLDER_MARKERS: &[&str] = &[
+    "changeme",
+    "change-me",
+    "change_me",
+    "replace-me",
+    "replace_me",
+    "replaceme",
+    "do-not-use",
+    "placeholder",
+    "your-secret",
+    "your_secret",
+];
+
+/// Below this estimate (length × Shannon entropy of its characters) a value is too predictable to
+/// key HMACs with; 32 random bytes in base64 or hex estimate well above 200 bits.
+const MIN_SECRET_ENTROPY_BITS: f64 = 128.0;
+
+/// A secret key from the environment: long enough, not an example from this repository, not a
+/// short pattern repeated (`aaaa…`, `abcabc…`), and not made of a handful of characters.
+pub fn check_secret(var: &'static str, value: String) -> Result<Secret, ConfigError> {
+    if value.len() < MIN_SECRET_BYTES {
+        return Err(err(
+            var,
+            format!("must be at least {MIN_SECRET_BYTES} bytes long"),
+        ));
+    }
+    let lower = value.to_ascii_lowercase();
+    if KNOWN_PLACEHOLDERS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(value.trim()))
+        || PLACEHOLDER_MARKERS.iter().any(|m| lower.contains(m))
+    {
+        return Err(err(
+            var,
+            "is an example value from documentation or configuration files; generate one, \
+             e.g. `head -c 48 /dev/urandom | base64`",
+        ));
+    }
+    let bytes = value.as_bytes();
+    let periodic = (1..=bytes.len() / 2)
+        .any(|p| bytes.len() % p == 0 && bytes.chunks(p).all(|c| c == &bytes[..p]));
+    if periodic || entropy_bits(bytes) < MIN_SECRET_ENTROPY_BITS {
+        return Err(err(
+            var,
+            "has too little entropy (a repeated pattern or too few distinct characters); \
+             generate one, e.g. `head -c 48 /dev/urandom | base64`",
+        ));
+    }
+    Ok(Secret::new(value.into_bytes()))
+}
+
+/// Length times the Shannon entropy of the byte distribution: an upper estimate of the bits an
+/// attacker must guess, which is enough to catch the trivial values.
+fn entropy_bits(bytes: &[u8]) -> f64 {
+    let mut counts = [0usize; 256];
+    for b in bytes {
+        counts[*b as usize] += 1;
+    }
+    let n = bytes.len() as f64;
+    let per_byte: f64 = counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = *c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    per_byte * n
+}
+
 /// `10.0.0.0/8, 192.168.1.7`: addresses or CIDR ranges, comma-separated.
 fn parse_proxies(raw: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     let Some(raw) = raw else {
@@ -615,17 +696,27 @@ mod tests {
         );
         let c = config(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).unwrap();
         assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(
+            config(&[("METRICS_PORT", "metrics")]).unwrap_err().var,
+            "METRICS_PORT"
+        );
+        assert_eq!(
+            config(&[("HSTS_MAX_AGE", "-1")]).unwrap_err().var,
+            "HSTS_MAX_AGE"
+        );
+        let c = config(&[("METRICS_PORT", "9090")]).unwrap();
+        assert_eq!((c.metrics_port, c.hsts_max_age), (Some(9090), 31_536_000));
     }
 
     #[test]
     fn services_require_a_secret_and_the_secret_is_never_printed() {
         let e = config(&[("REDIS_URL", "redis://127.0.0.1/")]).unwrap_err();
         assert_eq!(e.var, "JWT_SECRET");
-        let secret = "s".repeat(40);
-        let c = config(&[("REDIS_URL", "redis://127.0.0.1/"), ("JWT_SECRET", &secret)]).unwrap();
-        assert!(!format!("{c:?}").contains(&secret));
+        let secret = "Zq8v1L0mXr3T9kPa7sWc2NdYh6GfUe4B";
+        let c = config(&[("REDIS_URL", "redis://127.0.0.1/"), ("JWT_SECRET", secret)]).unwrap();
+        assert!(!format!("{c:?}").contains(secret));
         assert!(!c.migrate_on_start || c.is_embedded_db());
-        assert!(!c.describe().contains(&secret));
+        assert!(!c.describe().contains(secret));
     }
 
     #[test]
@@ -642,5 +733,76 @@ mod tests {
             mask_url_password("redis://cache:6379"),
             "redis://cache:6379"
         );
+    }
+
+    #[test]
+    fn placeholder_and_low_entropy_secrets_are_refused_naming_the_variable() {
+        let generated = "k3Jx9QvT2mLp8RwZ0aYc5NbE7hUd1GsF4oVi6XtK"; // 40 random characters
+        for var in ["JWT_SECRET", "JWT_SECRET_PREVIOUS"] {
+            assert!(config(&[(var, generated)]).is_ok(), "{var}");
+            for bad in [
+                "s".repeat(40),
+                "abc".repeat(12),
+                "0123456789abcdef".repeat(2),
+                "change-me-change-me-change-me-1234567890".to_string(),
+                "my-super-secret-placeholder-value-for-jwt".to_string(),
+                "aaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbbbb".to_string(),
+            ] {
+                let e = config(&[(var, &bad)]).unwrap_err();
+                assert_eq!(e.var, var, "{bad}");
+                assert!(
+                    !e.to_string().contains(&bad),
+                    "the error must not echo the value"
+                );
+            }
+        }
+    }
+
+    /// Every literal secret that a file of this repository shows as an example is refused, so
+    /// copying one into production fails at start-up.
+    #[test]
+    fn every_example_secret_in_the_repository_is_refused() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![
+            root.join("README.md"),
+            root.join("docker/docker-compose.yml"),
+        ];
+        let mut dirs = vec![root.join("kubernetes"), root.join("docs")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        let mut found = 0;
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            for line in text.lines() {
+                let Some(at) = line.find("_SECRET") else {
+                    continue;
+                };
+                let value = line[at + "_SECRET".len()..]
+                    .trim_start_matches("_PREVIOUS")
+                    .trim_start_matches(|c| matches!(c, '=' | ':' | ' ' | '"' | '\''))
+                    .trim_end_matches(|c| matches!(c, '"' | '\'' | ' '));
+                // Only literal values: commands, references and variables are not examples.
+                if value.len() < 8 || value.contains(['$', '(', '<', '`', ' ', '{', '…']) {
+                    continue;
+                }
+                found += 1;
+                assert!(
+                    check_secret("JWT_SECRET", value.to_string()).is_err(),
+                    "{} shows a secret that would be accepted: {value}",
+                    file.display()
+                );
+            }
+        }
+        assert!(found > 0, "the scan found no example secret at all");
     }
 }

@@ -8,7 +8,7 @@ use actix_web::{
     dev::Server,
     dev::ServerHandle,
     http::header,
-    middleware::{from_fn, Condition},
+    middleware::{from_fn, Condition, DefaultHeaders},
     web, App, HttpServer,
 };
 use migration::{Migrator, MigratorTrait};
@@ -51,6 +51,9 @@ pub enum StartupError {
 const DB_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn connect_database(config: &Config) -> Result<DatabaseConnection, StartupError> {
+    if config.database_url.is_none() {
+        private_sqlite_file(&config.sqlite_path)?;
+    }
     let mut options = ConnectOptions::new(config.effective_database_url());
     options
         .sqlx_logging(false)
@@ -60,6 +63,36 @@ pub async fn connect_database(config: &Config) -> Result<DatabaseConnection, Sta
     Database::connect(options)
         .await
         .map_err(|e| StartupError::Database(e.to_string()))
+}
+
+/// The embedded database holds password hashes: its file is created readable by the owner only
+/// (SQLite gives its -wal and -shm files the same mode), and a file readable by others is
+/// narrowed to the owner, with a warning.
+fn private_sqlite_file(path: &str) -> Result<(), StartupError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |e: std::io::Error| StartupError::Database(format!("SQLITE_PATH {path}: {e}"));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path).map_err(fail)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path,
+                    mode = format!("{:o}", mode & 0o777),
+                    "the SQLite file was readable by others; narrowed to the owner (0600)"
+                );
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(fail)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(fail(e)),
+    }
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), StartupError> {
@@ -89,6 +122,9 @@ fn cors(origins: &[String]) -> Cors {
 
 pub struct Application {
     port: u16,
+    metrics_port: Option<u16>,
+    /// The METRICS_PORT server (already running), stopped after the main one.
+    metrics_server: Option<ServerHandle>,
     server: Server,
     users: Addr<UserStore>,
     sessions: Addr<SessionRegistry>,
@@ -158,6 +194,18 @@ impl Application {
             source,
         };
         let port = listener.local_addr().map_err(bind_err)?.port();
+        let metrics_listener = match config.metrics_port {
+            Some(p) => {
+                let addr = format!("{}:{p}", config.host);
+                Some(
+                    TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         tracing::info!(
             port,
             https = tls.is_some(),
@@ -206,13 +254,45 @@ impl Application {
         });
         grant_admin_emails(&state).await?;
         let origins = state.config.cors_allowed_origins.clone();
+        let public_metrics = metrics_listener.is_none();
+        // Browsers that reached us over TLS keep to HTTPS for max-age (HSTS_MAX_AGE, 0: not sent).
+        let hsts = (tls.is_some() && state.config.hsts_max_age > 0)
+            .then(|| format!("max-age={}", state.config.hsts_max_age));
+        let metrics_server = match metrics_listener {
+            Some(listener) => {
+                let state = state.clone();
+                let metrics_port = listener.local_addr().map_err(bind_err)?.port();
+                tracing::info!(port = metrics_port, "metrics served on their own port");
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(state.clone())
+                        .configure(routes::health::configure_metrics)
+                        .default_service(web::to(routes::not_found))
+                })
+                .listen(listener)
+                .map_err(bind_err)?
+                .workers(1)
+                .shutdown_timeout(grace.as_secs())
+                .disable_signals()
+                .run();
+                Some((metrics_port, server))
+            }
+            None => None,
+        };
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(Condition::new(
+                    hsts.is_some(),
+                    DefaultHeaders::new().add((
+                        header::STRICT_TRANSPORT_SECURITY,
+                        hsts.clone().unwrap_or_default(),
+                    )),
+                ))
                 // Outermost of the two, so preflights and CORS errors get request ids too.
                 .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
                 .wrap(from_fn(routes::request_context))
-                .configure(routes::configure(body_limit))
+                .configure(routes::configure(body_limit, public_metrics))
                 .default_service(web::to(routes::not_found))
         });
         let server = match tls {
@@ -225,8 +305,18 @@ impl Application {
         // Signals are handled by the binary, which asks for a graceful stop on SIGTERM and SIGINT.
         .disable_signals()
         .run();
+        let (metrics_port, metrics_server) = match metrics_server {
+            Some((p, server)) => {
+                let handle = server.handle();
+                actix_web::rt::spawn(server);
+                (Some(p), Some(handle))
+            }
+            None => (None, None),
+        };
         Ok(Self {
             port,
+            metrics_port,
+            metrics_server,
             server,
             users,
             sessions,
@@ -238,6 +328,11 @@ impl Application {
         self.port
     }
 
+    /// The METRICS_PORT listener's bound port, when /metrics has its own.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
@@ -246,6 +341,9 @@ impl Application {
     /// the subscription and the database pool.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        if let Some(metrics) = self.metrics_server {
+            metrics.stop(true).await;
+        }
         self.audit.stop().await;
         let _ = self.sessions.send(session::Stop).await;
         let _ = self.users.send(users::Stop).await;

@@ -169,6 +169,11 @@ impl JwtKeys {
         {
             return None;
         }
+        // RFC 7515 4.1.11: extensions listed in `crit` must be understood, and we implement
+        // none, so any `crit` (even an empty one, which the RFC forbids) is refused.
+        if header.crit.is_some() {
+            return None;
+        }
         if header.typ.as_deref() != Some("JWT") {
             return None;
         }

@@ -7,10 +7,17 @@ use serde::Serialize;
 use super::resource;
 use crate::{session, state::AppState, users};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     cfg.service(resource("/health", "GET").route(web::get().to(health)))
-        .service(resource("/ready", "GET").route(web::get().to(ready)))
-        .service(resource("/metrics", "GET").route(web::get().to(metrics)));
+        .service(resource("/ready", "GET").route(web::get().to(ready)));
+    if with_metrics {
+        configure_metrics(cfg);
+    }
+}
+
+/// The scrape route alone, for the METRICS_PORT listener.
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/metrics", "GET").route(web::get().to(metrics)));
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -10,7 +10,7 @@ use actix_web::{
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
     error::{JsonPayloadError, PathError, QueryPayloadError},
-    http::header::{HeaderName, HeaderValue},
+    http::header::{self, HeaderName, HeaderValue},
     middleware::Next,
     web, HttpRequest, HttpResponse,
 };
@@ -20,7 +20,12 @@ use actix_web::ResponseError;
 
 use crate::{error::ApiError, state::AppState};
 
-pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
+/// `public_metrics`: whether /metrics is a route of this listener (false when METRICS_PORT serves
+/// it: then no spelling of the path reaches it here, since the route does not exist).
+pub fn configure(
+    body_limit: usize,
+    public_metrics: bool,
+) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(
             web::JsonConfig::default()
@@ -36,7 +41,7 @@ pub fn configure(body_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone 
                 ApiError::invalid(format!("invalid query string: {}", short(&e.to_string()))).into()
             }),
         );
-        health::configure(cfg);
+        health::configure(cfg, public_metrics);
         users::configure(cfg);
         auth::configure(cfg);
         session::configure(cfg);
@@ -198,6 +203,9 @@ pub async fn request_context(
         );
         return Ok(ServiceResponse::new(req, res).map_into_right_body());
     }
+    // Responses to a request that carries credentials are about that caller: no cache (browser,
+    // proxy, CDN) may keep them. Error responses set no-store themselves.
+    let authenticated = req.headers().contains_key(header::AUTHORIZATION);
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
     let metrics = req
@@ -235,6 +243,9 @@ pub async fn request_context(
     });
     let headers = res.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), id);
+    if authenticated {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     headers.insert(
         actix_web::http::header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

@@ -317,6 +317,15 @@ async fn token_header_attacks_and_key_rotation(backend: Backend) {
             "unknown kid",
             hs(json!({"alg": "HS256", "typ": "JWT", "kid": "someone-elses-key"})),
         ),
+        // RFC 7515 4.1.11: a critical extension the server does not understand.
+        (
+            "crit unknown extension",
+            hs(json!({"alg": "HS256", "typ": "JWT", "crit": ["x-ext"], "x-ext": true})),
+        ),
+        (
+            "crit empty",
+            hs(json!({"alg": "HS256", "typ": "JWT", "crit": []})),
+        ),
         ("typ at+jwt", hs(json!({"alg": "HS256", "typ": "at+jwt"}))),
         ("RS256 header", hs(json!({"alg": "RS256", "typ": "JWT"}))),
         (

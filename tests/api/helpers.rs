@@ -153,6 +153,14 @@ impl Deployment {
 
     /// Starts an instance with some settings changed for it only (e.g. REDIS_URL via a proxy).
     pub async fn spawn_with(&self, overrides: &[(&str, String)]) -> TestApp {
+        self.spawn_with_metrics(overrides).await.0
+    }
+
+    /// Like `spawn_with`, also returning the METRICS_PORT listener's address when there is one.
+    pub async fn spawn_with_metrics(
+        &self,
+        overrides: &[(&str, String)],
+    ) -> (TestApp, Option<String>) {
         let mut vars = self.vars.clone();
         for (k, v) in overrides {
             vars.insert(k.to_string(), v.clone());
@@ -162,16 +170,18 @@ impl Deployment {
             .await
             .expect("application starts");
         let port = app.port();
+        let metrics = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
         let handle = app.handle();
         actix_web::rt::spawn(app.run_until_stopped());
-        TestApp {
+        let app = TestApp {
             address: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),
             handle: Some(handle),
-        }
+        };
+        (app, metrics)
     }
 }
 

@@ -40,9 +40,53 @@ async fn serves_https_with_the_given_certificate_and_refuses_plain_http() {
             .await
             .unwrap_or_else(|e| panic!("https://{host}:{port}/health: {e:?}"));
         assert_eq!(res.status(), StatusCode::OK);
+        // HSTS_MAX_AGE defaults to one year when sessiond itself serves TLS.
+        assert_eq!(
+            res.headers()
+                .get("strict-transport-security")
+                .and_then(|v| v.to_str().ok()),
+            Some("max-age=31536000")
+        );
         let body: Value = res.json().await.expect("json body");
         assert_eq!(body["status"], "ok");
     }
+    // Errors carry it too, and HSTS_MAX_AGE=0 turns it off.
+    let res = trusting
+        .get(format!("https://localhost:{port}/no-such-route"))
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.headers().contains_key("strict-transport-security"));
+    let no_hsts = dep
+        .spawn_with(&[
+            ("TLS_CERT_FILE", cert_path.display().to_string()),
+            ("TLS_KEY_FILE", key_path.display().to_string()),
+            ("HSTS_MAX_AGE", "0".into()),
+        ])
+        .await;
+    let no_hsts_port = no_hsts
+        .address
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    let res = trusting
+        .get(format!("https://localhost:{no_hsts_port}/health"))
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(!res.headers().contains_key("strict-transport-security"));
+    // Plain HTTP never sends it (a browser would ignore it there, and it would be a lie).
+    let plain_app = dep.spawn().await;
+    assert_eq!(
+        plain_app
+            .get("/health", None)
+            .await
+            .header("strict-transport-security"),
+        None
+    );
 
     // A client that does not trust the self-signed certificate is refused by its own TLS check.
     let default_roots = reqwest::Client::builder()
