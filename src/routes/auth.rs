@@ -221,7 +221,10 @@ async fn attempt_login(
         }
     };
     state.throttle.record_success(bucket.id()).await?;
-    state.throttle.remember(&account_key, &client).await?;
+    // Without a peer address there is nothing to recognise the client by next time.
+    if ip.is_some() {
+        state.throttle.remember(&account_key, &client).await?;
+    }
 
     let expires_at = now + state.config.session_lifetime.as_secs() as i64;
     let refresh = RefreshToken::generate(account.id, Uuid::new_v4());
