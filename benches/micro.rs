@@ -20,7 +20,10 @@ use sessiond::{
         SessionRecord, SessionRegistry, SessionStore,
     },
     state::AppState,
-    users::{password::PasswordHasher, UserStore},
+    users::{
+        password::{PasswordHasher, Priority},
+        UserStore,
+    },
 };
 use uuid::Uuid;
 
@@ -222,7 +225,7 @@ fn argon2(c: &mut Criterion) {
     g.bench_function(name, |b| {
         b.to_async(&rt).iter(|| async {
             assert!(hasher
-                .verify(password.clone(), Some(hash.clone()))
+                .verify(password.clone(), Some(hash.clone()), Priority::Login)
                 .await
                 .expect("verify"));
         })

@@ -49,6 +49,9 @@ pub struct ThrottleConfig {
     pub login_per_account: u64,
     pub register_per_ip: u64,
     pub refresh_per_ip: u64,
+    /// PUT /profile/password attempts per account (and client bucket, as logins) and per session.
+    pub password_change_per_account: u64,
+    pub password_change_per_session: u64,
     /// Consecutive failed logins before the account is locked (0: never).
     pub lockout_threshold: u64,
     /// First lock's length; each further failure doubles it.
@@ -347,6 +350,18 @@ impl Config {
                 )?,
                 register_per_ip: env.number("RATE_LIMIT_REGISTER_PER_IP", 10u64, 0, u64::MAX)?,
                 refresh_per_ip: env.number("RATE_LIMIT_REFRESH_PER_IP", 60u64, 0, u64::MAX)?,
+                password_change_per_account: env.number(
+                    "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT",
+                    10u64,
+                    0,
+                    u64::MAX,
+                )?,
+                password_change_per_session: env.number(
+                    "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION",
+                    5u64,
+                    0,
+                    u64::MAX,
+                )?,
                 lockout_threshold: env.number("LOCKOUT_THRESHOLD", 5u64, 0, 99)?,
                 lockout_base: secs(env.number("LOCKOUT_BASE_SECONDS", 1u64, 1, 3600)?),
                 lockout_max: secs(env.number("LOCKOUT_MAX_SECONDS", 900u64, 1, 86_400)?),
@@ -498,6 +513,14 @@ impl Config {
             (
                 "RATE_LIMIT_REFRESH_PER_IP",
                 self.throttle.refresh_per_ip.to_string(),
+            ),
+            (
+                "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT",
+                self.throttle.password_change_per_account.to_string(),
+            ),
+            (
+                "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION",
+                self.throttle.password_change_per_session.to_string(),
             ),
             (
                 "LOCKOUT_THRESHOLD",

@@ -13,7 +13,7 @@ use sessiond::{
     auth::JwtKeys,
     config::Argon2Config,
     session::{now_unix, Lifetimes, RedisStore, RefreshToken, SessionRecord, SessionStore},
-    users::password::PasswordHasher,
+    users::password::{PasswordHasher, Priority},
 };
 use uuid::Uuid;
 
@@ -242,7 +242,7 @@ async fn argon2_verify_time(cfg: Argon2Config) -> Duration {
     for _ in 0..9 {
         let start = Instant::now();
         let ok = hasher
-            .verify(PASSWORD.into(), Some(hash.clone()))
+            .verify(PASSWORD.into(), Some(hash.clone()), Priority::Login)
             .await
             .expect("verify");
         assert!(ok);

@@ -8,6 +8,7 @@ mod audit;
 mod cross_pod;
 mod flow;
 mod hardening;
+mod lockout;
 mod persistence;
 mod process;
 mod redis_down;
