@@ -76,7 +76,10 @@ async fn sync_admin_role(db: &DatabaseConnection) -> Result<(), StartupError> {
         .await
         .map_err(|e| StartupError::Migration(format!("admin role: {e}")))?;
     if added > 0 {
-        tracing::info!(added, "the admin role gained the permissions added to sessiond");
+        tracing::info!(
+            added,
+            "the admin role gained the permissions added to sessiond"
+        );
     }
     Ok(())
 }

@@ -272,9 +272,7 @@ mod tests {
             "a wildcard string does not hold the permissions it looks like"
         );
         assert!(target.shortfall_to(&delegate).permissions == ["billing:*"]);
-        assert!(delegate
-            .shortfall(["users:write"], false)
-            .is_empty());
+        assert!(delegate.shortfall(["users:write"], false).is_empty());
         let admin = Access::new(vec!["admin".into(), "user".into()], vec![]);
         assert!(admin.shortfall_to(&target).is_empty());
         assert!(admin.holds("billing:read"));

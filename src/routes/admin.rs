@@ -478,7 +478,9 @@ pub async fn delete_user(
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
     let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
-    audit.ensure_outranks(&admin, "user_delete", user_id).await?;
+    audit
+        .ensure_outranks(&admin, "user_delete", user_id)
+        .await?;
     let result = state.users.send(DeleteUser(user_id)).await?;
     audit.refused("user_delete", || serde_json::json!({}), result)?;
     audit.record(AuditEvent::success("user_delete"));

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{json, Value};
 
 use crate::{
@@ -16,6 +17,7 @@ both_backends!(
     each_admin_operation_needs_a_caller_holding_what_it_touches,
     a_loop_of_denied_calls_is_counted_not_written_row_by_row,
     denials_counted_when_the_server_stops_are_written,
+    the_admin_role_regains_every_defined_permission_at_start_up,
 );
 
 /// How long an asynchronous audit write may take to show up.
@@ -493,4 +495,36 @@ async fn denials_counted_when_the_server_stops_are_written(backend: Backend) {
         "the first at once, the other 29 counted: {rows:?}"
     );
     assert_eq!(counted(&rows), 30);
+}
+
+async fn the_admin_role_regains_every_defined_permission_at_start_up(backend: Backend) {
+    // A deployment migrated before a permission was added to sessiond's definition: its admin
+    // role lacks it until the server starts (or `sessiond migrate` runs).
+    let (dep, admins) = with_admins(backend, 1).await;
+    let first = dep.spawn().await;
+    let root = admin::admin(&first, &admins[0]).await;
+    first.stop().await;
+    let db = Database::connect(dep.database_url())
+        .await
+        .expect("connect to the deployment's database");
+    let removed = db
+        .execute_raw(Statement::from_string(
+            db.get_database_backend(),
+            "DELETE FROM role_permissions WHERE role_name = 'admin' AND permission = 'audit:read'",
+        ))
+        .await
+        .expect("delete");
+    assert_eq!(removed.rows_affected(), 1);
+    let _ = db.close().await;
+
+    let app = dep.spawn().await;
+    let token = app.login(&root.email, PASSWORD).await.access;
+    let session = app.get("/session", Some(&token)).await;
+    assert_eq!(session.body["permissions"], json!(admin::ADMIN_PERMISSIONS));
+    let roles = app.get("/admin/roles", Some(&token)).await;
+    assert_eq!(roles.status, StatusCode::OK, "{}", roles.body);
+    assert_eq!(
+        roles.body["items"][0],
+        json!({"name": "admin", "permissions": admin::ADMIN_PERMISSIONS, "builtin": true})
+    );
 }
