@@ -334,7 +334,7 @@ async fn admin_endpoints_need_their_permission_and_a_valid_existing_id(backend: 
     assert_grants(
         &app.get("/session", Some(&admin.tokens.access)).await,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
     );
 }
 
@@ -353,7 +353,7 @@ async fn role_changes_apply_to_the_session_on_its_next_request(backend: Backend)
     assert_eq!(claims["roles"], json!(["user"]), "{claims}");
     assert_eq!(claims["permissions"], json!([]), "{claims}");
     let session = app.get("/session", Some(&admin.tokens.access)).await;
-    assert_grants(&session, &["admin", "user"], &ADMIN_PERMISSIONS);
+    assert_grants(&session, &["admin", "user"], ADMIN_PERMISSIONS);
     for field in ["user_id", "session_id", "expires_at"] {
         assert!(
             session.body.get(field).is_some(),
@@ -603,7 +603,7 @@ async fn last_admin_cannot_demote_disable_or_delete_themselves(backend: Backend)
     assert_grants(
         &app.get("/session", Some(token)).await,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
     );
     let r = call(&app, Method::GET, &me, Some(token), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -611,7 +611,7 @@ async fn last_admin_cannot_demote_disable_or_delete_themselves(backend: Backend)
         &r.body,
         &admin.id,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
         false,
     );
     let r = app.get("/admin/users", Some(token)).await;
@@ -647,7 +647,7 @@ async fn last_admin_cannot_demote_disable_or_delete_themselves(backend: Backend)
     assert_grants(
         &app.get("/session", Some(&other_token)).await,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
     );
 }
 
@@ -960,7 +960,7 @@ async fn admin_emails_at_start_up_promote_an_existing_account(backend: Backend) 
     assert_grants(
         &app.get("/session", Some(&tokens.access)).await,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
     );
     let profile = app.get("/profile", Some(&tokens.access)).await;
     assert_eq!(
