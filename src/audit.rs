@@ -470,4 +470,45 @@ mod tests {
         assert_eq!((count("written"), count("dropped")), (2, 0));
         assert_eq!(metrics.audit_queue.get(), 0);
     }
+
+    /// Repeats of one denial are one counted event, written when the writer stops; a
+    /// different key or actor is never merged into it.
+    #[actix_web::test]
+    async fn repeated_denials_are_counted_and_flushed_at_stop() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        migration::Migrator::up(&db, None).await.unwrap();
+        let metrics = Metrics::new();
+        let users = UserStore::new(db.clone(), Duration::from_secs(5), metrics.db.clone()).start();
+        let (log, writer) =
+            AuditLog::start(users.clone(), metrics.clone(), Duration::from_secs(60));
+        let actor = Uuid::now_v7();
+        let denied = || AuditEvent::denied("access_denied").actor(actor);
+        for _ in 0..5 {
+            log.record_denial("GET /a users:read".into(), denied());
+        }
+        log.record_denial("GET /b users:read".into(), denied());
+        log.record_denial("GET /a users:read".into(), denied().actor(Uuid::now_v7()));
+        writer.stop().await;
+
+        let page = PageRequest {
+            page: 1,
+            per_page: 10,
+        };
+        let (events, _) = users
+            .send(ListAudit {
+                user_id: None,
+                event_type: None,
+                page,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let mut counts: Vec<u64> = events
+            .iter()
+            .map(|e| e.detail["count"].as_u64().unwrap())
+            .collect();
+        counts.sort();
+        assert_eq!(counts, [1, 1, 1, 4], "{events:?}");
+        assert_eq!(metrics.audit_queue.get(), 0);
+    }
 }
