@@ -312,7 +312,9 @@ pub struct RolesBody {
 }
 
 /// Replace an account's roles. Every live session of the account carries the new roles and
-/// permissions from its next request on, on every pod.
+/// permissions from its next request on, on every pod. Refused (403) for the caller's own
+/// account, for an account holding a permission the caller lacks, and for granting or removing
+/// a role with such a permission.
 #[utoipa::path(put, path = "/admin/users/{id}/roles", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")), request_body = RolesBody,
     responses(
@@ -524,8 +526,7 @@ pub async fn revoke_user_sessions(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
-    let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
-    audit
+    AdminAudit::new(&state, &req, admin.user_id, Some(user_id))
         .ensure_outranks(&admin, "sessions_revoke", user_id)
         .await?;
     state.users.send(GetUser(user_id)).await??;
@@ -536,7 +537,7 @@ pub async fn revoke_user_sessions(
             except: None,
         })
         .await??;
-    audit.record(
+    AdminAudit::new(&state, &req, admin.user_id, Some(user_id)).record(
         AuditEvent::success("sessions_revoke").detail(serde_json::json!({ "revoked": revoked })),
     );
     Ok(HttpResponse::NoContent().finish())
@@ -570,7 +571,8 @@ pub struct RoleBody {
 }
 
 /// Create a role. Roles cannot be changed afterwards (create a new one and reassign), so the
-/// permissions a session carries always match its roles.
+/// permissions a session carries always match its roles. Refused (403) with a permission the
+/// caller does not hold (holders of `admin` hold every permission).
 #[utoipa::path(post, path = "/admin/roles", tag = "admin", security(("bearer" = [])), request_body = RoleBody,
     responses(
         (status = 201, description = "Role created (permission `users:write`)", body = RoleView),
