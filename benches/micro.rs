@@ -103,7 +103,8 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
         .expect("in-memory SQLite");
     let users = UserStore::new(db, Duration::from_secs(5), metrics.db.clone()).start();
     // Nothing on the token-check path records audit events; the writer is left running.
-    let (audit, _writer) = sessiond::audit::AuditLog::start(users.clone(), metrics.clone());
+    let (audit, _writer) =
+        sessiond::audit::AuditLog::start(users.clone(), metrics.clone(), cfg.audit_denied_window);
     let hasher = PasswordHasher::new(&cfg.argon2, cfg.password_min_score, metrics.clone())
         .await
         .expect("argon2");

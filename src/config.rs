@@ -112,6 +112,9 @@ pub struct Config {
     pub password_min_score: u8,
     /// Normalized emails whose accounts get the `admin` role at start-up and at registration.
     pub admin_emails: Vec<String>,
+    /// Repeated denials of one kind by one actor within this window are written as one counted
+    /// event at its end (the first at once), so a loop of 403s cannot flood the audit trail.
+    pub audit_denied_window: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -369,6 +372,12 @@ impl Config {
             cors_allowed_origins,
             password_min_score: env.number("PASSWORD_MIN_SCORE", 2u8, 0, 4)?,
             admin_emails,
+            audit_denied_window: millis(env.number(
+                "AUDIT_DENIED_WINDOW_MS",
+                60_000u64,
+                10,
+                3_600_000,
+            )?),
         })
     }
 
@@ -538,6 +547,10 @@ impl Config {
             ("PASSWORD_MIN_SCORE", self.password_min_score.to_string()),
             ("ARGON2_MAX_QUEUE", self.argon2.max_queue.to_string()),
             ("ADMIN_EMAILS", self.admin_emails.join(",")),
+            (
+                "AUDIT_DENIED_WINDOW_MS",
+                self.audit_denied_window.as_millis().to_string(),
+            ),
         ];
         lines
             .iter()

@@ -95,10 +95,26 @@ fn private_sqlite_file(path: &str) -> Result<(), StartupError> {
     }
 }
 
+/// Applies pending migrations, then gives the `admin` role any permission added to
+/// sessiond's definition since (see [`users::sync_admin_role`]).
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), StartupError> {
     Migrator::up(db, None)
         .await
-        .map_err(|e| StartupError::Migration(e.to_string()))
+        .map_err(|e| StartupError::Migration(e.to_string()))?;
+    sync_admin_role(db).await
+}
+
+async fn sync_admin_role(db: &DatabaseConnection) -> Result<(), StartupError> {
+    let added = users::sync_admin_role(db)
+        .await
+        .map_err(|e| StartupError::Migration(format!("admin role: {e}")))?;
+    if added > 0 {
+        tracing::info!(
+            added,
+            "the admin role gained the permissions added to sessiond"
+        );
+    }
+    Ok(())
 }
 
 /// Browser access for the listed origins only; bearer tokens, so no credentials mode.
@@ -137,6 +153,10 @@ impl Application {
         let db = connect_database(&config).await?;
         if config.migrate_on_start {
             migrate(&db).await?;
+        } else if let Err(e) = sync_admin_role(&db).await {
+            // Not fatal: the schema may be behind (then /ready says so) until a migration Job
+            // runs, which syncs the role itself.
+            tracing::warn!(cause = %e, "could not bring the admin role up to date");
         }
         let metrics = Metrics::new();
         let hasher =
@@ -181,7 +201,8 @@ impl Application {
         )
         .start();
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
-        let (audit, audit_writer) = AuditLog::start(users.clone(), metrics.clone());
+        let (audit, audit_writer) =
+            AuditLog::start(users.clone(), metrics.clone(), config.audit_denied_window);
 
         let addr = format!("{}:{}", config.host, config.port);
         let tls = config.tls.clone();

@@ -2,6 +2,13 @@
 //! takes an [`Authorized<P>`], so the permission check is part of its signature; path ids, query
 //! strings and bodies are read only after it passed (actix polls extractors together), so a
 //! caller without the permission learns nothing but 403.
+//!
+//! On top of the permission, every change obeys the escalation rule (in the spirit of Kubernetes
+//! RBAC escalation prevention): a caller grants, removes or creates only roles whose every
+//! permission it holds, never changes its own roles, and does not disable, enable, delete,
+//! change the roles of or revoke the sessions of an account holding anything it does not hold
+//! ([`Access::holds`]; the `admin` role is the root). Refusals are 403 `forbidden`, audited as
+//! denied events of the operation's kind with `detail.reason` and what was missing.
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::sync::Arc;
@@ -12,10 +19,10 @@ use crate::{
     audit::{AuditEvent, AuditEventView},
     auth::{
         access::{
-            validate_permission, validate_role_name, AuditRead, SessionsRevoke, UsersRead,
-            UsersWrite,
+            validate_permission, validate_role_name, AuditRead, SessionsRevoke, Shortfall,
+            UsersRead, UsersWrite,
         },
-        Access, Authorized,
+        Access, AuthenticatedSession, Authorized,
     },
     error::ApiError,
     routes::session::SessionList,
@@ -23,7 +30,7 @@ use crate::{
     state::AppState,
     users::{
         AdminUser, CreateRole, DeleteUser, FindAccess, GetUser, ListAudit, ListRoles, ListUsers,
-        PageRequest, RoleView, SetDisabled, SetRoles, UserStoreError,
+        PageRequest, RoleChange, RoleView, SetDisabled, SetRoles, UserStoreError,
     },
 };
 
@@ -101,6 +108,54 @@ impl<'a> AdminAudit<'a> {
                 .subject(self.subject)
                 .ip(self.ip.clone()),
         );
+    }
+
+    /// A change refused by the escalation rule: recorded as a denied `kind` (aggregated, since a
+    /// caller can repeat it in a loop) and answered 403.
+    fn escalation(
+        &self,
+        kind: &'static str,
+        reason: &'static str,
+        shortfall: &Shortfall,
+        extra: serde_json::Value,
+    ) -> ApiError {
+        let mut detail = serde_json::json!({
+            "reason": reason,
+            "missing_permissions": shortfall.permissions,
+            "admin_role_required": shortfall.admin_role,
+        });
+        if let (Some(d), serde_json::Value::Object(extra)) = (detail.as_object_mut(), extra) {
+            d.extend(extra);
+        }
+        let subject = self.subject.map(|s| s.to_string()).unwrap_or_default();
+        self.state.audit.record_denial(
+            format!("{reason} {subject}"),
+            AuditEvent::denied(kind)
+                .actor(self.actor)
+                .subject(self.subject)
+                .ip(self.ip.clone())
+                .detail(detail),
+        );
+        ApiError::Forbidden
+    }
+
+    /// The escalation rule for acting on the account: the caller must hold everything it holds.
+    /// An account that no longer exists holds nothing; what the operation does then is its own
+    /// business (e.g. 404).
+    async fn ensure_outranks(
+        &self,
+        caller: &AuthenticatedSession,
+        kind: &'static str,
+        target: Uuid,
+    ) -> Result<(), ApiError> {
+        let Some(account) = self.state.users.send(FindAccess(target)).await?? else {
+            return Ok(());
+        };
+        let shortfall = caller.access.shortfall_to(&account.access);
+        if shortfall.is_empty() {
+            return Ok(());
+        }
+        Err(self.escalation(kind, "escalation", &shortfall, serde_json::json!({})))
     }
 
     /// A change refused by the last-admin rule is recorded as denied (with `detail`) and
@@ -257,7 +312,9 @@ pub struct RolesBody {
 }
 
 /// Replace an account's roles. Every live session of the account carries the new roles and
-/// permissions from its next request on, on every pod.
+/// permissions from its next request on, on every pod. Refused (403) for the caller's own
+/// account, for an account holding a permission the caller lacks, and for granting or removing
+/// a role with such a permission.
 #[utoipa::path(put, path = "/admin/users/{id}/roles", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")), request_body = RolesBody,
     responses(
@@ -284,6 +341,19 @@ pub async fn set_roles(
         validate_role_name(r).map_err(ApiError::InvalidRequest)?;
     }
     let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
+    let requested = crate::users::normalize_roles(body.roles);
+    if user_id == admin.user_id {
+        // Even an admin: a role change is always someone else's decision, and the last-admin
+        // rule then needs no special case for stepping down.
+        return Err(audit
+            .escalation(
+                "role_change",
+                "own_roles",
+                &Shortfall::default(),
+                serde_json::json!({"roles": requested, "previous": admin.access.roles}),
+            )
+            .into());
+    }
     // Nothing changes when the change is refused, so the roles now are the ones it would replace.
     let current = state
         .users
@@ -291,20 +361,36 @@ pub async fn set_roles(
         .await
         .map_err(ApiError::from)?
         .map_err(ApiError::from)?;
-    let requested = crate::users::normalize_roles(body.roles);
     let result = state
         .users
         .send(SetRoles {
             user_id,
             roles: requested.clone(),
+            by: Some(Access::clone(&admin.access)),
         })
         .await
         .map_err(ApiError::from)?;
-    let (user, previous) = audit.refused(
+    let change = audit.refused(
         "role_change",
         || serde_json::json!({"roles": requested, "previous": current.roles}),
         result,
     )?;
+    let (user, previous) = match change {
+        RoleChange::Done { user, previous } => (user, previous),
+        RoleChange::Refused {
+            shortfall,
+            previous,
+        } => {
+            return Err(audit
+                .escalation(
+                    "role_change",
+                    "escalation",
+                    &shortfall,
+                    serde_json::json!({"roles": requested, "previous": previous}),
+                )
+                .into())
+        }
+    };
     if user.roles != previous {
         audit.record(
             AuditEvent::success("role_change")
@@ -330,6 +416,7 @@ async fn set_disabled(
         "user_enable"
     };
     let audit = AdminAudit::new(state, req, admin.user_id, Some(user_id));
+    audit.ensure_outranks(admin, kind, user_id).await?;
     let result = state.users.send(SetDisabled { user_id, disabled }).await?;
     if audit.refused(kind, || serde_json::json!({}), result)? {
         audit.record(AuditEvent::success(kind));
@@ -393,6 +480,9 @@ pub async fn delete_user(
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
     let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
+    audit
+        .ensure_outranks(&admin, "user_delete", user_id)
+        .await?;
     let result = state.users.send(DeleteUser(user_id)).await?;
     audit.refused("user_delete", || serde_json::json!({}), result)?;
     audit.record(AuditEvent::success("user_delete"));
@@ -436,6 +526,9 @@ pub async fn revoke_user_sessions(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
+    AdminAudit::new(&state, &req, admin.user_id, Some(user_id))
+        .ensure_outranks(&admin, "sessions_revoke", user_id)
+        .await?;
     state.users.send(GetUser(user_id)).await??;
     let revoked = state
         .sessions
@@ -478,7 +571,8 @@ pub struct RoleBody {
 }
 
 /// Create a role. Roles cannot be changed afterwards (create a new one and reassign), so the
-/// permissions a session carries always match its roles.
+/// permissions a session carries always match its roles. Refused (403) with a permission the
+/// caller does not hold (holders of `admin` hold every permission).
 #[utoipa::path(post, path = "/admin/roles", tag = "admin", security(("bearer" = [])), request_body = RoleBody,
     responses(
         (status = 201, description = "Role created (permission `users:write`)", body = RoleView),
@@ -498,6 +592,20 @@ pub async fn create_role(
     for p in &body.permissions {
         validate_permission(p).map_err(ApiError::InvalidRequest)?;
     }
+    let audit = AdminAudit::new(&state, &req, admin.user_id, None);
+    let shortfall = admin
+        .access
+        .shortfall(body.permissions.iter().map(String::as_str), false);
+    if !shortfall.is_empty() {
+        return Err(audit
+            .escalation(
+                "role_create",
+                "escalation",
+                &shortfall,
+                serde_json::json!({"name": body.name, "permissions": body.permissions}),
+            )
+            .into());
+    }
     let role = state
         .users
         .send(CreateRole {
@@ -507,7 +615,7 @@ pub async fn create_role(
         .await
         .map_err(ApiError::from)?
         .map_err(ApiError::from)?;
-    AdminAudit::new(&state, &req, admin.user_id, None).record(
+    audit.record(
         AuditEvent::success("role_create")
             .detail(serde_json::json!({"name": role.name, "permissions": role.permissions})),
     );

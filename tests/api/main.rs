@@ -6,6 +6,7 @@ mod proxy;
 mod admin;
 mod audit;
 mod cross_pod;
+mod escalation;
 mod flow;
 mod hardening;
 mod lockout;
