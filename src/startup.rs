@@ -136,7 +136,12 @@ impl Application {
                 Throttle::memory(config.throttle.clone()),
             ),
         };
-        let cache = SessionCache::new(config.session_cache_ttl, trusted, lifetimes);
+        let cache = SessionCache::new(
+            config.session_cache_ttl,
+            config.redis_timeout,
+            trusted,
+            lifetimes,
+        );
         let sessions = SessionRegistry::new(
             store,
             cache.clone(),
