@@ -108,7 +108,8 @@ impl Application {
                 .await
                 .map_err(|e| StartupError::Argon2(e.to_string()))?;
 
-        let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace);
+        let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
+            .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
         // With Redis the cache is trusted only once the invalidation subscription is up.
         let (store, trusted, throttle) = match &config.redis_url {
             Some(url) => {
