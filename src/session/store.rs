@@ -682,7 +682,7 @@ impl RedisStore {
         if !gone.is_empty() {
             let _: () = self.bounded("list_prune", conn.zrem(&index, gone)).await?;
         }
-        live.sort_by_key(|r| r.created_at);
+        live.sort_by_key(|r| (r.created_at, r.session_id));
         Ok(live)
     }
 
@@ -967,7 +967,7 @@ impl MemoryStore {
                 self.remove(uid, sid).await;
             }
         }
-        out.sort_by_key(|r| r.created_at);
+        out.sort_by_key(|r| (r.created_at, r.session_id));
         out
     }
 
