@@ -345,6 +345,9 @@ async fn set_disabled(
     let changed = cut_off_then(state, &audit, kind, user_id, what, change).await?;
     if changed {
         audit.record(AuditEvent::success(kind));
+        // An enable racing with this disable may have lifted the marker between the two steps
+        // (and a login slipped in): now that the database says disabled, cut off once more.
+        state.sessions.send(CutOff(user_id)).await??;
     }
     Ok(HttpResponse::NoContent().finish())
 }
