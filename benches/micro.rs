@@ -89,7 +89,7 @@ fn jwt(c: &mut Criterion) {
 /// cache-hit path is the same with Redis) and an in-memory database nothing here reads.
 async fn app_state(cfg: Config) -> web::Data<AppState> {
     let lifetimes = Lifetimes::new(cfg.session_idle_timeout, cfg.refresh_reuse_grace);
-    let cache = SessionCache::new(cfg.session_cache_ttl, true, lifetimes);
+    let cache = SessionCache::new(cfg.session_cache_ttl, cfg.redis_timeout, true, lifetimes);
     let metrics = Metrics::new();
     let sessions = SessionRegistry::new(
         SessionStore::Memory(MemoryStore::new(lifetimes)),

@@ -103,6 +103,9 @@ pub struct Config {
     pub refresh_reuse_grace: Duration,
     /// Sessions unused for this long end; `None`: off.
     pub session_idle_timeout: Option<Duration>,
+    /// Live sessions one account may hold (ASVS 7.1.2); a login beyond it ends the oldest.
+    /// 0: unlimited.
+    pub max_sessions_per_user: usize,
     /// Peers whose X-Forwarded-For is believed (load balancers); empty: only the peer address counts.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub throttle: ThrottleConfig,
@@ -341,6 +344,7 @@ impl Config {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },
+            max_sessions_per_user: env.number("MAX_SESSIONS_PER_USER", 50usize, 0, 100_000)?,
             trusted_proxies: parse_proxies(env.get("TRUSTED_PROXIES"))?,
             throttle: ThrottleConfig {
                 window: secs(env.number("RATE_LIMIT_WINDOW_SECONDS", 60u64, 1, 86_400)?),
@@ -486,6 +490,13 @@ impl Config {
                 "SESSION_IDLE_TIMEOUT",
                 self.session_idle_timeout
                     .map_or("0 (off)".into(), |d| d.as_secs().to_string()),
+            ),
+            (
+                "MAX_SESSIONS_PER_USER",
+                match self.max_sessions_per_user {
+                    0 => "0 (unlimited)".into(),
+                    n => n.to_string(),
+                },
             ),
             (
                 "TRUSTED_PROXIES",
@@ -729,6 +740,17 @@ mod tests {
                 .unwrap_err()
                 .var,
             "TRUSTED_PROXIES"
+        );
+        assert_eq!(
+            config(&[("MAX_SESSIONS_PER_USER", "-1")]).unwrap_err().var,
+            "MAX_SESSIONS_PER_USER"
+        );
+        assert_eq!(config(&[]).unwrap().max_sessions_per_user, 50);
+        assert_eq!(
+            config(&[("MAX_SESSIONS_PER_USER", "0")])
+                .unwrap()
+                .max_sessions_per_user,
+            0
         );
         let c = config(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).unwrap();
         assert_eq!(c.trusted_proxies.len(), 2);

@@ -164,7 +164,8 @@ impl Application {
                 .await
                 .map_err(|e| StartupError::Argon2(e.to_string()))?;
 
-        let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace);
+        let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
+            .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
         // With Redis the cache is trusted only once the invalidation subscription is up.
         let (store, trusted, throttle) = match &config.redis_url {
             Some(url) => {
@@ -192,7 +193,12 @@ impl Application {
                 Throttle::memory(config.throttle.clone()),
             ),
         };
-        let cache = SessionCache::new(config.session_cache_ttl, trusted, lifetimes);
+        let cache = SessionCache::new(
+            config.session_cache_ttl,
+            config.redis_timeout,
+            trusted,
+            lifetimes,
+        );
         let sessions = SessionRegistry::new(
             store,
             cache.clone(),

@@ -708,7 +708,9 @@ async fn seed_sessions(
     futures_util::stream::iter(sessions.iter())
         .map(|(rec, _)| async move { store.create(rec).await })
         .buffer_unordered(256)
-        .for_each(|r| async move { r.expect("seeding a session") })
+        .for_each(|r| async move {
+            r.expect("seeding a session");
+        })
         .await;
     let requests = sessions
         .iter()

@@ -26,11 +26,12 @@ use crate::{
     },
     error::ApiError,
     routes::session::SessionList,
-    session::{ListSessions, RevokeAll, SetAccess},
+    session::{CutOff, IsCutOff, ListSessions, Restore, RevokeAll, SetAccess},
     state::AppState,
     users::{
-        AdminUser, CreateRole, DeleteUser, FindAccess, GetUser, ListAudit, ListRoles, ListUsers,
-        PageRequest, RoleChange, RoleView, SetDisabled, SetRoles, UserStoreError,
+        AdminUser, CheckRemovable, CreateRole, DeleteUser, FindAccess, GetUser, ListAudit,
+        ListRoles, ListUsers, PageRequest, RoleChange, RoleView, SetDisabled, SetRoles,
+        UserStoreError,
     },
 };
 
@@ -417,24 +418,60 @@ async fn set_disabled(
     };
     let audit = AdminAudit::new(state, req, admin.user_id, Some(user_id));
     audit.ensure_outranks(admin, kind, user_id).await?;
-    let result = state.users.send(SetDisabled { user_id, disabled }).await?;
-    if audit.refused(kind, || serde_json::json!({}), result)? {
-        audit.record(AuditEvent::success(kind));
+    if !disabled {
+        // Database first, then the marker: if the second step fails the account stays cut off
+        // (fail closed) and a retry completes it.
+        let result = state.users.send(SetDisabled { user_id, disabled }).await?;
+        if audit.refused(kind, || serde_json::json!({}), result)? {
+            audit.record(AuditEvent::success(kind));
+        }
+        state.sessions.send(Restore(user_id)).await??;
+        return Ok(HttpResponse::NoContent().finish());
     }
-    if disabled {
-        // Also when it was disabled already: a retry after a failed revocation completes it.
-        state
-            .sessions
-            .send(RevokeAll {
-                user_id,
-                except: None,
-            })
-            .await??;
+    let what = "disabling this account";
+    let change = || state.users.send(SetDisabled { user_id, disabled });
+    let changed = cut_off_then(state, &audit, kind, user_id, what, change).await?;
+    if changed {
+        audit.record(AuditEvent::success(kind));
+        // An enable racing with this disable may have lifted the marker between the two steps
+        // (and a login slipped in): now that the database says disabled, cut off once more.
+        state.sessions.send(CutOff(user_id)).await??;
     }
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Disable an account: no logins, and every session ends on every pod.
+/// Disabling and deleting: the account's sessions are revoked and it is marked cut off (no
+/// session is created or refreshed) in one atomic step BEFORE the database changes, so whatever
+/// the answer (a 503 included), a disabled or deleted account has no usable session. If the
+/// database step fails, the account stays cut off (fail closed) and a retry completes it; if it
+/// is refused by the last-admin rule (a race the read-only check before missed), the mark is
+/// lifted again. Also when the account was disabled already, so a retry completes everything.
+/// `change` is a closure because actix enqueues a message when `send` is called, not when the
+/// returned future is first polled.
+async fn cut_off_then<T, F>(
+    state: &AppState,
+    audit: &AdminAudit<'_>,
+    kind: &'static str,
+    user_id: Uuid,
+    what: &'static str,
+    change: impl FnOnce() -> F,
+) -> Result<T, ApiError>
+where
+    F: std::future::Future<Output = Result<Result<T, UserStoreError>, actix::MailboxError>>,
+{
+    let check = state.users.send(CheckRemovable { user_id, what }).await?;
+    audit.refused(kind, || serde_json::json!({}), check)?;
+    state.sessions.send(CutOff(user_id)).await??;
+    let result = change().await?;
+    if let Err(UserStoreError::Conflict(_)) = &result {
+        state.sessions.send(Restore(user_id)).await??;
+    }
+    audit.refused(kind, || serde_json::json!({}), result)
+}
+
+/// Disable an account: no logins, and every session ends on every pod. The sessions end first:
+/// after any answer, a 503 included, the account has no session that works or refreshes; a 503
+/// may leave it cut off without being marked disabled, until a retry completes it.
 #[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
@@ -450,7 +487,7 @@ pub async fn disable_user(
     set_disabled(&admin, &req, &state, &id, true).await
 }
 
-/// Enable a disabled account: it can log in again.
+/// Enable a disabled account: it can log in again (after a 503, only once a retry succeeded).
 #[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
@@ -465,7 +502,8 @@ pub async fn enable_user(
     set_disabled(&admin, &req, &state, &id, false).await
 }
 
-/// Delete an account: its sessions end on every pod; its audit events stay.
+/// Delete an account: its sessions end on every pod (first, as when disabling); its audit
+/// events stay.
 #[utoipa::path(delete, path = "/admin/users/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
@@ -483,16 +521,29 @@ pub async fn delete_user(
     audit
         .ensure_outranks(&admin, "user_delete", user_id)
         .await?;
-    let result = state.users.send(DeleteUser(user_id)).await?;
-    audit.refused("user_delete", || serde_json::json!({}), result)?;
+    let change = || state.users.send(DeleteUser(user_id));
+    let deleted = cut_off_then(
+        &state,
+        &audit,
+        "user_delete",
+        user_id,
+        "deleting this account",
+        change,
+    )
+    .await;
+    if let Err(ApiError::NotFound(_)) = &deleted {
+        // Gone already, perhaps by an earlier attempt whose answer was lost, or by a version
+        // that deleted before revoking: end whatever sessions are left before saying 404.
+        state
+            .sessions
+            .send(RevokeAll {
+                user_id,
+                except: None,
+            })
+            .await??;
+    }
+    deleted?;
     audit.record(AuditEvent::success("user_delete"));
-    state
-        .sessions
-        .send(RevokeAll {
-            user_id,
-            except: None,
-        })
-        .await??;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -513,7 +564,8 @@ pub async fn list_user_sessions(
     Ok(HttpResponse::Ok().json(SessionList::new(records, None)?))
 }
 
-/// End every session of an account, on every pod.
+/// End every session of an account, on every pod; also of a deleted account (whatever may be
+/// left of it). 404 only for an id that never had an account or a session.
 #[utoipa::path(delete, path = "/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
@@ -529,7 +581,11 @@ pub async fn revoke_user_sessions(
     AdminAudit::new(&state, &req, admin.user_id, Some(user_id))
         .ensure_outranks(&admin, "sessions_revoke", user_id)
         .await?;
-    state.users.send(GetUser(user_id)).await??;
+    let exists = match state.users.send(GetUser(user_id)).await? {
+        Ok(_) => true,
+        Err(UserStoreError::NotFound) => false,
+        Err(e) => return Err(e.into()),
+    };
     let revoked = state
         .sessions
         .send(RevokeAll {
@@ -537,6 +593,11 @@ pub async fn revoke_user_sessions(
             except: None,
         })
         .await??;
+    // A deleted account's id (still marked cut off, or with sessions left) is not unknown:
+    // revoking what is left of it succeeds. An id that never had anything stays 404.
+    if !exists && revoked == 0 && !state.sessions.send(IsCutOff(user_id)).await?? {
+        return Err(ApiError::NotFound("user"));
+    }
     AdminAudit::new(&state, &req, admin.user_id, Some(user_id)).record(
         AuditEvent::success("sessions_revoke").detail(serde_json::json!({ "revoked": revoked })),
     );

@@ -9,7 +9,8 @@ use crate::{
     auth::{Access, AuthenticatedSession},
     error::ApiError,
     session::{
-        now_unix, CreateSession, Refresh, RefreshToken, Revoke, RevokeAll, Rotation, SessionRecord,
+        now_unix, CreateSession, Created, Refresh, RefreshToken, Revoke, RevokeAll, Rotation,
+        SessionRecord,
     },
     state::AppState,
     throttle::{account_key, Bucket, Scope, Throttled},
@@ -227,7 +228,9 @@ async fn attempt_login(
     }
 
     let expires_at = now + state.config.session_lifetime.as_secs() as i64;
-    let refresh = RefreshToken::generate(account.id, Uuid::new_v4());
+    // A v7 id sorts by creation time, which orders the sessions of one second when the oldest
+    // must end (MAX_SESSIONS_PER_USER). The session id is no secret (GET /sessions lists it).
+    let refresh = RefreshToken::generate(account.id, Uuid::now_v7());
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
@@ -249,7 +252,20 @@ async fn attempt_login(
         access: std::sync::Arc::new(access.clone()),
         refresh_hash: refresh.hash(),
     };
-    state.sessions.send(CreateSession(record)).await??;
+    let evicted = match state.sessions.send(CreateSession(record)).await?? {
+        Created::Stored { evicted } => evicted,
+        // Disabled or deleted while this login ran (the account was cut off first).
+        Created::AccountCutOff => return Err(refused(Some(account.id), "disabled")),
+    };
+    for sid in evicted {
+        state.audit.record(
+            AuditEvent::success("session_revoke")
+                .subject(account.id)
+                .ip(ip.clone())
+                .detail(serde_json::json!({ "session_id": sid, "reason": "max_sessions" })),
+        );
+        tracing::info!(user_id = %account.id, session_id = %sid, "oldest session ended: MAX_SESSIONS_PER_USER reached");
+    }
     // An admin may have disabled the account or changed its roles while this login ran; their
     // session updates could not see the new session, so look again now that it exists.
     let access = match state.users.send(FindAccess(account.id)).await?? {

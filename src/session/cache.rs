@@ -70,6 +70,14 @@ pub enum CacheLookup {
     Miss { fresh: bool },
 }
 
+/// How long a tombstone must last: beyond the end of any cache entry whose read began before the
+/// revocation. Such an entry is inserted when its read ends and lives `ttl` from then; a cache
+/// miss reads the store at most twice (a second read when a role change arrived meanwhile), each
+/// bounded by `store_timeout`. A second of margin covers scheduling.
+pub(super) fn tombstone_ttl(ttl: Duration, store_timeout: Duration) -> Duration {
+    ttl + store_timeout * 2 + Duration::from_secs(1)
+}
+
 #[derive(Clone)]
 pub struct SessionCache {
     entries: Cache<Uuid, Arc<CacheEntry>>,
@@ -94,10 +102,14 @@ pub struct SessionCache {
 
 impl SessionCache {
     /// `ttl` bounds how long a pod trusts a cached answer (SESSION_CACHE_TTL); zero disables caching.
-    pub fn new(ttl: Duration, trusted: bool, lifetimes: Lifetimes) -> Self {
-        // A tombstone must outlive any entry whose load started before the revoke:
-        // load time (bounded by the Redis timeout) + ttl. A second of margin covers it.
-        let tombstone_ttl = ttl + Duration::from_secs(1);
+    /// `store_timeout` bounds one store read (REDIS_TIMEOUT_MS).
+    pub fn new(
+        ttl: Duration,
+        store_timeout: Duration,
+        trusted: bool,
+        lifetimes: Lifetimes,
+    ) -> Self {
+        let tombstone_ttl = tombstone_ttl(ttl, store_timeout);
         Self {
             entries: Cache::builder()
                 .time_to_live(ttl.max(Duration::from_millis(1)))
@@ -271,7 +283,12 @@ mod tests {
     #[tokio::test]
     async fn a_role_change_makes_older_entries_stale_not_revoked() {
         let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
-        let cache = SessionCache::new(Duration::from_secs(5), true, lifetimes);
+        let cache = SessionCache::new(
+            Duration::from_secs(5),
+            Duration::from_millis(250),
+            true,
+            lifetimes,
+        );
         let (uid, sid, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let read_at = Instant::now();
         cache
@@ -314,5 +331,41 @@ mod tests {
             cache.lookup(sid).await,
             CacheLookup::Hit { state: None, .. }
         ));
+    }
+
+    #[test]
+    fn a_tombstone_outlives_any_entry_whose_read_began_before_the_revocation() {
+        let (ttl, timeout) = (Duration::from_secs(5), Duration::from_millis(250));
+        let lifetime = tombstone_ttl(ttl, timeout);
+        // Worst case: two reads of one cache miss, each up to the timeout, then the entry's ttl.
+        assert!(lifetime > ttl + timeout * 2, "{lifetime:?}");
+        assert_eq!(lifetime, Duration::from_millis(6_500));
+        // A slow store lengthens it; caching off still leaves the reads in flight covered.
+        assert!(tombstone_ttl(ttl, Duration::from_secs(60)) > ttl + Duration::from_secs(120));
+        assert!(tombstone_ttl(Duration::ZERO, timeout) > timeout * 2);
+    }
+
+    /// A read that began before a revocation and ends (caching its answer) as late as the store
+    /// timeout allows: the revoked session is never served from the cache afterwards, although
+    /// the read took longer than SESSION_CACHE_TTL plus the old one-second margin.
+    #[tokio::test]
+    async fn a_read_in_flight_during_a_revocation_cannot_cache_the_revoked_session() {
+        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
+        let (ttl, timeout) = (Duration::from_millis(100), Duration::from_millis(1_500));
+        let cache = SessionCache::new(ttl, timeout, true, lifetimes);
+        let (uid, sid) = (Uuid::new_v4(), Uuid::new_v4());
+        let read_at = Instant::now();
+        cache.apply(&Invalidation::session(sid)).await;
+        tokio::time::sleep(timeout).await;
+        let stale = CacheEntry::new(Some(state(uid, &["user"])), read_at);
+        cache.insert(sid, Arc::new(stale)).await;
+        let until = Instant::now() + ttl + Duration::from_millis(300);
+        while Instant::now() < until {
+            assert!(
+                roles_of(cache.lookup(sid).await).is_none(),
+                "a revoked session was served from the cache"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

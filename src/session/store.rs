@@ -3,7 +3,10 @@
 //! - `{prefix}{u:<uid>}:session:<sid>`: hash of the [`SessionRecord`] plus refresh-rotation
 //!   state; EXPIREAT = absolute end, or earlier with an idle timeout;
 //! - `{prefix}{u:<uid>}:session:<sid>:used`: set of the hashes of rotated refresh tokens;
-//! - `{prefix}{u:<uid>}:sessions`: sorted set of the user's sids scored by absolute expiry.
+//! - `{prefix}{u:<uid>}:sessions`: sorted set of the user's sids scored by absolute expiry;
+//! - `{prefix}{u:<uid>}:disabled`: the account is cut off (disabled or deleted, or being so):
+//!   no session of the user is created or refreshed. Set together with the revocation of all
+//!   the user's sessions, before the database change; lives longer than any session could.
 //!
 //! All keys of one user share the `{u:<uid>}` hash tag, so each script or MULTI touches one
 //! Redis Cluster slot. Every call is bounded by the Redis timeout: a slow Redis gives 503, not a
@@ -24,8 +27,8 @@ use crate::{
 };
 
 use super::{
-    now_unix, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord,
-    SessionState,
+    now_unix, Created, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError,
+    SessionRecord, SessionState,
 };
 
 #[derive(Clone)]
@@ -52,8 +55,26 @@ impl SessionStore {
         }
     }
 
-    pub async fn create(&self, rec: &SessionRecord) -> Result<(), SessionError> {
+    /// Stores the session unless the account is cut off; beyond MAX_SESSIONS_PER_USER the
+    /// user's oldest sessions end in the same step (and, Redis, are announced to every pod).
+    pub async fn create(&self, rec: &SessionRecord) -> Result<Created, SessionError> {
         dispatch!(self, s => s.create(rec).await)
+    }
+
+    /// Cuts the account off: marks it (no session is created or refreshed until
+    /// [`restore`](Self::restore) or the marker's end) and revokes every session it has, in one
+    /// atomic step, announced to every pod. Returns the revoked ids.
+    pub async fn cut_off(&self, uid: Uuid) -> Result<Vec<Uuid>, SessionError> {
+        dispatch!(self, s => s.cut_off(uid).await)
+    }
+
+    /// Lifts a cut-off (the account is enabled again, or its disabling was refused).
+    pub async fn restore(&self, uid: Uuid) -> Result<(), SessionError> {
+        dispatch!(self, s => s.restore(uid).await)
+    }
+
+    pub async fn is_cut_off(&self, uid: Uuid) -> Result<bool, SessionError> {
+        dispatch!(self, s => s.is_cut_off(uid).await)
     }
 
     /// The session if it is live (not revoked, expired or idle).
@@ -196,6 +217,7 @@ return revoked",
 static ROTATE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'invalid'} end
 local f = redis.call('HMGET', KEYS[1], 'refresh_hash', 'prev_hash', 'rotated_at', 'succ_sealed', 'succ_jti', 'expires_at', 'roles', 'permissions')
 if not f[1] then return {'invalid'} end
 local now = tonumber(ARGV[3])
@@ -220,6 +242,59 @@ end
 return {'invalid'}",
     )
 });
+
+/// Sets the cut-off marker and revokes every session of the user, atomically; announces the
+/// revoked sessions and the user (so in-flight reads of any of its sessions are not cached).
+static CUT_OFF: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+local revoked = {}
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('DEL', ARGV[1] .. sid) > 0 then table.insert(revoked, sid) end
+  redis.call('DEL', ARGV[1] .. sid .. ':used')
+end
+redis.call('DEL', KEYS[1])
+if #revoked > 0 then redis.call('PUBLISH', ARGV[3], 's:' .. table.concat(revoked, ',')) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return revoked",
+    )
+});
+
+/// The last step of the create transaction (EVAL inside MULTI, so it is atomic with the HSET
+/// before it; EVAL and not EVALSHA, since a NOSCRIPT inside MULTI would not undo the rest).
+/// Undoes the creation if the account is cut off; otherwise ends the oldest sessions beyond
+/// the cap (ARGV[3], 0 = none): oldest by created_at, then by id (v7 ids sort by creation).
+const CREATE_GUARD: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', ARGV[1] .. ARGV[2])
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  return {'cut_off'}
+end
+local max = tonumber(ARGV[3])
+if max == 0 then return {'stored'} end
+local others = {}
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if sid ~= ARGV[2] then
+    local c = redis.call('HGET', ARGV[1] .. sid, 'created_at')
+    if c then table.insert(others, {tonumber(c), sid}) else redis.call('ZREM', KEYS[1], sid) end
+  end
+end
+local reply = {'stored'}
+local excess = #others + 1 - max
+if excess <= 0 then return reply end
+table.sort(others, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+for i = 1, excess do
+  local sid = others[i][2]
+  redis.call('DEL', ARGV[1] .. sid, ARGV[1] .. sid .. ':used')
+  redis.call('ZREM', KEYS[1], sid)
+  table.insert(reply, sid)
+end
+redis.call('PUBLISH', ARGV[4], 's:' .. table.concat(reply, ',', 2))
+return reply";
 
 const RECORD_FIELDS: [&str; 9] = [
     "user_id",
@@ -327,6 +402,10 @@ impl RedisStore {
         format!("{}{{u:{uid}}}:sessions", self.prefix)
     }
 
+    pub fn cut_off_key(&self, uid: Uuid) -> String {
+        format!("{}{{u:{uid}}}:disabled", self.prefix)
+    }
+
     fn idle_secs(&self) -> u64 {
         self.lifetimes.idle_timeout.map_or(0, |d| d.as_secs())
     }
@@ -339,7 +418,7 @@ impl RedisStore {
         bounded_redis(self.timeout, &self.metrics, op, fut).await
     }
 
-    async fn create(&self, rec: &SessionRecord) -> Result<(), SessionError> {
+    async fn create(&self, rec: &SessionRecord) -> Result<Created, SessionError> {
         let key = self.session_key(rec.user_id, rec.session_id);
         let index = self.index_key(rec.user_id);
         let mut hset = redis::cmd("HSET");
@@ -387,9 +466,56 @@ impl RedisStore {
             .arg(&index)
             .arg(rec.expires_at)
             .arg("GT")
-            .ignore();
+            .ignore()
+            .cmd("EVAL")
+            .arg(CREATE_GUARD)
+            .arg(2)
+            .arg(&index)
+            .arg(self.cut_off_key(rec.user_id))
+            .arg(self.session_prefix(rec.user_id))
+            .arg(rec.session_id.to_string())
+            .arg(self.lifetimes.max_sessions)
+            .arg(&*self.channel);
         let mut conn = self.conn.clone();
-        self.bounded("create", pipe.query_async::<()>(&mut conn))
+        let (reply,): (Vec<String>,) = self.bounded("create", pipe.query_async(&mut conn)).await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("stored") => Created::Stored {
+                evicted: reply[1..]
+                    .iter()
+                    .filter_map(|s| Uuid::parse_str(s).ok())
+                    .collect(),
+            },
+            _ => Created::AccountCutOff,
+        })
+    }
+
+    async fn cut_off(&self, uid: Uuid) -> Result<Vec<Uuid>, SessionError> {
+        let mut conn = self.conn.clone();
+        let mut call = CUT_OFF.key(self.index_key(uid));
+        call.key(self.cut_off_key(uid))
+            .arg(self.session_prefix(uid))
+            .arg(self.lifetimes.cut_off_ttl().as_secs())
+            .arg(&*self.channel)
+            .arg(Invalidation::User(uid).encode());
+        let revoked: Vec<String> = self
+            .bounded("cut_off", call.invoke_async(&mut conn))
+            .await?;
+        Ok(revoked
+            .iter()
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .collect())
+    }
+
+    async fn restore(&self, uid: Uuid) -> Result<(), SessionError> {
+        let mut conn = self.conn.clone();
+        let key = self.cut_off_key(uid);
+        self.bounded("restore", conn.del::<_, ()>(&key)).await
+    }
+
+    async fn is_cut_off(&self, uid: Uuid) -> Result<bool, SessionError> {
+        let mut conn = self.conn.clone();
+        let key = self.cut_off_key(uid);
+        self.bounded("is_cut_off", conn.exists::<_, bool>(&key))
             .await
     }
 
@@ -556,7 +682,7 @@ impl RedisStore {
         if !gone.is_empty() {
             let _: () = self.bounded("list_prune", conn.zrem(&index, gone)).await?;
         }
-        live.sort_by_key(|r| r.created_at);
+        live.sort_by_key(|r| (r.created_at, r.session_id));
         Ok(live)
     }
 
@@ -572,6 +698,7 @@ impl RedisStore {
         let mut call = ROTATE.key(self.session_key(uid, sid));
         call.key(self.index_key(uid))
             .key(self.used_key(uid, sid))
+            .key(self.cut_off_key(uid))
             .arg(presented.hash())
             .arg(successor.hash())
             .arg(now)
@@ -628,6 +755,9 @@ struct MemSession {
 pub struct MemoryStore {
     sessions: Cache<Uuid, Arc<Mutex<MemSession>>>,
     by_user: Arc<Mutex<HashMap<Uuid, HashSet<Uuid>>>>,
+    /// Cut-off accounts and until when (unix seconds). Held across a create and across a
+    /// cut-off, so the two are atomic with respect to each other (as the scripts are in Redis).
+    cut_offs: Arc<tokio::sync::Mutex<HashMap<Uuid, i64>>>,
     lifetimes: Lifetimes,
 }
 
@@ -650,8 +780,13 @@ impl MemoryStore {
         Self {
             sessions: Cache::builder().expire_after(UntilSessionEnd).build(),
             by_user: Arc::default(),
+            cut_offs: Arc::default(),
             lifetimes,
         }
+    }
+
+    fn marked(cut_offs: &HashMap<Uuid, i64>, uid: Uuid) -> bool {
+        cut_offs.get(&uid).is_some_and(|until| *until > now_unix())
     }
 
     /// The user's live session, dropping it if it has ended.
@@ -695,7 +830,11 @@ impl MemoryStore {
         self.sessions.remove(&sid).await.is_some()
     }
 
-    async fn create(&self, rec: &SessionRecord) {
+    async fn create(&self, rec: &SessionRecord) -> Created {
+        let cut_offs = self.cut_offs.lock().await;
+        if Self::marked(&cut_offs, rec.user_id) {
+            return Created::AccountCutOff;
+        }
         if let Ok(mut idx) = self.by_user.lock() {
             idx.entry(rec.user_id).or_default().insert(rec.session_id);
         }
@@ -710,6 +849,54 @@ impl MemoryStore {
         self.sessions
             .insert(rec.session_id, Arc::new(Mutex::new(session)))
             .await;
+        let mut evicted = Vec::new();
+        let max = self.lifetimes.max_sessions;
+        if max > 0 {
+            let mut others: Vec<(i64, Uuid)> = Vec::new();
+            for sid in self.user_sids(rec.user_id) {
+                if sid == rec.session_id {
+                    continue;
+                }
+                match self.live(rec.user_id, sid).await {
+                    Some(entry) => {
+                        if let Ok(s) = entry.lock() {
+                            others.push((s.rec.created_at, sid));
+                        }
+                    }
+                    None => {
+                        self.remove(rec.user_id, sid).await;
+                    }
+                }
+            }
+            // Oldest first: by creation second, then by id (v7 ids sort by creation).
+            others.sort();
+            let excess = (others.len() + 1).saturating_sub(max);
+            for (_, sid) in others.into_iter().take(excess) {
+                if self.remove(rec.user_id, sid).await {
+                    evicted.push(sid);
+                }
+            }
+        }
+        drop(cut_offs);
+        Created::Stored { evicted }
+    }
+
+    async fn cut_off(&self, uid: Uuid) -> Vec<Uuid> {
+        let mut cut_offs = self.cut_offs.lock().await;
+        let now = now_unix();
+        cut_offs.retain(|_, until| *until > now);
+        cut_offs.insert(uid, now + self.lifetimes.cut_off_ttl().as_secs() as i64);
+        let revoked = self.revoke_all(uid, None).await;
+        drop(cut_offs);
+        revoked
+    }
+
+    async fn restore(&self, uid: Uuid) {
+        self.cut_offs.lock().await.remove(&uid);
+    }
+
+    async fn is_cut_off(&self, uid: Uuid) -> bool {
+        Self::marked(&*self.cut_offs.lock().await, uid)
     }
 
     async fn load(&self, uid: Uuid, sid: Uuid) -> Option<SessionState> {
@@ -780,7 +967,7 @@ impl MemoryStore {
                 self.remove(uid, sid).await;
             }
         }
-        out.sort_by_key(|r| r.created_at);
+        out.sort_by_key(|r| (r.created_at, r.session_id));
         out
     }
 
@@ -792,6 +979,9 @@ impl MemoryStore {
         now: i64,
     ) -> Rotation {
         let (uid, sid) = (presented.user_id, presented.session_id);
+        if self.is_cut_off(uid).await {
+            return Rotation::Invalid;
+        }
         let Some(entry) = self.live(uid, sid).await else {
             return Rotation::Invalid;
         };

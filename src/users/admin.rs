@@ -524,6 +524,32 @@ impl Handler<SetDisabled> for UserStore {
     }
 }
 
+/// Whether the account exists and could be disabled or deleted now without leaving no enabled
+/// admin: a read, asked before the account's sessions are cut off, so a refused change does
+/// not end them. The change itself checks again under the lock.
+#[derive(Message)]
+#[rtype(result = "Result<(), UserStoreError>")]
+pub struct CheckRemovable {
+    pub user_id: Uuid,
+    /// "disabling this account", "deleting this account": for the conflict message.
+    pub what: &'static str,
+}
+
+impl Handler<CheckRemovable> for UserStore {
+    type Result = ResponseFuture<Result<(), UserStoreError>>;
+
+    fn handle(&mut self, msg: CheckRemovable, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call_tx("check_removable", async {
+                let target = find_model(&db.conn, msg.user_id).await?;
+                ensure_another_admin(&db.conn, &target, msg.what).await
+            })
+            .await
+        })
+    }
+}
+
 /// Removes the account and its roles; the audit trail keeps its events.
 #[derive(Message)]
 #[rtype(result = "Result<(), UserStoreError>")]
