@@ -93,6 +93,10 @@ pub struct SessionCache {
     last_tombstone: Arc<AtomicU64>,
     epoch: Instant,
     tombstone_ttl: Duration,
+    /// When the cache was last flushed (milliseconds after `epoch`, +1; 0: never): answers of
+    /// reads that began before it may miss what was announced while the subscription was down,
+    /// even if they were inserted after the flush.
+    flushed_at: Arc<AtomicU64>,
     /// False while the pub/sub subscription is down: invalidations could be lost, so only the
     /// store is believed (cached entries serve only as a fallback when the store is unreachable).
     trusted: Arc<AtomicBool>,
@@ -121,6 +125,7 @@ impl SessionCache {
             last_tombstone: Arc::default(),
             epoch: Instant::now(),
             tombstone_ttl,
+            flushed_at: Arc::default(),
             trusted: Arc::new(AtomicBool::new(trusted)),
             ttl,
             lifetimes,
@@ -158,6 +163,9 @@ impl SessionCache {
             }
             return CacheLookup::Miss { fresh: false };
         };
+        if !self.current(&entry) {
+            return CacheLookup::Miss { fresh: true };
+        }
         let state = match self.screen(sid, &entry).await {
             Screened::Live(state) => state,
             Screened::Gone => {
@@ -252,8 +260,32 @@ impl SessionCache {
         }
     }
 
-    /// Forget every cached answer (after a gap in the invalidation stream). Tombstones stay.
+    /// Whether a cached answer may still be trusted. Its age counts from when its read *began*
+    /// (moka's time-to-live counts from the insertion, up to a Redis timeout later), so a read in
+    /// flight during a revocation whose message is lost cannot stretch the SESSION_CACHE_TTL
+    /// bound; and a read that began before the last flush knows nothing of what was announced
+    /// while the subscription was down. Both gaps were found by the protocol model
+    /// (`model/src/revocation.rs`: `entry_age_from_read_start`, `flush_covers_reads_in_flight`).
+    fn current(&self, entry: &CacheEntry) -> bool {
+        if entry.read_at.elapsed() >= self.ttl {
+            return false;
+        }
+        match self.flushed_at.load(Ordering::Acquire) {
+            0 => true,
+            flushed => self.millis(entry.read_at) > flushed,
+        }
+    }
+
+    /// `at` as milliseconds after `epoch`, +1 (0 stays "never").
+    fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
+    }
+
+    /// Forget every cached answer (after a gap in the invalidation stream), including those of
+    /// reads still in flight. Tombstones stay.
     pub(super) fn flush(&self) {
+        self.flushed_at
+            .store(self.millis(Instant::now()), Ordering::Release);
         self.entries.invalidate_all();
     }
 }
@@ -367,5 +399,67 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The model's trace for `entry_age_from_read_start`: a read begins, Redis answers, the
+    /// session is revoked and the message to this pod is lost, then the answer is inserted. It
+    /// must not be trusted SESSION_CACHE_TTL after the read began, however late it was inserted.
+    #[tokio::test]
+    async fn a_cached_answer_ages_from_the_start_of_its_read() {
+        let ttl = Duration::from_millis(300);
+        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
+        let cache = SessionCache::new(ttl, Duration::from_millis(250), true, lifetimes);
+        let (uid, sid) = (Uuid::new_v4(), Uuid::new_v4());
+        let read_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(200)).await; // the read in flight
+        cache
+            .insert(
+                sid,
+                Arc::new(CacheEntry::new(Some(state(uid, &["user"])), read_at)),
+            )
+            .await;
+        assert!(roles_of(cache.lookup(sid).await).is_some());
+        // 300 ms after the read began, 100 ms after the insertion: no longer trusted.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(matches!(
+            cache.lookup(sid).await,
+            CacheLookup::Miss { fresh: true }
+        ));
+    }
+
+    /// The model's trace for `flush_covers_reads_in_flight`: a read begins, the subscription
+    /// drops, the session is revoked (unannounced here), the subscription comes back and the
+    /// cache is flushed, then the read's answer is inserted. It must not be trusted.
+    #[tokio::test]
+    async fn a_flush_voids_answers_of_reads_that_began_before_it() {
+        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
+        let cache = SessionCache::new(
+            Duration::from_secs(5),
+            Duration::from_millis(250),
+            true,
+            lifetimes,
+        );
+        let (uid, before, after) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let read_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache.flush();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache
+            .insert(
+                before,
+                Arc::new(CacheEntry::new(Some(state(uid, &["user"])), read_at)),
+            )
+            .await;
+        cache
+            .insert(
+                after,
+                Arc::new(CacheEntry::new(Some(state(uid, &["user"])), Instant::now())),
+            )
+            .await;
+        assert!(matches!(
+            cache.lookup(before).await,
+            CacheLookup::Miss { fresh: true }
+        ));
+        assert!(roles_of(cache.lookup(after).await).is_some());
     }
 }
