@@ -406,12 +406,12 @@ mod tests {
     /// must not be trusted SESSION_CACHE_TTL after the read began, however late it was inserted.
     #[tokio::test]
     async fn a_cached_answer_ages_from_the_start_of_its_read() {
-        let ttl = Duration::from_millis(300);
+        let ttl = Duration::from_secs(3);
         let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
         let cache = SessionCache::new(ttl, Duration::from_millis(250), true, lifetimes);
         let (uid, sid) = (Uuid::new_v4(), Uuid::new_v4());
         let read_at = Instant::now();
-        tokio::time::sleep(Duration::from_millis(200)).await; // the read in flight
+        tokio::time::sleep(Duration::from_millis(1500)).await; // the read in flight
         cache
             .insert(
                 sid,
@@ -419,8 +419,8 @@ mod tests {
             )
             .await;
         assert!(roles_of(cache.lookup(sid).await).is_some());
-        // 300 ms after the read began, 100 ms after the insertion: no longer trusted.
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        // 3 s after the read began, 1.5 s after the insertion: no longer trusted.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
         assert!(matches!(
             cache.lookup(sid).await,
             CacheLookup::Miss { fresh: true }
