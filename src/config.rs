@@ -72,6 +72,11 @@ pub struct Config {
     pub jwt_secret_previous: Option<Secret>,
     /// True when no JWT_SECRET was given and one was generated for this process.
     pub jwt_secret_generated: bool,
+    /// Keys the seals on session records in Redis (see `session::seal`); `None`: derived from
+    /// JWT_SECRET.
+    pub session_secret: Option<Secret>,
+    /// The session secret being rotated out: still verifies seals, never seals.
+    pub session_secret_previous: Option<Secret>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     /// Absolute session lifetime (TOKEN_EXPIRATION hours); also the Redis TTL of the session key.
@@ -215,16 +220,24 @@ impl Config {
             }
         };
 
-        let jwt_secret_previous = match env.get("JWT_SECRET_PREVIOUS") {
-            Some(s) if s.len() < MIN_SECRET_BYTES => {
-                return Err(err(
-                    "JWT_SECRET_PREVIOUS",
-                    format!("must be at least {MIN_SECRET_BYTES} bytes long"),
-                ));
-            }
-            Some(s) => Some(Secret::new(s.into_bytes())),
-            None => None,
+        let optional_secret = |var: &'static str| match env.get(var) {
+            Some(s) if s.len() < MIN_SECRET_BYTES => Err(err(
+                var,
+                format!("must be at least {MIN_SECRET_BYTES} bytes long"),
+            )),
+            Some(s) => Ok(Some(Secret::new(s.into_bytes()))),
+            None => Ok(None),
         };
+        let jwt_secret_previous = optional_secret("JWT_SECRET_PREVIOUS")?;
+        let session_secret = optional_secret("SESSION_SECRET")?;
+        let session_secret_previous = optional_secret("SESSION_SECRET_PREVIOUS")?;
+        if session_secret_previous.is_some() && session_secret.is_none() {
+            return Err(err(
+                "SESSION_SECRET_PREVIOUS",
+                "needs SESSION_SECRET (without it, seals are keyed from JWT_SECRET and \
+                 JWT_SECRET_PREVIOUS)",
+            ));
+        }
         let cors_allowed_origins: Vec<String> = env
             .get("CORS_ALLOWED_ORIGINS")
             .map(|v| {
@@ -301,6 +314,8 @@ impl Config {
             jwt_secret,
             jwt_secret_previous,
             jwt_secret_generated,
+            session_secret,
+            session_secret_previous,
             jwt_issuer: env.string("JWT_ISSUER", "sessiond"),
             jwt_audience: env.string("JWT_AUDIENCE", "sessiond"),
             session_lifetime: secs(env.number("TOKEN_EXPIRATION", 24u64, 1, 24 * 365)? * 3600),
@@ -371,6 +386,10 @@ impl Config {
         let url = |u: &Option<String>, unset: &str| {
             u.as_deref().map_or(unset.to_string(), mask_url_password)
         };
+        let masked = |s: &Option<Secret>, unset: &str| {
+            s.as_ref()
+                .map_or_else(|| unset.to_string(), |_| "********".to_string())
+        };
         let lines = [
             ("HOST", self.host.clone()),
             ("PORT", self.port.to_string()),
@@ -404,6 +423,14 @@ impl Config {
                 } else {
                     "********".into()
                 },
+            ),
+            (
+                "SESSION_SECRET",
+                masked(&self.session_secret, "(unset: derived from JWT_SECRET)"),
+            ),
+            (
+                "SESSION_SECRET_PREVIOUS",
+                masked(&self.session_secret_previous, "(unset)"),
             ),
             ("JWT_ISSUER", self.jwt_issuer.clone()),
             ("JWT_AUDIENCE", self.jwt_audience.clone()),
@@ -626,6 +653,39 @@ mod tests {
         assert!(!format!("{c:?}").contains(&secret));
         assert!(!c.migrate_on_start || c.is_embedded_db());
         assert!(!c.describe().contains(&secret));
+    }
+
+    #[test]
+    fn session_secrets_are_validated_and_masked() {
+        let jwt = "j".repeat(40);
+        let (current, previous) = ("c".repeat(40), "p".repeat(40));
+        for var in ["SESSION_SECRET", "SESSION_SECRET_PREVIOUS"] {
+            let e = config(&[
+                ("JWT_SECRET", &jwt),
+                ("SESSION_SECRET", &current),
+                (var, "short"),
+            ])
+            .unwrap_err();
+            assert_eq!(e.var, var);
+        }
+        let e = config(&[("SESSION_SECRET_PREVIOUS", &previous)]).unwrap_err();
+        assert_eq!(e.var, "SESSION_SECRET_PREVIOUS");
+        let c = config(&[
+            ("JWT_SECRET", &jwt),
+            ("SESSION_SECRET", &current),
+            ("SESSION_SECRET_PREVIOUS", &previous),
+        ])
+        .unwrap();
+        let described = c.describe();
+        assert!(described.contains("SESSION_SECRET=********"));
+        assert!(described.contains("SESSION_SECRET_PREVIOUS=********"));
+        for s in [&current, &previous] {
+            assert!(!described.contains(s.as_str()) && !format!("{c:?}").contains(s.as_str()));
+        }
+        assert!(config(&[])
+            .unwrap()
+            .describe()
+            .contains("SESSION_SECRET=(unset: derived from JWT_SECRET)"));
     }
 
     #[test]

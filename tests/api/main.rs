@@ -13,6 +13,7 @@ mod process;
 mod redis_down;
 mod refresh;
 mod registration;
+mod seal;
 mod sessions;
 mod tls;
 mod tokens;
