@@ -220,17 +220,14 @@ impl Config {
             }
         };
 
-        let optional_secret = |var: &'static str| match env.get(var) {
-            Some(s) if s.len() < MIN_SECRET_BYTES => Err(err(
-                var,
-                format!("must be at least {MIN_SECRET_BYTES} bytes long"),
-            )),
-            Some(s) => Ok(Some(Secret::new(s.into_bytes()))),
-            None => Ok(None),
-        };
-        let jwt_secret_previous = optional_secret("JWT_SECRET_PREVIOUS")?;
-        let session_secret = optional_secret("SESSION_SECRET")?;
-        let session_secret_previous = optional_secret("SESSION_SECRET_PREVIOUS")?;
+        // Literal names at each env.get: ci/check-deployment.py collects them from the source.
+        let jwt_secret_previous =
+            optional_secret("JWT_SECRET_PREVIOUS", env.get("JWT_SECRET_PREVIOUS"))?;
+        let session_secret = optional_secret("SESSION_SECRET", env.get("SESSION_SECRET"))?;
+        let session_secret_previous = optional_secret(
+            "SESSION_SECRET_PREVIOUS",
+            env.get("SESSION_SECRET_PREVIOUS"),
+        )?;
         if session_secret_previous.is_some() && session_secret.is_none() {
             return Err(err(
                 "SESSION_SECRET_PREVIOUS",
@@ -553,6 +550,21 @@ impl Config {
             Some(url) => url.clone(),
             None => format!("sqlite://{}?mode=rwc", self.sqlite_path),
         }
+    }
+}
+
+/// A secret that may be unset, but is at least MIN_SECRET_BYTES long when set.
+fn optional_secret(
+    var: &'static str,
+    value: Option<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    match value {
+        Some(s) if s.len() < MIN_SECRET_BYTES => Err(err(
+            var,
+            format!("must be at least {MIN_SECRET_BYTES} bytes long"),
+        )),
+        Some(s) => Ok(Some(Secret::new(s.into_bytes()))),
+        None => Ok(None),
     }
 }
 
