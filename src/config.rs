@@ -79,6 +79,11 @@ pub struct Config {
     pub jwt_secret_previous: Option<Secret>,
     /// True when no JWT_SECRET was given and one was generated for this process.
     pub jwt_secret_generated: bool,
+    /// Keys the seals on session records in Redis (see `session::seal`); `None`: derived from
+    /// JWT_SECRET.
+    pub session_secret: Option<Secret>,
+    /// The session secret being rotated out: still verifies seals, never seals.
+    pub session_secret_previous: Option<Secret>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     /// Absolute session lifetime (TOKEN_EXPIRATION hours); also the Redis TTL of the session key.
@@ -222,10 +227,21 @@ impl Config {
             }
         };
 
-        let jwt_secret_previous = env
-            .get("JWT_SECRET_PREVIOUS")
-            .map(|s| check_secret("JWT_SECRET_PREVIOUS", s))
-            .transpose()?;
+        // Literal names at each env.get: ci/check-deployment.py collects them from the source.
+        let jwt_secret_previous =
+            optional_secret("JWT_SECRET_PREVIOUS", env.get("JWT_SECRET_PREVIOUS"))?;
+        let session_secret = optional_secret("SESSION_SECRET", env.get("SESSION_SECRET"))?;
+        let session_secret_previous = optional_secret(
+            "SESSION_SECRET_PREVIOUS",
+            env.get("SESSION_SECRET_PREVIOUS"),
+        )?;
+        if session_secret_previous.is_some() && session_secret.is_none() {
+            return Err(err(
+                "SESSION_SECRET_PREVIOUS",
+                "needs SESSION_SECRET (without it, seals are keyed from JWT_SECRET and \
+                 JWT_SECRET_PREVIOUS)",
+            ));
+        }
         let cors_allowed_origins: Vec<String> = env
             .get("CORS_ALLOWED_ORIGINS")
             .map(|v| {
@@ -307,6 +323,8 @@ impl Config {
             jwt_secret,
             jwt_secret_previous,
             jwt_secret_generated,
+            session_secret,
+            session_secret_previous,
             jwt_issuer: env.string("JWT_ISSUER", "sessiond"),
             jwt_audience: env.string("JWT_AUDIENCE", "sessiond"),
             session_lifetime: secs(env.number("TOKEN_EXPIRATION", 24u64, 1, 24 * 365)? * 3600),
@@ -396,6 +414,10 @@ impl Config {
         let url = |u: &Option<String>, unset: &str| {
             u.as_deref().map_or(unset.to_string(), mask_url_password)
         };
+        let masked = |s: &Option<Secret>, unset: &str| {
+            s.as_ref()
+                .map_or_else(|| unset.to_string(), |_| "********".to_string())
+        };
         let lines = [
             ("HOST", self.host.clone()),
             ("PORT", self.port.to_string()),
@@ -435,6 +457,14 @@ impl Config {
                 } else {
                     "********".into()
                 },
+            ),
+            (
+                "SESSION_SECRET",
+                masked(&self.session_secret, "(unset: derived from JWT_SECRET)"),
+            ),
+            (
+                "SESSION_SECRET_PREVIOUS",
+                masked(&self.session_secret_previous, "(unset)"),
             ),
             ("JWT_ISSUER", self.jwt_issuer.clone()),
             ("JWT_AUDIENCE", self.jwt_audience.clone()),
@@ -657,6 +687,14 @@ fn entropy_bits(bytes: &[u8]) -> f64 {
     per_byte * n
 }
 
+/// A secret that may be unset, but is checked like JWT_SECRET when set.
+fn optional_secret(
+    var: &'static str,
+    value: Option<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    value.map(|s| check_secret(var, s)).transpose()
+}
+
 /// `10.0.0.0/8, 192.168.1.7`: addresses or CIDR ranges, comma-separated.
 fn parse_proxies(raw: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     let Some(raw) = raw else {
@@ -775,6 +813,42 @@ mod tests {
         assert!(!format!("{c:?}").contains(secret));
         assert!(!c.migrate_on_start || c.is_embedded_db());
         assert!(!c.describe().contains(secret));
+    }
+
+    #[test]
+    fn session_secrets_are_validated_and_masked() {
+        let jwt = "jQ7w2Xr9Lm4Tz8Vb1Nc6Kd3Hs0Fg5Ye".to_string();
+        let (current, previous) = (
+            "cM5n8Bv2Xz7Lk4Jh1Gf9Ds6Aq3Wt0Er".to_string(),
+            "pZ3x6Cv9Bn2Mq5Wl8Ek1Rj4Th7Yg0Uf".to_string(),
+        );
+        for var in ["SESSION_SECRET", "SESSION_SECRET_PREVIOUS"] {
+            let e = config(&[
+                ("JWT_SECRET", &jwt),
+                ("SESSION_SECRET", &current),
+                (var, "short"),
+            ])
+            .unwrap_err();
+            assert_eq!(e.var, var);
+        }
+        let e = config(&[("SESSION_SECRET_PREVIOUS", &previous)]).unwrap_err();
+        assert_eq!(e.var, "SESSION_SECRET_PREVIOUS");
+        let c = config(&[
+            ("JWT_SECRET", &jwt),
+            ("SESSION_SECRET", &current),
+            ("SESSION_SECRET_PREVIOUS", &previous),
+        ])
+        .unwrap();
+        let described = c.describe();
+        assert!(described.contains("SESSION_SECRET=********"));
+        assert!(described.contains("SESSION_SECRET_PREVIOUS=********"));
+        for s in [&current, &previous] {
+            assert!(!described.contains(s.as_str()) && !format!("{c:?}").contains(s.as_str()));
+        }
+        assert!(config(&[])
+            .unwrap()
+            .describe()
+            .contains("SESSION_SECRET=(unset: derived from JWT_SECRET)"));
     }
 
     #[test]

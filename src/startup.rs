@@ -21,7 +21,8 @@ use crate::{
     metrics::Metrics,
     routes,
     session::{
-        self, Lifetimes, MemoryStore, RedisStore, SessionCache, SessionRegistry, SessionStore,
+        self, seal::SealKeys, Lifetimes, MemoryStore, RedisStore, SessionCache, SessionRegistry,
+        SessionStore,
     },
     state::AppState,
     throttle::Throttle,
@@ -175,6 +176,8 @@ impl Application {
                     config.redis_timeout,
                     lifetimes,
                     metrics.redis.clone(),
+                    SealKeys::from_config(&config),
+                    metrics.seal_failures.clone(),
                 )
                 .await
                 .map_err(|e| StartupError::Redis(e.to_string()))?;

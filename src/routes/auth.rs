@@ -357,7 +357,7 @@ pub async fn refresh(
             );
             Err(ApiError::Unauthorized)
         }
-        Rotation::Invalid => Err(ApiError::Unauthorized),
+        Rotation::Invalid | Rotation::Unsealed => Err(ApiError::Unauthorized),
     }
 }
 

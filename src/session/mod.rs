@@ -4,6 +4,7 @@
 mod cache;
 pub mod refresh;
 mod registry;
+pub mod seal;
 mod store;
 
 pub use cache::{CacheLookup, SessionCache};
@@ -150,6 +151,9 @@ pub enum Rotation {
     },
     /// A rotated token came back after the grace window: the session was revoked.
     Reused,
+    /// The session's record in Redis failed its seal (written by someone without the key): it
+    /// was revoked, and the refresh is refused like an invalid token.
+    Unsealed,
     /// Unknown, expired or revoked session, or a token that was never issued for it.
     Invalid,
 }

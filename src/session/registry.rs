@@ -525,6 +525,10 @@ impl Handler<Refresh> for SessionRegistry {
             let outcome = store
                 .rotate(&msg.presented, &msg.successor, msg.jti, msg.now)
                 .await?;
+            if outcome == Rotation::Unsealed {
+                // Already revoked (and announced) by the store; stop serving it here at once.
+                cache.apply(&Invalidation::session(sid)).await;
+            }
             if outcome == Rotation::Reused {
                 cache.apply(&Invalidation::session(sid)).await;
                 if let SessionStore::Redis(_) = store {

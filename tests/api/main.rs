@@ -16,6 +16,7 @@ mod process;
 mod redis_down;
 mod refresh;
 mod registration;
+mod seal;
 mod security;
 mod session_limit;
 mod sessions;
