@@ -817,10 +817,10 @@ mod tests {
 
     #[test]
     fn session_secrets_are_validated_and_masked() {
-        let jwt = "jQ7w2Xr9Lm4Tz8Vb1Nc6Kd3Hs0Fg5Ye".to_string();
+        let jwt = "jQ7w2Xr9Lm4Tz8Vb1Nc6Kd3Hs0Fg5YeAb3dE6gH9".to_string();
         let (current, previous) = (
-            "cM5n8Bv2Xz7Lk4Jh1Gf9Ds6Aq3Wt0Er".to_string(),
-            "pZ3x6Cv9Bn2Mq5Wl8Ek1Rj4Th7Yg0Uf".to_string(),
+            "cM5n8Bv2Xz7Lk4Jh1Gf9Ds6Aq3Wt0ErKm2pQ7sV4".to_string(),
+            "pZ3x6Cv9Bn2Mq5Wl8Ek1Rj4Th7Yg0UfLn8rT1wX6".to_string(),
         );
         for var in ["SESSION_SECRET", "SESSION_SECRET_PREVIOUS"] {
             let e = config(&[
@@ -925,8 +925,8 @@ mod tests {
                 };
                 let value = line[at + "_SECRET".len()..]
                     .trim_start_matches("_PREVIOUS")
-                    .trim_start_matches(|c| matches!(c, '=' | ':' | ' ' | '"' | '\''))
-                    .trim_end_matches(|c| matches!(c, '"' | '\'' | ' '));
+                    .trim_start_matches(['=', ':', ' ', '"', '\''])
+                    .trim_end_matches(['"', '\'', ' ']);
                 // Only literal values: commands, references and variables are not examples.
                 if value.len() < 8 || value.contains(['$', '(', '<', '`', ' ', '{', '…']) {
                     continue;
