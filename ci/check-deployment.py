@@ -197,7 +197,21 @@ def overlay(name: str, path: Path, known: set[str], commands: set[str], paths: s
                 total = spec.get("terminationGracePeriodSeconds", 30)
                 if pre + grace > total:
                     fail(f"{where}: preStop {pre}s + SHUTDOWN_GRACE_SECONDS {grace}s > terminationGracePeriodSeconds {total}s")
-                if w["spec"].get("replicas", 1) < 2:
+                # An HPA owns the count: a Deployment `replicas` beside it is re-applied by every
+                # `kubectl apply` and fights the autoscaler, so it must be absent, and the floor is
+                # the HPA's minReplicas.
+                hpas = [
+                    d for d in docs
+                    if d["kind"] == "HorizontalPodAutoscaler"
+                    and d["spec"]["scaleTargetRef"].get("kind") == "Deployment"
+                    and d["spec"]["scaleTargetRef"].get("name") == w["metadata"]["name"]
+                ]
+                if hpas:
+                    if "replicas" in w["spec"]:
+                        fail(f"{where}: sets replicas although HorizontalPodAutoscaler/{hpas[0]['metadata']['name']} manages them")
+                    if hpas[0]["spec"].get("minReplicas", 1) < 2:
+                        fail(f"{where}: HorizontalPodAutoscaler minReplicas below 2")
+                elif w["spec"].get("replicas", 1) < 2:
                     fail(f"{where}: fewer than 2 replicas")
     for role, ok in seen.items():
         if not ok:
