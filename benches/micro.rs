@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the primitives on the hot and login paths: JWT sign and verify, the whole
-//! token-check extractor on a cache hit, argon2id verify with the configured parameters, and a
-//! session create/revoke against Redis. `cargo bench --bench micro` (BENCH_REDIS_URL, default
+//! token-check extractor on a cache hit, argon2id verify with the configured parameters, the MAC
+//! work that seals session records in Redis, and session create/revoke/load/refresh against
+//! Redis. `cargo bench --bench micro` (BENCH_REDIS_URL, default
 //! redis://127.0.0.1:6379; the Redis group is skipped when it does not answer).
 use std::{
     hint::black_box,
@@ -16,11 +17,16 @@ use sessiond::{
     metrics::Metrics,
     routes,
     session::{
-        now_unix, CreateSession, Lifetimes, MemoryStore, RedisStore, RefreshToken, SessionCache,
+        now_unix,
+        seal::{Grant, RotationState, SealKeys},
+        CreateSession, Lifetimes, MemoryStore, RedisStore, RefreshToken, Rotation, SessionCache,
         SessionRecord, SessionRegistry, SessionStore,
     },
     state::AppState,
-    users::{password::PasswordHasher, UserStore},
+    users::{
+        password::{PasswordHasher, Priority},
+        UserStore,
+    },
 };
 use uuid::Uuid;
 
@@ -86,7 +92,7 @@ fn jwt(c: &mut Criterion) {
 /// cache-hit path is the same with Redis) and an in-memory database nothing here reads.
 async fn app_state(cfg: Config) -> web::Data<AppState> {
     let lifetimes = Lifetimes::new(cfg.session_idle_timeout, cfg.refresh_reuse_grace);
-    let cache = SessionCache::new(cfg.session_cache_ttl, true, lifetimes);
+    let cache = SessionCache::new(cfg.session_cache_ttl, cfg.redis_timeout, true, lifetimes);
     let metrics = Metrics::new();
     let sessions = SessionRegistry::new(
         SessionStore::Memory(MemoryStore::new(lifetimes)),
@@ -100,7 +106,8 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
         .expect("in-memory SQLite");
     let users = UserStore::new(db, Duration::from_secs(5), metrics.db.clone()).start();
     // Nothing on the token-check path records audit events; the writer is left running.
-    let (audit, _writer) = sessiond::audit::AuditLog::start(users.clone(), metrics.clone());
+    let (audit, _writer) =
+        sessiond::audit::AuditLog::start(users.clone(), metrics.clone(), cfg.audit_denied_window);
     let hasher = PasswordHasher::new(&cfg.argon2, cfg.password_min_score, metrics.clone())
         .await
         .expect("argon2");
@@ -201,6 +208,51 @@ fn token_check(c: &mut Criterion) {
     );
 }
 
+/// The MAC work the seal adds: what a cache-miss read verifies, and everything one refresh
+/// computes and checks (token MACs under the current and previous key, the new token and
+/// rotation MACs, the grant check).
+fn seal(c: &mut Criterion) {
+    let keys = SealKeys::new(
+        SECRET.as_bytes(),
+        Some(b"micro-bench-previous-secret-0123456789"),
+    );
+    let (uid, sid) = (Uuid::new_v4(), Uuid::new_v4());
+    let grant = Grant {
+        roles: "admin,user",
+        permissions: "audit:read,sessions:revoke,users:read,users:write",
+        expires_at: now_unix() + 86_400,
+    };
+    let mac = keys.seal_grant(uid, sid, &grant);
+    let (presented, successor) = (
+        RefreshToken::generate(uid, sid),
+        RefreshToken::generate(uid, sid),
+    );
+    let mut g = c.benchmark_group("seal");
+    g.bench_function("verify grant (cache-miss read)", |b| {
+        b.iter(|| assert!(keys.verify_grant(uid, sid, black_box(&grant), black_box(&mac))))
+    });
+    g.bench_function("all MAC work of one refresh", |b| {
+        b.iter(|| {
+            let (hash, next) = (presented.hash(), successor.hash());
+            let sealed = presented.seal(&successor);
+            black_box(keys.expected_token_macs(uid, sid, &hash));
+            black_box(keys.seal_token(uid, sid, &next));
+            black_box(keys.seal_rotation(
+                uid,
+                sid,
+                &RotationState {
+                    prev_hash: &hash,
+                    rotated_at: 1,
+                    succ_sealed: &sealed,
+                    succ_jti: "0194e5a0-0000-7000-8000-000000000000",
+                },
+            ));
+            assert!(keys.verify_grant(uid, sid, &grant, &mac));
+        })
+    });
+    g.finish();
+}
+
 fn argon2(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let cfg = config();
@@ -222,7 +274,7 @@ fn argon2(c: &mut Criterion) {
     g.bench_function(name, |b| {
         b.to_async(&rt).iter(|| async {
             assert!(hasher
-                .verify(password.clone(), Some(hash.clone()))
+                .verify(password.clone(), Some(hash.clone()), Priority::Login)
                 .await
                 .expect("verify"));
         })
@@ -236,12 +288,15 @@ fn redis_sessions(c: &mut Criterion) {
     let prefix = format!("micro-{}:", Uuid::new_v4().simple());
     let cfg = config();
     let lifetimes = Lifetimes::new(None, cfg.refresh_reuse_grace);
+    let metrics = Metrics::new();
     let store = match rt.block_on(RedisStore::connect(
         &url,
         &prefix,
         Duration::from_secs(1),
         lifetimes,
-        Metrics::new().redis.clone(),
+        metrics.redis.clone(),
+        SealKeys::from_config(&cfg),
+        metrics.seal_failures.clone(),
     )) {
         Ok(s) => SessionStore::Redis(s),
         Err(e) => {
@@ -283,6 +338,40 @@ fn redis_sessions(c: &mut Criterion) {
             }
         })
     });
+    g.bench_function("load (cache-miss read, grant MAC verified)", |b| {
+        let rec = record(lifetime);
+        rt.block_on(store.create(&rec)).expect("create");
+        b.to_async(&rt).iter(|| {
+            let store = store.clone();
+            let rec = rec.clone();
+            async move {
+                let state = store.load(rec.user_id, rec.session_id).await.expect("load");
+                assert!(state.is_some());
+            }
+        })
+    });
+    g.bench_function("refresh (rotate script, sealed)", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let store = store.clone();
+            async move {
+                let mut rec = record(lifetime);
+                let mut current = RefreshToken::generate(rec.user_id, rec.session_id);
+                rec.refresh_hash = current.hash();
+                store.create(&rec).await.expect("create");
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let next = RefreshToken::generate(rec.user_id, rec.session_id);
+                    let outcome = store
+                        .rotate(&current, &next, Uuid::new_v4(), now_unix())
+                        .await
+                        .expect("rotate");
+                    assert!(matches!(outcome, Rotation::Rotated { .. }), "{outcome:?}");
+                    current = next;
+                }
+                start.elapsed()
+            }
+        })
+    });
     g.finish();
     if let Err(e) = rt.block_on(support::clear_redis(&url, &prefix)) {
         eprintln!("warning: could not delete the {prefix}* keys: {e}");
@@ -294,6 +383,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = jwt, token_check, argon2, redis_sessions
+    targets = jwt, token_check, seal, argon2, redis_sessions
 }
 criterion_main!(micro);

@@ -40,11 +40,7 @@ pub async fn create_user(
     let hasher = PasswordHasher::new(&config.argon2, config.password_min_score, metrics)
         .await
         .map_err(|e| e.to_string())?;
-    let local = email.split('@').next().unwrap_or_default().to_string();
-    let known = [Some(email.clone()), Some(local), name.clone()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let known = users::password_context(&email, name.as_deref());
     let password_hash = hasher
         .hash_new(password, known)
         .await

@@ -49,6 +49,9 @@ pub struct ThrottleConfig {
     pub login_per_account: u64,
     pub register_per_ip: u64,
     pub refresh_per_ip: u64,
+    /// PUT /profile/password attempts per account (and client bucket, as logins) and per session.
+    pub password_change_per_account: u64,
+    pub password_change_per_session: u64,
     /// Consecutive failed logins before the account is locked (0: never).
     pub lockout_threshold: u64,
     /// First lock's length; each further failure doubles it.
@@ -76,6 +79,11 @@ pub struct Config {
     pub jwt_secret_previous: Option<Secret>,
     /// True when no JWT_SECRET was given and one was generated for this process.
     pub jwt_secret_generated: bool,
+    /// Keys the seals on session records in Redis (see `session::seal`); `None`: derived from
+    /// JWT_SECRET.
+    pub session_secret: Option<Secret>,
+    /// The session secret being rotated out: still verifies seals, never seals.
+    pub session_secret_previous: Option<Secret>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     /// Absolute session lifetime (TOKEN_EXPIRATION hours); also the Redis TTL of the session key.
@@ -100,6 +108,9 @@ pub struct Config {
     pub refresh_reuse_grace: Duration,
     /// Sessions unused for this long end; `None`: off.
     pub session_idle_timeout: Option<Duration>,
+    /// Live sessions one account may hold (ASVS 7.1.2); a login beyond it ends the oldest.
+    /// 0: unlimited.
+    pub max_sessions_per_user: usize,
     /// Peers whose X-Forwarded-For is believed (load balancers); empty: only the peer address counts.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub throttle: ThrottleConfig,
@@ -109,6 +120,9 @@ pub struct Config {
     pub password_min_score: u8,
     /// Normalized emails whose accounts get the `admin` role at start-up and at registration.
     pub admin_emails: Vec<String>,
+    /// Repeated denials of one kind by one actor within this window are written as one counted
+    /// event at its end (the first at once), so a loop of 403s cannot flood the audit trail.
+    pub audit_denied_window: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,10 +227,21 @@ impl Config {
             }
         };
 
-        let jwt_secret_previous = env
-            .get("JWT_SECRET_PREVIOUS")
-            .map(|s| check_secret("JWT_SECRET_PREVIOUS", s))
-            .transpose()?;
+        // Literal names at each env.get: ci/check-deployment.py collects them from the source.
+        let jwt_secret_previous =
+            optional_secret("JWT_SECRET_PREVIOUS", env.get("JWT_SECRET_PREVIOUS"))?;
+        let session_secret = optional_secret("SESSION_SECRET", env.get("SESSION_SECRET"))?;
+        let session_secret_previous = optional_secret(
+            "SESSION_SECRET_PREVIOUS",
+            env.get("SESSION_SECRET_PREVIOUS"),
+        )?;
+        if session_secret_previous.is_some() && session_secret.is_none() {
+            return Err(err(
+                "SESSION_SECRET_PREVIOUS",
+                "needs SESSION_SECRET (without it, seals are keyed from JWT_SECRET and \
+                 JWT_SECRET_PREVIOUS)",
+            ));
+        }
         let cors_allowed_origins: Vec<String> = env
             .get("CORS_ALLOWED_ORIGINS")
             .map(|v| {
@@ -298,6 +323,8 @@ impl Config {
             jwt_secret,
             jwt_secret_previous,
             jwt_secret_generated,
+            session_secret,
+            session_secret_previous,
             jwt_issuer: env.string("JWT_ISSUER", "sessiond"),
             jwt_audience: env.string("JWT_AUDIENCE", "sessiond"),
             session_lifetime: secs(env.number("TOKEN_EXPIRATION", 24u64, 1, 24 * 365)? * 3600),
@@ -335,6 +362,7 @@ impl Config {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },
+            max_sessions_per_user: env.number("MAX_SESSIONS_PER_USER", 50usize, 0, 100_000)?,
             trusted_proxies: parse_proxies(env.get("TRUSTED_PROXIES"))?,
             throttle: ThrottleConfig {
                 window: secs(env.number("RATE_LIMIT_WINDOW_SECONDS", 60u64, 1, 86_400)?),
@@ -347,6 +375,18 @@ impl Config {
                 )?,
                 register_per_ip: env.number("RATE_LIMIT_REGISTER_PER_IP", 10u64, 0, u64::MAX)?,
                 refresh_per_ip: env.number("RATE_LIMIT_REFRESH_PER_IP", 60u64, 0, u64::MAX)?,
+                password_change_per_account: env.number(
+                    "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT",
+                    10u64,
+                    0,
+                    u64::MAX,
+                )?,
+                password_change_per_session: env.number(
+                    "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION",
+                    5u64,
+                    0,
+                    u64::MAX,
+                )?,
                 lockout_threshold: env.number("LOCKOUT_THRESHOLD", 5u64, 0, 99)?,
                 lockout_base: secs(env.number("LOCKOUT_BASE_SECONDS", 1u64, 1, 3600)?),
                 lockout_max: secs(env.number("LOCKOUT_MAX_SECONDS", 900u64, 1, 86_400)?),
@@ -354,6 +394,12 @@ impl Config {
             cors_allowed_origins,
             password_min_score: env.number("PASSWORD_MIN_SCORE", 2u8, 0, 4)?,
             admin_emails,
+            audit_denied_window: millis(env.number(
+                "AUDIT_DENIED_WINDOW_MS",
+                60_000u64,
+                10,
+                3_600_000,
+            )?),
         })
     }
 
@@ -367,6 +413,10 @@ impl Config {
     pub fn describe(&self) -> String {
         let url = |u: &Option<String>, unset: &str| {
             u.as_deref().map_or(unset.to_string(), mask_url_password)
+        };
+        let masked = |s: &Option<Secret>, unset: &str| {
+            s.as_ref()
+                .map_or_else(|| unset.to_string(), |_| "********".to_string())
         };
         let lines = [
             ("HOST", self.host.clone()),
@@ -407,6 +457,14 @@ impl Config {
                 } else {
                     "********".into()
                 },
+            ),
+            (
+                "SESSION_SECRET",
+                masked(&self.session_secret, "(unset: derived from JWT_SECRET)"),
+            ),
+            (
+                "SESSION_SECRET_PREVIOUS",
+                masked(&self.session_secret_previous, "(unset)"),
             ),
             ("JWT_ISSUER", self.jwt_issuer.clone()),
             ("JWT_AUDIENCE", self.jwt_audience.clone()),
@@ -464,6 +522,13 @@ impl Config {
                     .map_or("0 (off)".into(), |d| d.as_secs().to_string()),
             ),
             (
+                "MAX_SESSIONS_PER_USER",
+                match self.max_sessions_per_user {
+                    0 => "0 (unlimited)".into(),
+                    n => n.to_string(),
+                },
+            ),
+            (
                 "TRUSTED_PROXIES",
                 self.trusted_proxies
                     .iter()
@@ -500,6 +565,14 @@ impl Config {
                 self.throttle.refresh_per_ip.to_string(),
             ),
             (
+                "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT",
+                self.throttle.password_change_per_account.to_string(),
+            ),
+            (
+                "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION",
+                self.throttle.password_change_per_session.to_string(),
+            ),
+            (
                 "LOCKOUT_THRESHOLD",
                 self.throttle.lockout_threshold.to_string(),
             ),
@@ -515,6 +588,10 @@ impl Config {
             ("PASSWORD_MIN_SCORE", self.password_min_score.to_string()),
             ("ARGON2_MAX_QUEUE", self.argon2.max_queue.to_string()),
             ("ADMIN_EMAILS", self.admin_emails.join(",")),
+            (
+                "AUDIT_DENIED_WINDOW_MS",
+                self.audit_denied_window.as_millis().to_string(),
+            ),
         ];
         lines
             .iter()
@@ -610,6 +687,14 @@ fn entropy_bits(bytes: &[u8]) -> f64 {
     per_byte * n
 }
 
+/// A secret that may be unset, but is checked like JWT_SECRET when set.
+fn optional_secret(
+    var: &'static str,
+    value: Option<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    value.map(|s| check_secret(var, s)).transpose()
+}
+
 /// `10.0.0.0/8, 192.168.1.7`: addresses or CIDR ranges, comma-separated.
 fn parse_proxies(raw: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
     let Some(raw) = raw else {
@@ -694,6 +779,17 @@ mod tests {
                 .var,
             "TRUSTED_PROXIES"
         );
+        assert_eq!(
+            config(&[("MAX_SESSIONS_PER_USER", "-1")]).unwrap_err().var,
+            "MAX_SESSIONS_PER_USER"
+        );
+        assert_eq!(config(&[]).unwrap().max_sessions_per_user, 50);
+        assert_eq!(
+            config(&[("MAX_SESSIONS_PER_USER", "0")])
+                .unwrap()
+                .max_sessions_per_user,
+            0
+        );
         let c = config(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).unwrap();
         assert_eq!(c.trusted_proxies.len(), 2);
         assert_eq!(
@@ -717,6 +813,42 @@ mod tests {
         assert!(!format!("{c:?}").contains(secret));
         assert!(!c.migrate_on_start || c.is_embedded_db());
         assert!(!c.describe().contains(secret));
+    }
+
+    #[test]
+    fn session_secrets_are_validated_and_masked() {
+        let jwt = "jQ7w2Xr9Lm4Tz8Vb1Nc6Kd3Hs0Fg5YeAb3dE6gH9".to_string();
+        let (current, previous) = (
+            "cM5n8Bv2Xz7Lk4Jh1Gf9Ds6Aq3Wt0ErKm2pQ7sV4".to_string(),
+            "pZ3x6Cv9Bn2Mq5Wl8Ek1Rj4Th7Yg0UfLn8rT1wX6".to_string(),
+        );
+        for var in ["SESSION_SECRET", "SESSION_SECRET_PREVIOUS"] {
+            let e = config(&[
+                ("JWT_SECRET", &jwt),
+                ("SESSION_SECRET", &current),
+                (var, "short"),
+            ])
+            .unwrap_err();
+            assert_eq!(e.var, var);
+        }
+        let e = config(&[("SESSION_SECRET_PREVIOUS", &previous)]).unwrap_err();
+        assert_eq!(e.var, "SESSION_SECRET_PREVIOUS");
+        let c = config(&[
+            ("JWT_SECRET", &jwt),
+            ("SESSION_SECRET", &current),
+            ("SESSION_SECRET_PREVIOUS", &previous),
+        ])
+        .unwrap();
+        let described = c.describe();
+        assert!(described.contains("SESSION_SECRET=********"));
+        assert!(described.contains("SESSION_SECRET_PREVIOUS=********"));
+        for s in [&current, &previous] {
+            assert!(!described.contains(s.as_str()) && !format!("{c:?}").contains(s.as_str()));
+        }
+        assert!(config(&[])
+            .unwrap()
+            .describe()
+            .contains("SESSION_SECRET=(unset: derived from JWT_SECRET)"));
     }
 
     #[test]
@@ -771,9 +903,13 @@ mod tests {
         while let Some(dir) = dirs.pop() {
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                 let path = entry.path();
+                // Written locally with random keys by ci/dev-secrets.sh, and git-ignored.
+                let generated = path
+                    .file_name()
+                    .is_some_and(|n| n == "secrets.env" || n == ".env");
                 if path.is_dir() {
                     dirs.push(path);
-                } else {
+                } else if !generated {
                     files.push(path);
                 }
             }
@@ -789,8 +925,8 @@ mod tests {
                 };
                 let value = line[at + "_SECRET".len()..]
                     .trim_start_matches("_PREVIOUS")
-                    .trim_start_matches(|c| matches!(c, '=' | ':' | ' ' | '"' | '\''))
-                    .trim_end_matches(|c| matches!(c, '"' | '\'' | ' '));
+                    .trim_start_matches(['=', ':', ' ', '"', '\''])
+                    .trim_end_matches(['"', '\'', ' ']);
                 // Only literal values: commands, references and variables are not examples.
                 if value.len() < 8 || value.contains(['$', '(', '<', '`', ' ', '{', '…']) {
                     continue;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub registrations: IntCounter,
     pub sessions_created: IntCounter,
     pub sessions_revoked: IntCounter,
+    /// Session records in Redis whose seal did not verify (each was treated as revoked).
+    pub seal_failures: IntCounter,
     /// Children of `sessiond_token_checks_total{outcome}`, resolved once: the hot path bumps a
     /// counter without a label lookup.
     pub token_checks: TokenChecks,
@@ -180,6 +182,11 @@ impl Metrics {
                 &r,
                 "sessions_revoked_total",
                 "Sessions revoked (logout, revoke-all, reuse).",
+            ),
+            seal_failures: counter(
+                &r,
+                "session_seal_failures_total",
+                "Session records in Redis refused and revoked because their MAC did not verify.",
             ),
             token_checks: TokenChecks {
                 cache_hit: checks.with_label_values(&["cache_hit"]),

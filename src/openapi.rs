@@ -134,7 +134,7 @@ impl CommonResponses {
             add(
                 "403",
                 error_response(
-                    "The caller lacks the permission this operation needs (`forbidden`)",
+                    "The caller lacks the permission this operation needs, or the escalation rule refuses it: own roles, or a role or account holding a permission the caller lacks (`forbidden`)",
                 ),
             );
         }

@@ -21,7 +21,8 @@ use crate::{
     metrics::Metrics,
     routes,
     session::{
-        self, Lifetimes, MemoryStore, RedisStore, SessionCache, SessionRegistry, SessionStore,
+        self, seal::SealKeys, Lifetimes, MemoryStore, RedisStore, SessionCache, SessionRegistry,
+        SessionStore,
     },
     state::AppState,
     throttle::Throttle,
@@ -95,10 +96,26 @@ fn private_sqlite_file(path: &str) -> Result<(), StartupError> {
     }
 }
 
+/// Applies pending migrations, then gives the `admin` role any permission added to
+/// sessiond's definition since (see [`users::sync_admin_role`]).
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), StartupError> {
     Migrator::up(db, None)
         .await
-        .map_err(|e| StartupError::Migration(e.to_string()))
+        .map_err(|e| StartupError::Migration(e.to_string()))?;
+    sync_admin_role(db).await
+}
+
+async fn sync_admin_role(db: &DatabaseConnection) -> Result<(), StartupError> {
+    let added = users::sync_admin_role(db)
+        .await
+        .map_err(|e| StartupError::Migration(format!("admin role: {e}")))?;
+    if added > 0 {
+        tracing::info!(
+            added,
+            "the admin role gained the permissions added to sessiond"
+        );
+    }
+    Ok(())
 }
 
 /// Browser access for the listed origins only; bearer tokens, so no credentials mode.
@@ -137,6 +154,10 @@ impl Application {
         let db = connect_database(&config).await?;
         if config.migrate_on_start {
             migrate(&db).await?;
+        } else if let Err(e) = sync_admin_role(&db).await {
+            // Not fatal: the schema may be behind (then /ready says so) until a migration Job
+            // runs, which syncs the role itself.
+            tracing::warn!(cause = %e, "could not bring the admin role up to date");
         }
         let schema_behind = log_schema_status(&db).await;
         let metrics = Metrics::new();
@@ -145,7 +166,8 @@ impl Application {
                 .await
                 .map_err(|e| StartupError::Argon2(e.to_string()))?;
 
-        let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace);
+        let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
+            .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
         // With Redis the cache is trusted only once the invalidation subscription is up.
         let (store, trusted, throttle) = match &config.redis_url {
             Some(url) => {
@@ -155,6 +177,8 @@ impl Application {
                     config.redis_timeout,
                     lifetimes,
                     metrics.redis.clone(),
+                    SealKeys::from_config(&config),
+                    metrics.seal_failures.clone(),
                 )
                 .await
                 .map_err(|e| StartupError::Redis(e.to_string()))?;
@@ -173,7 +197,12 @@ impl Application {
                 Throttle::memory(config.throttle.clone()),
             ),
         };
-        let cache = SessionCache::new(config.session_cache_ttl, trusted, lifetimes);
+        let cache = SessionCache::new(
+            config.session_cache_ttl,
+            config.redis_timeout,
+            trusted,
+            lifetimes,
+        );
         let sessions = SessionRegistry::new(
             store,
             cache.clone(),
@@ -182,7 +211,8 @@ impl Application {
         )
         .start();
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
-        let (audit, audit_writer) = AuditLog::start(users.clone(), metrics.clone());
+        let (audit, audit_writer) =
+            AuditLog::start(users.clone(), metrics.clone(), config.audit_denied_window);
 
         let addr = format!("{}:{}", config.host, config.port);
         let tls = config.tls.clone();

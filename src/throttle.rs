@@ -3,7 +3,12 @@
 //!
 //! Accounts are keyed by a hash of the normalized email, whether or not the account exists, so
 //! neither the limits nor the lockout tell an attacker which emails are registered.
+//!
+//! Per ASVS 6.1.1 an attacker who only knows an email must not lock its owner out: a client
+//! address (an IPv6 client: its /64) that logged in to an account within [`KNOWN_ADDRESS_TTL`]
+//! has its own per-account limit and lockout ([`Bucket`]); every other address shares one.
 use std::{
+    net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -28,6 +33,8 @@ pub enum Scope {
     LoginAccount,
     RegisterIp,
     RefreshIp,
+    PasswordChangeAccount,
+    PasswordChangeSession,
 }
 
 impl Scope {
@@ -37,6 +44,8 @@ impl Scope {
             Scope::LoginAccount => "login-acct",
             Scope::RegisterIp => "register-ip",
             Scope::RefreshIp => "refresh-ip",
+            Scope::PasswordChangeAccount => "pwchange-acct",
+            Scope::PasswordChangeSession => "pwchange-sess",
         }
     }
 }
@@ -45,6 +54,44 @@ impl Scope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttled {
     pub retry_after: u64,
+}
+
+/// How long a successful login makes its client address "known" to the account (ASVS 6.1.1).
+pub const KNOWN_ADDRESS_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// Whose attempts an attempt on an account is counted with: the client address's own when it
+/// logged in to the account recently, otherwise the pool of every unknown address. Per-account
+/// limits and the lockout are kept per bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    id: String,
+    known: bool,
+}
+
+impl Bucket {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the client logged in to the account from this address within the last 30 days.
+    pub fn known(&self) -> bool {
+        self.known
+    }
+}
+
+/// The unit per-address limits count: an IPv4 address, or an IPv6 client's /64 (one subscriber
+/// usually holds a whole /64, so counting single IPv6 addresses would not limit anyone).
+pub fn client_group(ip: &str) -> String {
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => ipnet::Ipv6Net::new(v6, 64)
+                .map(|n| n.trunc().to_string())
+                .unwrap_or_else(|_| v6.to_string()),
+        },
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => ip.to_string(),
+    }
 }
 
 #[derive(Clone)]
@@ -59,6 +106,8 @@ enum Backend {
     Memory {
         windows: Cache<String, Arc<Window>>,
         lockouts: Cache<String, Arc<Mutex<Lock>>>,
+        /// Boxed: a third cache inline would make this variant far larger than the other.
+        known: Box<Cache<String, ()>>,
     },
 }
 
@@ -105,21 +154,24 @@ return {n, redis.call('PTTL', KEYS[1])}",
     )
 });
 
-/// Records a failure: after `threshold` consecutive failures the account is locked for
+/// Records a failure: after `threshold` consecutive failures the bucket is locked for
 /// base * 2^(failures - threshold) seconds, capped. The counter forgets after a day of quiet.
+/// Returns the lock's length when this failure started a lock (none was running), else 0, so a
+/// lock is reported once however many attempts race into it.
 static FAIL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local threshold, base, cap, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local until_ = 0
+local previous = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0') or 0
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local started = 0
 if failures >= threshold then
   local delay = math.min(cap, base * math.pow(2, math.min(failures - threshold, 30)))
-  until_ = now + delay
-  redis.call('HSET', KEYS[1], 'locked_until', until_)
+  redis.call('HSET', KEYS[1], 'locked_until', now + delay)
+  if previous <= now then started = delay end
 end
 redis.call('EXPIRE', KEYS[1], 86400)
-return until_",
+return started",
     )
 });
 
@@ -149,6 +201,12 @@ impl Throttle {
                 lockouts: Cache::builder()
                     .time_to_idle(Duration::from_secs(86_400))
                     .build(),
+                known: Box::new(
+                    Cache::builder()
+                        .time_to_live(KNOWN_ADDRESS_TTL)
+                        .max_capacity(1_000_000)
+                        .build(),
+                ),
             },
         }
     }
@@ -177,6 +235,8 @@ impl Throttle {
             Scope::LoginAccount => self.cfg.login_per_account,
             Scope::RegisterIp => self.cfg.register_per_ip,
             Scope::RefreshIp => self.cfg.refresh_per_ip,
+            Scope::PasswordChangeAccount => self.cfg.password_change_per_account,
+            Scope::PasswordChangeSession => self.cfg.password_change_per_session,
         }
     }
 
@@ -218,7 +278,57 @@ impl Throttle {
         Ok(Ok(()))
     }
 
-    /// `Err(Throttled)` while the account is locked.
+    /// The bucket an attempt on `account` from `client` (see [`client_group`]) counts in.
+    pub async fn bucket(&self, account: &str, client: &str) -> Result<Bucket, SessionError> {
+        let known_id = format!("{account}@{client}");
+        let known = match &self.backend {
+            Backend::Redis(r) => {
+                let cmd = redis::cmd("EXISTS")
+                    .arg(r.key("known", &known_id))
+                    .to_owned();
+                r.call("known_address", async |c| cmd.query_async::<bool>(c).await)
+                    .await?
+            }
+            Backend::Memory { known, .. } => known.contains_key(&known_id),
+        };
+        Ok(if known {
+            Bucket {
+                id: known_id,
+                known: true,
+            }
+        } else {
+            // The pool of unknown addresses keeps the plain account key.
+            Bucket {
+                id: account.to_string(),
+                known: false,
+            }
+        })
+    }
+
+    /// A successful login from `client`: the address is known to the account for 30 days.
+    pub async fn remember(&self, account: &str, client: &str) -> Result<(), SessionError> {
+        let known_id = format!("{account}@{client}");
+        match &self.backend {
+            Backend::Redis(r) => {
+                let cmd = redis::cmd("SET")
+                    .arg(r.key("known", &known_id))
+                    .arg(1)
+                    .arg("EX")
+                    .arg(KNOWN_ADDRESS_TTL.as_secs())
+                    .to_owned();
+                r.call("known_address_set", async |c| {
+                    cmd.query_async::<()>(c).await
+                })
+                .await
+            }
+            Backend::Memory { known, .. } => {
+                known.insert(known_id, ()).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// `Err(Throttled)` while the bucket is locked.
     pub async fn check_lock(
         &self,
         account: &str,
@@ -252,10 +362,14 @@ impl Throttle {
         })
     }
 
-    /// Records a failed login for the account.
-    pub async fn record_failure(&self, account: &str, now: i64) -> Result<(), SessionError> {
+    /// Records a failed attempt in the bucket; `Some(seconds)` when this failure started a lock.
+    pub async fn record_failure(
+        &self,
+        account: &str,
+        now: i64,
+    ) -> Result<Option<u64>, SessionError> {
         if self.cfg.lockout_threshold == 0 {
-            return Ok(());
+            return Ok(None);
         }
         match &self.backend {
             Backend::Redis(r) => {
@@ -264,27 +378,32 @@ impl Throttle {
                     .arg(self.cfg.lockout_base.as_secs())
                     .arg(self.cfg.lockout_max.as_secs())
                     .arg(now);
-                r.call("lockout_fail", async |c| call.invoke_async::<i64>(c).await)
-                    .await
-                    .map(|_| ())
+                let started = r
+                    .call("lockout_fail", async |c| call.invoke_async::<i64>(c).await)
+                    .await?;
+                Ok((started > 0).then_some(started as u64))
             }
             Backend::Memory { lockouts, .. } => {
                 let lock = lockouts
                     .get_with(account.to_string(), async { Arc::default() })
                     .await;
-                if let Ok(mut l) = lock.lock() {
-                    l.failures += 1;
-                    let delay = lock_delay(&self.cfg, l.failures);
-                    if delay > 0 {
-                        l.locked_until = now + delay;
-                    }
+                let Ok(mut l) = lock.lock() else {
+                    return Ok(None);
+                };
+                l.failures += 1;
+                let delay = lock_delay(&self.cfg, l.failures);
+                if delay == 0 {
+                    return Ok(None);
                 }
-                Ok(())
+                let started = l.locked_until <= now;
+                l.locked_until = now + delay;
+                Ok(started.then_some(delay as u64))
             }
         }
     }
 
-    /// A successful login clears the account's failures.
+    /// A successful login clears the bucket's failures (a known address's success leaves the
+    /// unknown addresses' lock alone).
     pub async fn record_success(&self, account: &str) -> Result<(), SessionError> {
         if self.cfg.lockout_threshold == 0 {
             return Ok(());
@@ -315,6 +434,8 @@ mod tests {
             login_per_account: 3,
             register_per_ip: 3,
             refresh_per_ip: 3,
+            password_change_per_account: 3,
+            password_change_per_session: 3,
             lockout_threshold: 5,
             lockout_base: Duration::from_secs(1),
             lockout_max: Duration::from_secs(900),
@@ -339,6 +460,49 @@ mod tests {
         }
         assert_eq!(results, [true, true, true, false, false]);
         assert!(t.hit(Scope::LoginIp, "5.6.7.8").await.unwrap().is_ok());
+    }
+
+    #[actix_web::test]
+    async fn a_lock_is_reported_once_when_it_starts() {
+        let t = Throttle::memory(cfg());
+        let now = 1_000;
+        let started: Vec<Option<u64>> =
+            futures_util::future::join_all((0..7).map(|_| t.record_failure("acct", now)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        // The fifth failure locks for 1 s; the later ones extend the same lock.
+        assert_eq!(started, [None, None, None, None, Some(1), None, None]);
+        // Once it has run out, the next failure starts a new lock.
+        assert_eq!(t.record_failure("acct", now + 60).await.unwrap(), Some(8));
+    }
+
+    #[actix_web::test]
+    async fn known_addresses_get_their_own_bucket() {
+        let t = Throttle::memory(cfg());
+        let unknown = t.bucket("acct", "192.0.2.1").await.unwrap();
+        assert!(!unknown.known());
+        assert_eq!(unknown.id(), "acct");
+        t.remember("acct", "192.0.2.1").await.unwrap();
+        let known = t.bucket("acct", "192.0.2.1").await.unwrap();
+        assert!(known.known());
+        assert_ne!(known.id(), unknown.id());
+        assert!(!t.bucket("other", "192.0.2.1").await.unwrap().known());
+        assert!(!t.bucket("acct", "192.0.2.2").await.unwrap().known());
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_64() {
+        assert_eq!(client_group("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            client_group("2001:0db8:0001:0002:ffff:ffff:ffff:ffff"),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(client_group("2001:db8:1:3::1"), "2001:db8:1:3::/64");
+        assert_eq!(client_group("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(client_group("192.0.2.1"), "192.0.2.1");
+        assert_eq!(client_group("unknown"), "unknown");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use sessiond::{
     auth::JwtKeys,
     config::Argon2Config,
     session::{now_unix, Lifetimes, RedisStore, RefreshToken, SessionRecord, SessionStore},
-    users::password::PasswordHasher,
+    users::password::{PasswordHasher, Priority},
 };
 use uuid::Uuid;
 
@@ -242,7 +242,7 @@ async fn argon2_verify_time(cfg: Argon2Config) -> Duration {
     for _ in 0..9 {
         let start = Instant::now();
         let ok = hasher
-            .verify(PASSWORD.into(), Some(hash.clone()))
+            .verify(PASSWORD.into(), Some(hash.clone()), Priority::Login)
             .await
             .expect("verify");
         assert!(ok);
@@ -680,13 +680,17 @@ fn new_session(keys: &JwtKeys, lifetime: Duration) -> (SessionRecord, String) {
     (record, token)
 }
 
-async fn connect_store(url: &str, prefix: &str) -> SessionStore {
+/// Sealed with the server's key (from `config`), as the server's own writes are.
+async fn connect_store(url: &str, prefix: &str, config: &sessiond::config::Config) -> SessionStore {
+    let metrics = sessiond::metrics::Metrics::new();
     let store = RedisStore::connect(
         url,
         prefix,
         Duration::from_secs(2),
         session_store_lifetimes(),
-        sessiond::metrics::Metrics::new().redis.clone(),
+        metrics.redis.clone(),
+        sessiond::session::seal::SealKeys::from_config(config),
+        metrics.seal_failures.clone(),
     )
     .await
     .expect("connecting to Redis");
@@ -699,7 +703,7 @@ async fn seed_sessions(
     config: sessiond::config::Config,
     n: usize,
 ) -> Arc<Vec<Vec<u8>>> {
-    let store = connect_store(&url, &prefix).await;
+    let store = connect_store(&url, &prefix, &config).await;
     let keys = JwtKeys::new(&config);
     let sessions: Vec<_> = (0..n)
         .map(|_| new_session(&keys, config.session_lifetime))
@@ -708,7 +712,9 @@ async fn seed_sessions(
     futures_util::stream::iter(sessions.iter())
         .map(|(rec, _)| async move { store.create(rec).await })
         .buffer_unordered(256)
-        .for_each(|r| async move { r.expect("seeding a session") })
+        .for_each(|r| async move {
+            r.expect("seeding a session");
+        })
         .await;
     let requests = sessions
         .iter()
@@ -727,7 +733,7 @@ async fn propagation(
     config: sessiond::config::Config,
     samples: usize,
 ) -> Outcome {
-    let store = connect_store(&url, &prefix).await;
+    let store = connect_store(&url, &prefix, &config).await;
     let keys = JwtKeys::new(&config);
     let (mut on_a, mut on_b) = (Conn::new(a), Conn::new(b));
     let mut out = Outcome::empty();

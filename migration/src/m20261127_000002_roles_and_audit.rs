@@ -5,8 +5,10 @@ use sea_orm_migration::{prelude::*, schema::*};
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// Permissions of the built-in `admin` role (sessiond's own admin API).
-const ADMIN_PERMISSIONS: [&str; 4] = ["audit:read", "sessions:revoke", "users:read", "users:write"];
+// Permissions of the built-in `admin` role: every one sessiond defines. Read from the one
+// definition (not frozen here) so a fresh database starts complete; existing databases gain
+// later additions from the server's start-up sync of the `admin` role.
+use entities::permissions::BUILTIN_PERMISSIONS as ADMIN_PERMISSIONS;
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -134,7 +136,7 @@ impl MigrationTrait for Migration {
             .into_table(RolePermissions::Table)
             .columns([RolePermissions::RoleName, RolePermissions::Permission]);
         for p in ADMIN_PERMISSIONS {
-            perms.values_panic(["admin".into(), p.into()]);
+            perms.values_panic(["admin".into(), (*p).into()]);
         }
         manager.exec_stmt(perms).await?;
         let backfill = Query::insert()

@@ -38,6 +38,67 @@ impl Access {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
+
+    /// Whether this access may hand `permission` on, or act on an account holding it (the
+    /// escalation rule: nobody grants, removes or overrides what they do not hold themselves).
+    ///
+    /// A permission is held when it is in [`Access::permissions`] exactly (what
+    /// [`Access::allows`] checks: `billing:*` does not hold `billing:read`). The built-in
+    /// `admin` role is the root: its holder holds every permission, also the custom ones of
+    /// services behind sessiond, so an admin can create and grant a `billing:read` role without
+    /// holding it. Nobody else is root, not even an account whose roles grant every permission
+    /// sessiond defines: only an `admin` can grant, remove, or act on a holder of, `admin`.
+    pub fn holds(&self, permission: &str) -> bool {
+        self.is_root() || self.allows(permission)
+    }
+
+    /// Holds the `admin` role, the root of delegation (see [`Access::holds`]).
+    pub fn is_root(&self) -> bool {
+        self.has_role(ADMIN_ROLE)
+    }
+
+    /// What this access would need to hold `permissions` (and, with `root`, the `admin` role);
+    /// empty when it holds them all.
+    pub fn shortfall<'a>(
+        &self,
+        permissions: impl IntoIterator<Item = &'a str>,
+        root: bool,
+    ) -> Shortfall {
+        let mut missing: Vec<String> = permissions
+            .into_iter()
+            .filter(|p| !self.holds(p))
+            .map(str::to_string)
+            .collect();
+        missing.sort();
+        missing.dedup();
+        Shortfall {
+            permissions: missing,
+            admin_role: root && !self.is_root(),
+        }
+    }
+
+    /// What this access lacks of everything `other` holds.
+    pub fn shortfall_to(&self, other: &Access) -> Shortfall {
+        self.shortfall(
+            other.permissions.iter().map(String::as_str),
+            other.is_root(),
+        )
+    }
+}
+
+/// What a caller lacks to do something under the escalation rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Permissions it does not hold, sorted.
+    pub permissions: Vec<String>,
+    /// The `admin` role is needed (granting, removing or acting on a holder of it).
+    pub admin_role: bool,
+}
+
+impl Shortfall {
+    pub fn is_empty(&self) -> bool {
+        self.permissions.is_empty() && !self.admin_role
+    }
 }
 
 /// A permission of sessiond's admin API, as a type, so that the check is part of a handler's
@@ -46,25 +107,30 @@ pub trait Permission {
     const NAME: &'static str;
 }
 
+/// Every permission sessiond itself checks, sorted: the one definition lives in the `entities`
+/// crate, so the migrations (which seed the `admin` role) read the same list as the server.
+pub use entities::permissions::BUILTIN_PERMISSIONS;
+
 macro_rules! permissions {
-    ($($ty:ident => $name:literal),* $(,)?) => {
+    ($($ty:ident => $name:ident),* $(,)?) => {
         $(
-            #[doc = concat!("The `", $name, "` permission.")]
+            #[doc = concat!("The permission [`entities::permissions::", stringify!($name), "`].")]
             pub struct $ty;
             impl Permission for $ty {
-                const NAME: &'static str = $name;
+                const NAME: &'static str = entities::permissions::$name;
             }
         )*
-        /// Every permission sessiond itself checks (the built-in `admin` role holds them all).
-        pub const BUILTIN_PERMISSIONS: &[&str] = &[$($name),*];
+        /// The permission types, for the test that they cover exactly [`BUILTIN_PERMISSIONS`].
+        #[cfg(test)]
+        const TYPED_PERMISSIONS: &[&str] = &[$(entities::permissions::$name),*];
     };
 }
 
 permissions! {
-    AuditRead => "audit:read",
-    SessionsRevoke => "sessions:revoke",
-    UsersRead => "users:read",
-    UsersWrite => "users:write",
+    AuditRead => AUDIT_READ,
+    SessionsRevoke => SESSIONS_REVOKE,
+    UsersRead => USERS_READ,
+    UsersWrite => USERS_WRITE,
 }
 
 /// Role names: short, lower-case, safe in URLs, logs and the comma-joined Redis field.
@@ -137,14 +203,18 @@ impl<P: Permission + 'static> FromRequest for Authorized<P> {
                 });
             }
             if let Some(state) = req.app_data::<web::Data<AppState>>() {
-                state.audit.record(
+                let route = req.match_pattern().unwrap_or_default();
+                let method = req.method().as_str();
+                // Aggregated: a loop of 403s is a few counted rows, not one row per request.
+                state.audit.record_denial(
+                    format!("{method} {route} {}", P::NAME),
                     AuditEvent::denied("access_denied")
                         .actor(session.user_id)
                         .ip(state.client_ip(&req))
                         .detail(serde_json::json!({
                             "permission": P::NAME,
-                            "route": req.match_pattern().unwrap_or_default(),
-                            "method": req.method().as_str(),
+                            "route": route,
+                            "method": method,
                         })),
                 );
             }
@@ -174,6 +244,50 @@ mod tests {
         assert!(a.allows("audit:read") && a.allows("users:write"));
         assert!(!a.allows("sessions:revoke"));
         assert!(a.has_role("admin"));
+    }
+
+    #[test]
+    fn the_permission_types_are_exactly_the_builtin_list() {
+        let mut typed = TYPED_PERMISSIONS.to_vec();
+        typed.sort();
+        assert_eq!(typed, BUILTIN_PERMISSIONS);
+    }
+
+    #[test]
+    fn only_what_is_held_can_be_handed_on_and_admin_is_the_root() {
+        let delegate = Access::new(
+            vec!["user".into(), "helpdesk".into()],
+            vec!["users:write".into(), "billing:*".into()],
+        );
+        let target = Access::new(
+            vec!["user".into(), "ops".into()],
+            vec!["users:write".into(), "billing:read".into()],
+        );
+        assert_eq!(
+            delegate.shortfall_to(&target),
+            Shortfall {
+                permissions: vec!["billing:read".into()],
+                admin_role: false
+            },
+            "a wildcard string does not hold the permissions it looks like"
+        );
+        assert!(target.shortfall_to(&delegate).permissions == ["billing:*"]);
+        assert!(delegate.shortfall(["users:write"], false).is_empty());
+        let admin = Access::new(vec!["admin".into(), "user".into()], vec![]);
+        assert!(admin.shortfall_to(&target).is_empty());
+        assert!(admin.holds("billing:read"));
+        // Every permission but not the role: an admin stays out of reach.
+        let all = Access::new(
+            vec!["user".into(), "all".into()],
+            BUILTIN_PERMISSIONS.iter().map(|p| p.to_string()).collect(),
+        );
+        let real_admin = Access::new(
+            vec!["admin".into(), "user".into()],
+            BUILTIN_PERMISSIONS.iter().map(|p| p.to_string()).collect(),
+        );
+        let s = all.shortfall_to(&real_admin);
+        assert!(s.permissions.is_empty() && s.admin_role);
+        assert!(!s.is_empty());
     }
 
     #[test]

@@ -202,7 +202,7 @@ mod tests {
     use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 
     fn keys() -> JwtKeys {
-        let secret = "k".repeat(40);
+        let secret = "kX9v2LqT7mWz4RbN8cYp1HdS6fJg3UaE0oKi5VtQ".to_string();
         let cfg = Config::from_lookup(|k| (k == "JWT_SECRET").then(|| secret.clone())).unwrap();
         JwtKeys::new(&cfg)
     }
@@ -308,7 +308,7 @@ mod properties {
     use proptest::prelude::*;
 
     fn keys() -> JwtKeys {
-        let secret = "p".repeat(40);
+        let secret = "pR4wZ8nB1xKq6TvM3hYc9LdG2sFj7UeA0oWi5NtE".to_string();
         let cfg = Config::from_lookup(|k| (k == "JWT_SECRET").then(|| secret.clone())).unwrap();
         JwtKeys::new(&cfg)
     }

@@ -2,6 +2,13 @@
 //! takes an [`Authorized<P>`], so the permission check is part of its signature; path ids, query
 //! strings and bodies are read only after it passed (actix polls extractors together), so a
 //! caller without the permission learns nothing but 403.
+//!
+//! On top of the permission, every change obeys the escalation rule (in the spirit of Kubernetes
+//! RBAC escalation prevention): a caller grants, removes or creates only roles whose every
+//! permission it holds, never changes its own roles, and does not disable, enable, delete,
+//! change the roles of or revoke the sessions of an account holding anything it does not hold
+//! ([`Access::holds`]; the `admin` role is the root). Refusals are 403 `forbidden`, audited as
+//! denied events of the operation's kind with `detail.reason` and what was missing.
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::sync::Arc;
@@ -12,18 +19,19 @@ use crate::{
     audit::{AuditEvent, AuditEventView},
     auth::{
         access::{
-            validate_permission, validate_role_name, AuditRead, SessionsRevoke, UsersRead,
-            UsersWrite,
+            validate_permission, validate_role_name, AuditRead, SessionsRevoke, Shortfall,
+            UsersRead, UsersWrite,
         },
-        Access, Authorized,
+        Access, AuthenticatedSession, Authorized,
     },
     error::ApiError,
     routes::session::SessionList,
-    session::{ListSessions, RevokeAll, SetAccess},
+    session::{CutOff, IsCutOff, ListSessions, Restore, RevokeAll, SetAccess},
     state::AppState,
     users::{
-        AdminUser, CreateRole, DeleteUser, FindAccess, GetUser, ListAudit, ListRoles, ListUsers,
-        PageRequest, RoleView, SetDisabled, SetRoles, UserStoreError,
+        AdminUser, CheckRemovable, CreateRole, DeleteUser, FindAccess, GetUser, ListAudit,
+        ListRoles, ListUsers, PageRequest, RoleChange, RoleView, SetDisabled, SetRoles,
+        UserStoreError,
     },
 };
 
@@ -101,6 +109,54 @@ impl<'a> AdminAudit<'a> {
                 .subject(self.subject)
                 .ip(self.ip.clone()),
         );
+    }
+
+    /// A change refused by the escalation rule: recorded as a denied `kind` (aggregated, since a
+    /// caller can repeat it in a loop) and answered 403.
+    fn escalation(
+        &self,
+        kind: &'static str,
+        reason: &'static str,
+        shortfall: &Shortfall,
+        extra: serde_json::Value,
+    ) -> ApiError {
+        let mut detail = serde_json::json!({
+            "reason": reason,
+            "missing_permissions": shortfall.permissions,
+            "admin_role_required": shortfall.admin_role,
+        });
+        if let (Some(d), serde_json::Value::Object(extra)) = (detail.as_object_mut(), extra) {
+            d.extend(extra);
+        }
+        let subject = self.subject.map(|s| s.to_string()).unwrap_or_default();
+        self.state.audit.record_denial(
+            format!("{reason} {subject}"),
+            AuditEvent::denied(kind)
+                .actor(self.actor)
+                .subject(self.subject)
+                .ip(self.ip.clone())
+                .detail(detail),
+        );
+        ApiError::Forbidden
+    }
+
+    /// The escalation rule for acting on the account: the caller must hold everything it holds.
+    /// An account that no longer exists holds nothing; what the operation does then is its own
+    /// business (e.g. 404).
+    async fn ensure_outranks(
+        &self,
+        caller: &AuthenticatedSession,
+        kind: &'static str,
+        target: Uuid,
+    ) -> Result<(), ApiError> {
+        let Some(account) = self.state.users.send(FindAccess(target)).await?? else {
+            return Ok(());
+        };
+        let shortfall = caller.access.shortfall_to(&account.access);
+        if shortfall.is_empty() {
+            return Ok(());
+        }
+        Err(self.escalation(kind, "escalation", &shortfall, serde_json::json!({})))
     }
 
     /// A change refused by the last-admin rule is recorded as denied (with `detail`) and
@@ -257,7 +313,9 @@ pub struct RolesBody {
 }
 
 /// Replace an account's roles. Every live session of the account carries the new roles and
-/// permissions from its next request on, on every pod.
+/// permissions from its next request on, on every pod. Refused (403) for the caller's own
+/// account, for an account holding a permission the caller lacks, and for granting or removing
+/// a role with such a permission.
 #[utoipa::path(put, path = "/admin/users/{id}/roles", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")), request_body = RolesBody,
     responses(
@@ -284,6 +342,19 @@ pub async fn set_roles(
         validate_role_name(r).map_err(ApiError::InvalidRequest)?;
     }
     let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
+    let requested = crate::users::normalize_roles(body.roles);
+    if user_id == admin.user_id {
+        // Even an admin: a role change is always someone else's decision, and the last-admin
+        // rule then needs no special case for stepping down.
+        return Err(audit
+            .escalation(
+                "role_change",
+                "own_roles",
+                &Shortfall::default(),
+                serde_json::json!({"roles": requested, "previous": admin.access.roles}),
+            )
+            .into());
+    }
     // Nothing changes when the change is refused, so the roles now are the ones it would replace.
     let current = state
         .users
@@ -291,20 +362,36 @@ pub async fn set_roles(
         .await
         .map_err(ApiError::from)?
         .map_err(ApiError::from)?;
-    let requested = crate::users::normalize_roles(body.roles);
     let result = state
         .users
         .send(SetRoles {
             user_id,
             roles: requested.clone(),
+            by: Some(Access::clone(&admin.access)),
         })
         .await
         .map_err(ApiError::from)?;
-    let (user, previous) = audit.refused(
+    let change = audit.refused(
         "role_change",
         || serde_json::json!({"roles": requested, "previous": current.roles}),
         result,
     )?;
+    let (user, previous) = match change {
+        RoleChange::Done { user, previous } => (user, previous),
+        RoleChange::Refused {
+            shortfall,
+            previous,
+        } => {
+            return Err(audit
+                .escalation(
+                    "role_change",
+                    "escalation",
+                    &shortfall,
+                    serde_json::json!({"roles": requested, "previous": previous}),
+                )
+                .into())
+        }
+    };
     if user.roles != previous {
         audit.record(
             AuditEvent::success("role_change")
@@ -330,24 +417,61 @@ async fn set_disabled(
         "user_enable"
     };
     let audit = AdminAudit::new(state, req, admin.user_id, Some(user_id));
-    let result = state.users.send(SetDisabled { user_id, disabled }).await?;
-    if audit.refused(kind, || serde_json::json!({}), result)? {
-        audit.record(AuditEvent::success(kind));
+    audit.ensure_outranks(admin, kind, user_id).await?;
+    if !disabled {
+        // Database first, then the marker: if the second step fails the account stays cut off
+        // (fail closed) and a retry completes it.
+        let result = state.users.send(SetDisabled { user_id, disabled }).await?;
+        if audit.refused(kind, || serde_json::json!({}), result)? {
+            audit.record(AuditEvent::success(kind));
+        }
+        state.sessions.send(Restore(user_id)).await??;
+        return Ok(HttpResponse::NoContent().finish());
     }
-    if disabled {
-        // Also when it was disabled already: a retry after a failed revocation completes it.
-        state
-            .sessions
-            .send(RevokeAll {
-                user_id,
-                except: None,
-            })
-            .await??;
+    let what = "disabling this account";
+    let change = || state.users.send(SetDisabled { user_id, disabled });
+    let changed = cut_off_then(state, &audit, kind, user_id, what, change).await?;
+    if changed {
+        audit.record(AuditEvent::success(kind));
+        // An enable racing with this disable may have lifted the marker between the two steps
+        // (and a login slipped in): now that the database says disabled, cut off once more.
+        state.sessions.send(CutOff(user_id)).await??;
     }
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Disable an account: no logins, and every session ends on every pod.
+/// Disabling and deleting: the account's sessions are revoked and it is marked cut off (no
+/// session is created or refreshed) in one atomic step BEFORE the database changes, so whatever
+/// the answer (a 503 included), a disabled or deleted account has no usable session. If the
+/// database step fails, the account stays cut off (fail closed) and a retry completes it; if it
+/// is refused by the last-admin rule (a race the read-only check before missed), the mark is
+/// lifted again. Also when the account was disabled already, so a retry completes everything.
+/// `change` is a closure because actix enqueues a message when `send` is called, not when the
+/// returned future is first polled.
+async fn cut_off_then<T, F>(
+    state: &AppState,
+    audit: &AdminAudit<'_>,
+    kind: &'static str,
+    user_id: Uuid,
+    what: &'static str,
+    change: impl FnOnce() -> F,
+) -> Result<T, ApiError>
+where
+    F: std::future::Future<Output = Result<Result<T, UserStoreError>, actix::MailboxError>>,
+{
+    let check = state.users.send(CheckRemovable { user_id, what }).await?;
+    audit.refused(kind, || serde_json::json!({}), check)?;
+    state.sessions.send(CutOff(user_id)).await??;
+    let result = change().await?;
+    if let Err(UserStoreError::Conflict(_)) = &result {
+        state.sessions.send(Restore(user_id)).await??;
+    }
+    audit.refused(kind, || serde_json::json!({}), result)
+}
+
+/// Disable an account: no logins, and every session ends on every pod. The sessions end first:
+/// after any answer, a 503 included, the account has no session that works or refreshes; a 503
+/// may leave it cut off without being marked disabled, until a retry completes it.
 #[utoipa::path(post, path = "/admin/users/{id}/disable", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
@@ -363,7 +487,7 @@ pub async fn disable_user(
     set_disabled(&admin, &req, &state, &id, true).await
 }
 
-/// Enable a disabled account: it can log in again.
+/// Enable a disabled account: it can log in again (after a 503, only once a retry succeeded).
 #[utoipa::path(post, path = "/admin/users/{id}/enable", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
@@ -378,7 +502,8 @@ pub async fn enable_user(
     set_disabled(&admin, &req, &state, &id, false).await
 }
 
-/// Delete an account: its sessions end on every pod; its audit events stay.
+/// Delete an account: its sessions end on every pod (first, as when disabling); its audit
+/// events stay.
 #[utoipa::path(delete, path = "/admin/users/{id}", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
@@ -393,16 +518,32 @@ pub async fn delete_user(
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
     let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
-    let result = state.users.send(DeleteUser(user_id)).await?;
-    audit.refused("user_delete", || serde_json::json!({}), result)?;
+    audit
+        .ensure_outranks(&admin, "user_delete", user_id)
+        .await?;
+    let change = || state.users.send(DeleteUser(user_id));
+    let deleted = cut_off_then(
+        &state,
+        &audit,
+        "user_delete",
+        user_id,
+        "deleting this account",
+        change,
+    )
+    .await;
+    if let Err(ApiError::NotFound(_)) = &deleted {
+        // Gone already, perhaps by an earlier attempt whose answer was lost, or by a version
+        // that deleted before revoking: end whatever sessions are left before saying 404.
+        state
+            .sessions
+            .send(RevokeAll {
+                user_id,
+                except: None,
+            })
+            .await??;
+    }
+    deleted?;
     audit.record(AuditEvent::success("user_delete"));
-    state
-        .sessions
-        .send(RevokeAll {
-            user_id,
-            except: None,
-        })
-        .await??;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -423,7 +564,8 @@ pub async fn list_user_sessions(
     Ok(HttpResponse::Ok().json(SessionList::new(records, None)?))
 }
 
-/// End every session of an account, on every pod.
+/// End every session of an account, on every pod; also of a deleted account (whatever may be
+/// left of it). 404 only for an id that never had an account or a session.
 #[utoipa::path(delete, path = "/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(
@@ -436,7 +578,14 @@ pub async fn revoke_user_sessions(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
-    state.users.send(GetUser(user_id)).await??;
+    AdminAudit::new(&state, &req, admin.user_id, Some(user_id))
+        .ensure_outranks(&admin, "sessions_revoke", user_id)
+        .await?;
+    let exists = match state.users.send(GetUser(user_id)).await? {
+        Ok(_) => true,
+        Err(UserStoreError::NotFound) => false,
+        Err(e) => return Err(e.into()),
+    };
     let revoked = state
         .sessions
         .send(RevokeAll {
@@ -444,6 +593,11 @@ pub async fn revoke_user_sessions(
             except: None,
         })
         .await??;
+    // A deleted account's id (still marked cut off, or with sessions left) is not unknown:
+    // revoking what is left of it succeeds. An id that never had anything stays 404.
+    if !exists && revoked == 0 && !state.sessions.send(IsCutOff(user_id)).await?? {
+        return Err(ApiError::NotFound("user"));
+    }
     AdminAudit::new(&state, &req, admin.user_id, Some(user_id)).record(
         AuditEvent::success("sessions_revoke").detail(serde_json::json!({ "revoked": revoked })),
     );
@@ -478,7 +632,8 @@ pub struct RoleBody {
 }
 
 /// Create a role. Roles cannot be changed afterwards (create a new one and reassign), so the
-/// permissions a session carries always match its roles.
+/// permissions a session carries always match its roles. Refused (403) with a permission the
+/// caller does not hold (holders of `admin` hold every permission).
 #[utoipa::path(post, path = "/admin/roles", tag = "admin", security(("bearer" = [])), request_body = RoleBody,
     responses(
         (status = 201, description = "Role created (permission `users:write`)", body = RoleView),
@@ -498,6 +653,20 @@ pub async fn create_role(
     for p in &body.permissions {
         validate_permission(p).map_err(ApiError::InvalidRequest)?;
     }
+    let audit = AdminAudit::new(&state, &req, admin.user_id, None);
+    let shortfall = admin
+        .access
+        .shortfall(body.permissions.iter().map(String::as_str), false);
+    if !shortfall.is_empty() {
+        return Err(audit
+            .escalation(
+                "role_create",
+                "escalation",
+                &shortfall,
+                serde_json::json!({"name": body.name, "permissions": body.permissions}),
+            )
+            .into());
+    }
     let role = state
         .users
         .send(CreateRole {
@@ -507,7 +676,7 @@ pub async fn create_role(
         .await
         .map_err(ApiError::from)?
         .map_err(ApiError::from)?;
-    AdminAudit::new(&state, &req, admin.user_id, None).record(
+    audit.record(
         AuditEvent::success("role_create")
             .detail(serde_json::json!({"name": role.name, "permissions": role.permissions})),
     );

@@ -3,17 +3,18 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{admin::sync_session_access, limit_client, resource};
+use super::{admin::sync_session_access, client_group, limit_client, resource};
 use crate::{
     audit::AuditEvent,
     auth::{Access, AuthenticatedSession},
     error::ApiError,
     session::{
-        now_unix, CreateSession, Refresh, RefreshToken, Revoke, RevokeAll, Rotation, SessionRecord,
+        now_unix, CreateSession, Created, Refresh, RefreshToken, Revoke, RevokeAll, Rotation,
+        SessionRecord,
     },
     state::AppState,
-    throttle::{account_key, Scope, Throttled},
-    users::{self, FindAccess, FindByEmail, MAX_PASSWORD_CHARS},
+    throttle::{account_key, Bucket, Scope, Throttled},
+    users::{self, password::Priority, FindAccess, FindByEmail, MAX_PASSWORD_CHARS},
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -100,6 +101,56 @@ pub async fn login(
     result
 }
 
+/// Counts a wrong password (or a disabled account) toward the bucket's lockout. The failure that
+/// starts a lock is audited once as `account_locked`, about the account when it exists (an
+/// unknown email's locks are not recorded, so a spray of made-up addresses cannot flood the trail).
+pub(crate) async fn count_failure(
+    state: &AppState,
+    bucket: &Bucket,
+    now: i64,
+    subject: Option<Uuid>,
+    ip: Option<String>,
+) -> Result<(), ApiError> {
+    let started = state.throttle.record_failure(bucket.id(), now).await?;
+    if let (Some(seconds), Some(subject)) = (started, subject) {
+        let addresses = if bucket.known() { "known" } else { "unknown" };
+        state.audit.record(
+            AuditEvent::denied("account_locked")
+                .subject(subject)
+                .ip(ip)
+                .detail(serde_json::json!({ "seconds": seconds, "addresses": addresses })),
+        );
+        tracing::info!(user_id = %subject, seconds, addresses, "account locked");
+    }
+    Ok(())
+}
+
+/// A throttled or locked login: audited about the account when the email names one (looked up
+/// whether or not it exists, and never shown in the answer, which is the same for every email).
+async fn refuse_throttled(
+    state: &AppState,
+    email: &Result<String, String>,
+    ip: Option<String>,
+    reason: &'static str,
+    t: Throttled,
+) -> ApiError {
+    state.metrics.logins.with_label_values(&["throttled"]).inc();
+    let subject = match email {
+        Ok(email) => match state.users.send(FindByEmail(email.clone())).await {
+            Ok(Ok(account)) => account.map(|a| a.id),
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    state.audit.record(
+        AuditEvent::denied("login")
+            .subject(subject)
+            .ip(ip)
+            .detail(serde_json::json!({ "reason": reason })),
+    );
+    ApiError::from(t)
+}
+
 async fn attempt_login(
     req: &HttpRequest,
     state: &AppState,
@@ -108,25 +159,12 @@ async fn attempt_login(
     let LoginBody { email, password } = body;
     let outcome = |o: &str| state.metrics.logins.with_label_values(&[o]).inc();
     let now = now_unix();
-    let note_throttled = || {
-        outcome("throttled");
-        state.audit.record(
-            AuditEvent::denied("login")
-                .ip(state.client_ip(req))
-                .detail(serde_json::json!({"reason": "rate_limited"})),
-        );
-    };
-    let throttled = |t: Throttled| {
-        note_throttled();
-        ApiError::from(t)
-    };
-    let ip = limit_client(req, state, Scope::LoginIp)
-        .await
-        .inspect_err(|e| {
-            if matches!(e, ApiError::RateLimited { .. }) {
-                note_throttled();
-            }
-        })?;
+    let ip = state.client_ip(req);
+    let client = client_group(ip.as_deref());
+    let normalized = users::normalize_email(&email);
+    if let Err(t) = state.throttle.hit(Scope::LoginIp, &client).await? {
+        return Err(refuse_throttled(state, &normalized, ip, "rate_limited", t).await);
+    }
     let refused = |subject: Option<Uuid>, reason: &str| {
         outcome("invalid_credentials");
         state.audit.record(
@@ -138,20 +176,17 @@ async fn attempt_login(
         ApiError::InvalidCredentials
     };
     // The account key exists for any address, registered or not, so limits and lockouts say
-    // nothing about which accounts exist.
-    let normalized = users::normalize_email(&email);
+    // nothing about which accounts exist. An address that logged in to the account recently is
+    // judged by its own attempts only (ASVS 6.1.1); every other address shares one bucket.
     let account_key = account_key(normalized.as_deref().unwrap_or(email.trim()));
-    state
-        .throttle
-        .hit(Scope::LoginAccount, &account_key)
-        .await?
-        .map_err(throttled)?;
+    let bucket = state.throttle.bucket(&account_key, &client).await?;
+    if let Err(t) = state.throttle.hit(Scope::LoginAccount, bucket.id()).await? {
+        return Err(refuse_throttled(state, &normalized, ip, "rate_limited", t).await);
+    }
     // While locked, even the right password is refused, with the same answer as a wrong one.
-    state
-        .throttle
-        .check_lock(&account_key, now)
-        .await?
-        .map_err(throttled)?;
+    if let Err(t) = state.throttle.check_lock(bucket.id(), now).await? {
+        return Err(refuse_throttled(state, &normalized, ip, "locked", t).await);
+    }
 
     // A malformed email or an impossible password cannot match any account: same answer as a
     // wrong password, without spending a hash.
@@ -159,18 +194,22 @@ async fn attempt_login(
         normalized,
         (1..=MAX_PASSWORD_CHARS).contains(&password.chars().count()),
     ) else {
-        state.throttle.record_failure(&account_key, now).await?;
+        count_failure(state, &bucket, now, None, ip.clone()).await?;
         return Err(refused(None, "invalid_credentials"));
     };
     let account = state.users.send(FindByEmail(email)).await??;
     // Unknown accounts still pay one hash, so timing does not tell which emails exist.
     let stored = account.as_ref().map(|a| a.password_hash.clone());
-    let verified = state.hasher.verify(password, stored).await?;
+    let verified = state
+        .hasher
+        .verify(password, stored, Priority::Login)
+        .await?;
     let account = match account {
         Some(a) if verified => a,
         other => {
-            state.throttle.record_failure(&account_key, now).await?;
-            return Err(refused(other.map(|a| a.id), "invalid_credentials"));
+            let subject = other.map(|a| a.id);
+            count_failure(state, &bucket, now, subject, ip.clone()).await?;
+            return Err(refused(subject, "invalid_credentials"));
         }
     };
     // A disabled account gets the very answer a wrong password gets, and counts as a failure,
@@ -178,14 +217,20 @@ async fn attempt_login(
     let access = match state.users.send(FindAccess(account.id)).await?? {
         Some(a) if !a.disabled => a.access,
         _ => {
-            state.throttle.record_failure(&account_key, now).await?;
+            count_failure(state, &bucket, now, Some(account.id), ip.clone()).await?;
             return Err(refused(Some(account.id), "disabled"));
         }
     };
-    state.throttle.record_success(&account_key).await?;
+    state.throttle.record_success(bucket.id()).await?;
+    // Without a peer address there is nothing to recognise the client by next time.
+    if ip.is_some() {
+        state.throttle.remember(&account_key, &client).await?;
+    }
 
     let expires_at = now + state.config.session_lifetime.as_secs() as i64;
-    let refresh = RefreshToken::generate(account.id, Uuid::new_v4());
+    // A v7 id sorts by creation time, which orders the sessions of one second when the oldest
+    // must end (MAX_SESSIONS_PER_USER). The session id is no secret (GET /sessions lists it).
+    let refresh = RefreshToken::generate(account.id, Uuid::now_v7());
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
@@ -207,7 +252,20 @@ async fn attempt_login(
         access: std::sync::Arc::new(access.clone()),
         refresh_hash: refresh.hash(),
     };
-    state.sessions.send(CreateSession(record)).await??;
+    let evicted = match state.sessions.send(CreateSession(record)).await?? {
+        Created::Stored { evicted } => evicted,
+        // Disabled or deleted while this login ran (the account was cut off first).
+        Created::AccountCutOff => return Err(refused(Some(account.id), "disabled")),
+    };
+    for sid in evicted {
+        state.audit.record(
+            AuditEvent::success("session_revoke")
+                .subject(account.id)
+                .ip(ip.clone())
+                .detail(serde_json::json!({ "session_id": sid, "reason": "max_sessions" })),
+        );
+        tracing::info!(user_id = %account.id, session_id = %sid, "oldest session ended: MAX_SESSIONS_PER_USER reached");
+    }
     // An admin may have disabled the account or changed its roles while this login ran; their
     // session updates could not see the new session, so look again now that it exists.
     let access = match state.users.send(FindAccess(account.id)).await?? {
@@ -299,7 +357,7 @@ pub async fn refresh(
             );
             Err(ApiError::Unauthorized)
         }
-        Rotation::Invalid => Err(ApiError::Unauthorized),
+        Rotation::Invalid | Rotation::Unsealed => Err(ApiError::Unauthorized),
     }
 }
 

@@ -90,6 +90,11 @@ pub(crate) fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<S
     Some(client.to_string())
 }
 
+/// The unit the client address is limited by: the address, or its /64 for IPv6.
+pub(crate) fn client_group(ip: Option<&str>) -> String {
+    crate::throttle::client_group(ip.unwrap_or("unknown"))
+}
+
 /// Counts one attempt against the client address's limit for `scope` (429 over it) and returns
 /// that address, for the handlers that record it.
 pub(crate) async fn limit_client(
@@ -100,7 +105,7 @@ pub(crate) async fn limit_client(
     let ip = state.client_ip(req);
     state
         .throttle
-        .hit(scope, ip.as_deref().unwrap_or("unknown"))
+        .hit(scope, &client_group(ip.as_deref()))
         .await??;
     Ok(ip)
 }

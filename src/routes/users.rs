@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{limit_client, resource};
+use super::{auth::count_failure, client_group, limit_client, resource};
 use crate::{
     audit::AuditEvent,
     auth::{
@@ -12,10 +12,12 @@ use crate::{
         AuthenticatedSession,
     },
     error::ApiError,
-    session::RevokeAll,
+    session::{now_unix, RevokeAll},
     state::AppState,
-    throttle::Scope,
-    users::{self, CreateUser, FindAccount, FindByEmail, FindById, SetPassword},
+    throttle::{account_key, Scope, Throttled},
+    users::{
+        self, password::Priority, CreateUser, FindAccount, FindByEmail, FindById, SetPassword,
+    },
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -71,12 +73,10 @@ pub async fn register(
     {
         return Err(ApiError::EmailTaken);
     }
-    let local_part = email.split('@').next().unwrap_or_default().to_string();
-    let known_words = [Some(email.clone()), Some(local_part), name.clone()]
-        .into_iter()
-        .flatten()
-        .collect();
-    let password_hash = state.hasher.hash_new(password, known_words).await?;
+    let password_hash = state
+        .hasher
+        .hash_new(password, users::password_context(&email, name.as_deref()))
+        .await?;
     let mut roles = vec![USER_ROLE.to_string()];
     if state.config.admin_emails.contains(&email) {
         roles.push(ADMIN_ROLE.to_string());
@@ -149,7 +149,10 @@ pub struct PasswordBody {
     responses(
         (status = 204, description = "Password changed; every other session of the user is revoked"),
         (status = 403, description = "The current password is wrong; nothing changed (`forbidden`)", body = crate::error::ErrorBody),
+        (status = 400, description = "The new password does not meet the registration policy (`invalid_request`)", body = crate::error::ErrorBody),
         (status = 404, description = "The account no longer exists (`not_found`)", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many attempts for this session or account, or the account is locked after repeated wrong passwords (`rate_limited`)", body = crate::error::ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
 #[tracing::instrument(name = "change_password", skip_all)]
 pub async fn change_password(
@@ -168,20 +171,65 @@ pub async fn change_password(
         .send(FindAccount(session.user_id))
         .await??
         .ok_or(ApiError::NotFound("user"))?;
-    let event = |e: AuditEvent| e.by(session.user_id).ip(state.client_ip(&req));
-    if !state
-        .hasher
-        .verify(current_password, Some(account.password_hash))
+    let now = now_unix();
+    let ip = state.client_ip(&req);
+    let client = client_group(ip.as_deref());
+    let event = |e: AuditEvent| e.by(session.user_id).ip(ip.clone());
+    let throttled = |reason: &str, t: Throttled| {
+        state.audit.record(
+            event(AuditEvent::denied("password_change"))
+                .detail(serde_json::json!({ "reason": reason })),
+        );
+        ApiError::from(t)
+    };
+    // A stolen access token must not guess the current password faster than a login could:
+    // limited per session and per account, and wrong guesses count toward the same lockout as
+    // logins (the stored email is normalized, so the key is the login's).
+    let session_key = session.session_id.to_string();
+    if let Err(t) = state
+        .throttle
+        .hit(Scope::PasswordChangeSession, &session_key)
         .await?
     {
+        return Err(throttled("rate_limited", t));
+    }
+    let bucket = state
+        .throttle
+        .bucket(&account_key(&account.email), &client)
+        .await?;
+    if let Err(t) = state
+        .throttle
+        .hit(Scope::PasswordChangeAccount, bucket.id())
+        .await?
+    {
+        return Err(throttled("rate_limited", t));
+    }
+    if let Err(t) = state.throttle.check_lock(bucket.id(), now).await? {
+        return Err(throttled("locked", t));
+    }
+    if !state
+        .hasher
+        .verify(
+            current_password,
+            Some(account.password_hash),
+            Priority::Other,
+        )
+        .await?
+    {
+        count_failure(&state, &bucket, now, Some(session.user_id), ip.clone()).await?;
         state
             .audit
             .record(event(AuditEvent::failure("password_change")));
         return Err(ApiError::Forbidden);
     }
+    state.throttle.record_success(bucket.id()).await?;
+    // Exactly the registration policy, with the same context words.
     let password_hash = state
         .hasher
-        .hash_new(new_password, vec![account.email.clone()])
+        .hash_new(
+            new_password,
+            users::password_context(&account.email, account.name.as_deref()),
+        )
         .await?;
     let revoked = state
         .sessions

@@ -70,6 +70,14 @@ pub enum CacheLookup {
     Miss { fresh: bool },
 }
 
+/// How long a tombstone must last: beyond the end of any cache entry whose read began before the
+/// revocation. Such an entry is inserted when its read ends and lives `ttl` from then; a cache
+/// miss reads the store at most twice (a second read when a role change arrived meanwhile), each
+/// bounded by `store_timeout`. A second of margin covers scheduling.
+pub(super) fn tombstone_ttl(ttl: Duration, store_timeout: Duration) -> Duration {
+    ttl + store_timeout * 2 + Duration::from_secs(1)
+}
+
 #[derive(Clone)]
 pub struct SessionCache {
     entries: Cache<Uuid, Arc<CacheEntry>>,
@@ -85,6 +93,10 @@ pub struct SessionCache {
     last_tombstone: Arc<AtomicU64>,
     epoch: Instant,
     tombstone_ttl: Duration,
+    /// When the cache was last flushed (milliseconds after `epoch`, +1; 0: never): answers of
+    /// reads that began before it may miss what was announced while the subscription was down,
+    /// even if they were inserted after the flush.
+    flushed_at: Arc<AtomicU64>,
     /// False while the pub/sub subscription is down: invalidations could be lost, so only the
     /// store is believed (cached entries serve only as a fallback when the store is unreachable).
     trusted: Arc<AtomicBool>,
@@ -94,10 +106,14 @@ pub struct SessionCache {
 
 impl SessionCache {
     /// `ttl` bounds how long a pod trusts a cached answer (SESSION_CACHE_TTL); zero disables caching.
-    pub fn new(ttl: Duration, trusted: bool, lifetimes: Lifetimes) -> Self {
-        // A tombstone must outlive any entry whose load started before the revoke:
-        // load time (bounded by the Redis timeout) + ttl. A second of margin covers it.
-        let tombstone_ttl = ttl + Duration::from_secs(1);
+    /// `store_timeout` bounds one store read (REDIS_TIMEOUT_MS).
+    pub fn new(
+        ttl: Duration,
+        store_timeout: Duration,
+        trusted: bool,
+        lifetimes: Lifetimes,
+    ) -> Self {
+        let tombstone_ttl = tombstone_ttl(ttl, store_timeout);
         Self {
             entries: Cache::builder()
                 .time_to_live(ttl.max(Duration::from_millis(1)))
@@ -109,6 +125,7 @@ impl SessionCache {
             last_tombstone: Arc::default(),
             epoch: Instant::now(),
             tombstone_ttl,
+            flushed_at: Arc::default(),
             trusted: Arc::new(AtomicBool::new(trusted)),
             ttl,
             lifetimes,
@@ -146,6 +163,9 @@ impl SessionCache {
             }
             return CacheLookup::Miss { fresh: false };
         };
+        if !self.current(&entry) {
+            return CacheLookup::Miss { fresh: true };
+        }
         let state = match self.screen(sid, &entry).await {
             Screened::Live(state) => state,
             Screened::Gone => {
@@ -240,8 +260,32 @@ impl SessionCache {
         }
     }
 
-    /// Forget every cached answer (after a gap in the invalidation stream). Tombstones stay.
+    /// Whether a cached answer may still be trusted. Its age counts from when its read *began*
+    /// (moka's time-to-live counts from the insertion, up to a Redis timeout later), so a read in
+    /// flight during a revocation whose message is lost cannot stretch the SESSION_CACHE_TTL
+    /// bound; and a read that began before the last flush knows nothing of what was announced
+    /// while the subscription was down. Both gaps were found by the protocol model
+    /// (`model/src/revocation.rs`: `entry_age_from_read_start`, `flush_covers_reads_in_flight`).
+    fn current(&self, entry: &CacheEntry) -> bool {
+        if entry.read_at.elapsed() >= self.ttl {
+            return false;
+        }
+        match self.flushed_at.load(Ordering::Acquire) {
+            0 => true,
+            flushed => self.millis(entry.read_at) > flushed,
+        }
+    }
+
+    /// `at` as milliseconds after `epoch`, +1 (0 stays "never").
+    fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
+    }
+
+    /// Forget every cached answer (after a gap in the invalidation stream), including those of
+    /// reads still in flight. Tombstones stay.
     pub(super) fn flush(&self) {
+        self.flushed_at
+            .store(self.millis(Instant::now()), Ordering::Release);
         self.entries.invalidate_all();
     }
 }
@@ -271,7 +315,12 @@ mod tests {
     #[tokio::test]
     async fn a_role_change_makes_older_entries_stale_not_revoked() {
         let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
-        let cache = SessionCache::new(Duration::from_secs(5), true, lifetimes);
+        let cache = SessionCache::new(
+            Duration::from_secs(5),
+            Duration::from_millis(250),
+            true,
+            lifetimes,
+        );
         let (uid, sid, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let read_at = Instant::now();
         cache
@@ -314,5 +363,103 @@ mod tests {
             cache.lookup(sid).await,
             CacheLookup::Hit { state: None, .. }
         ));
+    }
+
+    #[test]
+    fn a_tombstone_outlives_any_entry_whose_read_began_before_the_revocation() {
+        let (ttl, timeout) = (Duration::from_secs(5), Duration::from_millis(250));
+        let lifetime = tombstone_ttl(ttl, timeout);
+        // Worst case: two reads of one cache miss, each up to the timeout, then the entry's ttl.
+        assert!(lifetime > ttl + timeout * 2, "{lifetime:?}");
+        assert_eq!(lifetime, Duration::from_millis(6_500));
+        // A slow store lengthens it; caching off still leaves the reads in flight covered.
+        assert!(tombstone_ttl(ttl, Duration::from_secs(60)) > ttl + Duration::from_secs(120));
+        assert!(tombstone_ttl(Duration::ZERO, timeout) > timeout * 2);
+    }
+
+    /// A read that began before a revocation and ends (caching its answer) as late as the store
+    /// timeout allows: the revoked session is never served from the cache afterwards, although
+    /// the read took longer than SESSION_CACHE_TTL plus the old one-second margin.
+    #[tokio::test]
+    async fn a_read_in_flight_during_a_revocation_cannot_cache_the_revoked_session() {
+        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
+        let (ttl, timeout) = (Duration::from_millis(100), Duration::from_millis(1_500));
+        let cache = SessionCache::new(ttl, timeout, true, lifetimes);
+        let (uid, sid) = (Uuid::new_v4(), Uuid::new_v4());
+        let read_at = Instant::now();
+        cache.apply(&Invalidation::session(sid)).await;
+        tokio::time::sleep(timeout).await;
+        let stale = CacheEntry::new(Some(state(uid, &["user"])), read_at);
+        cache.insert(sid, Arc::new(stale)).await;
+        let until = Instant::now() + ttl + Duration::from_millis(300);
+        while Instant::now() < until {
+            assert!(
+                roles_of(cache.lookup(sid).await).is_none(),
+                "a revoked session was served from the cache"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The model's trace for `entry_age_from_read_start`: a read begins, Redis answers, the
+    /// session is revoked and the message to this pod is lost, then the answer is inserted. It
+    /// must not be trusted SESSION_CACHE_TTL after the read began, however late it was inserted.
+    #[tokio::test]
+    async fn a_cached_answer_ages_from_the_start_of_its_read() {
+        let ttl = Duration::from_secs(3);
+        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
+        let cache = SessionCache::new(ttl, Duration::from_millis(250), true, lifetimes);
+        let (uid, sid) = (Uuid::new_v4(), Uuid::new_v4());
+        let read_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1500)).await; // the read in flight
+        cache
+            .insert(
+                sid,
+                Arc::new(CacheEntry::new(Some(state(uid, &["user"])), read_at)),
+            )
+            .await;
+        assert!(roles_of(cache.lookup(sid).await).is_some());
+        // 3 s after the read began, 1.5 s after the insertion: no longer trusted.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert!(matches!(
+            cache.lookup(sid).await,
+            CacheLookup::Miss { fresh: true }
+        ));
+    }
+
+    /// The model's trace for `flush_covers_reads_in_flight`: a read begins, the subscription
+    /// drops, the session is revoked (unannounced here), the subscription comes back and the
+    /// cache is flushed, then the read's answer is inserted. It must not be trusted.
+    #[tokio::test]
+    async fn a_flush_voids_answers_of_reads_that_began_before_it() {
+        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
+        let cache = SessionCache::new(
+            Duration::from_secs(5),
+            Duration::from_millis(250),
+            true,
+            lifetimes,
+        );
+        let (uid, before, after) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let read_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache.flush();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache
+            .insert(
+                before,
+                Arc::new(CacheEntry::new(Some(state(uid, &["user"])), read_at)),
+            )
+            .await;
+        cache
+            .insert(
+                after,
+                Arc::new(CacheEntry::new(Some(state(uid, &["user"])), Instant::now())),
+            )
+            .await;
+        assert!(matches!(
+            cache.lookup(before).await,
+            CacheLookup::Miss { fresh: true }
+        ));
+        assert!(roles_of(cache.lookup(after).await).is_some());
     }
 }

@@ -4,13 +4,14 @@
 mod cache;
 pub mod refresh;
 mod registry;
+pub mod seal;
 mod store;
 
 pub use cache::{CacheLookup, SessionCache};
 pub use refresh::RefreshToken;
 pub use registry::{
-    CreateSession, ListSessions, Ping, Refresh, Revoke, RevokeAll, SessionRegistry, SetAccess,
-    Stop, Touch, Validate,
+    CreateSession, CutOff, IsCutOff, ListSessions, Ping, Refresh, Restore, Revoke, RevokeAll,
+    SessionRegistry, SetAccess, Stop, Touch, Validate,
 };
 pub(crate) use store::bounded_redis;
 pub use store::{MemoryStore, RedisStore, SessionStore};
@@ -73,6 +74,11 @@ pub struct Lifetimes {
     /// How often use of a session is written back (last_seen_at), at most.
     pub touch_interval: Duration,
     pub reuse_grace: Duration,
+    /// The longest a session lives (TOKEN_EXPIRATION): how long an account's cut-off marker
+    /// must last to outlive every session that could have been created before it.
+    pub session_lifetime: Duration,
+    /// Live sessions per user; creating one more ends the oldest. 0: unlimited.
+    pub max_sessions: usize,
 }
 
 impl Lifetimes {
@@ -86,7 +92,22 @@ impl Lifetimes {
             idle_timeout,
             touch_interval,
             reuse_grace,
+            session_lifetime: Duration::from_secs(24 * 3600),
+            max_sessions: 0,
         }
+    }
+
+    /// TOKEN_EXPIRATION and MAX_SESSIONS_PER_USER (defaults: 24 h, unlimited).
+    pub fn with_session_limits(mut self, session_lifetime: Duration, max_sessions: usize) -> Self {
+        self.session_lifetime = session_lifetime;
+        self.max_sessions = max_sessions;
+        self
+    }
+
+    /// How long a cut-off marker lasts: beyond the end of any session that existed, or was being
+    /// created, when the account was cut off (a minute of margin for logins in flight).
+    pub fn cut_off_ttl(&self) -> Duration {
+        self.session_lifetime + Duration::from_secs(60)
     }
 
     /// When the session ends if it is not used again after `last_seen_at`.
@@ -100,6 +121,15 @@ impl Lifetimes {
     pub fn is_live(&self, expires_at: i64, last_seen_at: i64, now: i64) -> bool {
         now < self.end_at(expires_at, last_seen_at)
     }
+}
+
+/// What storing a new session did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// Stored; these older sessions of the user were ended to respect MAX_SESSIONS_PER_USER.
+    Stored { evicted: Vec<Uuid> },
+    /// The account is cut off (disabled or deleted, or being so): nothing was stored.
+    AccountCutOff,
 }
 
 /// What a refresh did.
@@ -121,6 +151,9 @@ pub enum Rotation {
     },
     /// A rotated token came back after the grace window: the session was revoked.
     Reused,
+    /// The session's record in Redis failed its seal (written by someone without the key): it
+    /// was revoked, and the refresh is refused like an invalid token.
+    Unsealed,
     /// Unknown, expired or revoked session, or a token that was never issued for it.
     Invalid,
 }

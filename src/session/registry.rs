@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::{
     cache::{CacheEntry, Screened},
-    now_unix, Invalidation, RefreshToken, Rotation, SessionCache, SessionError, SessionRecord,
-    SessionState, SessionStore,
+    now_unix, Created, Invalidation, RefreshToken, Rotation, SessionCache, SessionError,
+    SessionRecord, SessionState, SessionStore,
 };
 use crate::metrics::Metrics;
 
@@ -214,19 +214,30 @@ impl StreamHandler<SubEvent> for SessionRegistry {
 }
 
 /// Stores a new session and caches it, so the first request with its token is a cache hit.
+/// Sessions it ends (beyond MAX_SESSIONS_PER_USER) end on every pod.
 #[derive(Message)]
-#[rtype(result = "Result<(), SessionError>")]
+#[rtype(result = "Result<Created, SessionError>")]
 pub struct CreateSession(pub SessionRecord);
 
 impl Handler<CreateSession> for SessionRegistry {
-    type Result = ResponseFuture<Result<(), SessionError>>;
+    type Result = ResponseFuture<Result<Created, SessionError>>;
 
     fn handle(&mut self, msg: CreateSession, _: &mut Self::Context) -> Self::Result {
         let (store, cache, metrics) =
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
         Box::pin(async move {
             let rec = msg.0;
-            store.create(&rec).await?;
+            let created = store.create(&rec).await?;
+            let Created::Stored { evicted } = &created else {
+                return Ok(created);
+            };
+            if !evicted.is_empty() {
+                cache.apply(&Invalidation::Sessions(evicted.clone())).await;
+                if let SessionStore::Redis(_) = store {
+                    metrics.invalidations_published.inc();
+                }
+                metrics.sessions_revoked.inc_by(evicted.len() as u64);
+            }
             metrics.sessions_created.inc();
             let state = SessionState {
                 user_id: rec.user_id,
@@ -236,7 +247,7 @@ impl Handler<CreateSession> for SessionRegistry {
             };
             let entry = CacheEntry::new(Some(state), Instant::now());
             cache.insert(rec.session_id, Arc::new(entry)).await;
-            Ok(())
+            Ok(created)
         })
     }
 }
@@ -395,6 +406,62 @@ impl Handler<RevokeAll> for SessionRegistry {
     }
 }
 
+/// Cuts an account off before it is disabled or deleted: from the moment Redis (or this process)
+/// has it, no session of the user is created or refreshed, and every existing one is revoked on
+/// every pod. Returns how many sessions ended.
+#[derive(Message)]
+#[rtype(result = "Result<usize, SessionError>")]
+pub struct CutOff(pub Uuid);
+
+impl Handler<CutOff> for SessionRegistry {
+    type Result = ResponseFuture<Result<usize, SessionError>>;
+
+    fn handle(&mut self, msg: CutOff, _: &mut Self::Context) -> Self::Result {
+        let (store, cache, metrics) =
+            (self.store.clone(), self.cache.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let revoked = store.cut_off(msg.0).await?;
+            if !revoked.is_empty() {
+                cache.apply(&Invalidation::Sessions(revoked.clone())).await;
+                metrics.sessions_revoked.inc_by(revoked.len() as u64);
+            }
+            cache.apply(&Invalidation::User(msg.0)).await;
+            if let SessionStore::Redis(_) = store {
+                metrics.invalidations_published.inc();
+            }
+            Ok(revoked.len())
+        })
+    }
+}
+
+/// Lifts a cut-off: the account may have sessions again.
+#[derive(Message)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct Restore(pub Uuid);
+
+impl Handler<Restore> for SessionRegistry {
+    type Result = ResponseFuture<Result<(), SessionError>>;
+
+    fn handle(&mut self, msg: Restore, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { store.restore(msg.0).await })
+    }
+}
+
+/// Whether the account is cut off (disabled or deleted within the last session lifetime).
+#[derive(Message)]
+#[rtype(result = "Result<bool, SessionError>")]
+pub struct IsCutOff(pub Uuid);
+
+impl Handler<IsCutOff> for SessionRegistry {
+    type Result = ResponseFuture<Result<bool, SessionError>>;
+
+    fn handle(&mut self, msg: IsCutOff, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { store.is_cut_off(msg.0).await })
+    }
+}
+
 /// Replaces the roles and permissions of every live session of the user, then has every pod
 /// re-read them (this one at once). Returns how many sessions were updated.
 #[derive(Message)]
@@ -458,6 +525,10 @@ impl Handler<Refresh> for SessionRegistry {
             let outcome = store
                 .rotate(&msg.presented, &msg.successor, msg.jti, msg.now)
                 .await?;
+            if outcome == Rotation::Unsealed {
+                // Already revoked (and announced) by the store; stop serving it here at once.
+                cache.apply(&Invalidation::session(sid)).await;
+            }
             if outcome == Rotation::Reused {
                 cache.apply(&Invalidation::session(sid)).await;
                 if let SessionStore::Redis(_) = store {

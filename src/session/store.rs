@@ -3,7 +3,13 @@
 //! - `{prefix}{u:<uid>}:session:<sid>`: hash of the [`SessionRecord`] plus refresh-rotation
 //!   state; EXPIREAT = absolute end, or earlier with an idle timeout;
 //! - `{prefix}{u:<uid>}:session:<sid>:used`: set of the hashes of rotated refresh tokens;
-//! - `{prefix}{u:<uid>}:sessions`: sorted set of the user's sids scored by absolute expiry.
+//! - `{prefix}{u:<uid>}:sessions`: sorted set of the user's sids scored by absolute expiry;
+//! - `{prefix}{u:<uid>}:disabled`: the account is cut off (disabled or deleted, or being so):
+//!   no session of the user is created or refreshed. Set together with the revocation of all
+//!   the user's sessions, before the database change; lives longer than any session could.
+//!
+//! The hash carries MACs over what it grants (see [`super::seal`]); a record whose MAC does not
+//! verify is treated as revoked: refused, deleted, logged and counted.
 //!
 //! All keys of one user share the `{u:<uid>}` hash tag, so each script or MULTI touches one
 //! Redis Cluster slot. Every call is bounded by the Redis timeout: a slow Redis gives 503, not a
@@ -15,6 +21,7 @@ use std::{
 };
 
 use moka::{future::Cache, Expiry};
+use prometheus::IntCounter;
 use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, AsyncCommands, Script};
 use uuid::Uuid;
 
@@ -24,7 +31,9 @@ use crate::{
 };
 
 use super::{
-    now_unix, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord,
+    now_unix,
+    seal::{Grant, RotationState, SealKeys},
+    Created, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord,
     SessionState,
 };
 
@@ -52,8 +61,26 @@ impl SessionStore {
         }
     }
 
-    pub async fn create(&self, rec: &SessionRecord) -> Result<(), SessionError> {
+    /// Stores the session unless the account is cut off; beyond MAX_SESSIONS_PER_USER the
+    /// user's oldest sessions end in the same step (and, Redis, are announced to every pod).
+    pub async fn create(&self, rec: &SessionRecord) -> Result<Created, SessionError> {
         dispatch!(self, s => s.create(rec).await)
+    }
+
+    /// Cuts the account off: marks it (no session is created or refreshed until
+    /// [`restore`](Self::restore) or the marker's end) and revokes every session it has, in one
+    /// atomic step, announced to every pod. Returns the revoked ids.
+    pub async fn cut_off(&self, uid: Uuid) -> Result<Vec<Uuid>, SessionError> {
+        dispatch!(self, s => s.cut_off(uid).await)
+    }
+
+    /// Lifts a cut-off (the account is enabled again, or its disabling was refused).
+    pub async fn restore(&self, uid: Uuid) -> Result<(), SessionError> {
+        dispatch!(self, s => s.restore(uid).await)
+    }
+
+    pub async fn is_cut_off(&self, uid: Uuid) -> Result<bool, SessionError> {
+        dispatch!(self, s => s.is_cut_off(uid).await)
     }
 
     /// The session if it is live (not revoked, expired or idle).
@@ -112,6 +139,14 @@ impl SessionStore {
     }
 }
 
+fn grant<'a>(roles: &'a str, permissions: &'a str, expires_at: i64) -> Grant<'a> {
+    Grant {
+        roles,
+        permissions,
+        expires_at,
+    }
+}
+
 /// Role names and permissions never contain commas (see `auth::access`), so a comma-joined
 /// field is unambiguous.
 fn list_field(items: &[String]) -> String {
@@ -130,16 +165,35 @@ fn parse_access(roles: &str, permissions: &str) -> SharedAccess {
     Arc::new(Access::new(parse_list(roles), parse_list(permissions)))
 }
 
-/// Rewrites the roles and permissions of every live session of a user and announces it.
-static SET_ACCESS: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+/// The sealed grant of every session of a user still in Redis: `sid, roles, permissions,
+/// expires_at, grant_mac` per session, flat. Rust checks each seal before re-sealing.
+static READ_GRANTS: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
 local sids = redis.call('ZRANGE', KEYS[1], 0, -1)
-local n = 0
+local out = {}
 for _, sid in ipairs(sids) do
   local key = ARGV[1] .. sid
   if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, 'roles', ARGV[2], 'permissions', ARGV[3])
+    local f = redis.call('HMGET', key, 'roles', 'permissions', 'expires_at', 'grant_mac')
+    table.insert(out, sid)
+    for i = 1, 4 do table.insert(out, f[i] or '') end
+  end
+end
+return out",
+    )
+});
+
+/// Rewrites the roles, permissions and grant MAC (computed in Rust per session; ARGV[6..] are
+/// sid, MAC pairs) of the sessions that still exist, and announces the change.
+static SET_ACCESS: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local n = 0
+for i = 6, #ARGV, 2 do
+  local key = ARGV[1] .. ARGV[i]
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'roles', ARGV[2], 'permissions', ARGV[3], 'grant_mac', ARGV[i + 1])
     n = n + 1
   end
 end
@@ -193,35 +247,109 @@ return revoked",
     )
 });
 
+/// One rotation step. The presented token is rotated only if it is the current one and the
+/// record's token MAC is the one Rust computed for it (ARGV[10], or ARGV[11] under the previous
+/// key): a refresh_hash written by someone else is deleted and announced instead ('unsealed'),
+/// so a forged hash never turns into a properly sealed successor. The new token and rotation
+/// MACs (ARGV[12], ARGV[13]) come from Rust, which knows the whole new state. The grant (and,
+/// when replayed, the rotation state) comes back with its MAC for Rust to verify before
+/// anything is handed out.
 static ROTATE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
-local f = redis.call('HMGET', KEYS[1], 'refresh_hash', 'prev_hash', 'rotated_at', 'succ_sealed', 'succ_jti', 'expires_at', 'roles', 'permissions')
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'invalid'} end
+local f = redis.call('HMGET', KEYS[1], 'refresh_hash', 'prev_hash', 'rotated_at', 'succ_sealed',
+  'succ_jti', 'expires_at', 'roles', 'permissions', 'token_mac', 'grant_mac', 'rotation_mac')
 if not f[1] then return {'invalid'} end
 local now = tonumber(ARGV[3])
-if f[1] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'refresh_hash', ARGV[2], 'prev_hash', ARGV[1], 'rotated_at', ARGV[3],
-    'succ_sealed', ARGV[5], 'succ_jti', ARGV[6], 'last_seen_at', ARGV[3])
-  redis.call('SADD', KEYS[3], ARGV[1])
-  redis.call('EXPIREAT', KEYS[3], tonumber(f[6]))
-  local idle = tonumber(ARGV[9])
-  if idle > 0 then redis.call('EXPIREAT', KEYS[1], math.min(tonumber(f[6]), now + idle)) end
-  return {'rotated', f[6], f[7] or '', f[8] or ''}
-end
-if f[2] == ARGV[1] and now - tonumber(f[3]) <= tonumber(ARGV[4]) then
-  return {'replayed', f[6], f[7] or '', f[3], f[4], f[5], f[8] or ''}
-end
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
+local function revoke()
   redis.call('DEL', KEYS[1], KEYS[3])
   redis.call('ZREM', KEYS[2], ARGV[8])
   redis.call('PUBLISH', ARGV[7], 's:' .. ARGV[8])
+end
+if f[1] == ARGV[1] then
+  local sealed = f[9] and (f[9] == ARGV[10] or (ARGV[11] ~= '' and f[9] == ARGV[11]))
+  local exp = tonumber(f[6])
+  if not sealed or not exp then
+    revoke()
+    return {'unsealed'}
+  end
+  redis.call('HSET', KEYS[1], 'refresh_hash', ARGV[2], 'prev_hash', ARGV[1], 'rotated_at', ARGV[3],
+    'succ_sealed', ARGV[5], 'succ_jti', ARGV[6], 'last_seen_at', ARGV[3],
+    'token_mac', ARGV[12], 'rotation_mac', ARGV[13])
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('EXPIREAT', KEYS[3], exp)
+  local idle = tonumber(ARGV[9])
+  if idle > 0 then redis.call('EXPIREAT', KEYS[1], math.min(exp, now + idle)) end
+  return {'rotated', f[6], f[7] or '', f[8] or '', f[10] or ''}
+end
+local rotated_at = tonumber(f[3])
+if f[2] == ARGV[1] and rotated_at and now - rotated_at <= tonumber(ARGV[4]) then
+  return {'replayed', f[6] or '', f[7] or '', f[3], f[4] or '', f[5] or '', f[8] or '',
+    f[10] or '', f[11] or ''}
+end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
+  revoke()
   return {'reused'}
 end
 return {'invalid'}",
     )
 });
 
-const RECORD_FIELDS: [&str; 9] = [
+/// Sets the cut-off marker and revokes every session of the user, atomically; announces the
+/// revoked sessions and the user (so in-flight reads of any of its sessions are not cached).
+static CUT_OFF: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+local revoked = {}
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('DEL', ARGV[1] .. sid) > 0 then table.insert(revoked, sid) end
+  redis.call('DEL', ARGV[1] .. sid .. ':used')
+end
+redis.call('DEL', KEYS[1])
+if #revoked > 0 then redis.call('PUBLISH', ARGV[3], 's:' .. table.concat(revoked, ',')) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return revoked",
+    )
+});
+
+/// The last step of the create transaction (EVAL inside MULTI, so it is atomic with the HSET
+/// before it; EVAL and not EVALSHA, since a NOSCRIPT inside MULTI would not undo the rest).
+/// Undoes the creation if the account is cut off; otherwise ends the oldest sessions beyond
+/// the cap (ARGV[3], 0 = none): oldest by created_at, then by id (v7 ids sort by creation).
+const CREATE_GUARD: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', ARGV[1] .. ARGV[2])
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  return {'cut_off'}
+end
+local max = tonumber(ARGV[3])
+if max == 0 then return {'stored'} end
+local others = {}
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if sid ~= ARGV[2] then
+    local c = redis.call('HGET', ARGV[1] .. sid, 'created_at')
+    if c then table.insert(others, {tonumber(c), sid}) else redis.call('ZREM', KEYS[1], sid) end
+  end
+end
+local reply = {'stored'}
+local excess = #others + 1 - max
+if excess <= 0 then return reply end
+table.sort(others, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+for i = 1, excess do
+  local sid = others[i][2]
+  redis.call('DEL', ARGV[1] .. sid, ARGV[1] .. sid .. ':used')
+  redis.call('ZREM', KEYS[1], sid)
+  table.insert(reply, sid)
+end
+redis.call('PUBLISH', ARGV[4], 's:' .. table.concat(reply, ',', 2))
+return reply";
+
+const RECORD_FIELDS: [&str; 10] = [
     "user_id",
     "created_at",
     "last_seen_at",
@@ -231,6 +359,7 @@ const RECORD_FIELDS: [&str; 9] = [
     "roles",
     "refresh_hash",
     "permissions",
+    "grant_mac",
 ];
 
 /// Every Redis call: bounded by the timeout (a slow Redis gives 503, not a pile-up), timed and
@@ -259,15 +388,21 @@ pub struct RedisStore {
     timeout: Duration,
     lifetimes: Lifetimes,
     metrics: CallMetrics,
+    /// Shared: the keyed HMAC states are large, and every clone of the store would copy them.
+    seal: Arc<SealKeys>,
+    seal_failures: IntCounter,
 }
 
 impl RedisStore {
+    /// `seal`: the keys of the record MACs; `seal_failures` counts records that failed them.
     pub async fn connect(
         url: &str,
         prefix: &str,
         timeout: Duration,
         lifetimes: Lifetimes,
         metrics: CallMetrics,
+        seal: SealKeys,
+        seal_failures: IntCounter,
     ) -> Result<Self, SessionError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -289,6 +424,8 @@ impl RedisStore {
             timeout,
             lifetimes,
             metrics,
+            seal: Arc::new(seal),
+            seal_failures,
         })
     }
 
@@ -327,6 +464,10 @@ impl RedisStore {
         format!("{}{{u:{uid}}}:sessions", self.prefix)
     }
 
+    pub fn cut_off_key(&self, uid: Uuid) -> String {
+        format!("{}{{u:{uid}}}:disabled", self.prefix)
+    }
+
     fn idle_secs(&self) -> u64 {
         self.lifetimes.idle_timeout.map_or(0, |d| d.as_secs())
     }
@@ -339,9 +480,13 @@ impl RedisStore {
         bounded_redis(self.timeout, &self.metrics, op, fut).await
     }
 
-    async fn create(&self, rec: &SessionRecord) -> Result<(), SessionError> {
+    async fn create(&self, rec: &SessionRecord) -> Result<Created, SessionError> {
         let key = self.session_key(rec.user_id, rec.session_id);
         let index = self.index_key(rec.user_id);
+        let (roles, permissions) = (
+            list_field(&rec.access.roles),
+            list_field(&rec.access.permissions),
+        );
         let mut hset = redis::cmd("HSET");
         hset.arg(&key)
             .arg("user_id")
@@ -353,11 +498,22 @@ impl RedisStore {
             .arg("expires_at")
             .arg(rec.expires_at)
             .arg("roles")
-            .arg(list_field(&rec.access.roles))
+            .arg(&roles)
             .arg("permissions")
-            .arg(list_field(&rec.access.permissions))
+            .arg(&permissions)
             .arg("refresh_hash")
-            .arg(&rec.refresh_hash);
+            .arg(&rec.refresh_hash)
+            .arg("grant_mac")
+            .arg(self.seal.seal_grant(
+                rec.user_id,
+                rec.session_id,
+                &grant(&roles, &permissions, rec.expires_at),
+            ))
+            .arg("token_mac")
+            .arg(
+                self.seal
+                    .seal_token(rec.user_id, rec.session_id, &rec.refresh_hash),
+            );
         if let Some(ip) = &rec.ip {
             hset.arg("ip").arg(ip);
         }
@@ -387,9 +543,56 @@ impl RedisStore {
             .arg(&index)
             .arg(rec.expires_at)
             .arg("GT")
-            .ignore();
+            .ignore()
+            .cmd("EVAL")
+            .arg(CREATE_GUARD)
+            .arg(2)
+            .arg(&index)
+            .arg(self.cut_off_key(rec.user_id))
+            .arg(self.session_prefix(rec.user_id))
+            .arg(rec.session_id.to_string())
+            .arg(self.lifetimes.max_sessions)
+            .arg(&*self.channel);
         let mut conn = self.conn.clone();
-        self.bounded("create", pipe.query_async::<()>(&mut conn))
+        let (reply,): (Vec<String>,) = self.bounded("create", pipe.query_async(&mut conn)).await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("stored") => Created::Stored {
+                evicted: reply[1..]
+                    .iter()
+                    .filter_map(|s| Uuid::parse_str(s).ok())
+                    .collect(),
+            },
+            _ => Created::AccountCutOff,
+        })
+    }
+
+    async fn cut_off(&self, uid: Uuid) -> Result<Vec<Uuid>, SessionError> {
+        let mut conn = self.conn.clone();
+        let mut call = CUT_OFF.key(self.index_key(uid));
+        call.key(self.cut_off_key(uid))
+            .arg(self.session_prefix(uid))
+            .arg(self.lifetimes.cut_off_ttl().as_secs())
+            .arg(&*self.channel)
+            .arg(Invalidation::User(uid).encode());
+        let revoked: Vec<String> = self
+            .bounded("cut_off", call.invoke_async(&mut conn))
+            .await?;
+        Ok(revoked
+            .iter()
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .collect())
+    }
+
+    async fn restore(&self, uid: Uuid) -> Result<(), SessionError> {
+        let mut conn = self.conn.clone();
+        let key = self.cut_off_key(uid);
+        self.bounded("restore", conn.del::<_, ()>(&key)).await
+    }
+
+    async fn is_cut_off(&self, uid: Uuid) -> Result<bool, SessionError> {
+        let mut conn = self.conn.clone();
+        let key = self.cut_off_key(uid);
+        self.bounded("is_cut_off", conn.exists::<_, bool>(&key))
             .await
     }
 
@@ -398,12 +601,13 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         type Fields = (
             Option<String>,
+            Option<String>,
             Option<i64>,
-            Option<i64>,
+            Option<String>,
             Option<String>,
             Option<String>,
         );
-        let (user_id, expires_at, last_seen_at, roles, permissions): Fields = self
+        let (user_id, expires_at, last_seen_at, roles, permissions, mac): Fields = self
             .bounded(
                 "load",
                 conn.hmget(
@@ -414,28 +618,69 @@ impl RedisStore {
                         "last_seen_at",
                         "roles",
                         "permissions",
+                        "grant_mac",
                     ],
                 ),
             )
             .await?;
-        let state = match (user_id, expires_at, last_seen_at) {
-            (Some(u), Some(expires_at), Some(last_seen_at))
-                if u == uid.to_string()
-                    && self.lifetimes.is_live(expires_at, last_seen_at, now_unix()) =>
-            {
-                Some(SessionState {
-                    user_id: uid,
-                    expires_at,
-                    last_seen_at,
-                    access: parse_access(
-                        roles.as_deref().unwrap_or_default(),
-                        permissions.as_deref().unwrap_or_default(),
-                    ),
-                })
-            }
-            _ => None,
+        if user_id.is_none() && expires_at.is_none() {
+            return Ok(None);
+        }
+        let (roles, permissions) = (roles.unwrap_or_default(), permissions.unwrap_or_default());
+        let Some(expires_at) = self.verified_expiry(
+            uid,
+            sid,
+            user_id.as_deref(),
+            expires_at.as_deref(),
+            &roles,
+            &permissions,
+            mac.as_deref(),
+        ) else {
+            self.unsealed(uid, sid, "load").await;
+            return Ok(None);
         };
-        Ok(state)
+        let last_seen_at = last_seen_at.unwrap_or(0);
+        if !self.lifetimes.is_live(expires_at, last_seen_at, now_unix()) {
+            return Ok(None);
+        }
+        Ok(Some(SessionState {
+            user_id: uid,
+            expires_at,
+            last_seen_at,
+            access: parse_access(&roles, &permissions),
+        }))
+    }
+
+    /// The record's absolute expiry if its grant MAC verifies for this user and session (and a
+    /// stored user id agrees with the key); `None`: the record must not be believed.
+    #[allow(clippy::too_many_arguments)]
+    fn verified_expiry(
+        &self,
+        uid: Uuid,
+        sid: Uuid,
+        user_id: Option<&str>,
+        expires_at: Option<&str>,
+        roles: &str,
+        permissions: &str,
+        mac: Option<&str>,
+    ) -> Option<i64> {
+        let expires_at: i64 = expires_at?.parse().ok()?;
+        let mac = mac.filter(|m| !m.is_empty())?;
+        let ok = user_id.is_none_or(|u| Uuid::parse_str(u).ok() == Some(uid))
+            && self
+                .seal
+                .verify_grant(uid, sid, &grant(roles, permissions, expires_at), mac);
+        ok.then_some(expires_at)
+    }
+
+    /// A record that failed its seal: counted, logged (ids only) and revoked on every pod, best
+    /// effort (a record whose delete failed keeps failing its seal, so it stays unusable).
+    async fn unsealed(&self, uid: Uuid, sid: Uuid, during: &'static str) {
+        self.seal_failures.inc();
+        tracing::warn!(user_id = %uid, session_id = %sid, during, "session record failed its seal; revoking it");
+        if let Err(e) = self.revoke(uid, sid).await {
+            tracing::warn!(user_id = %uid, session_id = %sid, error = %e, "could not revoke a session record that failed its seal");
+        }
     }
 
     async fn touch(&self, uid: Uuid, sid: Uuid, now: i64) -> Result<bool, SessionError> {
@@ -473,15 +718,57 @@ impl RedisStore {
             .collect())
     }
 
+    /// Two steps, because each session's new grant MAC covers its expires_at, which only Redis
+    /// has: read every session's sealed grant and check it (a record that fails is revoked, not
+    /// re-sealed, or a role change would launder a forged expiry), then write the new roles
+    /// with a MAC per session where the session still exists. A session created between the
+    /// two steps is covered by its login's own re-check of the account.
     async fn set_access(&self, uid: Uuid, access: &Access) -> Result<usize, SessionError> {
         let mut conn = self.conn.clone();
-        let mut call = SET_ACCESS.key(self.index_key(uid));
-        call.arg(self.session_prefix(uid))
-            .arg(list_field(&access.roles))
-            .arg(list_field(&access.permissions))
+        let mut read = READ_GRANTS.key(self.index_key(uid));
+        read.arg(self.session_prefix(uid));
+        let rows: Vec<String> = self
+            .bounded("set_access_read", read.invoke_async(&mut conn))
+            .await?;
+        let (roles, permissions) = (list_field(&access.roles), list_field(&access.permissions));
+        let mut write = SET_ACCESS.key(self.index_key(uid));
+        write
+            .arg(self.session_prefix(uid))
+            .arg(&roles)
+            .arg(&permissions)
             .arg(&*self.channel)
             .arg(Invalidation::Access(uid).encode());
-        self.bounded("set_access", call.invoke_async(&mut conn))
+        let (mut sealed, mut unsealed) = (0, Vec::new());
+        for row in rows.chunks_exact(5) {
+            let Ok(sid) = Uuid::parse_str(&row[0]) else {
+                continue;
+            };
+            match self.verified_expiry(
+                uid,
+                sid,
+                None,
+                Some(&row[3]),
+                &row[1],
+                &row[2],
+                Some(&row[4]),
+            ) {
+                Some(expires_at) => {
+                    let mac =
+                        self.seal
+                            .seal_grant(uid, sid, &grant(&roles, &permissions, expires_at));
+                    write.arg(sid.to_string()).arg(mac);
+                    sealed += 1;
+                }
+                None => unsealed.push(sid),
+            }
+        }
+        for sid in unsealed {
+            self.unsealed(uid, sid, "set_access").await;
+        }
+        if sealed == 0 {
+            return Ok(0);
+        }
+        self.bounded("set_access", write.invoke_async(&mut conn))
             .await
     }
 
@@ -507,7 +794,8 @@ impl RedisStore {
             Option<String>,
             Option<i64>,
             Option<i64>,
-            Option<i64>,
+            Option<String>,
+            Option<String>,
             Option<String>,
             Option<String>,
             Option<String>,
@@ -515,25 +803,39 @@ impl RedisStore {
             Option<String>,
         );
         let rows: Vec<Fields> = self.bounded("list", pipe.query_async(&mut conn)).await?;
-        let (mut live, mut gone) = (Vec::new(), Vec::new());
+        let (mut live, mut gone, mut unsealed) = (Vec::new(), Vec::new(), Vec::new());
         let now = now_unix();
         for (sid, row) in sids.iter().zip(rows) {
             let Ok(session_id) = Uuid::parse_str(sid) else {
                 continue;
             };
-            match row {
-                (
-                    Some(user),
-                    Some(created_at),
-                    Some(last_seen_at),
-                    Some(expires_at),
-                    ip,
-                    user_agent,
-                    roles,
-                    hash,
-                    permissions,
-                ) if user == uid.to_string()
-                    && now < self.lifetimes.end_at(expires_at, last_seen_at) =>
+            let (user, created_at, last_seen_at, expires_at, ip, user_agent) =
+                (row.0, row.1, row.2, row.3, row.4, row.5);
+            let (roles, hash, permissions, mac) = (
+                row.6.unwrap_or_default(),
+                row.7,
+                row.8.unwrap_or_default(),
+                row.9,
+            );
+            if user.is_none() && expires_at.is_none() {
+                gone.push(sid.clone());
+                continue;
+            }
+            let Some(expires_at) = self.verified_expiry(
+                uid,
+                session_id,
+                user.as_deref(),
+                expires_at.as_deref(),
+                &roles,
+                &permissions,
+                mac.as_deref(),
+            ) else {
+                unsealed.push(session_id);
+                continue;
+            };
+            match (created_at, last_seen_at) {
+                (Some(created_at), Some(last_seen_at))
+                    if now < self.lifetimes.end_at(expires_at, last_seen_at) =>
                 {
                     live.push(SessionRecord {
                         session_id,
@@ -543,20 +845,20 @@ impl RedisStore {
                         expires_at,
                         ip,
                         user_agent,
-                        access: parse_access(
-                            roles.as_deref().unwrap_or_default(),
-                            permissions.as_deref().unwrap_or_default(),
-                        ),
+                        access: parse_access(&roles, &permissions),
                         refresh_hash: hash.unwrap_or_default(),
                     })
                 }
                 _ => gone.push(sid.clone()),
             }
         }
+        for sid in unsealed {
+            self.unsealed(uid, sid, "list").await;
+        }
         if !gone.is_empty() {
             let _: () = self.bounded("list_prune", conn.zrem(&index, gone)).await?;
         }
-        live.sort_by_key(|r| r.created_at);
+        live.sort_by_key(|r| (r.created_at, r.session_id));
         Ok(live)
     }
 
@@ -568,40 +870,102 @@ impl RedisStore {
         now: i64,
     ) -> Result<Rotation, SessionError> {
         let (uid, sid) = (presented.user_id, presented.session_id);
+        let (presented_hash, successor_hash) = (presented.hash(), successor.hash());
+        let sealed_successor = presented.seal(successor);
+        let jti_text = jti.to_string();
+        let (expected, expected_previous) =
+            self.seal.expected_token_macs(uid, sid, &presented_hash);
+        let rotation_mac = self.seal.seal_rotation(
+            uid,
+            sid,
+            &RotationState {
+                prev_hash: &presented_hash,
+                rotated_at: now,
+                succ_sealed: &sealed_successor,
+                succ_jti: &jti_text,
+            },
+        );
         let mut conn = self.conn.clone();
         let mut call = ROTATE.key(self.session_key(uid, sid));
         call.key(self.index_key(uid))
             .key(self.used_key(uid, sid))
-            .arg(presented.hash())
-            .arg(successor.hash())
+            .key(self.cut_off_key(uid))
+            .arg(&presented_hash)
+            .arg(&successor_hash)
             .arg(now)
             .arg(self.lifetimes.reuse_grace.as_secs())
-            .arg(presented.seal(successor))
-            .arg(jti.to_string())
+            .arg(&sealed_successor)
+            .arg(&jti_text)
             .arg(&*self.channel)
             .arg(sid.to_string())
-            .arg(self.idle_secs());
+            .arg(self.idle_secs())
+            .arg(expected)
+            .arg(expected_previous.unwrap_or_default())
+            .arg(self.seal.seal_token(uid, sid, &successor_hash))
+            .arg(rotation_mac);
         let reply: Vec<String> = self.bounded("rotate", call.invoke_async(&mut conn)).await?;
-        let num = |i: usize| reply.get(i).and_then(|v| v.parse::<i64>().ok());
-        let text = |i: usize| reply.get(i).cloned().unwrap_or_default();
-        Ok(match reply.first().map(String::as_str) {
-            Some("rotated") => Rotation::Rotated {
-                expires_at: num(1).unwrap_or(now),
-                access: parse_access(&text(2), &text(3)),
-            },
-            Some("replayed") => match (num(1), num(3), Uuid::parse_str(&text(5))) {
-                (Some(expires_at), Some(rotated_at), Ok(jti)) => Rotation::Replayed {
+        let text = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
+        // The grant's expiry if its MAC verifies (fields at these positions of the reply).
+        let grant_at = |exp: usize, roles: usize, permissions: usize, mac: usize| {
+            let (exp, mac) = (Some(text(exp)), Some(text(mac)));
+            self.verified_expiry(uid, sid, None, exp, text(roles), text(permissions), mac)
+        };
+        let outcome = match text(0) {
+            "rotated" => match grant_at(1, 2, 3, 4) {
+                Some(expires_at) if now < expires_at => Rotation::Rotated {
                     expires_at,
-                    access: parse_access(&text(2), &text(6)),
-                    rotated_at,
-                    sealed_successor: text(4),
-                    jti,
+                    access: parse_access(text(2), text(3)),
                 },
-                _ => Rotation::Invalid,
+                Some(_) => Rotation::Invalid,
+                None => self.unsealed_rotation(uid, sid, true).await,
             },
-            Some("reused") => Rotation::Reused,
+            "replayed" => {
+                let rotation = match (text(3).parse::<i64>(), Uuid::parse_str(text(5))) {
+                    (Ok(rotated_at), Ok(jti)) => {
+                        let state = RotationState {
+                            prev_hash: &presented_hash,
+                            rotated_at,
+                            succ_sealed: text(4),
+                            succ_jti: text(5),
+                        };
+                        self.seal
+                            .verify_rotation(uid, sid, &state, text(8))
+                            .then_some((rotated_at, jti))
+                    }
+                    _ => None,
+                };
+                match (grant_at(1, 2, 6, 7), rotation) {
+                    (Some(expires_at), Some((rotated_at, jti))) if now < expires_at => {
+                        Rotation::Replayed {
+                            expires_at,
+                            access: parse_access(text(2), text(6)),
+                            rotated_at,
+                            sealed_successor: text(4).to_string(),
+                            jti,
+                        }
+                    }
+                    (Some(_), Some(_)) => Rotation::Invalid,
+                    _ => self.unsealed_rotation(uid, sid, true).await,
+                }
+            }
+            // The script has already deleted and announced it.
+            "unsealed" => self.unsealed_rotation(uid, sid, false).await,
+            "reused" => Rotation::Reused,
             _ => Rotation::Invalid,
-        })
+        };
+        Ok(outcome)
+    }
+
+    /// A refresh met a record that failed its seal: counted, logged and revoked (unless the
+    /// script already did that).
+    async fn unsealed_rotation(&self, uid: Uuid, sid: Uuid, revoke: bool) -> Rotation {
+        if revoke {
+            self.unsealed(uid, sid, "refresh").await;
+        } else {
+            self.seal_failures.inc();
+            tracing::warn!(user_id = %uid, session_id = %sid, during = "refresh", "session record failed its seal; revoked it");
+        }
+        Rotation::Unsealed
     }
 
     pub async fn ping(&self) -> Result<(), SessionError> {
@@ -628,6 +992,9 @@ struct MemSession {
 pub struct MemoryStore {
     sessions: Cache<Uuid, Arc<Mutex<MemSession>>>,
     by_user: Arc<Mutex<HashMap<Uuid, HashSet<Uuid>>>>,
+    /// Cut-off accounts and until when (unix seconds). Held across a create and across a
+    /// cut-off, so the two are atomic with respect to each other (as the scripts are in Redis).
+    cut_offs: Arc<tokio::sync::Mutex<HashMap<Uuid, i64>>>,
     lifetimes: Lifetimes,
 }
 
@@ -650,8 +1017,13 @@ impl MemoryStore {
         Self {
             sessions: Cache::builder().expire_after(UntilSessionEnd).build(),
             by_user: Arc::default(),
+            cut_offs: Arc::default(),
             lifetimes,
         }
+    }
+
+    fn marked(cut_offs: &HashMap<Uuid, i64>, uid: Uuid) -> bool {
+        cut_offs.get(&uid).is_some_and(|until| *until > now_unix())
     }
 
     /// The user's live session, dropping it if it has ended.
@@ -695,7 +1067,11 @@ impl MemoryStore {
         self.sessions.remove(&sid).await.is_some()
     }
 
-    async fn create(&self, rec: &SessionRecord) {
+    async fn create(&self, rec: &SessionRecord) -> Created {
+        let cut_offs = self.cut_offs.lock().await;
+        if Self::marked(&cut_offs, rec.user_id) {
+            return Created::AccountCutOff;
+        }
         if let Ok(mut idx) = self.by_user.lock() {
             idx.entry(rec.user_id).or_default().insert(rec.session_id);
         }
@@ -710,6 +1086,54 @@ impl MemoryStore {
         self.sessions
             .insert(rec.session_id, Arc::new(Mutex::new(session)))
             .await;
+        let mut evicted = Vec::new();
+        let max = self.lifetimes.max_sessions;
+        if max > 0 {
+            let mut others: Vec<(i64, Uuid)> = Vec::new();
+            for sid in self.user_sids(rec.user_id) {
+                if sid == rec.session_id {
+                    continue;
+                }
+                match self.live(rec.user_id, sid).await {
+                    Some(entry) => {
+                        if let Ok(s) = entry.lock() {
+                            others.push((s.rec.created_at, sid));
+                        }
+                    }
+                    None => {
+                        self.remove(rec.user_id, sid).await;
+                    }
+                }
+            }
+            // Oldest first: by creation second, then by id (v7 ids sort by creation).
+            others.sort();
+            let excess = (others.len() + 1).saturating_sub(max);
+            for (_, sid) in others.into_iter().take(excess) {
+                if self.remove(rec.user_id, sid).await {
+                    evicted.push(sid);
+                }
+            }
+        }
+        drop(cut_offs);
+        Created::Stored { evicted }
+    }
+
+    async fn cut_off(&self, uid: Uuid) -> Vec<Uuid> {
+        let mut cut_offs = self.cut_offs.lock().await;
+        let now = now_unix();
+        cut_offs.retain(|_, until| *until > now);
+        cut_offs.insert(uid, now + self.lifetimes.cut_off_ttl().as_secs() as i64);
+        let revoked = self.revoke_all(uid, None).await;
+        drop(cut_offs);
+        revoked
+    }
+
+    async fn restore(&self, uid: Uuid) {
+        self.cut_offs.lock().await.remove(&uid);
+    }
+
+    async fn is_cut_off(&self, uid: Uuid) -> bool {
+        Self::marked(&*self.cut_offs.lock().await, uid)
     }
 
     async fn load(&self, uid: Uuid, sid: Uuid) -> Option<SessionState> {
@@ -780,7 +1204,7 @@ impl MemoryStore {
                 self.remove(uid, sid).await;
             }
         }
-        out.sort_by_key(|r| r.created_at);
+        out.sort_by_key(|r| (r.created_at, r.session_id));
         out
     }
 
@@ -792,6 +1216,9 @@ impl MemoryStore {
         now: i64,
     ) -> Rotation {
         let (uid, sid) = (presented.user_id, presented.session_id);
+        if self.is_cut_off(uid).await {
+            return Rotation::Invalid;
+        }
         let Some(entry) = self.live(uid, sid).await else {
             return Rotation::Invalid;
         };

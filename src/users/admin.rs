@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::{UserStore, UserStoreError};
 use crate::{
     audit::{AuditEvent, AuditEventView},
-    auth::access::{Access, ADMIN_ROLE, USER_ROLE},
+    auth::access::{Access, Shortfall, ADMIN_ROLE, BUILTIN_PERMISSIONS, USER_ROLE},
 };
 
 /// An account as administrators see it.
@@ -364,17 +364,80 @@ impl Handler<GetUser> for UserStore {
     }
 }
 
-/// Replaces the account's roles (`user` is always kept). Returns the account after the change
-/// and its roles before it.
+/// Replaces the account's roles (`user` is always kept).
+///
+/// With `by` (the caller's current access) the escalation rule is applied in the transaction
+/// that makes the change, to the roles it really replaces: the caller must hold everything the
+/// account holds now and every permission of each role granted or removed
+/// ([`Access::shortfall`]). The account's row is locked first (PostgreSQL), so a concurrent
+/// grant cannot slip in between the check and the write.
 #[derive(Message)]
-#[rtype(result = "Result<(AdminUser, Vec<String>), UserStoreError>")]
+#[rtype(result = "Result<RoleChange, UserStoreError>")]
 pub struct SetRoles {
     pub user_id: Uuid,
     pub roles: Vec<String>,
+    pub by: Option<Access>,
+}
+
+/// What [`SetRoles`] did.
+#[derive(Debug)]
+pub enum RoleChange {
+    /// The account after the change, and its roles before it.
+    Done {
+        user: AdminUser,
+        previous: Vec<String>,
+    },
+    /// Refused by the escalation rule; nothing changed.
+    Refused {
+        shortfall: Shortfall,
+        previous: Vec<String>,
+    },
+}
+
+/// Serializes changes to one account's roles (PostgreSQL row lock; SQLite has one writer).
+async fn lock_account(conn: &impl ConnectionTrait, user_id: Uuid) -> Result<(), UserStoreError> {
+    if conn.get_database_backend() == DatabaseBackend::Postgres {
+        conn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+            [user_id.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// What `by` lacks to change `target`'s roles from `previous` to `roles` (see [`SetRoles`]).
+async fn role_change_shortfall(
+    conn: &impl ConnectionTrait,
+    by: &Access,
+    target: Uuid,
+    previous: &[String],
+    roles: &[String],
+) -> Result<Shortfall, UserStoreError> {
+    let held = access_of(conn, &[target])
+        .await?
+        .remove(&target)
+        .unwrap_or_default();
+    let changed: BTreeSet<String> = previous
+        .iter()
+        .filter(|r| !roles.contains(r))
+        .chain(roles.iter().filter(|r| !previous.contains(r)))
+        .cloned()
+        .collect();
+    let root = held.is_root() || changed.contains(ADMIN_ROLE);
+    let of_changed = permissions_of(conn, changed).await?;
+    Ok(by.shortfall(
+        held.permissions
+            .iter()
+            .chain(of_changed.values().flatten())
+            .map(String::as_str),
+        root,
+    ))
 }
 
 impl Handler<SetRoles> for UserStore {
-    type Result = ResponseFuture<Result<(AdminUser, Vec<String>), UserStoreError>>;
+    type Result = ResponseFuture<Result<RoleChange, UserStoreError>>;
 
     fn handle(&mut self, msg: SetRoles, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
@@ -383,11 +446,22 @@ impl Handler<SetRoles> for UserStore {
             db.call_tx("set_roles", async {
                 let txn = db.conn.begin().await?;
                 let target = find_model(&txn, msg.user_id).await?;
-                check_grant(&txn, &roles).await?;
+                lock_account(&txn, target.id).await?;
                 let previous = roles_of(&txn, &[target.id])
                     .await?
                     .remove(&target.id)
                     .unwrap_or_default();
+                if let Some(by) = &msg.by {
+                    let shortfall =
+                        role_change_shortfall(&txn, by, target.id, &previous, &roles).await?;
+                    if !shortfall.is_empty() {
+                        return Ok(RoleChange::Refused {
+                            shortfall,
+                            previous,
+                        });
+                    }
+                }
+                check_grant(&txn, &roles).await?;
                 if previous.iter().any(|r| r == ADMIN_ROLE)
                     && !roles.iter().any(|r| r == ADMIN_ROLE)
                 {
@@ -400,9 +474,9 @@ impl Handler<SetRoles> for UserStore {
                     .exec(&txn)
                     .await?;
                 insert_roles(&txn, target.id, &roles).await?;
-                let view = admin_view(&txn, target.id).await?;
+                let user = admin_view(&txn, target.id).await?;
                 txn.commit().await?;
-                Ok((view, previous))
+                Ok(RoleChange::Done { user, previous })
             })
             .await
         })
@@ -444,6 +518,32 @@ impl Handler<SetDisabled> for UserStore {
                 .await?;
                 txn.commit().await?;
                 Ok(true)
+            })
+            .await
+        })
+    }
+}
+
+/// Whether the account exists and could be disabled or deleted now without leaving no enabled
+/// admin: a read, asked before the account's sessions are cut off, so a refused change does
+/// not end them. The change itself checks again under the lock.
+#[derive(Message)]
+#[rtype(result = "Result<(), UserStoreError>")]
+pub struct CheckRemovable {
+    pub user_id: Uuid,
+    /// "disabling this account", "deleting this account": for the conflict message.
+    pub what: &'static str,
+}
+
+impl Handler<CheckRemovable> for UserStore {
+    type Result = ResponseFuture<Result<(), UserStoreError>>;
+
+    fn handle(&mut self, msg: CheckRemovable, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call_tx("check_removable", async {
+                let target = find_model(&db.conn, msg.user_id).await?;
+                ensure_another_admin(&db.conn, &target, msg.what).await
             })
             .await
         })
@@ -625,6 +725,43 @@ impl Handler<GrantRole> for UserStore {
             .await
         })
     }
+}
+
+/// Gives the built-in `admin` role every permission of [`BUILTIN_PERMISSIONS`] it lacks: one
+/// added to the definition after the database was migrated. Runs with the migrations
+/// (`sessiond migrate`, or at start-up) and at every start-up; idempotent, so pods starting
+/// together agree. Returns how many permissions were added. Sessions of admins carry an added
+/// permission from their next login on.
+pub async fn sync_admin_role(conn: &impl ConnectionTrait) -> Result<u64, UserStoreError> {
+    let held: BTreeSet<String> = permissions_of(conn, [ADMIN_ROLE.to_string()])
+        .await?
+        .remove(ADMIN_ROLE)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let missing: Vec<&str> = BUILTIN_PERMISSIONS
+        .iter()
+        .copied()
+        .filter(|p| !held.contains(*p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    role_permission::Entity::insert_many(missing.iter().map(|p| role_permission::ActiveModel {
+        role_name: Set(ADMIN_ROLE.to_string()),
+        permission: Set(p.to_string()),
+    }))
+    .on_conflict(
+        OnConflict::columns([
+            role_permission::Column::RoleName,
+            role_permission::Column::Permission,
+        ])
+        .do_nothing()
+        .to_owned(),
+    )
+    .exec_without_returning(conn)
+    .await
+    .map_err(UserStoreError::from)
 }
 
 /// Stores audit events; idempotent (a retried batch writes each event once).

@@ -123,6 +123,18 @@ pub fn validate_password(password: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The words a user's own password must not be built from (zxcvbn user inputs): the normalized
+/// email, its local part and the display name. Registration, password changes and the CLI all
+/// use this one list, so a new password meets exactly the policy a first one does.
+pub fn password_context(email: &str, name: Option<&str>) -> Vec<String> {
+    let local_part = email.split('@').next().unwrap_or_default();
+    [Some(email), Some(local_part), name]
+        .into_iter()
+        .flatten()
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn validate_name(name: Option<String>) -> Result<Option<String>, String> {
     let Some(name) = name else { return Ok(None) };
     let name = name.trim().to_string();

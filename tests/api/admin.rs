@@ -23,9 +23,8 @@ services_only!(
     disabling_or_revoking_a_user_reaches_the_other_pod,
 );
 
-/// What the built-in `admin` role grants, sorted.
-pub const ADMIN_PERMISSIONS: [&str; 4] =
-    ["audit:read", "sessions:revoke", "users:read", "users:write"];
+/// What the built-in `admin` role grants, sorted: every permission sessiond defines.
+pub const ADMIN_PERMISSIONS: &[&str] = sessiond::auth::access::BUILTIN_PERMISSIONS;
 
 /// Generous: the guarantee is the next request normally, SESSION_CACHE_TTL (5 s) at worst.
 const PROPAGATION: Duration = Duration::from_secs(10);
@@ -335,7 +334,7 @@ async fn admin_endpoints_need_their_permission_and_a_valid_existing_id(backend: 
     assert_grants(
         &app.get("/session", Some(&admin.tokens.access)).await,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
     );
 }
 
@@ -354,7 +353,7 @@ async fn role_changes_apply_to_the_session_on_its_next_request(backend: Backend)
     assert_eq!(claims["roles"], json!(["user"]), "{claims}");
     assert_eq!(claims["permissions"], json!([]), "{claims}");
     let session = app.get("/session", Some(&admin.tokens.access)).await;
-    assert_grants(&session, &["admin", "user"], &ADMIN_PERMISSIONS);
+    assert_grants(&session, &["admin", "user"], ADMIN_PERMISSIONS);
     for field in ["user_id", "session_id", "expires_at"] {
         assert!(
             session.body.get(field).is_some(),
@@ -582,8 +581,11 @@ async fn last_admin_cannot_demote_disable_or_delete_themselves(backend: Backend)
     .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
 
+    // Nobody changes their own roles (the escalation rule), admins included: 403.
+    set_roles(&app, token, &admin.id, &["user"])
+        .await
+        .assert_error(403, "forbidden");
     let refusals = [
-        set_roles(&app, token, &admin.id, &["user"]).await,
         call(
             &app,
             Method::POST,
@@ -601,7 +603,7 @@ async fn last_admin_cannot_demote_disable_or_delete_themselves(backend: Backend)
     assert_grants(
         &app.get("/session", Some(token)).await,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
     );
     let r = call(&app, Method::GET, &me, Some(token), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -609,14 +611,14 @@ async fn last_admin_cannot_demote_disable_or_delete_themselves(backend: Backend)
         &r.body,
         &admin.id,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
         false,
     );
     let r = app.get("/admin/users", Some(token)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     app.login(&admin.email, PASSWORD).await;
 
-    // Once another enabled admin exists, stepping down is allowed.
+    // Once another enabled admin exists, that one may demote this one.
     let r = call(
         &app,
         Method::POST,
@@ -626,20 +628,26 @@ async fn last_admin_cannot_demote_disable_or_delete_themselves(backend: Backend)
     )
     .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
-    let r = set_roles(&app, token, &admin.id, &["user"]).await;
+    let other_token = app.login(&other.email, PASSWORD).await.access;
+    let r = set_roles(&app, &other_token, &admin.id, &["user"]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     app.get("/admin/users", Some(token))
         .await
         .assert_error(403, "forbidden");
     // And the remaining admin is the last one now.
-    let other_token = app.login(&other.email, PASSWORD).await.access;
-    set_roles(&app, &other_token, &other.id, &["user"])
-        .await
-        .assert_error(409, "conflict");
+    call(
+        &app,
+        Method::POST,
+        &format!("/admin/users/{}/disable", other.id),
+        Some(&other_token),
+        None,
+    )
+    .await
+    .assert_error(409, "conflict");
     assert_grants(
         &app.get("/session", Some(&other_token)).await,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
     );
 }
 
@@ -952,7 +960,7 @@ async fn admin_emails_at_start_up_promote_an_existing_account(backend: Backend) 
     assert_grants(
         &app.get("/session", Some(&tokens.access)).await,
         &["admin", "user"],
-        &ADMIN_PERMISSIONS,
+        ADMIN_PERMISSIONS,
     );
     let profile = app.get("/profile", Some(&tokens.access)).await;
     assert_eq!(

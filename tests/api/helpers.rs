@@ -86,6 +86,14 @@ impl Deployment {
                 "RATE_LIMIT_REFRESH_PER_IP".to_string(),
                 "1000000".to_string(),
             ),
+            (
+                "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT".to_string(),
+                "1000000".to_string(),
+            ),
+            (
+                "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION".to_string(),
+                "1000000".to_string(),
+            ),
         ]);
         let (mut admin_url, mut db_name, mut dir) = (None, None, None);
         match backend {
@@ -345,6 +353,19 @@ impl TestApp {
     pub async fn login_reply(&self, email: &str, password: &str) -> Reply {
         self.post_json("/login", &json!({"email": email, "password": password}))
             .await
+    }
+
+    /// A login that a trusted proxy forwards for `client` (needs TRUSTED_PROXIES=127.0.0.1/32).
+    pub async fn login_from(&self, client: &str, email: &str, password: &str) -> Reply {
+        let res = self
+            .client
+            .post(self.url("/login"))
+            .header("x-forwarded-for", client)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .expect("request sent");
+        Reply::read(res).await
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Tokens {
