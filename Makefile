@@ -2,7 +2,8 @@
 # Deploy: make deploy OVERLAY=eks IMAGE=123456789012.dkr.ecr.eu-west-1.amazonaws.com/sessiond:TAG
 OVERLAY ?= dev
 IMAGE ?= sessiond:dev
-COMPOSE := docker compose -f docker/docker-compose.yml
+# Compose v1 (Debian's docker-compose 1.29) or v2: COMPOSE='docker compose -p sessiond -f ...'.
+COMPOSE ?= docker-compose -p sessiond -f docker/docker-compose.yml
 
 .PHONY: help run test lint fmt bench docker docker-down image push deploy checks check-config
 
@@ -25,9 +26,11 @@ fmt:
 bench:
 	cargo bench
 
-docker: ## PostgreSQL, Redis, migration, two replicas behind a load balancer on :8080
+docker: ## PostgreSQL, Redis, migration, two replicas behind a load balancer on :8080 (README quick start)
 	bash ci/dev-secrets.sh
-	$(COMPOSE) up --build
+	cargo build --release --locked
+	IMAGE=sessiond:local bash ci/image.sh --prebuilt
+	$(COMPOSE) up -d
 
 docker-down:
 	$(COMPOSE) down

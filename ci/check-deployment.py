@@ -88,6 +88,11 @@ def check_command(where: str, args, commands: set[str]) -> None:
         fail(f"{where}: command {args[0]!r} is not a sessiond subcommand {sorted(commands)}")
 
 
+# Read by glibc, not by the server: fixes the allocator's mmap threshold so argon2id's 19 MiB
+# blocks go back to the system after each hash (README "Docker Compose quick start", memory).
+RUNTIME_ENV = {"MALLOC_MMAP_THRESHOLD_"}
+
+
 def dockerfile(root: Path, known: set[str], commands: set[str]) -> None:
     text = (root / "docker/Dockerfile").read_text()
     text = re.sub(r"\\\n", " ", text)
@@ -105,7 +110,7 @@ def dockerfile(root: Path, known: set[str], commands: set[str]) -> None:
             entrypoint = yaml.safe_load(rest)
         elif word == "CMD":
             cmd = yaml.safe_load(rest)
-    check_names("docker/Dockerfile ENV", env_names, known)
+    check_names("docker/Dockerfile ENV", env_names, known | RUNTIME_ENV)
     if not (isinstance(entrypoint, list) and entrypoint and entrypoint[0].endswith("/sessiond")):
         fail(f"docker/Dockerfile: ENTRYPOINT must be the sessiond binary in exec form, got {entrypoint!r}")
     if not isinstance(cmd, list):
@@ -197,7 +202,21 @@ def overlay(name: str, path: Path, known: set[str], commands: set[str], paths: s
                 total = spec.get("terminationGracePeriodSeconds", 30)
                 if pre + grace > total:
                     fail(f"{where}: preStop {pre}s + SHUTDOWN_GRACE_SECONDS {grace}s > terminationGracePeriodSeconds {total}s")
-                if w["spec"].get("replicas", 1) < 2:
+                # An HPA owns the count: a Deployment `replicas` beside it is re-applied by every
+                # `kubectl apply` and fights the autoscaler, so it must be absent, and the floor is
+                # the HPA's minReplicas.
+                hpas = [
+                    d for d in docs
+                    if d["kind"] == "HorizontalPodAutoscaler"
+                    and d["spec"]["scaleTargetRef"].get("kind") == "Deployment"
+                    and d["spec"]["scaleTargetRef"].get("name") == w["metadata"]["name"]
+                ]
+                if hpas:
+                    if "replicas" in w["spec"]:
+                        fail(f"{where}: sets replicas although HorizontalPodAutoscaler/{hpas[0]['metadata']['name']} manages them")
+                    if hpas[0]["spec"].get("minReplicas", 1) < 2:
+                        fail(f"{where}: HorizontalPodAutoscaler minReplicas below 2")
+                elif w["spec"].get("replicas", 1) < 2:
                     fail(f"{where}: fewer than 2 replicas")
     for role, ok in seen.items():
         if not ok:

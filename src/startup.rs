@@ -159,6 +159,7 @@ impl Application {
             // runs, which syncs the role itself.
             tracing::warn!(cause = %e, "could not bring the admin role up to date");
         }
+        let schema_behind = log_schema_status(&db).await;
         let metrics = Metrics::new();
         let hasher =
             PasswordHasher::new(&config.argon2, config.password_min_score, metrics.clone())
@@ -282,7 +283,12 @@ impl Application {
             profiles,
             audit,
         });
-        grant_admin_emails(&state).await?;
+        if schema_behind {
+            // The accounts are not there to grant yet: once the migration job has run.
+            defer_admin_emails(state.clone());
+        } else {
+            grant_admin_emails(&state).await?;
+        }
         let origins = state.config.cors_allowed_origins.clone();
         let public_metrics = metrics_listener.is_none();
         // Browsers that reached us over TLS keep to HTTPS for max-age (HSTS_MAX_AGE, 0: not sent).
@@ -379,6 +385,53 @@ impl Application {
         let _ = self.users.send(users::Stop).await;
         result
     }
+}
+
+/// Says at start when the schema does not match this binary; the pod still starts (its /ready
+/// answers 503 while migrations are pending, so it gets no traffic) and serves once the
+/// migration job has run, without a restart. Returns whether migrations are pending.
+async fn log_schema_status(db: &DatabaseConnection) -> bool {
+    match migration::schema_status(db).await {
+        Ok(s) if !s.pending.is_empty() => {
+            tracing::warn!(
+                pending = ?s.pending,
+                "the database schema is behind this binary: /ready answers 503 until `sessiond migrate` has run"
+            );
+            true
+        }
+        Ok(s) if !s.unknown.is_empty() => {
+            tracing::warn!(
+                unknown = ?s.unknown,
+                "the database schema is ahead of this binary (migrated by a newer release)"
+            );
+            false
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the schema's migrations; /ready will tell");
+            false
+        }
+    }
+}
+
+/// ADMIN_EMAILS for a pod that started before the migrations: granted once they have run.
+fn defer_admin_emails(state: web::Data<AppState>) {
+    if state.config.admin_emails.is_empty() {
+        return;
+    }
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if let Ok(Ok(s)) = state.users.send(users::CheckSchema).await {
+                if s.pending.is_empty() {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = grant_admin_emails(&state).await {
+            tracing::error!(error = %e, "ADMIN_EMAILS not applied");
+        }
+    });
 }
 
 /// ADMIN_EMAILS at start-up: existing accounts listed there get `admin` (idempotent, so pods

@@ -16,3 +16,44 @@ impl MigratorTrait for Migrator {
         ]
     }
 }
+
+/// Where a database's schema stands against the migrations this binary carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// Migrations of this binary the database has not applied, in order: the schema is behind.
+    pub pending: Vec<String>,
+    /// Migrations the database has applied that this binary does not know: a newer release
+    /// migrated it (normal for the old pods during a rollout).
+    pub unknown: Vec<String>,
+}
+
+/// Reads the migration table without creating it: checking readiness must not write, and the
+/// serving role may lack DDL rights. No table means nothing is applied.
+pub async fn schema_status(db: &sea_orm::DatabaseConnection) -> Result<SchemaStatus, DbErr> {
+    use sea_orm::{EntityName, EntityTrait};
+    use sea_orm_migration::seaql_migrations;
+
+    let table = seaql_migrations::Entity.table_name();
+    let applied: Vec<String> = if SchemaManager::new(db).has_table(table).await? {
+        seaql_migrations::Entity::find()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|m| m.version)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let known: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    let pending = known
+        .iter()
+        .filter(|k| !applied.contains(k))
+        .cloned()
+        .collect();
+    let mut unknown: Vec<String> = applied.into_iter().filter(|a| !known.contains(a)).collect();
+    unknown.sort();
+    Ok(SchemaStatus { pending, unknown })
+}

@@ -365,6 +365,24 @@ impl Handler<Ping> for UserStore {
     }
 }
 
+/// Readiness: the database answers and its schema against this binary's migrations (two
+/// reads, no write).
+#[derive(Message)]
+#[rtype(result = "Result<migration::SchemaStatus, UserStoreError>")]
+pub struct CheckSchema;
+
+impl Handler<CheckSchema> for UserStore {
+    type Result = ResponseFuture<Result<migration::SchemaStatus, UserStoreError>>;
+
+    fn handle(&mut self, _: CheckSchema, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Box::pin(async move {
+            db.call("schema_status", migration::schema_status(&db.conn))
+                .await
+        })
+    }
+}
+
 /// Ends the actor and closes its pool (graceful shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -15,6 +15,7 @@ both_backends!(
     json_logs_of_a_full_flow_never_contain_secrets,
     sigterm_lets_the_request_in_flight_finish,
     user_create_cli_reads_the_password_from_stdin_and_grants_roles,
+    a_pod_before_the_migrations_is_not_ready_then_serves_without_restart,
 );
 
 struct Process {
@@ -478,4 +479,97 @@ async fn user_create_cli_reads_the_password_from_stdin_and_grants_roles(backend:
     )
     .await;
     audit::assert_event(&events[0], "user_create", None, Some(&id), "success");
+}
+
+/// A pod started before the migration job (or an old schema during a rollout) must not look
+/// healthy: /ready is 503 naming the pending migrations, the start-up log says so, and the same
+/// process serves once `sessiond migrate` has run. A schema newer than the binary is reported
+/// (200: old pods keep serving during a rollout) in /ready and at start.
+async fn a_pod_before_the_migrations_is_not_ready_then_serves_without_restart(backend: Backend) {
+    use migration::MigratorTrait;
+    let mut dep = Deployment::new(backend).await;
+    dep.set("MIGRATE_ON_START", "false");
+    let known: Vec<String> = migration::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+
+    let process = Process::start(&dep, &[]).await;
+    let app = process.app();
+    let ready = app.get("/ready", None).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.body
+    );
+    assert_eq!(ready.body["status"], "unavailable");
+    assert_eq!(ready.body["checks"]["database"], "ok");
+    assert_eq!(ready.body["checks"]["schema"], "behind");
+    assert_eq!(ready.body["pending_migrations"], json!(known));
+    assert!(ready.body["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("sessiond migrate")));
+    let logged = |output: &[String], message: &str, field: &str, names: &[String]| {
+        output.iter().any(|line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|v| {
+                v["message"].as_str().is_some_and(|m| m.contains(message))
+                    && names
+                        .iter()
+                        .all(|n| v[field].as_str().is_some_and(|f| f.contains(n.as_str())))
+            })
+        })
+    };
+    assert!(
+        logged(&process.output(), "schema is behind", "pending", &known),
+        "the start-up log names the pending migrations: {:?}",
+        process.output()
+    );
+
+    let migrated = cli(&dep, &["migrate"], "");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let ready_now = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || app.get("/ready", None).await.status == StatusCode::OK,
+    )
+    .await;
+    assert!(ready_now, "ready once migrated, without a restart");
+    let ready = app.get("/ready", None).await;
+    assert_eq!(ready.body["checks"]["schema"], "current");
+    assert!(ready.body.get("pending_migrations").is_none());
+    let email = format!("early-{}@example.com", uuid::Uuid::new_v4().simple());
+    assert_eq!(
+        app.register(&email, PASSWORD).await.status,
+        StatusCode::CREATED
+    );
+    app.login(&email, PASSWORD).await;
+
+    // A newer release migrated the database: still ready, and said in /ready and at start.
+    let future = "m20991231_000001_from_a_newer_release".to_string();
+    let db = sea_orm::Database::connect(dep.database_url())
+        .await
+        .expect("connect to the deployment's database");
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!(
+        "INSERT INTO seaql_migrations (version, applied_at) VALUES ('{future}', 0)"
+    ))
+    .await
+    .expect("record a migration this binary does not know");
+    let _ = db.close().await;
+    let ready = app.get("/ready", None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert_eq!(ready.body["checks"]["schema"], "ahead");
+    assert_eq!(ready.body["unknown_migrations"], json!([future.clone()]));
+    drop(process);
+    let newer = Process::start(&dep, &[]).await;
+    assert!(
+        logged(&newer.output(), "schema is ahead", "unknown", &[future]),
+        "the start-up log names the unknown migrations: {:?}",
+        newer.output()
+    );
 }
