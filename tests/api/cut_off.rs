@@ -58,19 +58,7 @@ async fn never_works_again(pods: &[&TestApp], tokens: &Tokens) {
 
 /// Times `pod` re-established its invalidation subscription.
 async fn resubscriptions(pod: &TestApp) -> u64 {
-    let text = pod
-        .client
-        .get(pod.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix("sessiond_pubsub_resubscriptions_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    pod.metric("sessiond_pubsub_resubscriptions_total").await as u64
 }
 
 /// Answered during the outage: 204 if the change happened, else 503 unavailable.

@@ -413,6 +413,22 @@ impl TestApp {
         Reply::read(req.send().await.expect("request sent")).await
     }
 
+    /// The value of an unlabelled metric on this pod's /metrics (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn stop(&self) {
         if let Some(h) = &self.handle {
             h.stop(true).await;

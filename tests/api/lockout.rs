@@ -101,21 +101,6 @@ async fn password_changes_are_limited_per_session_and_per_account(backend: Backe
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
 }
 
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn password_change_floods_cannot_take_the_hashing_slots_logins_need(backend: Backend) {
     let mut dep = Deployment::new(backend).await;
     // Slow hashes, two slots, a short queue; throttling and lockout off so that every one of the
@@ -136,7 +121,7 @@ async fn password_change_floods_cannot_take_the_hashing_slots_logins_need(backen
         let saturated = eventually(
             std::time::Duration::from_secs(30),
             std::time::Duration::from_millis(10),
-            async || metric(&app, "sessiond_argon2_rejected_total").await >= 1.0,
+            async || app.metric("sessiond_argon2_rejected_total").await >= 1.0,
         )
         .await;
         assert!(saturated, "the flood saturates the hashing pool");

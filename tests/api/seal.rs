@@ -83,19 +83,7 @@ async fn refresh(app: &TestApp, token: &str) -> Reply {
 
 /// `sessiond_session_seal_failures_total` on this pod.
 async fn seal_failures(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix("sessiond_session_seal_failures_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no seal failure counter in:\n{text}"))
+    app.metric("sessiond_session_seal_failures_total").await as u64
 }
 
 /// The session is refused everywhere it is looked at, and its record is gone.
