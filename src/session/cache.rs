@@ -305,6 +305,12 @@ mod tests {
         }
     }
 
+    /// A trusted cache with a 250 ms store timeout and no idle timeout.
+    fn cache(ttl: Duration) -> SessionCache {
+        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
+        SessionCache::new(ttl, Duration::from_millis(250), true, lifetimes)
+    }
+
     fn roles_of(lookup: CacheLookup) -> Option<Vec<String>> {
         match lookup {
             CacheLookup::Hit { state: Some(s), .. } => Some(s.access.roles.clone()),
@@ -314,13 +320,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_role_change_makes_older_entries_stale_not_revoked() {
-        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
-        let cache = SessionCache::new(
-            Duration::from_secs(5),
-            Duration::from_millis(250),
-            true,
-            lifetimes,
-        );
+        let cache = cache(Duration::from_secs(5));
         let (uid, sid, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let read_at = Instant::now();
         cache
@@ -407,8 +407,7 @@ mod tests {
     #[tokio::test]
     async fn a_cached_answer_ages_from_the_start_of_its_read() {
         let ttl = Duration::from_secs(3);
-        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
-        let cache = SessionCache::new(ttl, Duration::from_millis(250), true, lifetimes);
+        let cache = cache(ttl);
         let (uid, sid) = (Uuid::new_v4(), Uuid::new_v4());
         let read_at = Instant::now();
         tokio::time::sleep(Duration::from_millis(1500)).await; // the read in flight
@@ -432,13 +431,7 @@ mod tests {
     /// cache is flushed, then the read's answer is inserted. It must not be trusted.
     #[tokio::test]
     async fn a_flush_voids_answers_of_reads_that_began_before_it() {
-        let lifetimes = Lifetimes::new(None, Duration::from_secs(10));
-        let cache = SessionCache::new(
-            Duration::from_secs(5),
-            Duration::from_millis(250),
-            true,
-            lifetimes,
-        );
+        let cache = cache(Duration::from_secs(5));
         let (uid, before, after) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let read_at = Instant::now();
         tokio::time::sleep(Duration::from_millis(5)).await;

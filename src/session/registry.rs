@@ -213,6 +213,24 @@ impl StreamHandler<SubEvent> for SessionRegistry {
     fn finished(&mut self, _: &mut Self::Context) {}
 }
 
+/// Sessions the store has just revoked (and, with Redis, announced in one message): this pod
+/// refuses them at once, and the metrics count them.
+async fn revoked_here(
+    store: &SessionStore,
+    cache: &SessionCache,
+    metrics: &Metrics,
+    sids: &[Uuid],
+) {
+    if sids.is_empty() {
+        return;
+    }
+    cache.apply(&Invalidation::Sessions(sids.to_vec())).await;
+    if let SessionStore::Redis(_) = store {
+        metrics.invalidations_published.inc();
+    }
+    metrics.sessions_revoked.inc_by(sids.len() as u64);
+}
+
 /// Stores a new session and caches it, so the first request with its token is a cache hit.
 /// Sessions it ends (beyond MAX_SESSIONS_PER_USER) end on every pod.
 #[derive(Message)]
@@ -231,13 +249,7 @@ impl Handler<CreateSession> for SessionRegistry {
             let Created::Stored { evicted } = &created else {
                 return Ok(created);
             };
-            if !evicted.is_empty() {
-                cache.apply(&Invalidation::Sessions(evicted.clone())).await;
-                if let SessionStore::Redis(_) = store {
-                    metrics.invalidations_published.inc();
-                }
-                metrics.sessions_revoked.inc_by(evicted.len() as u64);
-            }
+            revoked_here(&store, &cache, &metrics, evicted).await;
             metrics.sessions_created.inc();
             let state = SessionState {
                 user_id: rec.user_id,
@@ -394,13 +406,7 @@ impl Handler<RevokeAll> for SessionRegistry {
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
         Box::pin(async move {
             let revoked = store.revoke_all(msg.user_id, msg.except).await?;
-            if !revoked.is_empty() {
-                cache.apply(&Invalidation::Sessions(revoked.clone())).await;
-                if let SessionStore::Redis(_) = store {
-                    metrics.invalidations_published.inc();
-                }
-                metrics.sessions_revoked.inc_by(revoked.len() as u64);
-            }
+            revoked_here(&store, &cache, &metrics, &revoked).await;
             Ok(revoked.len())
         })
     }
@@ -421,10 +427,7 @@ impl Handler<CutOff> for SessionRegistry {
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
         Box::pin(async move {
             let revoked = store.cut_off(msg.0).await?;
-            if !revoked.is_empty() {
-                cache.apply(&Invalidation::Sessions(revoked.clone())).await;
-                metrics.sessions_revoked.inc_by(revoked.len() as u64);
-            }
+            revoked_here(&store, &cache, &metrics, &revoked).await;
             cache.apply(&Invalidation::User(msg.0)).await;
             if let SessionStore::Redis(_) = store {
                 metrics.invalidations_published.inc();
