@@ -57,8 +57,16 @@ fn key_id(secret: &[u8]) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
+/// Verified tokens, keyed by the token itself. Only tokens this server signed are ever inserted, so
+/// a client cannot choose what lands in it (no hash flooding), and a lookup hashes the token once
+/// with a fast keyed hash instead of a SHA-256 (which cost more than the rest of the check).
+type VerifiedTokens = moka::sync::Cache<Box<str>, std::sync::Arc<Claims>, foldhash::fast::RandomState>;
+
+/// Bytes of tokens the verified-token cache may hold.
+const VERIFIED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 pub struct JwtKeys {
-    verified: moka::sync::Cache<[u8; 32], std::sync::Arc<Claims>>,
+    verified: VerifiedTokens,
     encoding: EncodingKey,
     current: VerifyKey,
     /// JWT_SECRET_PREVIOUS: verifies tokens signed before a rotation; never signs.
@@ -91,8 +99,9 @@ impl JwtKeys {
         Self {
             verified: moka::sync::Cache::builder()
                 .time_to_live(std::time::Duration::from_secs(60))
-                .max_capacity(100_000)
-                .build(),
+                .weigher(|token: &Box<str>, _| token.len().try_into().unwrap_or(u32::MAX))
+                .max_capacity(VERIFIED_CACHE_BYTES)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             encoding: EncodingKey::from_secret(secret),
             current,
             previous: config
@@ -139,22 +148,22 @@ impl JwtKeys {
     /// `None` for anything that is not a valid access token of this server; the reason is not
     /// told to the client.
     ///
-    /// A token that verified once is remembered by its SHA-256 (never the token itself) for a
-    /// minute: a client presents the same token on every request, and a hash plus a lookup costs
-    /// a fraction of parsing and HMAC-checking it again. Only the time claims can change their
-    /// verdict, so they are checked again on every hit. Revocation is the session check's job.
+    /// A token that verified once is remembered for a minute: a client presents the same token on
+    /// every request, and a lookup costs a fraction of parsing and HMAC-checking it again. Only the
+    /// time claims can change their verdict, so they are checked again on every hit. Revocation
+    /// is the session check's job. Holding the token in memory adds nothing for an attacker who
+    /// can read this process: it also holds the key that signs them.
     pub fn verify(&self, token: &str) -> Option<std::sync::Arc<Claims>> {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = crate::session::now_unix();
         let leeway = LEEWAY_SECONDS as i64;
-        if let Some(claims) = self.verified.get(&digest) {
+        if let Some(claims) = self.verified.get(token) {
             return (claims.nbf - leeway <= now && now < claims.exp + leeway).then_some(claims);
         }
         let claims = std::sync::Arc::new(self.verify_uncached(token)?);
-        self.verified.insert(digest, claims.clone());
+        self.verified.insert(token.into(), claims.clone());
         Some(claims)
     }
 
