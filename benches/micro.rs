@@ -111,17 +111,24 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
     let hasher = PasswordHasher::new(&cfg.argon2, cfg.password_min_score, metrics.clone())
         .await
         .expect("argon2");
+    let settings = sessiond::app::Settings {
+        session_lifetime: cfg.session_lifetime,
+        admin_emails: cfg.admin_emails.clone(),
+    };
     web::Data::new(AppState {
+        app: sessiond::app::App {
+            users,
+            sessions,
+            hasher,
+            throttle: sessiond::throttle::Throttle::memory(cfg.throttle.clone()),
+            audit,
+            metrics,
+            profiles: moka::future::Cache::builder().build(),
+            settings,
+        },
         jwt: JwtKeys::new(&cfg),
-        throttle: sessiond::throttle::Throttle::memory(cfg.throttle.clone()),
-        profiles: moka::future::Cache::builder().build(),
         config: cfg,
-        users,
-        sessions,
         cache,
-        hasher,
-        metrics,
-        audit,
     })
 }
 
@@ -135,6 +142,7 @@ fn token_check(c: &mut Criterion) {
         let token = issue(&state.jwt, &rec);
         // CreateSession caches the new session, as a login does.
         state
+            .app
             .sessions
             .send(CreateSession(rec))
             .await
@@ -153,7 +161,7 @@ fn token_check(c: &mut Criterion) {
             .wrap(actix_web::middleware::from_fn(routes::request_context))
             .configure(routes::configure(cfg.body_limit, true)),
     ));
-    let hits_before = state.metrics.token_checks.cache_hit.get();
+    let hits_before = state.app.metrics.token_checks.cache_hit.get();
 
     let mut g = c.benchmark_group("token check");
     g.bench_function("extractor, cache hit (JWT verify + cache + metrics)", |b| {
@@ -226,9 +234,9 @@ fn token_check(c: &mut Criterion) {
         })
     });
     g.finish();
-    let misses = state.metrics.token_checks.cache_miss.get();
+    let misses = state.app.metrics.token_checks.cache_miss.get();
     assert!(
-        state.metrics.token_checks.cache_hit.get() > hits_before && misses == 0,
+        state.app.metrics.token_checks.cache_hit.get() > hits_before && misses == 0,
         "every check above must have been a cache hit"
     );
 }

@@ -6,16 +6,17 @@ use actix::Actor;
 use uuid::Uuid;
 
 use crate::{
-    audit::AuditEvent,
-    auth::access::validate_role_name,
+    app::accounts::{self, NewAccount},
     config::Config,
+    domain::{DisplayName, Email, Password, RoleName},
+    error::ApiError,
     metrics::Metrics,
     startup,
-    users::{self, password::PasswordHasher, CreateUser, UserStore, WriteAudit},
+    users::{password::PasswordHasher, UserStore},
 };
 
-/// Creates an account with `roles` (plus `user`) and returns its id. The password is checked by
-/// the same rules as POST /register. Must run inside an actix system.
+/// Creates an account with `roles` (plus `user`) and returns its id. The input is parsed by the
+/// same rules as POST /register. Must run inside an actix system.
 pub async fn create_user(
     config: &Config,
     email: &str,
@@ -23,12 +24,17 @@ pub async fn create_user(
     roles: Vec<String>,
     password: String,
 ) -> Result<Uuid, String> {
-    let email = users::normalize_email(email).map_err(|m| format!("--email: {m}"))?;
-    let name = users::validate_name(name).map_err(|m| format!("--name: {m}"))?;
-    for r in &roles {
-        validate_role_name(r).map_err(|m| format!("--role {r}: {m}"))?;
-    }
-    users::validate_password(&password)?;
+    let email = Email::parse(email).map_err(|m| format!("--email: {m}"))?;
+    let name = DisplayName::parse(name).map_err(|m| format!("--name: {m}"))?;
+    let roles = roles
+        .into_iter()
+        .map(|r| {
+            RoleName::parse(r.clone())
+                .map(RoleName::into_inner)
+                .map_err(|m| format!("--role {r}: {m}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let password = Password::parse(password)?;
     let db = startup::connect_database(config)
         .await
         .map_err(|e| e.to_string())?;
@@ -40,33 +46,18 @@ pub async fn create_user(
     let hasher = PasswordHasher::new(&config.argon2, config.password_min_score, metrics)
         .await
         .map_err(|e| e.to_string())?;
-    let known = users::password_context(&email, name.as_deref());
-    let password_hash = hasher
-        .hash_new(password, known)
+    let account = NewAccount {
+        email,
+        password,
+        name,
+        roles,
+    };
+    let user = accounts::create_from_cli(&store, &hasher, account)
         .await
-        .map_err(|e| e.to_string())?;
-    let user = store
-        .send(CreateUser {
-            email,
-            name,
-            password_hash,
-            roles,
-        })
-        .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| match e {
-            users::UserStoreError::EmailTaken => "an account with this email exists".to_string(),
-            e => e.to_string(),
+            ApiError::EmailTaken => "an account with this email exists".to_string(),
+            e => e.log_message(),
         })?;
-    // Written before returning: the process ends right after.
-    let event = AuditEvent::success("user_create")
-        .subject(user.id)
-        .detail(serde_json::json!({ "roles": user.roles, "source": "cli" }));
-    store
-        .send(WriteAudit(vec![event]))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("account created, but its audit event was not written: {e}"))?;
     Ok(user.id)
 }
 

@@ -93,6 +93,15 @@ impl ApiError {
         }
     }
 
+    /// The message with the cause a response body never carries, for logs and operators.
+    pub fn log_message(&self) -> String {
+        match self {
+            ApiError::Unavailable { what, detail } => format!("{what} unavailable: {detail}"),
+            ApiError::Internal(detail) => format!("internal error: {detail}"),
+            e => e.to_string(),
+        }
+    }
+
     pub fn invalid(message: impl Into<String>) -> Self {
         ApiError::InvalidRequest(message.into())
     }

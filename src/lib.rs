@@ -1,8 +1,10 @@
 //! sessiond: a session-management server. See README.md.
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod openapi;

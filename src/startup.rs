@@ -15,8 +15,9 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use crate::{
-    audit::{AuditEvent, AuditLog, AuditWriter},
-    auth::{access::ADMIN_ROLE, JwtKeys},
+    app::{self, Settings},
+    audit::{AuditLog, AuditWriter},
+    auth::JwtKeys,
     config::Config,
     metrics::Metrics,
     routes,
@@ -271,17 +272,24 @@ impl Application {
                 100_000
             })
             .build();
+        let settings = Settings {
+            session_lifetime: config.session_lifetime,
+            admin_emails: config.admin_emails.clone(),
+        };
         let state = web::Data::new(AppState {
+            app: app::App {
+                users: users.clone(),
+                sessions: sessions.clone(),
+                hasher,
+                throttle,
+                audit,
+                metrics,
+                profiles,
+                settings,
+            },
             jwt: JwtKeys::new(&config),
             config,
-            users: users.clone(),
-            sessions: sessions.clone(),
             cache,
-            hasher,
-            metrics,
-            throttle,
-            profiles,
-            audit,
         });
         if schema_behind {
             // The accounts are not there to grant yet: once the migration job has run.
@@ -416,13 +424,13 @@ async fn log_schema_status(db: &DatabaseConnection) -> bool {
 
 /// ADMIN_EMAILS for a pod that started before the migrations: granted once they have run.
 fn defer_admin_emails(state: web::Data<AppState>) {
-    if state.config.admin_emails.is_empty() {
+    if state.app.settings.admin_emails.is_empty() {
         return;
     }
     actix_web::rt::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if let Ok(Ok(s)) = state.users.send(users::CheckSchema).await {
+            if let Ok(Ok(s)) = state.app.users.send(users::CheckSchema).await {
                 if s.pending.is_empty() {
                     break;
                 }
@@ -434,36 +442,8 @@ fn defer_admin_emails(state: web::Data<AppState>) {
     });
 }
 
-/// ADMIN_EMAILS at start-up: existing accounts listed there get `admin` (idempotent, so pods
-/// starting together agree), and their live sessions carry it from their next request on.
 async fn grant_admin_emails(state: &AppState) -> Result<(), StartupError> {
-    let fail = |e: String| StartupError::AdminGrant(e);
-    for email in &state.config.admin_emails {
-        let granted = state
-            .users
-            .send(users::GrantRole {
-                email: email.clone(),
-                role: ADMIN_ROLE.to_string(),
-            })
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .map_err(|e| fail(e.to_string()))?;
-        let Some((user_id, previous)) = granted else {
-            continue;
-        };
-        let access = routes::admin::sync_session_access(state, user_id)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        tracing::info!(%user_id, "granted the admin role (ADMIN_EMAILS)");
-        state
-            .audit
-            .record(AuditEvent::success("role_change").subject(user_id).detail(
-                serde_json::json!({
-                    "roles": access.map(|a| a.roles).unwrap_or_default(),
-                    "previous": previous,
-                    "source": "ADMIN_EMAILS",
-                }),
-            ));
-    }
-    Ok(())
+    app::admin::grant_admin_emails(&state.app)
+        .await
+        .map_err(|e| StartupError::AdminGrant(e.log_message()))
 }

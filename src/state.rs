@@ -1,28 +1,12 @@
-//! What every handler can reach: actor addresses, the cache read handle, keys and settings.
-use actix::Addr;
-
-use crate::{
-    audit::AuditLog,
-    auth::JwtKeys,
-    config::Config,
-    metrics::Metrics,
-    session::{SessionCache, SessionRegistry},
-    throttle::Throttle,
-    users::{password::PasswordHasher, UserStore},
-};
+//! What every handler can reach: the application layer, and what only HTTP needs (the
+//! configuration, the token keys, the session cache read by the hot path).
+use crate::{app::App, auth::JwtKeys, config::Config, session::SessionCache};
 
 pub struct AppState {
+    pub app: App,
     pub config: Config,
     pub jwt: JwtKeys,
-    pub users: Addr<UserStore>,
-    pub sessions: Addr<SessionRegistry>,
     pub cache: SessionCache,
-    pub hasher: PasswordHasher,
-    pub metrics: Metrics,
-    pub throttle: Throttle,
-    pub audit: AuditLog,
-    /// Recently read profiles (GET /profile), kept at most SESSION_CACHE_TTL.
-    pub profiles: moka::future::Cache<uuid::Uuid, std::sync::Arc<crate::users::User>>,
 }
 
 impl AppState {

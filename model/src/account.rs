@@ -40,7 +40,7 @@ pub enum Admin {
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Login {
     Idle,
-    /// `attempt_login` found the account enabled and the password right.
+    /// The login (`app::accounts::login`) found the account enabled and the password right.
     Checked,
     /// `CreateSession` stored session 1.
     Created,
@@ -159,7 +159,7 @@ impl Model for Account {
                         s.login = Login::Created;
                     }
                 }
-                // `attempt_login` looks at the account again once the session exists.
+                // The login looks at the account again once the session exists.
                 Login::Created => {
                     if s.disabled {
                         s.live[1] = false;

@@ -48,7 +48,7 @@ impl FromRequest for AuthenticatedSession {
             .and_then(|s| bearer_token(req).and_then(|t| s.jwt.verify(t)));
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("AppState missing".into()))?;
-            let checks = &state.metrics.token_checks;
+            let checks = &state.app.metrics.token_checks;
             let Some(claims) = claims else {
                 checks.rejected.inc();
                 return Err(ApiError::Unauthorized);
@@ -60,7 +60,7 @@ impl FromRequest for AuthenticatedSession {
                 } => {
                     checks.cache_hit.inc();
                     if touch {
-                        state.sessions.do_send(Touch {
+                        state.app.sessions.do_send(Touch {
                             user_id: claims.sub,
                             session_id: claims.sid,
                         });
@@ -70,6 +70,7 @@ impl FromRequest for AuthenticatedSession {
                 CacheLookup::Miss { fresh } => {
                     checks.cache_miss.inc();
                     let asked = state
+                        .app
                         .sessions
                         .send(Validate {
                             user_id: claims.sub,

@@ -1,38 +1,25 @@
 //! The admin API: accounts, their roles and sessions, roles, and the audit trail. Every handler
 //! takes an [`Authorized<P>`], so the permission check is part of its signature; path ids, query
 //! strings and bodies are read only after it passed (actix polls extractors together), so a
-//! caller without the permission learns nothing but 403.
-//!
-//! On top of the permission, every change obeys the escalation rule (in the spirit of Kubernetes
-//! RBAC escalation prevention): a caller grants, removes or creates only roles whose every
-//! permission it holds, never changes its own roles, and does not disable, enable, delete,
-//! change the roles of or revoke the sessions of an account holding anything it does not hold
-//! ([`Access::holds`]; the `admin` role is the root). Refusals are 403 `forbidden`, audited as
-//! denied events of the operation's kind with `detail.reason` and what was missing.
+//! caller without the permission learns nothing but 403. The operations themselves, and the
+//! escalation rule on top of the permission, are in [`crate::app::admin`].
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::sync::Arc;
 use uuid::Uuid;
 
-use super::resource;
+use super::{caller, resource};
 use crate::{
-    audit::{AuditEvent, AuditEventView},
+    app::admin as ops,
+    audit::AuditEventView,
     auth::{
-        access::{
-            validate_permission, validate_role_name, AuditRead, SessionsRevoke, Shortfall,
-            UsersRead, UsersWrite,
-        },
-        Access, AuthenticatedSession, Authorized,
+        access::{AuditRead, SessionsRevoke, UsersRead, UsersWrite},
+        Authorized,
     },
+    domain::{self, PageRequest},
     error::ApiError,
     routes::session::SessionList,
-    session::{CutOff, IsCutOff, ListSessions, Restore, RevokeAll, SetAccess},
     state::AppState,
-    users::{
-        AdminUser, CheckRemovable, CreateRole, DeleteUser, FindAccess, GetUser, ListAudit,
-        ListRoles, ListUsers, PageRequest, RoleChange, RoleView, SetDisabled, SetRoles,
-        UserStoreError,
-    },
+    users::{AdminUser, RoleView, MAX_ACCOUNT_ROLES},
 };
 
 /// One scope, so that requests outside /admin skip these patterns after a single prefix check
@@ -63,115 +50,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-pub const DEFAULT_PER_PAGE: u64 = 50;
-pub const MAX_PER_PAGE: u64 = 200;
-
 fn page_request(page: Option<u64>, per_page: Option<u64>) -> Result<PageRequest, ApiError> {
-    let page = page.unwrap_or(1);
-    let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
-    if !(1..=1_000_000).contains(&page) {
-        return Err(ApiError::invalid("page must be between 1 and 1000000"));
-    }
-    if !(1..=MAX_PER_PAGE).contains(&per_page) {
-        return Err(ApiError::invalid(format!(
-            "per_page must be between 1 and {MAX_PER_PAGE}"
-        )));
-    }
-    Ok(PageRequest { page, per_page })
+    PageRequest::parse(page, per_page).map_err(ApiError::InvalidRequest)
 }
 
 fn path_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id must be a UUID"))
-}
-
-/// The audit records of one admin call: the admin is the actor, the account acted on the subject.
-struct AdminAudit<'a> {
-    state: &'a AppState,
-    actor: Uuid,
-    subject: Option<Uuid>,
-    ip: Option<String>,
-}
-
-impl<'a> AdminAudit<'a> {
-    fn new(state: &'a AppState, req: &HttpRequest, admin: Uuid, subject: Option<Uuid>) -> Self {
-        Self {
-            state,
-            actor: admin,
-            subject,
-            ip: state.client_ip(req),
-        }
-    }
-
-    fn record(&self, event: AuditEvent) {
-        self.state.audit.record(
-            event
-                .actor(self.actor)
-                .subject(self.subject)
-                .ip(self.ip.clone()),
-        );
-    }
-
-    /// A change refused by the escalation rule: recorded as a denied `kind` (aggregated, since a
-    /// caller can repeat it in a loop) and answered 403.
-    fn escalation(
-        &self,
-        kind: &'static str,
-        reason: &'static str,
-        shortfall: &Shortfall,
-        extra: serde_json::Value,
-    ) -> ApiError {
-        let mut detail = serde_json::json!({
-            "reason": reason,
-            "missing_permissions": shortfall.permissions,
-            "admin_role_required": shortfall.admin_role,
-        });
-        if let (Some(d), serde_json::Value::Object(extra)) = (detail.as_object_mut(), extra) {
-            d.extend(extra);
-        }
-        let subject = self.subject.map(|s| s.to_string()).unwrap_or_default();
-        self.state.audit.record_denial(
-            format!("{reason} {subject}"),
-            AuditEvent::denied(kind)
-                .actor(self.actor)
-                .subject(self.subject)
-                .ip(self.ip.clone())
-                .detail(detail),
-        );
-        ApiError::Forbidden
-    }
-
-    /// The escalation rule for acting on the account: the caller must hold everything it holds.
-    /// An account that no longer exists holds nothing; what the operation does then is its own
-    /// business (e.g. 404).
-    async fn ensure_outranks(
-        &self,
-        caller: &AuthenticatedSession,
-        kind: &'static str,
-        target: Uuid,
-    ) -> Result<(), ApiError> {
-        let Some(account) = self.state.users.send(FindAccess(target)).await?? else {
-            return Ok(());
-        };
-        let shortfall = caller.access.shortfall_to(&account.access);
-        if shortfall.is_empty() {
-            return Ok(());
-        }
-        Err(self.escalation(kind, "escalation", &shortfall, serde_json::json!({})))
-    }
-
-    /// A change refused by the last-admin rule is recorded as denied (with `detail`) and
-    /// answered 409; other results pass through.
-    fn refused<T>(
-        &self,
-        kind: &'static str,
-        detail: impl FnOnce() -> serde_json::Value,
-        result: Result<T, UserStoreError>,
-    ) -> Result<T, ApiError> {
-        if let Err(UserStoreError::Conflict(_)) = &result {
-            self.record(AuditEvent::denied(kind).detail(detail()));
-        }
-        result.map_err(ApiError::from)
-    }
 }
 
 /// Reads the query string after authorization, with the app's QueryConfig (error shape).
@@ -190,33 +74,6 @@ async fn json_body<T: DeserializeOwned + 'static>(
     Ok(web::Json::<T>::from_request(req, &mut payload)
         .await?
         .into_inner())
-}
-
-/// Brings every live session of the user in line with the roles in the database, on every pod.
-/// Re-reads after writing so that concurrent role changes converge on the last one committed.
-/// Returns the account's access, or `None` if it no longer exists.
-pub(crate) async fn sync_session_access(
-    state: &AppState,
-    user_id: Uuid,
-) -> Result<Option<Access>, ApiError> {
-    let mut current = state.users.send(FindAccess(user_id)).await??;
-    for _ in 0..3 {
-        let Some(account) = current else {
-            return Ok(None);
-        };
-        state
-            .sessions
-            .send(SetAccess {
-                user_id,
-                access: Arc::new(account.access.clone()),
-            })
-            .await??;
-        current = state.users.send(FindAccess(user_id)).await??;
-        if current.as_ref().map(|c| &c.access) == Some(&account.access) {
-            return Ok(Some(account.access));
-        }
-    }
-    Ok(current.map(|c| c.access))
 }
 
 /// One page of accounts.
@@ -260,12 +117,7 @@ pub async fn list_users(
     if email_prefix.as_ref().is_some_and(|p| p.len() > 254) {
         return Err(ApiError::invalid("email_prefix must be at most 254 bytes").into());
     }
-    let (items, total) = state
-        .users
-        .send(ListUsers { email_prefix, page })
-        .await
-        .map_err(ApiError::from)?
-        .map_err(ApiError::from)?;
+    let (items, total) = ops::list_users(&state.app, email_prefix, page).await?;
     Ok(HttpResponse::Ok().json(UserPage {
         items,
         page: page.page,
@@ -285,11 +137,11 @@ pub async fn get_user(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = state.users.send(GetUser(path_id(&id)?)).await??;
+    let user = ops::get_user(&state.app, path_id(&id)?).await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
-// Schema-only types: what `validate_role_name` and `validate_permission` accept, for clients.
+// Schema-only types: what `domain::RoleName` and `domain::Permission` accept, for clients.
 /// A role name: a lower-case letter, then lower-case letters, digits, `_` or `-`; at most 64.
 #[derive(utoipa::ToSchema)]
 #[schema(pattern = "^[a-z][a-z0-9_-]{0,63}$", example = "support")]
@@ -331,142 +183,21 @@ pub async fn set_roles(
 ) -> Result<HttpResponse, actix_web::Error> {
     let user_id = path_id(&id)?;
     let body: RolesBody = json_body(&req, payload).await?;
-    if body.roles.len() > crate::users::MAX_ACCOUNT_ROLES {
+    if body.roles.len() > MAX_ACCOUNT_ROLES {
         return Err(ApiError::invalid(format!(
-            "an account holds at most {} roles",
-            crate::users::MAX_ACCOUNT_ROLES
+            "an account holds at most {MAX_ACCOUNT_ROLES} roles"
         ))
         .into());
     }
-    for r in &body.roles {
-        validate_role_name(r).map_err(ApiError::InvalidRequest)?;
-    }
-    let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
-    let requested = crate::users::normalize_roles(body.roles);
-    if user_id == admin.user_id {
-        // Even an admin: a role change is always someone else's decision, and the last-admin
-        // rule then needs no special case for stepping down.
-        return Err(audit
-            .escalation(
-                "role_change",
-                "own_roles",
-                &Shortfall::default(),
-                serde_json::json!({"roles": requested, "previous": admin.access.roles}),
-            )
-            .into());
-    }
-    // Nothing changes when the change is refused, so the roles now are the ones it would replace.
-    let current = state
-        .users
-        .send(GetUser(user_id))
-        .await
-        .map_err(ApiError::from)?
-        .map_err(ApiError::from)?;
-    let result = state
-        .users
-        .send(SetRoles {
-            user_id,
-            roles: requested.clone(),
-            by: Some(Access::clone(&admin.access)),
-        })
-        .await
-        .map_err(ApiError::from)?;
-    let change = audit.refused(
-        "role_change",
-        || serde_json::json!({"roles": requested, "previous": current.roles}),
-        result,
-    )?;
-    let (user, previous) = match change {
-        RoleChange::Done { user, previous } => (user, previous),
-        RoleChange::Refused {
-            shortfall,
-            previous,
-        } => {
-            return Err(audit
-                .escalation(
-                    "role_change",
-                    "escalation",
-                    &shortfall,
-                    serde_json::json!({"roles": requested, "previous": previous}),
-                )
-                .into())
-        }
-    };
-    if user.roles != previous {
-        audit.record(
-            AuditEvent::success("role_change")
-                .detail(serde_json::json!({"roles": user.roles, "previous": previous})),
-        );
-    }
-    // Also when nothing changed: a retry after a failed session update completes it.
-    sync_session_access(&state, user_id).await?;
+    let roles = body
+        .roles
+        .into_iter()
+        .map(domain::RoleName::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::InvalidRequest)?;
+    let caller = caller(&req, &state, &admin);
+    let user = ops::set_roles(&state.app, &caller, user_id, roles).await?;
     Ok(HttpResponse::Ok().json(user))
-}
-
-async fn set_disabled(
-    admin: &Authorized<UsersWrite>,
-    req: &HttpRequest,
-    state: &AppState,
-    raw_id: &str,
-    disabled: bool,
-) -> Result<HttpResponse, ApiError> {
-    let user_id = path_id(raw_id)?;
-    let kind = if disabled {
-        "user_disable"
-    } else {
-        "user_enable"
-    };
-    let audit = AdminAudit::new(state, req, admin.user_id, Some(user_id));
-    audit.ensure_outranks(admin, kind, user_id).await?;
-    if !disabled {
-        // Database first, then the marker: if the second step fails the account stays cut off
-        // (fail closed) and a retry completes it.
-        let result = state.users.send(SetDisabled { user_id, disabled }).await?;
-        if audit.refused(kind, || serde_json::json!({}), result)? {
-            audit.record(AuditEvent::success(kind));
-        }
-        state.sessions.send(Restore(user_id)).await??;
-        return Ok(HttpResponse::NoContent().finish());
-    }
-    let what = "disabling this account";
-    let change = || state.users.send(SetDisabled { user_id, disabled });
-    let changed = cut_off_then(state, &audit, kind, user_id, what, change).await?;
-    if changed {
-        audit.record(AuditEvent::success(kind));
-        // An enable racing with this disable may have lifted the marker between the two steps
-        // (and a login slipped in): now that the database says disabled, cut off once more.
-        state.sessions.send(CutOff(user_id)).await??;
-    }
-    Ok(HttpResponse::NoContent().finish())
-}
-
-/// Disabling and deleting: the account's sessions are revoked and it is marked cut off (no
-/// session is created or refreshed) in one atomic step BEFORE the database changes, so whatever
-/// the answer (a 503 included), a disabled or deleted account has no usable session. If the
-/// database step fails, the account stays cut off (fail closed) and a retry completes it; if it
-/// is refused by the last-admin rule (a race the read-only check before missed), the mark is
-/// lifted again. Also when the account was disabled already, so a retry completes everything.
-/// `change` is a closure because actix enqueues a message when `send` is called, not when the
-/// returned future is first polled.
-async fn cut_off_then<T, F>(
-    state: &AppState,
-    audit: &AdminAudit<'_>,
-    kind: &'static str,
-    user_id: Uuid,
-    what: &'static str,
-    change: impl FnOnce() -> F,
-) -> Result<T, ApiError>
-where
-    F: std::future::Future<Output = Result<Result<T, UserStoreError>, actix::MailboxError>>,
-{
-    let check = state.users.send(CheckRemovable { user_id, what }).await?;
-    audit.refused(kind, || serde_json::json!({}), check)?;
-    state.sessions.send(CutOff(user_id)).await??;
-    let result = change().await?;
-    if let Err(UserStoreError::Conflict(_)) = &result {
-        state.sessions.send(Restore(user_id)).await??;
-    }
-    audit.refused(kind, || serde_json::json!({}), result)
 }
 
 /// Disable an account: no logins, and every session ends on every pod. The sessions end first:
@@ -484,7 +215,9 @@ pub async fn disable_user(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    set_disabled(&admin, &req, &state, &id, true).await
+    let user_id = path_id(&id)?;
+    ops::disable_user(&state.app, &caller(&req, &state, &admin), user_id).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// Enable a disabled account: it can log in again (after a 503, only once a retry succeeded).
@@ -499,7 +232,9 @@ pub async fn enable_user(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    set_disabled(&admin, &req, &state, &id, false).await
+    let user_id = path_id(&id)?;
+    ops::enable_user(&state.app, &caller(&req, &state, &admin), user_id).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// Delete an account: its sessions end on every pod (first, as when disabling); its audit
@@ -517,33 +252,7 @@ pub async fn delete_user(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
-    let audit = AdminAudit::new(&state, &req, admin.user_id, Some(user_id));
-    audit
-        .ensure_outranks(&admin, "user_delete", user_id)
-        .await?;
-    let change = || state.users.send(DeleteUser(user_id));
-    let deleted = cut_off_then(
-        &state,
-        &audit,
-        "user_delete",
-        user_id,
-        "deleting this account",
-        change,
-    )
-    .await;
-    if let Err(ApiError::NotFound(_)) = &deleted {
-        // Gone already, perhaps by an earlier attempt whose answer was lost, or by a version
-        // that deleted before revoking: end whatever sessions are left before saying 404.
-        state
-            .sessions
-            .send(RevokeAll {
-                user_id,
-                except: None,
-            })
-            .await??;
-    }
-    deleted?;
-    audit.record(AuditEvent::success("user_delete"));
+    ops::delete_user(&state.app, &caller(&req, &state, &admin), user_id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -558,9 +267,7 @@ pub async fn list_user_sessions(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user_id = path_id(&id)?;
-    state.users.send(GetUser(user_id)).await??;
-    let records = state.sessions.send(ListSessions(user_id)).await??;
+    let records = ops::list_user_sessions(&state.app, path_id(&id)?).await?;
     Ok(HttpResponse::Ok().json(SessionList::new(records, None)?))
 }
 
@@ -578,29 +285,7 @@ pub async fn revoke_user_sessions(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
-    AdminAudit::new(&state, &req, admin.user_id, Some(user_id))
-        .ensure_outranks(&admin, "sessions_revoke", user_id)
-        .await?;
-    let exists = match state.users.send(GetUser(user_id)).await? {
-        Ok(_) => true,
-        Err(UserStoreError::NotFound) => false,
-        Err(e) => return Err(e.into()),
-    };
-    let revoked = state
-        .sessions
-        .send(RevokeAll {
-            user_id,
-            except: None,
-        })
-        .await??;
-    // A deleted account's id (still marked cut off, or with sessions left) is not unknown:
-    // revoking what is left of it succeeds. An id that never had anything stays 404.
-    if !exists && revoked == 0 && !state.sessions.send(IsCutOff(user_id)).await?? {
-        return Err(ApiError::NotFound("user"));
-    }
-    AdminAudit::new(&state, &req, admin.user_id, Some(user_id)).record(
-        AuditEvent::success("sessions_revoke").detail(serde_json::json!({ "revoked": revoked })),
-    );
+    ops::revoke_user_sessions(&state.app, &caller(&req, &state, &admin), user_id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -616,7 +301,7 @@ pub async fn list_roles(
     _: Authorized<UsersWrite>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let items = state.users.send(ListRoles).await??;
+    let items = ops::list_roles(&state.app).await?;
     Ok(HttpResponse::Ok().json(RoleList { items }))
 }
 
@@ -646,40 +331,18 @@ pub async fn create_role(
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
     let body: RoleBody = json_body(&req, payload).await?;
-    validate_role_name(&body.name).map_err(ApiError::InvalidRequest)?;
+    let name = domain::RoleName::parse(body.name).map_err(ApiError::InvalidRequest)?;
     if body.permissions.len() > 64 {
         return Err(ApiError::invalid("at most 64 permissions per role").into());
     }
-    for p in &body.permissions {
-        validate_permission(p).map_err(ApiError::InvalidRequest)?;
-    }
-    let audit = AdminAudit::new(&state, &req, admin.user_id, None);
-    let shortfall = admin
-        .access
-        .shortfall(body.permissions.iter().map(String::as_str), false);
-    if !shortfall.is_empty() {
-        return Err(audit
-            .escalation(
-                "role_create",
-                "escalation",
-                &shortfall,
-                serde_json::json!({"name": body.name, "permissions": body.permissions}),
-            )
-            .into());
-    }
-    let role = state
-        .users
-        .send(CreateRole {
-            name: body.name,
-            permissions: body.permissions,
-        })
-        .await
-        .map_err(ApiError::from)?
-        .map_err(ApiError::from)?;
-    audit.record(
-        AuditEvent::success("role_create")
-            .detail(serde_json::json!({"name": role.name, "permissions": role.permissions})),
-    );
+    let permissions = body
+        .permissions
+        .into_iter()
+        .map(domain::Permission::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::InvalidRequest)?;
+    let caller = caller(&req, &state, &admin);
+    let role = ops::create_role(&state.app, &caller, name, permissions).await?;
     Ok(HttpResponse::Created().json(role))
 }
 
@@ -724,16 +387,7 @@ pub async fn list_audit(
     if q.event_type.as_ref().is_some_and(|t| t.len() > 32) {
         return Err(ApiError::invalid("type must be at most 32 characters").into());
     }
-    let (items, total) = state
-        .users
-        .send(ListAudit {
-            user_id: q.user_id,
-            event_type: q.event_type,
-            page,
-        })
-        .await
-        .map_err(ApiError::from)?
-        .map_err(ApiError::from)?;
+    let (items, total) = ops::list_audit(&state.app, q.user_id, q.event_type, page).await?;
     Ok(HttpResponse::Ok().json(AuditPage {
         items,
         page: page.page,

@@ -3,18 +3,16 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{admin::sync_session_access, client_group, limit_client, resource};
+use super::{caller, client, resource};
 use crate::{
-    audit::AuditEvent,
-    auth::{Access, AuthenticatedSession},
-    error::ApiError,
-    session::{
-        now_unix, CreateSession, Created, Refresh, RefreshToken, Revoke, RevokeAll, Rotation,
-        SessionRecord,
+    app::{
+        accounts::{self, Credentials},
+        sessions::{self, Grant},
     },
+    auth::{AuthenticatedSession, JwtKeys},
+    error::ApiError,
+    session::RefreshToken,
     state::AppState,
-    throttle::{account_key, Bucket, Scope, Throttled},
-    users::{self, password::Priority, FindAccess, FindByEmail, MAX_PASSWORD_CHARS},
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -49,22 +47,18 @@ pub struct TokenPair {
     session_id: Uuid,
 }
 
-const MAX_USER_AGENT: usize = 256;
-
-/// Signs the access token and answers with the pair; `iat` and `jti` are inputs so a replayed
-/// refresh yields byte-identical tokens.
-fn token_response(
-    state: &AppState,
-    refresh: &RefreshToken,
-    access: &Access,
-    expires_at: i64,
-    iat: i64,
-    jti: Uuid,
-) -> Result<HttpResponse, ApiError> {
+/// Signs the access token of a grant and answers with the pair.
+fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpResponse, ApiError> {
+    let Grant {
+        refresh,
+        access,
+        expires_at,
+        issued_at,
+        jti,
+    } = grant;
     let (uid, sid) = (refresh.user_id, refresh.session_id);
-    let (access_token, expires_in) = state
-        .jwt
-        .issue(uid, sid, access, expires_at, iat, jti)
+    let (access_token, expires_in) = jwt
+        .issue(uid, sid, &access, expires_at, issued_at, jti)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -74,7 +68,7 @@ fn token_response(
             token_type: "Bearer",
             expires_in,
             refresh_token: refresh.encode(),
-            refresh_expires_in: expires_at - iat,
+            refresh_expires_in: expires_at - issued_at,
             session_id: sid,
         }))
 }
@@ -94,206 +88,13 @@ pub async fn login(
     state: web::Data<AppState>,
     body: web::Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = attempt_login(&req, &state, body.into_inner()).await;
-    if result.as_ref().is_err_and(|e| e.code().0.is_server_error()) {
-        state.metrics.logins.with_label_values(&["error"]).inc();
-    }
-    result
-}
-
-/// Counts a wrong password (or a disabled account) toward the bucket's lockout. The failure that
-/// starts a lock is audited once as `account_locked`, about the account when it exists (an
-/// unknown email's locks are not recorded, so a spray of made-up addresses cannot flood the trail).
-pub(crate) async fn count_failure(
-    state: &AppState,
-    bucket: &Bucket,
-    now: i64,
-    subject: Option<Uuid>,
-    ip: Option<String>,
-) -> Result<(), ApiError> {
-    let started = state.throttle.record_failure(bucket.id(), now).await?;
-    if let (Some(seconds), Some(subject)) = (started, subject) {
-        let addresses = if bucket.known() { "known" } else { "unknown" };
-        state.audit.record(
-            AuditEvent::denied("account_locked")
-                .subject(subject)
-                .ip(ip)
-                .detail(serde_json::json!({ "seconds": seconds, "addresses": addresses })),
-        );
-        tracing::info!(user_id = %subject, seconds, addresses, "account locked");
-    }
-    Ok(())
-}
-
-/// A throttled or locked login: audited about the account when the email names one (looked up
-/// whether or not it exists, and never shown in the answer, which is the same for every email).
-async fn refuse_throttled(
-    state: &AppState,
-    email: &Result<String, String>,
-    ip: Option<String>,
-    reason: &'static str,
-    t: Throttled,
-) -> ApiError {
-    state.metrics.logins.with_label_values(&["throttled"]).inc();
-    let subject = match email {
-        Ok(email) => match state.users.send(FindByEmail(email.clone())).await {
-            Ok(Ok(account)) => account.map(|a| a.id),
-            _ => None,
-        },
-        Err(_) => None,
-    };
-    state.audit.record(
-        AuditEvent::denied("login")
-            .subject(subject)
-            .ip(ip)
-            .detail(serde_json::json!({ "reason": reason })),
-    );
-    ApiError::from(t)
-}
-
-async fn attempt_login(
-    req: &HttpRequest,
-    state: &AppState,
-    body: LoginBody,
-) -> Result<HttpResponse, ApiError> {
-    let LoginBody { email, password } = body;
-    let outcome = |o: &str| state.metrics.logins.with_label_values(&[o]).inc();
-    let now = now_unix();
-    let ip = state.client_ip(req);
-    let client = client_group(ip.as_deref());
-    let normalized = users::normalize_email(&email);
-    if let Err(t) = state.throttle.hit(Scope::LoginIp, &client).await? {
-        return Err(refuse_throttled(state, &normalized, ip, "rate_limited", t).await);
-    }
-    let refused = |subject: Option<Uuid>, reason: &str| {
-        outcome("invalid_credentials");
-        state.audit.record(
-            AuditEvent::failure("login")
-                .subject(subject)
-                .ip(ip.clone())
-                .detail(serde_json::json!({ "reason": reason })),
-        );
-        ApiError::InvalidCredentials
-    };
-    // The account key exists for any address, registered or not, so limits and lockouts say
-    // nothing about which accounts exist. An address that logged in to the account recently is
-    // judged by its own attempts only (ASVS 6.1.1); every other address shares one bucket.
-    let account_key = account_key(normalized.as_deref().unwrap_or(email.trim()));
-    let bucket = state.throttle.bucket(&account_key, &client).await?;
-    if let Err(t) = state.throttle.hit(Scope::LoginAccount, bucket.id()).await? {
-        return Err(refuse_throttled(state, &normalized, ip, "rate_limited", t).await);
-    }
-    // While locked, even the right password is refused, with the same answer as a wrong one.
-    if let Err(t) = state.throttle.check_lock(bucket.id(), now).await? {
-        return Err(refuse_throttled(state, &normalized, ip, "locked", t).await);
-    }
-
-    // A malformed email or an impossible password cannot match any account: same answer as a
-    // wrong password, without spending a hash.
-    let (Ok(email), true) = (
-        normalized,
-        (1..=MAX_PASSWORD_CHARS).contains(&password.chars().count()),
-    ) else {
-        count_failure(state, &bucket, now, None, ip.clone()).await?;
-        return Err(refused(None, "invalid_credentials"));
-    };
-    let account = state.users.send(FindByEmail(email)).await??;
-    // Unknown accounts still pay one hash, so timing does not tell which emails exist.
-    let stored = account.as_ref().map(|a| a.password_hash.clone());
-    let verified = state
-        .hasher
-        .verify(password, stored, Priority::Login)
-        .await?;
-    let account = match account {
-        Some(a) if verified => a,
-        other => {
-            let subject = other.map(|a| a.id);
-            count_failure(state, &bucket, now, subject, ip.clone()).await?;
-            return Err(refused(subject, "invalid_credentials"));
-        }
-    };
-    // A disabled account gets the very answer a wrong password gets, and counts as a failure,
-    // so neither the response nor the lockout tells that it exists.
-    let access = match state.users.send(FindAccess(account.id)).await?? {
-        Some(a) if !a.disabled => a.access,
-        _ => {
-            count_failure(state, &bucket, now, Some(account.id), ip.clone()).await?;
-            return Err(refused(Some(account.id), "disabled"));
-        }
-    };
-    state.throttle.record_success(bucket.id()).await?;
-    // Without a peer address there is nothing to recognise the client by next time.
-    if ip.is_some() {
-        state.throttle.remember(&account_key, &client).await?;
-    }
-
-    let expires_at = now + state.config.session_lifetime.as_secs() as i64;
-    // A v7 id sorts by creation time, which orders the sessions of one second when the oldest
-    // must end (MAX_SESSIONS_PER_USER). The session id is no secret (GET /sessions lists it).
-    let refresh = RefreshToken::generate(account.id, Uuid::now_v7());
-    let user_agent = req
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| {
-            ua.chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_USER_AGENT)
-                .collect()
-        });
-    let record = SessionRecord {
-        session_id: refresh.session_id,
-        user_id: account.id,
-        created_at: now,
-        last_seen_at: now,
-        expires_at,
-        ip: ip.clone(),
-        user_agent,
-        access: std::sync::Arc::new(access.clone()),
-        refresh_hash: refresh.hash(),
-    };
-    let evicted = match state.sessions.send(CreateSession(record)).await?? {
-        Created::Stored { evicted } => evicted,
-        // Disabled or deleted while this login ran (the account was cut off first).
-        Created::AccountCutOff => return Err(refused(Some(account.id), "disabled")),
-    };
-    for sid in evicted {
-        state.audit.record(
-            AuditEvent::success("session_revoke")
-                .subject(account.id)
-                .ip(ip.clone())
-                .detail(serde_json::json!({ "session_id": sid, "reason": "max_sessions" })),
-        );
-        tracing::info!(user_id = %account.id, session_id = %sid, "oldest session ended: MAX_SESSIONS_PER_USER reached");
-    }
-    // An admin may have disabled the account or changed its roles while this login ran; their
-    // session updates could not see the new session, so look again now that it exists.
-    let access = match state.users.send(FindAccess(account.id)).await?? {
-        Some(now_access) if !now_access.disabled && now_access.access == access => access,
-        Some(a) if !a.disabled => match sync_session_access(state, account.id).await? {
-            Some(synced) => synced,
-            None => return Err(refused(Some(account.id), "disabled")),
-        },
-        _ => {
-            state
-                .sessions
-                .send(Revoke {
-                    user_id: account.id,
-                    session_id: refresh.session_id,
-                })
-                .await??;
-            return Err(refused(Some(account.id), "disabled"));
-        }
-    };
-    outcome("success");
-    state.audit.record(
-        AuditEvent::success("login")
-            .by(account.id)
-            .ip(ip.clone())
-            .detail(serde_json::json!({ "session_id": refresh.session_id })),
-    );
-    tracing::info!(user_id = %account.id, session_id = %refresh.session_id, "logged in");
-    token_response(state, &refresh, &access, expires_at, now, Uuid::new_v4())
+    let LoginBody { email, password } = body.into_inner();
+    let credentials = Credentials { email, password };
+    let grant = accounts::login(&state.app, &client(&req, &state), credentials).await?;
+    // Counted like any failure of the login itself.
+    token_response(&state.jwt, grant).inspect_err(|_| {
+        state.app.metrics.logins.with_label_values(&["error"]).inc();
+    })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -319,46 +120,9 @@ pub async fn refresh(
     state: web::Data<AppState>,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
-    limit_client(&req, &state, Scope::RefreshIp).await?;
-    let presented = RefreshToken::parse(&body.refresh_token).ok_or(ApiError::Unauthorized)?;
-    let successor = RefreshToken::generate(presented.user_id, presented.session_id);
-    let (jti, now) = (Uuid::new_v4(), now_unix());
-    let outcome = state
-        .sessions
-        .send(Refresh {
-            presented: presented.clone(),
-            successor: successor.clone(),
-            jti,
-            now,
-        })
-        .await??;
-    match outcome {
-        Rotation::Rotated { expires_at, access } => {
-            token_response(&state, &successor, &access, expires_at, now, jti)
-        }
-        Rotation::Replayed {
-            expires_at,
-            access,
-            rotated_at,
-            sealed_successor,
-            jti,
-        } => {
-            let successor = presented
-                .unseal(&sealed_successor)
-                .ok_or(ApiError::Unauthorized)?;
-            token_response(&state, &successor, &access, expires_at, rotated_at, jti)
-        }
-        Rotation::Reused => {
-            state.audit.record(
-                AuditEvent::denied("refresh_reuse")
-                    .subject(presented.user_id)
-                    .ip(state.client_ip(&req))
-                    .detail(serde_json::json!({ "session_id": presented.session_id })),
-            );
-            Err(ApiError::Unauthorized)
-        }
-        Rotation::Invalid | Rotation::Unsealed => Err(ApiError::Unauthorized),
-    }
+    let presented = RefreshToken::parse(&body.refresh_token);
+    let grant = sessions::refresh(&state.app, &client(&req, &state), presented).await?;
+    token_response(&state.jwt, grant)
 }
 
 /// 204 once Redis has acknowledged the revocation; 503 (and the session not reported as ended)
@@ -370,23 +134,7 @@ pub async fn logout(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let revoked = state
-        .sessions
-        .send(Revoke {
-            user_id: session.user_id,
-            session_id: session.session_id,
-        })
-        .await??;
-    if !revoked {
-        return Err(ApiError::Unauthorized);
-    }
-    state.audit.record(
-        AuditEvent::success("logout")
-            .by(session.user_id)
-            .ip(state.client_ip(&req))
-            .detail(serde_json::json!({ "session_id": session.session_id })),
-    );
-    tracing::info!(user_id = %session.user_id, session_id = %session.session_id, "logged out");
+    sessions::logout(&state.app, &caller(&req, &state, &session)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -411,20 +159,7 @@ pub async fn logout_all(
     session: AuthenticatedSession,
     query: web::Query<LogoutAllQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let except = query.keep_current.then_some(session.session_id);
-    let n = state
-        .sessions
-        .send(RevokeAll {
-            user_id: session.user_id,
-            except,
-        })
-        .await??;
-    state.audit.record(
-        AuditEvent::success("logout_all")
-            .by(session.user_id)
-            .ip(state.client_ip(&req))
-            .detail(serde_json::json!({ "revoked": n, "kept_current": query.keep_current })),
-    );
-    tracing::info!(user_id = %session.user_id, revoked = n, "logged out everywhere");
+    let caller = caller(&req, &state, &session);
+    sessions::logout_all(&state.app, &caller, query.keep_current).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -70,8 +70,8 @@ pub struct Readiness {
     ))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let limit = Duration::from_secs(1);
-    let db = tokio::time::timeout(limit, state.users.send(users::CheckSchema));
-    let redis = tokio::time::timeout(limit, state.sessions.send(session::Ping));
+    let db = tokio::time::timeout(limit, state.app.users.send(users::CheckSchema));
+    let redis = tokio::time::timeout(limit, state.app.sessions.send(session::Ping));
     let (db, redis) = tokio::join!(db, redis);
     let schema = match db {
         Ok(Ok(Ok(schema))) => Some(schema),
@@ -129,5 +129,5 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(state.app.metrics.render())
 }

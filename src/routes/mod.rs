@@ -18,7 +18,12 @@ use tracing::Instrument;
 
 use actix_web::ResponseError;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    app::{Caller, Client},
+    auth::AuthenticatedSession,
+    error::ApiError,
+    state::AppState,
+};
 
 /// `public_metrics`: whether /metrics is a route of this listener (false when METRICS_PORT serves
 /// it: then no spelling of the path reaches it here, since the route does not exist).
@@ -90,24 +95,30 @@ pub(crate) fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<S
     Some(client.to_string())
 }
 
-/// The unit the client address is limited by: the address, or its /64 for IPv6.
-pub(crate) fn client_group(ip: Option<&str>) -> String {
-    crate::throttle::client_group(ip.unwrap_or("unknown"))
+/// Where an anonymous request comes from.
+pub(crate) fn client(req: &HttpRequest, state: &AppState) -> Client {
+    Client {
+        ip: state.client_ip(req),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    }
 }
 
-/// Counts one attempt against the client address's limit for `scope` (429 over it) and returns
-/// that address, for the handlers that record it.
-pub(crate) async fn limit_client(
+/// The authenticated caller of a request.
+pub(crate) fn caller(
     req: &HttpRequest,
     state: &AppState,
-    scope: crate::throttle::Scope,
-) -> Result<Option<String>, ApiError> {
-    let ip = state.client_ip(req);
-    state
-        .throttle
-        .hit(scope, &client_group(ip.as_deref()))
-        .await??;
-    Ok(ip)
+    session: &AuthenticatedSession,
+) -> Caller {
+    Caller {
+        user_id: session.user_id,
+        session_id: session.session_id,
+        access: session.access.clone(),
+        ip: state.client_ip(req),
+    }
 }
 
 fn short(s: &str) -> String {
@@ -215,7 +226,7 @@ pub async fn request_context(
     let method = req.method().clone();
     let metrics = req
         .app_data::<web::Data<AppState>>()
-        .map(|s| s.metrics.clone());
+        .map(|s| s.app.metrics.clone());
     let span = tracing::info_span!(
         "request",
         request_id = id.to_str().unwrap_or_default(),

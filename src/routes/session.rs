@@ -5,11 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::resource;
+use super::{caller, resource};
 use crate::{
-    auth::AuthenticatedSession,
-    error::ApiError,
-    session::{ListSessions, Revoke, SessionRecord},
+    app::sessions, auth::AuthenticatedSession, error::ApiError, session::SessionRecord,
     state::AppState,
 };
 
@@ -95,7 +93,7 @@ pub async fn list_sessions(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let records = state.sessions.send(ListSessions(session.user_id)).await??;
+    let records = sessions::list_own(&state.app, session.user_id).await?;
     Ok(HttpResponse::Ok().json(SessionList::new(records, Some(session.session_id))?))
 }
 
@@ -113,22 +111,7 @@ pub async fn delete_session(
     session: AuthenticatedSession,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let sid = id.into_inner();
-    let revoked = state
-        .sessions
-        .send(Revoke {
-            user_id: session.user_id,
-            session_id: sid,
-        })
-        .await??;
-    if !revoked {
-        return Err(ApiError::NotFound("session"));
-    }
-    state.audit.record(
-        crate::audit::AuditEvent::success("session_revoke")
-            .by(session.user_id)
-            .ip(state.client_ip(&req))
-            .detail(serde_json::json!({ "session_id": sid })),
-    );
+    let caller = caller(&req, &state, &session);
+    sessions::revoke_own(&state.app, &caller, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }

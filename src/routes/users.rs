@@ -1,23 +1,17 @@
 //! Accounts: registration and the caller's profile.
 use actix_web::{web, HttpRequest, HttpResponse};
-use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{auth::count_failure, client_group, limit_client, resource};
+use super::{caller, client, resource};
 use crate::{
-    audit::AuditEvent,
-    auth::{
-        access::{ADMIN_ROLE, USER_ROLE},
-        AuthenticatedSession,
-    },
+    app::accounts::{self, NewAccount},
+    auth::AuthenticatedSession,
+    domain::{DisplayName, Email, Password},
     error::ApiError,
-    session::{now_unix, RevokeAll},
     state::AppState,
-    throttle::{account_key, Scope, Throttled},
-    users::{
-        self, password::Priority, CreateUser, FindAccount, FindByEmail, FindById, SetPassword,
-    },
+    throttle::Scope,
+    users,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -55,49 +49,21 @@ pub async fn register(
     state: web::Data<AppState>,
     body: web::Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let ip = limit_client(&req, &state, Scope::RegisterIp).await?;
+    let client = client(&req, &state);
+    // Counted before the body is judged: malformed attempts spend the limit too.
+    state.app.limit_client(Scope::RegisterIp, &client).await?;
     let RegisterBody {
         email,
         password,
         name,
     } = body.into_inner();
-    let email = users::normalize_email(&email).map_err(ApiError::InvalidRequest)?;
-    users::validate_password(&password).map_err(ApiError::InvalidRequest)?;
-    let name = users::validate_name(name).map_err(ApiError::InvalidRequest)?;
-    // Spares an argon2 hash for the common duplicate; the unique index settles races.
-    if state
-        .users
-        .send(FindByEmail(email.clone()))
-        .await??
-        .is_some()
-    {
-        return Err(ApiError::EmailTaken);
-    }
-    let password_hash = state
-        .hasher
-        .hash_new(password, users::password_context(&email, name.as_deref()))
-        .await?;
-    let mut roles = vec![USER_ROLE.to_string()];
-    if state.config.admin_emails.contains(&email) {
-        roles.push(ADMIN_ROLE.to_string());
-    }
-    let user = state
-        .users
-        .send(CreateUser {
-            email,
-            name,
-            password_hash,
-            roles,
-        })
-        .await??;
-    state.metrics.registrations.inc();
-    state.audit.record(
-        AuditEvent::success("register")
-            .by(user.id)
-            .ip(ip)
-            .detail(serde_json::json!({ "roles": user.roles })),
-    );
-    tracing::info!(user_id = %user.id, "registered");
+    let account = NewAccount {
+        email: Email::parse(&email).map_err(ApiError::InvalidRequest)?,
+        password: Password::parse(password).map_err(ApiError::InvalidRequest)?,
+        name: DisplayName::parse(name).map_err(ApiError::InvalidRequest)?,
+        roles: Vec::new(),
+    };
+    let user = accounts::register(&state.app, &client, account).await?;
     Ok(HttpResponse::Created().json(user))
 }
 
@@ -111,26 +77,7 @@ pub async fn profile(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
-    // Profiles change rarely; a copy at most SESSION_CACHE_TTL old spares a database round trip
-    // per call, and concurrent misses for one user share one query.
-    let users = state.users.clone();
-    let user = state
-        .profiles
-        .try_get_with(session.user_id, async move {
-            let found = users.send(FindById(session.user_id)).await;
-            found
-                .map_err(ApiError::from)?
-                .map(Arc::new)
-                .map_err(ApiError::from)
-        })
-        .await
-        .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|e| e.clone_public()))?;
-    // Roles as the session knows them: current on every pod, while the cached profile may
-    // predate a role change.
-    let user = users::User {
-        roles: session.access.roles.clone(),
-        ..(*user).clone()
-    };
+    let user = accounts::profile(&state.app, session.user_id, &session.access).await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -165,90 +112,9 @@ pub async fn change_password(
         current_password,
         new_password,
     } = body.into_inner();
-    users::validate_password(&new_password).map_err(|m| ApiError::invalid(format!("new_{m}")))?;
-    let account = state
-        .users
-        .send(FindAccount(session.user_id))
-        .await??
-        .ok_or(ApiError::NotFound("user"))?;
-    let now = now_unix();
-    let ip = state.client_ip(&req);
-    let client = client_group(ip.as_deref());
-    let event = |e: AuditEvent| e.by(session.user_id).ip(ip.clone());
-    let throttled = |reason: &str, t: Throttled| {
-        state.audit.record(
-            event(AuditEvent::denied("password_change"))
-                .detail(serde_json::json!({ "reason": reason })),
-        );
-        ApiError::from(t)
-    };
-    // A stolen access token must not guess the current password faster than a login could:
-    // limited per session and per account, and wrong guesses count toward the same lockout as
-    // logins (the stored email is normalized, so the key is the login's).
-    let session_key = session.session_id.to_string();
-    if let Err(t) = state
-        .throttle
-        .hit(Scope::PasswordChangeSession, &session_key)
-        .await?
-    {
-        return Err(throttled("rate_limited", t));
-    }
-    let bucket = state
-        .throttle
-        .bucket(&account_key(&account.email), &client)
-        .await?;
-    if let Err(t) = state
-        .throttle
-        .hit(Scope::PasswordChangeAccount, bucket.id())
-        .await?
-    {
-        return Err(throttled("rate_limited", t));
-    }
-    if let Err(t) = state.throttle.check_lock(bucket.id(), now).await? {
-        return Err(throttled("locked", t));
-    }
-    if !state
-        .hasher
-        .verify(
-            current_password,
-            Some(account.password_hash),
-            Priority::Other,
-        )
-        .await?
-    {
-        count_failure(&state, &bucket, now, Some(session.user_id), ip.clone()).await?;
-        state
-            .audit
-            .record(event(AuditEvent::failure("password_change")));
-        return Err(ApiError::Forbidden);
-    }
-    state.throttle.record_success(bucket.id()).await?;
-    // Exactly the registration policy, with the same context words.
-    let password_hash = state
-        .hasher
-        .hash_new(
-            new_password,
-            users::password_context(&account.email, account.name.as_deref()),
-        )
-        .await?;
-    let revoked = state
-        .sessions
-        .send(RevokeAll {
-            user_id: session.user_id,
-            except: Some(session.session_id),
-        })
-        .await??;
-    state
-        .users
-        .send(SetPassword {
-            user_id: session.user_id,
-            password_hash,
-        })
-        .await??;
-    state.audit.record(
-        event(AuditEvent::success("password_change"))
-            .detail(serde_json::json!({ "other_sessions_revoked": revoked })),
-    );
-    tracing::info!(user_id = %session.user_id, other_sessions_revoked = revoked, "password changed");
+    let new_password =
+        Password::parse(new_password).map_err(|m| ApiError::invalid(format!("new_{m}")))?;
+    let caller = caller(&req, &state, &session);
+    accounts::change_password(&state.app, &caller, current_password, new_password).await?;
     Ok(HttpResponse::NoContent().finish())
 }

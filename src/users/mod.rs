@@ -1,9 +1,11 @@
-//! The UserStore actor owns sea-orm access to the users table, plus the rules for what a valid
-//! email, password and name are.
-pub mod admin;
+//! The UserStore actor owns the database (sea-orm): accounts here, account administration in
+//! [`accounts`], roles in [`roles`] (the audit trail's storage is `crate::audit::store`).
+pub mod accounts;
 pub mod password;
+pub mod roles;
 
-pub use admin::*;
+pub use accounts::*;
+pub use roles::*;
 
 use std::time::Duration;
 
@@ -16,8 +18,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 
-use crate::metrics::CallMetrics;
-use unicode_normalization::UnicodeNormalization;
+use crate::{domain::Email, metrics::CallMetrics};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,75 +77,9 @@ impl User {
     }
 }
 
-pub const MAX_EMAIL_LEN: usize = 254;
-pub const MIN_PASSWORD_CHARS: usize = 8;
-pub const MAX_PASSWORD_CHARS: usize = 128;
-pub const MAX_NAME_CHARS: usize = 100;
-
-/// NFKC, trimmed, lower-cased: two spellings of one address are one account.
+/// The normalized spelling of an email address (see [`Email::parse`]), as configuration reads it.
 pub fn normalize_email(raw: &str) -> Result<String, String> {
-    let email: String = raw.trim().nfkc().collect::<String>().trim().to_lowercase();
-    if email.is_empty() {
-        return Err("email is required".into());
-    }
-    if email.len() > MAX_EMAIL_LEN {
-        return Err(format!("email must be at most {MAX_EMAIL_LEN} bytes"));
-    }
-    let valid = match email.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && !domain.is_empty()
-                && !domain.contains('@')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-                && !domain.contains("..")
-        }
-        None => false,
-    };
-    if !valid || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("email is not a valid address".into());
-    }
-    Ok(email)
-}
-
-/// Counted in Unicode scalar values; never trimmed or truncated.
-pub fn validate_password(password: &str) -> Result<(), String> {
-    let n = password.chars().count();
-    if n < MIN_PASSWORD_CHARS {
-        return Err(format!(
-            "password must be at least {MIN_PASSWORD_CHARS} characters"
-        ));
-    }
-    if n > MAX_PASSWORD_CHARS {
-        return Err(format!(
-            "password must be at most {MAX_PASSWORD_CHARS} characters"
-        ));
-    }
-    Ok(())
-}
-
-/// The words a user's own password must not be built from (zxcvbn user inputs): the normalized
-/// email, its local part and the display name. Registration, password changes and the CLI all
-/// use this one list, so a new password meets exactly the policy a first one does.
-pub fn password_context(email: &str, name: Option<&str>) -> Vec<String> {
-    let local_part = email.split('@').next().unwrap_or_default();
-    [Some(email), Some(local_part), name]
-        .into_iter()
-        .flatten()
-        .map(str::to_string)
-        .collect()
-}
-
-pub fn validate_name(name: Option<String>) -> Result<Option<String>, String> {
-    let Some(name) = name else { return Ok(None) };
-    let name = name.trim().to_string();
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(format!("name must be at most {MAX_NAME_CHARS} characters"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("name must not contain control characters".into());
-    }
-    Ok((!name.is_empty()).then_some(name))
+    Email::parse(raw).map(Email::into_inner)
 }
 
 pub struct UserStore {
@@ -163,7 +98,7 @@ impl UserStore {
     }
 
     /// What every handler's future needs, cloned out of the actor.
-    fn ctx(&self) -> Db {
+    pub(crate) fn ctx(&self) -> Db {
         Db {
             conn: self.db.clone(),
             timeout: self.timeout,
@@ -174,14 +109,14 @@ impl UserStore {
 
 /// A database handle with its call bound and metrics.
 pub(crate) struct Db {
-    conn: DatabaseConnection,
+    pub(crate) conn: DatabaseConnection,
     timeout: Duration,
     metrics: CallMetrics,
 }
 
 impl Db {
     /// One database statement, bounded (see [`Db::call_tx`]).
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T, DbErr>>,
@@ -192,7 +127,7 @@ impl Db {
 
     /// Bounds a unit of database work (one statement or a transaction) so a hung database gives
     /// 503, not a hung request; timed and counted by `op`.
-    async fn call_tx<T>(
+    pub(crate) async fn call_tx<T>(
         &self,
         op: &'static str,
         fut: impl std::future::Future<Output = Result<T, UserStoreError>>,
@@ -243,12 +178,12 @@ impl Handler<CreateUser> for UserStore {
                 updated_at: Set(now),
                 disabled_at: Set(None),
             };
-            let roles = admin::normalize_roles(msg.roles);
+            let roles = roles::normalize_roles(msg.roles);
             let insert = async {
                 let txn = db.conn.begin().await?;
-                admin::check_grant(&txn, &roles).await?;
+                roles::check_grant(&txn, &roles).await?;
                 let saved = model.insert(&txn).await?;
-                admin::insert_roles(&txn, saved.id, &roles).await?;
+                roles::insert_roles(&txn, saved.id, &roles).await?;
                 txn.commit().await?;
                 Ok::<_, UserStoreError>(saved)
             };
@@ -289,7 +224,7 @@ impl Handler<FindById> for UserStore {
                 let Some(found) = user::Entity::find_by_id(msg.0).one(&db.conn).await? else {
                     return Err(UserStoreError::NotFound);
                 };
-                let roles = admin::roles_of(&db.conn, &[found.id]).await?;
+                let roles = roles::roles_of(&db.conn, &[found.id]).await?;
                 Ok(User::new(
                     &found,
                     roles.get(&found.id).cloned().unwrap_or_default(),
@@ -397,69 +332,5 @@ impl Handler<Stop> for UserStore {
         Box::pin(async move {
             let _ = db.close().await;
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emails_are_normalized_to_one_spelling() {
-        assert_eq!(
-            normalize_email("  Ada@Example.COM ").unwrap(),
-            "ada@example.com"
-        );
-        // Fullwidth letters fold under NFKC.
-        assert_eq!(
-            normalize_email("ＡＤＡ@example.com").unwrap(),
-            "ada@example.com"
-        );
-        assert!(normalize_email("no-at-sign").is_err());
-        assert!(normalize_email("a@b@c").is_err());
-        assert!(normalize_email("a b@c.d").is_err());
-        assert!(normalize_email(&format!("{}@x.io", "a".repeat(300))).is_err());
-    }
-
-    #[test]
-    fn passwords_count_characters_not_bytes() {
-        assert!(validate_password("ééééééé").is_err()); // 7 chars, 14 bytes
-        assert!(validate_password("éééééééé").is_ok());
-        assert!(validate_password(&"x".repeat(128)).is_ok());
-        assert!(validate_password(&"x".repeat(129)).is_err());
-    }
-
-    #[test]
-    fn names_are_bounded_and_single_line() {
-        assert_eq!(
-            validate_name(Some(" Ada ".into())).unwrap().as_deref(),
-            Some("Ada")
-        );
-        assert!(validate_name(Some("a\r\nb".into())).is_err());
-        assert!(validate_name(Some("x".repeat(101))).is_err());
-    }
-}
-
-#[cfg(test)]
-mod properties {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// Normalizing twice changes nothing, and a valid address stays within the length cap.
-        #[test]
-        fn email_normalization_is_idempotent(raw in "\\PC{0,80}(@\\PC{0,40})?") {
-            if let Ok(once) = normalize_email(&raw) {
-                prop_assert_eq!(normalize_email(&once), Ok(once.clone()));
-                prop_assert!(once.len() <= MAX_EMAIL_LEN);
-                prop_assert!(!once.chars().any(|c| c.is_whitespace() || c.is_control()));
-            }
-        }
-
-        #[test]
-        fn name_and_password_rules_never_panic(s in "\\PC{0,200}") {
-            let _ = validate_password(&s);
-            let _ = validate_name(Some(s));
-        }
     }
 }

@@ -156,7 +156,7 @@ impl PasswordHasher {
     }
 
     /// Hashes a password a user chose: it must also be hard enough to guess (zxcvbn, with the
-    /// user's own words from [`super::password_context`]). Both run on the blocking pool, as
+    /// user's own words from [`crate::domain::password_context`]). Both run on the blocking pool, as
     /// non-login work.
     pub async fn hash_new(
         &self,

@@ -19,14 +19,13 @@ use std::{
 
 use actix::Addr;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::{
-    metrics::Metrics,
-    users::{UserStore, WriteAudit},
-};
+use crate::{domain::AuditKind, metrics::Metrics, users::UserStore};
+
+mod store;
+pub use store::{AuditEventView, ListAudit, WriteAudit};
 
 /// Events queued at most; beyond this they are dropped (and counted).
 const QUEUE: usize = 10_000;
@@ -42,7 +41,7 @@ const MAX_OPEN_DENIALS: usize = 10_000;
 pub struct AuditEvent {
     pub id: Uuid,
     pub occurred_at: DateTime<Utc>,
-    pub event_type: &'static str,
+    pub event_type: AuditKind,
     pub actor_id: Option<Uuid>,
     pub subject_id: Option<Uuid>,
     pub ip: Option<String>,
@@ -51,7 +50,7 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    fn new(event_type: &'static str, outcome: &'static str) -> Self {
+    fn new(event_type: AuditKind, outcome: &'static str) -> Self {
         Self {
             id: Uuid::now_v7(),
             occurred_at: Utc::now(),
@@ -64,17 +63,17 @@ impl AuditEvent {
         }
     }
 
-    pub fn success(event_type: &'static str) -> Self {
+    pub fn success(event_type: AuditKind) -> Self {
         Self::new(event_type, "success")
     }
 
     /// Wrong credentials.
-    pub fn failure(event_type: &'static str) -> Self {
+    pub fn failure(event_type: AuditKind) -> Self {
         Self::new(event_type, "failure")
     }
 
     /// Refused by policy: missing permission, throttling, last admin, token reuse.
-    pub fn denied(event_type: &'static str) -> Self {
+    pub fn denied(event_type: AuditKind) -> Self {
         Self::new(event_type, "denied")
     }
 
@@ -105,26 +104,6 @@ impl AuditEvent {
     }
 }
 
-/// The public shape of an event (GET /admin/audit).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AuditEventView {
-    pub id: Uuid,
-    #[serde(rename = "type")]
-    #[schema(example = "login")]
-    pub event_type: String,
-    pub occurred_at: DateTime<Utc>,
-    /// Who did it (null: the system, or an unauthenticated caller).
-    pub actor_id: Option<Uuid>,
-    /// The account it was done to (null: none, or unknown).
-    pub subject_id: Option<Uuid>,
-    pub ip: Option<String>,
-    /// success, failure (wrong credentials) or denied (refused by policy)
-    #[schema(example = "success")]
-    pub outcome: String,
-    #[schema(value_type = Object)]
-    pub detail: serde_json::Value,
-}
-
 /// The cloneable handle handlers record through.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -137,7 +116,7 @@ pub struct AuditLog {
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct DenialKey {
     actor: Option<Uuid>,
-    event_type: &'static str,
+    event_type: AuditKind,
     key: String,
 }
 
@@ -281,7 +260,7 @@ impl AuditLog {
     /// Queues the event; never waits.
     pub fn record(&self, event: AuditEvent) {
         tracing::info!(
-            audit = event.event_type,
+            audit = event.event_type.as_str(),
             outcome = event.outcome,
             actor_id = event.actor_id.map(tracing::field::display),
             subject_id = event.subject_id.map(tracing::field::display),
@@ -415,7 +394,7 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::users::{ListAudit, PageRequest};
+    use crate::domain::PageRequest;
     use actix::Actor;
     use migration::MigratorTrait;
 
@@ -430,8 +409,8 @@ mod tests {
             AuditLog::start(users.clone(), metrics.clone(), Duration::from_secs(60));
         let count = |outcome: &str| metrics.audit_events.with_label_values(&[outcome]).get();
 
-        log.record(AuditEvent::success("register"));
-        log.record(AuditEvent::failure("login"));
+        log.record(AuditEvent::success(AuditKind::Register));
+        log.record(AuditEvent::failure(AuditKind::Login));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while count("write_failed") == 0 {
             assert!(
@@ -482,7 +461,7 @@ mod tests {
         let (log, writer) =
             AuditLog::start(users.clone(), metrics.clone(), Duration::from_secs(60));
         let actor = Uuid::now_v7();
-        let denied = || AuditEvent::denied("access_denied").actor(actor);
+        let denied = || AuditEvent::denied(AuditKind::AccessDenied).actor(actor);
         for _ in 0..5 {
             log.record_denial("GET /a users:read".into(), denied());
         }

@@ -1,0 +1,529 @@
+//! Accounts: registration and `sessiond user create` (one way to make an account), login,
+//! password change, and the caller's profile.
+use std::sync::Arc;
+
+use actix::Addr;
+use uuid::Uuid;
+
+use super::{sessions::Grant, App, Caller, Client};
+use crate::{
+    audit::{AuditEvent, WriteAudit},
+    domain::{
+        password_context, Access, AuditKind, DisplayName, Email, Password, ADMIN_ROLE, USER_ROLE,
+    },
+    error::ApiError,
+    session::{now_unix, CreateSession, Created, RefreshToken, Revoke, RevokeAll, SessionRecord},
+    throttle::{account_key, Bucket, Scope, Throttled},
+    users::{
+        password::{PasswordHasher, Priority},
+        AccountAccess, CreateUser, FindAccess, FindAccount, FindByEmail, FindById, SetPassword,
+        User, UserStore,
+    },
+};
+
+/// A new account, parsed.
+#[derive(Debug)]
+pub struct NewAccount {
+    pub email: Email,
+    pub password: Password,
+    pub name: Option<DisplayName>,
+    /// Besides `user`, which every account holds.
+    pub roles: Vec<String>,
+}
+
+/// Stores a new account whose password meets the policy (judged against the account's own
+/// words): the one way accounts are made, by registration and by `sessiond user create`.
+pub async fn create_account(
+    users: &Addr<UserStore>,
+    hasher: &PasswordHasher,
+    account: NewAccount,
+) -> Result<User, ApiError> {
+    let NewAccount {
+        email,
+        password,
+        name,
+        roles,
+    } = account;
+    // Spares an argon2 hash for the common duplicate; the unique index settles races.
+    if users
+        .send(FindByEmail(email.as_str().to_string()))
+        .await??
+        .is_some()
+    {
+        return Err(ApiError::EmailTaken);
+    }
+    let known = password_context(email.as_str(), name.as_ref().map(DisplayName::as_str));
+    let password_hash = hasher.hash_new(password.expose(), known).await?;
+    let user = users
+        .send(CreateUser {
+            email: email.into_inner(),
+            name: name.map(DisplayName::into_inner),
+            password_hash,
+            roles,
+        })
+        .await??;
+    Ok(user)
+}
+
+/// POST /register: an account with `user`, and `admin` for an address of ADMIN_EMAILS. The
+/// caller has counted the attempt against the client's limit.
+pub async fn register(
+    app: &App,
+    client: &Client,
+    mut account: NewAccount,
+) -> Result<User, ApiError> {
+    account.roles = vec![USER_ROLE.to_string()];
+    if app
+        .settings
+        .admin_emails
+        .iter()
+        .any(|e| e == account.email.as_str())
+    {
+        account.roles.push(ADMIN_ROLE.to_string());
+    }
+    let user = create_account(&app.users, &app.hasher, account).await?;
+    app.metrics.registrations.inc();
+    app.audit.record(
+        AuditEvent::success(AuditKind::Register)
+            .by(user.id)
+            .ip(client.ip.clone())
+            .detail(serde_json::json!({ "roles": user.roles })),
+    );
+    tracing::info!(user_id = %user.id, "registered");
+    Ok(user)
+}
+
+/// `sessiond user create`: the account, and its audit event written before returning (the
+/// process ends right after, so it cannot be queued).
+pub async fn create_from_cli(
+    users: &Addr<UserStore>,
+    hasher: &PasswordHasher,
+    account: NewAccount,
+) -> Result<User, ApiError> {
+    let user = create_account(users, hasher, account).await?;
+    let event = AuditEvent::success(AuditKind::UserCreate)
+        .subject(user.id)
+        .detail(serde_json::json!({ "roles": user.roles, "source": "cli" }));
+    users.send(WriteAudit(vec![event])).await?.map_err(|e| {
+        ApiError::Internal(format!(
+            "account created, but its audit event was not written: {e}"
+        ))
+    })?;
+    Ok(user)
+}
+
+/// The caller's account: a copy at most SESSION_CACHE_TTL old (profiles change rarely; this
+/// spares a database round trip per call, and concurrent misses for one user share one query),
+/// with the roles as the session knows them (current on every pod, while the cached copy may
+/// predate a role change).
+pub async fn profile(app: &App, user_id: Uuid, access: &Access) -> Result<User, ApiError> {
+    let users = app.users.clone();
+    let user = app
+        .profiles
+        .try_get_with(user_id, async move {
+            let found = users.send(FindById(user_id)).await;
+            found
+                .map_err(ApiError::from)?
+                .map(Arc::new)
+                .map_err(ApiError::from)
+        })
+        .await
+        .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|e| e.clone_public()))?;
+    Ok(User {
+        roles: access.roles.clone(),
+        ..(*user).clone()
+    })
+}
+
+/// What a login presents; not parsed, since a malformed email is just a wrong one.
+pub struct Credentials {
+    pub email: String,
+    pub password: String,
+}
+
+/// Log in: a new session, or the one answer for every wrong email, password or disabled account.
+pub async fn login(
+    app: &App,
+    client: &Client,
+    credentials: Credentials,
+) -> Result<Grant, ApiError> {
+    let result = attempt_login(app, client, credentials).await;
+    if result.as_ref().is_err_and(|e| e.code().0.is_server_error()) {
+        app.metrics.logins.with_label_values(&["error"]).inc();
+    }
+    result
+}
+
+async fn attempt_login(
+    app: &App,
+    client: &Client,
+    credentials: Credentials,
+) -> Result<Grant, ApiError> {
+    let Credentials { email, password } = credentials;
+    let attempt = LoginAttempt::new(app, client, &email);
+    let bucket = attempt.admit().await?;
+    let (account, access) = attempt.verify(&bucket, password).await?;
+    attempt.succeeded(&bucket).await?;
+    let (refresh, access) = attempt.open_session(account.id, access).await?;
+    attempt.outcome("success");
+    app.audit.record(
+        AuditEvent::success(AuditKind::Login)
+            .by(account.id)
+            .ip(client.ip.clone())
+            .detail(serde_json::json!({ "session_id": refresh.session_id })),
+    );
+    tracing::info!(user_id = %account.id, session_id = %refresh.session_id, "logged in");
+    Ok(Grant {
+        refresh,
+        access: Arc::new(access),
+        expires_at: attempt.now + app.settings.session_lifetime.as_secs() as i64,
+        issued_at: attempt.now,
+        jti: Uuid::new_v4(),
+    })
+}
+
+const MAX_USER_AGENT: usize = 256;
+
+/// One login, step by step: admitted by the limits and the lockout, verified, then a session.
+struct LoginAttempt<'a> {
+    app: &'a App,
+    client: &'a Client,
+    now: i64,
+    /// Normalized, or why it is not an address.
+    email: Result<Email, String>,
+    /// The limits' and lockout's key for the account the email names. It exists for any
+    /// address, registered or not, so limits and lockouts say nothing about which accounts
+    /// exist.
+    account_key: String,
+    client_group: String,
+}
+
+impl<'a> LoginAttempt<'a> {
+    fn new(app: &'a App, client: &'a Client, email: &str) -> Self {
+        let normalized = Email::parse(email);
+        let account_key = account_key(match &normalized {
+            Ok(e) => e.as_str(),
+            Err(_) => email.trim(),
+        });
+        Self {
+            app,
+            client,
+            now: now_unix(),
+            email: normalized,
+            account_key,
+            client_group: client.group(),
+        }
+    }
+
+    fn outcome(&self, outcome: &str) {
+        self.app.metrics.logins.with_label_values(&[outcome]).inc();
+    }
+
+    /// The limits per address and per account, then the lockout. An address that logged in to
+    /// the account recently is judged by its own attempts only (ASVS 6.1.1); every other
+    /// address shares one bucket. While locked, even the right password is refused, with the
+    /// same answer as a wrong one.
+    async fn admit(&self) -> Result<Bucket, ApiError> {
+        let throttle = &self.app.throttle;
+        if let Err(t) = throttle.hit(Scope::LoginIp, &self.client_group).await? {
+            return Err(self.throttled("rate_limited", t).await);
+        }
+        let bucket = throttle
+            .bucket(&self.account_key, &self.client_group)
+            .await?;
+        if let Err(t) = throttle.hit(Scope::LoginAccount, bucket.id()).await? {
+            return Err(self.throttled("rate_limited", t).await);
+        }
+        if let Err(t) = throttle.check_lock(bucket.id(), self.now).await? {
+            return Err(self.throttled("locked", t).await);
+        }
+        Ok(bucket)
+    }
+
+    /// A throttled or locked login: audited about the account when the email names one (looked
+    /// up whether or not it exists, and never shown in the answer, which is the same for every
+    /// email).
+    async fn throttled(&self, reason: &'static str, t: Throttled) -> ApiError {
+        self.outcome("throttled");
+        let subject = match &self.email {
+            Ok(email) => match self
+                .app
+                .users
+                .send(FindByEmail(email.as_str().to_string()))
+                .await
+            {
+                Ok(Ok(account)) => account.map(|a| a.id),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        self.app.audit.record(
+            AuditEvent::denied(AuditKind::Login)
+                .subject(subject)
+                .ip(self.client.ip.clone())
+                .detail(serde_json::json!({ "reason": reason })),
+        );
+        ApiError::from(t)
+    }
+
+    /// Wrong credentials (or a disabled account): counted and audited, one answer for all.
+    fn refused(&self, subject: Option<Uuid>, reason: &str) -> ApiError {
+        self.outcome("invalid_credentials");
+        self.app.audit.record(
+            AuditEvent::failure(AuditKind::Login)
+                .subject(subject)
+                .ip(self.client.ip.clone())
+                .detail(serde_json::json!({ "reason": reason })),
+        );
+        ApiError::InvalidCredentials
+    }
+
+    /// Counts the failure toward the lockout, then refuses.
+    async fn failed(
+        &self,
+        bucket: &Bucket,
+        subject: Option<Uuid>,
+        reason: &str,
+    ) -> Result<ApiError, ApiError> {
+        count_failure(self.app, bucket, self.now, subject, self.client.ip.clone()).await?;
+        Ok(self.refused(subject, reason))
+    }
+
+    /// The password against the account's hash, and the account enabled.
+    async fn verify(
+        &self,
+        bucket: &Bucket,
+        password: String,
+    ) -> Result<(entities::user::Model, Access), ApiError> {
+        // A malformed email or an impossible password cannot match any account: same answer
+        // as a wrong password, without spending a hash.
+        let email = match &self.email {
+            Ok(email) if Password::could_match(&password) => email,
+            _ => return Err(self.failed(bucket, None, "invalid_credentials").await?),
+        };
+        let app = self.app;
+        let account = app
+            .users
+            .send(FindByEmail(email.as_str().to_string()))
+            .await??;
+        // Unknown accounts still pay one hash, so timing does not tell which emails exist.
+        let stored = account.as_ref().map(|a| a.password_hash.clone());
+        let verified = app.hasher.verify(password, stored, Priority::Login).await?;
+        let account = match account {
+            Some(a) if verified => a,
+            other => {
+                let subject = other.map(|a| a.id);
+                return Err(self.failed(bucket, subject, "invalid_credentials").await?);
+            }
+        };
+        // A disabled account gets the very answer a wrong password gets, and counts as a
+        // failure, so neither the response nor the lockout tells that it exists.
+        match app.users.send(FindAccess(account.id)).await?? {
+            Some(a) if !a.disabled => Ok((account, a.access)),
+            _ => Err(self.failed(bucket, Some(account.id), "disabled").await?),
+        }
+    }
+
+    /// Clears the failures, and remembers the address for this account.
+    async fn succeeded(&self, bucket: &Bucket) -> Result<(), ApiError> {
+        let throttle = &self.app.throttle;
+        throttle.record_success(bucket.id()).await?;
+        // Without a peer address there is nothing to recognise the client by next time.
+        if self.client.ip.is_some() {
+            throttle
+                .remember(&self.account_key, &self.client_group)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the session (ending the oldest beyond MAX_SESSIONS_PER_USER), then checks that
+    /// the account was not disabled and its roles not changed meanwhile. Returns the refresh
+    /// token and the access the session carries.
+    async fn open_session(
+        &self,
+        user_id: Uuid,
+        access: Access,
+    ) -> Result<(RefreshToken, Access), ApiError> {
+        let app = self.app;
+        // A v7 id sorts by creation time, which orders the sessions of one second when the
+        // oldest must end (MAX_SESSIONS_PER_USER). The session id is no secret (GET /sessions
+        // lists it).
+        let refresh = RefreshToken::generate(user_id, Uuid::now_v7());
+        let user_agent = self.client.user_agent.as_deref().map(|ua| {
+            ua.chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_USER_AGENT)
+                .collect()
+        });
+        let record = SessionRecord {
+            session_id: refresh.session_id,
+            user_id,
+            created_at: self.now,
+            last_seen_at: self.now,
+            expires_at: self.now + app.settings.session_lifetime.as_secs() as i64,
+            ip: self.client.ip.clone(),
+            user_agent,
+            access: Arc::new(access.clone()),
+            refresh_hash: refresh.hash(),
+        };
+        let evicted = match app.sessions.send(CreateSession(record)).await?? {
+            Created::Stored { evicted } => evicted,
+            // Disabled or deleted while this login ran (the account was cut off first).
+            Created::AccountCutOff => return Err(self.refused(Some(user_id), "disabled")),
+        };
+        for sid in evicted {
+            app.audit.record(
+                AuditEvent::success(AuditKind::SessionRevoke)
+                    .subject(user_id)
+                    .ip(self.client.ip.clone())
+                    .detail(serde_json::json!({ "session_id": sid, "reason": "max_sessions" })),
+            );
+            tracing::info!(user_id = %user_id, session_id = %sid, "oldest session ended: MAX_SESSIONS_PER_USER reached");
+        }
+        // An admin may have disabled the account or changed its roles while this login ran;
+        // their session updates could not see the new session, so look again now that it
+        // exists.
+        let access = match app.users.send(FindAccess(user_id)).await?? {
+            Some(AccountAccess {
+                access: now_access,
+                disabled: false,
+            }) if now_access == access => access,
+            Some(AccountAccess {
+                disabled: false, ..
+            }) => match super::sessions::sync_session_access(app, user_id).await? {
+                Some(synced) => synced,
+                None => return Err(self.refused(Some(user_id), "disabled")),
+            },
+            _ => {
+                app.sessions
+                    .send(Revoke {
+                        user_id,
+                        session_id: refresh.session_id,
+                    })
+                    .await??;
+                return Err(self.refused(Some(user_id), "disabled"));
+            }
+        };
+        Ok((refresh, access))
+    }
+}
+
+/// Counts a wrong password (or a disabled account) toward the bucket's lockout. The failure that
+/// starts a lock is audited once as `account_locked`, about the account when it exists (an
+/// unknown email's locks are not recorded, so a spray of made-up addresses cannot flood the
+/// trail).
+async fn count_failure(
+    app: &App,
+    bucket: &Bucket,
+    now: i64,
+    subject: Option<Uuid>,
+    ip: Option<String>,
+) -> Result<(), ApiError> {
+    let started = app.throttle.record_failure(bucket.id(), now).await?;
+    if let (Some(seconds), Some(subject)) = (started, subject) {
+        let addresses = if bucket.known() { "known" } else { "unknown" };
+        app.audit.record(
+            AuditEvent::denied(AuditKind::AccountLocked)
+                .subject(subject)
+                .ip(ip)
+                .detail(serde_json::json!({ "seconds": seconds, "addresses": addresses })),
+        );
+        tracing::info!(user_id = %subject, seconds, addresses, "account locked");
+    }
+    Ok(())
+}
+
+/// Changes the caller's password, and ends every other session of the account. Sessions are
+/// revoked before the new hash is stored: if the second step fails, the old password still
+/// works and the call can simply be retried.
+///
+/// A stolen access token must not guess the current password faster than a login could:
+/// limited per session and per account, and wrong guesses count toward the same lockout as
+/// logins (the stored email is normalized, so the key is the login's).
+pub async fn change_password(
+    app: &App,
+    caller: &Caller,
+    current_password: String,
+    new_password: Password,
+) -> Result<(), ApiError> {
+    let account = app
+        .users
+        .send(FindAccount(caller.user_id))
+        .await??
+        .ok_or(ApiError::NotFound("user"))?;
+    let now = now_unix();
+    let client_group = super::client_group(caller.ip.as_deref());
+    let event = |e: AuditEvent| e.by(caller.user_id).ip(caller.ip.clone());
+    let throttled = |reason: &str, t: Throttled| {
+        app.audit.record(
+            event(AuditEvent::denied(AuditKind::PasswordChange))
+                .detail(serde_json::json!({ "reason": reason })),
+        );
+        ApiError::from(t)
+    };
+    let session_key = caller.session_id.to_string();
+    if let Err(t) = app
+        .throttle
+        .hit(Scope::PasswordChangeSession, &session_key)
+        .await?
+    {
+        return Err(throttled("rate_limited", t));
+    }
+    let bucket = app
+        .throttle
+        .bucket(&account_key(&account.email), &client_group)
+        .await?;
+    if let Err(t) = app
+        .throttle
+        .hit(Scope::PasswordChangeAccount, bucket.id())
+        .await?
+    {
+        return Err(throttled("rate_limited", t));
+    }
+    if let Err(t) = app.throttle.check_lock(bucket.id(), now).await? {
+        return Err(throttled("locked", t));
+    }
+    if !app
+        .hasher
+        .verify(
+            current_password,
+            Some(account.password_hash),
+            Priority::Other,
+        )
+        .await?
+    {
+        count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone()).await?;
+        app.audit
+            .record(event(AuditEvent::failure(AuditKind::PasswordChange)));
+        return Err(ApiError::Forbidden);
+    }
+    app.throttle.record_success(bucket.id()).await?;
+    // Exactly the registration policy, with the same context words.
+    let password_hash = app
+        .hasher
+        .hash_new(
+            new_password.expose(),
+            password_context(&account.email, account.name.as_deref()),
+        )
+        .await?;
+    let revoked = app
+        .sessions
+        .send(RevokeAll {
+            user_id: caller.user_id,
+            except: Some(caller.session_id),
+        })
+        .await??;
+    app.users
+        .send(SetPassword {
+            user_id: caller.user_id,
+            password_hash,
+        })
+        .await??;
+    app.audit.record(
+        event(AuditEvent::success(AuditKind::PasswordChange))
+            .detail(serde_json::json!({ "other_sessions_revoked": revoked })),
+    );
+    tracing::info!(user_id = %caller.user_id, other_sessions_revoked = revoked, "password changed");
+    Ok(())
+}

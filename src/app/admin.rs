@@ -1,0 +1,409 @@
+//! The admin operations: accounts, their roles and sessions, roles, the audit trail, and the
+//! ADMIN_EMAILS grant at start-up. The caller holds the operation's permission (checked by the
+//! route); on top of it, every change obeys the escalation rule (in the spirit of Kubernetes
+//! RBAC escalation prevention): a caller grants, removes or creates only roles whose every
+//! permission it holds, never changes its own roles, and does not disable, enable, delete,
+//! change the roles of or revoke the sessions of an account holding anything it does not hold
+//! ([`Access::holds`]; the `admin` role is the root). Refusals are 403 `forbidden`, audited as
+//! denied events of the operation's kind with `detail.reason` and what was missing.
+use uuid::Uuid;
+
+use super::{sessions::sync_session_access, App, Caller};
+use crate::{
+    audit::{AuditEvent, AuditEventView, ListAudit},
+    domain::{Access, AuditKind, PageRequest, Permission, RoleName, Shortfall, ADMIN_ROLE},
+    error::ApiError,
+    session::{CutOff, IsCutOff, ListSessions, Restore, RevokeAll, SessionRecord},
+    users::{
+        normalize_roles, AdminUser, CheckRemovable, CreateRole, DeleteUser, FindAccess, GetUser,
+        GrantRole, ListRoles, ListUsers, RoleChange, RoleView, SetDisabled, SetRoles,
+        UserStoreError,
+    },
+};
+
+/// The audit records of one admin call: the admin is the actor, the account acted on the subject.
+struct AdminAudit<'a> {
+    app: &'a App,
+    actor: Uuid,
+    subject: Option<Uuid>,
+    ip: Option<String>,
+}
+
+impl<'a> AdminAudit<'a> {
+    fn new(app: &'a App, admin: &Caller, subject: Option<Uuid>) -> Self {
+        Self {
+            app,
+            actor: admin.user_id,
+            subject,
+            ip: admin.ip.clone(),
+        }
+    }
+
+    fn record(&self, event: AuditEvent) {
+        self.app.audit.record(
+            event
+                .actor(self.actor)
+                .subject(self.subject)
+                .ip(self.ip.clone()),
+        );
+    }
+
+    /// A change refused by the escalation rule: recorded as a denied `kind` (aggregated, since a
+    /// caller can repeat it in a loop) and answered 403.
+    fn escalation(
+        &self,
+        kind: AuditKind,
+        reason: &'static str,
+        shortfall: &Shortfall,
+        extra: serde_json::Value,
+    ) -> ApiError {
+        let mut detail = serde_json::json!({
+            "reason": reason,
+            "missing_permissions": shortfall.permissions,
+            "admin_role_required": shortfall.admin_role,
+        });
+        if let (Some(d), serde_json::Value::Object(extra)) = (detail.as_object_mut(), extra) {
+            d.extend(extra);
+        }
+        let subject = self.subject.map(|s| s.to_string()).unwrap_or_default();
+        self.app.audit.record_denial(
+            format!("{reason} {subject}"),
+            AuditEvent::denied(kind)
+                .actor(self.actor)
+                .subject(self.subject)
+                .ip(self.ip.clone())
+                .detail(detail),
+        );
+        ApiError::Forbidden
+    }
+
+    /// The escalation rule for acting on the account: the caller must hold everything it holds.
+    /// An account that no longer exists holds nothing; what the operation does then is its own
+    /// business (e.g. 404).
+    async fn ensure_outranks(
+        &self,
+        caller: &Access,
+        kind: AuditKind,
+        target: Uuid,
+    ) -> Result<(), ApiError> {
+        let Some(account) = self.app.users.send(FindAccess(target)).await?? else {
+            return Ok(());
+        };
+        let shortfall = caller.shortfall_to(&account.access);
+        if shortfall.is_empty() {
+            return Ok(());
+        }
+        Err(self.escalation(kind, "escalation", &shortfall, serde_json::json!({})))
+    }
+
+    /// A change refused by the last-admin rule is recorded as denied (with `detail`) and
+    /// answered 409; other results pass through.
+    fn refused<T>(
+        &self,
+        kind: AuditKind,
+        detail: impl FnOnce() -> serde_json::Value,
+        result: Result<T, UserStoreError>,
+    ) -> Result<T, ApiError> {
+        if let Err(UserStoreError::Conflict(_)) = &result {
+            self.record(AuditEvent::denied(kind).detail(detail()));
+        }
+        result.map_err(ApiError::from)
+    }
+}
+
+/// One page of accounts whose (normalized) email starts with `email_prefix`, ordered by email.
+pub async fn list_users(
+    app: &App,
+    email_prefix: Option<String>,
+    page: PageRequest,
+) -> Result<(Vec<AdminUser>, u64), ApiError> {
+    Ok(app.users.send(ListUsers { email_prefix, page }).await??)
+}
+
+/// One account, with `disabled`.
+pub async fn get_user(app: &App, user_id: Uuid) -> Result<AdminUser, ApiError> {
+    Ok(app.users.send(GetUser(user_id)).await??)
+}
+
+/// Replaces an account's roles (`user` is always kept); every live session of the account
+/// carries them from its next request on, on every pod. Refused (403) for the caller's own
+/// account, for an account holding a permission the caller lacks, and for granting or removing
+/// a role with such a permission; (409) when it would leave no enabled admin.
+pub async fn set_roles(
+    app: &App,
+    admin: &Caller,
+    user_id: Uuid,
+    roles: Vec<RoleName>,
+) -> Result<AdminUser, ApiError> {
+    let audit = AdminAudit::new(app, admin, Some(user_id));
+    let requested = normalize_roles(roles.into_iter().map(RoleName::into_inner).collect());
+    if user_id == admin.user_id {
+        // Even an admin: a role change is always someone else's decision, and the last-admin
+        // rule then needs no special case for stepping down.
+        return Err(audit.escalation(
+            AuditKind::RoleChange,
+            "own_roles",
+            &Shortfall::default(),
+            serde_json::json!({"roles": requested, "previous": admin.access.roles}),
+        ));
+    }
+    // Nothing changes when the change is refused, so the roles now are the ones it would replace.
+    let current = app.users.send(GetUser(user_id)).await??;
+    let result = app
+        .users
+        .send(SetRoles {
+            user_id,
+            roles: requested.clone(),
+            by: Some(Access::clone(&admin.access)),
+        })
+        .await?;
+    let change = audit.refused(
+        AuditKind::RoleChange,
+        || serde_json::json!({"roles": requested, "previous": current.roles}),
+        result,
+    )?;
+    let (user, previous) = match change {
+        RoleChange::Done { user, previous } => (user, previous),
+        RoleChange::Refused {
+            shortfall,
+            previous,
+        } => {
+            return Err(audit.escalation(
+                AuditKind::RoleChange,
+                "escalation",
+                &shortfall,
+                serde_json::json!({"roles": requested, "previous": previous}),
+            ))
+        }
+    };
+    if user.roles != previous {
+        audit.record(
+            AuditEvent::success(AuditKind::RoleChange)
+                .detail(serde_json::json!({"roles": user.roles, "previous": previous})),
+        );
+    }
+    // Also when nothing changed: a retry after a failed session update completes it.
+    sync_session_access(app, user_id).await?;
+    Ok(user)
+}
+
+/// Disables an account: no logins, and every session ends on every pod. The sessions end
+/// first: after any answer, an error included, the account has no session that works or
+/// refreshes; an error may leave it cut off without being marked disabled, until a retry
+/// completes it.
+pub async fn disable_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<(), ApiError> {
+    let kind = AuditKind::UserDisable;
+    let audit = AdminAudit::new(app, admin, Some(user_id));
+    audit.ensure_outranks(&admin.access, kind, user_id).await?;
+    let what = "disabling this account";
+    let change = || {
+        app.users.send(SetDisabled {
+            user_id,
+            disabled: true,
+        })
+    };
+    let changed = cut_off_then(app, &audit, kind, user_id, what, change).await?;
+    if changed {
+        audit.record(AuditEvent::success(kind));
+        // An enable racing with this disable may have lifted the marker between the two steps
+        // (and a login slipped in): now that the database says disabled, cut off once more.
+        app.sessions.send(CutOff(user_id)).await??;
+    }
+    Ok(())
+}
+
+/// Enables a disabled account: it can log in again. Database first, then the marker: if the
+/// second step fails the account stays cut off (fail closed) and a retry completes it.
+pub async fn enable_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<(), ApiError> {
+    let kind = AuditKind::UserEnable;
+    let audit = AdminAudit::new(app, admin, Some(user_id));
+    audit.ensure_outranks(&admin.access, kind, user_id).await?;
+    let result = app
+        .users
+        .send(SetDisabled {
+            user_id,
+            disabled: false,
+        })
+        .await?;
+    if audit.refused(kind, || serde_json::json!({}), result)? {
+        audit.record(AuditEvent::success(kind));
+    }
+    app.sessions.send(Restore(user_id)).await??;
+    Ok(())
+}
+
+/// Deletes an account: its sessions end on every pod (first, as when disabling); its audit
+/// events stay.
+pub async fn delete_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<(), ApiError> {
+    let kind = AuditKind::UserDelete;
+    let audit = AdminAudit::new(app, admin, Some(user_id));
+    audit.ensure_outranks(&admin.access, kind, user_id).await?;
+    let change = || app.users.send(DeleteUser(user_id));
+    let what = "deleting this account";
+    let deleted = cut_off_then(app, &audit, kind, user_id, what, change).await;
+    if let Err(ApiError::NotFound(_)) = &deleted {
+        // Gone already, perhaps by an earlier attempt whose answer was lost, or by a version
+        // that deleted before revoking: end whatever sessions are left before saying 404.
+        app.sessions
+            .send(RevokeAll {
+                user_id,
+                except: None,
+            })
+            .await??;
+    }
+    deleted?;
+    audit.record(AuditEvent::success(kind));
+    Ok(())
+}
+
+/// Disabling and deleting: the account's sessions are revoked and it is marked cut off (no
+/// session is created or refreshed) in one atomic step BEFORE the database changes, so whatever
+/// the answer (a 503 included), a disabled or deleted account has no usable session. If the
+/// database step fails, the account stays cut off (fail closed) and a retry completes it; if it
+/// is refused by the last-admin rule (a race the read-only check before missed), the mark is
+/// lifted again. Also when the account was disabled already, so a retry completes everything.
+/// `change` is a closure because actix enqueues a message when `send` is called, not when the
+/// returned future is first polled.
+async fn cut_off_then<T, F>(
+    app: &App,
+    audit: &AdminAudit<'_>,
+    kind: AuditKind,
+    user_id: Uuid,
+    what: &'static str,
+    change: impl FnOnce() -> F,
+) -> Result<T, ApiError>
+where
+    F: std::future::Future<Output = Result<Result<T, UserStoreError>, actix::MailboxError>>,
+{
+    let check = app.users.send(CheckRemovable { user_id, what }).await?;
+    audit.refused(kind, || serde_json::json!({}), check)?;
+    app.sessions.send(CutOff(user_id)).await??;
+    let result = change().await?;
+    if let Err(UserStoreError::Conflict(_)) = &result {
+        app.sessions.send(Restore(user_id)).await??;
+    }
+    audit.refused(kind, || serde_json::json!({}), result)
+}
+
+/// An account's live sessions, oldest first; 404 for no such account.
+pub async fn list_user_sessions(app: &App, user_id: Uuid) -> Result<Vec<SessionRecord>, ApiError> {
+    app.users.send(GetUser(user_id)).await??;
+    Ok(app.sessions.send(ListSessions(user_id)).await??)
+}
+
+/// Ends every session of an account, on every pod; also of a deleted account (whatever may be
+/// left of it). 404 only for an id that never had an account or a session.
+pub async fn revoke_user_sessions(
+    app: &App,
+    admin: &Caller,
+    user_id: Uuid,
+) -> Result<(), ApiError> {
+    let kind = AuditKind::SessionsRevoke;
+    let audit = AdminAudit::new(app, admin, Some(user_id));
+    audit.ensure_outranks(&admin.access, kind, user_id).await?;
+    let exists = match app.users.send(GetUser(user_id)).await? {
+        Ok(_) => true,
+        Err(UserStoreError::NotFound) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let revoked = app
+        .sessions
+        .send(RevokeAll {
+            user_id,
+            except: None,
+        })
+        .await??;
+    // A deleted account's id (still marked cut off, or with sessions left) is not unknown:
+    // revoking what is left of it succeeds. An id that never had anything stays 404.
+    if !exists && revoked == 0 && !app.sessions.send(IsCutOff(user_id)).await?? {
+        return Err(ApiError::NotFound("user"));
+    }
+    audit.record(AuditEvent::success(kind).detail(serde_json::json!({ "revoked": revoked })));
+    Ok(())
+}
+
+/// Every role with its permissions, ordered by name.
+pub async fn list_roles(app: &App) -> Result<Vec<RoleView>, ApiError> {
+    Ok(app.users.send(ListRoles).await??)
+}
+
+/// Creates a role. Roles cannot be changed afterwards (create a new one and reassign), so the
+/// permissions a session carries always match its roles. Refused (403) with a permission the
+/// caller does not hold (holders of `admin` hold every permission); (409) for a taken name.
+pub async fn create_role(
+    app: &App,
+    admin: &Caller,
+    name: RoleName,
+    permissions: Vec<Permission>,
+) -> Result<RoleView, ApiError> {
+    let name = name.into_inner();
+    let permissions: Vec<String> = permissions
+        .into_iter()
+        .map(Permission::into_inner)
+        .collect();
+    let audit = AdminAudit::new(app, admin, None);
+    let shortfall = admin
+        .access
+        .shortfall(permissions.iter().map(String::as_str), false);
+    if !shortfall.is_empty() {
+        return Err(audit.escalation(
+            AuditKind::RoleCreate,
+            "escalation",
+            &shortfall,
+            serde_json::json!({"name": name, "permissions": permissions}),
+        ));
+    }
+    let role = app.users.send(CreateRole { name, permissions }).await??;
+    audit.record(
+        AuditEvent::success(AuditKind::RoleCreate)
+            .detail(serde_json::json!({"name": role.name, "permissions": role.permissions})),
+    );
+    Ok(role)
+}
+
+/// One page of the audit trail, newest first: events of one type, and where `user_id` is the
+/// actor or the subject.
+pub async fn list_audit(
+    app: &App,
+    user_id: Option<Uuid>,
+    event_type: Option<String>,
+    page: PageRequest,
+) -> Result<(Vec<AuditEventView>, u64), ApiError> {
+    Ok(app
+        .users
+        .send(ListAudit {
+            user_id,
+            event_type,
+            page,
+        })
+        .await??)
+}
+
+/// ADMIN_EMAILS at start-up: existing accounts listed there get `admin` (idempotent, so pods
+/// starting together agree), and their live sessions carry it from their next request on.
+pub async fn grant_admin_emails(app: &App) -> Result<(), ApiError> {
+    for email in &app.settings.admin_emails {
+        let granted = app
+            .users
+            .send(GrantRole {
+                email: email.clone(),
+                role: ADMIN_ROLE.to_string(),
+            })
+            .await??;
+        let Some((user_id, previous)) = granted else {
+            continue;
+        };
+        let access = sync_session_access(app, user_id).await?;
+        tracing::info!(%user_id, "granted the admin role (ADMIN_EMAILS)");
+        app.audit.record(
+            AuditEvent::success(AuditKind::RoleChange)
+                .subject(user_id)
+                .detail(serde_json::json!({
+                    "roles": access.map(|a| a.roles).unwrap_or_default(),
+                    "previous": previous,
+                    "source": "ADMIN_EMAILS",
+                })),
+        );
+    }
+    Ok(())
+}

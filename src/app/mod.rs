@@ -1,0 +1,88 @@
+//! The application layer: each multi-step flow written once, called by the HTTP routes and the
+//! command line alike. Callers parse their input into domain values and authorize first; these
+//! functions do the work (throttle, store, sessions, audit, metrics) and return results or
+//! [`ApiError`]s, never HTTP responses.
+//!
+//! - [`accounts`]: registration, `sessiond user create`, login, password change, the profile.
+//! - [`sessions`]: refresh, the logouts, the caller's sessions, and bringing live sessions in
+//!   line with an account's roles.
+//! - [`admin`]: every admin operation, under the escalation rule, and ADMIN_EMAILS.
+pub mod accounts;
+pub mod admin;
+pub mod sessions;
+
+use std::{sync::Arc, time::Duration};
+
+use actix::Addr;
+use uuid::Uuid;
+
+use crate::{
+    audit::AuditLog,
+    domain::Access,
+    error::ApiError,
+    metrics::Metrics,
+    session::SessionRegistry,
+    throttle::{Scope, Throttle},
+    users::{password::PasswordHasher, User, UserStore},
+};
+
+/// What the flows run on: the actors, the hasher, the limiter, the audit trail, the metrics.
+pub struct App {
+    pub users: Addr<UserStore>,
+    pub sessions: Addr<SessionRegistry>,
+    pub hasher: PasswordHasher,
+    pub throttle: Throttle,
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+    /// Recently read profiles (GET /profile), kept at most SESSION_CACHE_TTL.
+    pub profiles: moka::future::Cache<Uuid, Arc<User>>,
+    pub settings: Settings,
+}
+
+/// The configuration the flows read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a session lasts from login (refreshing never extends it).
+    pub session_lifetime: Duration,
+    /// Normalized; these accounts get `admin` at registration and at start-up.
+    pub admin_emails: Vec<String>,
+}
+
+/// Where an anonymous call comes from, as audit records and limits see it.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// The client's address (behind trusted proxies, the one they report).
+    pub ip: Option<String>,
+    /// As sent; stored with a new session, shortened and without control characters.
+    pub user_agent: Option<String>,
+}
+
+impl Client {
+    /// The unit the client address is limited by: the address, or its /64 for IPv6.
+    pub fn group(&self) -> String {
+        client_group(self.ip.as_deref())
+    }
+}
+
+/// An authenticated caller: its session, what it holds, and where it calls from.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    /// The session's current roles and permissions.
+    pub access: Arc<Access>,
+    pub ip: Option<String>,
+}
+
+/// The unit an address is limited by: the address, or its /64 for IPv6.
+fn client_group(ip: Option<&str>) -> String {
+    crate::throttle::client_group(ip.unwrap_or("unknown"))
+}
+
+impl App {
+    /// Counts one attempt against the client address's limit for `scope` (429 over it).
+    pub async fn limit_client(&self, scope: Scope, client: &Client) -> Result<(), ApiError> {
+        self.throttle.hit(scope, &client.group()).await??;
+        Ok(())
+    }
+}
