@@ -193,29 +193,25 @@ fn token_check(c: &mut Criterion) {
     });
     // As the load suite and production run it: JSON lines at RUST_LOG=info (to a sink here), so
     // the request span's cost is part of what is measured.
-    g.bench_function("GET /health through the app's service, JSON logs at info", |b| {
-        let logs = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_target(false)
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_writer(std::io::sink)
-            .finish();
-        let _logs = tracing::subscriber::set_default(logs);
-        b.iter_custom(|iters| {
-            sys.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let req = test::TestRequest::get().uri("/health").to_request();
-                    let res = test::call_service(&app, req).await;
-                    assert!(res.status().is_success());
-                    black_box(test::read_body(res).await);
-                }
-                start.elapsed()
+    g.bench_function(
+        "GET /health through the app's service, JSON logs at info",
+        |b| {
+            let logs = sessiond::telemetry::json_subscriber("info", std::io::sink).finish();
+            let _logs = tracing::subscriber::set_default(logs);
+            b.iter_custom(|iters| {
+                sys.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let req = test::TestRequest::get().uri("/health").to_request();
+                        let res = test::call_service(&app, req).await;
+                        assert!(res.status().is_success());
+                        black_box(test::read_body(res).await);
+                    }
+                    start.elapsed()
+                })
             })
-        })
-    });
+        },
+    );
     g.bench_function("GET /session through the app's service, cache hit", |b| {
         b.iter_custom(|iters| {
             sys.block_on(async {

@@ -241,16 +241,9 @@ fn init_server_logs(settings: &Settings) {
     std::fs::create_dir_all(&settings.out_dir).expect("creating target/bench-report");
     let file = std::fs::File::create(settings.out_dir.join("server.log"))
         .expect("creating target/bench-report/server.log");
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.server_log_filter)
+    tracing_subscriber::EnvFilter::try_new(&settings.server_log_filter)
         .expect("BENCH_RUST_LOG is a valid filter");
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_writer(Mutex::new(file))
-        .init();
+    sessiond::telemetry::json_subscriber(&settings.server_log_filter, Mutex::new(file)).init();
 }
 
 fn main() {

@@ -60,7 +60,8 @@ fn key_id(secret: &[u8]) -> String {
 /// Verified tokens, keyed by the token itself. Only tokens this server signed are ever inserted, so
 /// a client cannot choose what lands in it (no hash flooding), and a lookup hashes the token once
 /// with a fast keyed hash instead of a SHA-256 (which cost more than the rest of the check).
-type VerifiedTokens = moka::sync::Cache<Box<str>, std::sync::Arc<Claims>, foldhash::fast::RandomState>;
+type VerifiedTokens =
+    moka::sync::Cache<Box<str>, std::sync::Arc<Claims>, foldhash::fast::RandomState>;
 
 /// Bytes of tokens the verified-token cache may hold.
 const VERIFIED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
