@@ -5,11 +5,7 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 
-use crate::{
-    admin::{account, unique_email},
-    both_backends,
-    helpers::*,
-};
+use crate::{both_backends, helpers::*};
 
 both_backends!(
     metrics_port_serves_metrics_and_the_public_port_has_none_in_any_spelling,
