@@ -1,4 +1,4 @@
-//! Access tokens: HS256 JWTs with the claims API.md lists. Verification pins the algorithm,
+//! Access tokens: HS256 JWTs with the claims docs/API.md lists. Verification pins the algorithm,
 //! requires every claim, checks iss, aud, exp and nbf with a small leeway, and checks `typ`.
 use std::time::Duration;
 
