@@ -79,7 +79,7 @@ fn jwt(c: &mut Criterion) {
     let rec = record(cfg.session_lifetime);
     let token = issue(&keys, &rec);
     let mut g = c.benchmark_group("jwt");
-    g.bench_function("sign (HS256, API.md claims)", |b| {
+    g.bench_function("sign (HS256, docs/API.md claims)", |b| {
         b.iter(|| issue(&keys, black_box(&rec)))
     });
     g.bench_function("verify", |b| {

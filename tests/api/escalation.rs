@@ -1,5 +1,5 @@
-//! The escalation rule: a delegated admin role cannot reach beyond what it holds (issue 13,
-//! item 1), and denials a caller can loop are aggregated in the audit trail (item 7).
+//! The escalation rule: a delegated admin role cannot reach beyond what it holds, and denials a
+//! caller can loop are aggregated in the audit trail.
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};

@@ -1,4 +1,4 @@
-//! Lockout and throttling that cannot be turned against the owner (issue 13, items 4, 5, 7):
+//! Lockout and throttling that cannot be turned against the owner:
 //! password changes are throttled and count toward the lockout, logins keep a share of the
 //! hashing pool, an address the owner logged in from is judged by its own failures only (ASVS
 //! 6.1.1), IPv6 clients count per /64, and throttled or locked logins are audited with the

@@ -1,4 +1,4 @@
-//! Issue 13's smaller items that a client or an operator sees: /metrics on its own port and on
+//! Hardening that a client or an operator sees: /metrics on its own port and on
 //! no spelling of the public one, `Cache-Control: no-store` on authenticated responses, the
 //! embedded database file readable by its owner only, and example or low-entropy secrets refused.
 use std::process::Command;
