@@ -3,7 +3,7 @@ use actix::Addr;
 
 use crate::{
     audit::AuditLog,
-    auth::JwtKeys,
+    auth::{DenialAudit, JwtKeys, SessionCheck},
     config::Config,
     metrics::Metrics,
     session::{SessionCache, SessionRegistry},
@@ -26,6 +26,25 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// What the token-check extractor reads, sharing this state's keys, cache and registry; the
+    /// server registers it as its own app data.
+    pub fn session_check(&self) -> SessionCheck {
+        SessionCheck {
+            jwt: self.jwt.clone(),
+            cache: self.cache.clone(),
+            sessions: self.sessions.clone(),
+            checks: self.metrics.token_checks.clone(),
+        }
+    }
+
+    /// What `Authorized<P>` reads when it refuses; registered as its own app data.
+    pub fn denial_audit(&self) -> DenialAudit {
+        DenialAudit {
+            audit: self.audit.clone(),
+            trusted_proxies: self.config.trusted_proxies.clone(),
+        }
+    }
+
     /// The client's address as audit records and limits see it (see `routes::client_ip`).
     pub fn client_ip(&self, req: &actix_web::HttpRequest) -> Option<String> {
         crate::routes::client_ip(req, &self.config.trusted_proxies)

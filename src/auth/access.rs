@@ -6,7 +6,10 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use serde::Serialize;
 
 use super::AuthenticatedSession;
-use crate::{audit::AuditEvent, error::ApiError, state::AppState};
+use crate::{
+    audit::{AuditEvent, AuditLog},
+    error::ApiError,
+};
 
 /// The role every account holds from registration on.
 pub const USER_ROLE: &str = "user";
@@ -172,6 +175,15 @@ pub fn validate_permission(p: &str) -> Result<(), String> {
     }
 }
 
+/// What [`Authorized`] reads when it refuses a caller, registered as its own app data
+/// (`web::Data<DenialAudit>`): where the denial is recorded, and the proxies whose
+/// X-Forwarded-For names the caller's address.
+#[derive(Clone)]
+pub struct DenialAudit {
+    pub audit: AuditLog,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
 /// An authenticated session that holds permission `P`; otherwise 403 `forbidden` (and 401 for
 /// no valid session at all). Denials are audited.
 pub struct Authorized<P: Permission> {
@@ -202,15 +214,15 @@ impl<P: Permission + 'static> FromRequest for Authorized<P> {
                     _permission: PhantomData,
                 });
             }
-            if let Some(state) = req.app_data::<web::Data<AppState>>() {
+            if let Some(denials) = req.app_data::<web::Data<DenialAudit>>() {
                 let route = req.match_pattern().unwrap_or_default();
                 let method = req.method().as_str();
                 // Aggregated: a loop of 403s is a few counted rows, not one row per request.
-                state.audit.record_denial(
+                denials.audit.record_denial(
                     format!("{method} {route} {}", P::NAME),
                     AuditEvent::denied("access_denied")
                         .actor(session.user_id)
-                        .ip(state.client_ip(&req))
+                        .ip(crate::routes::client_ip(&req, &denials.trusted_proxies))
                         .detail(serde_json::json!({
                             "permission": P::NAME,
                             "route": route,

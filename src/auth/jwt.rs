@@ -34,6 +34,7 @@ pub struct Claims {
 }
 
 /// A verification key and the `kid` that names it.
+#[derive(Clone)]
 struct VerifyKey {
     kid: String,
     key: DecodingKey,
@@ -57,6 +58,8 @@ fn key_id(secret: &[u8]) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
+/// Clones share the cache of verified tokens.
+#[derive(Clone)]
 pub struct JwtKeys {
     verified: moka::sync::Cache<[u8; 32], std::sync::Arc<Claims>>,
     encoding: EncodingKey,
