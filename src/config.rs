@@ -59,7 +59,7 @@ pub struct ThrottleConfig {
     pub lockout_max: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub host: String,
     pub port: u16,
@@ -790,6 +790,17 @@ impl Config {
     }
 }
 
+/// Shows what `check-config` shows, secrets and URL passwords masked: a configuration that
+/// reaches a log line leaks nothing.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let described = self.describe();
+        f.debug_map()
+            .entries(described.lines().filter_map(|l| l.split_once('=')))
+            .finish()
+    }
+}
+
 /// A variable's value in a [`Config`], for `check-config`.
 enum Effective {
     Unset,
@@ -1124,7 +1135,9 @@ mod tests {
         let mut vars = secrets.to_vec();
         vars.push(("DB_URL", "postgres://app:db-pass-123@db:5432/x"));
         vars.push(("TRUSTED_PROXIES", "10.0.0.0/8"));
-        let described = config(&vars).unwrap().describe();
+        let c = config(&vars).unwrap();
+        let described = c.describe();
+        let debug = format!("{c:?}");
         let names: Vec<&str> = described
             .lines()
             .map(|l| l.split_once('=').expect("NAME=value").0)
@@ -1139,10 +1152,11 @@ mod tests {
             );
         }
         for (_, value) in secrets {
-            assert!(!described.contains(value));
+            assert!(!described.contains(value) && !debug.contains(value));
         }
         assert!(described.contains("DB_URL=postgres://app:***@db:5432/x"));
-        assert!(!described.contains("db-pass-123"));
+        assert!(!described.contains("db-pass-123") && !debug.contains("db-pass-123"));
+        assert!(debug.contains("\"JWT_SECRET\": \"********\""), "{debug}");
         assert!(described.contains("TRUSTED_PROXIES=10.0.0.0/8"));
     }
 
