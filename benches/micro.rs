@@ -79,7 +79,7 @@ fn jwt(c: &mut Criterion) {
     let rec = record(cfg.session_lifetime);
     let token = issue(&keys, &rec);
     let mut g = c.benchmark_group("jwt");
-    g.bench_function("sign (HS256, API.md claims)", |b| {
+    g.bench_function("sign (HS256, docs/API.md claims)", |b| {
         b.iter(|| issue(&keys, black_box(&rec)))
     });
     g.bench_function("verify", |b| {
@@ -151,13 +151,16 @@ fn token_check(c: &mut Criterion) {
         (state, token)
     });
     let auth = format!("Bearer {token}");
+    let check = web::Data::new(state.session_check());
     let req = test::TestRequest::default()
         .insert_header((header::AUTHORIZATION, auth.clone()))
-        .app_data(state.clone())
+        .app_data(check.clone())
         .to_http_request();
     let app = sys.block_on(test::init_service(
         App::new()
             .app_data(state.clone())
+            .app_data(check)
+            .app_data(web::Data::new(state.denial_audit()))
             .wrap(actix_web::middleware::from_fn(routes::request_context))
             .configure(routes::configure(cfg.body_limit, true)),
     ));

@@ -3,8 +3,8 @@
 fails here instead of silently breaking a deployment.
 
 Reads what the server accepts from the sources:
-  - environment variables: every string literal passed to env.get/string/number/boolean in
-    src/config.rs (Config::from_lookup), plus RUST_LOG-style names read the same way;
+  - environment variables: the declarations in `VARS` in src/config.rs, the list parsing reads
+    (a unit test checks that it reads exactly those);
   - subcommands: the variants of `enum Command` in src/main.rs (clap's kebab-case);
   - HTTP paths: resource("/path", ...) in src/routes/;
   - the default of SHUTDOWN_GRACE_SECONDS.
@@ -40,19 +40,24 @@ def fail(msg: str) -> None:
     errors.append(msg)
 
 
-def server_env_names(root: Path) -> set[str]:
+def declarations(root: Path) -> str:
+    """The body of `pub const VARS` in src/config.rs: the one list of the server's variables."""
     src = (root / "src/config.rs").read_text()
-    names = set(
-        re.findall(r'\benv\s*\.\s*(?:get|string|number|boolean)\s*\(\s*"([A-Z][A-Z0-9_]*)"', src)
-    )
+    m = re.search(r"pub const VARS: &\[Var\] = &\[(.*?)\n\];", src, re.S)
+    if not m:
+        sys.exit("check-deployment: `pub const VARS` not found in src/config.rs")
+    return m.group(1)
+
+
+def server_env_names(root: Path) -> set[str]:
+    names = set(re.findall(r'Var::(?:new|secret)\(\s*"([A-Z][A-Z0-9_]*)"', declarations(root)))
     if len(names) < 10:
         sys.exit(f"check-deployment: only {len(names)} variables found in src/config.rs: parser out of date?")
     return names
 
 
 def shutdown_grace_default(root: Path) -> int:
-    src = (root / "src/config.rs").read_text()
-    m = re.search(r'"SHUTDOWN_GRACE_SECONDS"\s*,\s*(\d+)', src)
+    m = re.search(r'"SHUTDOWN_GRACE_SECONDS"\s*,\s*Value\("(\d+)"\)', declarations(root))
     if not m:
         sys.exit("check-deployment: default of SHUTDOWN_GRACE_SECONDS not found in src/config.rs")
     return int(m.group(1))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Deployment checks (issue 8): hadolint, yamllint, actionlint, shellcheck, `kubectl kustomize` of
+# Deployment checks: hadolint, yamllint, actionlint, shellcheck, `kubectl kustomize` of
 # every overlay validated against the Kubernetes schemas, the Compose file, and the agreement of
 # the container command and the manifests' env names with the server (ci/check-deployment.py).
 # Installs its tools itself, idempotently: Python tools in a venv under /opt, shellcheck from

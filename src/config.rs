@@ -59,7 +59,7 @@ pub struct ThrottleConfig {
     pub lockout_max: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub host: String,
     pub port: u16,
@@ -125,6 +125,267 @@ pub struct Config {
     pub audit_denied_window: Duration,
 }
 
+/// What leaving a variable unset means.
+#[derive(Clone, Copy, Debug)]
+pub enum VarDefault {
+    /// This value, parsed exactly as a set one would be.
+    Value(&'static str),
+    /// Derived when the configuration is read (from the machine or from other variables).
+    Computed(&'static str),
+    /// Nothing: the feature is off or derived elsewhere, as described.
+    Unset(&'static str),
+}
+
+/// One environment variable the server reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Var {
+    pub name: &'static str,
+    pub default: VarDefault,
+    /// Never printed: `sessiond check-config` shows `********` when it is set.
+    pub secret: bool,
+    pub help: &'static str,
+}
+
+impl Var {
+    const fn new(name: &'static str, default: VarDefault, help: &'static str) -> Self {
+        Self {
+            name,
+            default,
+            secret: false,
+            help,
+        }
+    }
+
+    const fn secret(name: &'static str, default: VarDefault, help: &'static str) -> Self {
+        Self {
+            name,
+            default,
+            secret: true,
+            help,
+        }
+    }
+}
+
+use VarDefault::{Computed, Unset, Value};
+
+/// Every environment variable the server reads, in `sessiond check-config` order. Parsing takes
+/// its defaults from here and reads nothing else, check-config prints and masks from here, and
+/// tests check that the README's Configuration table and ci/check-deployment.py agree with it.
+pub const VARS: &[Var] = &[
+    Var::new("HOST", Value("0.0.0.0"), "listen address"),
+    Var::new("PORT", Value("8080"), "listen port (0: any free port)"),
+    Var::new(
+        "METRICS_PORT",
+        Unset("/metrics on PORT"),
+        "serve GET /metrics on this port only",
+    ),
+    Var::new(
+        "HSTS_MAX_AGE",
+        Value("31536000"),
+        "Strict-Transport-Security max-age when serving TLS (0: not sent)",
+    ),
+    Var::new(
+        "TLS_CERT_FILE",
+        Unset("plain HTTP"),
+        "PEM certificate chain",
+    ),
+    Var::new("TLS_KEY_FILE", Unset("plain HTTP"), "PEM private key"),
+    Var::new(
+        "DB_URL",
+        Unset("embedded SQLite at SQLITE_PATH"),
+        "postgres://, postgresql:// or sqlite: URL",
+    ),
+    Var::new(
+        "SQLITE_PATH",
+        Value("sessiond.db"),
+        "the embedded database file",
+    ),
+    Var::new(
+        "REDIS_URL",
+        Unset("in-process sessions, single node"),
+        "redis:// or rediss:// URL",
+    ),
+    Var::secret(
+        "JWT_SECRET",
+        Unset("random per process"),
+        "HMAC key of access tokens, at least 32 bytes; required with DB_URL or REDIS_URL",
+    ),
+    Var::secret(
+        "JWT_SECRET_PREVIOUS",
+        Unset("no key being rotated out"),
+        "the key being rotated out: verifies, never signs",
+    ),
+    Var::secret(
+        "SESSION_SECRET",
+        Unset("derived from JWT_SECRET"),
+        "key of the MACs that seal session records",
+    ),
+    Var::secret(
+        "SESSION_SECRET_PREVIOUS",
+        Unset("no key being rotated out"),
+        "the session secret being rotated out: verifies seals, never seals",
+    ),
+    Var::new("JWT_ISSUER", Value("sessiond"), "`iss` of issued tokens"),
+    Var::new("JWT_AUDIENCE", Value("sessiond"), "`aud` of issued tokens"),
+    Var::new(
+        "TOKEN_EXPIRATION",
+        Value("24"),
+        "absolute session lifetime in hours",
+    ),
+    Var::new(
+        "ACCESS_TOKEN_TTL",
+        Value("900"),
+        "access-token lifetime in seconds",
+    ),
+    Var::new(
+        "SESSION_CACHE_TTL",
+        Value("5"),
+        "seconds a pod trusts its cached copy of a session (0: no cache)",
+    ),
+    Var::new(
+        "REDIS_PREFIX",
+        Value("sessiond:"),
+        "prefix of every Redis key and channel",
+    ),
+    Var::new(
+        "REDIS_TIMEOUT_MS",
+        Value("250"),
+        "bound on every Redis call",
+    ),
+    Var::new(
+        "PUBSUB_PING_INTERVAL_MS",
+        Value("1000"),
+        "how often the invalidation subscription is pinged",
+    ),
+    Var::new("ARGON2_MEMORY_KIB", Value("19456"), "argon2id memory cost"),
+    Var::new("ARGON2_ITERATIONS", Value("2"), "argon2id iterations"),
+    Var::new("ARGON2_PARALLELISM", Value("1"), "argon2id lanes"),
+    Var::new(
+        "ARGON2_MAX_CONCURRENCY",
+        Computed("cores"),
+        "hashes running at once",
+    ),
+    Var::new(
+        "ARGON2_QUEUE_TIMEOUT_MS",
+        Value("2000"),
+        "how long a request waits for a hashing slot before 503",
+    ),
+    Var::new(
+        "ARGON2_MAX_QUEUE",
+        Computed("4 x cores"),
+        "requests allowed to wait for a hashing slot",
+    ),
+    Var::new(
+        "BODY_LIMIT_BYTES",
+        Value("16384"),
+        "request body cap (413 above)",
+    ),
+    Var::new("HTTP_WORKERS", Computed("cores"), "HTTP worker threads"),
+    Var::new(
+        "LOG_FORMAT",
+        Value("pretty"),
+        "json (one object per line) or pretty",
+    ),
+    Var::new("RUST_LOG", Value("info"), "log filter"),
+    Var::new(
+        "MIGRATE_ON_START",
+        Computed("true for SQLite, false for PostgreSQL"),
+        "apply migrations at start-up",
+    ),
+    Var::new(
+        "SHUTDOWN_GRACE_SECONDS",
+        Value("30"),
+        "how long in-flight requests may take to finish at shutdown",
+    ),
+    Var::new(
+        "REFRESH_REUSE_GRACE",
+        Value("10"),
+        "seconds a just-rotated refresh token returns the same successor",
+    ),
+    Var::new(
+        "SESSION_IDLE_TIMEOUT",
+        Value("0"),
+        "seconds without use after which a session ends (0: off)",
+    ),
+    Var::new(
+        "MAX_SESSIONS_PER_USER",
+        Value("50"),
+        "live sessions per account (0: unlimited)",
+    ),
+    Var::new(
+        "TRUSTED_PROXIES",
+        Unset("only the peer address counts"),
+        "IPs or CIDR ranges whose X-Forwarded-For is believed",
+    ),
+    Var::new(
+        "RATE_LIMIT_WINDOW_SECONDS",
+        Value("60"),
+        "window of the rate limits",
+    ),
+    Var::new(
+        "RATE_LIMIT_LOGIN_PER_IP",
+        Value("30"),
+        "login attempts per window and client (0: off)",
+    ),
+    Var::new(
+        "RATE_LIMIT_LOGIN_PER_ACCOUNT",
+        Value("10"),
+        "login attempts per window and account (0: off)",
+    ),
+    Var::new(
+        "RATE_LIMIT_REGISTER_PER_IP",
+        Value("10"),
+        "registrations per window and client (0: off)",
+    ),
+    Var::new(
+        "RATE_LIMIT_REFRESH_PER_IP",
+        Value("60"),
+        "refreshes per window and client (0: off)",
+    ),
+    Var::new(
+        "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT",
+        Value("10"),
+        "password changes per window and account (0: off)",
+    ),
+    Var::new(
+        "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION",
+        Value("5"),
+        "password changes per window and session (0: off)",
+    ),
+    Var::new(
+        "LOCKOUT_THRESHOLD",
+        Value("5"),
+        "consecutive failures before an account is locked (0: never)",
+    ),
+    Var::new("LOCKOUT_BASE_SECONDS", Value("1"), "first lock's length"),
+    Var::new("LOCKOUT_MAX_SECONDS", Value("900"), "longest lock"),
+    Var::new(
+        "CORS_ALLOWED_ORIGINS",
+        Unset("CORS off"),
+        "comma-separated origins allowed from browsers",
+    ),
+    Var::new(
+        "PASSWORD_MIN_SCORE",
+        Value("2"),
+        "zxcvbn score (0-4) a new password must reach",
+    ),
+    Var::new(
+        "ADMIN_EMAILS",
+        Unset("no account is granted admin"),
+        "comma-separated emails granted the admin role",
+    ),
+    Var::new(
+        "AUDIT_DENIED_WINDOW_MS",
+        Value("60000"),
+        "repeated denials within this window are one counted audit event",
+    ),
+];
+
+/// The declaration of `name`; every variable the server reads is one of [`VARS`].
+pub fn var(name: &str) -> Option<&'static Var> {
+    VARS.iter().find(|v| v.name == name)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {var}: {message}")]
 pub struct ConfigError {
@@ -140,6 +401,7 @@ fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 /// Reads variables through `get` so tests can configure without touching the process environment.
+/// Defaults come from [`VARS`].
 struct Env<F: Fn(&str) -> Option<String>>(F);
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
@@ -148,17 +410,25 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         (self.0)(var).filter(|v| !v.trim().is_empty())
     }
 
-    fn string(&self, var: &'static str, default: &str) -> String {
-        self.get(var).unwrap_or_else(|| default.to_string())
+    /// The set value, or else the declared default value.
+    fn value(&self, var: &'static str) -> Result<String, ConfigError> {
+        if let Some(v) = self.get(var) {
+            return Ok(v);
+        }
+        match self::var(var).map(|v| v.default) {
+            Some(Value(default)) => Ok(default.to_string()),
+            _ => Err(err(var, "has no default value in config::VARS")),
+        }
     }
 
-    fn number<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    fn string(&self, var: &'static str) -> Result<String, ConfigError> {
+        self.value(var)
+    }
+
+    fn parse<T>(var: &'static str, raw: &str, min: T, max: T) -> Result<T, ConfigError>
     where
         T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
     {
-        let Some(raw) = self.get(var) else {
-            return Ok(default);
-        };
         let value: T = raw
             .trim()
             .parse()
@@ -172,7 +442,39 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         Ok(value)
     }
 
-    fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    fn number<T>(&self, var: &'static str, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        Self::parse(var, &self.value(var)?, min, max)
+    }
+
+    /// For a variable whose default is [`VarDefault::Computed`]: `default` when unset.
+    fn number_or<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        self.get(var)
+            .map_or(Ok(default), |raw| Self::parse(var, &raw, min, max))
+    }
+
+    /// For a variable whose default is [`VarDefault::Unset`]: `None` when unset.
+    fn optional_number<T>(
+        &self,
+        var: &'static str,
+        min: T,
+        max: T,
+    ) -> Result<Option<T>, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        self.get(var)
+            .map(|raw| Self::parse(var, &raw, min, max))
+            .transpose()
+    }
+
+    /// For a variable whose default is [`VarDefault::Computed`]: `default` when unset.
+    fn boolean_or(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self.get(var).map(|v| v.trim().to_ascii_lowercase()) {
             None => Ok(default),
             Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
@@ -227,7 +529,6 @@ impl Config {
             }
         };
 
-        // Literal names at each env.get: ci/check-deployment.py collects them from the source.
         let jwt_secret_previous =
             optional_secret("JWT_SECRET_PREVIOUS", env.get("JWT_SECRET_PREVIOUS"))?;
         let session_secret = optional_secret("SESSION_SECRET", env.get("SESSION_SECRET"))?;
@@ -279,11 +580,7 @@ impl Config {
             .as_deref()
             .is_none_or(|u| u.starts_with("sqlite:"));
 
-        let log_format = match env
-            .string("LOG_FORMAT", "pretty")
-            .to_ascii_lowercase()
-            .as_str()
-        {
+        let log_format = match env.string("LOG_FORMAT")?.to_ascii_lowercase().as_str() {
             "json" => LogFormat::Json,
             "pretty" | "text" => LogFormat::Pretty,
             other => {
@@ -294,7 +591,7 @@ impl Config {
             }
         };
 
-        let redis_prefix = env.string("REDIS_PREFIX", "sessiond:");
+        let redis_prefix = env.string("REDIS_PREFIX")?;
         if redis_prefix.len() > 64
             || redis_prefix
                 .chars()
@@ -309,97 +606,72 @@ impl Config {
         let secs = |s: u64| Duration::from_secs(s);
         let millis = |ms: u64| Duration::from_millis(ms);
         Ok(Config {
-            host: env.string("HOST", "0.0.0.0"),
-            port: env.number("PORT", 8080u16, 0, u16::MAX)?,
-            metrics_port: env
-                .get("METRICS_PORT")
-                .map(|_| env.number("METRICS_PORT", 0u16, 0, u16::MAX))
-                .transpose()?,
-            hsts_max_age: env.number("HSTS_MAX_AGE", 31_536_000u64, 0, 2 * 31_536_000)?,
+            host: env.string("HOST")?,
+            port: env.number("PORT", 0, u16::MAX)?,
+            metrics_port: env.optional_number("METRICS_PORT", 0, u16::MAX)?,
+            hsts_max_age: env.number("HSTS_MAX_AGE", 0, 2 * 31_536_000)?,
             tls: crate::tls::Tls::from_env(env.get("TLS_CERT_FILE"), env.get("TLS_KEY_FILE"))?,
             database_url,
-            sqlite_path: env.string("SQLITE_PATH", "sessiond.db"),
+            sqlite_path: env.string("SQLITE_PATH")?,
             redis_url,
             jwt_secret,
             jwt_secret_previous,
             jwt_secret_generated,
             session_secret,
             session_secret_previous,
-            jwt_issuer: env.string("JWT_ISSUER", "sessiond"),
-            jwt_audience: env.string("JWT_AUDIENCE", "sessiond"),
-            session_lifetime: secs(env.number("TOKEN_EXPIRATION", 24u64, 1, 24 * 365)? * 3600),
-            access_token_ttl: secs(env.number("ACCESS_TOKEN_TTL", 900u64, 10, 86_400)?),
-            session_cache_ttl: secs(env.number("SESSION_CACHE_TTL", 5u64, 0, 300)?),
+            jwt_issuer: env.string("JWT_ISSUER")?,
+            jwt_audience: env.string("JWT_AUDIENCE")?,
+            session_lifetime: secs(env.number("TOKEN_EXPIRATION", 1u64, 24 * 365)? * 3600),
+            access_token_ttl: secs(env.number("ACCESS_TOKEN_TTL", 10, 86_400)?),
+            session_cache_ttl: secs(env.number("SESSION_CACHE_TTL", 0, 300)?),
             redis_prefix,
-            redis_timeout: millis(env.number("REDIS_TIMEOUT_MS", 250u64, 10, 60_000)?),
-            pubsub_ping_interval: millis(env.number(
-                "PUBSUB_PING_INTERVAL_MS",
-                1000u64,
-                50,
-                60_000,
-            )?),
+            redis_timeout: millis(env.number("REDIS_TIMEOUT_MS", 10, 60_000)?),
+            pubsub_ping_interval: millis(env.number("PUBSUB_PING_INTERVAL_MS", 50, 60_000)?),
             argon2: Argon2Config {
-                memory_kib: env.number(
-                    "ARGON2_MEMORY_KIB",
-                    19_456u32,
-                    8 * 1024,
-                    4 * 1024 * 1024,
-                )?,
-                iterations: env.number("ARGON2_ITERATIONS", 2u32, 1, 100)?,
-                parallelism: env.number("ARGON2_PARALLELISM", 1u32, 1, 64)?,
-                max_concurrency: env.number("ARGON2_MAX_CONCURRENCY", cores, 1, 1024)?,
-                queue_timeout: millis(env.number("ARGON2_QUEUE_TIMEOUT_MS", 2000u64, 1, 60_000)?),
-                max_queue: env.number("ARGON2_MAX_QUEUE", 4 * cores, 0, 100_000)?,
+                memory_kib: env.number("ARGON2_MEMORY_KIB", 8 * 1024, 4 * 1024 * 1024)?,
+                iterations: env.number("ARGON2_ITERATIONS", 1, 100)?,
+                parallelism: env.number("ARGON2_PARALLELISM", 1, 64)?,
+                max_concurrency: env.number_or("ARGON2_MAX_CONCURRENCY", cores, 1, 1024)?,
+                queue_timeout: millis(env.number("ARGON2_QUEUE_TIMEOUT_MS", 1, 60_000)?),
+                max_queue: env.number_or("ARGON2_MAX_QUEUE", 4 * cores, 0, 100_000)?,
             },
-            body_limit: env.number("BODY_LIMIT_BYTES", 16 * 1024usize, 1024, 10 * 1024 * 1024)?,
-            workers: env.number("HTTP_WORKERS", cores, 1, 1024)?,
+            body_limit: env.number("BODY_LIMIT_BYTES", 1024, 10 * 1024 * 1024)?,
+            workers: env.number_or("HTTP_WORKERS", cores, 1, 1024)?,
             log_format,
-            log_filter: env.string("RUST_LOG", "info"),
-            migrate_on_start: env.boolean("MIGRATE_ON_START", is_sqlite)?,
-            shutdown_grace: secs(env.number("SHUTDOWN_GRACE_SECONDS", 30u64, 0, 3600)?),
-            refresh_reuse_grace: secs(env.number("REFRESH_REUSE_GRACE", 10u64, 0, 300)?),
-            session_idle_timeout: match env.number("SESSION_IDLE_TIMEOUT", 0u64, 0, 365 * 86_400)? {
+            log_filter: env.string("RUST_LOG")?,
+            migrate_on_start: env.boolean_or("MIGRATE_ON_START", is_sqlite)?,
+            shutdown_grace: secs(env.number("SHUTDOWN_GRACE_SECONDS", 0, 3600)?),
+            refresh_reuse_grace: secs(env.number("REFRESH_REUSE_GRACE", 0, 300)?),
+            session_idle_timeout: match env.number("SESSION_IDLE_TIMEOUT", 0u64, 365 * 86_400)? {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },
-            max_sessions_per_user: env.number("MAX_SESSIONS_PER_USER", 50usize, 0, 100_000)?,
+            max_sessions_per_user: env.number("MAX_SESSIONS_PER_USER", 0, 100_000)?,
             trusted_proxies: parse_proxies(env.get("TRUSTED_PROXIES"))?,
             throttle: ThrottleConfig {
-                window: secs(env.number("RATE_LIMIT_WINDOW_SECONDS", 60u64, 1, 86_400)?),
-                login_per_ip: env.number("RATE_LIMIT_LOGIN_PER_IP", 30u64, 0, u64::MAX)?,
-                login_per_account: env.number(
-                    "RATE_LIMIT_LOGIN_PER_ACCOUNT",
-                    10u64,
-                    0,
-                    u64::MAX,
-                )?,
-                register_per_ip: env.number("RATE_LIMIT_REGISTER_PER_IP", 10u64, 0, u64::MAX)?,
-                refresh_per_ip: env.number("RATE_LIMIT_REFRESH_PER_IP", 60u64, 0, u64::MAX)?,
+                window: secs(env.number("RATE_LIMIT_WINDOW_SECONDS", 1, 86_400)?),
+                login_per_ip: env.number("RATE_LIMIT_LOGIN_PER_IP", 0, u64::MAX)?,
+                login_per_account: env.number("RATE_LIMIT_LOGIN_PER_ACCOUNT", 0, u64::MAX)?,
+                register_per_ip: env.number("RATE_LIMIT_REGISTER_PER_IP", 0, u64::MAX)?,
+                refresh_per_ip: env.number("RATE_LIMIT_REFRESH_PER_IP", 0, u64::MAX)?,
                 password_change_per_account: env.number(
                     "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT",
-                    10u64,
                     0,
                     u64::MAX,
                 )?,
                 password_change_per_session: env.number(
                     "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION",
-                    5u64,
                     0,
                     u64::MAX,
                 )?,
-                lockout_threshold: env.number("LOCKOUT_THRESHOLD", 5u64, 0, 99)?,
-                lockout_base: secs(env.number("LOCKOUT_BASE_SECONDS", 1u64, 1, 3600)?),
-                lockout_max: secs(env.number("LOCKOUT_MAX_SECONDS", 900u64, 1, 86_400)?),
+                lockout_threshold: env.number("LOCKOUT_THRESHOLD", 0, 99)?,
+                lockout_base: secs(env.number("LOCKOUT_BASE_SECONDS", 1, 3600)?),
+                lockout_max: secs(env.number("LOCKOUT_MAX_SECONDS", 1, 86_400)?),
             },
             cors_allowed_origins,
-            password_min_score: env.number("PASSWORD_MIN_SCORE", 2u8, 0, 4)?,
+            password_min_score: env.number("PASSWORD_MIN_SCORE", 0, 4)?,
             admin_emails,
-            audit_denied_window: millis(env.number(
-                "AUDIT_DENIED_WINDOW_MS",
-                60_000u64,
-                10,
-                3_600_000,
-            )?),
+            audit_denied_window: millis(env.number("AUDIT_DENIED_WINDOW_MS", 10, 3_600_000)?),
         })
     }
 
@@ -409,195 +681,104 @@ impl Config {
             .is_none_or(|u| u.starts_with("sqlite:"))
     }
 
-    /// The effective configuration as `NAME=value` lines, secrets and URL passwords masked.
+    /// The effective configuration as `NAME=value` lines, one per declared variable in [`VARS`]
+    /// order: secrets show as `********` when set, URL passwords as `***`, unset variables say
+    /// what that means.
     pub fn describe(&self) -> String {
-        let url = |u: &Option<String>, unset: &str| {
-            u.as_deref().map_or(unset.to_string(), mask_url_password)
-        };
-        let masked = |s: &Option<Secret>, unset: &str| {
-            s.as_ref()
-                .map_or_else(|| unset.to_string(), |_| "********".to_string())
-        };
-        let lines = [
-            ("HOST", self.host.clone()),
-            ("PORT", self.port.to_string()),
-            (
-                "METRICS_PORT",
-                self.metrics_port
-                    .map_or("(unset: /metrics on PORT)".into(), |p| p.to_string()),
-            ),
-            ("HSTS_MAX_AGE", self.hsts_max_age.to_string()),
-            (
-                "TLS_CERT_FILE",
-                self.tls
-                    .as_ref()
-                    .map_or("(unset: plain HTTP)".into(), |t| t.cert_file.clone()),
-            ),
-            (
-                "TLS_KEY_FILE",
-                self.tls
-                    .as_ref()
-                    .map_or("(unset: plain HTTP)".into(), |t| t.key_file.clone()),
-            ),
-            (
-                "DB_URL",
-                url(
-                    &self.database_url,
-                    &format!("(unset: embedded SQLite at {})", self.sqlite_path),
-                ),
-            ),
-            (
-                "REDIS_URL",
-                url(&self.redis_url, "(unset: in-process sessions, single node)"),
-            ),
-            (
-                "JWT_SECRET",
-                if self.jwt_secret_generated {
-                    "(unset: random per process)".into()
-                } else {
-                    "********".into()
-                },
-            ),
-            (
-                "SESSION_SECRET",
-                masked(&self.session_secret, "(unset: derived from JWT_SECRET)"),
-            ),
-            (
-                "SESSION_SECRET_PREVIOUS",
-                masked(&self.session_secret_previous, "(unset)"),
-            ),
-            ("JWT_ISSUER", self.jwt_issuer.clone()),
-            ("JWT_AUDIENCE", self.jwt_audience.clone()),
-            (
-                "TOKEN_EXPIRATION",
-                format!("{}", self.session_lifetime.as_secs() / 3600),
-            ),
-            (
-                "ACCESS_TOKEN_TTL",
-                self.access_token_ttl.as_secs().to_string(),
-            ),
-            (
-                "SESSION_CACHE_TTL",
-                self.session_cache_ttl.as_secs().to_string(),
-            ),
-            ("REDIS_PREFIX", self.redis_prefix.clone()),
-            (
-                "REDIS_TIMEOUT_MS",
-                self.redis_timeout.as_millis().to_string(),
-            ),
-            (
-                "PUBSUB_PING_INTERVAL_MS",
-                self.pubsub_ping_interval.as_millis().to_string(),
-            ),
-            ("ARGON2_MEMORY_KIB", self.argon2.memory_kib.to_string()),
-            ("ARGON2_ITERATIONS", self.argon2.iterations.to_string()),
-            ("ARGON2_PARALLELISM", self.argon2.parallelism.to_string()),
-            (
-                "ARGON2_MAX_CONCURRENCY",
-                self.argon2.max_concurrency.to_string(),
-            ),
-            (
-                "ARGON2_QUEUE_TIMEOUT_MS",
-                self.argon2.queue_timeout.as_millis().to_string(),
-            ),
-            ("BODY_LIMIT_BYTES", self.body_limit.to_string()),
-            ("HTTP_WORKERS", self.workers.to_string()),
-            (
-                "LOG_FORMAT",
-                format!("{:?}", self.log_format).to_lowercase(),
-            ),
-            ("RUST_LOG", self.log_filter.clone()),
-            ("MIGRATE_ON_START", self.migrate_on_start.to_string()),
-            (
-                "SHUTDOWN_GRACE_SECONDS",
-                self.shutdown_grace.as_secs().to_string(),
-            ),
-            (
-                "REFRESH_REUSE_GRACE",
-                self.refresh_reuse_grace.as_secs().to_string(),
-            ),
-            (
-                "SESSION_IDLE_TIMEOUT",
+        VARS.iter()
+            .map(|var| {
+                let shown = match self.effective(var.name) {
+                    Effective::Unset => match var.default {
+                        Unset(meaning) | Computed(meaning) => format!("(unset: {meaning})"),
+                        Value(default) => default.to_string(),
+                    },
+                    Effective::Unknown => "(not shown)".to_string(),
+                    // A secret's value is never read here; a declared secret is masked even if
+                    // it were ever shown as text.
+                    Effective::Secret => "********".to_string(),
+                    Effective::Text(_) if var.secret => "********".to_string(),
+                    Effective::Text(text) => mask_url_password(&text),
+                };
+                format!("{}={shown}", var.name)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The value in effect for a declared variable, as `check-config` shows it.
+    fn effective(&self, name: &str) -> Effective {
+        use Effective::{Secret as Hidden, Text, Unset as Off};
+        let opt = |v: Option<String>| v.map_or(Off, Text);
+        let secret = |s: &Option<Secret>| if s.is_some() { Hidden } else { Off };
+        let secs = |d: Duration| Text(d.as_secs().to_string());
+        let millis = |d: Duration| Text(d.as_millis().to_string());
+        let throttle = &self.throttle;
+        match name {
+            "HOST" => Text(self.host.clone()),
+            "PORT" => Text(self.port.to_string()),
+            "METRICS_PORT" => opt(self.metrics_port.map(|p| p.to_string())),
+            "HSTS_MAX_AGE" => Text(self.hsts_max_age.to_string()),
+            "TLS_CERT_FILE" => opt(self.tls.as_ref().map(|t| t.cert_file.clone())),
+            "TLS_KEY_FILE" => opt(self.tls.as_ref().map(|t| t.key_file.clone())),
+            "DB_URL" => opt(self.database_url.clone()),
+            "SQLITE_PATH" => Text(self.sqlite_path.clone()),
+            "REDIS_URL" => opt(self.redis_url.clone()),
+            "JWT_SECRET" if self.jwt_secret_generated => Off,
+            "JWT_SECRET" => Hidden,
+            "JWT_SECRET_PREVIOUS" => secret(&self.jwt_secret_previous),
+            "SESSION_SECRET" => secret(&self.session_secret),
+            "SESSION_SECRET_PREVIOUS" => secret(&self.session_secret_previous),
+            "JWT_ISSUER" => Text(self.jwt_issuer.clone()),
+            "JWT_AUDIENCE" => Text(self.jwt_audience.clone()),
+            "TOKEN_EXPIRATION" => Text((self.session_lifetime.as_secs() / 3600).to_string()),
+            "ACCESS_TOKEN_TTL" => secs(self.access_token_ttl),
+            "SESSION_CACHE_TTL" => secs(self.session_cache_ttl),
+            "REDIS_PREFIX" => Text(self.redis_prefix.clone()),
+            "REDIS_TIMEOUT_MS" => millis(self.redis_timeout),
+            "PUBSUB_PING_INTERVAL_MS" => millis(self.pubsub_ping_interval),
+            "ARGON2_MEMORY_KIB" => Text(self.argon2.memory_kib.to_string()),
+            "ARGON2_ITERATIONS" => Text(self.argon2.iterations.to_string()),
+            "ARGON2_PARALLELISM" => Text(self.argon2.parallelism.to_string()),
+            "ARGON2_MAX_CONCURRENCY" => Text(self.argon2.max_concurrency.to_string()),
+            "ARGON2_QUEUE_TIMEOUT_MS" => millis(self.argon2.queue_timeout),
+            "ARGON2_MAX_QUEUE" => Text(self.argon2.max_queue.to_string()),
+            "BODY_LIMIT_BYTES" => Text(self.body_limit.to_string()),
+            "HTTP_WORKERS" => Text(self.workers.to_string()),
+            "LOG_FORMAT" => Text(format!("{:?}", self.log_format).to_lowercase()),
+            "RUST_LOG" => Text(self.log_filter.clone()),
+            "MIGRATE_ON_START" => Text(self.migrate_on_start.to_string()),
+            "SHUTDOWN_GRACE_SECONDS" => secs(self.shutdown_grace),
+            "REFRESH_REUSE_GRACE" => secs(self.refresh_reuse_grace),
+            "SESSION_IDLE_TIMEOUT" => Text(
                 self.session_idle_timeout
                     .map_or("0 (off)".into(), |d| d.as_secs().to_string()),
             ),
-            (
-                "MAX_SESSIONS_PER_USER",
-                match self.max_sessions_per_user {
-                    0 => "0 (unlimited)".into(),
-                    n => n.to_string(),
-                },
-            ),
-            (
-                "TRUSTED_PROXIES",
-                self.trusted_proxies
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            (
-                "JWT_SECRET_PREVIOUS",
-                if self.jwt_secret_previous.is_some() {
-                    "********".into()
-                } else {
-                    "(unset)".into()
-                },
-            ),
-            (
-                "RATE_LIMIT_WINDOW_SECONDS",
-                self.throttle.window.as_secs().to_string(),
-            ),
-            (
-                "RATE_LIMIT_LOGIN_PER_IP",
-                self.throttle.login_per_ip.to_string(),
-            ),
-            (
-                "RATE_LIMIT_LOGIN_PER_ACCOUNT",
-                self.throttle.login_per_account.to_string(),
-            ),
-            (
-                "RATE_LIMIT_REGISTER_PER_IP",
-                self.throttle.register_per_ip.to_string(),
-            ),
-            (
-                "RATE_LIMIT_REFRESH_PER_IP",
-                self.throttle.refresh_per_ip.to_string(),
-            ),
-            (
-                "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT",
-                self.throttle.password_change_per_account.to_string(),
-            ),
-            (
-                "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION",
-                self.throttle.password_change_per_session.to_string(),
-            ),
-            (
-                "LOCKOUT_THRESHOLD",
-                self.throttle.lockout_threshold.to_string(),
-            ),
-            (
-                "LOCKOUT_BASE_SECONDS",
-                self.throttle.lockout_base.as_secs().to_string(),
-            ),
-            (
-                "LOCKOUT_MAX_SECONDS",
-                self.throttle.lockout_max.as_secs().to_string(),
-            ),
-            ("CORS_ALLOWED_ORIGINS", self.cors_allowed_origins.join(",")),
-            ("PASSWORD_MIN_SCORE", self.password_min_score.to_string()),
-            ("ARGON2_MAX_QUEUE", self.argon2.max_queue.to_string()),
-            ("ADMIN_EMAILS", self.admin_emails.join(",")),
-            (
-                "AUDIT_DENIED_WINDOW_MS",
-                self.audit_denied_window.as_millis().to_string(),
-            ),
-        ];
-        lines
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+            "MAX_SESSIONS_PER_USER" => Text(match self.max_sessions_per_user {
+                0 => "0 (unlimited)".into(),
+                n => n.to_string(),
+            }),
+            "TRUSTED_PROXIES" => list(self.trusted_proxies.iter().map(|n| n.to_string())),
+            "RATE_LIMIT_WINDOW_SECONDS" => secs(throttle.window),
+            "RATE_LIMIT_LOGIN_PER_IP" => Text(throttle.login_per_ip.to_string()),
+            "RATE_LIMIT_LOGIN_PER_ACCOUNT" => Text(throttle.login_per_account.to_string()),
+            "RATE_LIMIT_REGISTER_PER_IP" => Text(throttle.register_per_ip.to_string()),
+            "RATE_LIMIT_REFRESH_PER_IP" => Text(throttle.refresh_per_ip.to_string()),
+            "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT" => {
+                Text(throttle.password_change_per_account.to_string())
+            }
+            "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION" => {
+                Text(throttle.password_change_per_session.to_string())
+            }
+            "LOCKOUT_THRESHOLD" => Text(throttle.lockout_threshold.to_string()),
+            "LOCKOUT_BASE_SECONDS" => secs(throttle.lockout_base),
+            "LOCKOUT_MAX_SECONDS" => secs(throttle.lockout_max),
+            "CORS_ALLOWED_ORIGINS" => list(self.cors_allowed_origins.iter().cloned()),
+            "PASSWORD_MIN_SCORE" => Text(self.password_min_score.to_string()),
+            "ADMIN_EMAILS" => list(self.admin_emails.iter().cloned()),
+            "AUDIT_DENIED_WINDOW_MS" => millis(self.audit_denied_window),
+            // A declared variable without an arm here: the unit tests catch it.
+            _ => Effective::Unknown,
+        }
     }
 
     /// The URL sea-orm connects to.
@@ -606,6 +787,37 @@ impl Config {
             Some(url) => url.clone(),
             None => format!("sqlite://{}?mode=rwc", self.sqlite_path),
         }
+    }
+}
+
+/// Shows what `check-config` shows, secrets and URL passwords masked: a configuration that
+/// reaches a log line leaks nothing.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let described = self.describe();
+        f.debug_map()
+            .entries(described.lines().filter_map(|l| l.split_once('=')))
+            .finish()
+    }
+}
+
+/// A variable's value in a [`Config`], for `check-config`.
+enum Effective {
+    Unset,
+    Text(String),
+    /// Set, and never shown.
+    Secret,
+    /// Not known to [`Config::describe`] (a declaration without its arm).
+    Unknown,
+}
+
+/// A comma-separated list; empty is unset.
+fn list(items: impl Iterator<Item = String>) -> Effective {
+    let joined = items.collect::<Vec<_>>().join(",");
+    if joined.is_empty() {
+        Effective::Unset
+    } else {
+        Effective::Text(joined)
     }
 }
 
@@ -864,6 +1076,114 @@ mod tests {
         assert_eq!(
             mask_url_password("redis://cache:6379"),
             "redis://cache:6379"
+        );
+    }
+
+    /// Parsing reads exactly the declared variables: none is read without a declaration (its
+    /// default and masking would be missing), none is declared and ignored.
+    #[test]
+    fn parsing_reads_exactly_the_declared_variables() {
+        let read = std::cell::RefCell::new(Vec::new());
+        Config::from_lookup(|k| {
+            read.borrow_mut().push(k.to_string());
+            None
+        })
+        .unwrap();
+        let mut read = read.into_inner();
+        read.sort();
+        read.dedup();
+        let mut declared: Vec<String> = VARS.iter().map(|v| v.name.to_string()).collect();
+        declared.sort();
+        let before = declared.len();
+        declared.dedup();
+        assert_eq!(declared.len(), before, "a variable is declared twice");
+        assert_eq!(read, declared);
+    }
+
+    /// The declared default values are the ones in effect: setting each explicitly changes
+    /// nothing.
+    #[test]
+    fn declared_defaults_are_the_effective_ones() {
+        let explicit: Vec<(&str, &str)> = VARS
+            .iter()
+            .filter_map(|v| match v.default {
+                Value(d) => Some((v.name, d)),
+                _ => None,
+            })
+            .collect();
+        assert!(explicit.len() > 30);
+        assert_eq!(
+            config(&explicit).unwrap().describe(),
+            config(&[]).unwrap().describe()
+        );
+    }
+
+    #[test]
+    fn check_config_shows_every_declared_variable_and_masks_the_secrets() {
+        let secrets = [
+            ("JWT_SECRET", "jQ7w2Xr9Lm4Tz8Vb1Nc6Kd3Hs0Fg5YeAb3dE6gH9"),
+            (
+                "JWT_SECRET_PREVIOUS",
+                "k3Jx9QvT2mLp8RwZ0aYc5NbE7hUd1GsF4oVi6XtK",
+            ),
+            ("SESSION_SECRET", "cM5n8Bv2Xz7Lk4Jh1Gf9Ds6Aq3Wt0ErKm2pQ7sV4"),
+            (
+                "SESSION_SECRET_PREVIOUS",
+                "pZ3x6Cv9Bn2Mq5Wl8Ek1Rj4Th7Yg0UfLn8rT1wX6",
+            ),
+        ];
+        let mut vars = secrets.to_vec();
+        vars.push(("DB_URL", "postgres://app:db-pass-123@db:5432/x"));
+        vars.push(("TRUSTED_PROXIES", "10.0.0.0/8"));
+        let c = config(&vars).unwrap();
+        let described = c.describe();
+        let debug = format!("{c:?}");
+        let names: Vec<&str> = described
+            .lines()
+            .map(|l| l.split_once('=').expect("NAME=value").0)
+            .collect();
+        let declared: Vec<&str> = VARS.iter().map(|v| v.name).collect();
+        assert_eq!(names, declared);
+        assert!(!described.contains("(not shown)"), "{described}");
+        for var in VARS.iter().filter(|v| v.secret) {
+            assert!(
+                described.contains(&format!("{}=********", var.name)),
+                "{described}"
+            );
+        }
+        for (_, value) in secrets {
+            assert!(!described.contains(value) && !debug.contains(value));
+        }
+        assert!(described.contains("DB_URL=postgres://app:***@db:5432/x"));
+        assert!(!described.contains("db-pass-123") && !debug.contains("db-pass-123"));
+        assert!(debug.contains("\"JWT_SECRET\": \"********\""), "{debug}");
+        assert!(described.contains("TRUSTED_PROXIES=10.0.0.0/8"));
+    }
+
+    /// The README's Configuration table lists exactly the declared variables, each once.
+    #[test]
+    fn readme_configuration_table_lists_exactly_the_declared_variables() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a Configuration section");
+        let mut listed = Vec::new();
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            listed.extend(first.split('`').skip(1).step_by(2).map(str::to_string));
+        }
+        let mut sorted = listed.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), listed.len(), "a variable is listed twice");
+        let mut declared: Vec<String> = VARS.iter().map(|v| v.name.to_string()).collect();
+        declared.sort();
+        assert_eq!(
+            sorted, declared,
+            "README Configuration table vs config::VARS"
         );
     }
 

@@ -1,7 +1,8 @@
 //! The OpenAPI 3.1 document served at GET /openapi.json, generated from the handlers'
 //! annotations. Responses every operation shares (503, and 400/413/415 for JSON bodies, 401 for
 //! bearer-protected ones, the X-Request-Id header) are added in one place by [`CommonResponses`],
-//! so an annotation cannot forget them.
+//! so an annotation cannot forget them. docs/API.md is this document rendered by [`markdown`].
+mod markdown;
 use std::sync::LazyLock;
 
 use utoipa::{
@@ -19,13 +20,7 @@ use crate::routes;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(
-        title = "sessiond",
-        description = "Session-management server: accounts, logins, bearer access tokens, refresh \
-                       rotation and revocation that reaches every pod. Errors always have the shape \
-                       {\"error\": code, \"message\": text}.",
-        license(name = "MIT")
-    ),
+    info(title = "sessiond", license(name = "MIT")),
     paths(
         routes::users::register,
         routes::users::profile,
@@ -63,6 +58,40 @@ use crate::routes;
     )
 )]
 pub struct ApiDoc;
+
+/// What holds for every operation; the document's description, first on docs/API.md.
+const CONVENTIONS: &str = "\
+Session-management server: accounts, logins, bearer access tokens, refresh rotation and \
+revocation that reaches every pod.
+
+- Bodies are JSON (`Content-Type: application/json`); another content type on a JSON endpoint \
+gets `415`. Request bodies are capped (16 KiB by default): larger ones get `413`. Unknown, \
+duplicate or missing fields get `400`.
+- Authenticated endpoints take `Authorization: Bearer <access_token>`. A missing, malformed, \
+expired, tampered or revoked token gets `401` with `WWW-Authenticate: Bearer` and no detail \
+about which of those it was. Tokens in query strings or cookies are ignored. Responses to a \
+request that carries credentials have `Cache-Control: no-store`.
+- Every error has the body `{\"error\": code, \"message\": text}`: `error` is a stable code \
+(see Error codes), `message` is for humans and never holds a stack trace, SQL, a secret or a \
+parser's raw message. An unknown path gets `404` `not_found`, a known path with another \
+method `405` `method_not_allowed` (with `Allow`), an unexpected failure `500` `internal_error`.
+- Emails are trimmed and compared case-insensitively (stored lower-cased after Unicode NFKC): \
+two spellings of one address are one account. Passwords are 8 to 128 characters (Unicode \
+scalar values), never trimmed or truncated.
+- Access tokens are HS256 JWTs (`typ: JWT`, `kid` naming the key) with the claims `sub` (user \
+id), `sid` (session id), `iat`, `nbf`, `exp`, `iss`, `aud`, `jti`, `roles` and `permissions`.
+- Revocation: once a logout, `DELETE /sessions/{id}`, a password change, a detected refresh \
+token reuse or an admin's revoke, disable or delete has answered, the pod that served it \
+refuses the revoked access tokens at once and every other pod as soon as the invalidation \
+message arrives; if that message is lost, no pod accepts them for longer than its session \
+cache TTL (5 s by default). When Redis is unreachable and the local cache cannot answer, the \
+answer is `503`: a token that cannot be checked is never accepted.";
+
+/// The Markdown page docs/API.md holds: this document, rendered.
+pub fn markdown() -> String {
+    let doc: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap_or_default();
+    markdown::render(&doc)
+}
 
 /// Rendered once: the document does not change while the process runs.
 static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
@@ -171,6 +200,7 @@ impl CommonResponses {
 
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi.info.description = Some(CONVENTIONS.to_string());
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",

@@ -297,6 +297,9 @@ impl Application {
         } else {
             grant_admin_emails(&state).await?;
         }
+        // The extractors' own app data: each reads only what it needs.
+        let session_check = web::Data::new(state.session_check());
+        let denial_audit = web::Data::new(state.denial_audit());
         let origins = state.config.cors_allowed_origins.clone();
         let public_metrics = metrics_listener.is_none();
         // Browsers that reached us over TLS keep to HTTPS for max-age (HSTS_MAX_AGE, 0: not sent).
@@ -326,6 +329,8 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(session_check.clone())
+                .app_data(denial_audit.clone())
                 .wrap(Condition::new(
                     hsts.is_some(),
                     DefaultHeaders::new().add((

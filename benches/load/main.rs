@@ -1,6 +1,6 @@
 //! The load suite: starts sessiond in this process (embedded default, or PostgreSQL + Redis when
 //! BENCH_DATABASE_URL / BENCH_REDIS_URL are given) and the actix-session baseline on the same
-//! Redis, then drives the scenarios of issue 4 over keep-alive connections, closed loop at
+//! Redis, then drives the scenarios of `scenarios.rs` over keep-alive connections, closed loop at
 //! maximum rate and open loop at fixed rates, with latencies in HDR histograms.
 //!
 //! `cargo bench --bench load` (BENCH_QUICK=1 for a 1-2 minute run). Writes

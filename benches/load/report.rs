@@ -306,7 +306,7 @@ impl Report {
             .map(|r| r.rps)
     }
 
-    /// Compares the measurements with the targets.
+    /// Compares the measurements with the targets the README states.
     pub fn finish(&mut self) {
         self.elapsed_seconds = self.elapsed.as_secs_f64();
         let health = self.rps("sessiond", "GET /health");

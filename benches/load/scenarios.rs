@@ -1,4 +1,4 @@
-//! The scenarios of issue 4, in the order they run, and what each one records.
+//! The load scenarios, in the order they run, and what each one records.
 use std::{
     collections::BTreeMap,
     future::Future,

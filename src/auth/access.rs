@@ -5,7 +5,11 @@ use std::{future::Future, marker::PhantomData, pin::Pin, sync::Arc};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
 use super::AuthenticatedSession;
-use crate::{audit::AuditEvent, domain::AuditKind, error::ApiError, state::AppState};
+use crate::{
+    audit::{AuditEvent, AuditLog},
+    domain::AuditKind,
+    error::ApiError,
+};
 
 pub use crate::domain::{Access, Shortfall, ADMIN_ROLE, BUILTIN_PERMISSIONS, USER_ROLE};
 
@@ -35,6 +39,15 @@ permissions! {
     SessionsRevoke => SESSIONS_REVOKE,
     UsersRead => USERS_READ,
     UsersWrite => USERS_WRITE,
+}
+
+/// What [`Authorized`] reads when it refuses a caller, registered as its own app data
+/// (`web::Data<DenialAudit>`): where the denial is recorded, and the proxies whose
+/// X-Forwarded-For names the caller's address.
+#[derive(Clone)]
+pub struct DenialAudit {
+    pub audit: AuditLog,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// An authenticated session that holds permission `P`; otherwise 403 `forbidden` (and 401 for
@@ -67,15 +80,15 @@ impl<P: Permission + 'static> FromRequest for Authorized<P> {
                     _permission: PhantomData,
                 });
             }
-            if let Some(state) = req.app_data::<web::Data<AppState>>() {
+            if let Some(denials) = req.app_data::<web::Data<DenialAudit>>() {
                 let route = req.match_pattern().unwrap_or_default();
                 let method = req.method().as_str();
                 // Aggregated: a loop of 403s is a few counted rows, not one row per request.
-                state.app.audit.record_denial(
+                denials.audit.record_denial(
                     format!("{method} {route} {}", P::NAME),
                     AuditEvent::denied(AuditKind::AccessDenied)
                         .actor(session.user_id)
-                        .ip(state.client_ip(&req))
+                        .ip(crate::routes::client_ip(&req, &denials.trusted_proxies))
                         .detail(serde_json::json!({
                             "permission": P::NAME,
                             "route": route,

@@ -7,12 +7,30 @@ use std::{future::Future, pin::Pin};
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use uuid::Uuid;
 
-use super::SharedAccess;
+use actix::Addr;
+
+use super::{JwtKeys, SharedAccess};
 use crate::{
     error::ApiError,
-    session::{now_unix, CacheLookup, SessionState, Touch, Validate},
-    state::AppState,
+    metrics::TokenChecks,
+    session::{
+        now_unix, CacheLookup, SessionCache, SessionRegistry, SessionState, Touch, Validate,
+    },
 };
+
+/// What the token check reads, and nothing more: registered as its own app data
+/// (`web::Data<SessionCheck>`), so the extractor does not depend on the whole application state.
+/// One lookup and one reference-count bump per request, as before.
+#[derive(Clone)]
+pub struct SessionCheck {
+    /// Verifies the bearer token (a clone shares the verified-token cache).
+    pub jwt: JwtKeys,
+    /// The pod's local copy of sessions: the hit path.
+    pub cache: SessionCache,
+    /// Asked on a miss, and told when a hit should be written back (`Touch`).
+    pub sessions: Addr<SessionRegistry>,
+    pub checks: TokenChecks,
+}
 
 #[derive(Debug, Clone)]
 pub struct AuthenticatedSession {
@@ -42,13 +60,13 @@ impl FromRequest for AuthenticatedSession {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let state = req.app_data::<web::Data<SessionCheck>>().cloned();
         let claims = state
             .as_ref()
             .and_then(|s| bearer_token(req).and_then(|t| s.jwt.verify(t)));
         Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::Internal("AppState missing".into()))?;
-            let checks = &state.app.metrics.token_checks;
+            let state = state.ok_or_else(|| ApiError::Internal("SessionCheck missing".into()))?;
+            let checks = &state.checks;
             let Some(claims) = claims else {
                 checks.rejected.inc();
                 return Err(ApiError::Unauthorized);
@@ -60,7 +78,7 @@ impl FromRequest for AuthenticatedSession {
                 } => {
                     checks.cache_hit.inc();
                     if touch {
-                        state.app.sessions.do_send(Touch {
+                        state.sessions.do_send(Touch {
                             user_id: claims.sub,
                             session_id: claims.sid,
                         });
@@ -70,7 +88,6 @@ impl FromRequest for AuthenticatedSession {
                 CacheLookup::Miss { fresh } => {
                     checks.cache_miss.inc();
                     let asked = state
-                        .app
                         .sessions
                         .send(Validate {
                             user_id: claims.sub,

@@ -1,4 +1,4 @@
-//! Access tokens: HS256 JWTs with the claims API.md lists. Verification pins the algorithm,
+//! Access tokens: HS256 JWTs with the claims docs/API.md lists. Verification pins the algorithm,
 //! requires every claim, checks iss, aud, exp and nbf with a small leeway, and checks `typ`.
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ pub struct Claims {
 }
 
 /// A verification key and the `kid` that names it.
+#[derive(Clone)]
 struct VerifyKey {
     kid: String,
     key: DecodingKey,
@@ -66,6 +67,8 @@ type VerifiedTokens =
 /// Bytes of tokens the verified-token cache may hold.
 const VERIFIED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Clones share the cache of verified tokens.
+#[derive(Clone)]
 pub struct JwtKeys {
     verified: VerifiedTokens,
     encoding: EncodingKey,

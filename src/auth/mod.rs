@@ -4,6 +4,6 @@ pub mod access;
 pub mod extractor;
 pub mod jwt;
 
-pub use access::{Access, Authorized, SharedAccess};
-pub use extractor::AuthenticatedSession;
+pub use access::{Access, Authorized, DenialAudit, SharedAccess};
+pub use extractor::{AuthenticatedSession, SessionCheck};
 pub use jwt::{Claims, JwtKeys};

@@ -55,7 +55,7 @@ impl From<DbErr> for UserStoreError {
     }
 }
 
-/// The public view of an account (API.md "user").
+/// The public view of an account (the "user" object of docs/API.md).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: Uuid,

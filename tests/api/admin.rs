@@ -2,12 +2,11 @@
 //! accounts, the last-admin guard, pagination, and role changes reaching every pod.
 use std::time::Duration;
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::{audit, both_backends, helpers::*, services_only};
+use crate::{both_backends, helpers::*, services_only};
 
 both_backends!(
     admin_endpoints_need_their_permission_and_a_valid_existing_id,
@@ -23,100 +22,8 @@ services_only!(
     disabling_or_revoking_a_user_reaches_the_other_pod,
 );
 
-/// What the built-in `admin` role grants, sorted: every permission sessiond defines.
-pub const ADMIN_PERMISSIONS: &[&str] = sessiond::auth::access::BUILTIN_PERMISSIONS;
-
 /// Generous: the guarantee is the next request normally, SESSION_CACHE_TTL (5 s) at worst.
 const PROPAGATION: Duration = Duration::from_secs(10);
-
-/// A registered, logged-in account.
-pub struct Account {
-    pub id: String,
-    pub email: String,
-    pub tokens: Tokens,
-}
-
-pub fn unique_email(kind: &str) -> String {
-    format!("{kind}-{}@example.com", Uuid::new_v4().simple())
-}
-
-/// Registers `email` (asserting the roles /register returns) and logs it in.
-pub async fn account(app: &TestApp, email: &str, roles: &[&str]) -> Account {
-    let r = app.register(email, PASSWORD).await;
-    assert_eq!(r.status, StatusCode::CREATED, "register: {}", r.body);
-    assert_eq!(r.body["roles"], json!(roles), "{}", r.body);
-    Account {
-        id: r.body["id"].as_str().expect("id").to_string(),
-        email: email.to_string(),
-        tokens: app.login(email, PASSWORD).await,
-    }
-}
-
-/// A plain account (roles ["user"]).
-pub async fn plain(app: &TestApp) -> Account {
-    account(app, &unique_email("user"), &["user"]).await
-}
-
-/// A deployment whose ADMIN_EMAILS lists `admins` fresh addresses; returns them.
-pub async fn with_admins(backend: Backend, admins: usize) -> (Deployment, Vec<String>) {
-    let mut dep = Deployment::new(backend).await;
-    let emails: Vec<String> = (0..admins).map(|_| unique_email("admin")).collect();
-    dep.set("ADMIN_EMAILS", emails.join(","));
-    (dep, emails)
-}
-
-pub async fn admin(app: &TestApp, email: &str) -> Account {
-    account(app, email, &["admin", "user"]).await
-}
-
-/// Any method, with or without a token, with an optional JSON body.
-pub async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> Reply {
-    let mut req = app.client.request(method, app.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(b);
-    }
-    let res = req.send().await.expect("request sent");
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.bytes().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
-}
-
-pub async fn set_roles(app: &TestApp, token: &str, user_id: &str, roles: &[&str]) -> Reply {
-    let path = format!("/admin/users/{user_id}/roles");
-    call(
-        app,
-        Method::PUT,
-        &path,
-        Some(token),
-        Some(&json!({ "roles": roles })),
-    )
-    .await
-}
-
-pub async fn create_role(app: &TestApp, token: &str, name: &str, permissions: &[&str]) -> Reply {
-    let body = json!({"name": name, "permissions": permissions});
-    call(app, Method::POST, "/admin/roles", Some(token), Some(&body)).await
-}
-
-/// The JWT's payload, decoded without verifying it.
-pub fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("JWT payload");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("json")
-}
 
 /// Asserts GET /session reports these roles and permissions.
 #[track_caller]
@@ -983,14 +890,14 @@ async fn admin_emails_at_start_up_promote_an_existing_account(backend: Backend) 
     );
 
     // The start-up grant is audited, with no actor.
-    let events = audit::settled(
+    let events = settled(
         &app,
         &tokens.access,
         &format!("user_id={}&type=role_change", user.id),
         1,
     )
     .await;
-    audit::assert_event(&events[0], "role_change", None, Some(&user.id), "success");
+    assert_event(&events[0], "role_change", None, Some(&user.id), "success");
 }
 
 async fn role_changes_reach_the_other_pod_on_its_next_request() {

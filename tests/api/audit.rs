@@ -5,54 +5,13 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use uuid::Uuid;
 
-use crate::{
-    admin::{self, call, create_role, set_roles, unique_email, with_admins},
-    both_backends,
-    helpers::*,
-};
+use crate::{both_backends, helpers::*};
 
 both_backends!(
     account_events_are_recorded_once_with_the_user_as_actor_and_subject,
     admin_actions_are_recorded_once_with_the_admin_as_actor_and_kept_after_delete,
 );
-
-/// How long an asynchronous audit write may take to show up.
-const ARRIVAL: Duration = Duration::from_secs(10);
-/// How long to keep watching for a late duplicate once the expected count is reached.
-const SETTLE: Duration = Duration::from_millis(300);
-
-/// The events GET /admin/audit?`query` returns once there are `expected` of them, after making
-/// sure no further one arrives; newest first.
-pub async fn settled(app: &TestApp, token: &str, query: &str, expected: usize) -> Vec<Value> {
-    let path = format!("/admin/audit?{query}&per_page=200");
-    let mut last = Value::Null;
-    let reached = eventually(ARRIVAL, Duration::from_millis(50), async || {
-        let r = app.get(&path, Some(token)).await;
-        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
-        last = r.body;
-        last["total"].as_u64().is_some_and(|n| n >= expected as u64)
-    })
-    .await;
-    assert!(reached, "{expected} events for {query}; last page: {last}");
-    actix_web::rt::time::sleep(SETTLE).await;
-    let r = app.get(&path, Some(token)).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(
-        r.body["total"], expected,
-        "exactly {expected} events for {query}: {}",
-        r.body
-    );
-    let items = r.body["items"].as_array().expect("items").clone();
-    assert_eq!(items.len(), expected, "{}", r.body);
-    for item in &items {
-        if let Some(kind) = query.split('&').find_map(|kv| kv.strip_prefix("type=")) {
-            assert_eq!(item["type"], kind, "{item}");
-        }
-    }
-    items
-}
 
 /// The events GET /admin/audit?`query` returns once one of them satisfies `wanted` (and no second
 /// one arrives late); for queries whose total count the specification leaves open.
@@ -70,13 +29,13 @@ async fn settled_one(
             .unwrap_or_default()
     };
     let mut last = Value::Null;
-    let reached = eventually(ARRIVAL, Duration::from_millis(50), async || {
+    let reached = eventually(AUDIT_ARRIVAL, Duration::from_millis(50), async || {
         last = app.get(&path, Some(token)).await.body;
         !matching(&last).is_empty()
     })
     .await;
     assert!(reached, "a matching event for {query}; last page: {last}");
-    actix_web::rt::time::sleep(SETTLE).await;
+    actix_web::rt::time::sleep(AUDIT_SETTLE).await;
     let found = matching(&app.get(&path, Some(token)).await.body);
     assert_eq!(
         found.len(),
@@ -84,33 +43,6 @@ async fn settled_one(
         "exactly one matching event for {query}: {found:?}"
     );
     found[0].clone()
-}
-
-/// Asserts the event object's shape and its type, actor, subject and outcome.
-#[track_caller]
-pub fn assert_event(
-    event: &Value,
-    kind: &str,
-    actor: Option<&str>,
-    subject: Option<&str>,
-    outcome: &str,
-) {
-    let id = event["id"].as_str().unwrap_or_default();
-    assert!(Uuid::parse_str(id).is_ok(), "id is a UUID: {event}");
-    let at = event["occurred_at"].as_str().unwrap_or_default();
-    assert!(
-        chrono::DateTime::parse_from_rfc3339(at).is_ok(),
-        "occurred_at is RFC 3339: {event}"
-    );
-    assert!(
-        event["ip"].is_null() || event["ip"].is_string(),
-        "ip is a string or null: {event}"
-    );
-    assert!(event["detail"].is_object(), "detail is an object: {event}");
-    assert_eq!(event["type"], kind, "{event}");
-    assert_eq!(event["actor_id"], json!(actor), "actor of {event}");
-    assert_eq!(event["subject_id"], json!(subject), "subject of {event}");
-    assert_eq!(event["outcome"], outcome, "{event}");
 }
 
 /// `detail.revoked`: how many sessions were revoked (a count, or the list of their ids).
@@ -121,16 +53,11 @@ fn revoked(event: &Value) -> Option<usize> {
         .or_else(|| r.as_array().map(Vec::len))
 }
 
-async fn refresh(app: &TestApp, token: &str) -> Reply {
-    app.post_json("/token/refresh", &json!({"refresh_token": token}))
-        .await
-}
-
 async fn account_events_are_recorded_once_with_the_user_as_actor_and_subject(backend: Backend) {
     let (mut dep, admins) = with_admins(backend, 1).await;
     dep.set("REFRESH_REUSE_GRACE", 0);
     let app = dep.spawn().await;
-    let admin = admin::admin(&app, &admins[0]).await;
+    let admin = admin(&app, &admins[0]).await;
     let token = admin.tokens.access.as_str();
 
     let email = unique_email("audited");
@@ -282,9 +209,9 @@ async fn admin_actions_are_recorded_once_with_the_admin_as_actor_and_kept_after_
 ) {
     let (dep, admins) = with_admins(backend, 1).await;
     let app = dep.spawn().await;
-    let admin = admin::admin(&app, &admins[0]).await;
+    let admin = admin(&app, &admins[0]).await;
     let token = admin.tokens.access.as_str();
-    let user = admin::plain(&app).await;
+    let user = plain(&app).await;
     let (by, about) = (Some(admin.id.as_str()), Some(user.id.as_str()));
     let path = format!("/admin/users/{}", user.id);
 

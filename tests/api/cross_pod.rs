@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::{helpers::*, proxy::RedisProxy, services_only};
+use crate::{helpers::*, services_only};
 
 services_only!(
     logout_on_one_pod_revokes_the_token_on_the_other,
@@ -201,26 +201,4 @@ async fn racing_logouts_on_two_pods_never_500() {
             .await
             .assert_error(401, "unauthorized");
     }
-}
-
-pub fn redis_addr() -> std::net::SocketAddr {
-    let url = redis_url();
-    let hostport = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or("127.0.0.1:6379")
-        .rsplit('@')
-        .next()
-        .unwrap_or("127.0.0.1:6379")
-        .to_string();
-    let hostport = if hostport.contains(':') {
-        hostport
-    } else {
-        format!("{hostport}:6379")
-    };
-    std::net::ToSocketAddrs::to_socket_addrs(&hostport)
-        .ok()
-        .and_then(|mut a| a.next())
-        .expect("TEST_REDIS_URL resolves")
 }

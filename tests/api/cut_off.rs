@@ -4,17 +4,9 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
 use uuid::Uuid;
 
-use crate::{
-    admin::{admin, call, plain, with_admins, Account},
-    both_backends,
-    cross_pod::redis_addr,
-    helpers::*,
-    proxy::RedisProxy,
-    services_only,
-};
+use crate::{both_backends, helpers::*, services_only};
 
 both_backends!(a_deleted_accounts_id_still_takes_a_session_revocation);
 services_only!(
@@ -26,11 +18,6 @@ services_only!(
 const CACHE_TTL: u64 = 4;
 /// How long a revocation may take to reach the other pod (normally the next request).
 const PROPAGATION: Duration = Duration::from_secs(10);
-
-async fn refresh(app: &TestApp, token: &str) -> Reply {
-    app.post_json("/token/refresh", &json!({"refresh_token": token}))
-        .await
-}
 
 /// Neither the access token nor the refresh token of `tokens` works on any of `pods`, now
 /// (after at most PROPAGATION on each) and for longer than the cache TTL.

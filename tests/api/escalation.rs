@@ -1,16 +1,12 @@
-//! The escalation rule: a delegated admin role cannot reach beyond what it holds (issue 13,
-//! item 1), and denials a caller can loop are aggregated in the audit trail (item 7).
+//! The escalation rule: a delegated admin role cannot reach beyond what it holds, and denials a
+//! caller can loop are aggregated in the audit trail.
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{json, Value};
 
-use crate::{
-    admin::{self, call, create_role, set_roles, unique_email, with_admins, Account},
-    audit, both_backends,
-    helpers::*,
-};
+use crate::{both_backends, helpers::*};
 
 both_backends!(
     a_users_write_delegate_cannot_make_itself_admin_or_touch_the_admins,
@@ -80,7 +76,7 @@ async fn snapshot(app: &TestApp, root: &str, id: &str) -> Reply {
 
 /// A fresh account holding `roles` (given by `root`).
 async fn holding(app: &TestApp, root: &str, roles: &[&str]) -> Account {
-    let account = admin::plain(app).await;
+    let account = plain(app).await;
     let r = set_roles(app, root, &account.id, roles).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     account
@@ -89,12 +85,12 @@ async fn holding(app: &TestApp, root: &str, roles: &[&str]) -> Account {
 async fn a_users_write_delegate_cannot_make_itself_admin_or_touch_the_admins(backend: Backend) {
     let (dep, admins) = with_admins(backend, 1).await;
     let app = dep.spawn().await;
-    let root = admin::admin(&app, &admins[0]).await;
+    let root = admin(&app, &admins[0]).await;
     let token = root.tokens.access.as_str();
     let r = create_role(&app, token, "helpdesk", &["users:write"]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let mallory = holding(&app, token, &["helpdesk", "user"]).await;
-    let accomplice = admin::plain(&app).await;
+    let accomplice = plain(&app).await;
     let m = mallory.tokens.access.as_str();
     let before = [
         snapshot(&app, token, &root.id).await.body,
@@ -106,7 +102,7 @@ async fn a_users_write_delegate_cannot_make_itself_admin_or_touch_the_admins(bac
     set_roles(&app, m, &mallory.id, &["admin"])
         .await
         .assert_error(403, "forbidden");
-    create_role(&app, m, "everything", admin::ADMIN_PERMISSIONS)
+    create_role(&app, m, "everything", ADMIN_PERMISSIONS)
         .await
         .assert_error(403, "forbidden");
     set_roles(&app, m, &root.id, &["user"])
@@ -140,7 +136,7 @@ async fn a_users_write_delegate_cannot_make_itself_admin_or_touch_the_admins(bac
     let session = app.get("/session", Some(token)).await;
     assert_eq!(session.status, StatusCode::OK, "{}", session.body);
     assert_eq!(session.body["roles"], json!(["admin", "user"]));
-    assert_eq!(session.body["permissions"], json!(admin::ADMIN_PERMISSIONS));
+    assert_eq!(session.body["permissions"], json!(ADMIN_PERMISSIONS));
     let session = app.get("/session", Some(m)).await;
     assert_eq!(session.body["roles"], json!(["helpdesk", "user"]));
     let roles = app.get("/admin/roles", Some(token)).await;
@@ -161,12 +157,12 @@ async fn a_users_write_delegate_cannot_make_itself_admin_or_touch_the_admins(bac
     let by = Some(mallory.id.as_str());
     let own = denials(&found, "role_change", by);
     assert_eq!(own.len(), 1, "{found:?}");
-    audit::assert_event(own[0], "role_change", by, by, "denied");
+    assert_event(own[0], "role_change", by, by, "denied");
     assert_eq!(own[0]["detail"]["reason"], "own_roles");
     assert_eq!(own[0]["detail"]["count"], 1);
     let created = denials(&found, "role_create", None);
     assert_eq!(created.len(), 1, "{found:?}");
-    audit::assert_event(created[0], "role_create", by, None, "denied");
+    assert_event(created[0], "role_create", by, None, "denied");
     assert_eq!(created[0]["detail"]["reason"], "escalation");
     assert_eq!(
         created[0]["detail"]["missing_permissions"],
@@ -176,7 +172,7 @@ async fn a_users_write_delegate_cannot_make_itself_admin_or_touch_the_admins(bac
     for kind in ["role_change", "user_disable", "user_delete"] {
         let d = denials(&found, kind, about_root);
         assert_eq!(d.len(), 1, "{kind}: {found:?}");
-        audit::assert_event(d[0], kind, by, about_root, "denied");
+        assert_event(d[0], kind, by, about_root, "denied");
         assert_eq!(d[0]["detail"]["reason"], "escalation");
         assert_eq!(d[0]["detail"]["admin_role_required"], true);
     }
@@ -273,7 +269,7 @@ impl Op {
 async fn each_admin_operation_needs_a_caller_holding_what_it_touches(backend: Backend) {
     let (dep, admins) = with_admins(backend, 1).await;
     let app = dep.spawn().await;
-    let root = admin::admin(&app, &admins[0]).await;
+    let root = admin(&app, &admins[0]).await;
     let token = root.tokens.access.as_str();
     for (name, permissions) in [
         ("deleg", &["sessions:revoke", "users:write"][..]),
@@ -400,11 +396,11 @@ async fn a_loop_of_denied_calls_is_counted_not_written_row_by_row(backend: Backe
     let (mut dep, admins) = with_admins(backend, 1).await;
     dep.set("AUDIT_DENIED_WINDOW_MS", 1000);
     let app = dep.spawn().await;
-    let root = admin::admin(&app, &admins[0]).await;
+    let root = admin(&app, &admins[0]).await;
     let token = root.tokens.access.as_str();
     let r = create_role(&app, token, "helpdesk", &["users:write"]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let prober = admin::plain(&app).await;
+    let prober = plain(&app).await;
     let delegate = holding(&app, token, &["helpdesk", "user"]).await;
     let bystander = unique_email("bystander");
     let r = app.register(&bystander, PASSWORD).await;
@@ -440,7 +436,7 @@ async fn a_loop_of_denied_calls_is_counted_not_written_row_by_row(backend: Backe
     let rows = events_once(&app, token, &query, |e| counted(e) >= 200).await;
     assert!(rows.len() < 100, "{} rows for 200 denials", rows.len());
     for e in &rows {
-        audit::assert_event(e, "access_denied", Some(&prober.id), None, "denied");
+        assert_event(e, "access_denied", Some(&prober.id), None, "denied");
         assert_eq!(e["detail"]["route"], "/admin/users", "{e}");
         assert_eq!(e["detail"]["permission"], "users:read", "{e}");
     }
@@ -455,14 +451,14 @@ async fn a_loop_of_denied_calls_is_counted_not_written_row_by_row(backend: Backe
     assert_eq!(counted(&events(&app, token, &query).await), 50);
 
     // The real event landed.
-    let logins = audit::settled(
+    let logins = settled(
         &app,
         token,
         &format!("user_id={bystander_id}&type=login"),
         1,
     )
     .await;
-    audit::assert_event(
+    assert_event(
         &logins[0],
         "login",
         Some(&bystander_id),
@@ -475,8 +471,8 @@ async fn denials_counted_when_the_server_stops_are_written(backend: Backend) {
     // The default window (a minute) outlives this test: the count is written at shutdown.
     let (dep, admins) = with_admins(backend, 1).await;
     let first = dep.spawn().await;
-    let root = admin::admin(&first, &admins[0]).await;
-    let prober = admin::plain(&first).await;
+    let root = admin(&first, &admins[0]).await;
+    let prober = plain(&first).await;
     for _ in 0..30 {
         first
             .get("/admin/audit", Some(&prober.tokens.access))
@@ -502,7 +498,7 @@ async fn the_admin_role_regains_every_defined_permission_at_start_up(backend: Ba
     // role lacks it until the server starts (or `sessiond migrate` runs).
     let (dep, admins) = with_admins(backend, 1).await;
     let first = dep.spawn().await;
-    let root = admin::admin(&first, &admins[0]).await;
+    let root = admin(&first, &admins[0]).await;
     first.stop().await;
     let db = Database::connect(dep.database_url())
         .await
@@ -520,11 +516,11 @@ async fn the_admin_role_regains_every_defined_permission_at_start_up(backend: Ba
     let app = dep.spawn().await;
     let token = app.login(&root.email, PASSWORD).await.access;
     let session = app.get("/session", Some(&token)).await;
-    assert_eq!(session.body["permissions"], json!(admin::ADMIN_PERMISSIONS));
+    assert_eq!(session.body["permissions"], json!(ADMIN_PERMISSIONS));
     let roles = app.get("/admin/roles", Some(&token)).await;
     assert_eq!(roles.status, StatusCode::OK, "{}", roles.body);
     assert_eq!(
         roles.body["items"][0],
-        json!({"name": "admin", "permissions": admin::ADMIN_PERMISSIONS, "builtin": true})
+        json!({"name": "admin", "permissions": ADMIN_PERMISSIONS, "builtin": true})
     );
 }

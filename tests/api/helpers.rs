@@ -3,12 +3,30 @@
 //! Backends: `Embedded` (SQLite file + in-process sessions) always; `Services` (PostgreSQL +
 //! Redis) when TEST_DATABASE_URL and TEST_REDIS_URL are set. REQUIRE_SERVICES=1 turns a missing
 //! or unreachable service into a failure instead of a skip.
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+//!
+//! Every helper the test modules share lives here (accounts, admin calls, audit reads, the Redis
+//! proxy), so no test module imports another.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
-use reqwest::{header::HeaderMap, Response, StatusCode};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use reqwest::{header::HeaderMap, Method, Response, StatusCode};
 use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{json, Value};
 use sessiond::{config::Config, startup::Application};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -487,4 +505,325 @@ macro_rules! services_only {
             }
         }
     )*};
+}
+
+// Accounts, admin calls and JWT claims.
+
+/// What the built-in `admin` role grants, sorted: every permission sessiond defines.
+pub const ADMIN_PERMISSIONS: &[&str] = sessiond::auth::access::BUILTIN_PERMISSIONS;
+
+/// A registered, logged-in account.
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub tokens: Tokens,
+}
+
+pub fn unique_email(kind: &str) -> String {
+    format!("{kind}-{}@example.com", Uuid::new_v4().simple())
+}
+
+/// Registers `email` (asserting the roles /register returns) and logs it in.
+pub async fn account(app: &TestApp, email: &str, roles: &[&str]) -> Account {
+    let r = app.register(email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::CREATED, "register: {}", r.body);
+    assert_eq!(r.body["roles"], json!(roles), "{}", r.body);
+    Account {
+        id: r.body["id"].as_str().expect("id").to_string(),
+        email: email.to_string(),
+        tokens: app.login(email, PASSWORD).await,
+    }
+}
+
+/// A plain account (roles ["user"]).
+pub async fn plain(app: &TestApp) -> Account {
+    account(app, &unique_email("user"), &["user"]).await
+}
+
+/// A deployment whose ADMIN_EMAILS lists `admins` fresh addresses; returns them.
+pub async fn with_admins(backend: Backend, admins: usize) -> (Deployment, Vec<String>) {
+    let mut dep = Deployment::new(backend).await;
+    let emails: Vec<String> = (0..admins).map(|_| unique_email("admin")).collect();
+    dep.set("ADMIN_EMAILS", emails.join(","));
+    (dep, emails)
+}
+
+pub async fn admin(app: &TestApp, email: &str) -> Account {
+    account(app, email, &["admin", "user"]).await
+}
+
+/// Any method, with or without a token, with an optional JSON body.
+pub async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Reply {
+    let mut req = app.client.request(method, app.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let res = req.send().await.expect("request sent");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.bytes().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+pub async fn set_roles(app: &TestApp, token: &str, user_id: &str, roles: &[&str]) -> Reply {
+    let path = format!("/admin/users/{user_id}/roles");
+    call(
+        app,
+        Method::PUT,
+        &path,
+        Some(token),
+        Some(&json!({ "roles": roles })),
+    )
+    .await
+}
+
+pub async fn create_role(app: &TestApp, token: &str, name: &str, permissions: &[&str]) -> Reply {
+    let body = json!({"name": name, "permissions": permissions});
+    call(app, Method::POST, "/admin/roles", Some(token), Some(&body)).await
+}
+
+/// The JWT's payload, decoded without verifying it.
+pub fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("JWT payload");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("json")
+}
+
+/// POST /token/refresh with `token`.
+pub async fn refresh(app: &TestApp, token: &str) -> Reply {
+    app.post_json("/token/refresh", &json!({"refresh_token": token}))
+        .await
+}
+
+// The audit trail, read back through GET /admin/audit.
+
+/// How long an asynchronous audit write may take to show up.
+pub const AUDIT_ARRIVAL: Duration = Duration::from_secs(10);
+/// How long to keep watching for a late duplicate once the expected count is reached.
+pub const AUDIT_SETTLE: Duration = Duration::from_millis(300);
+
+/// The events GET /admin/audit?`query` returns once there are `expected` of them, after making
+/// sure no further one arrives; newest first.
+pub async fn settled(app: &TestApp, token: &str, query: &str, expected: usize) -> Vec<Value> {
+    let path = format!("/admin/audit?{query}&per_page=200");
+    let mut last = Value::Null;
+    let reached = eventually(AUDIT_ARRIVAL, Duration::from_millis(50), async || {
+        let r = app.get(&path, Some(token)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        last = r.body;
+        last["total"].as_u64().is_some_and(|n| n >= expected as u64)
+    })
+    .await;
+    assert!(reached, "{expected} events for {query}; last page: {last}");
+    actix_web::rt::time::sleep(AUDIT_SETTLE).await;
+    let r = app.get(&path, Some(token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["total"], expected,
+        "exactly {expected} events for {query}: {}",
+        r.body
+    );
+    let items = r.body["items"].as_array().expect("items").clone();
+    assert_eq!(items.len(), expected, "{}", r.body);
+    for item in &items {
+        if let Some(kind) = query.split('&').find_map(|kv| kv.strip_prefix("type=")) {
+            assert_eq!(item["type"], kind, "{item}");
+        }
+    }
+    items
+}
+
+/// Asserts the event object's shape and its type, actor, subject and outcome.
+#[track_caller]
+pub fn assert_event(
+    event: &Value,
+    kind: &str,
+    actor: Option<&str>,
+    subject: Option<&str>,
+    outcome: &str,
+) {
+    let id = event["id"].as_str().unwrap_or_default();
+    assert!(Uuid::parse_str(id).is_ok(), "id is a UUID: {event}");
+    let at = event["occurred_at"].as_str().unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(at).is_ok(),
+        "occurred_at is RFC 3339: {event}"
+    );
+    assert!(
+        event["ip"].is_null() || event["ip"].is_string(),
+        "ip is a string or null: {event}"
+    );
+    assert!(event["detail"].is_object(), "detail is an object: {event}");
+    assert_eq!(event["type"], kind, "{event}");
+    assert_eq!(event["actor_id"], json!(actor), "actor of {event}");
+    assert_eq!(event["subject_id"], json!(subject), "subject of {event}");
+    assert_eq!(event["outcome"], outcome, "{event}");
+}
+
+// Redis: its address, and a proxy in front of it that a test can cut.
+
+/// The `host:port` of TEST_REDIS_URL.
+pub fn redis_addr() -> SocketAddr {
+    let url = redis_url();
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .rsplit('@')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_string();
+    let hostport = if hostport.contains(':') {
+        hostport
+    } else {
+        format!("{hostport}:6379")
+    };
+    std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("TEST_REDIS_URL resolves")
+}
+
+// A TCP proxy in front of Redis that a test can cut: `set_down(true)` closes every connection
+// and refuses new ones (Redis unreachable), `freeze_pubsub()` silently stops forwarding to the
+// subscriber connections (a dead link that sends no FIN), and `pubsub_upstream_addrs()` names
+// the subscriber connections as Redis sees them, for `CLIENT KILL ADDR`.
+struct Conn {
+    upstream_local: SocketAddr,
+    pubsub: Arc<AtomicBool>,
+}
+
+pub struct RedisProxy {
+    pub addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    /// Bumped to close every open connection.
+    epoch: watch::Sender<u64>,
+    conns: Arc<Mutex<Vec<Conn>>>,
+    next_epoch: AtomicU64,
+}
+
+impl RedisProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (epoch, _) = watch::channel(0u64);
+        let proxy = Self {
+            addr,
+            down: Arc::new(AtomicBool::new(false)),
+            frozen: Arc::new(AtomicBool::new(false)),
+            epoch,
+            conns: Arc::new(Mutex::new(Vec::new())),
+            next_epoch: AtomicU64::new(1),
+        };
+        let (down, frozen, conns, epoch) = (
+            proxy.down.clone(),
+            proxy.frozen.clone(),
+            proxy.conns.clone(),
+            proxy.epoch.clone(),
+        );
+        actix_web::rt::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if down.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let Ok(upstream_local) = server.local_addr() else {
+                    continue;
+                };
+                let pubsub = Arc::new(AtomicBool::new(false));
+                if let Ok(mut list) = conns.lock() {
+                    list.push(Conn {
+                        upstream_local,
+                        pubsub: pubsub.clone(),
+                    });
+                }
+                let closed = epoch.subscribe();
+                actix_web::rt::spawn(pipe(client, server, pubsub, frozen.clone(), closed));
+            }
+        });
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            let _ = self
+                .epoch
+                .send(self.next_epoch.fetch_add(1, Ordering::SeqCst));
+        }
+    }
+
+    /// Subscriber connections stop receiving anything, without being closed.
+    pub fn freeze_pubsub(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+
+    pub fn pubsub_upstream_addrs(&self) -> Vec<SocketAddr> {
+        self.conns
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|c| c.pubsub.load(Ordering::SeqCst))
+                    .map(|c| c.upstream_local)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+async fn pipe(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    pubsub: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    mut closed: watch::Receiver<u64>,
+) {
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let mut up = [0u8; 16 * 1024];
+    let mut down = [0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            _ = closed.changed() => return,
+            n = cr.read(&mut up) => {
+                let Ok(n) = n else { return };
+                if n == 0 { return }
+                if !pubsub.load(Ordering::Relaxed)
+                    && String::from_utf8_lossy(&up[..n]).to_ascii_uppercase().contains("SUBSCRIBE")
+                {
+                    pubsub.store(true, Ordering::SeqCst);
+                }
+                if sw.write_all(&up[..n]).await.is_err() { return }
+            }
+            n = sr.read(&mut down) => {
+                let Ok(n) = n else { return };
+                if n == 0 { return }
+                if pubsub.load(Ordering::Relaxed) && frozen.load(Ordering::SeqCst) {
+                    continue; // swallowed: a silent, half-dead link
+                }
+                if cw.write_all(&down[..n]).await.is_err() { return }
+            }
+        }
+    }
 }

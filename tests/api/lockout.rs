@@ -1,4 +1,4 @@
-//! Lockout and throttling that cannot be turned against the owner (issue 13, items 4, 5, 7):
+//! Lockout and throttling that cannot be turned against the owner:
 //! password changes are throttled and count toward the lockout, logins keep a share of the
 //! hashing pool, an address the owner logged in from is judged by its own failures only (ASVS
 //! 6.1.1), IPv6 clients count per /64, and throttled or locked logins are audited with the
@@ -6,12 +6,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::{
-    admin::{self, unique_email, with_admins},
-    audit::{assert_event, settled},
-    both_backends,
-    helpers::*,
-};
+use crate::{both_backends, helpers::*};
 
 both_backends!(
     a_stolen_token_guessing_the_current_password_is_locked_out_like_a_login,
@@ -289,7 +284,7 @@ async fn throttled_and_locked_logins_name_the_account_and_each_lock_is_audited_o
         .set("LOCKOUT_MAX_SECONDS", 600)
         .set("RATE_LIMIT_LOGIN_PER_ACCOUNT", 6);
     let app = dep.spawn().await;
-    let admin = admin::admin(&app, &admins[0]).await;
+    let admin = admin(&app, &admins[0]).await;
     let token = admin.tokens.access.as_str();
 
     let locked = unique_email("locked");

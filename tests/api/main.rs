@@ -1,7 +1,6 @@
 //! The one integration test binary: every API test runs against the embedded default and,
 //! with TEST_DATABASE_URL + TEST_REDIS_URL, against PostgreSQL + Redis.
 mod helpers;
-mod proxy;
 
 mod admin;
 mod audit;

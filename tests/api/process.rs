@@ -9,7 +9,7 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::{admin::ADMIN_PERMISSIONS, audit, both_backends, helpers::*};
+use crate::{both_backends, helpers::*};
 
 both_backends!(
     json_logs_of_a_full_flow_never_contain_secrets,
@@ -471,14 +471,14 @@ async fn user_create_cli_reads_the_password_from_stdin_and_grants_roles(backend:
         r.body
     );
 
-    let events = audit::settled(
+    let events = settled(
         &app,
         &tokens.access,
         &format!("user_id={id}&type=user_create"),
         1,
     )
     .await;
-    audit::assert_event(&events[0], "user_create", None, Some(&id), "success");
+    assert_event(&events[0], "user_create", None, Some(&id), "success");
 }
 
 /// A pod started before the migration job (or an old schema during a rollout) must not look

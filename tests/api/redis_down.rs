@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::{cross_pod::redis_addr, helpers::*, proxy::RedisProxy, services_only};
+use crate::{helpers::*, services_only};
 
 services_only!(redis_outage_fails_closed_and_recovers);
 

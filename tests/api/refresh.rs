@@ -12,11 +12,6 @@ both_backends!(
     refresh_with_revoked_foreign_or_garbage_tokens_is_401,
 );
 
-async fn refresh(app: &TestApp, token: &str) -> Reply {
-    app.post_json("/token/refresh", &json!({"refresh_token": token}))
-        .await
-}
-
 fn pair(r: &Reply) -> (String, String) {
     (
         r.body["access_token"]

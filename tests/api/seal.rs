@@ -8,11 +8,7 @@ use serde_json::{json, Value};
 use sessiond::session::RefreshToken;
 use uuid::Uuid;
 
-use crate::{
-    admin::{self, claims_of, create_role, set_roles, with_admins},
-    helpers::*,
-    services_only,
-};
+use crate::{helpers::*, services_only};
 
 services_only!(
     forged_roles_are_refused_and_the_record_revoked,
@@ -76,11 +72,6 @@ async fn exists(dep: &Deployment, s: &Live) -> bool {
     n == 1
 }
 
-async fn refresh(app: &TestApp, token: &str) -> Reply {
-    app.post_json("/token/refresh", &json!({"refresh_token": token}))
-        .await
-}
-
 /// `sessiond_session_seal_failures_total` on this pod.
 async fn seal_failures(app: &TestApp) -> u64 {
     app.metric("sessiond_session_seal_failures_total").await as u64
@@ -98,10 +89,10 @@ async fn assert_revoked(dep: &Deployment, app: &TestApp, s: &Live) {
 }
 
 /// A deployment with one admin account, and a pod to use tampered records on.
-async fn deployment() -> (Deployment, TestApp, admin::Account) {
+async fn deployment() -> (Deployment, TestApp, Account) {
     let (dep, admins) = with_admins(Backend::Services, 1).await;
     let a = dep.spawn().await;
-    let admin = admin::admin(&a, &admins[0]).await;
+    let admin = admin(&a, &admins[0]).await;
     (dep, a, admin)
 }
 

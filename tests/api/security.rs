@@ -1,15 +1,11 @@
-//! Issue 13's smaller items that a client or an operator sees: /metrics on its own port and on
+//! Hardening that a client or an operator sees: /metrics on its own port and on
 //! no spelling of the public one, `Cache-Control: no-store` on authenticated responses, the
 //! embedded database file readable by its owner only, and example or low-entropy secrets refused.
 use std::process::Command;
 
 use reqwest::StatusCode;
 
-use crate::{
-    admin::{account, unique_email},
-    both_backends,
-    helpers::*,
-};
+use crate::{both_backends, helpers::*};
 
 both_backends!(
     metrics_port_serves_metrics_and_the_public_port_has_none_in_any_spelling,

@@ -5,12 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::{
-    admin::{account, admin, unique_email, with_admins},
-    audit::{assert_event, settled},
-    both_backends,
-    helpers::*,
-};
+use crate::{both_backends, helpers::*};
 
 both_backends!(a_login_beyond_the_session_limit_ends_the_oldest_session_everywhere);
 

@@ -6,11 +6,6 @@ use crate::{both_backends, helpers::*};
 
 both_backends!(forged_expired_and_foreign_tokens_are_401);
 
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("payload");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("json")
-}
-
 fn sign(claims: &Value, secret: &[u8], alg: Algorithm) -> String {
     let mut header = Header::new(alg);
     header.typ = Some("JWT".into());
