@@ -567,13 +567,13 @@ impl Config {
             if raw.trim().is_empty() {
                 continue;
             }
-            let email = crate::users::normalize_email(raw).map_err(|m| {
+            let email = crate::domain::Email::parse(raw).map_err(|m| {
                 err(
                     "ADMIN_EMAILS",
                     format!("expected comma-separated emails: {m}"),
                 )
             })?;
-            admin_emails.push(email);
+            admin_emails.push(email.into_inner());
         }
 
         let is_sqlite = database_url

@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 
-use crate::{domain::Email, metrics::CallMetrics};
+use crate::metrics::CallMetrics;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +75,6 @@ impl User {
             created_at: m.created_at,
         }
     }
-}
-
-/// The normalized spelling of an email address (see [`Email::parse`]), as configuration reads it.
-pub fn normalize_email(raw: &str) -> Result<String, String> {
-    Email::parse(raw).map(Email::into_inner)
 }
 
 pub struct UserStore {
