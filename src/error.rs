@@ -178,6 +178,17 @@ impl From<PasswordError> for ApiError {
     }
 }
 
+impl From<crate::throttle::LimiterError> for ApiError {
+    fn from(e: crate::throttle::LimiterError) -> Self {
+        match e {
+            crate::throttle::LimiterError::Unavailable(detail) => ApiError::Unavailable {
+                what: "rate limiter",
+                detail,
+            },
+        }
+    }
+}
+
 impl From<crate::throttle::Throttled> for ApiError {
     fn from(t: crate::throttle::Throttled) -> Self {
         ApiError::RateLimited {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod redis;
 pub mod routes;
 pub mod session;
 pub mod startup;

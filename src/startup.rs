@@ -19,6 +19,7 @@ use crate::{
     auth::{access::ADMIN_ROLE, JwtKeys},
     config::Config,
     metrics::Metrics,
+    redis::Redis,
     routes,
     session::{
         self, seal::SealKeys, Lifetimes, MemoryStore, RedisStore, SessionCache, SessionRegistry,
@@ -171,25 +172,22 @@ impl Application {
         // With Redis the cache is trusted only once the invalidation subscription is up.
         let (store, trusted, throttle) = match &config.redis_url {
             Some(url) => {
-                let redis = RedisStore::connect(
+                let redis = Redis::connect(
                     url,
                     &config.redis_prefix,
                     config.redis_timeout,
-                    lifetimes,
                     metrics.redis.clone(),
-                    SealKeys::from_config(&config),
-                    metrics.seal_failures.clone(),
                 )
                 .await
                 .map_err(|e| StartupError::Redis(e.to_string()))?;
-                let throttle = Throttle::redis(
-                    config.throttle.clone(),
-                    redis.connection(),
-                    &config.redis_prefix,
-                    config.redis_timeout,
-                    metrics.redis.clone(),
+                let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
+                let store = RedisStore::new(
+                    redis,
+                    lifetimes,
+                    SealKeys::from_config(&config),
+                    metrics.seal_failures.clone(),
                 );
-                (SessionStore::Redis(redis), false, throttle)
+                (SessionStore::Redis(store), false, throttle)
             }
             None => (
                 SessionStore::Memory(MemoryStore::new(lifetimes)),

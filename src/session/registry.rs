@@ -58,9 +58,9 @@ impl SessionRegistry {
     ) -> Self {
         let sub = match &store {
             SessionStore::Redis(r) => Some(Subscription {
-                client: r.client().clone(),
+                client: r.redis().client().clone(),
                 channel: r.channel().to_string(),
-                timeout: r.timeout(),
+                timeout: r.redis().timeout(),
                 ping_interval,
                 generation: 0,
                 sink: None,
