@@ -12,6 +12,7 @@ use actix::Actor;
 use actix_web::{dev::Payload, http::header, test, web, App, FromRequest};
 use criterion::{criterion_group, criterion_main, Criterion};
 use sessiond::{
+    actor::Ask,
     auth::{AuthenticatedSession, JwtKeys},
     config::Config,
     metrics::Metrics,
@@ -137,9 +138,8 @@ fn token_check(c: &mut Criterion) {
         // CreateSession caches the new session, as a login does.
         state
             .sessions
-            .send(CreateSession(rec))
+            .ask(CreateSession(rec))
             .await
-            .expect("mailbox")
             .expect("create");
         (state, token)
     });

@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix::Actor;
 use uuid::Uuid;
 
+use crate::actor::Ask;
 use crate::{
     audit::AuditEvent,
     auth::access::validate_role_name,
@@ -46,14 +47,13 @@ pub async fn create_user(
         .await
         .map_err(|e| e.to_string())?;
     let user = store
-        .send(CreateUser {
+        .ask(CreateUser {
             email,
             name,
             password_hash,
             roles,
         })
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| match e {
             users::UserStoreError::EmailTaken => "an account with this email exists".to_string(),
             e => e.to_string(),
@@ -63,9 +63,8 @@ pub async fn create_user(
         .subject(user.id)
         .detail(serde_json::json!({ "roles": user.roles, "source": "cli" }));
     store
-        .send(WriteAudit(vec![event]))
+        .ask(WriteAudit(vec![event]))
         .await
-        .map_err(|e| e.to_string())?
         .map_err(|e| format!("account created, but its audit event was not written: {e}"))?;
     Ok(user.id)
 }

@@ -144,6 +144,7 @@ impl From<SessionError> for ApiError {
                 detail,
             },
             SessionError::Internal(detail) => ApiError::Internal(detail),
+            SessionError::Unreachable(e) => e.into(),
         }
     }
 }
@@ -161,6 +162,7 @@ impl From<UserStoreError> for ApiError {
                 detail,
             },
             UserStoreError::Internal(detail) => ApiError::Internal(detail),
+            UserStoreError::Unreachable(e) => e.into(),
         }
     }
 }
@@ -197,10 +199,12 @@ impl From<crate::throttle::Throttled> for ApiError {
     }
 }
 
-impl From<actix::MailboxError> for ApiError {
-    fn from(e: actix::MailboxError) -> Self {
+/// An actor that did not take a message (shutting down): the client learns only that the
+/// service is unavailable for now.
+impl From<crate::actor::Unreachable> for ApiError {
+    fn from(e: crate::actor::Unreachable) -> Self {
         ApiError::Unavailable {
-            what: "actor",
+            what: "service",
             detail: e.to_string(),
         }
     }

@@ -1,4 +1,5 @@
 //! sessiond: a session-management server. See README.md.
+pub mod actor;
 pub mod audit;
 pub mod auth;
 pub mod cli;

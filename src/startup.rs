@@ -14,6 +14,7 @@ use actix_web::{
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
+use crate::actor::Ask;
 use crate::{
     audit::{AuditEvent, AuditLog, AuditWriter},
     auth::{access::ADMIN_ROLE, JwtKeys},
@@ -420,7 +421,7 @@ fn defer_admin_emails(state: web::Data<AppState>) {
     actix_web::rt::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if let Ok(Ok(s)) = state.users.send(users::CheckSchema).await {
+            if let Ok(s) = state.users.ask(users::CheckSchema).await {
                 if s.pending.is_empty() {
                     break;
                 }
@@ -439,12 +440,11 @@ async fn grant_admin_emails(state: &AppState) -> Result<(), StartupError> {
     for email in &state.config.admin_emails {
         let granted = state
             .users
-            .send(users::GrantRole {
+            .ask(users::GrantRole {
                 email: email.clone(),
                 role: ADMIN_ROLE.to_string(),
             })
             .await
-            .map_err(|e| fail(e.to_string()))?
             .map_err(|e| fail(e.to_string()))?;
         let Some((user_id, previous)) = granted else {
             continue;

@@ -8,6 +8,7 @@ use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use uuid::Uuid;
 
 use super::SharedAccess;
+use crate::actor::Ask;
 use crate::{
     error::ApiError,
     session::{now_unix, CacheLookup, SessionState, Touch, Validate},
@@ -60,7 +61,7 @@ impl FromRequest for AuthenticatedSession {
                 } => {
                     checks.cache_hit.inc();
                     if touch {
-                        state.sessions.do_send(Touch {
+                        state.sessions.tell(Touch {
                             user_id: claims.sub,
                             session_id: claims.sid,
                         });
@@ -71,16 +72,13 @@ impl FromRequest for AuthenticatedSession {
                     checks.cache_miss.inc();
                     let asked = state
                         .sessions
-                        .send(Validate {
+                        .ask(Validate {
                             user_id: claims.sub,
                             session_id: claims.sid,
                             fresh,
                         })
                         .await;
-                    match asked
-                        .map_err(ApiError::from)
-                        .and_then(|r| r.map_err(ApiError::from))
-                    {
+                    match asked.map_err(ApiError::from) {
                         Ok(found) => found,
                         Err(e) => {
                             // Never accept a token that could not be checked.

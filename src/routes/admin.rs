@@ -15,6 +15,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::resource;
+use crate::actor::Ask;
 use crate::{
     audit::{AuditEvent, AuditEventView},
     auth::{
@@ -149,7 +150,7 @@ impl<'a> AdminAudit<'a> {
         kind: &'static str,
         target: Uuid,
     ) -> Result<(), ApiError> {
-        let Some(account) = self.state.users.send(FindAccess(target)).await?? else {
+        let Some(account) = self.state.users.ask(FindAccess(target)).await? else {
             return Ok(());
         };
         let shortfall = caller.access.shortfall_to(&account.access);
@@ -199,19 +200,19 @@ pub(crate) async fn sync_session_access(
     state: &AppState,
     user_id: Uuid,
 ) -> Result<Option<Access>, ApiError> {
-    let mut current = state.users.send(FindAccess(user_id)).await??;
+    let mut current = state.users.ask(FindAccess(user_id)).await?;
     for _ in 0..3 {
         let Some(account) = current else {
             return Ok(None);
         };
         state
             .sessions
-            .send(SetAccess {
+            .ask(SetAccess {
                 user_id,
                 access: Arc::new(account.access.clone()),
             })
-            .await??;
-        current = state.users.send(FindAccess(user_id)).await??;
+            .await?;
+        current = state.users.ask(FindAccess(user_id)).await?;
         if current.as_ref().map(|c| &c.access) == Some(&account.access) {
             return Ok(Some(account.access));
         }
@@ -262,9 +263,8 @@ pub async fn list_users(
     }
     let (items, total) = state
         .users
-        .send(ListUsers { email_prefix, page })
+        .ask(ListUsers { email_prefix, page })
         .await
-        .map_err(ApiError::from)?
         .map_err(ApiError::from)?;
     Ok(HttpResponse::Ok().json(UserPage {
         items,
@@ -285,7 +285,7 @@ pub async fn get_user(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = state.users.send(GetUser(path_id(&id)?)).await??;
+    let user = state.users.ask(GetUser(path_id(&id)?)).await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -358,19 +358,17 @@ pub async fn set_roles(
     // Nothing changes when the change is refused, so the roles now are the ones it would replace.
     let current = state
         .users
-        .send(GetUser(user_id))
+        .ask(GetUser(user_id))
         .await
-        .map_err(ApiError::from)?
         .map_err(ApiError::from)?;
     let result = state
         .users
-        .send(SetRoles {
+        .ask(SetRoles {
             user_id,
             roles: requested.clone(),
             by: Some(Access::clone(&admin.access)),
         })
-        .await
-        .map_err(ApiError::from)?;
+        .await;
     let change = audit.refused(
         "role_change",
         || serde_json::json!({"roles": requested, "previous": current.roles}),
@@ -421,21 +419,21 @@ async fn set_disabled(
     if !disabled {
         // Database first, then the marker: if the second step fails the account stays cut off
         // (fail closed) and a retry completes it.
-        let result = state.users.send(SetDisabled { user_id, disabled }).await?;
+        let result = state.users.ask(SetDisabled { user_id, disabled }).await;
         if audit.refused(kind, || serde_json::json!({}), result)? {
             audit.record(AuditEvent::success(kind));
         }
-        state.sessions.send(Restore(user_id)).await??;
+        state.sessions.ask(Restore(user_id)).await?;
         return Ok(HttpResponse::NoContent().finish());
     }
     let what = "disabling this account";
-    let change = || state.users.send(SetDisabled { user_id, disabled });
+    let change = || state.users.ask(SetDisabled { user_id, disabled });
     let changed = cut_off_then(state, &audit, kind, user_id, what, change).await?;
     if changed {
         audit.record(AuditEvent::success(kind));
         // An enable racing with this disable may have lifted the marker between the two steps
         // (and a login slipped in): now that the database says disabled, cut off once more.
-        state.sessions.send(CutOff(user_id)).await??;
+        state.sessions.ask(CutOff(user_id)).await?;
     }
     Ok(HttpResponse::NoContent().finish())
 }
@@ -446,7 +444,7 @@ async fn set_disabled(
 /// database step fails, the account stays cut off (fail closed) and a retry completes it; if it
 /// is refused by the last-admin rule (a race the read-only check before missed), the mark is
 /// lifted again. Also when the account was disabled already, so a retry completes everything.
-/// `change` is a closure because actix enqueues a message when `send` is called, not when the
+/// `change` is a closure because actix enqueues a message when `ask` is called, not when the
 /// returned future is first polled.
 async fn cut_off_then<T, F>(
     state: &AppState,
@@ -457,14 +455,14 @@ async fn cut_off_then<T, F>(
     change: impl FnOnce() -> F,
 ) -> Result<T, ApiError>
 where
-    F: std::future::Future<Output = Result<Result<T, UserStoreError>, actix::MailboxError>>,
+    F: std::future::Future<Output = Result<T, UserStoreError>>,
 {
-    let check = state.users.send(CheckRemovable { user_id, what }).await?;
+    let check = state.users.ask(CheckRemovable { user_id, what }).await;
     audit.refused(kind, || serde_json::json!({}), check)?;
-    state.sessions.send(CutOff(user_id)).await??;
-    let result = change().await?;
+    state.sessions.ask(CutOff(user_id)).await?;
+    let result = change().await;
     if let Err(UserStoreError::Conflict(_)) = &result {
-        state.sessions.send(Restore(user_id)).await??;
+        state.sessions.ask(Restore(user_id)).await?;
     }
     audit.refused(kind, || serde_json::json!({}), result)
 }
@@ -521,7 +519,7 @@ pub async fn delete_user(
     audit
         .ensure_outranks(&admin, "user_delete", user_id)
         .await?;
-    let change = || state.users.send(DeleteUser(user_id));
+    let change = || state.users.ask(DeleteUser(user_id));
     let deleted = cut_off_then(
         &state,
         &audit,
@@ -536,11 +534,11 @@ pub async fn delete_user(
         // that deleted before revoking: end whatever sessions are left before saying 404.
         state
             .sessions
-            .send(RevokeAll {
+            .ask(RevokeAll {
                 user_id,
                 except: None,
             })
-            .await??;
+            .await?;
     }
     deleted?;
     audit.record(AuditEvent::success("user_delete"));
@@ -559,8 +557,8 @@ pub async fn list_user_sessions(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
-    state.users.send(GetUser(user_id)).await??;
-    let records = state.sessions.send(ListSessions(user_id)).await??;
+    state.users.ask(GetUser(user_id)).await?;
+    let records = state.sessions.ask(ListSessions(user_id)).await?;
     Ok(HttpResponse::Ok().json(SessionList::new(records, None)?))
 }
 
@@ -581,21 +579,21 @@ pub async fn revoke_user_sessions(
     AdminAudit::new(&state, &req, admin.user_id, Some(user_id))
         .ensure_outranks(&admin, "sessions_revoke", user_id)
         .await?;
-    let exists = match state.users.send(GetUser(user_id)).await? {
+    let exists = match state.users.ask(GetUser(user_id)).await {
         Ok(_) => true,
         Err(UserStoreError::NotFound) => false,
         Err(e) => return Err(e.into()),
     };
     let revoked = state
         .sessions
-        .send(RevokeAll {
+        .ask(RevokeAll {
             user_id,
             except: None,
         })
-        .await??;
+        .await?;
     // A deleted account's id (still marked cut off, or with sessions left) is not unknown:
     // revoking what is left of it succeeds. An id that never had anything stays 404.
-    if !exists && revoked == 0 && !state.sessions.send(IsCutOff(user_id)).await?? {
+    if !exists && revoked == 0 && !state.sessions.ask(IsCutOff(user_id)).await? {
         return Err(ApiError::NotFound("user"));
     }
     AdminAudit::new(&state, &req, admin.user_id, Some(user_id)).record(
@@ -616,7 +614,7 @@ pub async fn list_roles(
     _: Authorized<UsersWrite>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let items = state.users.send(ListRoles).await??;
+    let items = state.users.ask(ListRoles).await?;
     Ok(HttpResponse::Ok().json(RoleList { items }))
 }
 
@@ -669,12 +667,11 @@ pub async fn create_role(
     }
     let role = state
         .users
-        .send(CreateRole {
+        .ask(CreateRole {
             name: body.name,
             permissions: body.permissions,
         })
         .await
-        .map_err(ApiError::from)?
         .map_err(ApiError::from)?;
     audit.record(
         AuditEvent::success("role_create")
@@ -726,13 +723,12 @@ pub async fn list_audit(
     }
     let (items, total) = state
         .users
-        .send(ListAudit {
+        .ask(ListAudit {
             user_id: q.user_id,
             event_type: q.event_type,
             page,
         })
         .await
-        .map_err(ApiError::from)?
         .map_err(ApiError::from)?;
     Ok(HttpResponse::Ok().json(AuditPage {
         items,

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{admin::sync_session_access, client_group, limit_client, resource};
+use crate::actor::Ask;
 use crate::{
     audit::AuditEvent,
     auth::{Access, AuthenticatedSession},
@@ -136,8 +137,8 @@ async fn refuse_throttled(
 ) -> ApiError {
     state.metrics.logins.with_label_values(&["throttled"]).inc();
     let subject = match email {
-        Ok(email) => match state.users.send(FindByEmail(email.clone())).await {
-            Ok(Ok(account)) => account.map(|a| a.id),
+        Ok(email) => match state.users.ask(FindByEmail(email.clone())).await {
+            Ok(account) => account.map(|a| a.id),
             _ => None,
         },
         Err(_) => None,
@@ -197,7 +198,7 @@ async fn attempt_login(
         count_failure(state, &bucket, now, None, ip.clone()).await?;
         return Err(refused(None, "invalid_credentials"));
     };
-    let account = state.users.send(FindByEmail(email)).await??;
+    let account = state.users.ask(FindByEmail(email)).await?;
     // Unknown accounts still pay one hash, so timing does not tell which emails exist.
     let stored = account.as_ref().map(|a| a.password_hash.clone());
     let verified = state
@@ -214,7 +215,7 @@ async fn attempt_login(
     };
     // A disabled account gets the very answer a wrong password gets, and counts as a failure,
     // so neither the response nor the lockout tells that it exists.
-    let access = match state.users.send(FindAccess(account.id)).await?? {
+    let access = match state.users.ask(FindAccess(account.id)).await? {
         Some(a) if !a.disabled => a.access,
         _ => {
             count_failure(state, &bucket, now, Some(account.id), ip.clone()).await?;
@@ -252,7 +253,7 @@ async fn attempt_login(
         access: std::sync::Arc::new(access.clone()),
         refresh_hash: refresh.hash(),
     };
-    let evicted = match state.sessions.send(CreateSession(record)).await?? {
+    let evicted = match state.sessions.ask(CreateSession(record)).await? {
         Created::Stored { evicted } => evicted,
         // Disabled or deleted while this login ran (the account was cut off first).
         Created::AccountCutOff => return Err(refused(Some(account.id), "disabled")),
@@ -268,7 +269,7 @@ async fn attempt_login(
     }
     // An admin may have disabled the account or changed its roles while this login ran; their
     // session updates could not see the new session, so look again now that it exists.
-    let access = match state.users.send(FindAccess(account.id)).await?? {
+    let access = match state.users.ask(FindAccess(account.id)).await? {
         Some(now_access) if !now_access.disabled && now_access.access == access => access,
         Some(a) if !a.disabled => match sync_session_access(state, account.id).await? {
             Some(synced) => synced,
@@ -277,11 +278,11 @@ async fn attempt_login(
         _ => {
             state
                 .sessions
-                .send(Revoke {
+                .ask(Revoke {
                     user_id: account.id,
                     session_id: refresh.session_id,
                 })
-                .await??;
+                .await?;
             return Err(refused(Some(account.id), "disabled"));
         }
     };
@@ -325,13 +326,13 @@ pub async fn refresh(
     let (jti, now) = (Uuid::new_v4(), now_unix());
     let outcome = state
         .sessions
-        .send(Refresh {
+        .ask(Refresh {
             presented: presented.clone(),
             successor: successor.clone(),
             jti,
             now,
         })
-        .await??;
+        .await?;
     match outcome {
         Rotation::Rotated { expires_at, access } => {
             token_response(&state, &successor, &access, expires_at, now, jti)
@@ -372,11 +373,11 @@ pub async fn logout(
 ) -> Result<HttpResponse, ApiError> {
     let revoked = state
         .sessions
-        .send(Revoke {
+        .ask(Revoke {
             user_id: session.user_id,
             session_id: session.session_id,
         })
-        .await??;
+        .await?;
     if !revoked {
         return Err(ApiError::Unauthorized);
     }
@@ -414,11 +415,11 @@ pub async fn logout_all(
     let except = query.keep_current.then_some(session.session_id);
     let n = state
         .sessions
-        .send(RevokeAll {
+        .ask(RevokeAll {
             user_id: session.user_id,
             except,
         })
-        .await??;
+        .await?;
     state.audit.record(
         AuditEvent::success("logout_all")
             .by(session.user_id)

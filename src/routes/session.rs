@@ -6,6 +6,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::resource;
+use crate::actor::Ask;
 use crate::{
     auth::AuthenticatedSession,
     error::ApiError,
@@ -95,7 +96,7 @@ pub async fn list_sessions(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let records = state.sessions.send(ListSessions(session.user_id)).await??;
+    let records = state.sessions.ask(ListSessions(session.user_id)).await?;
     Ok(HttpResponse::Ok().json(SessionList::new(records, Some(session.session_id))?))
 }
 
@@ -116,11 +117,11 @@ pub async fn delete_session(
     let sid = id.into_inner();
     let revoked = state
         .sessions
-        .send(Revoke {
+        .ask(Revoke {
             user_id: session.user_id,
             session_id: sid,
         })
-        .await??;
+        .await?;
     if !revoked {
         return Err(ApiError::NotFound("session"));
     }

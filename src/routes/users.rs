@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{auth::count_failure, client_group, limit_client, resource};
+use crate::actor::Ask;
 use crate::{
     audit::AuditEvent,
     auth::{
@@ -65,12 +66,7 @@ pub async fn register(
     users::validate_password(&password).map_err(ApiError::InvalidRequest)?;
     let name = users::validate_name(name).map_err(ApiError::InvalidRequest)?;
     // Spares an argon2 hash for the common duplicate; the unique index settles races.
-    if state
-        .users
-        .send(FindByEmail(email.clone()))
-        .await??
-        .is_some()
-    {
+    if state.users.ask(FindByEmail(email.clone())).await?.is_some() {
         return Err(ApiError::EmailTaken);
     }
     let password_hash = state
@@ -83,13 +79,13 @@ pub async fn register(
     }
     let user = state
         .users
-        .send(CreateUser {
+        .ask(CreateUser {
             email,
             name,
             password_hash,
             roles,
         })
-        .await??;
+        .await?;
     state.metrics.registrations.inc();
     state.audit.record(
         AuditEvent::success("register")
@@ -117,11 +113,8 @@ pub async fn profile(
     let user = state
         .profiles
         .try_get_with(session.user_id, async move {
-            let found = users.send(FindById(session.user_id)).await;
-            found
-                .map_err(ApiError::from)?
-                .map(Arc::new)
-                .map_err(ApiError::from)
+            let found = users.ask(FindById(session.user_id)).await;
+            found.map(Arc::new).map_err(ApiError::from)
         })
         .await
         .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|e| e.clone_public()))?;
@@ -168,8 +161,8 @@ pub async fn change_password(
     users::validate_password(&new_password).map_err(|m| ApiError::invalid(format!("new_{m}")))?;
     let account = state
         .users
-        .send(FindAccount(session.user_id))
-        .await??
+        .ask(FindAccount(session.user_id))
+        .await?
         .ok_or(ApiError::NotFound("user"))?;
     let now = now_unix();
     let ip = state.client_ip(&req);
@@ -233,18 +226,18 @@ pub async fn change_password(
         .await?;
     let revoked = state
         .sessions
-        .send(RevokeAll {
+        .ask(RevokeAll {
             user_id: session.user_id,
             except: Some(session.session_id),
         })
-        .await??;
+        .await?;
     state
         .users
-        .send(SetPassword {
+        .ask(SetPassword {
             user_id: session.user_id,
             password_hash,
         })
-        .await??;
+        .await?;
     state.audit.record(
         event(AuditEvent::success("password_change"))
             .detail(serde_json::json!({ "other_sessions_revoked": revoked })),

@@ -30,6 +30,8 @@ pub enum SessionError {
     Unavailable(String),
     #[error("session store error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Unreachable(#[from] crate::actor::Unreachable),
 }
 
 impl From<crate::redis::RedisUnavailable> for SessionError {

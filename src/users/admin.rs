@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::{UserStore, UserStoreError};
 use crate::{
+    actor::Reply,
     audit::{AuditEvent, AuditEventView},
     auth::access::{Access, Shortfall, ADMIN_ROLE, BUILTIN_PERMISSIONS, USER_ROLE},
 };
@@ -289,15 +290,15 @@ pub struct AccountAccess {
 
 /// `None`: no such account.
 #[derive(Message)]
-#[rtype(result = "Result<Option<AccountAccess>, UserStoreError>")]
+#[rtype(result = "Reply<Result<Option<AccountAccess>, UserStoreError>>")]
 pub struct FindAccess(pub Uuid);
 
 impl Handler<FindAccess> for UserStore {
-    type Result = ResponseFuture<Result<Option<AccountAccess>, UserStoreError>>;
+    type Result = Reply<Result<Option<AccountAccess>, UserStoreError>>;
 
     fn handle(&mut self, msg: FindAccess, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("find_access", async {
                 let Some(found) = user::Entity::find_by_id(msg.0).one(&db.conn).await? else {
                     return Ok(None);
@@ -317,7 +318,7 @@ impl Handler<FindAccess> for UserStore {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<(Vec<AdminUser>, u64), UserStoreError>")]
+#[rtype(result = "Reply<Result<(Vec<AdminUser>, u64), UserStoreError>>")]
 pub struct ListUsers {
     /// Normalized (lower-case); matched literally.
     pub email_prefix: Option<String>,
@@ -325,11 +326,11 @@ pub struct ListUsers {
 }
 
 impl Handler<ListUsers> for UserStore {
-    type Result = ResponseFuture<Result<(Vec<AdminUser>, u64), UserStoreError>>;
+    type Result = Reply<Result<(Vec<AdminUser>, u64), UserStoreError>>;
 
     fn handle(&mut self, msg: ListUsers, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("list_users", async {
                 let mut query = user::Entity::find();
                 if let Some(prefix) = msg.email_prefix.filter(|p| !p.is_empty()) {
@@ -352,15 +353,15 @@ impl Handler<ListUsers> for UserStore {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<AdminUser, UserStoreError>")]
+#[rtype(result = "Reply<Result<AdminUser, UserStoreError>>")]
 pub struct GetUser(pub Uuid);
 
 impl Handler<GetUser> for UserStore {
-    type Result = ResponseFuture<Result<AdminUser, UserStoreError>>;
+    type Result = Reply<Result<AdminUser, UserStoreError>>;
 
     fn handle(&mut self, msg: GetUser, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move { db.call_tx("get_user", admin_view(&db.conn, msg.0)).await })
+        Reply::new(async move { db.call_tx("get_user", admin_view(&db.conn, msg.0)).await })
     }
 }
 
@@ -372,7 +373,7 @@ impl Handler<GetUser> for UserStore {
 /// ([`Access::shortfall`]). The account's row is locked first (PostgreSQL), so a concurrent
 /// grant cannot slip in between the check and the write.
 #[derive(Message)]
-#[rtype(result = "Result<RoleChange, UserStoreError>")]
+#[rtype(result = "Reply<Result<RoleChange, UserStoreError>>")]
 pub struct SetRoles {
     pub user_id: Uuid,
     pub roles: Vec<String>,
@@ -437,11 +438,11 @@ async fn role_change_shortfall(
 }
 
 impl Handler<SetRoles> for UserStore {
-    type Result = ResponseFuture<Result<RoleChange, UserStoreError>>;
+    type Result = Reply<Result<RoleChange, UserStoreError>>;
 
     fn handle(&mut self, msg: SetRoles, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             let roles = normalize_roles(msg.roles);
             db.call_tx("set_roles", async {
                 let txn = db.conn.begin().await?;
@@ -485,18 +486,18 @@ impl Handler<SetRoles> for UserStore {
 
 /// Disables or enables an account. Returns whether anything changed.
 #[derive(Message)]
-#[rtype(result = "Result<bool, UserStoreError>")]
+#[rtype(result = "Reply<Result<bool, UserStoreError>>")]
 pub struct SetDisabled {
     pub user_id: Uuid,
     pub disabled: bool,
 }
 
 impl Handler<SetDisabled> for UserStore {
-    type Result = ResponseFuture<Result<bool, UserStoreError>>;
+    type Result = Reply<Result<bool, UserStoreError>>;
 
     fn handle(&mut self, msg: SetDisabled, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("set_disabled", async {
                 let txn = db.conn.begin().await?;
                 let target = find_model(&txn, msg.user_id).await?;
@@ -528,7 +529,7 @@ impl Handler<SetDisabled> for UserStore {
 /// admin: a read, asked before the account's sessions are cut off, so a refused change does
 /// not end them. The change itself checks again under the lock.
 #[derive(Message)]
-#[rtype(result = "Result<(), UserStoreError>")]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
 pub struct CheckRemovable {
     pub user_id: Uuid,
     /// "disabling this account", "deleting this account": for the conflict message.
@@ -536,11 +537,11 @@ pub struct CheckRemovable {
 }
 
 impl Handler<CheckRemovable> for UserStore {
-    type Result = ResponseFuture<Result<(), UserStoreError>>;
+    type Result = Reply<Result<(), UserStoreError>>;
 
     fn handle(&mut self, msg: CheckRemovable, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("check_removable", async {
                 let target = find_model(&db.conn, msg.user_id).await?;
                 ensure_another_admin(&db.conn, &target, msg.what).await
@@ -552,15 +553,15 @@ impl Handler<CheckRemovable> for UserStore {
 
 /// Removes the account and its roles; the audit trail keeps its events.
 #[derive(Message)]
-#[rtype(result = "Result<(), UserStoreError>")]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
 pub struct DeleteUser(pub Uuid);
 
 impl Handler<DeleteUser> for UserStore {
-    type Result = ResponseFuture<Result<(), UserStoreError>>;
+    type Result = Reply<Result<(), UserStoreError>>;
 
     fn handle(&mut self, msg: DeleteUser, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("delete_user", async {
                 let txn = db.conn.begin().await?;
                 let target = find_model(&txn, msg.0).await?;
@@ -580,15 +581,15 @@ impl Handler<DeleteUser> for UserStore {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<Vec<RoleView>, UserStoreError>")]
+#[rtype(result = "Reply<Result<Vec<RoleView>, UserStoreError>>")]
 pub struct ListRoles;
 
 impl Handler<ListRoles> for UserStore {
-    type Result = ResponseFuture<Result<Vec<RoleView>, UserStoreError>>;
+    type Result = Reply<Result<Vec<RoleView>, UserStoreError>>;
 
     fn handle(&mut self, _: ListRoles, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("list_roles", async {
                 let roles = role::Entity::find()
                     .order_by_asc(role::Column::Name)
@@ -612,18 +613,18 @@ impl Handler<ListRoles> for UserStore {
 
 /// A new role; its name must be free. Name and permissions are validated by the caller.
 #[derive(Message)]
-#[rtype(result = "Result<RoleView, UserStoreError>")]
+#[rtype(result = "Reply<Result<RoleView, UserStoreError>>")]
 pub struct CreateRole {
     pub name: String,
     pub permissions: Vec<String>,
 }
 
 impl Handler<CreateRole> for UserStore {
-    type Result = ResponseFuture<Result<RoleView, UserStoreError>>;
+    type Result = Reply<Result<RoleView, UserStoreError>>;
 
     fn handle(&mut self, msg: CreateRole, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             let permissions: Vec<String> = msg
                 .permissions
                 .into_iter()
@@ -686,18 +687,18 @@ impl Handler<CreateRole> for UserStore {
 /// Gives `role` to the account with this (normalized) email, if it exists (ADMIN_EMAILS at
 /// start-up, the CLI). Returns the account id and its roles before, when something changed.
 #[derive(Message)]
-#[rtype(result = "Result<Option<(Uuid, Vec<String>)>, UserStoreError>")]
+#[rtype(result = "Reply<Result<Option<(Uuid, Vec<String>)>, UserStoreError>>")]
 pub struct GrantRole {
     pub email: String,
     pub role: String,
 }
 
 impl Handler<GrantRole> for UserStore {
-    type Result = ResponseFuture<Result<Option<(Uuid, Vec<String>)>, UserStoreError>>;
+    type Result = Reply<Result<Option<(Uuid, Vec<String>)>, UserStoreError>>;
 
     fn handle(&mut self, msg: GrantRole, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("grant_role", async {
                 let txn = db.conn.begin().await?;
                 let Some(found) = user::Entity::find()
@@ -766,15 +767,15 @@ pub async fn sync_admin_role(conn: &impl ConnectionTrait) -> Result<u64, UserSto
 
 /// Stores audit events; idempotent (a retried batch writes each event once).
 #[derive(Message)]
-#[rtype(result = "Result<(), UserStoreError>")]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
 pub struct WriteAudit(pub Vec<AuditEvent>);
 
 impl Handler<WriteAudit> for UserStore {
-    type Result = ResponseFuture<Result<(), UserStoreError>>;
+    type Result = Reply<Result<(), UserStoreError>>;
 
     fn handle(&mut self, msg: WriteAudit, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             if msg.0.is_empty() {
                 return Ok(());
             }
@@ -801,7 +802,7 @@ impl Handler<WriteAudit> for UserStore {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<(Vec<AuditEventView>, u64), UserStoreError>")]
+#[rtype(result = "Reply<Result<(Vec<AuditEventView>, u64), UserStoreError>>")]
 pub struct ListAudit {
     /// Events where this account is the actor or the subject.
     pub user_id: Option<Uuid>,
@@ -810,11 +811,11 @@ pub struct ListAudit {
 }
 
 impl Handler<ListAudit> for UserStore {
-    type Result = ResponseFuture<Result<(Vec<AuditEventView>, u64), UserStoreError>>;
+    type Result = Reply<Result<(Vec<AuditEventView>, u64), UserStoreError>>;
 
     fn handle(&mut self, msg: ListAudit, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("list_audit", async {
                 let mut query = audit_event::Entity::find();
                 if let Some(uid) = msg.user_id {
