@@ -12,9 +12,11 @@ use actix::Actor;
 use actix_web::{dev::Payload, http::header, test, web, App, FromRequest};
 use criterion::{criterion_group, criterion_main, Criterion};
 use sessiond::{
+    actor::Ask,
     auth::{AuthenticatedSession, JwtKeys},
     config::Config,
     metrics::Metrics,
+    redis::Redis,
     routes,
     session::{
         now_unix,
@@ -144,9 +146,8 @@ fn token_check(c: &mut Criterion) {
         state
             .app
             .sessions
-            .send(CreateSession(rec))
+            .ask(CreateSession(rec))
             .await
-            .expect("mailbox")
             .expect("create");
         (state, token)
     });
@@ -321,16 +322,14 @@ fn redis_sessions(c: &mut Criterion) {
     let cfg = config();
     let lifetimes = Lifetimes::new(None, cfg.refresh_reuse_grace);
     let metrics = Metrics::new();
-    let store = match rt.block_on(RedisStore::connect(
-        &url,
-        &prefix,
-        Duration::from_secs(1),
-        lifetimes,
-        metrics.redis.clone(),
-        SealKeys::from_config(&cfg),
-        metrics.seal_failures.clone(),
-    )) {
-        Ok(s) => SessionStore::Redis(s),
+    let redis = Redis::connect(&url, &prefix, Duration::from_secs(1), metrics.redis.clone());
+    let store = match rt.block_on(redis) {
+        Ok(redis) => SessionStore::Redis(RedisStore::new(
+            redis,
+            lifetimes,
+            SealKeys::from_config(&cfg),
+            metrics.seal_failures.clone(),
+        )),
         Err(e) => {
             eprintln!("skipping the Redis benchmarks: {url}: {e}");
             return;

@@ -153,6 +153,7 @@ impl From<SessionError> for ApiError {
                 detail,
             },
             SessionError::Internal(detail) => ApiError::Internal(detail),
+            SessionError::Unreachable(e) => e.into(),
         }
     }
 }
@@ -170,6 +171,7 @@ impl From<UserStoreError> for ApiError {
                 detail,
             },
             UserStoreError::Internal(detail) => ApiError::Internal(detail),
+            UserStoreError::Unreachable(e) => e.into(),
         }
     }
 }
@@ -187,6 +189,17 @@ impl From<PasswordError> for ApiError {
     }
 }
 
+impl From<crate::throttle::LimiterError> for ApiError {
+    fn from(e: crate::throttle::LimiterError) -> Self {
+        match e {
+            crate::throttle::LimiterError::Unavailable(detail) => ApiError::Unavailable {
+                what: "rate limiter",
+                detail,
+            },
+        }
+    }
+}
+
 impl From<crate::throttle::Throttled> for ApiError {
     fn from(t: crate::throttle::Throttled) -> Self {
         ApiError::RateLimited {
@@ -195,10 +208,12 @@ impl From<crate::throttle::Throttled> for ApiError {
     }
 }
 
-impl From<actix::MailboxError> for ApiError {
-    fn from(e: actix::MailboxError) -> Self {
+/// An actor that did not take a message (shutting down): the client learns only that the
+/// service is unavailable for now.
+impl From<crate::actor::Unreachable> for ApiError {
+    fn from(e: crate::actor::Unreachable) -> Self {
         ApiError::Unavailable {
-            what: "actor",
+            what: "service",
             detail: e.to_string(),
         }
     }

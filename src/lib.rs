@@ -1,4 +1,5 @@
 //! sessiond: a session-management server. See README.md.
+pub mod actor;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -8,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod redis;
 pub mod routes;
 pub mod session;
 pub mod startup;

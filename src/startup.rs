@@ -14,12 +14,14 @@ use actix_web::{
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
+use crate::actor::Ask;
 use crate::{
     app::{self, Settings},
     audit::{AuditLog, AuditWriter},
     auth::JwtKeys,
     config::Config,
     metrics::Metrics,
+    redis::Redis,
     routes,
     session::{
         self, seal::SealKeys, Lifetimes, MemoryStore, RedisStore, SessionCache, SessionRegistry,
@@ -172,25 +174,22 @@ impl Application {
         // With Redis the cache is trusted only once the invalidation subscription is up.
         let (store, trusted, throttle) = match &config.redis_url {
             Some(url) => {
-                let redis = RedisStore::connect(
+                let redis = Redis::connect(
                     url,
                     &config.redis_prefix,
                     config.redis_timeout,
-                    lifetimes,
                     metrics.redis.clone(),
-                    SealKeys::from_config(&config),
-                    metrics.seal_failures.clone(),
                 )
                 .await
                 .map_err(|e| StartupError::Redis(e.to_string()))?;
-                let throttle = Throttle::redis(
-                    config.throttle.clone(),
-                    redis.connection(),
-                    &config.redis_prefix,
-                    config.redis_timeout,
-                    metrics.redis.clone(),
+                let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
+                let store = RedisStore::new(
+                    redis,
+                    lifetimes,
+                    SealKeys::from_config(&config),
+                    metrics.seal_failures.clone(),
                 );
-                (SessionStore::Redis(redis), false, throttle)
+                (SessionStore::Redis(store), false, throttle)
             }
             None => (
                 SessionStore::Memory(MemoryStore::new(lifetimes)),
@@ -435,7 +434,7 @@ fn defer_admin_emails(state: web::Data<AppState>) {
     actix_web::rt::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if let Ok(Ok(s)) = state.app.users.send(users::CheckSchema).await {
+            if let Ok(s) = state.app.users.ask(users::CheckSchema).await {
                 if s.pending.is_empty() {
                     break;
                 }

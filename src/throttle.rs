@@ -22,9 +22,22 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     config::ThrottleConfig,
-    metrics::CallMetrics,
-    session::{bounded_redis, SessionError},
+    redis::{script, Redis, RedisUnavailable},
 };
+
+/// The limiter could not count: its store (Redis) did not answer. Attempts are refused (503),
+/// never let through uncounted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimiterError {
+    #[error("rate limiter unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<RedisUnavailable> for LimiterError {
+    fn from(e: RedisUnavailable) -> Self {
+        LimiterError::Unavailable(e.0)
+    }
+}
 
 /// What a limit is about.
 #[derive(Debug, Clone, Copy)]
@@ -113,24 +126,20 @@ enum Backend {
 
 #[derive(Clone)]
 struct RedisLimits {
-    conn: ConnectionManager,
-    prefix: Arc<str>,
-    timeout: Duration,
-    metrics: CallMetrics,
+    redis: Redis,
 }
 
 impl RedisLimits {
     fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}{kind}:{id}", self.prefix)
+        format!("{}{kind}:{id}", self.redis.prefix())
     }
 
     async fn call<T>(
         &self,
         op: &'static str,
         run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
-    ) -> Result<T, SessionError> {
-        let mut conn = self.conn.clone();
-        bounded_redis(self.timeout, &self.metrics, op, run(&mut conn)).await
+    ) -> Result<T, LimiterError> {
+        Ok(self.redis.call(op, run).await?)
     }
 }
 
@@ -146,12 +155,10 @@ struct Lock {
 }
 
 static HIT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
+    script(&[r"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {n, redis.call('PTTL', KEYS[1])}",
-    )
+return {n, redis.call('PTTL', KEYS[1])}"])
 });
 
 /// Records a failure: after `threshold` consecutive failures the bucket is locked for
@@ -159,8 +166,7 @@ return {n, redis.call('PTTL', KEYS[1])}",
 /// Returns the lock's length when this failure started a lock (none was running), else 0, so a
 /// lock is reported once however many attempts race into it.
 static FAIL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
+    script(&[r"
 local threshold, base, cap, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local previous = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0') or 0
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
@@ -171,8 +177,7 @@ if failures >= threshold then
   if previous <= now then started = delay end
 end
 redis.call('EXPIRE', KEYS[1], 86400)
-return started",
-    )
+return started"])
 });
 
 fn lock_delay(cfg: &ThrottleConfig, failures: u64) -> i64 {
@@ -211,21 +216,11 @@ impl Throttle {
         }
     }
 
-    pub fn redis(
-        cfg: ThrottleConfig,
-        conn: ConnectionManager,
-        prefix: &str,
-        timeout: Duration,
-        metrics: CallMetrics,
-    ) -> Self {
+    /// Counts in Redis, under the deployment's key prefix, so limits hold across pods.
+    pub fn redis(cfg: ThrottleConfig, redis: Redis) -> Self {
         Self {
             cfg,
-            backend: Backend::Redis(RedisLimits {
-                conn,
-                prefix: Arc::from(prefix),
-                timeout,
-                metrics,
-            }),
+            backend: Backend::Redis(RedisLimits { redis }),
         }
     }
 
@@ -241,7 +236,7 @@ impl Throttle {
     }
 
     /// Counts one attempt; `Err(Throttled)` once the window's limit is exceeded.
-    pub async fn hit(&self, scope: Scope, id: &str) -> Result<Result<(), Throttled>, SessionError> {
+    pub async fn hit(&self, scope: Scope, id: &str) -> Result<Result<(), Throttled>, LimiterError> {
         let limit = self.limit(scope);
         if limit == 0 {
             return Ok(Ok(()));
@@ -279,7 +274,7 @@ impl Throttle {
     }
 
     /// The bucket an attempt on `account` from `client` (see [`client_group`]) counts in.
-    pub async fn bucket(&self, account: &str, client: &str) -> Result<Bucket, SessionError> {
+    pub async fn bucket(&self, account: &str, client: &str) -> Result<Bucket, LimiterError> {
         let known_id = format!("{account}@{client}");
         let known = match &self.backend {
             Backend::Redis(r) => {
@@ -306,7 +301,7 @@ impl Throttle {
     }
 
     /// A successful login from `client`: the address is known to the account for 30 days.
-    pub async fn remember(&self, account: &str, client: &str) -> Result<(), SessionError> {
+    pub async fn remember(&self, account: &str, client: &str) -> Result<(), LimiterError> {
         let known_id = format!("{account}@{client}");
         match &self.backend {
             Backend::Redis(r) => {
@@ -333,7 +328,7 @@ impl Throttle {
         &self,
         account: &str,
         now: i64,
-    ) -> Result<Result<(), Throttled>, SessionError> {
+    ) -> Result<Result<(), Throttled>, LimiterError> {
         if self.cfg.lockout_threshold == 0 {
             return Ok(Ok(()));
         }
@@ -367,7 +362,7 @@ impl Throttle {
         &self,
         account: &str,
         now: i64,
-    ) -> Result<Option<u64>, SessionError> {
+    ) -> Result<Option<u64>, LimiterError> {
         if self.cfg.lockout_threshold == 0 {
             return Ok(None);
         }
@@ -404,7 +399,7 @@ impl Throttle {
 
     /// A successful login clears the bucket's failures (a known address's success leaves the
     /// unknown addresses' lock alone).
-    pub async fn record_success(&self, account: &str) -> Result<(), SessionError> {
+    pub async fn record_success(&self, account: &str) -> Result<(), LimiterError> {
         if self.cfg.lockout_threshold == 0 {
             return Ok(());
         }

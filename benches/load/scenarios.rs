@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use sessiond::{
     auth::JwtKeys,
     config::Argon2Config,
+    redis::Redis,
     session::{now_unix, Lifetimes, RedisStore, RefreshToken, SessionRecord, SessionStore},
     users::password::{PasswordHasher, Priority},
 };
@@ -683,18 +684,15 @@ fn new_session(keys: &JwtKeys, lifetime: Duration) -> (SessionRecord, String) {
 /// Sealed with the server's key (from `config`), as the server's own writes are.
 async fn connect_store(url: &str, prefix: &str, config: &sessiond::config::Config) -> SessionStore {
     let metrics = sessiond::metrics::Metrics::new();
-    let store = RedisStore::connect(
-        url,
-        prefix,
-        Duration::from_secs(2),
+    let redis = Redis::connect(url, prefix, Duration::from_secs(2), metrics.redis.clone())
+        .await
+        .expect("connecting to Redis");
+    SessionStore::Redis(RedisStore::new(
+        redis,
         session_store_lifetimes(),
-        metrics.redis.clone(),
         sessiond::session::seal::SealKeys::from_config(config),
         metrics.seal_failures.clone(),
-    )
-    .await
-    .expect("connecting to Redis");
-    SessionStore::Redis(store)
+    ))
 }
 
 async fn seed_sessions(

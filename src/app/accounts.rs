@@ -6,6 +6,7 @@ use actix::Addr;
 use uuid::Uuid;
 
 use super::{sessions::Grant, App, Caller, Client};
+use crate::actor::Ask;
 use crate::{
     audit::{AuditEvent, WriteAudit},
     domain::{
@@ -46,8 +47,8 @@ pub async fn create_account(
     } = account;
     // Spares an argon2 hash for the common duplicate; the unique index settles races.
     if users
-        .send(FindByEmail(email.as_str().to_string()))
-        .await??
+        .ask(FindByEmail(email.as_str().to_string()))
+        .await?
         .is_some()
     {
         return Err(ApiError::EmailTaken);
@@ -55,13 +56,13 @@ pub async fn create_account(
     let known = password_context(email.as_str(), name.as_ref().map(DisplayName::as_str));
     let password_hash = hasher.hash_new(password.expose(), known).await?;
     let user = users
-        .send(CreateUser {
+        .ask(CreateUser {
             email: email.into_inner(),
             name: name.map(DisplayName::into_inner),
             password_hash,
             roles,
         })
-        .await??;
+        .await?;
     Ok(user)
 }
 
@@ -104,7 +105,7 @@ pub async fn create_from_cli(
     let event = AuditEvent::success(AuditKind::UserCreate)
         .subject(user.id)
         .detail(serde_json::json!({ "roles": user.roles, "source": "cli" }));
-    users.send(WriteAudit(vec![event])).await?.map_err(|e| {
+    users.ask(WriteAudit(vec![event])).await.map_err(|e| {
         ApiError::Internal(format!(
             "account created, but its audit event was not written: {e}"
         ))
@@ -121,11 +122,8 @@ pub async fn profile(app: &App, user_id: Uuid, access: &Access) -> Result<User, 
     let user = app
         .profiles
         .try_get_with(user_id, async move {
-            let found = users.send(FindById(user_id)).await;
-            found
-                .map_err(ApiError::from)?
-                .map(Arc::new)
-                .map_err(ApiError::from)
+            let found = users.ask(FindById(user_id)).await;
+            found.map(Arc::new).map_err(ApiError::from)
         })
         .await
         .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|e| e.clone_public()))?;
@@ -249,10 +247,10 @@ impl<'a> LoginAttempt<'a> {
             Ok(email) => match self
                 .app
                 .users
-                .send(FindByEmail(email.as_str().to_string()))
+                .ask(FindByEmail(email.as_str().to_string()))
                 .await
             {
-                Ok(Ok(account)) => account.map(|a| a.id),
+                Ok(account) => account.map(|a| a.id),
                 _ => None,
             },
             Err(_) => None,
@@ -304,8 +302,8 @@ impl<'a> LoginAttempt<'a> {
         let app = self.app;
         let account = app
             .users
-            .send(FindByEmail(email.as_str().to_string()))
-            .await??;
+            .ask(FindByEmail(email.as_str().to_string()))
+            .await?;
         // Unknown accounts still pay one hash, so timing does not tell which emails exist.
         let stored = account.as_ref().map(|a| a.password_hash.clone());
         let verified = app.hasher.verify(password, stored, Priority::Login).await?;
@@ -318,7 +316,7 @@ impl<'a> LoginAttempt<'a> {
         };
         // A disabled account gets the very answer a wrong password gets, and counts as a
         // failure, so neither the response nor the lockout tells that it exists.
-        match app.users.send(FindAccess(account.id)).await?? {
+        match app.users.ask(FindAccess(account.id)).await? {
             Some(a) if !a.disabled => Ok((account, a.access)),
             _ => Err(self.failed(bucket, Some(account.id), "disabled").await?),
         }
@@ -367,7 +365,7 @@ impl<'a> LoginAttempt<'a> {
             access: Arc::new(access.clone()),
             refresh_hash: refresh.hash(),
         };
-        let evicted = match app.sessions.send(CreateSession(record)).await?? {
+        let evicted = match app.sessions.ask(CreateSession(record)).await? {
             Created::Stored { evicted } => evicted,
             // Disabled or deleted while this login ran (the account was cut off first).
             Created::AccountCutOff => return Err(self.refused(Some(user_id), "disabled")),
@@ -384,7 +382,7 @@ impl<'a> LoginAttempt<'a> {
         // An admin may have disabled the account or changed its roles while this login ran;
         // their session updates could not see the new session, so look again now that it
         // exists.
-        let access = match app.users.send(FindAccess(user_id)).await?? {
+        let access = match app.users.ask(FindAccess(user_id)).await? {
             Some(AccountAccess {
                 access: now_access,
                 disabled: false,
@@ -397,11 +395,11 @@ impl<'a> LoginAttempt<'a> {
             },
             _ => {
                 app.sessions
-                    .send(Revoke {
+                    .ask(Revoke {
                         user_id,
                         session_id: refresh.session_id,
                     })
-                    .await??;
+                    .await?;
                 return Err(self.refused(Some(user_id), "disabled"));
             }
         };
@@ -449,8 +447,8 @@ pub async fn change_password(
 ) -> Result<(), ApiError> {
     let account = app
         .users
-        .send(FindAccount(caller.user_id))
-        .await??
+        .ask(FindAccount(caller.user_id))
+        .await?
         .ok_or(ApiError::NotFound("user"))?;
     let now = now_unix();
     let client_group = super::client_group(caller.ip.as_deref());
@@ -509,17 +507,17 @@ pub async fn change_password(
         .await?;
     let revoked = app
         .sessions
-        .send(RevokeAll {
+        .ask(RevokeAll {
             user_id: caller.user_id,
             except: Some(caller.session_id),
         })
-        .await??;
+        .await?;
     app.users
-        .send(SetPassword {
+        .ask(SetPassword {
             user_id: caller.user_id,
             password_hash,
         })
-        .await??;
+        .await?;
     app.audit.record(
         event(AuditEvent::success(AuditKind::PasswordChange))
             .detail(serde_json::json!({ "other_sessions_revoked": revoked })),

@@ -9,6 +9,7 @@
 use uuid::Uuid;
 
 use super::{sessions::sync_session_access, App, Caller};
+use crate::actor::Ask;
 use crate::{
     audit::{AuditEvent, AuditEventView, ListAudit},
     domain::{Access, AuditKind, PageRequest, Permission, RoleName, Shortfall, ADMIN_ROLE},
@@ -86,7 +87,7 @@ impl<'a> AdminAudit<'a> {
         kind: AuditKind,
         target: Uuid,
     ) -> Result<(), ApiError> {
-        let Some(account) = self.app.users.send(FindAccess(target)).await?? else {
+        let Some(account) = self.app.users.ask(FindAccess(target)).await? else {
             return Ok(());
         };
         let shortfall = caller.shortfall_to(&account.access);
@@ -117,12 +118,12 @@ pub async fn list_users(
     email_prefix: Option<String>,
     page: PageRequest,
 ) -> Result<(Vec<AdminUser>, u64), ApiError> {
-    Ok(app.users.send(ListUsers { email_prefix, page }).await??)
+    Ok(app.users.ask(ListUsers { email_prefix, page }).await?)
 }
 
 /// One account, with `disabled`.
 pub async fn get_user(app: &App, user_id: Uuid) -> Result<AdminUser, ApiError> {
-    Ok(app.users.send(GetUser(user_id)).await??)
+    Ok(app.users.ask(GetUser(user_id)).await?)
 }
 
 /// Replaces an account's roles (`user` is always kept); every live session of the account
@@ -148,15 +149,15 @@ pub async fn set_roles(
         ));
     }
     // Nothing changes when the change is refused, so the roles now are the ones it would replace.
-    let current = app.users.send(GetUser(user_id)).await??;
+    let current = app.users.ask(GetUser(user_id)).await?;
     let result = app
         .users
-        .send(SetRoles {
+        .ask(SetRoles {
             user_id,
             roles: requested.clone(),
             by: Some(Access::clone(&admin.access)),
         })
-        .await?;
+        .await;
     let change = audit.refused(
         AuditKind::RoleChange,
         || serde_json::json!({"roles": requested, "previous": current.roles}),
@@ -197,7 +198,7 @@ pub async fn disable_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<()
     audit.ensure_outranks(&admin.access, kind, user_id).await?;
     let what = "disabling this account";
     let change = || {
-        app.users.send(SetDisabled {
+        app.users.ask(SetDisabled {
             user_id,
             disabled: true,
         })
@@ -207,7 +208,7 @@ pub async fn disable_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<()
         audit.record(AuditEvent::success(kind));
         // An enable racing with this disable may have lifted the marker between the two steps
         // (and a login slipped in): now that the database says disabled, cut off once more.
-        app.sessions.send(CutOff(user_id)).await??;
+        app.sessions.ask(CutOff(user_id)).await?;
     }
     Ok(())
 }
@@ -220,15 +221,15 @@ pub async fn enable_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<(),
     audit.ensure_outranks(&admin.access, kind, user_id).await?;
     let result = app
         .users
-        .send(SetDisabled {
+        .ask(SetDisabled {
             user_id,
             disabled: false,
         })
-        .await?;
+        .await;
     if audit.refused(kind, || serde_json::json!({}), result)? {
         audit.record(AuditEvent::success(kind));
     }
-    app.sessions.send(Restore(user_id)).await??;
+    app.sessions.ask(Restore(user_id)).await?;
     Ok(())
 }
 
@@ -238,18 +239,18 @@ pub async fn delete_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<(),
     let kind = AuditKind::UserDelete;
     let audit = AdminAudit::new(app, admin, Some(user_id));
     audit.ensure_outranks(&admin.access, kind, user_id).await?;
-    let change = || app.users.send(DeleteUser(user_id));
+    let change = || app.users.ask(DeleteUser(user_id));
     let what = "deleting this account";
     let deleted = cut_off_then(app, &audit, kind, user_id, what, change).await;
     if let Err(ApiError::NotFound(_)) = &deleted {
         // Gone already, perhaps by an earlier attempt whose answer was lost, or by a version
         // that deleted before revoking: end whatever sessions are left before saying 404.
         app.sessions
-            .send(RevokeAll {
+            .ask(RevokeAll {
                 user_id,
                 except: None,
             })
-            .await??;
+            .await?;
     }
     deleted?;
     audit.record(AuditEvent::success(kind));
@@ -273,22 +274,22 @@ async fn cut_off_then<T, F>(
     change: impl FnOnce() -> F,
 ) -> Result<T, ApiError>
 where
-    F: std::future::Future<Output = Result<Result<T, UserStoreError>, actix::MailboxError>>,
+    F: std::future::Future<Output = Result<T, UserStoreError>>,
 {
-    let check = app.users.send(CheckRemovable { user_id, what }).await?;
+    let check = app.users.ask(CheckRemovable { user_id, what }).await;
     audit.refused(kind, || serde_json::json!({}), check)?;
-    app.sessions.send(CutOff(user_id)).await??;
-    let result = change().await?;
+    app.sessions.ask(CutOff(user_id)).await?;
+    let result = change().await;
     if let Err(UserStoreError::Conflict(_)) = &result {
-        app.sessions.send(Restore(user_id)).await??;
+        app.sessions.ask(Restore(user_id)).await?;
     }
     audit.refused(kind, || serde_json::json!({}), result)
 }
 
 /// An account's live sessions, oldest first; 404 for no such account.
 pub async fn list_user_sessions(app: &App, user_id: Uuid) -> Result<Vec<SessionRecord>, ApiError> {
-    app.users.send(GetUser(user_id)).await??;
-    Ok(app.sessions.send(ListSessions(user_id)).await??)
+    app.users.ask(GetUser(user_id)).await?;
+    Ok(app.sessions.ask(ListSessions(user_id)).await?)
 }
 
 /// Ends every session of an account, on every pod; also of a deleted account (whatever may be
@@ -301,21 +302,21 @@ pub async fn revoke_user_sessions(
     let kind = AuditKind::SessionsRevoke;
     let audit = AdminAudit::new(app, admin, Some(user_id));
     audit.ensure_outranks(&admin.access, kind, user_id).await?;
-    let exists = match app.users.send(GetUser(user_id)).await? {
+    let exists = match app.users.ask(GetUser(user_id)).await {
         Ok(_) => true,
         Err(UserStoreError::NotFound) => false,
         Err(e) => return Err(e.into()),
     };
     let revoked = app
         .sessions
-        .send(RevokeAll {
+        .ask(RevokeAll {
             user_id,
             except: None,
         })
-        .await??;
+        .await?;
     // A deleted account's id (still marked cut off, or with sessions left) is not unknown:
     // revoking what is left of it succeeds. An id that never had anything stays 404.
-    if !exists && revoked == 0 && !app.sessions.send(IsCutOff(user_id)).await?? {
+    if !exists && revoked == 0 && !app.sessions.ask(IsCutOff(user_id)).await? {
         return Err(ApiError::NotFound("user"));
     }
     audit.record(AuditEvent::success(kind).detail(serde_json::json!({ "revoked": revoked })));
@@ -324,7 +325,7 @@ pub async fn revoke_user_sessions(
 
 /// Every role with its permissions, ordered by name.
 pub async fn list_roles(app: &App) -> Result<Vec<RoleView>, ApiError> {
-    Ok(app.users.send(ListRoles).await??)
+    Ok(app.users.ask(ListRoles).await?)
 }
 
 /// Creates a role. Roles cannot be changed afterwards (create a new one and reassign), so the
@@ -353,7 +354,7 @@ pub async fn create_role(
             serde_json::json!({"name": name, "permissions": permissions}),
         ));
     }
-    let role = app.users.send(CreateRole { name, permissions }).await??;
+    let role = app.users.ask(CreateRole { name, permissions }).await?;
     audit.record(
         AuditEvent::success(AuditKind::RoleCreate)
             .detail(serde_json::json!({"name": role.name, "permissions": role.permissions})),
@@ -371,12 +372,12 @@ pub async fn list_audit(
 ) -> Result<(Vec<AuditEventView>, u64), ApiError> {
     Ok(app
         .users
-        .send(ListAudit {
+        .ask(ListAudit {
             user_id,
             event_type,
             page,
         })
-        .await??)
+        .await?)
 }
 
 /// ADMIN_EMAILS at start-up: existing accounts listed there get `admin` (idempotent, so pods
@@ -385,11 +386,11 @@ pub async fn grant_admin_emails(app: &App) -> Result<(), ApiError> {
     for email in &app.settings.admin_emails {
         let granted = app
             .users
-            .send(GrantRole {
+            .ask(GrantRole {
                 email: email.clone(),
                 role: ADMIN_ROLE.to_string(),
             })
-            .await??;
+            .await?;
         let Some((user_id, previous)) = granted else {
             continue;
         };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{App, Caller, Client};
+use crate::actor::Ask;
 use crate::{
     audit::AuditEvent,
     domain::{Access, AuditKind},
@@ -44,13 +45,13 @@ pub async fn refresh(
     let (jti, now) = (Uuid::new_v4(), now_unix());
     let outcome = app
         .sessions
-        .send(Refresh {
+        .ask(Refresh {
             presented: presented.clone(),
             successor: successor.clone(),
             jti,
             now,
         })
-        .await??;
+        .await?;
     match outcome {
         Rotation::Rotated { expires_at, access } => Ok(Grant {
             refresh: successor,
@@ -92,11 +93,11 @@ pub async fn refresh(
 pub async fn logout(app: &App, caller: &Caller) -> Result<(), ApiError> {
     let revoked = app
         .sessions
-        .send(Revoke {
+        .ask(Revoke {
             user_id: caller.user_id,
             session_id: caller.session_id,
         })
-        .await??;
+        .await?;
     if !revoked {
         return Err(ApiError::Unauthorized);
     }
@@ -115,11 +116,11 @@ pub async fn logout_all(app: &App, caller: &Caller, keep_current: bool) -> Resul
     let except = keep_current.then_some(caller.session_id);
     let n = app
         .sessions
-        .send(RevokeAll {
+        .ask(RevokeAll {
             user_id: caller.user_id,
             except,
         })
-        .await??;
+        .await?;
     app.audit.record(
         AuditEvent::success(AuditKind::LogoutAll)
             .by(caller.user_id)
@@ -132,18 +133,18 @@ pub async fn logout_all(app: &App, caller: &Caller, keep_current: bool) -> Resul
 
 /// The live sessions of the calling user.
 pub async fn list_own(app: &App, user_id: Uuid) -> Result<Vec<SessionRecord>, ApiError> {
-    Ok(app.sessions.send(ListSessions(user_id)).await??)
+    Ok(app.sessions.ask(ListSessions(user_id)).await?)
 }
 
 /// Ends one of the caller's own sessions: anyone else's id is 404, like an unknown one.
 pub async fn revoke_own(app: &App, caller: &Caller, session_id: Uuid) -> Result<(), ApiError> {
     let revoked = app
         .sessions
-        .send(Revoke {
+        .ask(Revoke {
             user_id: caller.user_id,
             session_id,
         })
-        .await??;
+        .await?;
     if !revoked {
         return Err(ApiError::NotFound("session"));
     }
@@ -160,18 +161,18 @@ pub async fn revoke_own(app: &App, caller: &Caller, session_id: Uuid) -> Result<
 /// Re-reads after writing so that concurrent role changes converge on the last one committed.
 /// Returns the account's access, or `None` if it no longer exists.
 pub async fn sync_session_access(app: &App, user_id: Uuid) -> Result<Option<Access>, ApiError> {
-    let mut current = app.users.send(FindAccess(user_id)).await??;
+    let mut current = app.users.ask(FindAccess(user_id)).await?;
     for _ in 0..3 {
         let Some(account) = current else {
             return Ok(None);
         };
         app.sessions
-            .send(SetAccess {
+            .ask(SetAccess {
                 user_id,
                 access: Arc::new(account.access.clone()),
             })
-            .await??;
-        current = app.users.send(FindAccess(user_id)).await??;
+            .await?;
+        current = app.users.ask(FindAccess(user_id)).await?;
         if current.as_ref().map(|c| &c.access) == Some(&account.access) {
             return Ok(Some(account.access));
         }

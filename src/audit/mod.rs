@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use crate::actor::Ask;
 use crate::{domain::AuditKind, metrics::Metrics, users::UserStore};
 
 mod store;
@@ -358,8 +359,8 @@ async fn write(
     let mut backoff = Duration::from_millis(100);
     while !batch.is_empty() {
         let n = batch.len();
-        match users.send(WriteAudit(batch.clone())).await {
-            Ok(Ok(())) => {
+        match users.ask(WriteAudit(batch.clone())).await {
+            Ok(()) => {
                 metrics
                     .audit_events
                     .with_label_values(&["written"])
@@ -368,8 +369,7 @@ async fn write(
                 batch.clear();
                 return;
             }
-            Ok(Err(e)) => tracing::warn!(cause = %e, events = n, "audit write failed; retrying"),
-            Err(e) => tracing::warn!(cause = %e, events = n, "audit write not delivered; retrying"),
+            Err(e) => tracing::warn!(cause = %e, events = n, "audit write failed; retrying"),
         }
         metrics
             .audit_events
@@ -434,13 +434,12 @@ mod tests {
             per_page: 10,
         };
         let (events, total) = users
-            .send(ListAudit {
+            .ask(ListAudit {
                 user_id: None,
                 event_type: None,
                 page,
             })
             .await
-            .unwrap()
             .unwrap();
         assert_eq!(total, 2, "{events:?}");
         let mut kinds: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
@@ -474,13 +473,12 @@ mod tests {
             per_page: 10,
         };
         let (events, _) = users
-            .send(ListAudit {
+            .ask(ListAudit {
                 user_id: None,
                 event_type: None,
                 page,
             })
             .await
-            .unwrap()
             .unwrap();
         let mut counts: Vec<u64> = events
             .iter()

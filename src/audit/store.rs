@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::AuditEvent;
 use crate::{
+    actor::Reply,
     domain::PageRequest,
     users::{UserStore, UserStoreError},
 };
@@ -38,15 +39,15 @@ pub struct AuditEventView {
 
 /// Stores audit events; idempotent (a retried batch writes each event once).
 #[derive(Message)]
-#[rtype(result = "Result<(), UserStoreError>")]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
 pub struct WriteAudit(pub Vec<AuditEvent>);
 
 impl Handler<WriteAudit> for UserStore {
-    type Result = ResponseFuture<Result<(), UserStoreError>>;
+    type Result = Reply<Result<(), UserStoreError>>;
 
     fn handle(&mut self, msg: WriteAudit, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             if msg.0.is_empty() {
                 return Ok(());
             }
@@ -73,7 +74,7 @@ impl Handler<WriteAudit> for UserStore {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<(Vec<AuditEventView>, u64), UserStoreError>")]
+#[rtype(result = "Reply<Result<(Vec<AuditEventView>, u64), UserStoreError>>")]
 pub struct ListAudit {
     /// Events where this account is the actor or the subject.
     pub user_id: Option<Uuid>,
@@ -82,11 +83,11 @@ pub struct ListAudit {
 }
 
 impl Handler<ListAudit> for UserStore {
-    type Result = ResponseFuture<Result<(Vec<AuditEventView>, u64), UserStoreError>>;
+    type Result = Reply<Result<(Vec<AuditEventView>, u64), UserStoreError>>;
 
     fn handle(&mut self, msg: ListAudit, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("list_audit", async {
                 let mut query = audit_event::Entity::find();
                 if let Some(uid) = msg.user_id {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use actix::Addr;
 
 use super::{JwtKeys, SharedAccess};
+use crate::actor::Ask;
 use crate::{
     error::ApiError,
     metrics::TokenChecks,
@@ -78,7 +79,7 @@ impl FromRequest for AuthenticatedSession {
                 } => {
                     checks.cache_hit.inc();
                     if touch {
-                        state.sessions.do_send(Touch {
+                        state.sessions.tell(Touch {
                             user_id: claims.sub,
                             session_id: claims.sid,
                         });
@@ -89,16 +90,13 @@ impl FromRequest for AuthenticatedSession {
                     checks.cache_miss.inc();
                     let asked = state
                         .sessions
-                        .send(Validate {
+                        .ask(Validate {
                             user_id: claims.sub,
                             session_id: claims.sid,
                             fresh,
                         })
                         .await;
-                    match asked
-                        .map_err(ApiError::from)
-                        .and_then(|r| r.map_err(ApiError::from))
-                    {
+                    match asked.map_err(ApiError::from) {
                         Ok(found) => found,
                         Err(e) => {
                             // Never accept a token that could not be checked.

@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
 use super::resource;
+use crate::actor::Ask;
 use crate::{session, state::AppState, users};
 
 pub fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
@@ -70,15 +71,15 @@ pub struct Readiness {
     ))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let limit = Duration::from_secs(1);
-    let db = tokio::time::timeout(limit, state.app.users.send(users::CheckSchema));
-    let redis = tokio::time::timeout(limit, state.app.sessions.send(session::Ping));
+    let db = tokio::time::timeout(limit, state.app.users.ask(users::CheckSchema));
+    let redis = tokio::time::timeout(limit, state.app.sessions.ask(session::Ping));
     let (db, redis) = tokio::join!(db, redis);
     let schema = match db {
-        Ok(Ok(Ok(schema))) => Some(schema),
+        Ok(Ok(schema)) => Some(schema),
         _ => None,
     };
     let db_ok = schema.is_some();
-    let redis_ok = matches!(redis, Ok(Ok(Ok(()))));
+    let redis_ok = matches!(redis, Ok(Ok(())));
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let schema = schema.unwrap_or_default();
     let (schema_word, reason) = match (db_ok, &schema) {

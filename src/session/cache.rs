@@ -1,5 +1,5 @@
 //! The pod-local view of sessions: a moka cache in front of the store, plus tombstones for what
-//! this pod has been told is revoked. Readers (the hot path) only read; the registry actor writes.
+//! this pod has been told is revoked. Readers (the hot path) only read; the registry's code writes.
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},

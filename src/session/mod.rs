@@ -2,18 +2,19 @@
 //! pub/sub subscription and the writes to the local cache; [`SessionCache`] is the cloneable
 //! read handle that answers the hot path without a message round trip.
 mod cache;
+pub mod invalidation;
 pub mod refresh;
 mod registry;
 pub mod seal;
 mod store;
 
 pub use cache::{CacheLookup, SessionCache};
+pub use invalidation::Invalidation;
 pub use refresh::RefreshToken;
 pub use registry::{
     CreateSession, CutOff, IsCutOff, ListSessions, Ping, Refresh, Restore, Revoke, RevokeAll,
     SessionRegistry, SetAccess, Stop, Touch, Validate,
 };
-pub(crate) use store::bounded_redis;
 pub use store::{MemoryStore, RedisStore, SessionStore};
 
 use std::time::Duration;
@@ -29,12 +30,13 @@ pub enum SessionError {
     Unavailable(String),
     #[error("session store error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Unreachable(#[from] crate::actor::Unreachable),
 }
 
-impl From<redis::RedisError> for SessionError {
-    fn from(e: redis::RedisError) -> Self {
-        // Refused, dropped, timed out, LOADING, READONLY during a failover: all mean "retry".
-        SessionError::Unavailable(e.to_string())
+impl From<crate::redis::RedisUnavailable> for SessionError {
+    fn from(e: crate::redis::RedisUnavailable) -> Self {
+        SessionError::Unavailable(e.0)
     }
 }
 
@@ -158,49 +160,6 @@ pub enum Rotation {
     Invalid,
 }
 
-/// What travels on `{prefix}invalidate`: `s:<sid>[,<sid>...]` for revoked sessions, `u:<uid>`
-/// for all sessions of a user, `a:<uid>` when a user's roles changed (cached sessions of the user
-/// are re-read from the store, not ended). Plain text keeps the subscriber's parse trivial and the
-/// channel readable with redis-cli.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invalidation {
-    Sessions(Vec<Uuid>),
-    User(Uuid),
-    Access(Uuid),
-}
-
-impl Invalidation {
-    pub fn session(sid: Uuid) -> Self {
-        Invalidation::Sessions(vec![sid])
-    }
-
-    pub fn encode(&self) -> String {
-        match self {
-            Invalidation::Sessions(sids) => {
-                let ids: Vec<String> = sids.iter().map(Uuid::to_string).collect();
-                format!("s:{}", ids.join(","))
-            }
-            Invalidation::User(uid) => format!("u:{uid}"),
-            Invalidation::Access(uid) => format!("a:{uid}"),
-        }
-    }
-
-    pub fn decode(payload: &[u8]) -> Option<Self> {
-        let text = std::str::from_utf8(payload).ok()?;
-        let (kind, ids) = text.split_once(':')?;
-        match kind {
-            "s" => ids
-                .split(',')
-                .map(|id| Uuid::parse_str(id).ok())
-                .collect::<Option<Vec<_>>>()
-                .map(Invalidation::Sessions),
-            "u" => Uuid::parse_str(ids).ok().map(Invalidation::User),
-            "a" => Uuid::parse_str(ids).ok().map(Invalidation::Access),
-            _ => None,
-        }
-    }
-}
-
 pub fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -208,22 +167,6 @@ pub fn now_unix() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn invalidations_round_trip_and_garbage_is_ignored() {
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        for inv in [
-            Invalidation::session(a),
-            Invalidation::Sessions(vec![a, b]),
-            Invalidation::User(a),
-            Invalidation::Access(b),
-        ] {
-            assert_eq!(Invalidation::decode(inv.encode().as_bytes()), Some(inv));
-        }
-        assert_eq!(Invalidation::decode(b"x:1"), None);
-        assert_eq!(Invalidation::decode(b"s:not-a-uuid"), None);
-        assert_eq!(Invalidation::decode(&[0xff, 0xfe]), None);
-    }
 
     #[test]
     fn idle_sessions_end_early_but_never_after_their_absolute_end() {

@@ -1,5 +1,8 @@
 //! The SessionRegistry actor: owns the session store, the writes to the local cache and, with
 //! Redis, the subscription to `{prefix}invalidate` through which every pod hears of revocations.
+//! The subscription and the invalidations it receives run on the actor; each request's store
+//! work and the cache writes that follow it are a [`Reply`] the caller runs (see
+//! [`crate::actor`]).
 //!
 //! Staleness when an invalidation is lost (pub/sub is at-most-once) is bounded twice over:
 //! cache entries live at most SESSION_CACHE_TTL, and while the subscription is down the cache is
@@ -17,7 +20,7 @@ use super::{
     now_unix, Created, Invalidation, RefreshToken, Rotation, SessionCache, SessionError,
     SessionRecord, SessionState, SessionStore,
 };
-use crate::metrics::Metrics;
+use crate::{actor::Reply, metrics::Metrics};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -58,9 +61,9 @@ impl SessionRegistry {
     ) -> Self {
         let sub = match &store {
             SessionStore::Redis(r) => Some(Subscription {
-                client: r.client().clone(),
+                client: r.redis().client().clone(),
                 channel: r.channel().to_string(),
-                timeout: r.timeout(),
+                timeout: r.redis().timeout(),
                 ping_interval,
                 generation: 0,
                 sink: None,
@@ -234,16 +237,16 @@ async fn revoked_here(
 /// Stores a new session and caches it, so the first request with its token is a cache hit.
 /// Sessions it ends (beyond MAX_SESSIONS_PER_USER) end on every pod.
 #[derive(Message)]
-#[rtype(result = "Result<Created, SessionError>")]
+#[rtype(result = "Reply<Result<Created, SessionError>>")]
 pub struct CreateSession(pub SessionRecord);
 
 impl Handler<CreateSession> for SessionRegistry {
-    type Result = ResponseFuture<Result<Created, SessionError>>;
+    type Result = Reply<Result<Created, SessionError>>;
 
     fn handle(&mut self, msg: CreateSession, _: &mut Self::Context) -> Self::Result {
         let (store, cache, metrics) =
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
-        Box::pin(async move {
+        Reply::new(async move {
             let rec = msg.0;
             let created = store.create(&rec).await?;
             let Created::Stored { evicted } = &created else {
@@ -267,7 +270,7 @@ impl Handler<CreateSession> for SessionRegistry {
 /// The cache-miss path of a token check: read the store (one read for concurrent misses of one
 /// session) and cache the answer. `fresh` bypasses a cached answer (possible idle session).
 #[derive(Message)]
-#[rtype(result = "Result<Option<SessionState>, SessionError>")]
+#[rtype(result = "Reply<Result<Option<SessionState>, SessionError>>")]
 pub struct Validate {
     pub user_id: Uuid,
     pub session_id: Uuid,
@@ -275,7 +278,7 @@ pub struct Validate {
 }
 
 impl Handler<Validate> for SessionRegistry {
-    type Result = ResponseFuture<Result<Option<SessionState>, SessionError>>;
+    type Result = Reply<Result<Option<SessionState>, SessionError>>;
 
     fn handle(&mut self, msg: Validate, _: &mut Self::Context) -> Self::Result {
         let (store, cache) = (self.store.clone(), self.cache.clone());
@@ -284,7 +287,7 @@ impl Handler<Validate> for SessionRegistry {
             session_id: sid,
             fresh,
         } = msg;
-        Box::pin(async move {
+        Reply::new(async move {
             let load = |store: SessionStore| async move {
                 let read_at = Instant::now();
                 let state = store.load(user_id, sid).await?;
@@ -338,18 +341,18 @@ impl Handler<Validate> for SessionRegistry {
 
 /// Records use of a session (throttled by the caller). Fire-and-forget from the hot path.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Reply<()>")]
 pub struct Touch {
     pub user_id: Uuid,
     pub session_id: Uuid,
 }
 
 impl Handler<Touch> for SessionRegistry {
-    type Result = ResponseFuture<()>;
+    type Result = Reply<()>;
 
     fn handle(&mut self, msg: Touch, _: &mut Self::Context) -> Self::Result {
         let (store, cache) = (self.store.clone(), self.cache.clone());
-        Box::pin(async move {
+        Reply::new(async move {
             if let Ok(false) = store.touch(msg.user_id, msg.session_id, now_unix()).await {
                 // Ended meanwhile (idle elsewhere, or expired): stop serving it from the cache.
                 cache.apply(&Invalidation::session(msg.session_id)).await;
@@ -362,19 +365,19 @@ impl Handler<Touch> for SessionRegistry {
 /// cache, then (in the same Redis transaction) the broadcast to every other pod.
 /// `Ok(false)`: the session was already gone.
 #[derive(Message)]
-#[rtype(result = "Result<bool, SessionError>")]
+#[rtype(result = "Reply<Result<bool, SessionError>>")]
 pub struct Revoke {
     pub user_id: Uuid,
     pub session_id: Uuid,
 }
 
 impl Handler<Revoke> for SessionRegistry {
-    type Result = ResponseFuture<Result<bool, SessionError>>;
+    type Result = Reply<Result<bool, SessionError>>;
 
     fn handle(&mut self, msg: Revoke, _: &mut Self::Context) -> Self::Result {
         let (store, cache, metrics) =
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
-        Box::pin(async move {
+        Reply::new(async move {
             let existed = store.revoke(msg.user_id, msg.session_id).await?;
             // Only a session that was the caller's is evicted: naming someone else's id does
             // nothing, here or on other pods.
@@ -392,19 +395,19 @@ impl Handler<Revoke> for SessionRegistry {
 
 /// Ends every session of a user (but `except`), on every pod. Returns how many ended.
 #[derive(Message)]
-#[rtype(result = "Result<usize, SessionError>")]
+#[rtype(result = "Reply<Result<usize, SessionError>>")]
 pub struct RevokeAll {
     pub user_id: Uuid,
     pub except: Option<Uuid>,
 }
 
 impl Handler<RevokeAll> for SessionRegistry {
-    type Result = ResponseFuture<Result<usize, SessionError>>;
+    type Result = Reply<Result<usize, SessionError>>;
 
     fn handle(&mut self, msg: RevokeAll, _: &mut Self::Context) -> Self::Result {
         let (store, cache, metrics) =
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
-        Box::pin(async move {
+        Reply::new(async move {
             let revoked = store.revoke_all(msg.user_id, msg.except).await?;
             revoked_here(&store, &cache, &metrics, &revoked).await;
             Ok(revoked.len())
@@ -416,16 +419,16 @@ impl Handler<RevokeAll> for SessionRegistry {
 /// has it, no session of the user is created or refreshed, and every existing one is revoked on
 /// every pod. Returns how many sessions ended.
 #[derive(Message)]
-#[rtype(result = "Result<usize, SessionError>")]
+#[rtype(result = "Reply<Result<usize, SessionError>>")]
 pub struct CutOff(pub Uuid);
 
 impl Handler<CutOff> for SessionRegistry {
-    type Result = ResponseFuture<Result<usize, SessionError>>;
+    type Result = Reply<Result<usize, SessionError>>;
 
     fn handle(&mut self, msg: CutOff, _: &mut Self::Context) -> Self::Result {
         let (store, cache, metrics) =
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
-        Box::pin(async move {
+        Reply::new(async move {
             let revoked = store.cut_off(msg.0).await?;
             revoked_here(&store, &cache, &metrics, &revoked).await;
             cache.apply(&Invalidation::User(msg.0)).await;
@@ -439,48 +442,48 @@ impl Handler<CutOff> for SessionRegistry {
 
 /// Lifts a cut-off: the account may have sessions again.
 #[derive(Message)]
-#[rtype(result = "Result<(), SessionError>")]
+#[rtype(result = "Reply<Result<(), SessionError>>")]
 pub struct Restore(pub Uuid);
 
 impl Handler<Restore> for SessionRegistry {
-    type Result = ResponseFuture<Result<(), SessionError>>;
+    type Result = Reply<Result<(), SessionError>>;
 
     fn handle(&mut self, msg: Restore, _: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
-        Box::pin(async move { store.restore(msg.0).await })
+        Reply::new(async move { store.restore(msg.0).await })
     }
 }
 
 /// Whether the account is cut off (disabled or deleted within the last session lifetime).
 #[derive(Message)]
-#[rtype(result = "Result<bool, SessionError>")]
+#[rtype(result = "Reply<Result<bool, SessionError>>")]
 pub struct IsCutOff(pub Uuid);
 
 impl Handler<IsCutOff> for SessionRegistry {
-    type Result = ResponseFuture<Result<bool, SessionError>>;
+    type Result = Reply<Result<bool, SessionError>>;
 
     fn handle(&mut self, msg: IsCutOff, _: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
-        Box::pin(async move { store.is_cut_off(msg.0).await })
+        Reply::new(async move { store.is_cut_off(msg.0).await })
     }
 }
 
 /// Replaces the roles and permissions of every live session of the user, then has every pod
 /// re-read them (this one at once). Returns how many sessions were updated.
 #[derive(Message)]
-#[rtype(result = "Result<usize, SessionError>")]
+#[rtype(result = "Reply<Result<usize, SessionError>>")]
 pub struct SetAccess {
     pub user_id: Uuid,
     pub access: crate::auth::SharedAccess,
 }
 
 impl Handler<SetAccess> for SessionRegistry {
-    type Result = ResponseFuture<Result<usize, SessionError>>;
+    type Result = Reply<Result<usize, SessionError>>;
 
     fn handle(&mut self, msg: SetAccess, _: &mut Self::Context) -> Self::Result {
         let (store, cache, metrics) =
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
-        Box::pin(async move {
+        Reply::new(async move {
             let updated = store.set_access(msg.user_id, &msg.access).await?;
             cache.apply(&Invalidation::Access(msg.user_id)).await;
             if updated > 0 {
@@ -495,21 +498,21 @@ impl Handler<SetAccess> for SessionRegistry {
 
 /// The user's live sessions.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<SessionRecord>, SessionError>")]
+#[rtype(result = "Reply<Result<Vec<SessionRecord>, SessionError>>")]
 pub struct ListSessions(pub Uuid);
 
 impl Handler<ListSessions> for SessionRegistry {
-    type Result = ResponseFuture<Result<Vec<SessionRecord>, SessionError>>;
+    type Result = Reply<Result<Vec<SessionRecord>, SessionError>>;
 
     fn handle(&mut self, msg: ListSessions, _: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
-        Box::pin(async move { store.list(msg.0).await })
+        Reply::new(async move { store.list(msg.0).await })
     }
 }
 
 /// One refresh-token rotation; a detected reuse is revoked on every pod before this returns.
 #[derive(Message)]
-#[rtype(result = "Result<Rotation, SessionError>")]
+#[rtype(result = "Reply<Result<Rotation, SessionError>>")]
 pub struct Refresh {
     pub presented: RefreshToken,
     pub successor: RefreshToken,
@@ -518,12 +521,12 @@ pub struct Refresh {
 }
 
 impl Handler<Refresh> for SessionRegistry {
-    type Result = ResponseFuture<Result<Rotation, SessionError>>;
+    type Result = Reply<Result<Rotation, SessionError>>;
 
     fn handle(&mut self, msg: Refresh, _: &mut Self::Context) -> Self::Result {
         let (store, cache, metrics) =
             (self.store.clone(), self.cache.clone(), self.metrics.clone());
-        Box::pin(async move {
+        Reply::new(async move {
             let sid = msg.presented.session_id;
             let outcome = store
                 .rotate(&msg.presented, &msg.successor, msg.jti, msg.now)
@@ -547,15 +550,15 @@ impl Handler<Refresh> for SessionRegistry {
 
 /// Readiness: can the store answer?
 #[derive(Message)]
-#[rtype(result = "Result<(), SessionError>")]
+#[rtype(result = "Reply<Result<(), SessionError>>")]
 pub struct Ping;
 
 impl Handler<Ping> for SessionRegistry {
-    type Result = ResponseFuture<Result<(), SessionError>>;
+    type Result = Reply<Result<(), SessionError>>;
 
     fn handle(&mut self, _: Ping, _: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
-        Box::pin(async move { store.ping().await })
+        Reply::new(async move { store.ping().await })
     }
 }
 

@@ -19,7 +19,10 @@ use super::{
     roles::{access_of, check_grant, insert_roles, normalize_roles, permissions_of, roles_of},
     UserStore, UserStoreError,
 };
-use crate::domain::{Access, PageRequest, Shortfall, ADMIN_ROLE};
+use crate::{
+    actor::Reply,
+    domain::{Access, PageRequest, Shortfall, ADMIN_ROLE},
+};
 
 /// An account as administrators see it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -144,15 +147,15 @@ pub struct AccountAccess {
 
 /// `None`: no such account.
 #[derive(Message)]
-#[rtype(result = "Result<Option<AccountAccess>, UserStoreError>")]
+#[rtype(result = "Reply<Result<Option<AccountAccess>, UserStoreError>>")]
 pub struct FindAccess(pub Uuid);
 
 impl Handler<FindAccess> for UserStore {
-    type Result = ResponseFuture<Result<Option<AccountAccess>, UserStoreError>>;
+    type Result = Reply<Result<Option<AccountAccess>, UserStoreError>>;
 
     fn handle(&mut self, msg: FindAccess, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("find_access", async {
                 let Some(found) = user::Entity::find_by_id(msg.0).one(&db.conn).await? else {
                     return Ok(None);
@@ -172,7 +175,7 @@ impl Handler<FindAccess> for UserStore {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<(Vec<AdminUser>, u64), UserStoreError>")]
+#[rtype(result = "Reply<Result<(Vec<AdminUser>, u64), UserStoreError>>")]
 pub struct ListUsers {
     /// Normalized (lower-case); matched literally.
     pub email_prefix: Option<String>,
@@ -180,11 +183,11 @@ pub struct ListUsers {
 }
 
 impl Handler<ListUsers> for UserStore {
-    type Result = ResponseFuture<Result<(Vec<AdminUser>, u64), UserStoreError>>;
+    type Result = Reply<Result<(Vec<AdminUser>, u64), UserStoreError>>;
 
     fn handle(&mut self, msg: ListUsers, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("list_users", async {
                 let mut query = user::Entity::find();
                 if let Some(prefix) = msg.email_prefix.filter(|p| !p.is_empty()) {
@@ -207,15 +210,15 @@ impl Handler<ListUsers> for UserStore {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<AdminUser, UserStoreError>")]
+#[rtype(result = "Reply<Result<AdminUser, UserStoreError>>")]
 pub struct GetUser(pub Uuid);
 
 impl Handler<GetUser> for UserStore {
-    type Result = ResponseFuture<Result<AdminUser, UserStoreError>>;
+    type Result = Reply<Result<AdminUser, UserStoreError>>;
 
     fn handle(&mut self, msg: GetUser, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move { db.call_tx("get_user", admin_view(&db.conn, msg.0)).await })
+        Reply::new(async move { db.call_tx("get_user", admin_view(&db.conn, msg.0)).await })
     }
 }
 
@@ -227,7 +230,7 @@ impl Handler<GetUser> for UserStore {
 /// ([`Access::shortfall`]). The account's row is locked first (PostgreSQL), so a concurrent
 /// grant cannot slip in between the check and the write.
 #[derive(Message)]
-#[rtype(result = "Result<RoleChange, UserStoreError>")]
+#[rtype(result = "Reply<Result<RoleChange, UserStoreError>>")]
 pub struct SetRoles {
     pub user_id: Uuid,
     pub roles: Vec<String>,
@@ -292,11 +295,11 @@ async fn role_change_shortfall(
 }
 
 impl Handler<SetRoles> for UserStore {
-    type Result = ResponseFuture<Result<RoleChange, UserStoreError>>;
+    type Result = Reply<Result<RoleChange, UserStoreError>>;
 
     fn handle(&mut self, msg: SetRoles, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             let roles = normalize_roles(msg.roles);
             db.call_tx("set_roles", async {
                 let txn = db.conn.begin().await?;
@@ -340,18 +343,18 @@ impl Handler<SetRoles> for UserStore {
 
 /// Disables or enables an account. Returns whether anything changed.
 #[derive(Message)]
-#[rtype(result = "Result<bool, UserStoreError>")]
+#[rtype(result = "Reply<Result<bool, UserStoreError>>")]
 pub struct SetDisabled {
     pub user_id: Uuid,
     pub disabled: bool,
 }
 
 impl Handler<SetDisabled> for UserStore {
-    type Result = ResponseFuture<Result<bool, UserStoreError>>;
+    type Result = Reply<Result<bool, UserStoreError>>;
 
     fn handle(&mut self, msg: SetDisabled, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("set_disabled", async {
                 let txn = db.conn.begin().await?;
                 let target = find_model(&txn, msg.user_id).await?;
@@ -383,7 +386,7 @@ impl Handler<SetDisabled> for UserStore {
 /// admin: a read, asked before the account's sessions are cut off, so a refused change does
 /// not end them. The change itself checks again under the lock.
 #[derive(Message)]
-#[rtype(result = "Result<(), UserStoreError>")]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
 pub struct CheckRemovable {
     pub user_id: Uuid,
     /// "disabling this account", "deleting this account": for the conflict message.
@@ -391,11 +394,11 @@ pub struct CheckRemovable {
 }
 
 impl Handler<CheckRemovable> for UserStore {
-    type Result = ResponseFuture<Result<(), UserStoreError>>;
+    type Result = Reply<Result<(), UserStoreError>>;
 
     fn handle(&mut self, msg: CheckRemovable, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("check_removable", async {
                 let target = find_model(&db.conn, msg.user_id).await?;
                 ensure_another_admin(&db.conn, &target, msg.what).await
@@ -407,15 +410,15 @@ impl Handler<CheckRemovable> for UserStore {
 
 /// Removes the account and its roles; the audit trail keeps its events.
 #[derive(Message)]
-#[rtype(result = "Result<(), UserStoreError>")]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
 pub struct DeleteUser(pub Uuid);
 
 impl Handler<DeleteUser> for UserStore {
-    type Result = ResponseFuture<Result<(), UserStoreError>>;
+    type Result = Reply<Result<(), UserStoreError>>;
 
     fn handle(&mut self, msg: DeleteUser, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("delete_user", async {
                 let txn = db.conn.begin().await?;
                 let target = find_model(&txn, msg.0).await?;

@@ -1,5 +1,7 @@
 //! The UserStore actor owns the database (sea-orm): accounts here, account administration in
-//! [`accounts`], roles in [`roles`] (the audit trail's storage is `crate::audit::store`).
+//! [`accounts`], roles in [`roles`] (the audit trail's storage is `crate::audit::store`). Its
+//! handlers return the database work as a [`Reply`] the caller runs on its own thread (see
+//! [`crate::actor`]).
 pub mod accounts;
 pub mod password;
 pub mod roles;
@@ -18,7 +20,10 @@ use sea_orm::{
 };
 use serde::Serialize;
 
-use crate::metrics::CallMetrics;
+use crate::{
+    actor::{Reply, Unreachable},
+    metrics::CallMetrics,
+};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,8 @@ pub enum UserStoreError {
     Conflict(String),
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
     #[error("database error: {0}")]
     Internal(String),
 }
@@ -149,7 +156,7 @@ impl Actor for UserStore {
 
 /// A new account with its roles (which must exist), in one transaction.
 #[derive(Message)]
-#[rtype(result = "Result<User, UserStoreError>")]
+#[rtype(result = "Reply<Result<User, UserStoreError>>")]
 pub struct CreateUser {
     pub email: String,
     pub name: Option<String>,
@@ -158,11 +165,11 @@ pub struct CreateUser {
 }
 
 impl Handler<CreateUser> for UserStore {
-    type Result = ResponseFuture<Result<User, UserStoreError>>;
+    type Result = Reply<Result<User, UserStoreError>>;
 
     fn handle(&mut self, msg: CreateUser, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             let now = Utc::now();
             let model = user::ActiveModel {
                 id: Set(Uuid::now_v7()),
@@ -190,15 +197,15 @@ impl Handler<CreateUser> for UserStore {
 
 /// The account and its password hash, for login.
 #[derive(Message)]
-#[rtype(result = "Result<Option<user::Model>, UserStoreError>")]
+#[rtype(result = "Reply<Result<Option<user::Model>, UserStoreError>>")]
 pub struct FindByEmail(pub String);
 
 impl Handler<FindByEmail> for UserStore {
-    type Result = ResponseFuture<Result<Option<user::Model>, UserStoreError>>;
+    type Result = Reply<Result<Option<user::Model>, UserStoreError>>;
 
     fn handle(&mut self, msg: FindByEmail, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             let query = user::Entity::find().filter(user::Column::Email.eq(msg.0));
             db.call("find_user_by_email", query.one(&db.conn)).await
         })
@@ -206,15 +213,15 @@ impl Handler<FindByEmail> for UserStore {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<User, UserStoreError>")]
+#[rtype(result = "Reply<Result<User, UserStoreError>>")]
 pub struct FindById(pub Uuid);
 
 impl Handler<FindById> for UserStore {
-    type Result = ResponseFuture<Result<User, UserStoreError>>;
+    type Result = Reply<Result<User, UserStoreError>>;
 
     fn handle(&mut self, msg: FindById, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             let find = async {
                 let Some(found) = user::Entity::find_by_id(msg.0).one(&db.conn).await? else {
                     return Err(UserStoreError::NotFound);
@@ -232,15 +239,15 @@ impl Handler<FindById> for UserStore {
 
 /// The account with its password hash, by id (password change).
 #[derive(Message)]
-#[rtype(result = "Result<Option<user::Model>, UserStoreError>")]
+#[rtype(result = "Reply<Result<Option<user::Model>, UserStoreError>>")]
 pub struct FindAccount(pub Uuid);
 
 impl Handler<FindAccount> for UserStore {
-    type Result = ResponseFuture<Result<Option<user::Model>, UserStoreError>>;
+    type Result = Reply<Result<Option<user::Model>, UserStoreError>>;
 
     fn handle(&mut self, msg: FindAccount, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call(
                 "find_user_by_id",
                 user::Entity::find_by_id(msg.0).one(&db.conn),
@@ -251,18 +258,18 @@ impl Handler<FindAccount> for UserStore {
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<(), UserStoreError>")]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
 pub struct SetPassword {
     pub user_id: Uuid,
     pub password_hash: String,
 }
 
 impl Handler<SetPassword> for UserStore {
-    type Result = ResponseFuture<Result<(), UserStoreError>>;
+    type Result = Reply<Result<(), UserStoreError>>;
 
     fn handle(&mut self, msg: SetPassword, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             let update = user::ActiveModel {
                 id: Set(msg.user_id),
                 password_hash: Set(msg.password_hash),
@@ -278,15 +285,15 @@ impl Handler<SetPassword> for UserStore {
 
 /// Readiness: one round trip to the database.
 #[derive(Message)]
-#[rtype(result = "Result<(), UserStoreError>")]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
 pub struct Ping;
 
 impl Handler<Ping> for UserStore {
-    type Result = ResponseFuture<Result<(), UserStoreError>>;
+    type Result = Reply<Result<(), UserStoreError>>;
 
     fn handle(&mut self, _: Ping, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             let stmt = Statement::from_string(db.conn.get_database_backend(), "SELECT 1");
             db.call("ping", db.conn.query_one_raw(stmt))
                 .await
@@ -298,15 +305,15 @@ impl Handler<Ping> for UserStore {
 /// Readiness: the database answers and its schema against this binary's migrations (two
 /// reads, no write).
 #[derive(Message)]
-#[rtype(result = "Result<migration::SchemaStatus, UserStoreError>")]
+#[rtype(result = "Reply<Result<migration::SchemaStatus, UserStoreError>>")]
 pub struct CheckSchema;
 
 impl Handler<CheckSchema> for UserStore {
-    type Result = ResponseFuture<Result<migration::SchemaStatus, UserStoreError>>;
+    type Result = Reply<Result<migration::SchemaStatus, UserStoreError>>;
 
     fn handle(&mut self, _: CheckSchema, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call("schema_status", migration::schema_status(&db.conn))
                 .await
         })

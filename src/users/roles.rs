@@ -14,7 +14,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{UserStore, UserStoreError};
-use crate::domain::{Access, ADMIN_ROLE, BUILTIN_PERMISSIONS, USER_ROLE};
+use crate::{
+    actor::Reply,
+    domain::{Access, ADMIN_ROLE, BUILTIN_PERMISSIONS, USER_ROLE},
+};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RoleView {
@@ -155,15 +158,15 @@ pub(crate) async fn access_of(
 }
 
 #[derive(Message)]
-#[rtype(result = "Result<Vec<RoleView>, UserStoreError>")]
+#[rtype(result = "Reply<Result<Vec<RoleView>, UserStoreError>>")]
 pub struct ListRoles;
 
 impl Handler<ListRoles> for UserStore {
-    type Result = ResponseFuture<Result<Vec<RoleView>, UserStoreError>>;
+    type Result = Reply<Result<Vec<RoleView>, UserStoreError>>;
 
     fn handle(&mut self, _: ListRoles, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("list_roles", async {
                 let roles = role::Entity::find()
                     .order_by_asc(role::Column::Name)
@@ -187,18 +190,18 @@ impl Handler<ListRoles> for UserStore {
 
 /// A new role; its name must be free. Name and permissions are validated by the caller.
 #[derive(Message)]
-#[rtype(result = "Result<RoleView, UserStoreError>")]
+#[rtype(result = "Reply<Result<RoleView, UserStoreError>>")]
 pub struct CreateRole {
     pub name: String,
     pub permissions: Vec<String>,
 }
 
 impl Handler<CreateRole> for UserStore {
-    type Result = ResponseFuture<Result<RoleView, UserStoreError>>;
+    type Result = Reply<Result<RoleView, UserStoreError>>;
 
     fn handle(&mut self, msg: CreateRole, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             let permissions: Vec<String> = msg
                 .permissions
                 .into_iter()
@@ -261,18 +264,18 @@ impl Handler<CreateRole> for UserStore {
 /// Gives `role` to the account with this (normalized) email, if it exists (ADMIN_EMAILS at
 /// start-up, the CLI). Returns the account id and its roles before, when something changed.
 #[derive(Message)]
-#[rtype(result = "Result<Option<(Uuid, Vec<String>)>, UserStoreError>")]
+#[rtype(result = "Reply<Result<Option<(Uuid, Vec<String>)>, UserStoreError>>")]
 pub struct GrantRole {
     pub email: String,
     pub role: String,
 }
 
 impl Handler<GrantRole> for UserStore {
-    type Result = ResponseFuture<Result<Option<(Uuid, Vec<String>)>, UserStoreError>>;
+    type Result = Reply<Result<Option<(Uuid, Vec<String>)>, UserStoreError>>;
 
     fn handle(&mut self, msg: GrantRole, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
-        Box::pin(async move {
+        Reply::new(async move {
             db.call_tx("grant_role", async {
                 let txn = db.conn.begin().await?;
                 let Some(found) = user::Entity::find()

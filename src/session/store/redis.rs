@@ -1,0 +1,776 @@
+//! The Redis backend, shared by every pod. Key layout, one per deployment:
+//! - `{prefix}{u:<uid>}:session:<sid>`: hash of the [`SessionRecord`] plus refresh-rotation
+//!   state; EXPIREAT = absolute end, or earlier with an idle timeout;
+//! - `{prefix}{u:<uid>}:session:<sid>:used`: set of the hashes of rotated refresh tokens;
+//! - `{prefix}{u:<uid>}:sessions`: sorted set of the user's sids scored by absolute expiry;
+//! - `{prefix}{u:<uid>}:disabled`: the account is cut off (disabled or deleted, or being so):
+//!   no session of the user is created or refreshed. Set together with the revocation of all
+//!   the user's sessions, before the database change; lives longer than any session could.
+//!
+//! The hash carries MACs over what it grants (see [`crate::session::seal`]); a record whose MAC
+//! does not verify is treated as revoked: refused, deleted, logged and counted.
+//!
+//! All keys of one user share the `{u:<uid>}` hash tag, so each script or MULTI touches one
+//! Redis Cluster slot. Every call is bounded by the Redis timeout: a slow Redis gives 503, not a
+//! pile-up.
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+use redis::AsyncCommands;
+use uuid::Uuid;
+
+use crate::{
+    auth::{Access, SharedAccess},
+    redis::Redis,
+    session::{
+        now_unix,
+        seal::{Grant, RotationState, SealKeys},
+        Created, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord,
+        SessionState,
+    },
+};
+
+use super::scripts::{
+    CREATE_GUARD, CUT_OFF, READ_GRANTS, REVOKE, REVOKE_ALL, ROTATE, SET_ACCESS, TOUCH,
+};
+
+fn grant<'a>(roles: &'a str, permissions: &'a str, expires_at: i64) -> Grant<'a> {
+    Grant {
+        roles,
+        permissions,
+        expires_at,
+    }
+}
+
+/// Role names and permissions never contain commas (see `auth::access`), so a comma-joined
+/// field is unambiguous.
+fn list_field(items: &[String]) -> String {
+    items.join(",")
+}
+
+fn parse_list(field: &str) -> Vec<String> {
+    field
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn parse_access(roles: &str, permissions: &str) -> SharedAccess {
+    Arc::new(Access::new(parse_list(roles), parse_list(permissions)))
+}
+
+const RECORD_FIELDS: [&str; 10] = [
+    "user_id",
+    "created_at",
+    "last_seen_at",
+    "expires_at",
+    "ip",
+    "user_agent",
+    "roles",
+    "refresh_hash",
+    "permissions",
+    "grant_mac",
+];
+
+#[derive(Clone)]
+pub struct RedisStore {
+    redis: Redis,
+    channel: Arc<str>,
+    pub(super) lifetimes: Lifetimes,
+    /// Shared: the keyed HMAC states are large, and every clone of the store would copy them.
+    seal: Arc<SealKeys>,
+    seal_failures: IntCounter,
+}
+
+impl RedisStore {
+    /// `seal`: the keys of the record MACs; `seal_failures` counts records that failed them.
+    pub fn new(
+        redis: Redis,
+        lifetimes: Lifetimes,
+        seal: SealKeys,
+        seal_failures: IntCounter,
+    ) -> Self {
+        Self {
+            channel: Arc::from(format!("{}invalidate", redis.prefix())),
+            redis,
+            lifetimes,
+            seal: Arc::new(seal),
+            seal_failures,
+        }
+    }
+
+    /// The connection, for the registry's dedicated pub/sub connection.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// Where every change is announced to every pod: `{prefix}invalidate`.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// `{prefix}{u:<uid>}:session:` — the session keys of one user start with this.
+    fn session_prefix(&self, uid: Uuid) -> String {
+        format!("{}{{u:{uid}}}:session:", self.redis.prefix())
+    }
+
+    fn session_key(&self, uid: Uuid, sid: Uuid) -> String {
+        format!("{}{sid}", self.session_prefix(uid))
+    }
+
+    fn used_key(&self, uid: Uuid, sid: Uuid) -> String {
+        format!("{}{sid}:used", self.session_prefix(uid))
+    }
+
+    fn index_key(&self, uid: Uuid) -> String {
+        format!("{}{{u:{uid}}}:sessions", self.redis.prefix())
+    }
+
+    fn cut_off_key(&self, uid: Uuid) -> String {
+        format!("{}{{u:{uid}}}:disabled", self.redis.prefix())
+    }
+
+    fn idle_secs(&self) -> u64 {
+        self.lifetimes.idle_timeout.map_or(0, |d| d.as_secs())
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, SessionError> {
+        Ok(self.redis.bounded(op, fut).await?)
+    }
+
+    pub(super) async fn create(&self, rec: &SessionRecord) -> Result<Created, SessionError> {
+        let key = self.session_key(rec.user_id, rec.session_id);
+        let index = self.index_key(rec.user_id);
+        let (roles, permissions) = (
+            list_field(&rec.access.roles),
+            list_field(&rec.access.permissions),
+        );
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key)
+            .arg("user_id")
+            .arg(rec.user_id.to_string())
+            .arg("created_at")
+            .arg(rec.created_at)
+            .arg("last_seen_at")
+            .arg(rec.last_seen_at)
+            .arg("expires_at")
+            .arg(rec.expires_at)
+            .arg("roles")
+            .arg(&roles)
+            .arg("permissions")
+            .arg(&permissions)
+            .arg("refresh_hash")
+            .arg(&rec.refresh_hash)
+            .arg("grant_mac")
+            .arg(self.seal.seal_grant(
+                rec.user_id,
+                rec.session_id,
+                &grant(&roles, &permissions, rec.expires_at),
+            ))
+            .arg("token_mac")
+            .arg(
+                self.seal
+                    .seal_token(rec.user_id, rec.session_id, &rec.refresh_hash),
+            );
+        if let Some(ip) = &rec.ip {
+            hset.arg("ip").arg(ip);
+        }
+        if let Some(ua) = &rec.user_agent {
+            hset.arg("user_agent").arg(ua);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .add_command(hset)
+            .ignore()
+            .expire_at(
+                &key,
+                self.lifetimes.end_at(rec.expires_at, rec.last_seen_at),
+            )
+            .ignore()
+            .zrembyscore(&index, "-inf", rec.created_at)
+            .ignore()
+            .zadd(&index, rec.session_id.to_string(), rec.expires_at)
+            .ignore()
+            // The index lives as long as its longest session: NX sets a first TTL, GT extends it.
+            .cmd("EXPIREAT")
+            .arg(&index)
+            .arg(rec.expires_at)
+            .arg("NX")
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&index)
+            .arg(rec.expires_at)
+            .arg("GT")
+            .ignore()
+            .cmd("EVAL")
+            .arg(&*CREATE_GUARD)
+            .arg(2)
+            .arg(&index)
+            .arg(self.cut_off_key(rec.user_id))
+            .arg(self.session_prefix(rec.user_id))
+            .arg(rec.session_id.to_string())
+            .arg(self.lifetimes.max_sessions)
+            .arg(&*self.channel);
+        let mut conn = self.redis.conn();
+        let (reply,): (Vec<String>,) = self.bounded("create", pipe.query_async(&mut conn)).await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("stored") => Created::Stored {
+                evicted: reply[1..]
+                    .iter()
+                    .filter_map(|s| Uuid::parse_str(s).ok())
+                    .collect(),
+            },
+            _ => Created::AccountCutOff,
+        })
+    }
+
+    pub(super) async fn cut_off(&self, uid: Uuid) -> Result<Vec<Uuid>, SessionError> {
+        let mut conn = self.redis.conn();
+        let mut call = CUT_OFF.key(self.index_key(uid));
+        call.key(self.cut_off_key(uid))
+            .arg(self.session_prefix(uid))
+            .arg(self.lifetimes.cut_off_ttl().as_secs())
+            .arg(&*self.channel)
+            .arg(Invalidation::User(uid).encode());
+        let revoked: Vec<String> = self
+            .bounded("cut_off", call.invoke_async(&mut conn))
+            .await?;
+        Ok(revoked
+            .iter()
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .collect())
+    }
+
+    pub(super) async fn restore(&self, uid: Uuid) -> Result<(), SessionError> {
+        let mut conn = self.redis.conn();
+        let key = self.cut_off_key(uid);
+        self.bounded("restore", conn.del::<_, ()>(&key)).await
+    }
+
+    pub(super) async fn is_cut_off(&self, uid: Uuid) -> Result<bool, SessionError> {
+        let mut conn = self.redis.conn();
+        let key = self.cut_off_key(uid);
+        self.bounded("is_cut_off", conn.exists::<_, bool>(&key))
+            .await
+    }
+
+    pub(super) async fn load(
+        &self,
+        uid: Uuid,
+        sid: Uuid,
+    ) -> Result<Option<SessionState>, SessionError> {
+        let key = self.session_key(uid, sid);
+        let mut conn = self.redis.conn();
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (user_id, expires_at, last_seen_at, roles, permissions, mac): Fields = self
+            .bounded(
+                "load",
+                conn.hmget(
+                    &key,
+                    &[
+                        "user_id",
+                        "expires_at",
+                        "last_seen_at",
+                        "roles",
+                        "permissions",
+                        "grant_mac",
+                    ],
+                ),
+            )
+            .await?;
+        if user_id.is_none() && expires_at.is_none() {
+            return Ok(None);
+        }
+        let (roles, permissions) = (roles.unwrap_or_default(), permissions.unwrap_or_default());
+        let Some(expires_at) = self.verified_expiry(
+            uid,
+            sid,
+            user_id.as_deref(),
+            expires_at.as_deref(),
+            &roles,
+            &permissions,
+            mac.as_deref(),
+        ) else {
+            self.unsealed(uid, sid, "load").await;
+            return Ok(None);
+        };
+        let last_seen_at = last_seen_at.unwrap_or(0);
+        if !self.lifetimes.is_live(expires_at, last_seen_at, now_unix()) {
+            return Ok(None);
+        }
+        Ok(Some(SessionState {
+            user_id: uid,
+            expires_at,
+            last_seen_at,
+            access: parse_access(&roles, &permissions),
+        }))
+    }
+
+    /// The record's absolute expiry if its grant MAC verifies for this user and session (and a
+    /// stored user id agrees with the key); `None`: the record must not be believed.
+    #[allow(clippy::too_many_arguments)]
+    fn verified_expiry(
+        &self,
+        uid: Uuid,
+        sid: Uuid,
+        user_id: Option<&str>,
+        expires_at: Option<&str>,
+        roles: &str,
+        permissions: &str,
+        mac: Option<&str>,
+    ) -> Option<i64> {
+        let expires_at: i64 = expires_at?.parse().ok()?;
+        let mac = mac.filter(|m| !m.is_empty())?;
+        let ok = user_id.is_none_or(|u| Uuid::parse_str(u).ok() == Some(uid))
+            && self
+                .seal
+                .verify_grant(uid, sid, &grant(roles, permissions, expires_at), mac);
+        ok.then_some(expires_at)
+    }
+
+    /// A record that failed its seal: counted, logged (ids only) and revoked on every pod, best
+    /// effort (a record whose delete failed keeps failing its seal, so it stays unusable).
+    async fn unsealed(&self, uid: Uuid, sid: Uuid, during: &'static str) {
+        self.seal_failures.inc();
+        tracing::warn!(user_id = %uid, session_id = %sid, during, "session record failed its seal; revoking it");
+        if let Err(e) = self.revoke(uid, sid).await {
+            tracing::warn!(user_id = %uid, session_id = %sid, error = %e, "could not revoke a session record that failed its seal");
+        }
+    }
+
+    pub(super) async fn touch(&self, uid: Uuid, sid: Uuid, now: i64) -> Result<bool, SessionError> {
+        let mut conn = self.redis.conn();
+        let mut call = TOUCH.key(self.session_key(uid, sid));
+        call.arg(now).arg(self.idle_secs());
+        let alive: i64 = self.bounded("touch", call.invoke_async(&mut conn)).await?;
+        Ok(alive == 1)
+    }
+
+    pub(super) async fn revoke(&self, uid: Uuid, sid: Uuid) -> Result<bool, SessionError> {
+        let mut conn = self.redis.conn();
+        let mut call = REVOKE.key(self.session_key(uid, sid));
+        call.key(self.used_key(uid, sid))
+            .key(self.index_key(uid))
+            .arg(sid.to_string())
+            .arg(&*self.channel)
+            .arg(Invalidation::session(sid).encode());
+        let deleted: i64 = self.bounded("revoke", call.invoke_async(&mut conn)).await?;
+        Ok(deleted == 1)
+    }
+
+    pub(super) async fn revoke_all(
+        &self,
+        uid: Uuid,
+        except: Option<Uuid>,
+    ) -> Result<Vec<Uuid>, SessionError> {
+        let mut conn = self.redis.conn();
+        let mut call = REVOKE_ALL.key(self.index_key(uid));
+        call.arg(self.session_prefix(uid))
+            .arg(except.map(|s| s.to_string()).unwrap_or_default())
+            .arg(&*self.channel);
+        let revoked: Vec<String> = self
+            .bounded("revoke_all", call.invoke_async(&mut conn))
+            .await?;
+        Ok(revoked
+            .iter()
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .collect())
+    }
+
+    /// Two steps, because each session's new grant MAC covers its expires_at, which only Redis
+    /// has: read every session's sealed grant and check it (a record that fails is revoked, not
+    /// re-sealed, or a role change would launder a forged expiry), then write the new roles
+    /// with a MAC per session where the session still exists. A session created between the
+    /// two steps is covered by its login's own re-check of the account.
+    pub(super) async fn set_access(
+        &self,
+        uid: Uuid,
+        access: &Access,
+    ) -> Result<usize, SessionError> {
+        let mut conn = self.redis.conn();
+        let mut read = READ_GRANTS.key(self.index_key(uid));
+        read.arg(self.session_prefix(uid));
+        let rows: Vec<String> = self
+            .bounded("set_access_read", read.invoke_async(&mut conn))
+            .await?;
+        let (roles, permissions) = (list_field(&access.roles), list_field(&access.permissions));
+        let mut write = SET_ACCESS.key(self.index_key(uid));
+        write
+            .arg(self.session_prefix(uid))
+            .arg(&roles)
+            .arg(&permissions)
+            .arg(&*self.channel)
+            .arg(Invalidation::Access(uid).encode());
+        let (mut sealed, mut unsealed) = (0, Vec::new());
+        for row in rows.chunks_exact(5) {
+            let Ok(sid) = Uuid::parse_str(&row[0]) else {
+                continue;
+            };
+            match self.verified_expiry(
+                uid,
+                sid,
+                None,
+                Some(&row[3]),
+                &row[1],
+                &row[2],
+                Some(&row[4]),
+            ) {
+                Some(expires_at) => {
+                    let mac =
+                        self.seal
+                            .seal_grant(uid, sid, &grant(&roles, &permissions, expires_at));
+                    write.arg(sid.to_string()).arg(mac);
+                    sealed += 1;
+                }
+                None => unsealed.push(sid),
+            }
+        }
+        for sid in unsealed {
+            self.unsealed(uid, sid, "set_access").await;
+        }
+        if sealed == 0 {
+            return Ok(0);
+        }
+        self.bounded("set_access", write.invoke_async(&mut conn))
+            .await
+    }
+
+    pub(super) async fn list(&self, uid: Uuid) -> Result<Vec<SessionRecord>, SessionError> {
+        let index = self.index_key(uid);
+        let mut conn = self.redis.conn();
+        let sids: Vec<String> = self
+            .bounded("list_index", async {
+                let _: () = conn.zrembyscore(&index, "-inf", now_unix()).await?;
+                conn.zrange(&index, 0, -1).await
+            })
+            .await?;
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for sid in &sids {
+            pipe.cmd("HMGET")
+                .arg(format!("{}{sid}", self.session_prefix(uid)))
+                .arg(&RECORD_FIELDS);
+        }
+        type Fields = (
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Fields> = self.bounded("list", pipe.query_async(&mut conn)).await?;
+        let (mut live, mut gone, mut unsealed) = (Vec::new(), Vec::new(), Vec::new());
+        let now = now_unix();
+        for (sid, row) in sids.iter().zip(rows) {
+            let Ok(session_id) = Uuid::parse_str(sid) else {
+                continue;
+            };
+            let (user, created_at, last_seen_at, expires_at, ip, user_agent) =
+                (row.0, row.1, row.2, row.3, row.4, row.5);
+            let (roles, hash, permissions, mac) = (
+                row.6.unwrap_or_default(),
+                row.7,
+                row.8.unwrap_or_default(),
+                row.9,
+            );
+            if user.is_none() && expires_at.is_none() {
+                gone.push(sid.clone());
+                continue;
+            }
+            let Some(expires_at) = self.verified_expiry(
+                uid,
+                session_id,
+                user.as_deref(),
+                expires_at.as_deref(),
+                &roles,
+                &permissions,
+                mac.as_deref(),
+            ) else {
+                unsealed.push(session_id);
+                continue;
+            };
+            match (created_at, last_seen_at) {
+                (Some(created_at), Some(last_seen_at))
+                    if now < self.lifetimes.end_at(expires_at, last_seen_at) =>
+                {
+                    live.push(SessionRecord {
+                        session_id,
+                        user_id: uid,
+                        created_at,
+                        last_seen_at,
+                        expires_at,
+                        ip,
+                        user_agent,
+                        access: parse_access(&roles, &permissions),
+                        refresh_hash: hash.unwrap_or_default(),
+                    })
+                }
+                _ => gone.push(sid.clone()),
+            }
+        }
+        for sid in unsealed {
+            self.unsealed(uid, sid, "list").await;
+        }
+        if !gone.is_empty() {
+            let _: () = self.bounded("list_prune", conn.zrem(&index, gone)).await?;
+        }
+        live.sort_by_key(|r| (r.created_at, r.session_id));
+        Ok(live)
+    }
+
+    pub(super) async fn rotate(
+        &self,
+        presented: &RefreshToken,
+        successor: &RefreshToken,
+        jti: Uuid,
+        now: i64,
+    ) -> Result<Rotation, SessionError> {
+        let (uid, sid) = (presented.user_id, presented.session_id);
+        let (presented_hash, successor_hash) = (presented.hash(), successor.hash());
+        let sealed_successor = presented.seal(successor);
+        let jti_text = jti.to_string();
+        let (expected, expected_previous) =
+            self.seal.expected_token_macs(uid, sid, &presented_hash);
+        let rotation_mac = self.seal.seal_rotation(
+            uid,
+            sid,
+            &RotationState {
+                prev_hash: &presented_hash,
+                rotated_at: now,
+                succ_sealed: &sealed_successor,
+                succ_jti: &jti_text,
+            },
+        );
+        let mut conn = self.redis.conn();
+        let mut call = ROTATE.key(self.session_key(uid, sid));
+        call.key(self.index_key(uid))
+            .key(self.used_key(uid, sid))
+            .key(self.cut_off_key(uid))
+            .arg(&presented_hash)
+            .arg(&successor_hash)
+            .arg(now)
+            .arg(self.lifetimes.reuse_grace.as_secs())
+            .arg(&sealed_successor)
+            .arg(&jti_text)
+            .arg(&*self.channel)
+            .arg(sid.to_string())
+            .arg(self.idle_secs())
+            .arg(expected)
+            .arg(expected_previous.unwrap_or_default())
+            .arg(self.seal.seal_token(uid, sid, &successor_hash))
+            .arg(rotation_mac);
+        let reply: Vec<String> = self.bounded("rotate", call.invoke_async(&mut conn)).await?;
+        let text = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
+        // The grant's expiry if its MAC verifies (fields at these positions of the reply).
+        let grant_at = |exp: usize, roles: usize, permissions: usize, mac: usize| {
+            let (exp, mac) = (Some(text(exp)), Some(text(mac)));
+            self.verified_expiry(uid, sid, None, exp, text(roles), text(permissions), mac)
+        };
+        let outcome = match text(0) {
+            "rotated" => match grant_at(1, 2, 3, 4) {
+                Some(expires_at) if now < expires_at => Rotation::Rotated {
+                    expires_at,
+                    access: parse_access(text(2), text(3)),
+                },
+                Some(_) => Rotation::Invalid,
+                None => self.unsealed_rotation(uid, sid, true).await,
+            },
+            "replayed" => {
+                let rotation = match (text(3).parse::<i64>(), Uuid::parse_str(text(5))) {
+                    (Ok(rotated_at), Ok(jti)) => {
+                        let state = RotationState {
+                            prev_hash: &presented_hash,
+                            rotated_at,
+                            succ_sealed: text(4),
+                            succ_jti: text(5),
+                        };
+                        self.seal
+                            .verify_rotation(uid, sid, &state, text(8))
+                            .then_some((rotated_at, jti))
+                    }
+                    _ => None,
+                };
+                match (grant_at(1, 2, 6, 7), rotation) {
+                    (Some(expires_at), Some((rotated_at, jti))) if now < expires_at => {
+                        Rotation::Replayed {
+                            expires_at,
+                            access: parse_access(text(2), text(6)),
+                            rotated_at,
+                            sealed_successor: text(4).to_string(),
+                            jti,
+                        }
+                    }
+                    (Some(_), Some(_)) => Rotation::Invalid,
+                    _ => self.unsealed_rotation(uid, sid, true).await,
+                }
+            }
+            // The script has already deleted and announced it.
+            "unsealed" => self.unsealed_rotation(uid, sid, false).await,
+            "reused" => Rotation::Reused,
+            _ => Rotation::Invalid,
+        };
+        Ok(outcome)
+    }
+
+    /// A refresh met a record that failed its seal: counted, logged and revoked (unless the
+    /// script already did that).
+    async fn unsealed_rotation(&self, uid: Uuid, sid: Uuid, revoke: bool) -> Rotation {
+        if revoke {
+            self.unsealed(uid, sid, "refresh").await;
+        } else {
+            self.seal_failures.inc();
+            tracing::warn!(user_id = %uid, session_id = %sid, during = "refresh", "session record failed its seal; revoked it");
+        }
+        Rotation::Unsealed
+    }
+
+    pub async fn ping(&self) -> Result<(), SessionError> {
+        let mut conn = self.redis.conn();
+        self.bounded("ping", redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .map(|_| ())
+    }
+}
+/// Against a real Redis (TEST_REDIS_URL; skipped without it unless REQUIRE_SERVICES=1): every
+/// script that publishes, read back by the subscriber's parser.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use rand::Rng;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn redis_url() -> Option<String> {
+        let url = std::env::var("TEST_REDIS_URL").ok();
+        if url.is_none() && std::env::var("REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+            panic!("REQUIRE_SERVICES=1 but TEST_REDIS_URL is not set");
+        }
+        url
+    }
+
+    fn record(uid: Uuid, created_at: i64) -> SessionRecord {
+        SessionRecord {
+            session_id: Uuid::now_v7(),
+            user_id: uid,
+            created_at,
+            last_seen_at: created_at,
+            expires_at: created_at + 3600,
+            ip: None,
+            user_agent: None,
+            access: Arc::new(Access::new(vec!["user".into()], vec![])),
+            refresh_hash: String::new(),
+        }
+    }
+
+    #[actix_web::test]
+    async fn every_published_invalidation_parses_back() {
+        let Some(url) = redis_url() else { return };
+        // A prefix (so a channel) of this test run alone.
+        let prefix = format!("test-{}:", Uuid::new_v4().simple());
+        let metrics = Metrics::new();
+        let redis = Redis::connect(&url, &prefix, Duration::from_secs(2), metrics.redis.clone())
+            .await
+            .expect("connecting to Redis");
+        let secret: [u8; 32] = rand::rng().random();
+        let lifetimes = Lifetimes::new(None, Duration::from_secs(10))
+            .with_session_limits(Duration::from_secs(3600), 2);
+        let store = RedisStore::new(
+            redis.clone(),
+            lifetimes,
+            SealKeys::new(&secret, None),
+            metrics.seal_failures.clone(),
+        );
+        let mut pubsub = redis.client().get_async_pubsub().await.expect("pub/sub");
+        pubsub
+            .subscribe(store.channel())
+            .await
+            .expect("subscribing");
+        let mut messages = pubsub.into_on_message();
+        let mut next = async || {
+            let msg = tokio::time::timeout(Duration::from_secs(2), messages.next())
+                .await
+                .expect("a message within 2 s")
+                .expect("the subscription is open");
+            Invalidation::decode(msg.get_payload_bytes())
+                .unwrap_or_else(|| panic!("unparsable: {:?}", msg.get_payload::<String>()))
+        };
+
+        // CREATE_GUARD: beyond MAX_SESSIONS_PER_USER (2), the oldest session ends.
+        let (uid, now) = (Uuid::new_v4(), now_unix());
+        let (oldest, mut rotating, newest) = (
+            record(uid, now - 30),
+            record(uid, now - 20),
+            record(uid, now - 10),
+        );
+        let first = RefreshToken::generate(uid, rotating.session_id);
+        rotating.refresh_hash = first.hash();
+        for rec in [&oldest, &rotating, &newest] {
+            store.create(rec).await.expect("create");
+        }
+        assert_eq!(next().await, Invalidation::session(oldest.session_id));
+
+        // SET_ACCESS (its message is encoded in Rust and passed in).
+        let admin = Access::new(vec!["admin".into()], vec!["users:read".into()]);
+        assert_eq!(store.set_access(uid, &admin).await.expect("set_access"), 2);
+        assert_eq!(next().await, Invalidation::Access(uid));
+
+        // ROTATE: a rotated token presented after the grace ends the session.
+        let second = RefreshToken::generate(uid, rotating.session_id);
+        let rotated = store.rotate(&first, &second, Uuid::new_v4(), now).await;
+        assert!(matches!(rotated, Ok(Rotation::Rotated { .. })));
+        let reused = store
+            .rotate(&first, &second, Uuid::new_v4(), now + 60)
+            .await;
+        assert_eq!(reused.expect("rotate"), Rotation::Reused);
+        assert_eq!(next().await, Invalidation::session(rotating.session_id));
+
+        // REVOKE (message encoded in Rust).
+        assert!(store.revoke(uid, newest.session_id).await.expect("revoke"));
+        assert_eq!(next().await, Invalidation::session(newest.session_id));
+
+        // REVOKE_ALL: several ids in one message, built by the script.
+        let other = Uuid::new_v4();
+        for _ in 0..2 {
+            store.create(&record(other, now)).await.expect("create");
+        }
+        let revoked = store.revoke_all(other, None).await.expect("revoke_all");
+        assert_eq!(revoked.len(), 2);
+        assert_eq!(next().await, Invalidation::Sessions(revoked));
+
+        // CUT_OFF: the revoked sessions, then the user.
+        let last = record(uid, now);
+        store.create(&last).await.expect("create");
+        let revoked = store.cut_off(uid).await.expect("cut_off");
+        assert_eq!(revoked, vec![last.session_id]);
+        assert_eq!(next().await, Invalidation::Sessions(revoked));
+        assert_eq!(next().await, Invalidation::User(uid));
+
+        let mut conn = redis.conn();
+        let keys: Vec<String> = conn.keys(format!("{prefix}*")).await.expect("KEYS");
+        if !keys.is_empty() {
+            let _: () = conn.del(keys).await.expect("cleaning up");
+        }
+    }
+}
