@@ -3,7 +3,7 @@
 fails here instead of silently breaking a deployment.
 
 Reads what the server accepts from the sources:
-  - environment variables: the declarations in `VARS` in src/config.rs, the list parsing reads
+  - environment variables: the declarations in `VARS` in src/config/mod.rs, the list parsing reads
     (a unit test checks that it reads exactly those);
   - subcommands: the variants of `enum Command` in src/main.rs (clap's kebab-case);
   - HTTP paths: resource("/path", ...) in src/routes/;
@@ -41,25 +41,25 @@ def fail(msg: str) -> None:
 
 
 def declarations(root: Path) -> str:
-    """The body of `pub const VARS` in src/config.rs: the one list of the server's variables."""
-    src = (root / "src/config.rs").read_text()
+    """The body of `pub const VARS` in src/config/mod.rs: the one list of the server's variables."""
+    src = (root / "src/config/mod.rs").read_text()
     m = re.search(r"pub const VARS: &\[Var\] = &\[(.*?)\n\];", src, re.S)
     if not m:
-        sys.exit("check-deployment: `pub const VARS` not found in src/config.rs")
+        sys.exit("check-deployment: `pub const VARS` not found in src/config/mod.rs")
     return m.group(1)
 
 
 def server_env_names(root: Path) -> set[str]:
     names = set(re.findall(r'Var::(?:new|secret)\(\s*"([A-Z][A-Z0-9_]*)"', declarations(root)))
     if len(names) < 10:
-        sys.exit(f"check-deployment: only {len(names)} variables found in src/config.rs: parser out of date?")
+        sys.exit(f"check-deployment: only {len(names)} variables found in src/config/mod.rs: parser out of date?")
     return names
 
 
 def shutdown_grace_default(root: Path) -> int:
     m = re.search(r'"SHUTDOWN_GRACE_SECONDS"\s*,\s*Value\("(\d+)"\)', declarations(root))
     if not m:
-        sys.exit("check-deployment: default of SHUTDOWN_GRACE_SECONDS not found in src/config.rs")
+        sys.exit("check-deployment: default of SHUTDOWN_GRACE_SECONDS not found in src/config/mod.rs")
     return int(m.group(1))
 
 
@@ -83,7 +83,7 @@ def http_paths(root: Path) -> set[str]:
 def check_names(where: str, names, known: set[str]) -> None:
     for n in sorted(set(names)):
         if n not in known:
-            fail(f"{where}: {n} is not read by the server (src/config.rs)")
+            fail(f"{where}: {n} is not read by the server (src/config/mod.rs)")
 
 
 def check_command(where: str, args, commands: set[str]) -> None:

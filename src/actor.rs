@@ -10,6 +10,8 @@ use actix::{
 };
 use futures_util::future::BoxFuture;
 
+use crate::error::{ApiError, PublicError};
+
 /// The part of a message's work that runs on the caller's thread.
 pub struct Reply<T>(BoxFuture<'static, T>);
 
@@ -100,6 +102,17 @@ impl<A: Actor> Ask<A> for Addr<A> {
 fn actor_name<A>() -> &'static str {
     let path = std::any::type_name::<A>();
     path.rsplit("::").next().unwrap_or(path)
+}
+
+/// An actor that did not take a message (shutting down): the client learns only that the
+/// service is unavailable for now.
+impl PublicError for Unreachable {
+    fn into_api_error(self) -> ApiError {
+        ApiError::Unavailable {
+            what: "service",
+            detail: self.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

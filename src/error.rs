@@ -1,12 +1,12 @@
 //! The one wire error type. Every public error code lives in [`ApiError::code`]: code → status.
+//! Each module owns its error type and says how it looks on the wire through [`PublicError`], so
+//! this table imports none of them.
 //! Bodies carry the short public message only; causes go to the log.
 use actix_web::{
     http::{header, StatusCode},
     HttpResponse, ResponseError,
 };
 use serde::Serialize;
-
-use crate::{session::SessionError, users::password::PasswordError, users::UserStoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -145,76 +145,14 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<SessionError> for ApiError {
-    fn from(e: SessionError) -> Self {
-        match e {
-            SessionError::Unavailable(detail) => ApiError::Unavailable {
-                what: "session store",
-                detail,
-            },
-            SessionError::Internal(detail) => ApiError::Internal(detail),
-            SessionError::Unreachable(e) => e.into(),
-        }
-    }
+/// How a module's error is answered: implemented next to each error type (the session store, the
+/// user store, password hashing, the limiter, the actors), so `?` turns it into an [`ApiError`].
+pub trait PublicError {
+    fn into_api_error(self) -> ApiError;
 }
 
-impl From<UserStoreError> for ApiError {
-    fn from(e: UserStoreError) -> Self {
-        match e {
-            UserStoreError::EmailTaken => ApiError::EmailTaken,
-            UserStoreError::NotFound => ApiError::NotFound("user"),
-            e @ UserStoreError::UnknownRole(_) => ApiError::InvalidRequest(e.to_string()),
-            UserStoreError::Invalid(m) => ApiError::InvalidRequest(m),
-            UserStoreError::Conflict(m) => ApiError::Conflict(m),
-            UserStoreError::Unavailable(detail) => ApiError::Unavailable {
-                what: "database",
-                detail,
-            },
-            UserStoreError::Internal(detail) => ApiError::Internal(detail),
-            UserStoreError::Unreachable(e) => e.into(),
-        }
-    }
-}
-
-impl From<PasswordError> for ApiError {
-    fn from(e: PasswordError) -> Self {
-        match e {
-            PasswordError::Busy => ApiError::Unavailable {
-                what: "password hashing",
-                detail: "argon2 pool saturated".into(),
-            },
-            PasswordError::Internal(detail) => ApiError::Internal(detail),
-            e @ PasswordError::TooWeak(_) => ApiError::InvalidRequest(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::throttle::LimiterError> for ApiError {
-    fn from(e: crate::throttle::LimiterError) -> Self {
-        match e {
-            crate::throttle::LimiterError::Unavailable(detail) => ApiError::Unavailable {
-                what: "rate limiter",
-                detail,
-            },
-        }
-    }
-}
-
-impl From<crate::throttle::Throttled> for ApiError {
-    fn from(t: crate::throttle::Throttled) -> Self {
-        ApiError::RateLimited {
-            retry_after: t.retry_after,
-        }
-    }
-}
-
-/// An actor that did not take a message (shutting down): the client learns only that the
-/// service is unavailable for now.
-impl From<crate::actor::Unreachable> for ApiError {
-    fn from(e: crate::actor::Unreachable) -> Self {
-        ApiError::Unavailable {
-            what: "service",
-            detail: e.to_string(),
-        }
+impl<E: PublicError> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        e.into_api_error()
     }
 }

@@ -34,8 +34,8 @@ impl AppState {
         }
     }
 
-    /// The client's address as audit records and limits see it (see `routes::client_ip`).
+    /// The client's address as audit records and limits see it (see `auth::client_ip`).
     pub fn client_ip(&self, req: &actix_web::HttpRequest) -> Option<String> {
-        crate::routes::client_ip(req, &self.config.trusted_proxies)
+        crate::auth::client_ip(req, &self.config.trusted_proxies)
     }
 }

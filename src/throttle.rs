@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     config::ThrottleConfig,
+    error::{ApiError, PublicError},
     redis::{script, Redis, RedisUnavailable},
 };
 
@@ -414,6 +415,25 @@ impl Throttle {
                 lockouts.invalidate(account).await;
                 Ok(())
             }
+        }
+    }
+}
+
+impl PublicError for LimiterError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            LimiterError::Unavailable(detail) => ApiError::Unavailable {
+                what: "rate limiter",
+                detail,
+            },
+        }
+    }
+}
+
+impl PublicError for Throttled {
+    fn into_api_error(self) -> ApiError {
+        ApiError::RateLimited {
+            retry_after: self.retry_after,
         }
     }
 }

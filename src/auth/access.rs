@@ -1,6 +1,6 @@
 //! What a caller may do: roles, the permissions they grant, and the typed extractor
 //! [`Authorized<P>`] that makes a handler unreachable without permission `P`.
-use std::{future::Future, marker::PhantomData, pin::Pin, sync::Arc};
+use std::{future::Future, marker::PhantomData, pin::Pin};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
@@ -88,7 +88,7 @@ impl<P: Permission + 'static> FromRequest for Authorized<P> {
                     format!("{method} {route} {}", P::NAME),
                     AuditEvent::denied(AuditKind::AccessDenied)
                         .actor(session.user_id)
-                        .ip(crate::routes::client_ip(&req, &denials.trusted_proxies))
+                        .ip(crate::auth::client_ip(&req, &denials.trusted_proxies))
                         .detail(serde_json::json!({
                             "permission": P::NAME,
                             "route": route,
@@ -100,9 +100,6 @@ impl<P: Permission + 'static> FromRequest for Authorized<P> {
         })
     }
 }
-
-/// Shared so a session's access is cloned by reference count on the hot path.
-pub type SharedAccess = Arc<Access>;
 
 #[cfg(test)]
 mod tests {

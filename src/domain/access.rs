@@ -150,3 +150,6 @@ mod tests {
         assert!(!s.is_empty());
     }
 }
+
+/// Shared so a session's access is cloned by reference count on the hot path.
+pub type SharedAccess = std::sync::Arc<Access>;

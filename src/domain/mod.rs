@@ -7,7 +7,7 @@ mod audit;
 mod page;
 mod role;
 
-pub use access::{Access, Shortfall};
+pub use access::{Access, SharedAccess, Shortfall};
 pub use account::{
     password_context, DisplayName, Email, Password, MAX_EMAIL_LEN, MAX_NAME_CHARS,
     MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS,

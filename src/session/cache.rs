@@ -293,7 +293,7 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Access;
+    use crate::domain::Access;
 
     fn state(uid: Uuid, roles: &[&str]) -> SessionState {
         let roles = roles.iter().map(|r| r.to_string()).collect();

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::auth::SharedAccess;
+use crate::domain::SharedAccess;
+use crate::error::{ApiError, PublicError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SessionError {
@@ -162,6 +163,19 @@ pub enum Rotation {
 
 pub fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+impl PublicError for SessionError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            SessionError::Unavailable(detail) => ApiError::Unavailable {
+                what: "session store",
+                detail,
+            },
+            SessionError::Internal(detail) => ApiError::Internal(detail),
+            SessionError::Unreachable(e) => e.into(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -474,7 +474,7 @@ impl Handler<IsCutOff> for SessionRegistry {
 #[rtype(result = "Reply<Result<usize, SessionError>>")]
 pub struct SetAccess {
     pub user_id: Uuid,
-    pub access: crate::auth::SharedAccess,
+    pub access: crate::domain::SharedAccess,
 }
 
 impl Handler<SetAccess> for SessionRegistry {

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::{
     actor::{Reply, Unreachable},
+    error::{ApiError, PublicError},
     metrics::CallMetrics,
 };
 use uuid::Uuid;
@@ -334,5 +335,23 @@ impl Handler<Stop> for UserStore {
         Box::pin(async move {
             let _ = db.close().await;
         })
+    }
+}
+
+impl PublicError for UserStoreError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            UserStoreError::EmailTaken => ApiError::EmailTaken,
+            UserStoreError::NotFound => ApiError::NotFound("user"),
+            e @ UserStoreError::UnknownRole(_) => ApiError::InvalidRequest(e.to_string()),
+            UserStoreError::Invalid(m) => ApiError::InvalidRequest(m),
+            UserStoreError::Conflict(m) => ApiError::Conflict(m),
+            UserStoreError::Unavailable(detail) => ApiError::Unavailable {
+                what: "database",
+                detail,
+            },
+            UserStoreError::Internal(detail) => ApiError::Internal(detail),
+            UserStoreError::Unreachable(e) => e.into(),
+        }
     }
 }

@@ -19,7 +19,11 @@ use argon2::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{config::Argon2Config, metrics::Metrics};
+use crate::{
+    config::Argon2Config,
+    error::{ApiError, PublicError},
+    metrics::Metrics,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -210,6 +214,19 @@ impl PasswordHasher {
             })
             .await?;
         Ok(ok && known)
+    }
+}
+
+impl PublicError for PasswordError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            PasswordError::Busy => ApiError::Unavailable {
+                what: "password hashing",
+                detail: "argon2 pool saturated".into(),
+            },
+            PasswordError::Internal(detail) => ApiError::Internal(detail),
+            e @ PasswordError::TooWeak(_) => ApiError::InvalidRequest(e.to_string()),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod admin;
+mod architecture;
 mod audit;
 mod cross_pod;
 mod cut_off;

@@ -8,7 +8,7 @@ use std::{
 use moka::{future::Cache, Expiry};
 use uuid::Uuid;
 
-use crate::auth::Access;
+use crate::domain::Access;
 
 use super::super::{
     now_unix, Created, Lifetimes, RefreshToken, Rotation, SessionRecord, SessionState,

@@ -10,7 +10,7 @@ pub use memory::MemoryStore;
 
 use uuid::Uuid;
 
-use crate::auth::Access;
+use crate::domain::Access;
 
 use super::{
     Created, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord, SessionState,

@@ -20,7 +20,7 @@ use redis::AsyncCommands;
 use uuid::Uuid;
 
 use crate::{
-    auth::{Access, SharedAccess},
+    domain::{Access, SharedAccess},
     redis::Redis,
     session::{
         now_unix,
@@ -42,7 +42,7 @@ fn grant<'a>(roles: &'a str, permissions: &'a str, expires_at: i64) -> Grant<'a>
     }
 }
 
-/// Role names and permissions never contain commas (see `auth::access`), so a comma-joined
+/// Role names and permissions never contain commas (see `domain::role`), so a comma-joined
 /// field is unambiguous.
 fn list_field(items: &[String]) -> String {
     items.join(",")

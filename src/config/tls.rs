@@ -8,7 +8,7 @@ use std::{fmt, sync::Arc};
 use rustls::{crypto::ring, ServerConfig};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 #[derive(Clone)]
 pub struct Tls {

@@ -1,4 +1,6 @@
 //! Environment variables → a validated [`Config`]. Every error names the variable it came from.
+pub mod tls;
+
 use std::{fmt, time::Duration};
 
 use rand::RngCore;
@@ -68,7 +70,7 @@ pub struct Config {
     /// `Strict-Transport-Security: max-age=…` on every response when serving TLS; 0: not sent.
     pub hsts_max_age: u64,
     /// HTTPS from TLS_CERT_FILE + TLS_KEY_FILE; `None`: plain HTTP (TLS ends at the load balancer).
-    pub tls: Option<crate::tls::Tls>,
+    pub tls: Option<tls::Tls>,
     /// `None`: the embedded SQLite file at `sqlite_path`.
     pub database_url: Option<String>,
     pub sqlite_path: String,
@@ -610,7 +612,7 @@ impl Config {
             port: env.number("PORT", 0, u16::MAX)?,
             metrics_port: env.optional_number("METRICS_PORT", 0, u16::MAX)?,
             hsts_max_age: env.number("HSTS_MAX_AGE", 0, 2 * 31_536_000)?,
-            tls: crate::tls::Tls::from_env(env.get("TLS_CERT_FILE"), env.get("TLS_KEY_FILE"))?,
+            tls: tls::Tls::from_env(env.get("TLS_CERT_FILE"), env.get("TLS_KEY_FILE"))?,
             database_url,
             sqlite_path: env.string("SQLITE_PATH")?,
             redis_url,

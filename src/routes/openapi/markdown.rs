@@ -19,7 +19,7 @@ pub fn render(doc: &Value) -> String {
     let _ = writeln!(
         out,
         "<!-- Generated from the OpenAPI document the server serves at GET /openapi.json \
-         (src/openapi.rs); do not edit by hand. Regenerate: UPDATE_API_DOC=1 cargo test --lib \
+         (src/routes/openapi.rs); do not edit by hand. Regenerate: UPDATE_API_DOC=1 cargo test --lib \
          api_doc -->\n"
     );
     let _ = writeln!(

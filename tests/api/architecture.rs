@@ -1,0 +1,161 @@
+//! The shape of `src/`, read from the source: the top-level modules import each other without a
+//! circle, and the bottom layers import nothing above them (see docs/architecture.md).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
+
+/// Top-level module → the top-level modules its files name through `crate::` (tests excluded).
+fn imports() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src/ is readable") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(&src).expect("under src/");
+            let first = rel.components().next().expect("a path").as_os_str();
+            let module = first.to_string_lossy().trim_end_matches(".rs").to_string();
+            if matches!(module.as_str(), "main" | "lib") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("a source file");
+            let code = text
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap_or_default();
+            let named = graph.entry(module.clone()).or_default();
+            for name in crate_paths(code) {
+                if name != module && name != "self" {
+                    named.insert(name);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// The first segment of every `crate::a::...` and `crate::{a::.., b}` outside comments.
+fn crate_paths(code: &str) -> Vec<String> {
+    let code: String = code
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut names = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Top-level entries of the group: split on commas outside nested braces.
+            let (mut depth, mut start) = (0usize, 0usize);
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        names.push(ident(&group[start..i]));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        names.push(ident(&group[start..i]));
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            names.push(ident(rest));
+        }
+    }
+    names.retain(|n| !n.is_empty());
+    names
+}
+
+/// A circle of imports, if any (depth-first search for a back edge).
+fn find_circle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut circle = path[at..].to_vec();
+            circle.push(node.to_string());
+            return Some(circle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(circle) = visit(next, graph, path, done) {
+                return Some(circle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn top_level_modules_import_each_other_without_a_circle() {
+    let graph = imports();
+    assert!(graph.len() > 10, "read too few modules: {graph:?}");
+    if let Some(circle) = find_circle(&graph) {
+        panic!("import circle: {}", circle.join(" -> "));
+    }
+}
+
+#[test]
+fn the_bottom_layers_import_nothing_above_them() {
+    let graph = imports();
+    for bottom in ["domain", "error", "metrics"] {
+        assert_eq!(
+            graph.get(bottom),
+            Some(&BTreeSet::new()),
+            "{bottom} imports"
+        );
+    }
+    // The stores know nothing of HTTP or of the flows that use them.
+    let above = ["app", "routes", "auth", "state", "startup", "cli"];
+    for store in [
+        "session", "users", "audit", "throttle", "redis", "actor", "config",
+    ] {
+        let named = &graph[store];
+        for layer in above {
+            assert!(!named.contains(layer), "{store} imports {layer}");
+        }
+    }
+}
+
+#[test]
+fn the_import_reader_sees_groups_and_paths() {
+    let code = "use crate::{a::B, c::{d, e}, f};\nlet x = crate::g::h(); // crate::ignored\n";
+    assert_eq!(crate_paths(code), ["a", "c", "f", "g"]);
+    let mut graph = BTreeMap::new();
+    graph.insert("x".to_string(), BTreeSet::from(["y".to_string()]));
+    graph.insert("y".to_string(), BTreeSet::from(["x".to_string()]));
+    assert_eq!(
+        find_circle(&graph),
+        Some(vec!["x".into(), "y".into(), "x".into()])
+    );
+}
