@@ -101,9 +101,9 @@ impl JwtKeys {
         header.typ = Some("JWT".into());
         header.kid = Some(current.kid.clone());
         Self {
-            verified: moka::sync::Cache::builder()
+            verified: moka::sync::Cache::<Box<str>, std::sync::Arc<Claims>>::builder()
                 .time_to_live(std::time::Duration::from_secs(60))
-                .weigher(|token: &Box<str>, _| token.len().try_into().unwrap_or(u32::MAX))
+                .weigher(|token, _| token.len().try_into().unwrap_or(u32::MAX))
                 .max_capacity(VERIFIED_CACHE_BYTES)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             encoding: EncodingKey::from_secret(secret),

@@ -92,6 +92,9 @@ impl Shortfall {
     }
 }
 
+/// Shared so a session's access is cloned by reference count on the hot path.
+pub type SharedAccess = std::sync::Arc<Access>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +153,3 @@ mod tests {
         assert!(!s.is_empty());
     }
 }
-
-/// Shared so a session's access is cloned by reference count on the hot path.
-pub type SharedAccess = std::sync::Arc<Access>;
