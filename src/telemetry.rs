@@ -57,15 +57,19 @@ pub struct SpanFields;
 
 impl<'w> FormatFields<'w> for SpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        writer.write_char('{')?;
+        // Built in one buffer sized for a request's fields, then copied once: the span's own
+        // string would otherwise grow (and reallocate) a few bytes at a time.
+        let mut buf = String::with_capacity(128);
+        buf.push('{');
         let mut object = JsonObject {
-            out: &mut writer,
+            out: &mut buf,
             first: true,
             result: Ok(()),
         };
         fields.record(&mut object);
         object.result?;
-        writer.write_char('}')
+        buf.push('}');
+        writer.write_str(&buf)
     }
 
     fn add_fields(
@@ -161,6 +165,10 @@ struct Escaped<'a, W: fmt::Write>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Request ids, methods and routes never need escaping: one scan, one copy.
+        if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            return self.0.write_str(s);
+        }
         let mut plain = 0;
         for (i, c) in s.char_indices() {
             let escape = match c {

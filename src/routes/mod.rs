@@ -204,12 +204,9 @@ pub async fn request_context(
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.app.metrics.clone());
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.to_str().unwrap_or_default(),
-        method = %method,
-        route = %route,
-    );
+    // The request id is on every line logged while the request runs; method and route are on
+    // the line that ends it (fewer span fields: the span is opened for every request).
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
     let mut res = next
         .call(req)
         .instrument(span.clone())
@@ -226,12 +223,13 @@ pub async fn request_context(
     }
     span.in_scope(|| {
         let micros = elapsed.as_micros() as u64;
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), micros, "request failed");
-        } else if status.is_client_error() {
-            tracing::info!(status = status.as_u16(), micros, "request refused");
+        let (method, route, status) = (method.as_str(), route.as_str(), status.as_u16());
+        if (500..600).contains(&status) {
+            tracing::warn!(method, route, status, micros, "request failed");
+        } else if (400..500).contains(&status) {
+            tracing::info!(method, route, status, micros, "request refused");
         } else {
-            tracing::debug!(status = status.as_u16(), micros, "request served");
+            tracing::debug!(method, route, status, micros, "request served");
         }
     });
     let headers = res.headers_mut();
