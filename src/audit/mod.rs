@@ -398,6 +398,22 @@ mod tests {
     use actix::Actor;
     use migration::MigratorTrait;
 
+    /// The first page (ten) of stored events, and how many there are.
+    async fn first_page(users: &Addr<UserStore>) -> (Vec<AuditEventView>, u64) {
+        let page = PageRequest {
+            page: 1,
+            per_page: 10,
+        };
+        users
+            .ask(ListAudit {
+                user_id: None,
+                event_type: None,
+                page,
+            })
+            .await
+            .unwrap()
+    }
+
     /// The database refuses the first writes (no table yet): the events are kept and retried,
     /// and land exactly once when it recovers; a stop writes nothing twice and drops nothing.
     #[actix_web::test]
@@ -429,18 +445,7 @@ mod tests {
         }
         writer.stop().await;
 
-        let page = PageRequest {
-            page: 1,
-            per_page: 10,
-        };
-        let (events, total) = users
-            .ask(ListAudit {
-                user_id: None,
-                event_type: None,
-                page,
-            })
-            .await
-            .unwrap();
+        let (events, total) = first_page(&users).await;
         assert_eq!(total, 2, "{events:?}");
         let mut kinds: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
         kinds.sort();
@@ -468,18 +473,7 @@ mod tests {
         log.record_denial("GET /a users:read".into(), denied().actor(Uuid::now_v7()));
         writer.stop().await;
 
-        let page = PageRequest {
-            page: 1,
-            per_page: 10,
-        };
-        let (events, _) = users
-            .ask(ListAudit {
-                user_id: None,
-                event_type: None,
-                page,
-            })
-            .await
-            .unwrap();
+        let (events, _) = first_page(&users).await;
         let mut counts: Vec<u64> = events
             .iter()
             .map(|e| e.detail["count"].as_u64().unwrap())
