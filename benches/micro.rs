@@ -197,7 +197,7 @@ fn token_check(c: &mut Criterion) {
     // The framework's own cost, for comparison: same app, same middleware, no token check.
     g.bench_function("GET /health through the app's service", &get_health);
     // As the load suite and production run it: JSON lines at RUST_LOG=info (to a sink here), so
-    // the request span's cost is part of what is measured.
+    // what carrying the request id for the log lines costs is part of what is measured.
     g.bench_function(
         "GET /health through the app's service, JSON logs at info",
         |b| {

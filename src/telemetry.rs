@@ -1,14 +1,27 @@
-//! Logging: JSON lines in containers (LOG_FORMAT=json), readable text otherwise.
-use std::fmt::{self, Write as _};
+//! Logging: JSON lines in containers (LOG_FORMAT=json), readable text otherwise; and the request
+//! id that every line logged while a request runs carries.
+//!
+//! The request id is not a tracing span: a span per request (registry slot, enter and exit on
+//! every poll, close) cost more than the rest of a `GET /health`. It is a thread-local that
+//! [`InRequest`] sets around each poll of the request's future and the event formatter reads
+//! only when a line is actually written.
+use std::{
+    cell::RefCell,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
-use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::{
-    field::RecordFields,
     fmt::{
         self as tfmt,
-        format::{Format, Json, Writer},
-        FormatFields, FormattedFields, MakeWriter,
+        format::{Compact, Format, Json, JsonFields, Writer},
+        FmtContext, FormatEvent, FormatFields, MakeWriter,
     },
+    registry::LookupSpan,
     EnvFilter,
 };
 
@@ -20,8 +33,7 @@ pub fn init(format: LogFormat, filter: &str) {
         LogFormat::Json => json_subscriber(filter, std::io::stdout).try_init(),
         LogFormat::Pretty => tfmt::fmt()
             .with_env_filter(env_filter(filter))
-            .with_target(false)
-            .compact()
+            .event_format(WithRequestId(tfmt::format().with_target(false).compact()))
             .try_init(),
     };
 }
@@ -31,164 +43,179 @@ fn env_filter(filter: &str) -> EnvFilter {
 }
 
 /// The JSON-lines subscriber production runs (also what the benchmarks measure): one object per
-/// event, with the current span's fields (the request id) under `span`.
+/// event, its fields at the top level, `request_id` when it was logged during a request, and the
+/// spans it was logged in (the login, registration... flows) under `span` and `spans`.
 pub fn json_subscriber<W>(
     filter: &str,
     writer: W,
-) -> tfmt::SubscriberBuilder<SpanFields, Format<Json>, EnvFilter, W>
+) -> tfmt::SubscriberBuilder<JsonFields, WithRequestId<Format<Json>>, EnvFilter, W>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     tfmt::fmt()
         .with_env_filter(env_filter(filter))
-        .with_target(false)
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .fmt_fields(SpanFields)
+        .fmt_fields(JsonFields::new())
+        .event_format(WithRequestId(
+            tfmt::format()
+                .json()
+                .with_target(false)
+                .flatten_event(true)
+                .with_current_span(true),
+        ))
         .with_writer(writer)
 }
 
-/// Formats span fields straight into one JSON object. Every request opens a span (its request id
-/// on every log line), and tracing-subscriber's `JsonFields` builds a serde_json map per span
-/// first, which cost as much as the rest of a `/health` request. The JSON event formatter parses
-/// this object back only when an event is written.
-pub struct SpanFields;
+/// A request's id: 1 to 128 characters from `A-Z a-z 0-9 - _ . :`, so it goes into a response
+/// header and a JSON string as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(Arc<str>);
 
-impl<'w> FormatFields<'w> for SpanFields {
-    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        // Built in one buffer sized for a request's fields, then copied once: the span's own
-        // string would otherwise grow (and reallocate) a few bytes at a time.
-        let mut buf = String::with_capacity(128);
-        buf.push('{');
-        let mut object = JsonObject {
-            out: &mut buf,
-            first: true,
-            result: Ok(()),
-        };
-        fields.record(&mut object);
-        object.result?;
-        buf.push('}');
-        writer.write_str(&buf)
+impl RequestId {
+    /// A caller's `X-Request-Id`, kept when it is sane so that logs line up across services.
+    pub fn parse(raw: &[u8]) -> Option<Self> {
+        let sane = !raw.is_empty()
+            && raw.len() <= 128
+            && raw
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c));
+        // All ASCII when sane, so this never fails then.
+        let s = std::str::from_utf8(raw).ok().filter(|_| sane)?;
+        Some(Self(Arc::from(s)))
     }
 
-    fn add_fields(
+    pub fn generate() -> Self {
+        // Formatted on the stack: one allocation, the id's own.
+        let mut buf = uuid::Uuid::encode_buffer();
+        Self(Arc::from(
+            &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf),
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<RequestId>> = const { RefCell::new(None) };
+}
+
+/// The id of the request this thread is working for, if any: hand it to work that runs on
+/// another thread (the argon2 pool) and enter it there with [`in_request`].
+pub fn current_request_id() -> Option<RequestId> {
+    CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
+}
+
+/// Runs `f` with `id` as the current request id.
+pub fn in_request<T>(id: Option<RequestId>, f: impl FnOnce() -> T) -> T {
+    let mut id = id;
+    let _entered = Entered::enter(&mut id);
+    f()
+}
+
+/// Sets a request id for the duration of one poll (or call) and puts it back where it came
+/// from afterwards, also when the poll panics. Moving the id in and out touches no reference
+/// count.
+struct Entered<'a> {
+    own: &'a mut Option<RequestId>,
+    previous: Option<RequestId>,
+}
+
+impl<'a> Entered<'a> {
+    fn enter(own: &'a mut Option<RequestId>) -> Self {
+        let previous = CURRENT.try_with(|c| c.replace(own.take())).ok().flatten();
+        Entered { own, previous }
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        if let Ok(mine) = CURRENT.try_with(|c| c.replace(previous)) {
+            *self.own = mine;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose every poll runs with its request id current.
+    pub struct InRequest<F> {
+        #[pin]
+        inner: F,
+        id: Option<RequestId>,
+    }
+}
+
+impl<F> InRequest<F> {
+    pub fn new(id: RequestId, inner: F) -> Self {
+        InRequest {
+            inner,
+            id: Some(id),
+        }
+    }
+}
+
+impl<F: Future> Future for InRequest<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = Entered::enter(this.id);
+        this.inner.poll(cx)
+    }
+}
+
+/// An event format that adds the current request id to each line: as the JSON object's last
+/// field `request_id`, or in front of a text line.
+pub struct WithRequestId<F>(F);
+
+/// The JSON format is written to a buffer first, and the id spliced in before the closing brace;
+/// lines logged outside a request go straight through.
+impl<S, N> FormatEvent<S, N> for WithRequestId<Format<Json>>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
         &self,
-        current: &'w mut FormattedFields<Self>,
-        fields: &tracing::span::Record<'_>,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
     ) -> fmt::Result {
-        // Reopen the object: drop its closing brace, append, close again.
-        let first = match current.fields.pop() {
-            Some('}') => current.fields.ends_with('{'),
-            _ => {
-                current.fields.clear();
-                current.fields.push('{');
-                true
-            }
+        let Some(id) = current_request_id() else {
+            return self.0.format_event(ctx, writer, event);
         };
-        let mut object = JsonObject {
-            out: &mut current.fields,
-            first,
-            result: Ok(()),
-        };
-        fields.record(&mut object);
-        let result = object.result;
-        current.fields.push('}');
-        result
-    }
-}
-
-struct JsonObject<'a, W: fmt::Write> {
-    out: &'a mut W,
-    first: bool,
-    result: fmt::Result,
-}
-
-impl<W: fmt::Write> JsonObject<'_, W> {
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_err() {
-            return;
+        let mut line = String::with_capacity(256);
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.trim_end().strip_suffix('}') {
+            // RequestId's characters need no escaping in a JSON string.
+            Some(object) => writeln!(writer, "{object},\"request_id\":\"{id}\"}}"),
+            None => writer.write_str(&line),
         }
-        self.result = (|| {
-            if !std::mem::take(&mut self.first) {
-                self.out.write_char(',')?;
-            }
-            write_json_str(self.out, field.name())?;
-            self.out.write_char(':')?;
-            value(self.out)
-        })();
     }
 }
 
-impl<W: fmt::Write> Visit for JsonObject<'_, W> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, |out| write_json_str(out, value));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |out| write!(out, "{value}"));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |out| write!(out, "{value}"));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, |out| write!(out, "{value}"));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        // JSON has no NaN or infinities; JsonFields writes them as null too.
-        self.field(field, |out| match value.is_finite() {
-            true => write!(out, "{value}"),
-            false => out.write_str("null"),
-        });
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, |out| {
-            out.write_char('"')?;
-            write!(Escaped(out), "{value:?}")?;
-            out.write_char('"')
-        });
-    }
-}
-
-fn write_json_str(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
-    out.write_char('"')?;
-    Escaped(out).write_str(s)?;
-    out.write_char('"')
-}
-
-/// Writes what it is given as the inside of a JSON string (RFC 8259 section 7).
-struct Escaped<'a, W: fmt::Write>(&'a mut W);
-
-impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        // Request ids, methods and routes never need escaping: one scan, one copy.
-        if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-            return self.0.write_str(s);
+impl<S, N> FormatEvent<S, N> for WithRequestId<Format<Compact>>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if let Some(id) = current_request_id() {
+            write!(writer, "[{id}] ")?;
         }
-        let mut plain = 0;
-        for (i, c) in s.char_indices() {
-            let escape = match c {
-                '"' => "\\\"",
-                '\\' => "\\\\",
-                '\n' => "\\n",
-                '\r' => "\\r",
-                '\t' => "\\t",
-                c if (c as u32) < 0x20 => "",
-                _ => continue,
-            };
-            self.0.write_str(&s[plain..i])?;
-            if escape.is_empty() {
-                write!(self.0, "\\u{:04x}", c as u32)?;
-            } else {
-                self.0.write_str(escape)?;
-            }
-            plain = i + c.len_utf8();
-        }
-        self.0.write_str(&s[plain..])
+        self.0.format_event(ctx, writer, event)
     }
 }
 
@@ -221,55 +248,97 @@ mod tests {
         }
     }
 
-    /// Logs one event inside a span with awkward fields, with the given span-field formatter.
-    fn logged<N>(fields: N) -> serde_json::Value
-    where
-        N: for<'w> FormatFields<'w> + Send + Sync + 'static,
-    {
+    fn json_lines(log: impl FnOnce()) -> Vec<serde_json::Value> {
         let lines = Lines::default();
-        let subscriber = tfmt::fmt()
-            .with_env_filter(EnvFilter::new("info"))
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .fmt_fields(fields)
-            .with_writer(lines.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!(
-                "request",
-                request_id = "a\"b\\c\nd\u{1}é",
-                method = %"GET",
-                route = ?"/x \"y\"",
-                n = -3i64,
-                u = 7u64,
-                ok = true,
-                f = 1.5f64,
-                later = tracing::field::Empty,
-            );
-            span.record("later", "set after creation");
-            span.in_scope(|| tracing::info!(status = 200u16, "request served"));
-        });
+        let subscriber = json_subscriber("info", lines.clone()).finish();
+        tracing::subscriber::with_default(subscriber, log);
         let bytes = lines.0.lock().expect("log buffer").clone();
-        let line = String::from_utf8(bytes).expect("utf-8 log line");
-        serde_json::from_str(line.trim()).expect("one JSON object per line")
+        String::from_utf8(bytes)
+            .expect("utf-8 log lines")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    }
+
+    fn id(s: &str) -> RequestId {
+        RequestId::parse(s.as_bytes()).expect("a sane id")
     }
 
     #[test]
-    fn span_fields_are_the_json_that_json_fields_writes() {
-        let ours = logged(SpanFields);
-        let reference = logged(tracing_subscriber::fmt::format::JsonFields::default());
-        assert_eq!(ours["span"], reference["span"], "{ours}\n{reference}");
-        assert_eq!(ours["span"]["request_id"], "a\"b\\c\nd\u{1}é");
-        assert_eq!(ours["span"]["later"], "set after creation");
-        assert_eq!(ours["status"], 200);
+    fn json_lines_carry_the_request_id_of_the_request_they_were_logged_in() {
+        let lines = json_lines(|| {
+            tracing::info!("before");
+            in_request(Some(id("req-1")), || {
+                tracing::info!(status = 401u16, "request refused");
+                let _login = tracing::info_span!("login").entered();
+                tracing::warn!("inside a flow");
+            });
+            tracing::info!("after");
+        });
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[0].get("request_id").is_none(), "{}", lines[0]);
+        assert_eq!(lines[1]["request_id"], "req-1");
+        assert_eq!(lines[1]["status"], 401);
+        assert_eq!(lines[1]["message"], "request refused");
+        assert_eq!(lines[2]["request_id"], "req-1");
+        assert_eq!(lines[2]["span"]["name"], "login");
+        assert!(lines[3].get("request_id").is_none(), "{}", lines[3]);
     }
 
     #[test]
-    fn debug_fields_and_control_characters_are_escaped() {
-        let mut out = String::new();
-        write!(Escaped(&mut out), "{:?}", "q\"\u{7}").expect("write");
-        let parsed: String = serde_json::from_str(&format!("\"{out}\"")).expect("valid JSON");
-        assert_eq!(parsed, "\"q\\\"\\u{7}\"");
+    fn interleaved_requests_on_one_thread_each_log_their_own_id() {
+        use std::task::Waker;
+
+        // Two request futures polled in turn on one thread, as an actix worker does.
+        fn request(name: &'static str) -> impl Future<Output = ()> {
+            InRequest::new(id(name), async move {
+                tracing::info!(step = 1u8, "{name}");
+                tokio::task::yield_now().await;
+                tracing::info!(step = 2u8, "{name}");
+            })
+        }
+        let lines = json_lines(|| {
+            let mut a = Box::pin(request("a"));
+            let mut b = Box::pin(request("b"));
+            let mut cx = Context::from_waker(Waker::noop());
+            for _ in 0..2 {
+                let _ = a.as_mut().poll(&mut cx);
+                let _ = b.as_mut().poll(&mut cx);
+                assert_eq!(current_request_id(), None, "nothing leaks between polls");
+            }
+        });
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        for line in &lines {
+            assert_eq!(line["request_id"], line["message"], "{line}");
+        }
+    }
+
+    #[test]
+    fn a_poll_that_panics_leaves_no_request_id_behind() {
+        let caught = std::panic::catch_unwind(|| {
+            in_request(Some(id("boom")), || panic!("handler bug"));
+        });
+        assert!(caught.is_err());
+        assert_eq!(current_request_id(), None);
+    }
+
+    #[test]
+    fn only_sane_request_ids_are_kept() {
+        assert_eq!(id("abc-123_x.y:z").as_str(), "abc-123_x.y:z");
+        for bad in [
+            "",
+            "has space",
+            "quote\"",
+            "new\nline",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert_eq!(RequestId::parse(bad.as_bytes()), None, "{bad:?}");
+        }
+        let generated = RequestId::generate();
+        assert_eq!(
+            RequestId::parse(generated.as_str().as_bytes()),
+            Some(generated)
+        );
     }
 }

@@ -345,7 +345,7 @@ impl Report {
             1.75,
             "baseline",
         );
-        // The per-request cost of sessiond's instrumentation (request span, id, metrics, security
+        // The per-request cost of sessiond's instrumentation (request id, metrics, security
         // headers) next to a bare actix-web app's.
         ratio(
             "GET /health vs the actix-session baseline's GET /health",

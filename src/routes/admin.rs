@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{caller, resource};
+use super::{caller, scoped_resource};
 use crate::{
     app::admin as ops,
     audit::AuditEventView,
@@ -24,29 +24,39 @@ use crate::{
 
 /// One scope, so that requests outside /admin skip these patterns after a single prefix check
 /// (most of them are dynamic, and the hot path should not try them one by one).
+const SCOPE: &str = "/admin";
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::scope("/admin")
-            .service(resource("/users", "GET").route(web::get().to(list_users)))
+        web::scope(SCOPE)
+            .service(scoped_resource(SCOPE, "/users", "GET").route(web::get().to(list_users)))
             .service(
-                resource("/users/{id}", "GET, DELETE")
+                scoped_resource(SCOPE, "/users/{id}", "GET, DELETE")
                     .route(web::get().to(get_user))
                     .route(web::delete().to(delete_user)),
             )
-            .service(resource("/users/{id}/roles", "PUT").route(web::put().to(set_roles)))
-            .service(resource("/users/{id}/disable", "POST").route(web::post().to(disable_user)))
-            .service(resource("/users/{id}/enable", "POST").route(web::post().to(enable_user)))
             .service(
-                resource("/users/{id}/sessions", "GET, DELETE")
+                scoped_resource(SCOPE, "/users/{id}/roles", "PUT").route(web::put().to(set_roles)),
+            )
+            .service(
+                scoped_resource(SCOPE, "/users/{id}/disable", "POST")
+                    .route(web::post().to(disable_user)),
+            )
+            .service(
+                scoped_resource(SCOPE, "/users/{id}/enable", "POST")
+                    .route(web::post().to(enable_user)),
+            )
+            .service(
+                scoped_resource(SCOPE, "/users/{id}/sessions", "GET, DELETE")
                     .route(web::get().to(list_user_sessions))
                     .route(web::delete().to(revoke_user_sessions)),
             )
             .service(
-                resource("/roles", "GET, POST")
+                scoped_resource(SCOPE, "/roles", "GET, POST")
                     .route(web::get().to(list_roles))
                     .route(web::post().to(create_role)),
             )
-            .service(resource("/audit", "GET").route(web::get().to(list_audit))),
+            .service(scoped_resource(SCOPE, "/audit", "GET").route(web::get().to(list_audit))),
     );
 }
 

@@ -7,23 +7,28 @@ pub mod openapi;
 pub mod session;
 pub mod users;
 
+use actix_web::ResponseError;
 use actix_web::{
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
     error::{JsonPayloadError, PathError, QueryPayloadError},
-    http::header::{self, HeaderName, HeaderValue},
+    http::{
+        header::{self, HeaderName, HeaderValue},
+        Method, StatusCode,
+    },
     middleware::Next,
     web, HttpRequest, HttpResponse,
 };
-use tracing::Instrument;
-
-use actix_web::ResponseError;
+use prometheus::{Histogram, IntCounter};
+use std::cell::RefCell;
 
 use crate::{
     app::{Caller, Client},
     auth::AuthenticatedSession,
     error::ApiError,
+    metrics::Metrics,
     state::AppState,
+    telemetry::{self, InRequest, RequestId},
 };
 
 /// `public_metrics`: whether /metrics is a route of this listener (false when METRICS_PORT serves
@@ -59,11 +64,70 @@ pub fn configure(
     }
 }
 
-/// A resource whose other methods get a JSON 405 with `Allow: <allow>`.
+/// A resource whose other methods get a JSON 405 with `Allow: <allow>`, labelled with its path
+/// template in the request metrics.
 pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(move || async move {
-        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
-    }))
+    scoped_resource("", path, allow)
+}
+
+/// [`resource`] inside `web::scope(scope)`: the metrics label is the whole template.
+pub(crate) fn scoped_resource(scope: &str, path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path)
+        .app_data(RouteMetrics::new(format!("{scope}{path}")))
+        .default_service(web::to(move || async move {
+            Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+        }))
+}
+
+/// A resource's label in `http_requests_total` and `http_request_duration_seconds`, with the
+/// metric children it has used, resolved once per method and status. actix builds the routes
+/// once per worker thread, so this needs no lock; and the hot path neither re-matches the path to
+/// find its template nor looks the label values up in the metric vectors for every request.
+struct RouteMetrics {
+    route: String,
+    children: RefCell<Vec<(Method, StatusCode, IntCounter, Histogram)>>,
+}
+
+impl RouteMetrics {
+    fn new(route: String) -> Self {
+        RouteMetrics {
+            route,
+            children: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn observe(&self, metrics: &Metrics, method: &Method, status: StatusCode, seconds: f64) {
+        let mut children = self.children.borrow_mut();
+        let found = children
+            .iter()
+            .find(|(m, s, _, _)| *s == status && m == method);
+        let (requests, duration) = match found {
+            Some((_, _, requests, duration)) => (requests, duration),
+            None => {
+                let labels = [method.as_str(), self.route.as_str(), status.as_str()];
+                children.push((
+                    method.clone(),
+                    status,
+                    metrics.http_requests.with_label_values(&labels),
+                    metrics.http_duration.with_label_values(&labels),
+                ));
+                let (_, _, requests, duration) = &children[children.len() - 1];
+                (requests, duration)
+            }
+        };
+        requests.inc();
+        duration.observe(seconds);
+    }
+}
+
+/// Requests that matched no resource (404s) share one label.
+fn observe_unmatched(metrics: &Metrics, method: &Method, status: StatusCode, seconds: f64) {
+    let labels = [method.as_str(), "unmatched", status.as_str()];
+    metrics.http_requests.with_label_values(&labels).inc();
+    metrics
+        .http_duration
+        .with_label_values(&labels)
+        .observe(seconds);
 }
 
 pub async fn not_found(_: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -150,35 +214,27 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// A sane incoming id (short, plain characters) is kept so logs line up across services;
-/// anything else is replaced.
-fn request_id(req: &ServiceRequest) -> HeaderValue {
-    req.headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty()
-                && b.len() <= 128
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        })
-        .cloned()
-        .unwrap_or_else(|| {
-            // Formatted on the stack: no String per request.
-            let mut buf = uuid::Uuid::encode_buffer();
-            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-            HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-        })
+/// A sane incoming id is kept so logs line up across services; anything else is replaced.
+fn request_id(req: &ServiceRequest) -> (RequestId, HeaderValue) {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+        if let Some(id) = RequestId::parse(v.as_bytes()) {
+            return (id, v.clone());
+        }
+    }
+    let id = RequestId::generate();
+    let header =
+        HeaderValue::from_str(id.as_str()).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    (id, header)
 }
 
-/// Request id on every span and response, nosniff on every response, and the request metrics
+/// Request id on every log line and response, nosniff on every response, and the request metrics
 /// (labelled by route template, never the raw path).
 pub async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = std::time::Instant::now();
-    let id = request_id(&req);
+    let (id, id_header) = request_id(&req);
     // The HTTP layer allows up to 128 KiB of headers; no client of this API needs more than a
     // fraction of that, so anything bigger is refused before any handler runs.
     let header_bytes: usize = req
@@ -189,7 +245,7 @@ pub async fn request_context(
     if header_bytes > MAX_HEADER_BYTES {
         let (req, _) = req.into_parts();
         let mut res = ApiError::HeadersTooLarge(MAX_HEADER_BYTES).error_response();
-        res.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        res.headers_mut().insert(X_REQUEST_ID.clone(), id_header);
         res.headers_mut().insert(
             actix_web::http::header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -199,31 +255,27 @@ pub async fn request_context(
     // Responses to a request that carries credentials are about that caller: no cache (browser,
     // proxy, CDN) may keep them. Error responses set no-store themselves.
     let authenticated = req.headers().contains_key(header::AUTHORIZATION);
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
-    let metrics = req
-        .app_data::<web::Data<AppState>>()
-        .map(|s| s.app.metrics.clone());
+    let state = req.app_data::<web::Data<AppState>>().cloned();
     // The request id is on every line logged while the request runs; method and route are on
-    // the line that ends it (fewer span fields: the span is opened for every request).
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
-    let mut res = next
-        .call(req)
-        .instrument(span.clone())
+    // the line that ends it.
+    let mut res = InRequest::new(id.clone(), async move { next.call(req).await })
         .await?
         .map_into_left_body();
     let status = res.status();
     let elapsed = start.elapsed();
-    if let Some(m) = metrics {
-        let labels = [method.as_str(), route.as_str(), status.as_str()];
-        m.http_requests.with_label_values(&labels).inc();
-        m.http_duration
-            .with_label_values(&labels)
-            .observe(elapsed.as_secs_f64());
+    let route_metrics = res.request().app_data::<RouteMetrics>();
+    if let Some(state) = &state {
+        let metrics = &state.app.metrics;
+        match route_metrics {
+            Some(r) => r.observe(metrics, &method, status, elapsed.as_secs_f64()),
+            None => observe_unmatched(metrics, &method, status, elapsed.as_secs_f64()),
+        }
     }
-    span.in_scope(|| {
+    let route = route_metrics.map_or("unmatched", |r| r.route.as_str());
+    telemetry::in_request(Some(id), || {
         let micros = elapsed.as_micros() as u64;
-        let (method, route, status) = (method.as_str(), route.as_str(), status.as_u16());
+        let (method, route, status) = (method.as_str(), route, status.as_u16());
         if (500..600).contains(&status) {
             tracing::warn!(method, route, status, micros, "request failed");
         } else if (400..500).contains(&status) {
@@ -233,7 +285,7 @@ pub async fn request_context(
         }
     });
     let headers = res.headers_mut();
-    headers.insert(X_REQUEST_ID.clone(), id);
+    headers.insert(X_REQUEST_ID.clone(), id_header);
     if authenticated {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

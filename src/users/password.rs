@@ -147,11 +147,12 @@ impl PasswordHasher {
         };
         let argon = self.argon.clone();
         let span = tracing::Span::current();
+        let request_id = crate::telemetry::current_request_id();
         let in_flight = self.metrics.argon2_in_flight.clone();
         tokio::task::spawn_blocking(move || {
             let _permits = permits;
             in_flight.inc();
-            let result = span.in_scope(|| f(&argon));
+            let result = crate::telemetry::in_request(request_id, || span.in_scope(|| f(&argon)));
             in_flight.dec();
             result
         })

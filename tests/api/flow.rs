@@ -1,5 +1,6 @@
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
+use uuid::Uuid;
 
 use crate::{both_backends, helpers::*};
 
@@ -7,6 +8,7 @@ both_backends!(
     register_login_profile_session_logout_then_401,
     health_ready_and_json_404_405,
     request_ids_are_echoed_when_sane_and_generated_otherwise,
+    request_metrics_are_labelled_by_route_template_never_by_path,
 );
 
 async fn register_login_profile_session_logout_then_401(backend: Backend) {
@@ -120,4 +122,57 @@ async fn request_ids_are_echoed_when_sane_and_generated_otherwise(backend: Backe
     let none = app.get("/no-such-route", None).await;
     assert!(none.header("x-request-id").is_some());
     assert_eq!(none.header("x-content-type-options"), Some("nosniff"));
+}
+
+async fn request_metrics_are_labelled_by_route_template_never_by_path(backend: Backend) {
+    let (dep, admins) = with_admins(backend, 1).await;
+    let app = dep.spawn().await;
+    let admin = admin(&app, &admins[0]).await;
+    let token = admin.tokens.access.as_str();
+    // A scoped route, a top-level one with a path parameter, a 405, a 404, and one route twice
+    // with two statuses.
+    let id = Uuid::new_v4().to_string();
+    app.get(&format!("/admin/users/{id}"), Some(token))
+        .await
+        .assert_error(404, "not_found");
+    app.get(&format!("/admin/users/{}", admin.id), Some(token))
+        .await;
+    app.request(Method::DELETE, &format!("/sessions/{id}"), token, None)
+        .await
+        .assert_error(404, "not_found");
+    app.get("/login", None)
+        .await
+        .assert_error(405, "method_not_allowed");
+    app.get(&format!("/no-such-route/{id}"), None)
+        .await
+        .assert_error(404, "not_found");
+
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics body");
+    let count = |method: &str, route: &str, status: u16| {
+        let series = format!(
+            "sessiond_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(count("GET", "/admin/users/{id}", 404), 1.0, "{text}");
+    assert_eq!(count("GET", "/admin/users/{id}", 200), 1.0, "{text}");
+    assert_eq!(count("DELETE", "/sessions/{id}", 404), 1.0, "{text}");
+    assert_eq!(count("GET", "/login", 405), 1.0, "{text}");
+    assert_eq!(count("GET", "unmatched", 404), 1.0, "{text}");
+    assert_eq!(count("POST", "/login", 200), 1.0, "{text}");
+    assert!(!text.contains(&id), "no raw path in any label");
+    assert!(
+        text.contains("sessiond_http_request_duration_seconds_count{method=\"GET\",route=\"/admin/users/{id}\",status=\"200\"} 1"),
+        "{text}"
+    );
 }

@@ -135,9 +135,12 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
         app.register(email, password).await.status,
         StatusCode::CREATED
     );
-    app.login_reply(email, "a wrong passphrase 12345")
-        .await
-        .assert_error(401, "invalid_credentials");
+    let refused = app.login_reply(email, "a wrong passphrase 12345").await;
+    refused.assert_error(401, "invalid_credentials");
+    let refused_id = refused
+        .header("x-request-id")
+        .expect("every response has a request id")
+        .to_string();
     let tokens = app.login(email, password).await;
     assert_eq!(
         app.get("/profile", Some(&tokens.access)).await.status,
@@ -200,9 +203,15 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
         json_lines * 10 >= lines.len() * 9,
         "LOG_FORMAT=json gives JSON lines"
     );
+    // The line that ends the refused login carries the id its response returned.
     assert!(
-        lines.iter().any(|l| l.contains("request_id")),
-        "request ids are on the request spans"
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["request_id"] == refused_id.as_str()
+                && v["status"] == 401
+                && v["route"] == "/login"),
+        "the refused login's line has its request id {refused_id}: {lines:#?}"
     );
     let secrets = [
         password,
