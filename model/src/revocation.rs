@@ -1,5 +1,6 @@
 //! Revocation and role changes across pods: one session, its record in Redis, and `pods` pods
-//! each with a session cache, tombstones and an invalidation subscription.
+//! each with a verified-token cache, a session cache, tombstones and an invalidation
+//! subscription.
 //!
 //! Properties:
 //! - `revoked session refused within the bound`: no pod accepts the session from its cache, or
@@ -29,6 +30,12 @@ pub struct Safeguards {
     /// `SessionCache::lookup`: a cached answer counts as expired `SESSION_CACHE_TTL` after its read
     /// *started* (off: after it was inserted, moka's `time_to_live` alone).
     pub entry_age_from_read_start: bool,
+    /// `JwtKeys::verify`: the verified-token cache remembers only that the token's signature and
+    /// claims checked out, which never changes for a given token, so the model stores nothing for
+    /// it and every check goes on to the session cache. Off: it also remembers that the check
+    /// accepted the session (for its own lifetime, longer than `SESSION_CACHE_TTL`), and a token
+    /// seen before is accepted without the session cache: the shortcut the design rules out.
+    pub token_cache_holds_no_session_state: bool,
 }
 
 impl Safeguards {
@@ -37,6 +44,7 @@ impl Safeguards {
         flush_covers_reads_in_flight: true,
         tombstone_covers_cache_ttl: true,
         entry_age_from_read_start: true,
+        token_cache_holds_no_session_state: true,
     };
 }
 
@@ -69,6 +77,12 @@ impl Revocation {
             drops: 1,
             safeguards,
         }
+    }
+
+    /// The verified-token cache's lifetime (a minute against a 5-second `SESSION_CACHE_TTL` by
+    /// default): longer than the session cache's.
+    fn token_ttl(&self) -> u8 {
+        self.ttl + 2
     }
 
     fn tombstone_ttl(&self) -> u8 {
@@ -120,6 +134,9 @@ pub struct Pod {
     pub read: Option<Read>,
     /// When the cache was last flushed (`SessionCache::flush`): answers read before it are void.
     pub flushed_at: Option<u8>,
+    /// The verified-token cache's memory of an accepted session, `(roles, until)`: only ever set
+    /// without `token_cache_holds_no_session_state`.
+    pub token_memo: Option<(u8, u8)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -188,8 +205,12 @@ impl Revocation {
             && pod.flushed_at.is_some_and(|at| e.read_at <= at)
     }
 
-    /// `SessionCache::lookup` + `screen`.
+    /// The hot path's answer without a store read: `JwtKeys::verify` (the verified-token cache),
+    /// then `SessionCache::lookup` + `screen`.
     pub fn lookup(&self, pod: &Pod, now: u8) -> Answer {
+        if let Some((roles, _)) = pod.token_memo {
+            return Answer::Accept { roles };
+        }
         if !pod.subscribed {
             return Answer::Miss;
         }
@@ -250,6 +271,7 @@ impl Model for Revocation {
             roles_changed: None,
             read: None,
             flushed_at: None,
+            token_memo: None,
         };
         vec![State {
             now: 0,
@@ -315,6 +337,9 @@ impl Model for Revocation {
                     }
                     if p.roles_changed.is_some_and(|(_, until)| now >= until) {
                         p.roles_changed = None;
+                    }
+                    if p.token_memo.is_some_and(|(_, until)| now >= until) {
+                        p.token_memo = None;
                     }
                     // Not answered within the timeout: 503, nothing cached.
                     if p.read.is_some_and(|r| now > r.started + self.timeout) {
@@ -389,6 +414,9 @@ impl Model for Revocation {
                 let accepted = live && p.tombstone.is_none() && !stale;
                 if p.entry.is_some_and(|e| self.entry_void(p, &e)) {
                     p.entry = None;
+                }
+                if accepted && !self.safeguards.token_cache_holds_no_session_state {
+                    p.token_memo = Some((roles, now + self.token_ttl()));
                 }
                 if accepted && self.too_late(&s, roles) {
                     s.late_answer = true;

@@ -125,6 +125,22 @@ fn entry_age_from_insertion_exceeds_the_bound_when_a_message_is_lost() {
     );
 }
 
+/// Why the verified-token cache must remember only the signature check: a token whose acceptance
+/// it remembered would be accepted past its session's revocation, even with every message
+/// delivered (its lifetime is longer than SESSION_CACHE_TTL and nothing evicts it on a revocation).
+#[test]
+fn a_token_cache_that_remembers_the_session_outlives_the_revocation() {
+    let g = revocation::Safeguards {
+        token_cache_holds_no_session_state: false,
+        ..revocation::Safeguards::AS_BUILT
+    };
+    assert_broken(
+        "a verified-token cache that remembers acceptance",
+        &revocation(false, g),
+        "revocation prompt while subscribed",
+    );
+}
+
 #[test]
 fn rotation_holds_as_built() {
     let outcome = check(rotation::Rotation::ci(rotation::Safeguards::AS_BUILT));
