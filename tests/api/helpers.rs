@@ -698,17 +698,21 @@ pub fn redis_addr() -> SocketAddr {
 }
 
 // A TCP proxy in front of Redis that a test can cut: `set_down(true)` closes every connection
-// and refuses new ones (Redis unreachable), `freeze_pubsub()` silently stops forwarding to the
-// subscriber connections (a dead link that sends no FIN), and `pubsub_upstream_addrs()` names
-// the subscriber connections as Redis sees them, for `CLIENT KILL ADDR`.
+// and refuses new ones (Redis unreachable), `refuse_new(true)` refuses new ones only,
+// `freeze_pubsub()` silently stops forwarding to the subscriber connections (a dead link that
+// sends no FIN), `hold_replies()` keeps Redis's answers on the other connections open at that
+// moment back (commands still reach Redis and run: reads in flight; new connections go on), and `pubsub_upstream_addrs()` names the
+// subscriber connections as Redis sees them, for `CLIENT KILL ADDR`.
 struct Conn {
     upstream_local: SocketAddr,
     pubsub: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
 }
 
 pub struct RedisProxy {
     pub addr: SocketAddr,
     down: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
     frozen: Arc<AtomicBool>,
     /// Bumped to close every open connection.
     epoch: watch::Sender<u64>,
@@ -724,20 +728,22 @@ impl RedisProxy {
         let proxy = Self {
             addr,
             down: Arc::new(AtomicBool::new(false)),
+            refusing: Arc::new(AtomicBool::new(false)),
             frozen: Arc::new(AtomicBool::new(false)),
             epoch,
             conns: Arc::new(Mutex::new(Vec::new())),
             next_epoch: AtomicU64::new(1),
         };
-        let (down, frozen, conns, epoch) = (
+        let (down, refusing, frozen, conns, epoch) = (
             proxy.down.clone(),
+            proxy.refusing.clone(),
             proxy.frozen.clone(),
             proxy.conns.clone(),
             proxy.epoch.clone(),
         );
         actix_web::rt::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                if down.load(Ordering::SeqCst) {
+                if down.load(Ordering::SeqCst) || refusing.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
@@ -747,15 +753,20 @@ impl RedisProxy {
                 let Ok(upstream_local) = server.local_addr() else {
                     continue;
                 };
-                let pubsub = Arc::new(AtomicBool::new(false));
+                let links = Links {
+                    pubsub: Arc::new(AtomicBool::new(false)),
+                    frozen: frozen.clone(),
+                    held: Arc::new(AtomicBool::new(false)),
+                };
                 if let Ok(mut list) = conns.lock() {
                     list.push(Conn {
                         upstream_local,
-                        pubsub: pubsub.clone(),
+                        pubsub: links.pubsub.clone(),
+                        held: links.held.clone(),
                     });
                 }
                 let closed = epoch.subscribe();
-                actix_web::rt::spawn(pipe(client, server, pubsub, frozen.clone(), closed));
+                actix_web::rt::spawn(pipe(client, server, links, closed));
             }
         });
         proxy
@@ -774,9 +785,25 @@ impl RedisProxy {
         }
     }
 
+    /// New connections are refused; open ones go on.
+    pub fn refuse_new(&self, refuse: bool) {
+        self.refusing.store(refuse, Ordering::SeqCst);
+    }
+
     /// Subscriber connections stop receiving anything, without being closed.
     pub fn freeze_pubsub(&self, frozen: bool) {
         self.frozen.store(frozen, Ordering::SeqCst);
+    }
+
+    /// Answers on the open non-subscriber connections are held back until released (in order,
+    /// nothing lost); connections opened later are not held.
+    pub fn hold_replies(&self, held: bool) {
+        if let Ok(list) = self.conns.lock() {
+            for c in list.iter() {
+                let hold = held && !c.pubsub.load(Ordering::SeqCst);
+                c.held.store(hold, Ordering::SeqCst);
+            }
+        }
     }
 
     pub fn pubsub_upstream_addrs(&self) -> Vec<SocketAddr> {
@@ -792,13 +819,20 @@ impl RedisProxy {
     }
 }
 
+/// One connection's switches: whether it subscribed, the proxy's freeze, its own hold.
+struct Links {
+    pubsub: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
+}
+
 async fn pipe(
     mut client: TcpStream,
     mut server: TcpStream,
-    pubsub: Arc<AtomicBool>,
-    frozen: Arc<AtomicBool>,
+    links: Links,
     mut closed: watch::Receiver<u64>,
 ) {
+    let pubsub = links.pubsub.clone();
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let mut up = [0u8; 16 * 1024];
@@ -819,8 +853,14 @@ async fn pipe(
             n = sr.read(&mut down) => {
                 let Ok(n) = n else { return };
                 if n == 0 { return }
-                if pubsub.load(Ordering::Relaxed) && frozen.load(Ordering::SeqCst) {
-                    continue; // swallowed: a silent, half-dead link
+                if pubsub.load(Ordering::Relaxed) {
+                    if links.frozen.load(Ordering::SeqCst) {
+                        continue; // swallowed: a silent, half-dead link
+                    }
+                } else {
+                    while links.held.load(Ordering::SeqCst) {
+                        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+                    }
                 }
                 if cw.write_all(&down[..n]).await.is_err() { return }
             }
