@@ -28,6 +28,8 @@ pub struct Metrics {
     pub db: CallMetrics,
     pub invalidations_published: IntCounter,
     pub invalidations_received: IntCounter,
+    /// From the publish (Redis clock) to the receipt (this pod's clock) of a stamped revocation.
+    pub revocation_propagation: Histogram,
     pub cache_flushes: IntCounter,
     pub pubsub_resubscriptions: IntCounter,
     pub argon2_queue_wait: Histogram,
@@ -205,6 +207,17 @@ impl Metrics {
                 &r,
                 "invalidations_received_total",
                 "Invalidation messages received from the channel.",
+            ),
+            revocation_propagation: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "revocation_propagation_seconds",
+                        "Time from the publish of a session revocation (Redis clock) to its receipt by this pod.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
             ),
             cache_flushes: counter(
                 &r,

@@ -7,6 +7,7 @@ use crate::{helpers::*, services_only};
 
 services_only!(
     logout_on_one_pod_revokes_the_token_on_the_other,
+    logout_on_one_pod_is_timed_on_the_other,
     lost_invalidation_after_subscriber_kill_is_bounded_by_cache_ttl,
     silently_dead_subscription_is_noticed_by_ping,
     racing_logouts_on_two_pods_never_500,
@@ -70,6 +71,36 @@ async fn logout_on_one_pod_revokes_the_token_on_the_other() {
     b.get("/profile", Some(&tokens.access))
         .await
         .assert_error(401, "unauthorized");
+}
+
+/// The revocation carries its publish time; B observes the lag on receipt.
+async fn logout_on_one_pod_is_timed_on_the_other() {
+    let (_dep, a, b) = two_pods().await;
+    let subscribed = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || b.metric("sessiond_session_cache_flushes_total").await >= 1.0,
+    )
+    .await;
+    assert!(subscribed, "B never subscribed to invalidations");
+    let (_, tokens) = a.user().await;
+    let count = "sessiond_revocation_propagation_seconds_count";
+    let before = b.metric(count).await;
+    assert_eq!(
+        a.post_auth("/logout", &tokens.access).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let observed = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || b.metric(count).await > before,
+    )
+    .await;
+    assert!(observed, "B's {count} did not grow after a logout on A");
+    let sum = b
+        .metric("sessiond_revocation_propagation_seconds_sum")
+        .await;
+    assert!(sum.is_finite() && sum >= 0.0, "lag sum {sum}");
 }
 
 async fn lost_invalidation_after_subscriber_kill_is_bounded_by_cache_ttl() {
