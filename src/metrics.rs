@@ -32,6 +32,8 @@ pub struct Metrics {
     pub revocation_propagation: Histogram,
     pub cache_flushes: IntCounter,
     pub pubsub_resubscriptions: IntCounter,
+    /// 1 while this pod hears every revocation (subscribed, or the in-process store), else 0.
+    pub invalidation_link_up: IntGauge,
     pub argon2_queue_wait: Histogram,
     pub argon2_in_flight: IntGauge,
     pub argon2_rejected: IntCounter,
@@ -228,6 +230,14 @@ impl Metrics {
                 &r,
                 "pubsub_resubscriptions_total",
                 "Times the invalidation subscription was re-established after a loss.",
+            ),
+            invalidation_link_up: register(
+                &r,
+                IntGauge::new(
+                    "invalidation_link_up",
+                    "1 while this pod is subscribed to invalidations (always with the in-process store); 0 while it is not and checks every token against Redis.",
+                )
+                .expect("valid metric"),
             ),
             argon2_queue_wait: register(
                 &r,

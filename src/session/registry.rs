@@ -76,7 +76,10 @@ impl SessionRegistry {
                 ever_connected: false,
                 backoff: BACKOFF_MIN,
             }),
-            SessionStore::Memory(_) => None,
+            SessionStore::Memory(_) => {
+                metrics.invalidation_link_up.set(1);
+                None
+            }
         };
         Self {
             store,
@@ -124,6 +127,7 @@ impl SessionRegistry {
                     act.cache.flush();
                     act.cache.set_trusted(true);
                     act.metrics.cache_flushes.inc();
+                    act.metrics.invalidation_link_up.set(1);
                     if resubscribed {
                         act.metrics.pubsub_resubscriptions.inc();
                         tracing::info!(channel = %sub.channel, "re-subscribed to invalidations; local session cache emptied");
@@ -160,6 +164,7 @@ impl SessionRegistry {
         }
         // From now until the resubscription, invalidations may be missed: believe only Redis.
         self.cache.set_trusted(false);
+        self.metrics.invalidation_link_up.set(0);
         tracing::warn!(%cause, "invalidation subscription lost; checking every token against Redis until resubscribed");
         self.retry_later(ctx);
     }

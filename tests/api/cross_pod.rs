@@ -205,6 +205,18 @@ async fn silently_dead_subscription_is_noticed_by_ping() {
     );
     let took = rejected_within(&b, &tokens.access, Instant::now(), Duration::from_secs(10)).await;
     assert!(took.is_some(), "B never noticed its dead subscription");
+    // What the alert on a lost link watches: down while frozen, up again after.
+    let up = "sessiond_invalidation_link_up";
+    assert_eq!(b.metric(up).await, 0.0);
+    proxy.freeze_pubsub(false);
+    let back = eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        async || b.metric(up).await == 1.0,
+    )
+    .await;
+    assert!(back, "B did not report its link up again");
+    assert_eq!(a.metric(up).await, 1.0);
 }
 
 async fn racing_logouts_on_two_pods_never_500() {
