@@ -11,6 +11,7 @@ mod escalation;
 mod flow;
 mod hardening;
 mod lockout;
+mod monitoring;
 mod persistence;
 mod process;
 mod redis_down;
