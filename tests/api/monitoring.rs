@@ -102,13 +102,7 @@ async fn dashboard_and_alerts_name_only_metrics_the_server_exposes() {
     let dep = Deployment::new(Backend::Services).await;
     let proxy = RedisProxy::start(redis_addr()).await;
     let app = dep.spawn_with(&[("REDIS_URL", proxy.url())]).await;
-    let subscribed = eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        async || app.metric("sessiond_invalidation_link_up").await == 1.0,
-    )
-    .await;
-    assert!(subscribed, "the pod never subscribed");
+    app.subscribed().await;
 
     // Logins (one wrong), a token check, a refresh, a logout the pod hears back.
     let (email, tokens) = app.user().await;
@@ -165,15 +159,7 @@ async fn dashboard_and_alerts_name_only_metrics_the_server_exposes() {
     assert!(failed.status.is_server_error(), "{}", failed.status);
     let _ = db.close().await;
 
-    let scrape = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let scrape = app.scrape().await;
     let families = families(&scrape);
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");

@@ -177,15 +177,7 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
         app.post_auth("/logout", &access2).await.status,
         StatusCode::NO_CONTENT
     );
-    let scrape = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let scrape = app.scrape().await;
 
     process.sigterm();
     assert_eq!(
