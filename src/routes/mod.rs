@@ -286,39 +286,26 @@ pub async fn request_context(
                 .get::<RequestUser>()
                 .map(|u| tracing::field::display(u.0))
         };
-        if (500..600).contains(&status) {
-            tracing::warn!(
-                method,
-                route,
-                path,
-                status,
-                micros,
-                client_ip = client_ip().as_deref(),
-                user_id = user(),
-                "request failed"
-            );
-        } else if (400..500).contains(&status) {
-            tracing::info!(
-                method,
-                route,
-                path,
-                status,
-                micros,
-                client_ip = client_ip().as_deref(),
-                user_id = user(),
-                "request refused"
-            );
-        } else {
-            tracing::debug!(
-                method,
-                route,
-                path,
-                status,
-                micros,
-                client_ip = client_ip().as_deref(),
-                user_id = user(),
-                "request served"
-            );
+        // One line, at a level by status class.
+        macro_rules! end_line {
+            ($level:expr, $message:literal) => {
+                tracing::event!(
+                    $level,
+                    method,
+                    route,
+                    path,
+                    status,
+                    micros,
+                    client_ip = client_ip().as_deref(),
+                    user_id = user(),
+                    $message
+                )
+            };
+        }
+        match status {
+            500..=599 => end_line!(tracing::Level::WARN, "request failed"),
+            400..=499 => end_line!(tracing::Level::INFO, "request refused"),
+            _ => end_line!(tracing::Level::DEBUG, "request served"),
         }
     });
     let headers = res.headers_mut();

@@ -115,6 +115,19 @@ impl Process {
         None
     }
 
+    /// Ends a flow: SIGTERM, a clean exit, and every line it logged.
+    async fn logged_flow(&mut self) -> Vec<String> {
+        self.sigterm();
+        assert_eq!(
+            self.wait(Duration::from_secs(20)).await,
+            Some(0),
+            "clean exit"
+        );
+        let lines = self.output();
+        assert!(lines.len() > 10, "the flow was logged");
+        lines
+    }
+
     fn output(&self) -> Vec<String> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
@@ -152,14 +165,7 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
         .post_json("/token/refresh", &json!({"refresh_token": tokens.refresh}))
         .await;
     assert_eq!(refreshed.status, StatusCode::OK);
-    let access2 = refreshed.body["access_token"]
-        .as_str()
-        .expect("access")
-        .to_string();
-    let refresh2 = refreshed.body["refresh_token"]
-        .as_str()
-        .expect("refresh")
-        .to_string();
+    let (access2, refresh2) = pair(&refreshed);
     let new_password = "another secret passphrase 77aa";
     let change = json!({"current_password": password, "new_password": new_password});
     let r = app
@@ -181,14 +187,7 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
     );
     let scrape = app.scrape().await;
 
-    process.sigterm();
-    assert_eq!(
-        process.wait(Duration::from_secs(20)).await,
-        Some(0),
-        "clean exit"
-    );
-    let lines = process.output();
-    assert!(lines.len() > 10, "the flow was logged");
+    let lines = process.logged_flow().await;
     let json_lines = lines
         .iter()
         .filter(|l| serde_json::from_str::<Value>(l).is_ok())
@@ -222,6 +221,12 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
         &secrets,
         &tokens.access,
     );
+}
+
+/// The access and refresh tokens of a login or refresh reply.
+fn pair(reply: &Reply) -> (String, String) {
+    let token = |name: &str| reply.body[name].as_str().expect(name).to_string();
+    (token("access_token"), token("refresh_token"))
 }
 
 /// No secret, no payload of the JWT `access` and no Authorization value in any of `haystacks`.
@@ -341,14 +346,7 @@ async fn ecs_logs_of_a_full_flow_are_ecs_documents_without_secrets(backend: Back
     );
     let refreshed = refresh(&app, &tokens.refresh).await;
     assert_eq!(refreshed.status, StatusCode::OK);
-    let access2 = refreshed.body["access_token"]
-        .as_str()
-        .expect("access")
-        .to_string();
-    let refresh2 = refreshed.body["refresh_token"]
-        .as_str()
-        .expect("refresh")
-        .to_string();
+    let (access2, refresh2) = pair(&refreshed);
     let admin_call = app.get("/admin/users", Some(&access2)).await;
     assert_eq!(admin_call.status, StatusCode::OK, "{}", admin_call.body);
     app.get("/session", Some(&format!("{access2}x")))
@@ -358,15 +356,7 @@ async fn ecs_logs_of_a_full_flow_are_ecs_documents_without_secrets(backend: Back
         app.post_auth("/logout", &access2).await.status,
         StatusCode::NO_CONTENT
     );
-    process.sigterm();
-    assert_eq!(
-        process.wait(Duration::from_secs(20)).await,
-        Some(0),
-        "clean exit"
-    );
-
-    let lines = process.output();
-    assert!(lines.len() > 10, "the flow was logged");
+    let lines = process.logged_flow().await;
     let docs: Vec<_> = lines.iter().map(|l| assert_ecs_document(l)).collect();
     // The line that ends each request: what, where, who, how long, how it ended.
     let ends: Vec<_> = docs
