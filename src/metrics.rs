@@ -28,8 +28,12 @@ pub struct Metrics {
     pub db: CallMetrics,
     pub invalidations_published: IntCounter,
     pub invalidations_received: IntCounter,
+    /// From the publish (Redis clock) to the receipt (this pod's clock) of a stamped revocation.
+    pub revocation_propagation: Histogram,
     pub cache_flushes: IntCounter,
     pub pubsub_resubscriptions: IntCounter,
+    /// 1 while this pod hears every revocation (subscribed, or the in-process store), else 0.
+    pub invalidation_link_up: IntGauge,
     pub argon2_queue_wait: Histogram,
     pub argon2_in_flight: IntGauge,
     pub argon2_rejected: IntCounter,
@@ -206,6 +210,17 @@ impl Metrics {
                 "invalidations_received_total",
                 "Invalidation messages received from the channel.",
             ),
+            revocation_propagation: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "revocation_propagation_seconds",
+                        "Time from the publish of a session revocation (Redis clock) to its receipt by this pod.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
             cache_flushes: counter(
                 &r,
                 "session_cache_flushes_total",
@@ -215,6 +230,14 @@ impl Metrics {
                 &r,
                 "pubsub_resubscriptions_total",
                 "Times the invalidation subscription was re-established after a loss.",
+            ),
+            invalidation_link_up: register(
+                &r,
+                IntGauge::new(
+                    "invalidation_link_up",
+                    "1 while this pod is subscribed to invalidations (always with the in-process store); 0 while it is not and checks every token against Redis.",
+                )
+                .expect("valid metric"),
             ),
             argon2_queue_wait: register(
                 &r,

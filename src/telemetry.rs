@@ -1,5 +1,6 @@
-//! Logging: JSON lines in containers (LOG_FORMAT=json), readable text otherwise; and the request
-//! id that every line logged while a request runs carries.
+//! Logging: JSON lines in containers (LOG_FORMAT=json), Elastic Common Schema documents for
+//! Elasticsearch (LOG_FORMAT=ecs), readable text otherwise; and the request id that every line
+//! logged while a request runs carries.
 //!
 //! The request id is not a tracing span: a span per request (registry slot, enter and exit on
 //! every poll, close) cost more than the rest of a `GET /health`. It is a thread-local that
@@ -14,7 +15,11 @@ use std::{
     task::{Context, Poll},
 };
 
-use tracing::{Event, Subscriber};
+use serde_json::{Map, Value};
+use tracing::{
+    field::{Field, Visit},
+    Event, Level, Subscriber,
+};
 use tracing_subscriber::{
     fmt::{
         self as tfmt,
@@ -31,6 +36,7 @@ pub fn init(format: LogFormat, filter: &str) {
     // try_init: a second call (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => json_subscriber(filter, std::io::stdout).try_init(),
+        LogFormat::Ecs => ecs_subscriber(filter, std::io::stdout).try_init(),
         LogFormat::Pretty => tfmt::fmt()
             .with_env_filter(env_filter(filter))
             .event_format(WithRequestId(tfmt::format().with_target(false).compact()))
@@ -63,6 +69,136 @@ where
                 .with_current_span(true),
         ))
         .with_writer(writer)
+}
+
+/// The LOG_FORMAT=ecs subscriber: one [`Ecs`] document per line.
+pub fn ecs_subscriber<W>(
+    filter: &str,
+    writer: W,
+) -> tfmt::SubscriberBuilder<tfmt::format::DefaultFields, Ecs, EnvFilter, W>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tfmt::fmt()
+        .with_env_filter(env_filter(filter))
+        .event_format(Ecs)
+        .with_writer(writer)
+}
+
+/// The Elastic Common Schema version the `ecs` format follows.
+pub const ECS_VERSION: &str = "8.11.0";
+
+/// LOG_FORMAT=ecs: one Elastic Common Schema document per line, for Elasticsearch (the Fluent
+/// Bit of `kubernetes/logging` ships them). `@timestamp`, `log.level`, `message`, `ecs.version`,
+/// `service.name` and `service.version`, `log.logger`, the current request's id as
+/// `http.request.id`, then the event's fields under their ECS names (dotted keys at the top
+/// level, see [`ecs_name`]); a field ECS has no name for goes under `sessiond.` (e.g. the route
+/// template, `sessiond.route`). Events carry only what the JSON format carries, so no secret.
+pub struct Ecs;
+
+impl<S, N> FormatEvent<S, N> for Ecs
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        _: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut doc = EcsFields(Map::new());
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ");
+        doc.put("@timestamp", now.to_string());
+        doc.put("log.level", ecs_level(*meta.level()));
+        doc.put("log.logger", meta.target());
+        doc.put("ecs.version", ECS_VERSION);
+        doc.put("service.name", "sessiond");
+        doc.put("service.version", env!("CARGO_PKG_VERSION"));
+        doc.put("message", "");
+        if let Some(id) = current_request_id() {
+            doc.put("http.request.id", id.as_str());
+        }
+        event.record(&mut doc);
+        let line = serde_json::to_string(&doc.0).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+fn ecs_level(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "error",
+        Level::WARN => "warn",
+        Level::INFO => "info",
+        Level::DEBUG => "debug",
+        Level::TRACE => "trace",
+    }
+}
+
+/// The ECS name of a field sessiond logs; `None`: ECS has none (written as `sessiond.<name>`).
+/// `micros` is special: ECS's `event.duration` counts nanoseconds.
+fn ecs_name(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "message" => "message",
+        "method" => "http.request.method",
+        "path" => "url.path",
+        "status" => "http.response.status_code",
+        "client_ip" => "client.ip",
+        "user_id" => "user.id",
+        "request_id" => "http.request.id",
+        "error" => "error.message",
+        _ => return None,
+    })
+}
+
+/// An ECS document being built from an event's fields.
+struct EcsFields(Map<String, Value>);
+
+impl EcsFields {
+    fn put(&mut self, key: &str, value: impl Into<Value>) {
+        self.0.insert(key.to_string(), value.into());
+    }
+
+    fn field(&mut self, field: &Field, value: Value) {
+        match (field.name(), value) {
+            ("micros", Value::Number(n)) if n.as_u64().is_some() => {
+                let nanos = n.as_u64().unwrap_or_default().saturating_mul(1000);
+                self.put("event.duration", nanos);
+            }
+            (name, value) => match ecs_name(name) {
+                Some(ecs) => self.put(ecs, value),
+                None => self.put(&format!("sessiond.{name}"), value),
+            },
+        }
+    }
+}
+
+impl Visit for EcsFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, value.into());
+    }
+
+    /// JSON has no NaN or infinities: those are null (`From<f64>` does that).
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.field(field, value.into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, format!("{value:?}").into());
+    }
 }
 
 /// A request's id: 1 to 128 characters from `A-Z a-z 0-9 - _ . :`, so it goes into a response
@@ -311,6 +447,58 @@ mod tests {
         for line in &lines {
             assert_eq!(line["request_id"], line["message"], "{line}");
         }
+    }
+
+    #[test]
+    fn ecs_documents_name_fields_as_ecs_does() {
+        let lines = Lines::default();
+        let subscriber = ecs_subscriber("info", lines.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(answer = 42u8, "outside \"quoted\"\n");
+            in_request(Some(id("req-7")), || {
+                tracing::warn!(
+                    method = "GET",
+                    route = "/admin/users/{id}",
+                    path = "/admin/users/x",
+                    status = 503u16,
+                    micros = 1234u64,
+                    client_ip = "10.0.0.1",
+                    user_id = %uuid::Uuid::nil(),
+                    error = %"redis: timed out",
+                    ratio = f64::NAN,
+                    "request failed"
+                );
+            });
+        });
+        let bytes = lines.0.lock().expect("log buffer").clone();
+        let docs: Vec<serde_json::Value> = String::from_utf8(bytes)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
+            .collect();
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        let (plain, end) = (&docs[0], &docs[1]);
+        assert_eq!(plain["message"], "outside \"quoted\"\n");
+        assert_eq!(plain["log.level"], "info");
+        assert_eq!(plain["ecs.version"], ECS_VERSION);
+        assert_eq!(plain["service.name"], "sessiond");
+        assert_eq!(plain["sessiond.answer"], 42);
+        assert!(plain.get("http.request.id").is_none());
+        let at = plain["@timestamp"].as_str().expect("@timestamp");
+        assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+        assert_eq!(end["log.level"], "warn");
+        assert_eq!(end["message"], "request failed");
+        assert_eq!(end["http.request.id"], "req-7");
+        assert_eq!(end["http.request.method"], "GET");
+        assert_eq!(end["sessiond.route"], "/admin/users/{id}");
+        assert_eq!(end["url.path"], "/admin/users/x");
+        assert_eq!(end["http.response.status_code"], 503);
+        assert_eq!(end["event.duration"], 1_234_000, "nanoseconds");
+        assert_eq!(end["client.ip"], "10.0.0.1");
+        assert_eq!(end["user.id"], uuid::Uuid::nil().to_string());
+        assert_eq!(end["error.message"], "redis: timed out");
+        assert!(end["sessiond.ratio"].is_null());
+        assert!(end.get("micros").is_none() && end.get("sessiond.micros").is_none());
     }
 
     #[test]

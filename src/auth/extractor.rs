@@ -4,7 +4,7 @@
 //! cache. Only a miss (or an untrusted cache) sends a message to the SessionRegistry.
 use std::{future::Future, pin::Pin};
 
-use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+use actix_web::{dev::Payload, http::header, web, FromRequest, HttpMessage, HttpRequest};
 use uuid::Uuid;
 
 use actix::Addr;
@@ -44,6 +44,11 @@ pub struct AuthenticatedSession {
     pub session_expires_at: i64,
 }
 
+/// The user a request authenticated as, left in the request's extensions by the extractor, for
+/// the line that ends the request (`user.id` in ECS logs).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestUser(pub Uuid);
+
 /// The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235).
 /// Tokens in query strings or cookies are never looked at.
 fn bearer_token(req: &HttpRequest) -> Option<&str> {
@@ -65,6 +70,7 @@ impl FromRequest for AuthenticatedSession {
         let claims = state
             .as_ref()
             .and_then(|s| bearer_token(req).and_then(|t| s.jwt.verify(t)));
+        let req = req.clone();
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("SessionCheck missing".into()))?;
             let checks = &state.checks;
@@ -109,6 +115,7 @@ impl FromRequest for AuthenticatedSession {
             match found {
                 // Idleness was judged by the cache or the store; the absolute end is final.
                 Some(s) if s.user_id == claims.sub && now_unix() < s.expires_at => {
+                    req.extensions_mut().insert(RequestUser(claims.sub));
                     Ok(AuthenticatedSession {
                         user_id: claims.sub,
                         session_id: claims.sid,

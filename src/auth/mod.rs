@@ -8,5 +8,5 @@ pub mod jwt;
 pub use crate::domain::SharedAccess;
 pub use access::{Access, Authorized, DenialAudit};
 pub use client::client_ip;
-pub use extractor::{AuthenticatedSession, SessionCheck};
+pub use extractor::{AuthenticatedSession, RequestUser, SessionCheck};
 pub use jwt::{Claims, JwtKeys};

@@ -27,6 +27,8 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
+    /// One Elastic Common Schema document per line.
+    Ecs,
     Pretty,
 }
 
@@ -286,7 +288,7 @@ pub const VARS: &[Var] = &[
     Var::new(
         "LOG_FORMAT",
         Value("pretty"),
-        "json (one object per line) or pretty",
+        "json (one object per line), ecs (one Elastic Common Schema document per line) or pretty",
     ),
     Var::new("RUST_LOG", Value("info"), "log filter"),
     Var::new(
@@ -584,11 +586,12 @@ impl Config {
 
         let log_format = match env.string("LOG_FORMAT")?.to_ascii_lowercase().as_str() {
             "json" => LogFormat::Json,
+            "ecs" => LogFormat::Ecs,
             "pretty" | "text" => LogFormat::Pretty,
             other => {
                 return Err(err(
                     "LOG_FORMAT",
-                    format!("expected json or pretty, got {other:?}"),
+                    format!("expected json, ecs or pretty, got {other:?}"),
                 ))
             }
         };

@@ -17,14 +17,14 @@ use actix_web::{
         Method, StatusCode,
     },
     middleware::Next,
-    web, HttpRequest, HttpResponse,
+    web, HttpMessage, HttpRequest, HttpResponse,
 };
 use prometheus::{Histogram, IntCounter};
 use std::cell::RefCell;
 
 use crate::{
     app::{Caller, Client},
-    auth::AuthenticatedSession,
+    auth::{AuthenticatedSession, RequestUser},
     error::ApiError,
     metrics::Metrics,
     state::AppState,
@@ -276,12 +276,36 @@ pub async fn request_context(
     telemetry::in_request(Some(id), || {
         let micros = elapsed.as_micros() as u64;
         let (method, route, status) = (method.as_str(), route, status.as_u16());
-        if (500..600).contains(&status) {
-            tracing::warn!(method, route, status, micros, "request failed");
-        } else if (400..500).contains(&status) {
-            tracing::info!(method, route, status, micros, "request refused");
-        } else {
-            tracing::debug!(method, route, status, micros, "request served");
+        // The raw path (never a metric label), the client and the authenticated user: computed
+        // only when the line is written (tracing evaluates fields of enabled events only).
+        let req = res.request();
+        let path = req.path();
+        let client_ip = || state.as_ref().and_then(|s| s.client_ip(req));
+        let user = || {
+            req.extensions()
+                .get::<RequestUser>()
+                .map(|u| tracing::field::display(u.0))
+        };
+        // One line, at a level by status class.
+        macro_rules! end_line {
+            ($level:expr, $message:literal) => {
+                tracing::event!(
+                    $level,
+                    method,
+                    route,
+                    path,
+                    status,
+                    micros,
+                    client_ip = client_ip().as_deref(),
+                    user_id = user(),
+                    $message
+                )
+            };
+        }
+        match status {
+            500..=599 => end_line!(tracing::Level::WARN, "request failed"),
+            400..=499 => end_line!(tracing::Level::INFO, "request refused"),
+            _ => end_line!(tracing::Level::DEBUG, "request served"),
         }
     });
     let headers = res.headers_mut();

@@ -7,7 +7,10 @@
 //! Staleness when an invalidation is lost (pub/sub is at-most-once) is bounded twice over:
 //! cache entries live at most SESSION_CACHE_TTL, and while the subscription is down the cache is
 //! not trusted (every check reads Redis) and is emptied once the pod has resubscribed.
-use std::{sync::Arc, time::Duration, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use actix::prelude::*;
 use futures_util::StreamExt;
@@ -17,6 +20,7 @@ use uuid::Uuid;
 
 use super::{
     cache::{CacheEntry, Screened},
+    invalidation::Received,
     now_unix, Created, Invalidation, RefreshToken, Rotation, SessionCache, SessionError,
     SessionRecord, SessionState, SessionStore,
 };
@@ -72,7 +76,10 @@ impl SessionRegistry {
                 ever_connected: false,
                 backoff: BACKOFF_MIN,
             }),
-            SessionStore::Memory(_) => None,
+            SessionStore::Memory(_) => {
+                metrics.invalidation_link_up.set(1);
+                None
+            }
         };
         Self {
             store,
@@ -120,6 +127,7 @@ impl SessionRegistry {
                     act.cache.flush();
                     act.cache.set_trusted(true);
                     act.metrics.cache_flushes.inc();
+                    act.metrics.invalidation_link_up.set(1);
                     if resubscribed {
                         act.metrics.pubsub_resubscriptions.inc();
                         tracing::info!(channel = %sub.channel, "re-subscribed to invalidations; local session cache emptied");
@@ -156,6 +164,7 @@ impl SessionRegistry {
         }
         // From now until the resubscription, invalidations may be missed: believe only Redis.
         self.cache.set_trusted(false);
+        self.metrics.invalidation_link_up.set(0);
         tracing::warn!(%cause, "invalidation subscription lost; checking every token against Redis until resubscribed");
         self.retry_later(ctx);
     }
@@ -197,9 +206,17 @@ impl Actor for SessionRegistry {
 impl StreamHandler<SubEvent> for SessionRegistry {
     fn handle(&mut self, event: SubEvent, ctx: &mut Self::Context) {
         match event {
-            SubEvent::Message(msg) => match Invalidation::decode(msg.get_payload_bytes()) {
-                Some(inv) => {
+            SubEvent::Message(msg) => match Received::decode(msg.get_payload_bytes()) {
+                Some(Received {
+                    invalidation: inv,
+                    published_at_micros,
+                }) => {
                     self.metrics.invalidations_received.inc();
+                    if let Some(at) = published_at_micros {
+                        self.metrics
+                            .revocation_propagation
+                            .observe(propagation_seconds(at, SystemTime::now()));
+                    }
                     let cache = self.cache.clone();
                     // `wait` keeps invalidations in arrival order.
                     ctx.wait(actix::fut::wrap_future(
@@ -214,6 +231,15 @@ impl StreamHandler<SubEvent> for SessionRegistry {
 
     /// The default would stop the actor; a finished stream is handled by `SubEvent::Ended`.
     fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// Seconds from a publish stamped `published_at_micros` (Redis clock) to `now` (this pod's
+/// clock); a receipt that the clocks' skew puts before the publish counts as 0.
+fn propagation_seconds(published_at_micros: u64, now: SystemTime) -> f64 {
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    now.saturating_sub(published_at_micros) as f64 / 1e6
 }
 
 /// Sessions the store has just revoked (and, with Redis, announced in one message): this pod

@@ -7,6 +7,7 @@ use crate::{helpers::*, services_only};
 
 services_only!(
     logout_on_one_pod_revokes_the_token_on_the_other,
+    logout_on_one_pod_is_timed_on_the_other,
     lost_invalidation_after_subscriber_kill_is_bounded_by_cache_ttl,
     silently_dead_subscription_is_noticed_by_ping,
     racing_logouts_on_two_pods_never_500,
@@ -72,6 +73,30 @@ async fn logout_on_one_pod_revokes_the_token_on_the_other() {
         .assert_error(401, "unauthorized");
 }
 
+/// The revocation carries its publish time; B observes the lag on receipt.
+async fn logout_on_one_pod_is_timed_on_the_other() {
+    let (_dep, a, b) = two_pods().await;
+    b.subscribed().await;
+    let (_, tokens) = a.user().await;
+    let count = "sessiond_revocation_propagation_seconds_count";
+    let before = b.metric(count).await;
+    assert_eq!(
+        a.post_auth("/logout", &tokens.access).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let observed = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || b.metric(count).await > before,
+    )
+    .await;
+    assert!(observed, "B's {count} did not grow after a logout on A");
+    let sum = b
+        .metric("sessiond_revocation_propagation_seconds_sum")
+        .await;
+    assert!(sum.is_finite() && sum >= 0.0, "lag sum {sum}");
+}
+
 async fn lost_invalidation_after_subscriber_kill_is_bounded_by_cache_ttl() {
     let mut dep = Deployment::new(Backend::Services).await;
     dep.set("SESSION_CACHE_TTL", CACHE_TTL);
@@ -127,15 +152,7 @@ async fn lost_invalidation_after_subscriber_kill_is_bounded_by_cache_ttl() {
         b.get("/session", Some(&second.access)).await.status,
         StatusCode::OK
     );
-    let metrics = b
-        .client
-        .get(b.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = b.scrape().await;
     assert!(
         metrics.contains("sessiond_pubsub_resubscriptions_total 1"),
         "{metrics}"
@@ -174,6 +191,18 @@ async fn silently_dead_subscription_is_noticed_by_ping() {
     );
     let took = rejected_within(&b, &tokens.access, Instant::now(), Duration::from_secs(10)).await;
     assert!(took.is_some(), "B never noticed its dead subscription");
+    // What the alert on a lost link watches: down while frozen, up again after.
+    let up = "sessiond_invalidation_link_up";
+    assert_eq!(b.metric(up).await, 0.0);
+    proxy.freeze_pubsub(false);
+    let back = eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        async || b.metric(up).await == 1.0,
+    )
+    .await;
+    assert!(back, "B did not report its link up again");
+    assert_eq!(a.metric(up).await, 1.0);
 }
 
 async fn racing_logouts_on_two_pods_never_500() {

@@ -58,15 +58,7 @@ async fn wrong_passwords_from_rotating_forwarded_for_are_throttled_by_account(ba
     );
     let r = app.login_reply(email, PASSWORD).await;
     r.assert_error(429, "rate_limited");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let metrics = app.scrape().await;
     assert!(
         metrics.contains("sessiond_logins_total{outcome=\"throttled\"} 21"),
         "{metrics}"

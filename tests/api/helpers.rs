@@ -431,18 +431,35 @@ impl TestApp {
         Reply::read(req.send().await.expect("request sent")).await
     }
 
-    /// The value of an unlabelled metric on this pod's /metrics (0 when absent).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .client
+    /// This pod's /metrics, as Prometheus scrapes it.
+    pub async fn scrape(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .expect("metrics")
             .text()
             .await
-            .expect("metrics body");
-        text.lines()
+            .expect("metrics body")
+    }
+
+    /// Waits until this pod is subscribed to invalidations (Redis backend), so what is
+    /// published from now on reaches it.
+    pub async fn subscribed(&self) {
+        let up = eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            async || self.metric("sessiond_invalidation_link_up").await == 1.0,
+        )
+        .await;
+        assert!(up, "the pod never subscribed to invalidations");
+    }
+
+    /// The value of an unlabelled metric on this pod's /metrics (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.scrape()
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(0.0)
     }

@@ -12,6 +12,7 @@ mod escalation;
 mod flow;
 mod hardening;
 mod lockout;
+mod monitoring;
 mod persistence;
 mod process;
 mod redis_down;

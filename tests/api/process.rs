@@ -13,6 +13,7 @@ use crate::{both_backends, helpers::*};
 
 both_backends!(
     json_logs_of_a_full_flow_never_contain_secrets,
+    ecs_logs_of_a_full_flow_are_ecs_documents_without_secrets,
     sigterm_lets_the_request_in_flight_finish,
     user_create_cli_reads_the_password_from_stdin_and_grants_roles,
     a_pod_before_the_migrations_is_not_ready_then_serves_without_restart,
@@ -68,8 +69,9 @@ impl Process {
                 let l = lines.lock().expect("lines");
                 port = l.iter().find_map(|line| {
                     let v: Value = serde_json::from_str(line).ok()?;
+                    // `port` in JSON lines, `sessiond.port` in ECS documents.
                     (v["message"] == "sessiond starting")
-                        .then(|| v["port"].as_u64())
+                        .then(|| v["port"].as_u64().or(v["sessiond.port"].as_u64()))
                         .flatten()
                 });
                 port.is_some()
@@ -113,6 +115,19 @@ impl Process {
         None
     }
 
+    /// Ends a flow: SIGTERM, a clean exit, and every line it logged.
+    async fn logged_flow(&mut self) -> Vec<String> {
+        self.sigterm();
+        assert_eq!(
+            self.wait(Duration::from_secs(20)).await,
+            Some(0),
+            "clean exit"
+        );
+        let lines = self.output();
+        assert!(lines.len() > 10, "the flow was logged");
+        lines
+    }
+
     fn output(&self) -> Vec<String> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
@@ -150,14 +165,7 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
         .post_json("/token/refresh", &json!({"refresh_token": tokens.refresh}))
         .await;
     assert_eq!(refreshed.status, StatusCode::OK);
-    let access2 = refreshed.body["access_token"]
-        .as_str()
-        .expect("access")
-        .to_string();
-    let refresh2 = refreshed.body["refresh_token"]
-        .as_str()
-        .expect("refresh")
-        .to_string();
+    let (access2, refresh2) = pair(&refreshed);
     let new_password = "another secret passphrase 77aa";
     let change = json!({"current_password": password, "new_password": new_password});
     let r = app
@@ -177,24 +185,9 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
         app.post_auth("/logout", &access2).await.status,
         StatusCode::NO_CONTENT
     );
-    let scrape = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let scrape = app.scrape().await;
 
-    process.sigterm();
-    assert_eq!(
-        process.wait(Duration::from_secs(20)).await,
-        Some(0),
-        "clean exit"
-    );
-    let lines = process.output();
-    assert!(lines.len() > 10, "the flow was logged");
+    let lines = process.logged_flow().await;
     let json_lines = lines
         .iter()
         .filter(|l| serde_json::from_str::<Value>(l).is_ok())
@@ -223,7 +216,27 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
         &refresh2,
         SECRET,
     ];
-    for haystack in lines.iter().chain(std::iter::once(&scrape)) {
+    assert_no_secrets(
+        lines.iter().chain(std::iter::once(&scrape)),
+        &secrets,
+        &tokens.access,
+    );
+}
+
+/// The access and refresh tokens of a login or refresh reply.
+fn pair(reply: &Reply) -> (String, String) {
+    let token = |name: &str| reply.body[name].as_str().expect(name).to_string();
+    (token("access_token"), token("refresh_token"))
+}
+
+/// No secret, no payload of the JWT `access` and no Authorization value in any of `haystacks`.
+fn assert_no_secrets<'a>(
+    haystacks: impl Iterator<Item = &'a String>,
+    secrets: &[&str],
+    access: &str,
+) {
+    let jwt_body = access.split('.').nth(1).unwrap_or("-");
+    for haystack in haystacks {
         for secret in secrets {
             assert!(
                 !haystack.contains(secret),
@@ -231,7 +244,6 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
             );
         }
         // Parts of a JWT (header.payload) or the Authorization header value.
-        let jwt_body = tokens.access.split('.').nth(1).unwrap_or("-");
         assert!(
             !haystack.contains(jwt_body),
             "a token payload reached the logs: {haystack}"
@@ -241,6 +253,163 @@ async fn json_logs_of_a_full_flow_never_contain_secrets(backend: Backend) {
             "an Authorization value reached the logs: {haystack}"
         );
     }
+}
+
+/// The ECS fields sessiond writes, with their JSON types (ECS: `date` and `keyword` are JSON
+/// strings, `long` a JSON integer, `ip` a string holding an address). Anything else must be under
+/// `sessiond.` (sessiond's own fields: scalars).
+const ECS_FIELDS: &[(&str, EcsType)] = &[
+    ("@timestamp", EcsType::Date),
+    ("log.level", EcsType::Keyword),
+    ("log.logger", EcsType::Keyword),
+    ("message", EcsType::Text),
+    ("ecs.version", EcsType::Keyword),
+    ("service.name", EcsType::Keyword),
+    ("service.version", EcsType::Keyword),
+    ("http.request.id", EcsType::Keyword),
+    ("http.request.method", EcsType::Keyword),
+    ("http.response.status_code", EcsType::Long),
+    ("url.path", EcsType::Wildcard),
+    ("event.duration", EcsType::Long),
+    ("client.ip", EcsType::Ip),
+    ("user.id", EcsType::Keyword),
+    ("error.message", EcsType::Text),
+];
+
+#[derive(Clone, Copy, Debug)]
+enum EcsType {
+    Date,
+    Keyword,
+    Text,
+    Wildcard,
+    Long,
+    Ip,
+}
+
+impl EcsType {
+    fn accepts(self, v: &Value) -> bool {
+        match self {
+            EcsType::Date => v.as_str().is_some_and(|t| {
+                chrono::DateTime::parse_from_rfc3339(t).is_ok() && t.ends_with('Z')
+            }),
+            EcsType::Keyword | EcsType::Text | EcsType::Wildcard => v.is_string(),
+            EcsType::Long => v.is_i64() || v.is_u64(),
+            EcsType::Ip => v
+                .as_str()
+                .is_some_and(|a| a.parse::<std::net::IpAddr>().is_ok()),
+        }
+    }
+}
+
+/// Every line is one ECS document: the required fields, each field an ECS field of the right
+/// type or sessiond's own under `sessiond.`.
+fn assert_ecs_document(line: &str) -> serde_json::Map<String, Value> {
+    let doc: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let doc = doc.as_object().cloned().expect("a JSON object per line");
+    for required in ["@timestamp", "log.level", "message", "ecs.version"] {
+        assert!(doc.contains_key(required), "{required} missing: {line}");
+    }
+    assert_eq!(doc["service.name"], "sessiond", "{line}");
+    assert!(
+        ["error", "warn", "info", "debug", "trace"]
+            .contains(&doc["log.level"].as_str().unwrap_or("")),
+        "{line}"
+    );
+    for (key, value) in &doc {
+        match ECS_FIELDS.iter().find(|(name, _)| name == key) {
+            Some((_, kind)) => assert!(kind.accepts(value), "{key} is not a {kind:?}: {line}"),
+            None => assert!(
+                key.starts_with("sessiond.") && !value.is_object() && !value.is_array(),
+                "{key} is neither an ECS field nor sessiond's: {line}"
+            ),
+        }
+    }
+    doc
+}
+
+async fn ecs_logs_of_a_full_flow_are_ecs_documents_without_secrets(backend: Backend) {
+    let (dep, admins) = with_admins(backend, 1).await;
+    let mut process = Process::start(&dep, &[("LOG_FORMAT", "ecs")]).await;
+    let app = process.app();
+    let (email, password) = (&admins[0], "an ecs secret passphrase 51c0");
+    let registered = app.register(email, password).await;
+    assert_eq!(registered.status, StatusCode::CREATED);
+    let user_id = registered.body["id"].as_str().expect("id").to_string();
+    app.login_reply(email, "a wrong passphrase 12345")
+        .await
+        .assert_error(401, "invalid_credentials");
+    let tokens = app.login(email, password).await;
+    assert_eq!(
+        app.get("/profile", Some(&tokens.access)).await.status,
+        StatusCode::OK
+    );
+    let refreshed = refresh(&app, &tokens.refresh).await;
+    assert_eq!(refreshed.status, StatusCode::OK);
+    let (access2, refresh2) = pair(&refreshed);
+    let admin_call = app.get("/admin/users", Some(&access2)).await;
+    assert_eq!(admin_call.status, StatusCode::OK, "{}", admin_call.body);
+    app.get("/session", Some(&format!("{access2}x")))
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(
+        app.post_auth("/logout", &access2).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let lines = process.logged_flow().await;
+    let docs: Vec<_> = lines.iter().map(|l| assert_ecs_document(l)).collect();
+    // The line that ends each request: what, where, who, how long, how it ended.
+    let ends: Vec<_> = docs
+        .iter()
+        .filter(|d| d.contains_key("http.response.status_code"))
+        .collect();
+    let end_of = |method: &str, path: &str| {
+        ends.iter()
+            .find(|d| d["http.request.method"] == method && d["url.path"] == path)
+            .unwrap_or_else(|| panic!("no end line of {method} {path}: {ends:?}"))
+    };
+    for d in &ends {
+        for key in [
+            "http.request.id",
+            "http.request.method",
+            "url.path",
+            "sessiond.route",
+            "event.duration",
+            "client.ip",
+        ] {
+            assert!(
+                d.contains_key(key),
+                "{key} missing on a request's end: {d:?}"
+            );
+        }
+    }
+    let profile = end_of("GET", "/profile");
+    assert_eq!(profile["http.response.status_code"], 200);
+    assert_eq!(profile["user.id"], user_id.as_str(), "who, where known");
+    assert_eq!(profile["client.ip"], "127.0.0.1");
+    let user = end_of("GET", "/admin/users");
+    assert_eq!(user["sessiond.route"], "/admin/users");
+    assert_eq!(user["user.id"], user_id.as_str());
+    let refused = end_of("POST", "/login");
+    assert_eq!(refused["http.response.status_code"], 401);
+    assert!(
+        !refused.contains_key("user.id"),
+        "no user for a failed login"
+    );
+    assert_eq!(end_of("POST", "/logout")["http.response.status_code"], 204);
+    // event.duration is in nanoseconds: the login hashed a password, well over a microsecond.
+    assert!(refused["event.duration"].as_u64() > Some(1_000));
+
+    let secrets = [
+        password,
+        "a wrong passphrase 12345",
+        &tokens.access,
+        &tokens.refresh,
+        &access2,
+        &refresh2,
+        SECRET,
+    ];
+    assert_no_secrets(lines.iter(), &secrets, &tokens.access);
 }
 
 async fn sigterm_lets_the_request_in_flight_finish(backend: Backend) {

@@ -364,8 +364,7 @@ impl RedisStore {
         call.key(self.used_key(uid, sid))
             .key(self.index_key(uid))
             .arg(sid.to_string())
-            .arg(&*self.channel)
-            .arg(Invalidation::session(sid).encode());
+            .arg(&*self.channel);
         let deleted: i64 = self.bounded("revoke", call.invoke_async(&mut conn)).await?;
         Ok(deleted == 1)
     }
@@ -660,7 +659,7 @@ mod tests {
     use rand::Rng;
 
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::{metrics::Metrics, session::invalidation::Received};
 
     fn redis_url() -> Option<String> {
         let url = std::env::var("TEST_REDIS_URL").ok();
@@ -713,8 +712,26 @@ mod tests {
                 .await
                 .expect("a message within 2 s")
                 .expect("the subscription is open");
-            Invalidation::decode(msg.get_payload_bytes())
-                .unwrap_or_else(|| panic!("unparsable: {:?}", msg.get_payload::<String>()))
+            let got = Received::decode(msg.get_payload_bytes())
+                .unwrap_or_else(|| panic!("unparsable: {:?}", msg.get_payload::<String>()));
+            // Revocations carry the Redis clock's publish time (same machine: near ours);
+            // `u:` and `a:` carry none.
+            match (&got.invalidation, got.published_at_micros) {
+                (Invalidation::Sessions(_), Some(at)) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .expect("clock after 1970")
+                        .as_micros() as u64;
+                    let margin = 60_000_000;
+                    assert!(
+                        at + margin > now && at < now + margin,
+                        "stamp {at}, now {now}"
+                    );
+                }
+                (Invalidation::Sessions(_), None) => panic!("unstamped revocation {got:?}"),
+                (_, stamp) => assert_eq!(stamp, None),
+            }
+            got.invalidation
         };
 
         // CREATE_GUARD: beyond MAX_SESSIONS_PER_USER (2), the oldest session ends.
