@@ -5,6 +5,7 @@ mod helpers;
 mod admin;
 mod architecture;
 mod audit;
+mod cluster;
 mod cross_pod;
 mod cut_off;
 mod escalation;
