@@ -279,10 +279,16 @@ impl Subscriber {
         }
     }
 
+    /// The seeds, then the discovered nodes that are not seeds.
     fn candidates(&self) -> Vec<Client> {
         let mut all = self.seeds.to_vec();
         if let Ok(d) = self.discovered.lock() {
-            all.extend(d.iter().cloned());
+            for node in d.iter() {
+                let addr = node.get_connection_info().addr();
+                if !all.iter().any(|c| c.get_connection_info().addr() == addr) {
+                    all.push(node.clone());
+                }
+            }
         }
         all
     }

@@ -18,6 +18,7 @@ services_only!(
     login_limits_hold_across_pods_on_the_cluster,
     role_changes_reach_the_other_pod_through_the_cluster,
     a_master_killed_under_load_fails_over_without_errors_or_revived_sessions,
+    seeds_that_are_no_cluster_stop_the_start_naming_the_variable,
 );
 
 const CACHE_TTL: u64 = 3;
@@ -349,4 +350,24 @@ async fn a_master_killed_under_load_fails_over_without_errors_or_revived_session
     b.get("/session", Some(&fresh.access))
         .await
         .assert_error(401, "unauthorized");
+}
+
+async fn seeds_that_are_no_cluster_stop_the_start_naming_the_variable() {
+    // Nothing listening, and a Redis without cluster support.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    for seeds in [
+        vec![format!("redis://127.0.0.1:{closed}")],
+        vec![redis_url()],
+    ] {
+        let dep = Deployment::on_cluster_seeds(&seeds).await;
+        let started = sessiond::startup::Application::build(dep.config()).await;
+        let Err(e) = started else {
+            panic!("started on {seeds:?}");
+        };
+        assert!(e.to_string().starts_with("REDIS_CLUSTER_URLS: "), "{e}");
+    }
 }

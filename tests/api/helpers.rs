@@ -1031,9 +1031,14 @@ impl Drop for RedisCluster {
 impl Deployment {
     /// A deployment (fresh database) whose pods keep sessions in `cluster`.
     pub async fn on_cluster(cluster: &RedisCluster) -> Self {
+        Self::on_cluster_seeds(&cluster.urls()).await
+    }
+
+    /// A deployment whose pods are given these REDIS_CLUSTER_URLS (and no REDIS_URL).
+    pub async fn on_cluster_seeds(seeds: &[String]) -> Self {
         let mut dep = Deployment::new(Backend::Services).await;
         dep.vars.remove("REDIS_URL");
-        dep.set("REDIS_CLUSTER_URLS", cluster.urls().join(","));
+        dep.set("REDIS_CLUSTER_URLS", seeds.join(","));
         dep
     }
 }
