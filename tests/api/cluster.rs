@@ -19,6 +19,7 @@ services_only!(
     role_changes_reach_the_other_pod_through_the_cluster,
     a_master_killed_under_load_fails_over_without_errors_or_revived_sessions,
     seeds_that_are_no_cluster_stop_the_start_naming_the_variable,
+    sessions_follow_their_slot_to_another_master,
 );
 
 const CACHE_TTL: u64 = 3;
@@ -369,5 +370,52 @@ async fn seeds_that_are_no_cluster_stop_the_start_naming_the_variable() {
             panic!("started on {seeds:?}");
         };
         assert!(e.to_string().starts_with("REDIS_CLUSTER_URLS: "), "{e}");
+    }
+}
+
+async fn sessions_follow_their_slot_to_another_master() {
+    let cluster = RedisCluster::start().await;
+    // No cache: every check reads Redis, so each meets the move.
+    let (dep, a, b) = two_pods(&cluster, &[("SESSION_CACHE_TTL", "0")]).await;
+    let (email, first) = a.user().await;
+    let second = b.login(&email, PASSWORD).await;
+    let uid = claims_of(&first.access)["sub"]
+        .as_str()
+        .expect("sub")
+        .to_string();
+    let key = format!("{}{{u:{uid}}}:sessions", dep.prefix);
+    let from = cluster.master_of(&key).await.expect("a master");
+    let to = *cluster
+        .masters()
+        .await
+        .iter()
+        .find(|p| **p != from)
+        .expect("another master");
+    cluster.move_slot(&key, to).await;
+    assert_eq!(cluster.master_of(&key).await, Some(to), "the slot moved");
+    // Reads, writes and scripts follow the slot (MOVED) on both pods.
+    for pod in [&a, &b] {
+        for tokens in [&first, &second] {
+            assert_eq!(
+                pod.get("/session", Some(&tokens.access)).await.status,
+                StatusCode::OK
+            );
+        }
+    }
+    let r = refresh(&b, &first.refresh).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let third = a.login(&email, PASSWORD).await;
+    assert_eq!(
+        b.post_auth("/logout", &second.access).await.status,
+        StatusCode::NO_CONTENT
+    );
+    for pod in [&a, &b] {
+        pod.get("/session", Some(&second.access))
+            .await
+            .assert_error(401, "unauthorized");
+        assert_eq!(
+            pod.get("/session", Some(&third.access)).await.status,
+            StatusCode::OK
+        );
     }
 }

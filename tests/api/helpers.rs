@@ -1005,6 +1005,107 @@ impl RedisCluster {
         })
     }
 
+    /// The ports of the live masters.
+    pub async fn masters(&self) -> Vec<u16> {
+        let Some(&port) = self.live_ports().first() else {
+            return Vec::new();
+        };
+        let nodes = node_text(port, &["CLUSTER", "NODES"])
+            .await
+            .unwrap_or_default();
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let addr = fields[1].split(['@', ',']).next()?;
+                addr.rsplit_once(':')?.1.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Moves `key`'s slot, with its keys, to the master on `to`, the way a resharding does:
+    /// IMPORTING/MIGRATING, MIGRATE of every key in the slot, then the new owner told to every
+    /// master. Clients meet ASK during the move and MOVED after it.
+    pub async fn move_slot(&self, key: &str, to: u16) {
+        let from = self.master_of(key).await.expect("the slot has a master");
+        assert_ne!(from, to, "the slot is already there");
+        let (mut src, mut dst) = (
+            node_conn(from).await.expect("source"),
+            node_conn(to).await.expect("target"),
+        );
+        let id = async |con: &mut redis::aio::MultiplexedConnection| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(con)
+                .await
+                .expect("CLUSTER MYID")
+        };
+        let (src_id, dst_id) = (id(&mut src).await, id(&mut dst).await);
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut src)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        let setslot = |state: &str, node: &str| {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(node)
+                .to_owned()
+        };
+        let _: () = setslot("IMPORTING", &src_id)
+            .query_async(&mut dst)
+            .await
+            .expect("IMPORTING");
+        let _: () = setslot("MIGRATING", &dst_id)
+            .query_async(&mut src)
+            .await
+            .expect("MIGRATING");
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut src)
+                .await
+                .expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async(&mut src)
+                .await
+                .expect("MIGRATE");
+        }
+        let mut owners = vec![to, from];
+        owners.extend(
+            self.masters()
+                .await
+                .into_iter()
+                .filter(|p| *p != to && *p != from),
+        );
+        for port in owners {
+            let mut con = node_conn(port).await.expect("master");
+            let _: () = setslot("NODE", &dst_id)
+                .query_async(&mut con)
+                .await
+                .expect("SETSLOT NODE");
+        }
+    }
+
     /// SIGKILL: no goodbye to the cluster or the clients.
     pub fn kill(&self, port: u16) {
         let mut nodes = self.nodes.lock().unwrap();
