@@ -979,34 +979,9 @@ impl RedisCluster {
         .await
     }
 
-    /// The port of the live master serving `key`'s slot, as the live nodes see it.
-    pub async fn master_of(&self, key: &str) -> Option<u16> {
-        let port = *self.live_ports().first()?;
-        let mut con = node_conn(port).await.ok()?;
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query_async(&mut con)
-            .await
-            .ok()?;
-        let nodes = node_text(port, &["CLUSTER", "NODES"]).await?;
-        nodes.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = fields.get(2)?;
-            if !flags.contains("master") || flags.contains("fail") {
-                return None;
-            }
-            let serves = fields[8..].iter().any(|range| {
-                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
-            });
-            let addr = fields[1].split(['@', ',']).next()?;
-            serves.then(|| addr.rsplit_once(':')?.1.parse().ok())?
-        })
-    }
-
-    /// The ports of the live masters.
-    pub async fn masters(&self) -> Vec<u16> {
+    /// The live masters as the first live node sees them: port and slot ranges
+    /// (`CLUSTER NODES`: `<id> <ip:port@cport[,hostname]> <flags> ... <slot ranges>`).
+    async fn master_slots(&self) -> Vec<(u16, Vec<(u16, u16)>)> {
         let Some(&port) = self.live_ports().first() else {
             return Vec::new();
         };
@@ -1021,9 +996,42 @@ impl RedisCluster {
                 if !flags.contains("master") || flags.contains("fail") {
                     return None;
                 }
+                let ranges = fields[8..]
+                    .iter()
+                    .filter_map(|range| {
+                        let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                        Some((lo.parse().ok()?, hi.parse().ok()?))
+                    })
+                    .collect();
                 let addr = fields[1].split(['@', ',']).next()?;
-                addr.rsplit_once(':')?.1.parse().ok()
+                Some((addr.rsplit_once(':')?.1.parse().ok()?, ranges))
             })
+            .collect()
+    }
+
+    /// The port of the live master serving `key`'s slot, as the live nodes see it.
+    pub async fn master_of(&self, key: &str) -> Option<u16> {
+        let port = *self.live_ports().first()?;
+        let mut con = node_conn(port).await.ok()?;
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        self.master_slots()
+            .await
+            .into_iter()
+            .find(|(_, ranges)| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot)))
+            .map(|(port, _)| port)
+    }
+
+    /// The ports of the live masters.
+    pub async fn masters(&self) -> Vec<u16> {
+        self.master_slots()
+            .await
+            .into_iter()
+            .map(|(port, _)| port)
             .collect()
     }
 
