@@ -15,8 +15,9 @@ and checks against it:
   - each rendered kustomize overlay (files given on the command line, `name=path`): env names of
     sessiond containers (explicit `env` and the keys of ConfigMaps/Secrets they load with
     envFrom), args, probe paths, Prometheus annotations, preStop + SHUTDOWN_GRACE_SECONDS <=
-    terminationGracePeriodSeconds, and that production overlays (eks) provide DB_URL,
-    REDIS_URL and JWT_SECRET to the server and DB_URL, JWT_SECRET to the migration Job.
+    terminationGracePeriodSeconds, and that production overlays (eks, eks-cluster) provide DB_URL,
+    REDIS_URL (or, for a Redis Cluster, REDIS_CLUSTER_URLS instead) and JWT_SECRET to the server
+    and DB_URL, JWT_SECRET to the migration Job.
 
 Usage: check-deployment.py REPO_ROOT overlay=rendered.yaml [overlay=rendered.yaml ...]
 """
@@ -31,7 +32,7 @@ REQUIRED = {
     "server": {"DB_URL", "REDIS_URL", "JWT_SECRET"},
     "migrate": {"DB_URL", "JWT_SECRET"},
 }
-PRODUCTION_OVERLAYS = {"eks"}
+PRODUCTION_OVERLAYS = {"eks", "eks-cluster"}
 
 errors: list[str] = []
 
@@ -183,7 +184,13 @@ def overlay(name: str, path: Path, known: set[str], commands: set[str], paths: s
             role = "migrate" if args[:1] == ["migrate"] else "server"
             seen[role] = True
             if name in PRODUCTION_OVERLAYS:
-                missing = REQUIRED[role] - set(names)
+                required = REQUIRED[role]
+                # A Redis Cluster's seeds stand for REDIS_URL; the server refuses both.
+                if "REDIS_CLUSTER_URLS" in names:
+                    required = (required - {"REDIS_URL"}) | {"REDIS_CLUSTER_URLS"}
+                    if "REDIS_URL" in names:
+                        fail(f"{where}: both REDIS_URL and REDIS_CLUSTER_URLS")
+                missing = required - set(names)
                 if missing:
                     fail(f"{where}: production overlay does not provide {sorted(missing)}")
             if role == "server" and w["kind"] == "Deployment":

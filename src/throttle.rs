@@ -17,13 +17,13 @@ use std::{
 };
 
 use moka::future::Cache;
-use redis::{aio::ConnectionManager, Script};
+use redis::Script;
 use sha2::{Digest, Sha256};
 
 use crate::{
     config::ThrottleConfig,
     error::{ApiError, PublicError},
-    redis::{script, Redis, RedisUnavailable},
+    redis::{script, Conn, Redis, RedisUnavailable},
 };
 
 /// The limiter could not count: its store (Redis) did not answer. Attempts are refused (503),
@@ -138,7 +138,7 @@ impl RedisLimits {
     async fn call<T>(
         &self,
         op: &'static str,
-        run: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        run: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, LimiterError> {
         Ok(self.redis.call(op, run).await?)
     }
@@ -454,6 +454,31 @@ mod tests {
             lockout_threshold: 5,
             lockout_base: Duration::from_secs(1),
             lockout_max: Duration::from_secs(900),
+        }
+    }
+
+    /// Without Redis: each limiter call names one key (so one hash slot), whatever the scope.
+    #[actix_web::test]
+    async fn every_limiter_call_touches_one_slot() {
+        let prefix = "sessiond:";
+        let (redis, recorder) =
+            crate::redis::recording::redis(prefix, Arc::new(|_: &redis::Cmd| redis::Value::Nil));
+        let t = Throttle::redis(cfg(), redis);
+        let _ = t.hit(Scope::LoginIp, "192.0.2.1").await;
+        let _ = t.hit(Scope::LoginAccount, "acct").await;
+        let _ = t.bucket("acct", "192.0.2.1").await;
+        let _ = t.remember("acct", "192.0.2.1").await;
+        let _ = t.check_lock("acct", 1_000).await;
+        let _ = t.record_failure("acct", 1_000).await;
+        let _ = t.record_success("acct").await;
+        let checked = crate::redis::recording::assert_one_slot_per_call(&recorder, prefix, &[]);
+        assert_eq!(checked, 7);
+        for call in recorder.calls.lock().unwrap().iter() {
+            let keys = call[0]
+                .args_iter()
+                .filter(|a| matches!(a, redis::Arg::Simple(b) if b.starts_with(prefix.as_bytes())))
+                .count();
+            assert_eq!(keys, 1, "one key per limiter call");
         }
     }
 

@@ -1,5 +1,8 @@
 //! Environment variables → a validated [`Config`]. Every error names the variable it came from.
 pub mod tls;
+mod topology;
+
+pub use topology::RedisTopology;
 
 use std::{fmt, time::Duration};
 
@@ -78,6 +81,8 @@ pub struct Config {
     pub sqlite_path: String,
     /// `None`: sessions live in this process (single node).
     pub redis_url: Option<String>,
+    /// REDIS_CLUSTER_URLS: the seed nodes of a Redis Cluster (never set with `redis_url`).
+    pub redis_cluster_urls: Option<Vec<String>>,
     pub jwt_secret: Secret,
     /// The secret being rotated out: still accepted for verification, never used to sign.
     pub jwt_secret_previous: Option<Secret>,
@@ -208,6 +213,11 @@ pub const VARS: &[Var] = &[
         "REDIS_URL",
         Unset("in-process sessions, single node"),
         "redis:// or rediss:// URL",
+    ),
+    Var::new(
+        "REDIS_CLUSTER_URLS",
+        Unset("not a cluster"),
+        "Redis Cluster seed nodes, comma-separated redis:// or rediss:// URLs (instead of REDIS_URL)",
     ),
     Var::secret(
         "JWT_SECRET",
@@ -516,13 +526,21 @@ impl Config {
             redis::Client::open(url.as_str())
                 .map_err(|_| err("REDIS_URL", "not a valid redis:// or rediss:// URL"))?;
         }
+        let redis_cluster_urls = env
+            .get("REDIS_CLUSTER_URLS")
+            .map(|v| topology::parse_cluster_urls(&v))
+            .transpose()?;
+        topology::choose(redis_url.clone(), redis_cluster_urls.clone())?;
 
         let (jwt_secret, jwt_secret_generated) = match env.get("JWT_SECRET") {
             Some(s) => (check_secret("JWT_SECRET", s)?, false),
-            None if database_url.is_some() || redis_url.is_some() => {
+            None if database_url.is_some()
+                || redis_url.is_some()
+                || redis_cluster_urls.is_some() =>
+            {
                 return Err(err(
                     "JWT_SECRET",
-                    "required when DB_URL or REDIS_URL is set (tokens must survive restarts and be \
+                    "required when DB_URL, REDIS_URL or REDIS_CLUSTER_URLS is set (tokens must survive restarts and be \
                      valid on every pod)",
                 ));
             }
@@ -600,11 +618,13 @@ impl Config {
         if redis_prefix.len() > 64
             || redis_prefix
                 .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
+                .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
         {
+            // Braces would change the part of every key Redis Cluster hashes (the `{u:<uid>}`
+            // tag), putting every user on one slot.
             return Err(err(
                 "REDIS_PREFIX",
-                "at most 64 characters, no spaces or control characters",
+                "at most 64 characters, no spaces, control characters or braces",
             ));
         }
 
@@ -619,6 +639,7 @@ impl Config {
             database_url,
             sqlite_path: env.string("SQLITE_PATH")?,
             redis_url,
+            redis_cluster_urls,
             jwt_secret,
             jwt_secret_previous,
             jwt_secret_generated,
@@ -680,6 +701,20 @@ impl Config {
         })
     }
 
+    /// Where sessions live in Redis, if they do.
+    pub fn redis_topology(&self) -> Option<RedisTopology> {
+        match (&self.redis_url, &self.redis_cluster_urls) {
+            (Some(url), _) => Some(RedisTopology::Single { url: url.clone() }),
+            (None, Some(urls)) => Some(RedisTopology::Cluster { urls: urls.clone() }),
+            (None, None) => None,
+        }
+    }
+
+    /// Sessions and limits are shared through Redis (one node or a cluster).
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some() || self.redis_cluster_urls.is_some()
+    }
+
     pub fn is_embedded_db(&self) -> bool {
         self.database_url
             .as_deref()
@@ -728,6 +763,7 @@ impl Config {
             "DB_URL" => opt(self.database_url.clone()),
             "SQLITE_PATH" => Text(self.sqlite_path.clone()),
             "REDIS_URL" => opt(self.redis_url.clone()),
+            "REDIS_CLUSTER_URLS" => opt(self.redis_cluster_urls.as_ref().map(|u| u.join(","))),
             "JWT_SECRET" if self.jwt_secret_generated => Off,
             "JWT_SECRET" => Hidden,
             "JWT_SECRET_PREVIOUS" => secret(&self.jwt_secret_previous),
@@ -935,6 +971,15 @@ fn parse_proxies(raw: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> 
 
 /// `scheme://user:***@host/...`: URLs may carry passwords, which must not be printed.
 pub fn mask_url_password(url: &str) -> String {
+    // A list (REDIS_CLUSTER_URLS): each URL on its own.
+    let items = topology::split_urls(url);
+    if items.len() > 1 {
+        return items
+            .iter()
+            .map(|u| mask_url_password(u))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -1081,6 +1126,14 @@ mod tests {
         assert_eq!(
             mask_url_password("redis://cache:6379"),
             "redis://cache:6379"
+        );
+        assert_eq!(
+            mask_url_password("redis://u:a,b@n1:7000,rediss://:pw@n2:7001/0,redis://n3:7002"),
+            "redis://u:***@n1:7000,rediss://:***@n2:7001/0,redis://n3:7002"
+        );
+        assert_eq!(
+            mask_url_password("redis://:p,w@cache"),
+            "redis://:***@cache"
         );
     }
 

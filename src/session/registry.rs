@@ -36,9 +36,10 @@ pub struct SessionRegistry {
     sub: Option<Subscription>,
 }
 
-/// The pub/sub side: a dedicated connection, replaced whenever it dies.
+/// The pub/sub side: a dedicated connection, replaced whenever it dies (on a cluster, by one to
+/// another node: see [`crate::redis::Subscriber`]).
 struct Subscription {
-    client: redis::Client,
+    source: crate::redis::Subscriber,
     channel: String,
     timeout: Duration,
     ping_interval: Duration,
@@ -65,7 +66,7 @@ impl SessionRegistry {
     ) -> Self {
         let sub = match &store {
             SessionStore::Redis(r) => Some(Subscription {
-                client: r.redis().client().clone(),
+                source: r.redis().subscriber().clone(),
                 channel: r.channel().to_string(),
                 timeout: r.redis().timeout(),
                 ping_interval,
@@ -95,12 +96,9 @@ impl SessionRegistry {
             return;
         }
         sub.connecting = true;
-        let (client, channel, limit) = (sub.client.clone(), sub.channel.clone(), sub.timeout * 4);
+        let (source, channel, limit) = (sub.source.clone(), sub.channel.clone(), sub.timeout * 4);
         let attempt = async move {
-            let pubsub = tokio::time::timeout(limit, client.get_async_pubsub())
-                .await
-                .map_err(|_| "timed out connecting".to_string())?
-                .map_err(|e| e.to_string())?;
+            let pubsub = source.connect(limit).await?;
             let (mut sink, stream) = pubsub.split();
             tokio::time::timeout(limit, sink.subscribe(&channel))
                 .await

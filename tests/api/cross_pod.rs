@@ -23,26 +23,6 @@ async fn two_pods() -> (Deployment, TestApp, TestApp) {
     (dep, a, b)
 }
 
-/// Polls B until it refuses `token`; returns how long that took after `since`.
-async fn rejected_within(
-    b: &TestApp,
-    token: &str,
-    since: Instant,
-    limit: Duration,
-) -> Option<Duration> {
-    let mut last = StatusCode::OK;
-    let ok = eventually(limit, Duration::from_millis(10), async || {
-        last = b.get("/session", Some(token)).await.status;
-        assert!(
-            last == StatusCode::OK || last == StatusCode::UNAUTHORIZED,
-            "unexpected {last}"
-        );
-        last == StatusCode::UNAUTHORIZED
-    })
-    .await;
-    ok.then(|| since.elapsed())
-}
-
 async fn logout_on_one_pod_revokes_the_token_on_the_other() {
     let (_dep, a, b) = two_pods().await;
     let (_, tokens) = a.user().await;

@@ -884,3 +884,347 @@ async fn pipe(
         }
     }
 }
+
+// A Redis Cluster of this test's own: three masters and three replicas started from Debian's
+// redis-server on free 127.0.0.1 ports, joined with `redis-cli --cluster create`. Every process
+// is killed (and its directory removed) on drop.
+
+/// How long a cluster node waits before calling a silent peer failed: small, so a failover
+/// takes a couple of seconds.
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 1000;
+
+pub struct RedisCluster {
+    dir: PathBuf,
+    nodes: Mutex<Vec<(u16, std::process::Child)>>,
+    ports: Vec<u16>,
+}
+
+/// A port whose cluster-bus port (+10000) is free too.
+fn free_cluster_port(taken: &[u16]) -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = l.local_addr().expect("local addr").port();
+        if port <= 55_535
+            && !taken.contains(&port)
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+async fn node_conn(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_millis(500)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// One node's answer to a text command (`CLUSTER INFO`, `CLUSTER NODES`, `INFO replication`).
+async fn node_text(port: u16, command: &[&str]) -> Option<String> {
+    let mut con = node_conn(port).await.ok()?;
+    let mut cmd = redis::cmd(command[0]);
+    for arg in &command[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(&mut con).await.ok()
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("sessiond-cluster-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            ports.push(free_cluster_port(&ports));
+        }
+        let mut nodes = Vec::new();
+        for &port in &ports {
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args([
+                    "--cluster-node-timeout",
+                    &CLUSTER_NODE_TIMEOUT_MS.to_string(),
+                ])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--dir", &dir.display().to_string()])
+                .args(["--logfile", &format!("{port}.log")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server starts (apt-get install redis-server)");
+            nodes.push((port, child));
+        }
+        let cluster = Self {
+            dir,
+            nodes: Mutex::new(nodes),
+            ports,
+        };
+        for &port in &cluster.ports {
+            let up = eventually(
+                Duration::from_secs(10),
+                Duration::from_millis(20),
+                async || node_text(port, &["PING"]).await.is_some(),
+            )
+            .await;
+            assert!(up, "redis-server on {port} answers");
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli runs (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            cluster.settled(Duration::from_secs(30)).await,
+            "the cluster reached cluster_state:ok with every replica in sync"
+        );
+        cluster
+    }
+
+    /// The URLs of every node, in start order (seeds for REDIS_CLUSTER_URLS).
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        let nodes = self.nodes.lock().unwrap();
+        nodes.iter().map(|(p, _)| *p).collect()
+    }
+
+    /// Every live node says `cluster_state:ok`, sees no failing peer among the live ones, and
+    /// every replica's link to its master is up.
+    pub async fn settled(&self, deadline: Duration) -> bool {
+        let live = self.live_ports();
+        eventually(deadline, Duration::from_millis(50), async || {
+            for &port in &live {
+                let Some(info) = node_text(port, &["CLUSTER", "INFO"]).await else {
+                    return false;
+                };
+                if !info.contains("cluster_state:ok") {
+                    return false;
+                }
+                let Some(repl) = node_text(port, &["INFO", "replication"]).await else {
+                    return false;
+                };
+                if repl.contains("role:slave") && !repl.contains("master_link_status:up") {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    }
+
+    /// The live masters as the first live node sees them: port and slot ranges
+    /// (`CLUSTER NODES`: `<id> <ip:port@cport[,hostname]> <flags> ... <slot ranges>`).
+    async fn master_slots(&self) -> Vec<(u16, Vec<(u16, u16)>)> {
+        let Some(&port) = self.live_ports().first() else {
+            return Vec::new();
+        };
+        let nodes = node_text(port, &["CLUSTER", "NODES"])
+            .await
+            .unwrap_or_default();
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let ranges = fields[8..]
+                    .iter()
+                    .filter_map(|range| {
+                        let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                        Some((lo.parse().ok()?, hi.parse().ok()?))
+                    })
+                    .collect();
+                let addr = fields[1].split(['@', ',']).next()?;
+                Some((addr.rsplit_once(':')?.1.parse().ok()?, ranges))
+            })
+            .collect()
+    }
+
+    /// The port of the live master serving `key`'s slot, as the live nodes see it.
+    pub async fn master_of(&self, key: &str) -> Option<u16> {
+        let port = *self.live_ports().first()?;
+        let mut con = node_conn(port).await.ok()?;
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        self.master_slots()
+            .await
+            .into_iter()
+            .find(|(_, ranges)| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot)))
+            .map(|(port, _)| port)
+    }
+
+    /// The ports of the live masters.
+    pub async fn masters(&self) -> Vec<u16> {
+        self.master_slots()
+            .await
+            .into_iter()
+            .map(|(port, _)| port)
+            .collect()
+    }
+
+    /// Moves `key`'s slot, with its keys, to the master on `to`, the way a resharding does:
+    /// IMPORTING/MIGRATING, MIGRATE of every key in the slot, then the new owner told to every
+    /// master. Clients meet ASK during the move and MOVED after it.
+    pub async fn move_slot(&self, key: &str, to: u16) {
+        let from = self.master_of(key).await.expect("the slot has a master");
+        assert_ne!(from, to, "the slot is already there");
+        let (mut src, mut dst) = (
+            node_conn(from).await.expect("source"),
+            node_conn(to).await.expect("target"),
+        );
+        let id = async |con: &mut redis::aio::MultiplexedConnection| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(con)
+                .await
+                .expect("CLUSTER MYID")
+        };
+        let (src_id, dst_id) = (id(&mut src).await, id(&mut dst).await);
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut src)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        let setslot = |state: &str, node: &str| {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(node)
+                .to_owned()
+        };
+        let _: () = setslot("IMPORTING", &src_id)
+            .query_async(&mut dst)
+            .await
+            .expect("IMPORTING");
+        let _: () = setslot("MIGRATING", &dst_id)
+            .query_async(&mut src)
+            .await
+            .expect("MIGRATING");
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut src)
+                .await
+                .expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async(&mut src)
+                .await
+                .expect("MIGRATE");
+        }
+        let mut owners = vec![to, from];
+        owners.extend(
+            self.masters()
+                .await
+                .into_iter()
+                .filter(|p| *p != to && *p != from),
+        );
+        for port in owners {
+            let mut con = node_conn(port).await.expect("master");
+            let _: () = setslot("NODE", &dst_id)
+                .query_async(&mut con)
+                .await
+                .expect("SETSLOT NODE");
+        }
+    }
+
+    /// SIGKILL: no goodbye to the cluster or the clients.
+    pub fn kill(&self, port: u16) {
+        let mut nodes = self.nodes.lock().unwrap();
+        if let Some(i) = nodes.iter().position(|(p, _)| *p == port) {
+            let (_, mut child) = nodes.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        if let Ok(mut nodes) = self.nodes.lock() {
+            for (_, child) in nodes.iter_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Deployment {
+    /// A deployment (fresh database) whose pods keep sessions in `cluster`.
+    pub async fn on_cluster(cluster: &RedisCluster) -> Self {
+        Self::on_cluster_seeds(&cluster.urls()).await
+    }
+
+    /// A deployment whose pods are given these REDIS_CLUSTER_URLS (and no REDIS_URL).
+    pub async fn on_cluster_seeds(seeds: &[String]) -> Self {
+        let mut dep = Deployment::new(Backend::Services).await;
+        dep.vars.remove("REDIS_URL");
+        dep.set("REDIS_CLUSTER_URLS", seeds.join(","));
+        dep
+    }
+}
+
+/// Polls `pod` until it refuses `token`; returns how long that took after `since`.
+pub async fn rejected_within(
+    pod: &TestApp,
+    token: &str,
+    since: std::time::Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let mut last = StatusCode::OK;
+    let ok = eventually(limit, Duration::from_millis(10), async || {
+        last = pod.get("/session", Some(token)).await.status;
+        assert!(
+            last == StatusCode::OK || last == StatusCode::UNAUTHORIZED,
+            "unexpected {last}"
+        );
+        last == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    ok.then(|| since.elapsed())
+}

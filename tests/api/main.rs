@@ -6,6 +6,7 @@ mod admin;
 mod architecture;
 mod audit;
 mod cache_races;
+mod cluster;
 mod cross_pod;
 mod cut_off;
 mod escalation;

@@ -683,6 +683,81 @@ mod tests {
         }
     }
 
+    /// Without Redis: every call each store operation sends (scripts, MULTI pipelines, plain
+    /// commands) names keys of one hash slot only, counting the keys scripts build from the
+    /// session prefix they receive, so each runs on a Redis Cluster.
+    #[actix_web::test]
+    async fn every_call_touches_one_slot() {
+        use ::redis::Value;
+
+        let prefix = "sessiond:";
+        let secret: [u8; 32] = rand::rng().random();
+        let (uid, sid, now) = (Uuid::new_v4(), Uuid::now_v7(), now_unix());
+        let exp = now + 3600;
+        // READ_GRANTS answers one properly sealed session, so SET_ACCESS is sent too; ZRANGE
+        // answers it as the index's content, so `list` reads it.
+        let mac = SealKeys::new(&secret, None).seal_grant(uid, sid, &grant("user", "", exp));
+        let read_grants = READ_GRANTS.get_hash().to_string();
+        let respond = move |cmd: &redis::Cmd| {
+            let args: Vec<Vec<u8>> = cmd
+                .args_iter()
+                .filter_map(|a| match a {
+                    redis::Arg::Simple(b) => Some(b.to_vec()),
+                    _ => None,
+                })
+                .collect();
+            let text = |v: &str| Value::BulkString(v.as_bytes().to_vec());
+            match (args[0].as_slice(), args.get(1).map(Vec::as_slice)) {
+                (b"EVALSHA", Some(h)) if h == read_grants.as_bytes() => Value::Array(vec![
+                    text(&sid.to_string()),
+                    text("user"),
+                    text(""),
+                    text(&exp.to_string()),
+                    text(&mac),
+                ]),
+                (b"ZRANGE", _) => Value::Array(vec![text(&sid.to_string())]),
+                _ => Value::Nil,
+            }
+        };
+        let (redis, recorder) = crate::redis::recording::redis(prefix, Arc::new(respond));
+        let metrics = Metrics::new();
+        let lifetimes = Lifetimes::new(Some(Duration::from_secs(600)), Duration::from_secs(10))
+            .with_session_limits(Duration::from_secs(3600), 2);
+        let store = RedisStore::new(
+            redis,
+            lifetimes,
+            SealKeys::new(&secret, None),
+            metrics.seal_failures.clone(),
+        );
+        let mut rec = record(uid, now);
+        rec.session_id = sid;
+        let (first, second) = (
+            RefreshToken::generate(uid, sid),
+            RefreshToken::generate(uid, sid),
+        );
+        let admin = Access::new(vec!["admin".into()], vec![]);
+        // Results do not matter (the answers are canned); what was sent does.
+        let _ = store.create(&rec).await;
+        let _ = store.load(uid, sid).await;
+        let _ = store.touch(uid, sid, now).await;
+        let _ = store.set_access(uid, &admin).await;
+        let _ = store.list(uid).await;
+        let _ = store.rotate(&first, &second, Uuid::new_v4(), now).await;
+        let _ = store.revoke(uid, sid).await;
+        let _ = store.revoke_all(uid, Some(sid)).await;
+        let _ = store.cut_off(uid).await;
+        let _ = store.is_cut_off(uid).await;
+        let _ = store.restore(uid).await;
+        let checked = crate::redis::recording::assert_one_slot_per_call(
+            &recorder,
+            prefix,
+            &[store.channel()],
+        );
+        // create (MULTI), load, touch, read_grants, set_access, list_index (two commands),
+        // list (pipeline), rotate, revoke, revoke_all, cut_off, is_cut_off, restore.
+        assert!(checked >= 14, "only {checked} calls named keys");
+    }
+
     #[actix_web::test]
     async fn every_published_invalidation_parses_back() {
         let Some(url) = redis_url() else { return };
@@ -701,7 +776,11 @@ mod tests {
             SealKeys::new(&secret, None),
             metrics.seal_failures.clone(),
         );
-        let mut pubsub = redis.client().get_async_pubsub().await.expect("pub/sub");
+        let mut pubsub = redis
+            .subscriber()
+            .connect(Duration::from_secs(2))
+            .await
+            .expect("pub/sub");
         pubsub
             .subscribe(store.channel())
             .await
