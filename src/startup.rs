@@ -38,7 +38,8 @@ pub enum StartupError {
     Database(String),
     #[error("database migration failed: {0}")]
     Migration(String),
-    #[error("REDIS_URL: cannot connect to Redis: {0}")]
+    /// The message names the variable (REDIS_URL, REDIS_SENTINEL_URLS …) and the cause.
+    #[error("{0}")]
     Redis(String),
     #[error("argon2 settings rejected: {0}")]
     Argon2(String),
@@ -172,16 +173,16 @@ impl Application {
         let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
             .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
         // With Redis the cache is trusted only once the invalidation subscription is up.
-        let (store, trusted, throttle) = match &config.redis_url {
-            Some(url) => {
-                let redis = Redis::connect(
-                    url,
-                    &config.redis_prefix,
-                    config.redis_timeout,
-                    metrics.redis.clone(),
-                )
-                .await
-                .map_err(|e| StartupError::Redis(e.to_string()))?;
+        let (store, trusted, throttle) = match &config.redis {
+            Some(settings) => {
+                let redis = Redis::connect(settings, &config.redis_prefix, metrics.redis.clone())
+                    .await
+                    .map_err(|e| StartupError::Redis(e.to_string()))?;
+                tracing::info!(
+                    redis = %settings.topology.describe(),
+                    wait_replicas = redis.wait_replicas(),
+                    "connected to Redis"
+                );
                 let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
                 let store = RedisStore::new(
                     redis,
@@ -245,14 +246,14 @@ impl Application {
             } else {
                 "postgresql"
             },
-            sessions = if config.redis_url.is_some() {
+            sessions = if config.redis.is_some() {
                 "redis"
             } else {
                 "in-process"
             },
             "sessiond starting"
         );
-        if config.redis_url.is_none() {
+        if config.redis.is_none() {
             tracing::warn!(
                 "sessions are kept in this process: single-node mode, sessions end when it stops"
             );

@@ -103,7 +103,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let checks = Checks {
         database: word(db_ok),
         schema: schema_word,
-        redis: if state.config.redis_url.is_none() {
+        redis: if state.config.redis.is_none() {
             "in-process"
         } else {
             word(redis_ok)

@@ -32,9 +32,9 @@ pub struct SessionRegistry {
     sub: Option<Subscription>,
 }
 
-/// The pub/sub side: a dedicated connection, replaced whenever it dies.
+/// The pub/sub side: a dedicated connection (to the current master), replaced whenever it dies.
 struct Subscription {
-    client: redis::Client,
+    redis: crate::redis::Redis,
     channel: String,
     timeout: Duration,
     ping_interval: Duration,
@@ -61,7 +61,7 @@ impl SessionRegistry {
     ) -> Self {
         let sub = match &store {
             SessionStore::Redis(r) => Some(Subscription {
-                client: r.redis().client().clone(),
+                redis: r.redis().clone(),
                 channel: r.channel().to_string(),
                 timeout: r.redis().timeout(),
                 ping_interval,
@@ -88,12 +88,9 @@ impl SessionRegistry {
             return;
         }
         sub.connecting = true;
-        let (client, channel, limit) = (sub.client.clone(), sub.channel.clone(), sub.timeout * 4);
+        let (redis, channel, limit) = (sub.redis.clone(), sub.channel.clone(), sub.timeout * 4);
         let attempt = async move {
-            let pubsub = tokio::time::timeout(limit, client.get_async_pubsub())
-                .await
-                .map_err(|_| "timed out connecting".to_string())?
-                .map_err(|e| e.to_string())?;
+            let pubsub = redis.pubsub().await.map_err(|e| e.to_string())?;
             let (mut sink, stream) = pubsub.split();
             tokio::time::timeout(limit, sink.subscribe(&channel))
                 .await

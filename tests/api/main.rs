@@ -22,4 +22,5 @@ mod session_limit;
 mod sessions;
 mod tls;
 mod tokens;
+mod topology;
 mod validation;
