@@ -96,7 +96,9 @@ impl Redis {
         let timeout = settings.timeout;
         let connect_bound = timeout * 8;
         let (sentinel, client) = match &settings.topology {
-            RedisTopology::Single { url } => (None, single_client(url, &settings.tls).map_err(fail)?),
+            RedisTopology::Single { url } => {
+                (None, single_client(url, &settings.tls).map_err(fail)?)
+            }
             RedisTopology::Sentinel { urls, master } => {
                 let mut sentinel = sentinel_client(urls, master, &settings.tls).map_err(fail)?;
                 let client = tokio::time::timeout(connect_bound, sentinel.async_get_client())
@@ -294,9 +296,7 @@ impl Redis {
             }
         };
         let limit = self.timeout + self.shared.wait_timeout;
-        let (value, acknowledged) = self
-            .bounded_for(op, limit, current.generation, run)
-            .await?;
+        let (value, acknowledged) = self.bounded_for(op, limit, current.generation, run).await?;
         if acknowledged < required {
             return Err(RedisUnavailable(format!(
                 "{acknowledged} of {required} replicas acknowledged within {wait_ms} ms"
@@ -336,8 +336,7 @@ impl Redis {
             return;
         };
         let mut last = self.shared.resolving.lock().await;
-        if self.generation() != generation || last.is_some_and(|t| t.elapsed() < RESOLVE_INTERVAL)
-        {
+        if self.generation() != generation || last.is_some_and(|t| t.elapsed() < RESOLVE_INTERVAL) {
             return;
         }
         *last = Some(Instant::now());
@@ -447,23 +446,18 @@ async fn managers(
         .set_max_delay(Duration::from_secs(1));
     let conn = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
     // Its calls may take REDIS_WAIT_TIMEOUT_MS longer; `bounded_for` bounds them.
-    let durable = ConnectionManager::new_with_config(
-        client.clone(),
-        config.set_response_timeout(None),
-    )
-    .await?;
+    let durable =
+        ConnectionManager::new_with_config(client.clone(), config.set_response_timeout(None))
+            .await?;
     Ok((conn, durable))
 }
 
 fn certificates(tls: &RedisTls) -> TlsCertificates {
     TlsCertificates {
-        client_tls: tls
-            .client_pem
-            .as_ref()
-            .map(|(cert, key)| ClientTlsConfig {
-                client_cert: cert.clone(),
-                client_key: key.clone(),
-            }),
+        client_tls: tls.client_pem.as_ref().map(|(cert, key)| ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.clone(),
+        }),
         root_cert: tls.ca_pem.clone(),
     }
 }
@@ -547,7 +541,8 @@ fn explain_cause(tls: &RedisTls, e: &RedisError) -> String {
     } else {
         "the system's roots (set REDIS_CA_FILE for a private CA)"
     };
-    if e.code() == Some("WRONGPASS")
+    if e.kind() == ErrorKind::AuthenticationFailed
+        || e.code() == Some("WRONGPASS")
         || lower.contains("wrongpass")
         || lower.contains("invalid username-password")
     {
@@ -617,6 +612,14 @@ mod tests {
                 &["authentication failed", "WRONGPASS"],
             ),
             (
+                RedisError::from((
+                    ErrorKind::AuthenticationFailed,
+                    "Password authentication failed",
+                )),
+                &system,
+                &["authentication failed", "WRONGPASS"],
+            ),
+            (
                 make_extension_error("NOAUTH".into(), Some("Authentication required.".into())),
                 &system,
                 &["requires a user and password", "NOAUTH"],
@@ -627,7 +630,11 @@ mod tests {
                     "invalid peer certificate: UnknownIssuer",
                 ),
                 &private,
-                &["certificate verify failed", "REDIS_CA_FILE", "UnknownIssuer"],
+                &[
+                    "certificate verify failed",
+                    "REDIS_CA_FILE",
+                    "UnknownIssuer",
+                ],
             ),
             (
                 io(
@@ -646,17 +653,26 @@ mod tests {
                 &["client certificate", "REDIS_CLIENT_CERT_FILE"],
             ),
             (
-                io(io::ErrorKind::InvalidData, "received corrupt message of type InvalidContentType"),
+                io(
+                    io::ErrorKind::InvalidData,
+                    "received corrupt message of type InvalidContentType",
+                ),
                 &system,
                 &["does not speak TLS", "redis://"],
             ),
             (
-                io(io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)"),
+                io(
+                    io::ErrorKind::ConnectionRefused,
+                    "Connection refused (os error 111)",
+                ),
                 &system,
                 &["connection refused"],
             ),
             (
-                io(io::ErrorKind::ConnectionReset, "Connection reset by peer (os error 104)"),
+                io(
+                    io::ErrorKind::ConnectionReset,
+                    "Connection reset by peer (os error 104)",
+                ),
                 &system,
                 &["closed the connection", "rediss://"],
             ),
@@ -668,7 +684,10 @@ mod tests {
         ];
         for (error, tls, expected) in cases {
             let text = explain("REDIS_URL", tls, &error);
-            assert!(text.starts_with("REDIS_URL: cannot connect to Redis: "), "{text}");
+            assert!(
+                text.starts_with("REDIS_URL: cannot connect to Redis: "),
+                "{text}"
+            );
             for word in expected {
                 assert!(text.contains(word), "{text:?} lacks {word:?}");
             }
@@ -682,8 +701,14 @@ mod tests {
             "READONLY".into(),
             Some("You can't write against a read only replica.".into())
         )));
-        assert!(may_have_moved(&io(io::ErrorKind::ConnectionRefused, "refused")));
-        assert!(may_have_moved(&io(io::ErrorKind::BrokenPipe, "broken pipe")));
+        assert!(may_have_moved(&io(
+            io::ErrorKind::ConnectionRefused,
+            "refused"
+        )));
+        assert!(may_have_moved(&io(
+            io::ErrorKind::BrokenPipe,
+            "broken pipe"
+        )));
         assert!(!may_have_moved(&make_extension_error(
             "ERR".into(),
             Some("Error running script".into())
@@ -694,7 +719,10 @@ mod tests {
     fn replicas_are_read_from_info() {
         let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=127.0.0.1\r\n";
         assert_eq!(connected_replicas(info), 2);
-        assert_eq!(connected_replicas("role:master\r\nconnected_slaves:0\r\n"), 0);
+        assert_eq!(
+            connected_replicas("role:master\r\nconnected_slaves:0\r\n"),
+            0
+        );
         assert_eq!(connected_replicas(""), 0);
     }
 }

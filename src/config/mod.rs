@@ -783,26 +783,23 @@ impl Config {
             "TLS_KEY_FILE" => opt(self.tls.as_ref().map(|t| t.key_file.clone())),
             "DB_URL" => opt(self.database_url.clone()),
             "SQLITE_PATH" => Text(self.sqlite_path.clone()),
-            "REDIS_URL" | "REDIS_SENTINEL_URLS" | "REDIS_CLUSTER_URLS" => {
-                opt(self.redis.as_ref().and_then(|r| {
-                    (r.topology.var() == name).then(|| r.topology.urls().join(","))
-                }))
-            }
+            "REDIS_URL" | "REDIS_SENTINEL_URLS" | "REDIS_CLUSTER_URLS" => opt(self
+                .redis
+                .as_ref()
+                .and_then(|r| (r.topology.var() == name).then(|| r.topology.urls().join(",")))),
             "REDIS_SENTINEL_MASTER" => opt(self.redis.as_ref().and_then(|r| match &r.topology {
                 redis::RedisTopology::Sentinel { master, .. } => Some(master.clone()),
                 _ => None,
             })),
             "REDIS_CA_FILE" => opt(self.redis.as_ref().and_then(|r| r.tls.ca_file.clone())),
-            "REDIS_CLIENT_CERT_FILE" => opt(
-                self.redis
-                    .as_ref()
-                    .and_then(|r| r.tls.client_cert_file.clone()),
-            ),
-            "REDIS_CLIENT_KEY_FILE" => opt(
-                self.redis
-                    .as_ref()
-                    .and_then(|r| r.tls.client_key_file.clone()),
-            ),
+            "REDIS_CLIENT_CERT_FILE" => opt(self
+                .redis
+                .as_ref()
+                .and_then(|r| r.tls.client_cert_file.clone())),
+            "REDIS_CLIENT_KEY_FILE" => opt(self
+                .redis
+                .as_ref()
+                .and_then(|r| r.tls.client_key_file.clone())),
             "REDIS_WAIT_REPLICAS" => opt(self
                 .redis
                 .as_ref()
@@ -1191,7 +1188,10 @@ mod tests {
             "redis://127.0.0.1:26379, redis://127.0.0.1:26380",
         );
         let master = ("REDIS_SENTINEL_MASTER", "mymaster");
-        let cluster = ("REDIS_CLUSTER_URLS", "redis://127.0.0.1:7000,redis://127.0.0.1:7001");
+        let cluster = (
+            "REDIS_CLUSTER_URLS",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        );
         for combination in [
             vec![single, sentinel, master],
             vec![single, cluster],
@@ -1240,14 +1240,17 @@ mod tests {
         assert_eq!(var_of(&[sentinel]), "REDIS_SENTINEL_MASTER");
         assert_eq!(var_of(&[single, master]), "REDIS_SENTINEL_MASTER");
         assert_eq!(
-            var_of(&[
-                ("REDIS_SENTINEL_URLS", "redis://a:1,rediss://b:2"),
-                master
-            ]),
+            var_of(&[("REDIS_SENTINEL_URLS", "redis://a:1,rediss://b:2"), master]),
             "REDIS_SENTINEL_URLS"
         );
-        assert_eq!(var_of(&[("REDIS_CLUSTER_URLS", "http://a:1")]), "REDIS_CLUSTER_URLS");
-        assert_eq!(var_of(&[("REDIS_CLUSTER_URLS", ", ,")]), "REDIS_CLUSTER_URLS");
+        assert_eq!(
+            var_of(&[("REDIS_CLUSTER_URLS", "http://a:1")]),
+            "REDIS_CLUSTER_URLS"
+        );
+        assert_eq!(
+            var_of(&[("REDIS_CLUSTER_URLS", ", ,")]),
+            "REDIS_CLUSTER_URLS"
+        );
         assert_eq!(var_of(&[("REDIS_URL", "http://cache:6379")]), "REDIS_URL");
         assert_eq!(
             var_of(&[single, ("REDIS_WAIT_REPLICAS", "many")]),
@@ -1263,14 +1266,20 @@ mod tests {
         }
         let c = config(&[single, JWT, ("REDIS_WAIT_REPLICAS", "2")]).unwrap();
         let r = c.redis.unwrap();
-        assert_eq!((r.wait_replicas, r.wait_timeout), (Some(2), Duration::from_millis(500)));
+        assert_eq!(
+            (r.wait_replicas, r.wait_timeout),
+            (Some(2), Duration::from_millis(500))
+        );
         let c = config(&[single, JWT]).unwrap();
         assert_eq!(c.redis.unwrap().wait_replicas, None);
     }
 
     #[test]
     fn redis_tls_files_are_read_at_start_and_errors_name_the_variable() {
-        let dir = std::env::temp_dir().join(format!("sessiond-redis-tls-{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!(
+            "sessiond-redis-tls-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
@@ -1279,7 +1288,10 @@ mod tests {
         };
         let rcgen::CertifiedKey { cert, signing_key } =
             rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-        let (cert, key) = (write("c.crt", &cert.pem()), write("c.key", &signing_key.serialize_pem()));
+        let (cert, key) = (
+            write("c.crt", &cert.pem()),
+            write("c.key", &signing_key.serialize_pem()),
+        );
         let garbage = write("garbage.pem", "not PEM at all");
         let missing = dir.join("missing.pem").display().to_string();
         let tls = ("REDIS_URL", "rediss://cache:6380");
@@ -1290,23 +1302,52 @@ mod tests {
             (e.var, e.to_string())
         };
         for (vars, var) in [
-            (vec![tls, ("REDIS_CA_FILE", missing.as_str())], "REDIS_CA_FILE"),
-            (vec![tls, ("REDIS_CA_FILE", garbage.as_str())], "REDIS_CA_FILE"),
-            (vec![tls, ("REDIS_CA_FILE", key.as_str())], "REDIS_CA_FILE"),
-            (vec![tls, ("REDIS_CLIENT_CERT_FILE", cert.as_str())], "REDIS_CLIENT_KEY_FILE"),
-            (vec![tls, ("REDIS_CLIENT_KEY_FILE", key.as_str())], "REDIS_CLIENT_CERT_FILE"),
             (
-                vec![tls, ("REDIS_CLIENT_CERT_FILE", garbage.as_str()), ("REDIS_CLIENT_KEY_FILE", key.as_str())],
+                vec![tls, ("REDIS_CA_FILE", missing.as_str())],
+                "REDIS_CA_FILE",
+            ),
+            (
+                vec![tls, ("REDIS_CA_FILE", garbage.as_str())],
+                "REDIS_CA_FILE",
+            ),
+            (vec![tls, ("REDIS_CA_FILE", key.as_str())], "REDIS_CA_FILE"),
+            (
+                vec![tls, ("REDIS_CLIENT_CERT_FILE", cert.as_str())],
+                "REDIS_CLIENT_KEY_FILE",
+            ),
+            (
+                vec![tls, ("REDIS_CLIENT_KEY_FILE", key.as_str())],
                 "REDIS_CLIENT_CERT_FILE",
             ),
             (
-                vec![tls, ("REDIS_CLIENT_CERT_FILE", cert.as_str()), ("REDIS_CLIENT_KEY_FILE", cert.as_str())],
+                vec![
+                    tls,
+                    ("REDIS_CLIENT_CERT_FILE", garbage.as_str()),
+                    ("REDIS_CLIENT_KEY_FILE", key.as_str()),
+                ],
+                "REDIS_CLIENT_CERT_FILE",
+            ),
+            (
+                vec![
+                    tls,
+                    ("REDIS_CLIENT_CERT_FILE", cert.as_str()),
+                    ("REDIS_CLIENT_KEY_FILE", cert.as_str()),
+                ],
                 "REDIS_CLIENT_KEY_FILE",
             ),
             // The files without rediss:// would be ignored: refused instead.
-            (vec![("REDIS_URL", "redis://cache:6379"), ("REDIS_CA_FILE", cert.as_str())], "REDIS_CA_FILE"),
             (
-                vec![("REDIS_CLIENT_CERT_FILE", cert.as_str()), ("REDIS_CLIENT_KEY_FILE", key.as_str())],
+                vec![
+                    ("REDIS_URL", "redis://cache:6379"),
+                    ("REDIS_CA_FILE", cert.as_str()),
+                ],
+                "REDIS_CA_FILE",
+            ),
+            (
+                vec![
+                    ("REDIS_CLIENT_CERT_FILE", cert.as_str()),
+                    ("REDIS_CLIENT_KEY_FILE", key.as_str()),
+                ],
                 "REDIS_CLIENT_CERT_FILE",
             ),
         ] {
@@ -1323,7 +1364,10 @@ mod tests {
         let r = c.redis.as_ref().unwrap();
         assert!(r.tls.ca_pem.is_some() && r.tls.client_pem.is_some());
         let described = c.describe();
-        assert!(described.contains(&format!("REDIS_CA_FILE={cert}")), "{described}");
+        assert!(
+            described.contains(&format!("REDIS_CA_FILE={cert}")),
+            "{described}"
+        );
         assert!(described.contains(&format!("REDIS_CLIENT_KEY_FILE={key}")));
         // The key's contents never reach Debug output.
         let pem = std::fs::read_to_string(&key).unwrap();
@@ -1336,30 +1380,48 @@ mod tests {
     fn redis_passwords_are_masked_and_users_shown() {
         let c = config(&[JWT, ("REDIS_URL", "rediss://alice:s3cr3t-pw@cache:6380/0")]).unwrap();
         let (described, debug) = (c.describe(), format!("{c:?}"));
-        assert!(described.contains("REDIS_URL=rediss://alice:***@cache:6380/0"), "{described}");
+        assert!(
+            described.contains("REDIS_URL=rediss://alice:***@cache:6380/0"),
+            "{described}"
+        );
         assert!(!described.contains("s3cr3t-pw") && !debug.contains("s3cr3t-pw"));
         let c = config(&[
             JWT,
-            ("REDIS_SENTINEL_URLS", "redis://bob:pw-one@s1:26379,redis://bob:pw-two@s2:26379"),
+            (
+                "REDIS_SENTINEL_URLS",
+                "redis://bob:pw-one@s1:26379,redis://bob:pw-two@s2:26379",
+            ),
             ("REDIS_SENTINEL_MASTER", "mymaster"),
         ])
         .unwrap();
         let described = c.describe();
         assert!(
-            described.contains("REDIS_SENTINEL_URLS=redis://bob:***@s1:26379,redis://bob:***@s2:26379"),
+            described
+                .contains("REDIS_SENTINEL_URLS=redis://bob:***@s1:26379,redis://bob:***@s2:26379"),
             "{described}"
         );
         assert!(described.contains("REDIS_SENTINEL_MASTER=mymaster"));
         let topology = &c.redis.as_ref().unwrap().topology;
-        for shown in [described.clone(), format!("{c:?}"), topology.describe(), format!("{topology:?}")] {
-            assert!(!shown.contains("pw-one") && !shown.contains("pw-two"), "{shown}");
+        for shown in [
+            described.clone(),
+            format!("{c:?}"),
+            topology.describe(),
+            format!("{topology:?}"),
+        ] {
+            assert!(
+                !shown.contains("pw-one") && !shown.contains("pw-two"),
+                "{shown}"
+            );
         }
         // Unencoded separators inside a password are masked too.
         assert_eq!(
             mask_url_password("redis://carol:a/b@c:d@cache:6379"),
             "redis://carol:***@cache:6379"
         );
-        assert_eq!(mask_url_password("redis://:p,w@cache"), "redis://:***@cache");
+        assert_eq!(
+            mask_url_password("redis://:p,w@cache"),
+            "redis://:***@cache"
+        );
     }
 
     /// Parsing reads exactly the declared variables: none is read without a declaration (its

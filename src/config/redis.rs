@@ -150,10 +150,7 @@ fn read_certs(var: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(var, format!("invalid PEM in {path:?}: {e}")))?;
     if certs.is_empty() {
-        return Err(err(
-            var,
-            format!("{path:?} holds no PEM CERTIFICATE block"),
-        ));
+        return Err(err(var, format!("{path:?} holds no PEM CERTIFICATE block")));
     }
     Ok(bytes)
 }
@@ -204,7 +201,10 @@ fn url_list(var: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
         .map(str::to_string)
         .collect();
     if urls.is_empty() {
-        return Err(err(var, "expected comma-separated redis:// or rediss:// URLs"));
+        return Err(err(
+            var,
+            "expected comma-separated redis:// or rediss:// URLs",
+        ));
     }
     for url in &urls {
         check_url(var, url)?;

@@ -46,10 +46,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(kind: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "sessiond-{kind}-{}",
-            Uuid::new_v4().simple()
-        ));
+        let dir = std::env::temp_dir().join(format!("sessiond-{kind}-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         Self(dir)
     }
@@ -99,7 +96,11 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server on port {} did not start", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -248,10 +249,14 @@ struct SentinelTopology {
 }
 
 impl SentinelTopology {
-    fn start() -> Self {
+    async fn start() -> Self {
         let master = redis_node(&[]);
-        let replica = redis_node(&["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()]);
-        wait_for_replication(master.port, 1);
+        let replica = redis_node(&[
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ]);
+        wait_for_replication(master.port, 1).await;
         let sentinels = (0..3)
             .map(|_| {
                 let port = free_port();
@@ -285,13 +290,18 @@ impl SentinelTopology {
             .join(",")
     }
 
-    /// What the sentinels say the master's port is.
+    /// The master's port, once every sentinel names the same one.
     fn master_port(&self) -> Option<u16> {
-        let addr: Vec<String> = redis_cli_query(
-            self.sentinels[0].port,
-            &["SENTINEL", "get-master-addr-by-name", MASTER],
-        )?;
-        addr.get(1)?.parse().ok()
+        let ports: Vec<Option<u16>> = self
+            .sentinels
+            .iter()
+            .map(|s| {
+                let addr: Vec<String> =
+                    redis_cli_query(s.port, &["SENTINEL", "get-master-addr-by-name", MASTER])?;
+                addr.get(1)?.parse().ok()
+            })
+            .collect();
+        ports.iter().all(|p| *p == ports[0]).then_some(ports[0])?
     }
 }
 
@@ -308,21 +318,23 @@ fn redis_cli_query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Option
     cmd.query(&mut con).ok()
 }
 
-/// Until the master at `port` has `replicas` replicas in sync.
-fn wait_for_replication(port: u16, replicas: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = redis_cli_query(port, &["INFO", "replication"]).unwrap_or_default();
-        let online = info
-            .lines()
-            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
-            .count();
-        if online >= replicas {
-            return;
-        }
-        assert!(Instant::now() < deadline, "replication never came up: {info}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Until the master at `port` has `replicas` replicas in sync. Polls without blocking the
+/// thread: the pods' actors run on it.
+async fn wait_for_replication(port: u16, replicas: usize) {
+    let mut info = String::new();
+    let online = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        async || {
+            info = redis_cli_query(port, &["INFO", "replication"]).unwrap_or_default();
+            info.lines()
+                .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                .count()
+                >= replicas
+        },
+    )
+    .await;
+    assert!(online, "replication to port {port} never came up: {info}");
 }
 
 // Deployments on these servers.
@@ -360,7 +372,10 @@ async fn shared_flows(dep: &mut Deployment) {
 
     // Cross-pod logout.
     let (_, tokens) = a.user().await;
-    assert_eq!(b.get("/session", Some(&tokens.access)).await.status, StatusCode::OK);
+    assert_eq!(
+        b.get("/session", Some(&tokens.access)).await.status,
+        StatusCode::OK
+    );
     let r = a.post_auth("/logout", &tokens.access).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     assert!(
@@ -373,7 +388,12 @@ async fn shared_flows(dep: &mut Deployment) {
     let r = refresh(&b, &tokens.refresh).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let access2 = r.body["access_token"].as_str().expect("access").to_string();
-    assert_eq!(a.get("/session", Some(&access2)).await.status, StatusCode::OK);
+    assert_eq!(
+        a.get("/session", Some(&access2)).await.status,
+        StatusCode::OK
+    );
+    // Past the reuse grace (0 s, counted in whole seconds).
+    actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
     refresh(&a, &tokens.refresh)
         .await
         .assert_error(401, "unauthorized");
@@ -387,7 +407,10 @@ async fn shared_flows(dep: &mut Deployment) {
 
     // Throttling: the per-account budget is shared by both pods.
     let victim = unique_email("victim");
-    assert_eq!(a.register(&victim, PASSWORD).await.status, StatusCode::CREATED);
+    assert_eq!(
+        a.register(&victim, PASSWORD).await.status,
+        StatusCode::CREATED
+    );
     for (i, pod) in [&a, &b, &a].into_iter().enumerate() {
         pod.login_reply(&victim, &format!("wrong password {i}"))
             .await
@@ -468,17 +491,32 @@ async fn acl_user_in_the_url_works_and_its_password_is_never_shown() {
     let pki = Pki::new();
     let password = format!("pw-{}", Uuid::new_v4().simple());
     // An ACL user of its own; the default user is off, so only alice gets in.
-    let acl: Vec<String> = ["--user", "alice", "on", &format!(">{password}"), "~*", "&*", "+@all"]
-        .into_iter()
-        .chain(["--user", "default", "off"])
-        .map(str::to_string)
-        .collect();
+    let acl: Vec<String> = [
+        "--user",
+        "alice",
+        "on",
+        &format!(">{password}"),
+        "~*",
+        "&*",
+        "+@all",
+    ]
+    .into_iter()
+    .chain(["--user", "default", "off"])
+    .map(str::to_string)
+    .collect();
     let server = pki.tls_server("no", &acl);
     let url = format!("rediss://alice:{password}@127.0.0.1:{}", server.port);
-    let dep = deployment(&[("REDIS_URL", url.clone()), ("REDIS_CA_FILE", pki.ca.clone())]).await;
+    let dep = deployment(&[
+        ("REDIS_URL", url.clone()),
+        ("REDIS_CA_FILE", pki.ca.clone()),
+    ])
+    .await;
     let a = dep.spawn().await;
     let (_, tokens) = a.user().await;
-    assert_eq!(a.get("/session", Some(&tokens.access)).await.status, StatusCode::OK);
+    assert_eq!(
+        a.get("/session", Some(&tokens.access)).await.status,
+        StatusCode::OK
+    );
 
     let (ok, stdout, stderr) = run_binary(&dep, &[], &["check-config"]);
     assert!(ok, "{stderr}");
@@ -490,7 +528,10 @@ async fn acl_user_in_the_url_works_and_its_password_is_never_shown() {
     let wrong = format!("rediss://alice:{password}x@127.0.0.1:{}", server.port);
     let (ok, stdout, stderr) = run_binary(&dep, &[("REDIS_URL", wrong)], &[]);
     assert!(!ok);
-    assert!(!stdout.contains(&password) && !stderr.contains(&password), "{stdout}{stderr}");
+    assert!(
+        !stdout.contains(&password) && !stderr.contains(&password),
+        "{stdout}{stderr}"
+    );
 }
 
 async fn wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause() {
@@ -504,7 +545,10 @@ async fn wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause() {
     let closed = free_port();
     let cases: Vec<(Vec<(&str, String)>, &[&str])> = vec![
         (
-            vec![("REDIS_URL", format!("redis://127.0.0.1:{}", port(&tls_only)))],
+            vec![(
+                "REDIS_URL",
+                format!("redis://127.0.0.1:{}", port(&tls_only)),
+            )],
             &["REDIS_URL", "closed the connection", "rediss://"],
         ),
         (
@@ -527,7 +571,10 @@ async fn wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause() {
         ),
         (
             vec![
-                ("REDIS_URL", format!("rediss://:wrong@127.0.0.1:{}", port(&acl))),
+                (
+                    "REDIS_URL",
+                    format!("rediss://:wrong@127.0.0.1:{}", port(&acl)),
+                ),
                 ("REDIS_CA_FILE", pki.ca.clone()),
             ],
             &["REDIS_URL", "WRONGPASS"],
@@ -539,7 +586,10 @@ async fn wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause() {
         (
             vec![
                 ("REDIS_URL", tls_url(&tls_only)),
-                ("REDIS_CA_FILE", pki.dir.file("garbage.crt", "not a certificate")),
+                (
+                    "REDIS_CA_FILE",
+                    pki.dir.file("garbage.crt", "not a certificate"),
+                ),
             ],
             &["REDIS_CA_FILE", "no PEM"],
         ),
@@ -574,14 +624,21 @@ async fn wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause() {
             assert!(line.contains(word), "{vars:?}: {line:?} lacks {word:?}");
         }
         assert!(!line.contains(&password));
-        assert!(started.elapsed() < Duration::from_secs(30), "{vars:?} took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{vars:?} took too long"
+        );
     }
 }
 
 async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
     let master = redis_node(&[]);
-    let replica = redis_node(&["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()]);
-    wait_for_replication(master.port, 1);
+    let replica = redis_node(&[
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        master.port.to_string(),
+    ]);
+    wait_for_replication(master.port, 1).await;
     let dep = deployment(&[
         ("REDIS_URL", format!("redis://127.0.0.1:{}", master.port)),
         ("REDIS_WAIT_REPLICAS", "1".into()),
@@ -599,16 +656,23 @@ async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
     let started = Instant::now();
     let r = a.post_auth("/logout", &second.access).await;
     r.assert_error(503, "unavailable");
-    assert!(started.elapsed() < Duration::from_secs(5), "WAIT was not bounded");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "WAIT was not bounded"
+    );
     let r = refresh(&a, &second.refresh).await;
     r.assert_error(503, "unavailable");
     replica.signal("CONT");
-    wait_for_replication(master.port, 1);
+    wait_for_replication(master.port, 1).await;
     // Retried once the replica is back: acknowledged (the session was already gone).
-    let retried = eventually(Duration::from_secs(10), Duration::from_millis(100), async || {
-        let s = a.post_auth("/logout", &second.access).await.status;
-        s == StatusCode::NO_CONTENT || s == StatusCode::UNAUTHORIZED
-    })
+    let retried = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || {
+            let s = a.post_auth("/logout", &second.access).await.status;
+            s == StatusCode::NO_CONTENT || s == StatusCode::UNAUTHORIZED
+        },
+    )
     .await;
     assert!(retried);
     a.get("/session", Some(&second.access))
@@ -617,7 +681,7 @@ async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
 }
 
 async fn sentinel_pods_share_logout_refresh_throttling_and_roles() {
-    let topology = SentinelTopology::start();
+    let topology = SentinelTopology::start().await;
     let mut dep = deployment(&[
         ("REDIS_SENTINEL_URLS", topology.urls()),
         ("REDIS_SENTINEL_MASTER", MASTER.into()),
@@ -635,7 +699,7 @@ struct Observed {
 }
 
 async fn sentinel_failover_keeps_every_acknowledged_logout() {
-    let mut topology = SentinelTopology::start();
+    let mut topology = SentinelTopology::start().await;
     let dep = deployment(&[
         ("REDIS_SENTINEL_URLS", topology.urls()),
         ("REDIS_SENTINEL_MASTER", MASTER.into()),
@@ -650,20 +714,27 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
     let stop = Arc::new(AtomicBool::new(false));
     let logins = Arc::new(AtomicUsize::new(0));
     let email = unique_email("stream");
-    assert_eq!(a.register(&email, PASSWORD).await.status, StatusCode::CREATED);
+    assert_eq!(
+        a.register(&email, PASSWORD).await.status,
+        StatusCode::CREATED
+    );
 
     // Two workers, one per pod: log in on one pod, check on the other, log out.
     let mut workers = Vec::new();
     for (first, second) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
-        let (observed, stop, logins, email) =
-            (observed.clone(), stop.clone(), logins.clone(), email.clone());
+        let (observed, stop, logins, email) = (
+            observed.clone(),
+            stop.clone(),
+            logins.clone(),
+            email.clone(),
+        );
         workers.push(actix_web::rt::spawn(async move {
             let note = |status: StatusCode, what: &'static str| {
-                observed
-                    .statuses
-                    .lock()
-                    .expect("lock")
-                    .push((Instant::now(), status.as_u16(), what));
+                observed.statuses.lock().expect("lock").push((
+                    Instant::now(),
+                    status.as_u16(),
+                    what,
+                ));
             };
             while !stop.load(Ordering::Relaxed) {
                 let r = first.login_reply(&email, PASSWORD).await;
@@ -688,37 +759,65 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
     let old_port = topology.master.port;
     let killed_at = Instant::now();
     topology.master.kill();
-    let moved = eventually(Duration::from_secs(20), Duration::from_millis(100), async || {
-        topology.master_port().is_some_and(|p| p != old_port)
-    })
+    let mut new_port = None;
+    let moved = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || {
+            new_port = topology.master_port().filter(|p| *p != old_port);
+            new_port.is_some()
+        },
+    )
     .await;
-    assert!(moved, "the sentinels never failed over");
+    assert!(moved, "the sentinels never agreed on a new master");
+    let new_port = new_port.expect("new master");
+    assert_eq!(new_port, topology.replica.port);
     // The old master comes back as a replica of the new one (so WAIT can be satisfied again).
-    let new_port = topology.replica.port;
     topology.master.args = plain_args(
         old_port,
-        &["--replicaof".into(), "127.0.0.1".into(), new_port.to_string()],
+        &[
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            new_port.to_string(),
+        ],
     );
     topology.master.spawn();
-    wait_for_replication(new_port, 1);
+    wait_for_replication(new_port, 1).await;
     let recovered_at = Instant::now();
     // Traffic flows normally again.
-    let healthy = eventually(Duration::from_secs(15), Duration::from_millis(200), async || {
-        let statuses = observed.statuses.lock().expect("lock");
-        let recent: Vec<_> = statuses
-            .iter()
-            .filter(|(at, _, _)| *at > recovered_at + Duration::from_millis(500))
-            .collect();
-        recent.len() >= 20 && recent.iter().all(|(_, s, _)| *s < 500)
-    })
+    let healthy = eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        async || {
+            let statuses = observed.statuses.lock().expect("lock");
+            let recent: Vec<_> = statuses
+                .iter()
+                .filter(|(at, _, _)| *at > recovered_at + Duration::from_millis(500))
+                .collect();
+            recent.len() >= 20 && recent.iter().all(|(_, s, _)| *s < 500)
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.await;
     }
     let statuses = observed.statuses.lock().expect("lock").clone();
+    let unavailable: Vec<_> = statuses.iter().filter(|(_, s, _)| *s == 503).collect();
+    eprintln!(
+        "failover: {} calls, {} answered 503 between {:?} and {:?} after the kill; new master \
+         replicated {:?} after it",
+        statuses.len(),
+        unavailable.len(),
+        unavailable.first().map(|(at, _, _)| at.duration_since(killed_at)),
+        unavailable.last().map(|(at, _, _)| at.duration_since(killed_at)),
+        recovered_at.duration_since(killed_at),
+    );
     assert!(healthy, "traffic never recovered after the failover");
-    assert!(logins.load(Ordering::Relaxed) > 10, "the stream was not steady");
+    assert!(
+        logins.load(Ordering::Relaxed) > 10,
+        "the stream was not steady"
+    );
     for (at, status, what) in &statuses {
         let when = if *at < killed_at { "before" } else { "after" };
         assert_ne!(*status, 500, "{what} answered 500 ({when} the kill)");
@@ -733,7 +832,9 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
         }
     }
     assert!(
-        statuses.iter().any(|(at, s, _)| *at < killed_at && *s == 204),
+        statuses
+            .iter()
+            .any(|(at, s, _)| *at < killed_at && *s == 204),
         "no logout before the kill"
     );
     // Every logout answered 204 still holds on both pods, before and after the failover.
@@ -749,7 +850,10 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
     }
     // And the pods work on the new master.
     let (_, tokens) = a.user().await;
-    assert_eq!(b.get("/session", Some(&tokens.access)).await.status, StatusCode::OK);
+    assert_eq!(
+        b.get("/session", Some(&tokens.access)).await.status,
+        StatusCode::OK
+    );
     let r = b.post_auth("/logout", &tokens.access).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
 }
