@@ -524,6 +524,62 @@ async fn acl_user_in_the_url_works_and_its_password_is_never_shown() {
     assert!(stdout.contains(&shown), "{stdout}");
     assert!(!stdout.contains(&password) && !stderr.contains(&password));
 
+    // The real binary at RUST_LOG=trace through a full flow: the user shows, the password never.
+    let logs = TempDir::new("logs");
+    let log_path = logs.0.join("sessiond.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .env_clear()
+        .envs(dep.vars())
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "trace")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("binary starts");
+    let mut port = None;
+    let started = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            port = text.lines().find_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                (v["message"] == "sessiond starting").then(|| v["port"].as_u64())?
+            });
+            port.is_some()
+        },
+    )
+    .await;
+    let text = if started {
+        let pod = TestApp::external(&format!("http://127.0.0.1:{}", port.unwrap_or_default()));
+        let (_, tokens) = pod.user().await;
+        assert_eq!(
+            pod.post_auth("/logout", &tokens.access).await.status,
+            StatusCode::NO_CONTENT
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the binary did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    };
+    assert!(
+        !text.contains(&password),
+        "a log line shows the Redis password"
+    );
+    let shown = format!("rediss://alice:***@127.0.0.1:{}", server.port);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("connected to Redis") && l.contains(&shown)),
+        "{text}"
+    );
+
     // A failing start logs the user, never the password.
     let wrong = format!("rediss://alice:{password}x@127.0.0.1:{}", server.port);
     let (ok, stdout, stderr) = run_binary(&dep, &[("REDIS_URL", wrong)], &[]);
@@ -543,7 +599,9 @@ async fn wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause() {
     let dep = deployment(&[]).await;
     let port = |s: &Server| s.port;
     let closed = free_port();
-    let cases: Vec<(Vec<(&str, String)>, &[&str])> = vec![
+    // The settings, and the words the error line must hold.
+    type Case<'a> = (Vec<(&'a str, String)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (
             vec![(
                 "REDIS_URL",
@@ -809,8 +867,12 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
          replicated {:?} after it",
         statuses.len(),
         unavailable.len(),
-        unavailable.first().map(|(at, _, _)| at.duration_since(killed_at)),
-        unavailable.last().map(|(at, _, _)| at.duration_since(killed_at)),
+        unavailable
+            .first()
+            .map(|(at, _, _)| at.duration_since(killed_at)),
+        unavailable
+            .last()
+            .map(|(at, _, _)| at.duration_since(killed_at)),
         recovered_at.duration_since(killed_at),
     );
     assert!(healthy, "traffic never recovered after the failover");
