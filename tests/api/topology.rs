@@ -154,6 +154,18 @@ fn redis_node(extra: &[String]) -> Server {
     Server::start(port, plain_args(port, extra), TempDir::new("redis"))
 }
 
+fn replica_of(port: u16) -> Vec<String> {
+    vec!["--replicaof".into(), "127.0.0.1".into(), port.to_string()]
+}
+
+/// A master and one replica in sync.
+async fn master_and_replica() -> (Server, Server) {
+    let master = redis_node(&[]);
+    let replica = redis_node(&replica_of(master.port));
+    wait_for_replication(master.port, 1).await;
+    (master, replica)
+}
+
 /// A CA and certificates for 127.0.0.1, made now.
 struct Pki {
     dir: TempDir,
@@ -213,17 +225,9 @@ impl Pki {
     /// A redis-server that speaks only TLS; `auth_clients`: `yes` (mutual TLS) or `no`.
     fn tls_server(&self, auth_clients: &str, extra: &[String]) -> Server {
         let port = free_port();
-        let mut args: Vec<String> = [
-            "--port",
-            "0",
+        let mut tls: Vec<String> = [
             "--tls-port",
             &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
             "--tls-cert-file",
             &self.server_cert,
             "--tls-key-file",
@@ -236,7 +240,9 @@ impl Pki {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend_from_slice(extra);
+        tls.extend_from_slice(extra);
+        // Port 0: no plain-text listener at all.
+        let args = plain_args(0, &tls);
         Server::start(port, args, TempDir::new("redis-tls"))
     }
 }
@@ -250,13 +256,7 @@ struct SentinelTopology {
 
 impl SentinelTopology {
     async fn start() -> Self {
-        let master = redis_node(&[]);
-        let replica = redis_node(&[
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            master.port.to_string(),
-        ]);
-        wait_for_replication(master.port, 1).await;
+        let (master, replica) = master_and_replica().await;
         let sentinels = (0..3)
             .map(|_| {
                 let port = free_port();
@@ -690,13 +690,7 @@ async fn wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause() {
 }
 
 async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
-    let master = redis_node(&[]);
-    let replica = redis_node(&[
-        "--replicaof".into(),
-        "127.0.0.1".into(),
-        master.port.to_string(),
-    ]);
-    wait_for_replication(master.port, 1).await;
+    let (master, replica) = master_and_replica().await;
     let dep = deployment(&[
         ("REDIS_URL", format!("redis://127.0.0.1:{}", master.port)),
         ("REDIS_WAIT_REPLICAS", "1".into()),
@@ -831,14 +825,7 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
     let new_port = new_port.expect("new master");
     assert_eq!(new_port, topology.replica.port);
     // The old master comes back as a replica of the new one (so WAIT can be satisfied again).
-    topology.master.args = plain_args(
-        old_port,
-        &[
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            new_port.to_string(),
-        ],
-    );
+    topology.master.args = plain_args(old_port, &replica_of(new_port));
     topology.master.spawn();
     wait_for_replication(new_port, 1).await;
     let recovered_at = Instant::now();
