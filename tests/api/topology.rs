@@ -714,6 +714,15 @@ async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
     );
     let r = refresh(&a, &second.refresh).await;
     r.assert_error(503, "unavailable");
+    // Logins and token checks do not wait for replicas: they keep working meanwhile.
+    let (_, third) = a.user().await;
+    assert_eq!(
+        a.get("/session", Some(&third.access)).await.status,
+        StatusCode::OK
+    );
+    a.post_auth("/logout/all", &third.access)
+        .await
+        .assert_error(503, "unavailable");
     replica.signal("CONT");
     wait_for_replication(master.port, 1).await;
     // Retried once the replica is back: acknowledged (the session was already gone).
@@ -829,17 +838,14 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
     topology.master.spawn();
     wait_for_replication(new_port, 1).await;
     let recovered_at = Instant::now();
-    // Traffic flows normally again.
+    // Traffic flows normally again: the last 20 calls, all made since, all answered.
     let healthy = eventually(
         Duration::from_secs(15),
         Duration::from_millis(200),
         async || {
             let statuses = observed.statuses.lock().expect("lock");
-            let recent: Vec<_> = statuses
-                .iter()
-                .filter(|(at, _, _)| *at > recovered_at + Duration::from_millis(500))
-                .collect();
-            recent.len() >= 20 && recent.iter().all(|(_, s, _)| *s < 500)
+            let last = &statuses[statuses.len().saturating_sub(20)..];
+            last.len() == 20 && last.iter().all(|(at, s, _)| *at > recovered_at && *s < 500)
         },
     )
     .await;
@@ -896,6 +902,10 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
                 .await
                 .assert_error(401, "unauthorized");
         }
+    }
+    // Both pods re-subscribed to invalidations, on the new master.
+    for pod in [&a, &b] {
+        assert!(pod.metric("sessiond_pubsub_resubscriptions_total").await >= 1.0);
     }
     // And the pods work on the new master.
     let (_, tokens) = a.user().await;
