@@ -26,6 +26,7 @@ services_only!(
     revocations_wait_for_the_replica_and_answer_503_without_it,
     sentinel_pods_share_logout_refresh_throttling_and_roles,
     sentinel_failover_keeps_every_acknowledged_logout,
+    a_master_turned_replica_answers_readonly_and_the_pods_follow_the_sentinels,
 );
 
 const CACHE_TTL: u64 = 2;
@@ -915,4 +916,84 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
     );
     let r = b.post_auth("/logout", &tokens.access).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+}
+
+/// A manual failover leaves the old master running as a replica: the pods' connections stay up
+/// and their writes get READONLY, which must make them ask the sentinels again.
+async fn a_master_turned_replica_answers_readonly_and_the_pods_follow_the_sentinels() {
+    let topology = SentinelTopology::start().await;
+    let dep = deployment(&[
+        ("REDIS_SENTINEL_URLS", topology.urls()),
+        ("REDIS_SENTINEL_MASTER", MASTER.into()),
+    ])
+    .await;
+    let a = dep.spawn().await;
+    let b = dep.spawn().await;
+    let (_, before) = a.user().await;
+    let old_port = topology.master.port;
+    let _: String = redis_cli_query(
+        topology.sentinels[0].port,
+        &["SENTINEL", "FAILOVER", MASTER],
+    )
+    .expect("SENTINEL FAILOVER");
+    let mut new_port = None;
+    let moved = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || {
+            new_port = topology.master_port().filter(|p| *p != old_port);
+            new_port.is_some()
+        },
+    )
+    .await;
+    assert!(moved, "the sentinels never switched the master");
+    // The sentinels turn the old master, still running, into a replica of the new one.
+    let demoted = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let role: Option<Vec<redis::Value>> = redis_cli_query(old_port, &["ROLE"]);
+            role.and_then(|r| r.first().cloned())
+                == Some(redis::Value::BulkString(b"slave".to_vec()))
+        },
+    )
+    .await;
+    assert!(demoted, "the old master was never turned into a replica");
+    wait_for_replication(new_port.expect("new master"), 1).await;
+    // Writes through both pods succeed again (503 until they follow, never 500).
+    for pod in [&a, &b] {
+        let mut last = StatusCode::OK;
+        let followed = eventually(
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            async || {
+                let email = unique_email("after");
+                let r = pod.register(&email, PASSWORD).await;
+                assert_ne!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+                if r.status != StatusCode::CREATED {
+                    return false;
+                }
+                let r = pod.login_reply(&email, PASSWORD).await;
+                assert_ne!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+                let Some(access) = r.body["access_token"].as_str() else {
+                    return false;
+                };
+                last = pod.post_auth("/logout", access).await.status;
+                assert_ne!(last, StatusCode::INTERNAL_SERVER_ERROR);
+                last == StatusCode::NO_CONTENT
+            },
+        )
+        .await;
+        assert!(followed, "a pod kept writing to the old master ({last})");
+    }
+    // The session made before the switch was replicated and still works, and ends on both pods.
+    assert_eq!(
+        b.get("/session", Some(&before.access)).await.status,
+        StatusCode::OK
+    );
+    let r = b.post_auth("/logout", &before.access).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    a.get("/session", Some(&before.access))
+        .await
+        .assert_error(401, "unauthorized");
 }
