@@ -291,6 +291,22 @@ impl SentinelTopology {
             .join(",")
     }
 
+    /// Once every sentinel names a master other than the one on `old_port`: its port.
+    async fn new_master(&self, old_port: u16) -> u16 {
+        let mut new_port = None;
+        let moved = eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            async || {
+                new_port = self.master_port().filter(|p| *p != old_port);
+                new_port.is_some()
+            },
+        )
+        .await;
+        assert!(moved, "the sentinels never agreed on a new master");
+        new_port.expect("new master")
+    }
+
     /// The master's port, once every sentinel names the same one.
     fn master_port(&self) -> Option<u16> {
         let ports: Vec<Option<u16>> = self
@@ -821,18 +837,7 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
     let old_port = topology.master.port;
     let killed_at = Instant::now();
     topology.master.kill();
-    let mut new_port = None;
-    let moved = eventually(
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        async || {
-            new_port = topology.master_port().filter(|p| *p != old_port);
-            new_port.is_some()
-        },
-    )
-    .await;
-    assert!(moved, "the sentinels never agreed on a new master");
-    let new_port = new_port.expect("new master");
+    let new_port = topology.new_master(old_port).await;
     assert_eq!(new_port, topology.replica.port);
     // The old master comes back as a replica of the new one (so WAIT can be satisfied again).
     topology.master.args = plain_args(old_port, &replica_of(new_port));
@@ -936,17 +941,7 @@ async fn a_master_turned_replica_answers_readonly_and_the_pods_follow_the_sentin
         &["SENTINEL", "FAILOVER", MASTER],
     )
     .expect("SENTINEL FAILOVER");
-    let mut new_port = None;
-    let moved = eventually(
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        async || {
-            new_port = topology.master_port().filter(|p| *p != old_port);
-            new_port.is_some()
-        },
-    )
-    .await;
-    assert!(moved, "the sentinels never switched the master");
+    let new_port = topology.new_master(old_port).await;
     // The sentinels turn the old master, still running, into a replica of the new one.
     let demoted = eventually(
         Duration::from_secs(30),
@@ -959,7 +954,7 @@ async fn a_master_turned_replica_answers_readonly_and_the_pods_follow_the_sentin
     )
     .await;
     assert!(demoted, "the old master was never turned into a replica");
-    wait_for_replication(new_port.expect("new master"), 1).await;
+    wait_for_replication(new_port, 1).await;
     // Writes through both pods succeed again (503 until they follow, never 500).
     for pod in [&a, &b] {
         let mut last = StatusCode::OK;
