@@ -312,7 +312,8 @@ fn redis_sessions(c: &mut Criterion) {
     let cfg = config();
     let lifetimes = Lifetimes::new(None, cfg.refresh_reuse_grace);
     let metrics = Metrics::new();
-    let redis = Redis::connect(&url, &prefix, Duration::from_secs(1), metrics.redis.clone());
+    let settings = sessiond::config::redis::RedisSettings::single(&url, Duration::from_secs(1));
+    let redis = Redis::connect(&settings, &prefix, metrics.redis.clone());
     let store = match rt.block_on(redis) {
         Ok(redis) => SessionStore::Redis(RedisStore::new(
             redis,

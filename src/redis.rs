@@ -1,9 +1,10 @@
 //! The process's one Redis connection, shared by its two users: the session store and the rate
-//! limiter. Here: connecting (one node, or a Redis Cluster), the key prefix (one per
-//! deployment), the bound on every call and its metrics, script loading, and where the
-//! invalidation subscriber connects. What a failure means is the caller's to say: each user maps
-//! [`RedisUnavailable`] into its own error, so a limiter outage is never reported as the session
-//! store's.
+//! limiter. Here: connecting (one node, a Sentinel-managed master or a Redis Cluster, over TLS
+//! when the URLs say rediss://), following a failover, the key prefix (one per deployment), the
+//! bound on every call and its metrics, script loading, where the invalidation subscriber
+//! connects, and the WAIT that makes a revocation durable. What a failure means is the caller's
+//! to say: each user maps [`RedisUnavailable`] into its own error, so a limiter outage is never
+//! reported as the session store's.
 //!
 //! On a cluster, every call carries keys of one hash slot (every key of a user shares the
 //! `{u:<uid>}` tag, and every limiter call has one key), so the client library routes it to the
@@ -14,19 +15,25 @@ use std::{
     future::Future,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ::redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
-    Client, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value,
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
+    Client, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo,
+    Pipeline, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, TlsCertificates,
+    TlsMode, ToRedisArgs, Value,
 };
 
-use crate::metrics::CallMetrics;
+use crate::{
+    config::redis::{RedisSettings, RedisTls, RedisTopology},
+    metrics::CallMetrics,
+};
 
 /// Redis did not answer in time, refused, dropped the connection or is failing over: every
 /// failure means "retry later"; nothing was half-done (each write is one script or MULTI).
@@ -39,6 +46,9 @@ impl From<RedisError> for RedisUnavailable {
         RedisUnavailable(e.to_string())
     }
 }
+
+/// Sentinels are asked again at most this often while calls keep failing.
+const RESOLVE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The shared multiplexed connection: to one node (reconnected by the connection manager), or
 /// to a cluster (one connection per node, routed by slot, topology refreshed on MOVED and on
@@ -86,41 +96,132 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// A cloneable handle: the multiplexed connection, where pub/sub connects, the deployment's key
+/// A cloneable handle: the multiplexed connection to the current master, the deployment's key
 /// prefix and the call bound.
 #[derive(Clone)]
 pub struct Redis {
-    conn: Conn,
-    subscriber: Subscriber,
+    shared: Arc<Shared>,
     prefix: Arc<str>,
     timeout: Duration,
     metrics: CallMetrics,
 }
 
+struct Shared {
+    /// Where the master is found: fixed, or asked of the sentinels.
+    sentinel: Option<tokio::sync::Mutex<SentinelClient>>,
+    /// On a cluster: which node the invalidation subscriber connects to.
+    cluster: Option<Subscriber>,
+    current: RwLock<Current>,
+    /// Held while the sentinels are asked (one question at a time); when it was last done.
+    resolving: tokio::sync::Mutex<Option<Instant>>,
+    /// Replicas that must acknowledge a revocation, and how long to wait for them.
+    wait_replicas: u32,
+    wait_timeout: Duration,
+}
+
+/// The master in use; replaced when the sentinels name another.
+#[derive(Clone)]
+struct Current {
+    generation: u64,
+    /// The master's (on a cluster: the first seed's) client.
+    client: Client,
+    conn: Conn,
+    /// Revocations that WAIT go here: WAIT blocks the connection it is sent on until the
+    /// replicas answer, which must not hold up the token checks on `conn`.
+    durable: Conn,
+}
+
+impl Current {
+    fn addr(&self) -> String {
+        self.client.get_connection_info().addr().to_string()
+    }
+}
+
 impl Redis {
-    /// Connects to one node within a few timeouts; later drops are reconnected by the
-    /// connection manager.
+    /// Connects within a few timeouts (finding the master through the sentinels first); later
+    /// drops are reconnected by the connection manager, and a failover is followed by asking the
+    /// sentinels again. The error names the variable and says what is wrong.
     pub async fn connect(
-        url: &str,
+        settings: &RedisSettings,
         prefix: &str,
-        timeout: Duration,
         metrics: CallMetrics,
     ) -> Result<Self, RedisUnavailable> {
-        let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout * 4))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            timeout * 8,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| RedisUnavailable("timed out connecting to Redis".into()))??;
+        let var = settings.topology.var();
+        let fail = |e: RedisError| RedisUnavailable(explain(var, &settings.tls, &e));
+        if settings.topology.is_tls() {
+            // The redis crate builds its rustls configuration with the process-wide provider;
+            // ring is the one this binary carries (an error only says one is installed already).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let timeout = settings.timeout;
+        let connect_bound = timeout * 8;
+        let (sentinel, client) = match &settings.topology {
+            RedisTopology::Single { url } => {
+                (None, single_client(url, &settings.tls).map_err(fail)?)
+            }
+            RedisTopology::Sentinel { urls, master } => {
+                let mut sentinel = sentinel_client(urls, master, &settings.tls).map_err(fail)?;
+                let client = tokio::time::timeout(connect_bound, sentinel.async_get_client())
+                    .await
+                    .map_err(|_| {
+                        RedisUnavailable(format!(
+                            "{var}: timed out asking the sentinels for master {master:?}"
+                        ))
+                    })?
+                    .map_err(|e| {
+                        RedisUnavailable(format!(
+                            "{var}: no sentinel named a reachable master {master:?}: {}",
+                            explain_cause(&settings.tls, &e)
+                        ))
+                    })?;
+                (Some(tokio::sync::Mutex::new(sentinel)), client)
+            }
+            RedisTopology::Cluster { urls } => {
+                return Self::connect_cluster(urls, settings, prefix, metrics).await;
+            }
+        };
+        let (conn, durable) = tokio::time::timeout(connect_bound, managers(&client, timeout))
+            .await
+            .map_err(|_| {
+                RedisUnavailable(format!(
+                    "{var}: timed out connecting to Redis at {} (unreachable host, or a firewall \
+                     dropping packets?)",
+                    client.get_connection_info().addr()
+                ))
+            })?
+            .map_err(fail)?;
+        let wait_replicas = match settings.wait_replicas {
+            Some(n) => n,
+            // Durable revocations by default wherever there is a replica to make them durable.
+            None if sentinel.is_some() => {
+                let mut c = conn.clone();
+                let info: String = tokio::time::timeout(
+                    connect_bound,
+                    ::redis::cmd("INFO")
+                        .arg("replication")
+                        .query_async::<String>(&mut c),
+                )
+                .await
+                .map_err(|_| RedisUnavailable(format!("{var}: timed out reading INFO")))?
+                .map_err(fail)?;
+                u32::from(connected_replicas(&info) > 0)
+            }
+            None => 0,
+        };
         Ok(Self {
-            conn: Conn::Single(conn),
-            subscriber: Subscriber::new(vec![client], None),
+            shared: Arc::new(Shared {
+                sentinel,
+                cluster: None,
+                current: RwLock::new(Current {
+                    generation: 0,
+                    client,
+                    conn: Conn::Single(conn),
+                    durable: Conn::Single(durable),
+                }),
+                resolving: tokio::sync::Mutex::new(None),
+                wait_replicas,
+                wait_timeout: settings.wait_timeout,
+            }),
             prefix: Arc::from(prefix),
             timeout,
             metrics,
@@ -128,49 +229,133 @@ impl Redis {
     }
 
     /// Connects to a Redis Cluster through its seed nodes (any reachable one is enough: the
-    /// client reads the slot map from it and connects to every master).
-    pub async fn connect_cluster(
+    /// client reads the slot map from it and connects to every master). The cluster client
+    /// follows MOVED/ASK, resharding and failovers itself; there is nothing to re-resolve.
+    async fn connect_cluster(
         urls: &[String],
+        settings: &RedisSettings,
         prefix: &str,
-        timeout: Duration,
         metrics: CallMetrics,
     ) -> Result<Self, RedisUnavailable> {
+        const VAR: &str = "REDIS_CLUSTER_URLS";
+        let (tls, timeout) = (&settings.tls, settings.timeout);
+        let fail = |e: RedisError| RedisUnavailable(explain(VAR, tls, &e));
         let seeds = urls
             .iter()
-            .map(|u| Client::open(u.as_str()))
-            .collect::<RedisResult<Vec<_>>>()?;
+            .map(|u| single_client(u, tls))
+            .collect::<RedisResult<Vec<_>>>()
+            .map_err(fail)?;
+        let first = seeds
+            .first()
+            .cloned()
+            .ok_or_else(|| RedisUnavailable(format!("{VAR}: no seed node")))?;
         // Our own bound ([`Redis::bounded`]) cuts every call; the library's retries only
         // matter within it (a MOVED, a reconnection, a slot map refresh after a failover).
-        let client = ClusterClientBuilder::new(urls.to_vec())
-            .connection_timeout(timeout * 4)
-            .response_timeout(timeout)
-            .retries(3)
-            .min_retry_wait(10)
-            .max_retry_wait(timeout.as_millis() as u64)
-            .build()?;
-        let conn = tokio::time::timeout(timeout * 8, client.get_async_connection())
+        let builder = |response: Option<Duration>| {
+            let mut b = ClusterClientBuilder::new(urls.to_vec())
+                .connection_timeout(timeout * 4)
+                .retries(3)
+                .min_retry_wait(10)
+                .max_retry_wait(timeout.as_millis() as u64);
+            if let Some(r) = response {
+                b = b.response_timeout(r);
+            }
+            if tls.is_set() {
+                b = b.certs(certificates(tls));
+            }
+            b.build()
+        };
+        let connect = |response: Option<Duration>| async move {
+            let client = builder(response)?;
+            client.get_async_connection().await
+        };
+        let bound = timeout * 8;
+        let timed_out = || RedisUnavailable(format!("{VAR}: timed out connecting to the cluster"));
+        let conn = tokio::time::timeout(bound, connect(Some(timeout)))
             .await
-            .map_err(|_| RedisUnavailable("timed out connecting to the Redis cluster".into()))??;
+            .map_err(|_| timed_out())?
+            .map_err(fail)?;
+        // Revocations WAIT on connections of their own (see `Current::durable`).
+        let durable = tokio::time::timeout(bound, connect(None))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(fail)?;
+        let wait_replicas = match settings.wait_replicas {
+            Some(n) => n,
+            None => {
+                let mut c = conn.clone();
+                let nodes: String = tokio::time::timeout(
+                    bound,
+                    ::redis::cmd("CLUSTER").arg("NODES").query_async(&mut c),
+                )
+                .await
+                .map_err(|_| RedisUnavailable(format!("{VAR}: timed out reading CLUSTER NODES")))?
+                .map_err(fail)?;
+                u32::from(cluster_has_replicas(&nodes))
+            }
+        };
         let subscriber = Subscriber::new(seeds, Some(conn.clone()));
         let _ = tokio::time::timeout(timeout * 4, subscriber.discover()).await;
         Ok(Self {
-            conn: Conn::Cluster(conn),
-            subscriber,
+            shared: Arc::new(Shared {
+                sentinel: None,
+                cluster: Some(subscriber),
+                current: RwLock::new(Current {
+                    generation: 0,
+                    client: first,
+                    conn: Conn::Cluster(conn),
+                    durable: Conn::Cluster(durable),
+                }),
+                resolving: tokio::sync::Mutex::new(None),
+                wait_replicas,
+                wait_timeout: settings.wait_timeout,
+            }),
             prefix: Arc::from(prefix),
             timeout,
             metrics,
         })
     }
 
-    /// Where the invalidation subscriber connects (pub/sub cannot share the multiplexed
-    /// connection).
-    pub fn subscriber(&self) -> &Subscriber {
-        &self.subscriber
+    fn current(&self) -> Current {
+        // A poisoned lock still holds a usable connection.
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A dedicated pub/sub connection to the current master (it cannot share the multiplexed
+    /// one). A failure makes the sentinels be asked again, so the next attempt may go elsewhere.
+    pub async fn pubsub(&self) -> Result<PubSub, RedisUnavailable> {
+        if let Some(subscriber) = &self.shared.cluster {
+            return subscriber
+                .connect(self.timeout * 4)
+                .await
+                .map_err(RedisUnavailable);
+        }
+        let current = self.current();
+        match tokio::time::timeout(self.timeout * 4, current.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(e)) => {
+                self.failed(current.generation, &e);
+                Err(e.into())
+            }
+            Err(_) => {
+                self.follow(current.generation);
+                Err(RedisUnavailable("timed out connecting".into()))
+            }
+        }
+    }
+
+    /// The client of the current master (tests: a dedicated connection of their own).
+    pub fn client(&self) -> Client {
+        self.current().client
     }
 
     /// A clone of the shared multiplexed connection.
     pub fn conn(&self) -> Conn {
-        self.conn.clone()
+        self.current().conn
     }
 
     /// Every key and channel of this deployment starts with it.
@@ -182,6 +367,11 @@ impl Redis {
         self.timeout
     }
 
+    /// Replicas a revocation waits for (0: none).
+    pub fn wait_replicas(&self) -> u32 {
+        self.shared.wait_replicas
+    }
+
     /// One Redis call: bounded by the timeout (a slow Redis gives 503, not a pile-up), timed and
     /// counted by `op`.
     pub async fn bounded<T>(
@@ -189,10 +379,28 @@ impl Redis {
         op: &'static str,
         fut: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, RedisUnavailable> {
+        let generation = self.generation();
+        self.bounded_for(op, self.timeout, generation, fut).await
+    }
+
+    async fn bounded_for<T>(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        generation: u64,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, RedisUnavailable> {
         let call = async {
-            match tokio::time::timeout(self.timeout, fut).await {
-                Ok(r) => r.map_err(RedisUnavailable::from),
-                Err(_) => Err(RedisUnavailable("Redis call timed out".into())),
+            match tokio::time::timeout(limit, fut).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => {
+                    self.failed(generation, &e);
+                    Err(RedisUnavailable::from(e))
+                }
+                Err(_) => {
+                    self.follow(generation);
+                    Err(RedisUnavailable("Redis call timed out".into()))
+                }
             }
         };
         self.metrics.observe(op, call).await
@@ -204,9 +412,280 @@ impl Redis {
         op: &'static str,
         run: impl AsyncFnOnce(&mut Conn) -> RedisResult<T>,
     ) -> Result<T, RedisUnavailable> {
-        let mut conn = self.conn.clone();
-        self.bounded(op, run(&mut conn)).await
+        let current = self.current();
+        let mut conn = current.conn;
+        self.bounded_for(op, self.timeout, current.generation, run(&mut conn))
+            .await
     }
+
+    /// A script that revokes something, acknowledged only once the required replicas have it:
+    /// EVALSHA and WAIT go out together on one connection (WAIT covers every write that
+    /// connection made before it), so a failover cannot bring back what was answered as
+    /// revoked. Fewer replicas within REDIS_WAIT_TIMEOUT_MS: an error (503), never a false yes.
+    pub async fn revoking<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        call: &ScriptCall<'_>,
+    ) -> Result<T, RedisUnavailable> {
+        let required = self.shared.wait_replicas;
+        if required == 0 {
+            return self.call(op, async |c| call.invoke(c).await).await;
+        }
+        let wait_ms = self.shared.wait_timeout.as_millis() as u64;
+        let current = self.current();
+        if let Conn::Cluster(_) = current.conn {
+            // The cluster client sends a keyless WAIT to every master and answers the smallest
+            // count; on the connections of the script's own write, it covers that write.
+            let mut conn = current.durable;
+            let run = async {
+                let value: T = call.invoke(&mut conn).await?;
+                let acknowledged: u32 = ::redis::cmd("WAIT")
+                    .arg(required)
+                    .arg(wait_ms)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok((value, acknowledged))
+            };
+            let limit = self.timeout + self.shared.wait_timeout;
+            let (value, acknowledged) =
+                self.bounded_for(op, limit, current.generation, run).await?;
+            return acknowledged_by(value, acknowledged, required, wait_ms);
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(call.evalsha())
+            .cmd("WAIT")
+            .arg(required)
+            .arg(wait_ms);
+        let mut conn = current.durable;
+        let run = async {
+            match pipe.query_async::<(T, u32)>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    call.script.load_async(&mut conn).await?;
+                    pipe.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        let limit = self.timeout + self.shared.wait_timeout;
+        let (value, acknowledged) = self.bounded_for(op, limit, current.generation, run).await?;
+        acknowledged_by(value, acknowledged, required, wait_ms)
+    }
+
+    fn generation(&self) -> u64 {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// A call on the connection of `generation` failed: if the failure says the master may have
+    /// moved (dropped, refused, read-only, timed out), ask the sentinels.
+    fn failed(&self, generation: u64, e: &RedisError) {
+        if may_have_moved(e) {
+            self.follow(generation);
+        }
+    }
+
+    /// Asks the sentinels where the master is, in the background (calls do not wait for it;
+    /// they fail with 503 until the new master is in use).
+    fn follow(&self, generation: u64) {
+        if self.shared.sentinel.is_none() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.resolve(generation).await });
+    }
+
+    async fn resolve(&self, generation: u64) {
+        let Some(sentinel) = &self.shared.sentinel else {
+            return;
+        };
+        let mut last = self.shared.resolving.lock().await;
+        if self.generation() != generation || last.is_some_and(|t| t.elapsed() < RESOLVE_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let bound = self.timeout * 4;
+        let asked = async { sentinel.lock().await.async_get_client().await };
+        let client = match tokio::time::timeout(bound, asked).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                tracing::warn!(cause = %e, "the sentinels named no reachable master");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("timed out asking the sentinels for the master");
+                return;
+            }
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        let old = self.current();
+        if addr == old.addr() {
+            // Still the same master: its connection manager reconnects by itself.
+            return;
+        }
+        let (conn, durable) = match tokio::time::timeout(bound, managers(&client, self.timeout))
+            .await
+        {
+            Ok(Ok(conns)) => conns,
+            Ok(Err(e)) => {
+                tracing::warn!(master = %addr, cause = %e, "cannot connect to the new Redis master");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(master = %addr, "timed out connecting to the new Redis master");
+                return;
+            }
+        };
+        let mut current = self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        *current = Current {
+            generation: current.generation + 1,
+            client,
+            conn: Conn::Single(conn),
+            durable: Conn::Single(durable),
+        };
+        tracing::warn!(from = %old.addr(), to = %addr, "Redis master changed (Sentinel failover); following it");
+    }
+}
+
+/// Fewer replicas than required acknowledged: an error (503), never a false yes.
+fn acknowledged_by<T>(
+    value: T,
+    acknowledged: u32,
+    required: u32,
+    wait_ms: u64,
+) -> Result<T, RedisUnavailable> {
+    if acknowledged < required {
+        return Err(RedisUnavailable(format!(
+            "{acknowledged} of {required} replicas acknowledged within {wait_ms} ms"
+        )));
+    }
+    Ok(value)
+}
+
+/// A script invocation that can be sent inside a pipeline (EVALSHA by hash, loaded on NOSCRIPT
+/// like [`Script::invoke_async`] does).
+pub struct ScriptCall<'a> {
+    script: &'a Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl<'a> ScriptCall<'a> {
+    pub fn new(script: &'a Script) -> Self {
+        Self {
+            script,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    pub fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    fn evalsha(&self) -> Cmd {
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+
+    async fn invoke<T: FromRedisValue>(&self, conn: &mut Conn) -> RedisResult<T> {
+        match self.evalsha().query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load_async(conn).await?;
+                self.evalsha().query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// The shared connection and the one revocations WAIT on.
+async fn managers(
+    client: &Client,
+    timeout: Duration,
+) -> RedisResult<(ConnectionManager, ConnectionManager)> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout * 4))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    let conn = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+    // Its calls may take REDIS_WAIT_TIMEOUT_MS longer; `bounded_for` bounds them.
+    let durable =
+        ConnectionManager::new_with_config(client.clone(), config.set_response_timeout(None))
+            .await?;
+    Ok((conn, durable))
+}
+
+fn certificates(tls: &RedisTls) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: tls.client_pem.as_ref().map(|(cert, key)| ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.clone(),
+        }),
+        root_cert: tls.ca_pem.clone(),
+    }
+}
+
+/// A client for one URL: rediss:// with the system roots, or with the configured files.
+fn single_client(url: &str, tls: &RedisTls) -> RedisResult<Client> {
+    if tls.is_set() {
+        Client::build_with_tls(url, certificates(tls))
+    } else {
+        Client::open(url)
+    }
+}
+
+/// The sentinels at `urls`; the data nodes are reached with the same scheme, credentials and
+/// certificates as the sentinels.
+fn sentinel_client(urls: &[String], master: &str, tls: &RedisTls) -> RedisResult<SentinelClient> {
+    let infos = urls
+        .iter()
+        .map(|u| u.as_str().into_connection_info())
+        .collect::<RedisResult<Vec<_>>>()?;
+    let first = infos[0].redis_settings().clone();
+    let mut builder = SentinelClientBuilder::new(
+        infos.iter().map(|i| i.addr().clone()),
+        master,
+        SentinelServerType::Master,
+    )?;
+    if let Some(user) = first.username() {
+        builder = builder
+            .set_client_to_sentinel_username(user)
+            .set_client_to_redis_username(user);
+    }
+    if let Some(password) = first.password() {
+        builder = builder
+            .set_client_to_sentinel_password(password)
+            .set_client_to_redis_password(password);
+    }
+    if urls[0].starts_with("rediss://") {
+        builder = builder
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+            .set_client_to_redis_tls_mode(TlsMode::Secure);
+        if tls.is_set() {
+            builder = builder
+                .set_client_to_sentinel_certificates(certificates(tls))
+                .set_client_to_redis_certificates(certificates(tls));
+        }
+    }
+    builder.build()
 }
 
 /// Where the invalidation subscription connects: a dedicated pub/sub connection to one node.
@@ -342,6 +821,84 @@ fn cluster_node_addrs(text: &str) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// Whether a CLUSTER NODES reply lists a replica.
+fn cluster_has_replicas(text: &str) -> bool {
+    text.lines().any(|line| {
+        line.split_whitespace()
+            .nth(2)
+            .is_some_and(|flags| flags.split(',').any(|f| f == "slave" || f == "replica"))
+    })
+}
+
+/// `connected_slaves:N` of `INFO replication`.
+fn connected_replicas(info: &str) -> u32 {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A failure after which the master may be elsewhere.
+fn may_have_moved(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+        || e.code().is_some_and(|c| c == "READONLY" || c == "LOADING")
+}
+
+/// A start-up failure as the operator needs it: the variable, then the cause in words.
+pub fn explain(var: &str, tls: &RedisTls, e: &RedisError) -> String {
+    format!("{var}: cannot connect to Redis: {}", explain_cause(tls, e))
+}
+
+fn explain_cause(tls: &RedisTls, e: &RedisError) -> String {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    let roots = if tls.ca_file.is_some() {
+        "the CA in REDIS_CA_FILE"
+    } else {
+        "the system's roots (set REDIS_CA_FILE for a private CA)"
+    };
+    if e.kind() == ErrorKind::AuthenticationFailed
+        || e.code() == Some("WRONGPASS")
+        || lower.contains("wrongpass")
+        || lower.contains("invalid username-password")
+    {
+        format!("authentication failed: wrong user or password (WRONGPASS) ({text})")
+    } else if e.code() == Some("NOAUTH") || lower.contains("noauth") {
+        format!("the server requires a user and password in the URL (NOAUTH) ({text})")
+    } else if lower.contains("invalid peer certificate")
+        || lower.contains("certificate verify failed")
+    {
+        format!("TLS certificate verify failed: the server's certificate is not trusted by {roots} ({text})")
+    } else if lower.contains("certificaterequired") || lower.contains("certificate required") {
+        format!("the server requires a client certificate: set REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE ({text})")
+    } else if lower.contains("corrupt message") || lower.contains("invalidcontenttype") {
+        format!("the server does not speak TLS: use redis:// ({text})")
+    } else if e.is_connection_refusal() || lower.contains("connection refused") {
+        format!("connection refused: is the host and port right, and Redis up? ({text})")
+    } else if lower.contains("reset by peer")
+        || lower.contains("broken pipe")
+        || lower.contains("unexpected end of file")
+        || lower.contains("unexpectedeof")
+        || e.is_connection_dropped()
+    {
+        format!(
+            "the server closed the connection during the handshake: a TLS-only server needs \
+             rediss:// ({text})"
+        )
+    } else if e.is_timeout() {
+        format!("timed out: unreachable host, or a firewall dropping packets? ({text})")
+    } else {
+        text
+    }
+}
+
 /// A Lua script from its parts (a shared prelude, then the body). Sent by hash (EVALSHA) and
 /// loaded on a NOSCRIPT reply, so a Redis restart or failover needs nothing from us.
 pub fn script(parts: &[&str]) -> Script {
@@ -400,9 +957,22 @@ pub mod recording {
             calls: Arc::default(),
             respond,
         };
+        // Never connected to: the recorder answers every call.
+        let client = Client::open("redis://127.0.0.1:1").expect("a valid URL");
         let redis = Redis {
-            conn: Conn::Recording(recorder.clone()),
-            subscriber: Subscriber::new(Vec::new(), None),
+            shared: Arc::new(Shared {
+                sentinel: None,
+                cluster: None,
+                current: RwLock::new(Current {
+                    generation: 0,
+                    client,
+                    conn: Conn::Recording(recorder.clone()),
+                    durable: Conn::Recording(recorder.clone()),
+                }),
+                resolving: tokio::sync::Mutex::new(None),
+                wait_replicas: 0,
+                wait_timeout: Duration::from_secs(1),
+            }),
             prefix: Arc::from(prefix),
             timeout: Duration::from_secs(1),
             metrics: crate::metrics::Metrics::new().redis,
@@ -445,7 +1015,147 @@ pub mod recording {
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
+    use ::redis::make_extension_error;
+
     use super::*;
+
+    fn io(kind: io::ErrorKind, text: &str) -> RedisError {
+        RedisError::from(io::Error::new(kind, text.to_string()))
+    }
+
+    /// Each start-up failure names the variable and says what to fix.
+    #[test]
+    fn connection_failures_are_explained() {
+        let system = RedisTls::default();
+        let private = RedisTls {
+            ca_file: Some("/etc/redis/ca.crt".into()),
+            ..RedisTls::default()
+        };
+        let cases: Vec<(RedisError, &RedisTls, &[&str])> = vec![
+            (
+                make_extension_error(
+                    "WRONGPASS".into(),
+                    Some("invalid username-password pair or user is disabled.".into()),
+                ),
+                &system,
+                &["authentication failed", "WRONGPASS"],
+            ),
+            (
+                RedisError::from((
+                    ErrorKind::AuthenticationFailed,
+                    "Password authentication failed",
+                )),
+                &system,
+                &["authentication failed", "WRONGPASS"],
+            ),
+            (
+                make_extension_error("NOAUTH".into(), Some("Authentication required.".into())),
+                &system,
+                &["requires a user and password", "NOAUTH"],
+            ),
+            (
+                io(
+                    io::ErrorKind::InvalidData,
+                    "invalid peer certificate: UnknownIssuer",
+                ),
+                &private,
+                &[
+                    "certificate verify failed",
+                    "REDIS_CA_FILE",
+                    "UnknownIssuer",
+                ],
+            ),
+            (
+                io(
+                    io::ErrorKind::InvalidData,
+                    "invalid peer certificate: UnknownIssuer",
+                ),
+                &system,
+                &["certificate verify failed", "system's roots"],
+            ),
+            (
+                io(
+                    io::ErrorKind::InvalidData,
+                    "received fatal alert: CertificateRequired",
+                ),
+                &private,
+                &["client certificate", "REDIS_CLIENT_CERT_FILE"],
+            ),
+            (
+                io(
+                    io::ErrorKind::InvalidData,
+                    "received corrupt message of type InvalidContentType",
+                ),
+                &system,
+                &["does not speak TLS", "redis://"],
+            ),
+            (
+                io(
+                    io::ErrorKind::ConnectionRefused,
+                    "Connection refused (os error 111)",
+                ),
+                &system,
+                &["connection refused"],
+            ),
+            (
+                io(
+                    io::ErrorKind::ConnectionReset,
+                    "Connection reset by peer (os error 104)",
+                ),
+                &system,
+                &["closed the connection", "rediss://"],
+            ),
+            (
+                io(io::ErrorKind::UnexpectedEof, "unexpected end of file"),
+                &system,
+                &["closed the connection", "rediss://"],
+            ),
+        ];
+        for (error, tls, expected) in cases {
+            let text = explain("REDIS_URL", tls, &error);
+            assert!(
+                text.starts_with("REDIS_URL: cannot connect to Redis: "),
+                "{text}"
+            );
+            for word in expected {
+                assert!(text.contains(word), "{text:?} lacks {word:?}");
+            }
+        }
+    }
+
+    /// These failures make the sentinels be asked again; a script error does not.
+    #[test]
+    fn failures_that_may_mean_a_failover() {
+        assert!(may_have_moved(&make_extension_error(
+            "READONLY".into(),
+            Some("You can't write against a read only replica.".into())
+        )));
+        assert!(may_have_moved(&io(
+            io::ErrorKind::ConnectionRefused,
+            "refused"
+        )));
+        assert!(may_have_moved(&io(
+            io::ErrorKind::BrokenPipe,
+            "broken pipe"
+        )));
+        assert!(!may_have_moved(&make_extension_error(
+            "ERR".into(),
+            Some("Error running script".into())
+        )));
+    }
+
+    #[test]
+    fn replicas_are_read_from_info() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=127.0.0.1\r\n";
+        assert_eq!(connected_replicas(info), 2);
+        assert_eq!(
+            connected_replicas("role:master\r\nconnected_slaves:0\r\n"),
+            0
+        );
+        assert_eq!(connected_replicas(""), 0);
+    }
 
     #[test]
     fn cluster_nodes_are_parsed_without_failing_ones() {
@@ -475,5 +1185,15 @@ e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
             Some(slot("123456789"))
         );
         assert_eq!(slot("a:{u:1}:x"), slot("b:{u:1}:y"));
+    }
+
+    #[test]
+    fn replicas_are_seen_in_cluster_nodes() {
+        let with = "07c3 127.0.0.1:30004@40004 slave e7d1 0 1 4 connected\n\
+                    e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-16383\n";
+        assert!(cluster_has_replicas(with));
+        assert!(!cluster_has_replicas(
+            "e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-16383\n"
+        ));
     }
 }

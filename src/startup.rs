@@ -19,7 +19,7 @@ use crate::{
     app::{self, Settings},
     audit::{AuditLog, AuditWriter},
     auth::JwtKeys,
-    config::{Config, RedisTopology},
+    config::Config,
     metrics::Metrics,
     redis::Redis,
     routes,
@@ -38,10 +38,9 @@ pub enum StartupError {
     Database(String),
     #[error("database migration failed: {0}")]
     Migration(String),
-    #[error("REDIS_URL: cannot connect to Redis: {0}")]
+    /// The message names the variable (REDIS_URL, REDIS_SENTINEL_URLS …) and the cause.
+    #[error("{0}")]
     Redis(String),
-    #[error("REDIS_CLUSTER_URLS: cannot connect to the Redis cluster: {0}")]
-    RedisCluster(String),
     #[error("argon2 settings rejected: {0}")]
     Argon2(String),
     #[error("ADMIN_EMAILS: cannot grant the admin role: {0}")]
@@ -174,23 +173,16 @@ impl Application {
         let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
             .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
         // With Redis the cache is trusted only once the invalidation subscription is up.
-        let (store, trusted, throttle) = match config.redis_topology() {
-            Some(topology) => {
-                let (prefix, timeout, calls) = (
-                    &config.redis_prefix,
-                    config.redis_timeout,
-                    metrics.redis.clone(),
+        let (store, trusted, throttle) = match &config.redis {
+            Some(settings) => {
+                let redis = Redis::connect(settings, &config.redis_prefix, metrics.redis.clone())
+                    .await
+                    .map_err(|e| StartupError::Redis(e.to_string()))?;
+                tracing::info!(
+                    redis = %settings.topology.describe(),
+                    wait_replicas = redis.wait_replicas(),
+                    "connected to Redis"
                 );
-                let redis = match &topology {
-                    RedisTopology::Single { url } => Redis::connect(url, prefix, timeout, calls)
-                        .await
-                        .map_err(|e| StartupError::Redis(e.to_string()))?,
-                    RedisTopology::Cluster { urls } => {
-                        Redis::connect_cluster(urls, prefix, timeout, calls)
-                            .await
-                            .map_err(|e| StartupError::RedisCluster(e.to_string()))?
-                    }
-                };
                 let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
                 let store = RedisStore::new(
                     redis,
@@ -254,14 +246,14 @@ impl Application {
             } else {
                 "postgresql"
             },
-            sessions = match config.redis_topology() {
-                Some(RedisTopology::Single { .. }) => "redis",
-                Some(RedisTopology::Cluster { .. }) => "redis cluster",
-                None => "in-process",
+            sessions = if config.redis.is_some() {
+                "redis"
+            } else {
+                "in-process"
             },
             "sessiond starting"
         );
-        if !config.uses_redis() {
+        if config.redis.is_none() {
             tracing::warn!(
                 "sessions are kept in this process: single-node mode, sessions end when it stops"
             );

@@ -684,7 +684,8 @@ fn new_session(keys: &JwtKeys, lifetime: Duration) -> (SessionRecord, String) {
 /// Sealed with the server's key (from `config`), as the server's own writes are.
 async fn connect_store(url: &str, prefix: &str, config: &sessiond::config::Config) -> SessionStore {
     let metrics = sessiond::metrics::Metrics::new();
-    let redis = Redis::connect(url, prefix, Duration::from_secs(2), metrics.redis.clone())
+    let settings = sessiond::config::redis::RedisSettings::single(url, Duration::from_secs(2));
+    let redis = Redis::connect(&settings, prefix, metrics.redis.clone())
         .await
         .expect("connecting to Redis");
     SessionStore::Redis(RedisStore::new(

@@ -1,8 +1,6 @@
 //! Environment variables → a validated [`Config`]. Every error names the variable it came from.
+pub mod redis;
 pub mod tls;
-mod topology;
-
-pub use topology::RedisTopology;
 
 use std::{fmt, time::Duration};
 
@@ -80,9 +78,7 @@ pub struct Config {
     pub database_url: Option<String>,
     pub sqlite_path: String,
     /// `None`: sessions live in this process (single node).
-    pub redis_url: Option<String>,
-    /// REDIS_CLUSTER_URLS: the seed nodes of a Redis Cluster (never set with `redis_url`).
-    pub redis_cluster_urls: Option<Vec<String>>,
+    pub redis: Option<redis::RedisSettings>,
     pub jwt_secret: Secret,
     /// The secret being rotated out: still accepted for verification, never used to sign.
     pub jwt_secret_previous: Option<Secret>,
@@ -212,7 +208,47 @@ pub const VARS: &[Var] = &[
     Var::new(
         "REDIS_URL",
         Unset("in-process sessions, single node"),
-        "redis:// or rediss:// URL",
+        "redis:// or rediss:// URL of one Redis (user and password in the URL for ACL users)",
+    ),
+    Var::new(
+        "REDIS_SENTINEL_URLS",
+        Unset("no Sentinel"),
+        "comma-separated redis:// or rediss:// URLs of the sentinels (instead of REDIS_URL)",
+    ),
+    Var::new(
+        "REDIS_SENTINEL_MASTER",
+        Unset("required with REDIS_SENTINEL_URLS"),
+        "the master's name in the sentinels' configuration",
+    ),
+    Var::new(
+        "REDIS_CLUSTER_URLS",
+        Unset("no Redis Cluster"),
+        "comma-separated redis:// or rediss:// seed nodes of a Redis Cluster (instead of REDIS_URL)",
+    ),
+    Var::new(
+        "REDIS_CA_FILE",
+        Unset("the system's roots"),
+        "PEM CA certificates that sign the Redis servers' certificates (rediss://)",
+    ),
+    Var::new(
+        "REDIS_CLIENT_CERT_FILE",
+        Unset("no client certificate"),
+        "PEM client certificate chain for mutual TLS (with REDIS_CLIENT_KEY_FILE)",
+    ),
+    Var::new(
+        "REDIS_CLIENT_KEY_FILE",
+        Unset("no client certificate"),
+        "PEM private key of REDIS_CLIENT_CERT_FILE",
+    ),
+    Var::new(
+        "REDIS_WAIT_REPLICAS",
+        Computed("1 if the master has replicas at start, else 0"),
+        "replicas that must acknowledge a revocation (WAIT) before it is answered",
+    ),
+    Var::new(
+        "REDIS_WAIT_TIMEOUT_MS",
+        Value("500"),
+        "how long a revocation waits for those replicas before 503",
     ),
     Var::new(
         "REDIS_CLUSTER_URLS",
@@ -521,23 +557,33 @@ impl Config {
                 ));
             }
         }
-        let redis_url = env.get("REDIS_URL");
-        if let Some(url) = &redis_url {
-            redis::Client::open(url.as_str())
-                .map_err(|_| err("REDIS_URL", "not a valid redis:// or rediss:// URL"))?;
-        }
-        let redis_cluster_urls = env
-            .get("REDIS_CLUSTER_URLS")
-            .map(|v| topology::parse_cluster_urls(&v))
-            .transpose()?;
-        topology::choose(redis_url.clone(), redis_cluster_urls.clone())?;
+        let redis_topology = redis::topology(
+            env.get("REDIS_URL"),
+            env.get("REDIS_SENTINEL_URLS"),
+            env.get("REDIS_SENTINEL_MASTER"),
+            env.get("REDIS_CLUSTER_URLS"),
+        )?;
+        let redis_tls = redis::RedisTls::load(
+            env.get("REDIS_CA_FILE"),
+            env.get("REDIS_CLIENT_CERT_FILE"),
+            env.get("REDIS_CLIENT_KEY_FILE"),
+        )?;
+        redis::check_tls_files(redis_topology.as_ref(), &redis_tls)?;
+        let redis_timeout = Duration::from_millis(env.number("REDIS_TIMEOUT_MS", 10, 60_000)?);
+        let redis_wait_replicas = env.optional_number("REDIS_WAIT_REPLICAS", 0u32, 64)?;
+        let redis_wait_timeout =
+            Duration::from_millis(env.number("REDIS_WAIT_TIMEOUT_MS", 1, 60_000)?);
+        let redis = redis_topology.map(|topology| redis::RedisSettings {
+            topology,
+            tls: redis_tls,
+            timeout: redis_timeout,
+            wait_replicas: redis_wait_replicas,
+            wait_timeout: redis_wait_timeout,
+        });
 
         let (jwt_secret, jwt_secret_generated) = match env.get("JWT_SECRET") {
             Some(s) => (check_secret("JWT_SECRET", s)?, false),
-            None if database_url.is_some()
-                || redis_url.is_some()
-                || redis_cluster_urls.is_some() =>
-            {
+            None if database_url.is_some() || redis.is_some() => {
                 return Err(err(
                     "JWT_SECRET",
                     "required when DB_URL, REDIS_URL or REDIS_CLUSTER_URLS is set (tokens must survive restarts and be \
@@ -638,8 +684,7 @@ impl Config {
             tls: tls::Tls::from_env(env.get("TLS_CERT_FILE"), env.get("TLS_KEY_FILE"))?,
             database_url,
             sqlite_path: env.string("SQLITE_PATH")?,
-            redis_url,
-            redis_cluster_urls,
+            redis,
             jwt_secret,
             jwt_secret_previous,
             jwt_secret_generated,
@@ -651,7 +696,7 @@ impl Config {
             access_token_ttl: secs(env.number("ACCESS_TOKEN_TTL", 10, 86_400)?),
             session_cache_ttl: secs(env.number("SESSION_CACHE_TTL", 0, 300)?),
             redis_prefix,
-            redis_timeout: millis(env.number("REDIS_TIMEOUT_MS", 10, 60_000)?),
+            redis_timeout,
             pubsub_ping_interval: millis(env.number("PUBSUB_PING_INTERVAL_MS", 50, 60_000)?),
             argon2: Argon2Config {
                 memory_kib: env.number("ARGON2_MEMORY_KIB", 8 * 1024, 4 * 1024 * 1024)?,
@@ -701,20 +746,6 @@ impl Config {
         })
     }
 
-    /// Where sessions live in Redis, if they do.
-    pub fn redis_topology(&self) -> Option<RedisTopology> {
-        match (&self.redis_url, &self.redis_cluster_urls) {
-            (Some(url), _) => Some(RedisTopology::Single { url: url.clone() }),
-            (None, Some(urls)) => Some(RedisTopology::Cluster { urls: urls.clone() }),
-            (None, None) => None,
-        }
-    }
-
-    /// Sessions and limits are shared through Redis (one node or a cluster).
-    pub fn uses_redis(&self) -> bool {
-        self.redis_url.is_some() || self.redis_cluster_urls.is_some()
-    }
-
     pub fn is_embedded_db(&self) -> bool {
         self.database_url
             .as_deref()
@@ -762,8 +793,32 @@ impl Config {
             "TLS_KEY_FILE" => opt(self.tls.as_ref().map(|t| t.key_file.clone())),
             "DB_URL" => opt(self.database_url.clone()),
             "SQLITE_PATH" => Text(self.sqlite_path.clone()),
-            "REDIS_URL" => opt(self.redis_url.clone()),
-            "REDIS_CLUSTER_URLS" => opt(self.redis_cluster_urls.as_ref().map(|u| u.join(","))),
+            "REDIS_URL" | "REDIS_SENTINEL_URLS" | "REDIS_CLUSTER_URLS" => opt(self
+                .redis
+                .as_ref()
+                .and_then(|r| (r.topology.var() == name).then(|| r.topology.urls().join(",")))),
+            "REDIS_SENTINEL_MASTER" => opt(self.redis.as_ref().and_then(|r| match &r.topology {
+                redis::RedisTopology::Sentinel { master, .. } => Some(master.clone()),
+                _ => None,
+            })),
+            "REDIS_CA_FILE" => opt(self.redis.as_ref().and_then(|r| r.tls.ca_file.clone())),
+            "REDIS_CLIENT_CERT_FILE" => opt(self
+                .redis
+                .as_ref()
+                .and_then(|r| r.tls.client_cert_file.clone())),
+            "REDIS_CLIENT_KEY_FILE" => opt(self
+                .redis
+                .as_ref()
+                .and_then(|r| r.tls.client_key_file.clone())),
+            "REDIS_WAIT_REPLICAS" => opt(self
+                .redis
+                .as_ref()
+                .and_then(|r| r.wait_replicas.map(|n| n.to_string()))),
+            // Without Redis there is nothing to wait for: the declared default is shown.
+            "REDIS_WAIT_TIMEOUT_MS" => opt(self
+                .redis
+                .as_ref()
+                .map(|r| r.wait_timeout.as_millis().to_string())),
             "JWT_SECRET" if self.jwt_secret_generated => Off,
             "JWT_SECRET" => Hidden,
             "JWT_SECRET_PREVIOUS" => secret(&self.jwt_secret_previous),
@@ -969,25 +1024,30 @@ fn parse_proxies(raw: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> 
         .collect()
 }
 
-/// `scheme://user:***@host/...`: URLs may carry passwords, which must not be printed.
+/// `scheme://user:***@host/...`: URLs may carry passwords, which must not be printed. The
+/// password is everything between the user's `:` and the last `@`, so an unencoded `/`, `@` or
+/// `,` in it is masked too; a comma-separated list of URLs is masked URL by URL.
 pub fn mask_url_password(url: &str) -> String {
-    // A list (REDIS_CLUSTER_URLS): each URL on its own.
-    let items = topology::split_urls(url);
-    if items.len() > 1 {
-        return items
+    // A list (REDIS_SENTINEL_URLS, REDIS_CLUSTER_URLS): each URL on its own.
+    let pieces = redis::split_urls(url);
+    if pieces.len() > 1 {
+        return pieces
             .iter()
-            .map(|u| mask_url_password(u))
+            .map(|p| mask_one_url_password(p))
             .collect::<Vec<_>>()
             .join(",");
     }
+    mask_one_url_password(url)
+}
+
+fn mask_one_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{path}")
+            format!("{scheme}://{user}:***@{host}")
         }
         None => url.to_string(),
     }
@@ -1011,7 +1071,7 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.port, 8080);
         assert!(c.jwt_secret_generated);
-        assert!(c.is_embedded_db() && c.redis_url.is_none() && c.migrate_on_start);
+        assert!(c.is_embedded_db() && c.redis.is_none() && c.migrate_on_start);
         assert_eq!(c.session_lifetime, Duration::from_secs(24 * 3600));
         assert_eq!(c.session_cache_ttl, Duration::from_secs(5));
     }
@@ -1130,6 +1190,252 @@ mod tests {
         assert_eq!(
             mask_url_password("redis://u:a,b@n1:7000,rediss://:pw@n2:7001/0,redis://n3:7002"),
             "redis://u:***@n1:7000,rediss://:***@n2:7001/0,redis://n3:7002"
+        );
+        assert_eq!(
+            mask_url_password("redis://:p,w@cache"),
+            "redis://:***@cache"
+        );
+    }
+
+    const JWT: (&str, &str) = ("JWT_SECRET", "jQ7w2Xr9Lm4Tz8Vb1Nc6Kd3Hs0Fg5YeAb3dE6gH9");
+
+    #[test]
+    fn exactly_one_redis_topology_is_accepted() {
+        let single = ("REDIS_URL", "redis://127.0.0.1:6379");
+        let sentinel = (
+            "REDIS_SENTINEL_URLS",
+            "redis://127.0.0.1:26379, redis://127.0.0.1:26380",
+        );
+        let master = ("REDIS_SENTINEL_MASTER", "mymaster");
+        let cluster = (
+            "REDIS_CLUSTER_URLS",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        );
+        for combination in [
+            vec![single, sentinel, master],
+            vec![single, cluster],
+            vec![sentinel, master, cluster],
+            vec![single, sentinel, master, cluster],
+        ] {
+            let mut vars = combination.clone();
+            vars.push(JWT);
+            let e = config(&vars).unwrap_err();
+            assert!(e.var.starts_with("REDIS_"), "{e}");
+            assert!(e.to_string().contains("exactly one"), "{e}");
+        }
+        let topology = |vars: &[(&str, &str)]| {
+            let mut vars = vars.to_vec();
+            vars.push(JWT);
+            config(&vars).unwrap().redis.unwrap().topology
+        };
+        assert_eq!(
+            topology(&[single]),
+            redis::RedisTopology::Single {
+                url: "redis://127.0.0.1:6379".into()
+            }
+        );
+        assert_eq!(
+            topology(&[sentinel, master]),
+            redis::RedisTopology::Sentinel {
+                urls: vec![
+                    "redis://127.0.0.1:26379".into(),
+                    "redis://127.0.0.1:26380".into()
+                ],
+                master: "mymaster".into()
+            }
+        );
+        assert!(matches!(
+            topology(&[cluster]),
+            redis::RedisTopology::Cluster { urls } if urls.len() == 2
+        ));
+        // None: in-process, and the Redis-only settings are shown as their defaults.
+        assert!(config(&[]).unwrap().redis.is_none());
+
+        let var_of = |vars: &[(&str, &str)]| {
+            let mut vars = vars.to_vec();
+            vars.push(JWT);
+            config(&vars).unwrap_err().var
+        };
+        assert_eq!(var_of(&[sentinel]), "REDIS_SENTINEL_MASTER");
+        assert_eq!(var_of(&[single, master]), "REDIS_SENTINEL_MASTER");
+        assert_eq!(
+            var_of(&[("REDIS_SENTINEL_URLS", "redis://a:1,rediss://b:2"), master]),
+            "REDIS_SENTINEL_URLS"
+        );
+        assert_eq!(
+            var_of(&[("REDIS_CLUSTER_URLS", "http://a:1")]),
+            "REDIS_CLUSTER_URLS"
+        );
+        assert_eq!(
+            var_of(&[("REDIS_CLUSTER_URLS", ", ,")]),
+            "REDIS_CLUSTER_URLS"
+        );
+        assert_eq!(var_of(&[("REDIS_URL", "http://cache:6379")]), "REDIS_URL");
+        assert_eq!(
+            var_of(&[single, ("REDIS_WAIT_REPLICAS", "many")]),
+            "REDIS_WAIT_REPLICAS"
+        );
+        assert_eq!(
+            var_of(&[single, ("REDIS_WAIT_TIMEOUT_MS", "0")]),
+            "REDIS_WAIT_TIMEOUT_MS"
+        );
+        // A Redis of any kind needs a shared JWT secret.
+        for vars in [vec![sentinel, master], vec![cluster]] {
+            assert_eq!(config(&vars).unwrap_err().var, "JWT_SECRET");
+        }
+        let c = config(&[single, JWT, ("REDIS_WAIT_REPLICAS", "2")]).unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!(
+            (r.wait_replicas, r.wait_timeout),
+            (Some(2), Duration::from_millis(500))
+        );
+        let c = config(&[single, JWT]).unwrap();
+        assert_eq!(c.redis.unwrap().wait_replicas, None);
+    }
+
+    #[test]
+    fn redis_tls_files_are_read_at_start_and_errors_name_the_variable() {
+        let dir = std::env::temp_dir().join(format!(
+            "sessiond-redis-tls-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let (cert, key) = (
+            write("c.crt", &cert.pem()),
+            write("c.key", &signing_key.serialize_pem()),
+        );
+        let garbage = write("garbage.pem", "not PEM at all");
+        let missing = dir.join("missing.pem").display().to_string();
+        let tls = ("REDIS_URL", "rediss://cache:6380");
+        let var_of = |vars: &[(&str, &str)]| {
+            let mut vars = vars.to_vec();
+            vars.push(JWT);
+            let e = config(&vars).unwrap_err();
+            (e.var, e.to_string())
+        };
+        for (vars, var) in [
+            (
+                vec![tls, ("REDIS_CA_FILE", missing.as_str())],
+                "REDIS_CA_FILE",
+            ),
+            (
+                vec![tls, ("REDIS_CA_FILE", garbage.as_str())],
+                "REDIS_CA_FILE",
+            ),
+            (vec![tls, ("REDIS_CA_FILE", key.as_str())], "REDIS_CA_FILE"),
+            (
+                vec![tls, ("REDIS_CLIENT_CERT_FILE", cert.as_str())],
+                "REDIS_CLIENT_KEY_FILE",
+            ),
+            (
+                vec![tls, ("REDIS_CLIENT_KEY_FILE", key.as_str())],
+                "REDIS_CLIENT_CERT_FILE",
+            ),
+            (
+                vec![
+                    tls,
+                    ("REDIS_CLIENT_CERT_FILE", garbage.as_str()),
+                    ("REDIS_CLIENT_KEY_FILE", key.as_str()),
+                ],
+                "REDIS_CLIENT_CERT_FILE",
+            ),
+            (
+                vec![
+                    tls,
+                    ("REDIS_CLIENT_CERT_FILE", cert.as_str()),
+                    ("REDIS_CLIENT_KEY_FILE", cert.as_str()),
+                ],
+                "REDIS_CLIENT_KEY_FILE",
+            ),
+            // The files without rediss:// would be ignored: refused instead.
+            (
+                vec![
+                    ("REDIS_URL", "redis://cache:6379"),
+                    ("REDIS_CA_FILE", cert.as_str()),
+                ],
+                "REDIS_CA_FILE",
+            ),
+            (
+                vec![
+                    ("REDIS_CLIENT_CERT_FILE", cert.as_str()),
+                    ("REDIS_CLIENT_KEY_FILE", key.as_str()),
+                ],
+                "REDIS_CLIENT_CERT_FILE",
+            ),
+        ] {
+            assert_eq!(var_of(&vars).0, var, "{vars:?}: {}", var_of(&vars).1);
+        }
+        let c = config(&[
+            tls,
+            JWT,
+            ("REDIS_CA_FILE", &cert),
+            ("REDIS_CLIENT_CERT_FILE", &cert),
+            ("REDIS_CLIENT_KEY_FILE", &key),
+        ])
+        .unwrap();
+        let r = c.redis.as_ref().unwrap();
+        assert!(r.tls.ca_pem.is_some() && r.tls.client_pem.is_some());
+        let described = c.describe();
+        assert!(
+            described.contains(&format!("REDIS_CA_FILE={cert}")),
+            "{described}"
+        );
+        assert!(described.contains(&format!("REDIS_CLIENT_KEY_FILE={key}")));
+        // The key's contents never reach Debug output.
+        let pem = std::fs::read_to_string(&key).unwrap();
+        let body = pem.lines().nth(1).unwrap();
+        assert!(!format!("{c:?}").contains(body) && !format!("{r:?}").contains(body));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redis_passwords_are_masked_and_users_shown() {
+        let c = config(&[JWT, ("REDIS_URL", "rediss://alice:s3cr3t-pw@cache:6380/0")]).unwrap();
+        let (described, debug) = (c.describe(), format!("{c:?}"));
+        assert!(
+            described.contains("REDIS_URL=rediss://alice:***@cache:6380/0"),
+            "{described}"
+        );
+        assert!(!described.contains("s3cr3t-pw") && !debug.contains("s3cr3t-pw"));
+        let c = config(&[
+            JWT,
+            (
+                "REDIS_SENTINEL_URLS",
+                "redis://bob:pw-one@s1:26379,redis://bob:pw-two@s2:26379",
+            ),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+        ])
+        .unwrap();
+        let described = c.describe();
+        assert!(
+            described
+                .contains("REDIS_SENTINEL_URLS=redis://bob:***@s1:26379,redis://bob:***@s2:26379"),
+            "{described}"
+        );
+        assert!(described.contains("REDIS_SENTINEL_MASTER=mymaster"));
+        let topology = &c.redis.as_ref().unwrap().topology;
+        for shown in [
+            described.clone(),
+            format!("{c:?}"),
+            topology.describe(),
+            format!("{topology:?}"),
+        ] {
+            assert!(
+                !shown.contains("pw-one") && !shown.contains("pw-two"),
+                "{shown}"
+            );
+        }
+        // Unencoded separators inside a password are masked too.
+        assert_eq!(
+            mask_url_password("redis://carol:a/b@c:d@cache:6379"),
+            "redis://carol:***@cache:6379"
         );
         assert_eq!(
             mask_url_password("redis://:p,w@cache"),

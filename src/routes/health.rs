@@ -103,7 +103,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let checks = Checks {
         database: word(db_ok),
         schema: schema_word,
-        redis: if !state.config.uses_redis() {
+        redis: if state.config.redis.is_none() {
             "in-process"
         } else {
             word(redis_ok)

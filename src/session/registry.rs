@@ -36,10 +36,10 @@ pub struct SessionRegistry {
     sub: Option<Subscription>,
 }
 
-/// The pub/sub side: a dedicated connection, replaced whenever it dies (on a cluster, by one to
-/// another node: see [`crate::redis::Subscriber`]).
+/// The pub/sub side: a dedicated connection (to the current master; on a cluster, to any node:
+/// see [`crate::redis::Subscriber`]), replaced whenever it dies.
 struct Subscription {
-    source: crate::redis::Subscriber,
+    redis: crate::redis::Redis,
     channel: String,
     timeout: Duration,
     ping_interval: Duration,
@@ -66,7 +66,7 @@ impl SessionRegistry {
     ) -> Self {
         let sub = match &store {
             SessionStore::Redis(r) => Some(Subscription {
-                source: r.redis().subscriber().clone(),
+                redis: r.redis().clone(),
                 channel: r.channel().to_string(),
                 timeout: r.redis().timeout(),
                 ping_interval,
@@ -96,9 +96,9 @@ impl SessionRegistry {
             return;
         }
         sub.connecting = true;
-        let (source, channel, limit) = (sub.source.clone(), sub.channel.clone(), sub.timeout * 4);
+        let (redis, channel, limit) = (sub.redis.clone(), sub.channel.clone(), sub.timeout * 4);
         let attempt = async move {
-            let pubsub = source.connect(limit).await?;
+            let pubsub = redis.pubsub().await.map_err(|e| e.to_string())?;
             let (mut sink, stream) = pubsub.split();
             tokio::time::timeout(limit, sink.subscribe(&channel))
                 .await

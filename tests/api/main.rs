@@ -25,4 +25,5 @@ mod session_limit;
 mod sessions;
 mod tls;
 mod tokens;
+mod topology;
 mod validation;

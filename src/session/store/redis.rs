@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{Access, SharedAccess},
-    redis::Redis,
+    redis::{Redis, ScriptCall},
     session::{
         now_unix,
         seal::{Grant, RotationState, SealKeys},
@@ -230,16 +230,14 @@ impl RedisStore {
     }
 
     pub(super) async fn cut_off(&self, uid: Uuid) -> Result<Vec<Uuid>, SessionError> {
-        let mut conn = self.redis.conn();
-        let mut call = CUT_OFF.key(self.index_key(uid));
-        call.key(self.cut_off_key(uid))
+        let mut call = ScriptCall::new(&CUT_OFF);
+        call.key(self.index_key(uid))
+            .key(self.cut_off_key(uid))
             .arg(self.session_prefix(uid))
             .arg(self.lifetimes.cut_off_ttl().as_secs())
             .arg(&*self.channel)
             .arg(Invalidation::User(uid).encode());
-        let revoked: Vec<String> = self
-            .bounded("cut_off", call.invoke_async(&mut conn))
-            .await?;
+        let revoked: Vec<String> = self.redis.revoking("cut_off", &call).await?;
         Ok(revoked
             .iter()
             .filter_map(|s| Uuid::parse_str(s).ok())
@@ -359,13 +357,13 @@ impl RedisStore {
     }
 
     pub(super) async fn revoke(&self, uid: Uuid, sid: Uuid) -> Result<bool, SessionError> {
-        let mut conn = self.redis.conn();
-        let mut call = REVOKE.key(self.session_key(uid, sid));
-        call.key(self.used_key(uid, sid))
+        let mut call = ScriptCall::new(&REVOKE);
+        call.key(self.session_key(uid, sid))
+            .key(self.used_key(uid, sid))
             .key(self.index_key(uid))
             .arg(sid.to_string())
             .arg(&*self.channel);
-        let deleted: i64 = self.bounded("revoke", call.invoke_async(&mut conn)).await?;
+        let deleted: i64 = self.redis.revoking("revoke", &call).await?;
         Ok(deleted == 1)
     }
 
@@ -374,14 +372,12 @@ impl RedisStore {
         uid: Uuid,
         except: Option<Uuid>,
     ) -> Result<Vec<Uuid>, SessionError> {
-        let mut conn = self.redis.conn();
-        let mut call = REVOKE_ALL.key(self.index_key(uid));
-        call.arg(self.session_prefix(uid))
+        let mut call = ScriptCall::new(&REVOKE_ALL);
+        call.key(self.index_key(uid))
+            .arg(self.session_prefix(uid))
             .arg(except.map(|s| s.to_string()).unwrap_or_default())
             .arg(&*self.channel);
-        let revoked: Vec<String> = self
-            .bounded("revoke_all", call.invoke_async(&mut conn))
-            .await?;
+        let revoked: Vec<String> = self.redis.revoking("revoke_all", &call).await?;
         Ok(revoked
             .iter()
             .filter_map(|s| Uuid::parse_str(s).ok())
@@ -405,8 +401,9 @@ impl RedisStore {
             .bounded("set_access_read", read.invoke_async(&mut conn))
             .await?;
         let (roles, permissions) = (list_field(&access.roles), list_field(&access.permissions));
-        let mut write = SET_ACCESS.key(self.index_key(uid));
+        let mut write = ScriptCall::new(&SET_ACCESS);
         write
+            .key(self.index_key(uid))
             .arg(self.session_prefix(uid))
             .arg(&roles)
             .arg(&permissions)
@@ -442,8 +439,8 @@ impl RedisStore {
         if sealed == 0 {
             return Ok(0);
         }
-        self.bounded("set_access", write.invoke_async(&mut conn))
-            .await
+        // Durable like a revocation: a lost downgrade would hand the old roles back.
+        Ok(self.redis.revoking("set_access", &write).await?)
     }
 
     pub(super) async fn list(&self, uid: Uuid) -> Result<Vec<SessionRecord>, SessionError> {
@@ -559,9 +556,9 @@ impl RedisStore {
                 succ_jti: &jti_text,
             },
         );
-        let mut conn = self.redis.conn();
-        let mut call = ROTATE.key(self.session_key(uid, sid));
-        call.key(self.index_key(uid))
+        let mut call = ScriptCall::new(&ROTATE);
+        call.key(self.session_key(uid, sid))
+            .key(self.index_key(uid))
             .key(self.used_key(uid, sid))
             .key(self.cut_off_key(uid))
             .arg(&presented_hash)
@@ -577,7 +574,8 @@ impl RedisStore {
             .arg(expected_previous.unwrap_or_default())
             .arg(self.seal.seal_token(uid, sid, &successor_hash))
             .arg(rotation_mac);
-        let reply: Vec<String> = self.bounded("rotate", call.invoke_async(&mut conn)).await?;
+        // A rotation revokes the presented token (and reuse, the session): durable too.
+        let reply: Vec<String> = self.redis.revoking("rotate", &call).await?;
         let text = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
         // The grant's expiry if its MAC verifies (fields at these positions of the reply).
         let grant_at = |exp: usize, roles: usize, permissions: usize, mac: usize| {
@@ -764,7 +762,8 @@ mod tests {
         // A prefix (so a channel) of this test run alone.
         let prefix = format!("test-{}:", Uuid::new_v4().simple());
         let metrics = Metrics::new();
-        let redis = Redis::connect(&url, &prefix, Duration::from_secs(2), metrics.redis.clone())
+        let settings = crate::config::redis::RedisSettings::single(&url, Duration::from_secs(2));
+        let redis = Redis::connect(&settings, &prefix, metrics.redis.clone())
             .await
             .expect("connecting to Redis");
         let secret: [u8; 32] = rand::rng().random();
@@ -776,11 +775,7 @@ mod tests {
             SealKeys::new(&secret, None),
             metrics.seal_failures.clone(),
         );
-        let mut pubsub = redis
-            .subscriber()
-            .connect(Duration::from_secs(2))
-            .await
-            .expect("pub/sub");
+        let mut pubsub = redis.pubsub().await.expect("pub/sub");
         pubsub
             .subscribe(store.channel())
             .await
