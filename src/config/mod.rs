@@ -250,11 +250,6 @@ pub const VARS: &[Var] = &[
         Value("500"),
         "how long a revocation waits for those replicas before 503",
     ),
-    Var::new(
-        "REDIS_CLUSTER_URLS",
-        Unset("not a cluster"),
-        "Redis Cluster seed nodes, comma-separated redis:// or rediss:// URLs (instead of REDIS_URL)",
-    ),
     Var::secret(
         "JWT_SECRET",
         Unset("random per process"),
