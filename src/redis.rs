@@ -24,6 +24,7 @@ use ::redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr},
     sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
     Client, ClientTlsConfig, Cmd, ConnectionAddr, ErrorKind, FromRedisValue, IntoConnectionInfo,
     Pipeline, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, TlsCertificates,
@@ -433,18 +434,19 @@ impl Redis {
         }
         let wait_ms = self.shared.wait_timeout.as_millis() as u64;
         let current = self.current();
-        if let Conn::Cluster(_) = current.conn {
-            // The cluster client sends a keyless WAIT to every master and answers the smallest
-            // count; on the connections of the script's own write, it covers that write.
-            let mut conn = current.durable;
+        if let Conn::Cluster(mut conn) = current.durable.clone() {
+            // WAIT goes to the master of the script's slot, on the connection that carried the
+            // script's write: one shard without a replica fails only its own users' revocations.
+            // (A keyless WAIT would go to every master and answer the smallest count.)
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                Route::with_slot(call.slot(), SlotAddr::Master),
+            ));
+            let mut wait = ::redis::cmd("WAIT");
+            wait.arg(required).arg(wait_ms);
             let run = async {
-                let value: T = call.invoke(&mut conn).await?;
-                let acknowledged: u32 = ::redis::cmd("WAIT")
-                    .arg(required)
-                    .arg(wait_ms)
-                    .query_async(&mut conn)
-                    .await?;
-                Ok((value, acknowledged))
+                let value: T = call.invoke(&mut Conn::Cluster(conn.clone())).await?;
+                let acknowledged = conn.route_command(wait, route).await?;
+                Ok((value, u32::from_redis_value(acknowledged)?))
             };
             let limit = self.timeout + self.shared.wait_timeout;
             let (value, acknowledged) =
@@ -593,6 +595,11 @@ impl<'a> ScriptCall<'a> {
     pub fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
         arg.write_redis_args(&mut self.args);
         self
+    }
+
+    /// The hash slot of the script's keys (they share one: see the module's doc).
+    fn slot(&self) -> Slot {
+        Slot::for_key(self.keys.first().map(Vec::as_slice).unwrap_or_default())
     }
 
     fn evalsha(&self) -> Cmd {

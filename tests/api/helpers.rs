@@ -933,6 +933,25 @@ async fn node_text(port: u16, command: &[&str]) -> Option<String> {
     cmd.query_async(&mut con).await.ok()
 }
 
+/// One cluster node; its `nodes-<port>.conf` in `dir` keeps its identity across a restart.
+fn spawn_cluster_node(dir: &std::path::Path, port: u16) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+        .args([
+            "--cluster-node-timeout",
+            &CLUSTER_NODE_TIMEOUT_MS.to_string(),
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--dir", &dir.display().to_string()])
+        .args(["--logfile", &format!("{port}.log")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts (apt-get install redis-server)")
+}
+
 impl RedisCluster {
     pub async fn start() -> Self {
         let dir =
@@ -944,21 +963,7 @@ impl RedisCluster {
         }
         let mut nodes = Vec::new();
         for &port in &ports {
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args([
-                    "--cluster-node-timeout",
-                    &CLUSTER_NODE_TIMEOUT_MS.to_string(),
-                ])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--dir", &dir.display().to_string()])
-                .args(["--logfile", &format!("{port}.log")])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server starts (apt-get install redis-server)");
+            let child = spawn_cluster_node(&dir, port);
             nodes.push((port, child));
         }
         let cluster = Self {
@@ -1169,6 +1174,24 @@ impl RedisCluster {
                 .await
                 .expect("SETSLOT NODE");
         }
+    }
+
+    /// Starts a killed node again: it rejoins the cluster, as a replica of whoever took over.
+    pub fn restart(&self, port: u16) {
+        let child = spawn_cluster_node(&self.dir, port);
+        self.nodes.lock().unwrap().push((port, child));
+    }
+
+    /// Whether the node on `port` has `replicas` replicas online (INFO replication).
+    pub async fn has_replicas(&self, port: u16, replicas: usize) -> bool {
+        node_text(port, &["INFO", "replication"])
+            .await
+            .is_some_and(|info| {
+                info.lines()
+                    .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                    .count()
+                    >= replicas
+            })
     }
 
     /// SIGKILL: no goodbye to the cluster or the clients.
