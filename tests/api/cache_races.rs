@@ -111,20 +111,7 @@ async fn a_read_in_flight_across_a_resubscription_is_not_cached() {
 
     // A's subscription dies and cannot come back for now; B revokes in the gap.
     proxy.refuse_new(true);
-    let client = redis::Client::open(redis_url()).expect("redis url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("ADDR")
-        .arg(subscribers[0].to_string())
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(&mut con)
-        .await
-        .expect("CLIENT KILL");
+    let killed = kill_redis_client(subscribers[0]).await;
     assert_eq!(killed, 1, "A's subscriber connection was killed");
     assert_eq!(
         b.post_auth("/logout", &tokens.access).await.status,

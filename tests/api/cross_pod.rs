@@ -93,20 +93,7 @@ async fn lost_invalidation_after_subscriber_kill_is_bounded_by_cache_ttl() {
     assert_eq!(subscribers.len(), 1, "B has one subscriber connection");
 
     // Kill B's subscriber server-side, then log out on A at once: the message can be lost.
-    let client = redis::Client::open(redis_url()).expect("redis url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("ADDR")
-        .arg(subscribers[0].to_string())
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(&mut con)
-        .await
-        .expect("CLIENT KILL");
+    let killed = kill_redis_client(subscribers[0]).await;
     assert_eq!(killed, 1, "B's subscriber connection was killed");
     assert_eq!(
         a.post_auth("/logout", &tokens.access).await.status,

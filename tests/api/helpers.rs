@@ -933,6 +933,25 @@ async fn node_text(port: u16, command: &[&str]) -> Option<String> {
     cmd.query_async(&mut con).await.ok()
 }
 
+/// Closes one client connection server-side (`CLIENT KILL ADDR`, as Redis sees its address);
+/// returns how many were killed.
+pub async fn kill_redis_client(addr: SocketAddr) -> i64 {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ADDR")
+        .arg(addr.to_string())
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut con)
+        .await
+        .expect("CLIENT KILL")
+}
+
 /// One cluster node; its `nodes-<port>.conf` in `dir` keeps its identity across a restart.
 fn spawn_cluster_node(dir: &std::path::Path, port: u16) -> std::process::Child {
     std::process::Command::new("redis-server")
