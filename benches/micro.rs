@@ -76,17 +76,30 @@ fn issue(keys: &JwtKeys, rec: &SessionRecord) -> String {
 }
 
 fn jwt(c: &mut Criterion) {
+    use sessiond::{auth::keys::KeyMaterial, config::JwtAlgorithm};
     let cfg = config();
-    let keys = JwtKeys::new(&cfg);
     let rec = record(cfg.session_lifetime);
-    let token = issue(&keys, &rec);
     let mut g = c.benchmark_group("jwt");
-    g.bench_function("sign (HS256, docs/API.md claims)", |b| {
-        b.iter(|| issue(&keys, black_box(&rec)))
-    });
-    g.bench_function("verify", |b| {
-        b.iter(|| keys.verify(black_box(&token)).expect("valid"))
-    });
+    for alg in JwtAlgorithm::ALL {
+        let keys = JwtKeys::new(&cfg);
+        if alg.is_asymmetric() {
+            let key = KeyMaterial::generate(alg).expect("key generation");
+            keys.install(key.sole_key_set().expect("key set"));
+        }
+        let name = alg.name();
+        let token = issue(&keys, &rec);
+        g.bench_function(format!("sign {name} (docs/API.md claims)"), |b| {
+            b.iter(|| issue(&keys, black_box(&rec)))
+        });
+        // A token seen for the first time: header, signature and claims checked.
+        g.bench_function(format!("verify {name}, first time (uncached)"), |b| {
+            b.iter(|| keys.verify_uncached(black_box(&token)).expect("valid"))
+        });
+        // The hot path: a token already verified (the verified-token cache).
+        g.bench_function(format!("verify {name}, seen before (cached)"), |b| {
+            b.iter(|| keys.verify(black_box(&token)).expect("valid"))
+        });
+    }
     g.finish();
 }
 

@@ -1,5 +1,6 @@
 //! Operator commands that work on the database directly: `sessiond user create`, the way to
-//! make the first admin without a running server or an HTTP call.
+//! make the first admin without a running server or an HTTP call, and `sessiond keys ...` for
+//! the token-signing keys.
 use std::time::Duration;
 
 use actix::Actor;
@@ -83,4 +84,70 @@ pub fn read_password() -> Result<String, String> {
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .unwrap_or(&line);
     Ok(password.to_string())
+}
+
+async fn key_database(config: &Config) -> Result<sea_orm::DatabaseConnection, String> {
+    let db = startup::connect_database(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    if config.migrate_on_start {
+        startup::migrate(&db).await.map_err(|e| e.to_string())?;
+    }
+    Ok(db)
+}
+
+/// `sessiond keys list`: every stored signing key, one line each, oldest first.
+pub async fn list_keys(config: &Config) -> Result<String, String> {
+    use crate::auth::keys;
+    let db = key_database(config).await?;
+    let rows = keys::load(&db).await.map_err(|e| e.to_string())?;
+    let now = crate::session::now_unix();
+    let policy = keys::KeyPolicy::new(config);
+    let time = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+    };
+    let mut out = format!(
+        "{:<44} {:<6} {:<8} {:<26} {}\n",
+        "KID", "ALG", "STATE", "SIGNS FROM", "PUBLISHED UNTIL"
+    );
+    for k in keys::timeline(&rows, &policy, now) {
+        let state = match k.state {
+            keys::KeyState::Pending => "pending",
+            keys::KeyState::Active => "active",
+            keys::KeyState::Previous => "previous",
+            keys::KeyState::Expired => "expired",
+        };
+        out.push_str(&format!(
+            "{:<44} {:<6} {:<8} {:<26} {}\n",
+            k.kid,
+            k.algorithm,
+            state,
+            time(k.activates_at),
+            k.published_until.map_or("-".to_string(), time)
+        ));
+    }
+    Ok(out)
+}
+
+/// `sessiond keys rotate`: a new key, published at once, signing after ACCESS_TOKEN_TTL +
+/// JWKS_MAX_AGE + JWT_KEY_POLL_SECONDS. Returns its kid.
+pub async fn rotate_keys(config: &Config) -> Result<String, String> {
+    use crate::auth::keys;
+    let db = key_database(config).await?;
+    let policy = keys::KeyPolicy::new(config);
+    keys::rotate(&db, &policy, crate::session::now_unix())
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "another rotation happened at the same moment; see `sessiond keys list`".into())
+}
+
+/// `sessiond keys retire`: retires the keys of other algorithms than JWT_ALGORITHM. Returns
+/// how many.
+pub async fn retire_keys(config: &Config) -> Result<u64, String> {
+    use crate::auth::keys;
+    let db = key_database(config).await?;
+    let policy = keys::KeyPolicy::new(config);
+    keys::retire_other_algorithms(&db, &policy, crate::session::now_unix())
+        .await
+        .map_err(|e| e.to_string())
 }

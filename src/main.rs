@@ -25,6 +25,23 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// The keys that sign access tokens (JWT_ALGORITHM EdDSA, ES256, RS256).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Show every stored key: kid, algorithm, state, when it signs, until when it is published.
+    List,
+    /// Rotate now: a new key is published at once and signs once every verifier can know it.
+    Rotate,
+    /// Retire the keys of other algorithms than JWT_ALGORITHM (the last step of an algorithm
+    /// switch, once every pod runs the new setting); they stay published until their tokens
+    /// have expired.
+    Retire,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +80,7 @@ async fn main() -> ExitCode {
         Command::User {
             command: UserCommand::Create { email, name, roles },
         } => create_user(config, email, name, roles).await,
+        Command::Keys { command } => keys(config, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +101,15 @@ async fn create_user(
     let password = sessiond::cli::read_password()?;
     let id = sessiond::cli::create_user(&config, &email, name, roles, password).await?;
     println!("{id}");
+    Ok(())
+}
+
+async fn keys(config: Config, command: KeysCommand) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        KeysCommand::List => print!("{}", sessiond::cli::list_keys(&config).await?),
+        KeysCommand::Rotate => println!("{}", sessiond::cli::rotate_keys(&config).await?),
+        KeysCommand::Retire => println!("{} keys retired", sessiond::cli::retire_keys(&config).await?),
+    }
     Ok(())
 }
 

@@ -45,6 +45,9 @@ pub enum StartupError {
     Argon2(String),
     #[error("ADMIN_EMAILS: cannot grant the admin role: {0}")]
     AdminGrant(String),
+    /// The message names the variable (JWT_KEY_ENCRYPTION_KEY, JWT_PRIVATE_KEY_FILE) when one is at fault.
+    #[error("signing keys: {0}")]
+    Keys(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -150,6 +153,8 @@ pub struct Application {
     users: Addr<UserStore>,
     sessions: Addr<SessionRegistry>,
     audit: AuditWriter,
+    /// The signing-key poll loop, stopped with the server.
+    key_refresh: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -211,6 +216,10 @@ impl Application {
             config.pubsub_ping_interval,
         )
         .start();
+        let jwt = JwtKeys::new(&config);
+        let key_refresh = crate::auth::keys::start(db.clone(), &config, jwt.clone())
+            .await
+            .map_err(|e| StartupError::Keys(e.to_string()))?;
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
         let (audit, audit_writer) =
             AuditLog::start(users.clone(), metrics.clone(), config.audit_denied_window);
@@ -287,7 +296,7 @@ impl Application {
                 profiles,
                 settings,
             },
-            jwt: JwtKeys::new(&config),
+            jwt,
             config,
             cache,
         });
@@ -370,6 +379,7 @@ impl Application {
             users,
             sessions,
             audit: audit_writer,
+            key_refresh,
         })
     }
 
@@ -394,6 +404,7 @@ impl Application {
             metrics.stop(true).await;
         }
         self.audit.stop().await;
+        self.key_refresh.abort();
         let _ = self.sessions.send(session::Stop).await;
         let _ = self.users.send(users::Stop).await;
         result

@@ -1,7 +1,9 @@
-//! Access tokens: HS256 JWTs with the claims docs/API.md lists. Verification pins the algorithm,
+//! Access tokens: JWTs with the claims docs/API.md lists, signed with HS256 (JWT_SECRET) or an
+//! asymmetric key (see `keys`). Verification pins the algorithm to the key named by `kid`,
 //! requires every claim, checks iss, aud, exp and nbf with a small leeway, and checks `typ`.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use jsonwebtoken::{
     decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
@@ -16,6 +18,8 @@ pub const LEEWAY_SECONDS: u64 = 10;
 /// Longer than any token we issue (16 roles and 64 permissions of the longest names: about
 /// 7.5 KiB; a unit test checks); longer headers are rejected before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 10 * 1024;
+/// RFC 9068's `typ` of access tokens; `JWT` (what sessiond wrote before) is still accepted.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -33,7 +37,7 @@ pub struct Claims {
     pub permissions: Vec<String>,
 }
 
-/// A verification key and the `kid` that names it.
+/// An HS256 verification key and the `kid` that names it.
 #[derive(Clone)]
 struct VerifyKey {
     kid: String,
@@ -58,25 +62,138 @@ fn key_id(secret: &[u8]) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
+/// The key that signs, with the header every token it signs carries.
+pub struct Signer {
+    pub(crate) header: Header,
+    pub(crate) key: EncodingKey,
+}
+
+impl Signer {
+    pub fn new(alg: Algorithm, kid: &str, key: EncodingKey) -> Self {
+        let mut header = Header::new(alg);
+        header.typ = Some(ACCESS_TOKEN_TYP.into());
+        header.kid = Some(kid.to_string());
+        Self { header, key }
+    }
+
+    fn kid(&self) -> Option<&str> {
+        self.header.kid.as_deref()
+    }
+}
+
+/// A public key that verifies tokens of its one algorithm and is listed in the JWKS.
+pub struct PublishedKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub key: DecodingKey,
+    /// The public JWK as published (`kid`, `alg`, `use` included).
+    pub jwk: serde_json::Value,
+    /// Unix time after which it verifies nothing and is no longer published (None: open).
+    pub until: Option<i64>,
+}
+
+/// What the asymmetric keys look like at the moment: replaced as a whole by the key store.
+pub struct KeySet {
+    /// None: HS256 with JWT_SECRET signs.
+    signer: Option<Arc<Signer>>,
+    published: Vec<PublishedKey>,
+    /// With an asymmetric algorithm, HS256 tokens verify only before this unix time.
+    hs256_until: Option<i64>,
+    started_at: i64,
+    /// The body of GET /.well-known/jwks.json.
+    jwks: String,
+}
+
+impl KeySet {
+    pub fn new(
+        signer: Option<Arc<Signer>>,
+        published: Vec<PublishedKey>,
+        hs256_until: Option<i64>,
+        started_at: i64,
+    ) -> Self {
+        let keys: Vec<&serde_json::Value> = published.iter().map(|k| &k.jwk).collect();
+        let jwks = serde_json::json!({ "keys": keys }).to_string();
+        Self {
+            signer,
+            published,
+            hs256_until,
+            started_at,
+            jwks,
+        }
+    }
+
+    pub(crate) fn signer_named(&self, kid: &str) -> Option<Arc<Signer>> {
+        self.signer.clone().filter(|s| s.kid() == Some(kid))
+    }
+
+    pub fn signer_kid(&self) -> Option<&str> {
+        self.signer.as_ref().and_then(|s| s.kid())
+    }
+
+    pub(crate) fn started_at(&self) -> i64 {
+        self.started_at
+    }
+}
+
 /// Verified tokens, keyed by the token itself. Only tokens this server signed are ever inserted, so
 /// a client cannot choose what lands in it (no hash flooding), and a lookup hashes the token once
 /// with a fast keyed hash instead of a SHA-256 (which cost more than the rest of the check).
-type VerifiedTokens =
-    moka::sync::Cache<Box<str>, std::sync::Arc<Claims>, foldhash::fast::RandomState>;
+type VerifiedTokens = moka::sync::Cache<Box<str>, Arc<Claims>, foldhash::fast::RandomState>;
 
 /// Bytes of tokens the verified-token cache may hold.
 const VERIFIED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Clones share the cache of verified tokens.
+/// One validation per algorithm: a key verifies only tokens of its own algorithm.
+#[derive(Clone)]
+struct Validations {
+    hs256: Validation,
+    eddsa: Validation,
+    es256: Validation,
+    rs256: Validation,
+}
+
+impl Validations {
+    fn new(config: &Config) -> Self {
+        let make = |alg| {
+            let mut v = Validation::new(alg);
+            v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+            v.set_issuer(&[&config.jwt_issuer]);
+            v.set_audience(&[&config.jwt_audience]);
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            v.leeway = LEEWAY_SECONDS;
+            v
+        };
+        Self {
+            hs256: make(Algorithm::HS256),
+            eddsa: make(Algorithm::EdDSA),
+            es256: make(Algorithm::ES256),
+            rs256: make(Algorithm::RS256),
+        }
+    }
+
+    fn of(&self, alg: Algorithm) -> Option<&Validation> {
+        match alg {
+            Algorithm::HS256 => Some(&self.hs256),
+            Algorithm::EdDSA => Some(&self.eddsa),
+            Algorithm::ES256 => Some(&self.es256),
+            Algorithm::RS256 => Some(&self.rs256),
+            _ => None,
+        }
+    }
+}
+
+/// Clones share the cache of verified tokens and the key set.
 #[derive(Clone)]
 pub struct JwtKeys {
     verified: VerifiedTokens,
-    encoding: EncodingKey,
+    /// HS256 with JWT_SECRET: signs when no asymmetric key does.
+    hs_signer: Arc<Signer>,
     current: VerifyKey,
     /// JWT_SECRET_PREVIOUS: verifies tokens signed before a rotation; never signs.
     previous: Option<VerifyKey>,
-    validation: Validation,
-    header: Header,
+    set: Arc<ArcSwap<KeySet>>,
+    validations: Arc<Validations>,
     issuer: String,
     audience: String,
     access_ttl: Duration,
@@ -87,42 +204,68 @@ pub struct JwtKeys {
 pub struct SignError;
 
 impl JwtKeys {
+    /// HS256 keys from the configuration; asymmetric keys arrive with [`JwtKeys::install`]
+    /// (the key store does it before the server serves).
     pub fn new(config: &Config) -> Self {
         let secret = config.jwt_secret.expose();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        validation.set_issuer(&[&config.jwt_issuer]);
-        validation.set_audience(&[&config.jwt_audience]);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECONDS;
         let current = VerifyKey::new(secret);
-        let mut header = Header::new(Algorithm::HS256);
-        header.typ = Some("JWT".into());
-        header.kid = Some(current.kid.clone());
+        let hs_signer = Arc::new(Signer::new(
+            Algorithm::HS256,
+            &current.kid,
+            EncodingKey::from_secret(secret),
+        ));
         Self {
-            verified: moka::sync::Cache::<Box<str>, std::sync::Arc<Claims>>::builder()
-                .time_to_live(std::time::Duration::from_secs(60))
+            verified: moka::sync::Cache::<Box<str>, Arc<Claims>>::builder()
+                .time_to_live(Duration::from_secs(60))
                 .weigher(|token, _| token.len().try_into().unwrap_or(u32::MAX))
                 .max_capacity(VERIFIED_CACHE_BYTES)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
-            encoding: EncodingKey::from_secret(secret),
+            hs_signer,
             current,
             previous: config
                 .jwt_secret_previous
                 .as_ref()
                 .map(|s| VerifyKey::new(s.expose())),
-            validation,
-            header,
+            set: Arc::new(ArcSwap::from_pointee(KeySet::new(
+                None,
+                Vec::new(),
+                None,
+                crate::session::now_unix(),
+            ))),
+            validations: Arc::new(Validations::new(config)),
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
             access_ttl: config.access_token_ttl,
         }
     }
 
+    /// Replaces the asymmetric keys (every clone sees the new set).
+    pub fn install(&self, set: KeySet) {
+        self.set.store(Arc::new(set));
+    }
+
+    pub fn key_set(&self) -> Arc<KeySet> {
+        self.set.load_full()
+    }
+
+    /// The JWKS document: the published public keys (none with HS256 alone).
+    pub fn jwks(&self) -> String {
+        self.set.load().jwks.clone()
+    }
+
+    /// The kid that signs new tokens now.
+    pub fn signing_kid(&self) -> String {
+        let set = self.set.load();
+        set.signer_kid()
+            .or(self.hs_signer.kid())
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Signs an access token for the session; it never outlives the session. Deterministic in
-    /// its inputs (HS256, fixed claim order), which lets a refresh replayed within the grace
-    /// window return the very same token. Returns the token and its lifetime in seconds.
+    /// its inputs for one signing key (HS256, Ed25519, RFC 6979 ECDSA and PKCS#1 v1.5 RSA all
+    /// are; fixed claim order), which lets a refresh replayed within the grace window return the
+    /// very same token. Returns the token and its lifetime in seconds.
     pub fn issue(
         &self,
         user_id: Uuid,
@@ -145,7 +288,9 @@ impl JwtKeys {
             roles: access.roles.clone(),
             permissions: access.permissions.clone(),
         };
-        let token = encode(&self.header, &claims, &self.encoding).map_err(|_| SignError)?;
+        let set = self.set.load();
+        let signer = set.signer.as_deref().unwrap_or(&self.hs_signer);
+        let token = encode(&signer.header, &claims, &signer.key).map_err(|_| SignError)?;
         Ok((token, exp - now))
     }
 
@@ -153,11 +298,11 @@ impl JwtKeys {
     /// told to the client.
     ///
     /// A token that verified once is remembered for a minute: a client presents the same token on
-    /// every request, and a lookup costs a fraction of parsing and HMAC-checking it again. Only the
+    /// every request, and a lookup costs a fraction of parsing and checking it again. Only the
     /// time claims can change their verdict, so they are checked again on every hit. Revocation
     /// is the session check's job. Holding the token in memory adds nothing for an attacker who
     /// can read this process: it also holds the key that signs them.
-    pub fn verify(&self, token: &str) -> Option<std::sync::Arc<Claims>> {
+    pub fn verify(&self, token: &str) -> Option<Arc<Claims>> {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
@@ -166,12 +311,16 @@ impl JwtKeys {
         if let Some(claims) = self.verified.get(token) {
             return (claims.nbf - leeway <= now && now < claims.exp + leeway).then_some(claims);
         }
-        let claims = std::sync::Arc::new(self.verify_uncached(token)?);
+        let claims = Arc::new(self.verify_uncached(token)?);
         self.verified.insert(token.into(), claims.clone());
         Some(claims)
     }
 
-    fn verify_uncached(&self, token: &str) -> Option<Claims> {
+    /// The full check, without the verified-token cache (benchmarks compare the two).
+    pub fn verify_uncached(&self, token: &str) -> Option<Claims> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
         let header = decode_header(token).ok()?;
         // Keys are never fetched or taken from a token (RFC 8725 3.10): a token that points
         // elsewhere is refused outright.
@@ -187,10 +336,46 @@ impl JwtKeys {
         if header.crit.is_some() {
             return None;
         }
-        if header.typ.as_deref() != Some("JWT") {
+        // RFC 9068 4: `at+jwt` (media types compare case-insensitively, the `application/`
+        // prefix may be there); `JWT` from before the upgrade until those tokens expire.
+        let typ = header.typ.as_deref()?;
+        let typ = typ
+            .get(..12)
+            .filter(|p| p.eq_ignore_ascii_case("application/"))
+            .map_or(typ, |_| &typ[12..]);
+        if !(typ == "JWT" || typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYP)) {
             return None;
         }
-        let keys: Vec<&VerifyKey> = match header.kid.as_deref() {
+        let validation = self.validations.of(header.alg)?;
+        if header.alg == Algorithm::HS256 {
+            return self.verify_hs256(token, header.kid.as_deref(), validation);
+        }
+        // Asymmetric: the kid must name a published key of exactly this algorithm.
+        let set = self.set.load();
+        let now = crate::session::now_unix();
+        let key = set
+            .published
+            .iter()
+            .find(|k| Some(k.kid.as_str()) == header.kid.as_deref())?;
+        if key.alg != header.alg || key.until.is_some_and(|u| u <= now) {
+            return None;
+        }
+        decode::<Claims>(token, &key.key, validation)
+            .ok()
+            .map(|d| d.claims)
+    }
+
+    fn verify_hs256(
+        &self,
+        token: &str,
+        kid: Option<&str>,
+        validation: &Validation,
+    ) -> Option<Claims> {
+        let hs256_until = self.set.load().hs256_until;
+        if hs256_until.is_some_and(|u| u <= crate::session::now_unix()) {
+            return None;
+        }
+        let keys: Vec<&VerifyKey> = match kid {
             Some(kid) => {
                 let key = [Some(&self.current), self.previous.as_ref()]
                     .into_iter()
@@ -203,9 +388,15 @@ impl JwtKeys {
                 .flatten()
                 .collect(),
         };
-        keys.into_iter()
-            .find_map(|k| decode::<Claims>(token, &k.key, &self.validation).ok())
-            .map(|data| data.claims)
+        let claims = keys
+            .into_iter()
+            .find_map(|k| decode::<Claims>(token, &k.key, validation).ok())
+            .map(|data| data.claims)?;
+        // After a switch away from HS256, no HS256 token may outlive the window.
+        if hs256_until.is_some_and(|u| claims.exp > u) {
+            return None;
+        }
+        Some(claims)
     }
 }
 

@@ -4,6 +4,7 @@ pub mod access;
 pub mod client;
 pub mod extractor;
 pub mod jwt;
+pub mod keys;
 
 pub use crate::domain::SharedAccess;
 pub use access::{Access, Authorized, DenialAudit};

@@ -91,6 +91,18 @@ pub struct Config {
     pub session_secret_previous: Option<Secret>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    /// What signs access tokens: HS256 with JWT_SECRET, or an asymmetric key.
+    pub jwt_algorithm: JwtAlgorithm,
+    /// AES-256 key that encrypts the signing keys sessiond generates (asymmetric algorithms).
+    pub jwt_key_encryption_key: Option<Secret>,
+    /// JWT_PRIVATE_KEY_FILE: a PEM key given by the operator (no generation, no rotation).
+    pub jwt_private_key: Option<PrivateKeyFile>,
+    /// A generated signing key signs for this long before its successor takes over.
+    pub jwt_key_rotation: Duration,
+    /// `Cache-Control: max-age` of /.well-known/jwks.json.
+    pub jwks_max_age: Duration,
+    /// How often each pod reads the signing keys from the database.
+    pub jwt_key_poll: Duration,
     /// Absolute session lifetime (TOKEN_EXPIRATION hours); also the Redis TTL of the session key.
     pub session_lifetime: Duration,
     pub access_token_ttl: Duration,
@@ -128,6 +140,47 @@ pub struct Config {
     /// Repeated denials of one kind by one actor within this window are written as one counted
     /// event at its end (the first at once), so a loop of 403s cannot flood the audit trail.
     pub audit_denied_window: Duration,
+}
+
+/// JWT_ALGORITHM: the JWS `alg` of issued access tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JwtAlgorithm {
+    Hs256,
+    EdDsa,
+    Es256,
+    Rs256,
+}
+
+impl JwtAlgorithm {
+    pub const ALL: [JwtAlgorithm; 4] = [Self::Hs256, Self::EdDsa, Self::Es256, Self::Rs256];
+
+    /// The JWS name (`alg` header, JWKS `alg`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hs256 => "HS256",
+            Self::EdDsa => "EdDSA",
+            Self::Es256 => "ES256",
+            Self::Rs256 => "RS256",
+        }
+    }
+
+    /// Case-insensitive, as operators type it.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(raw.trim()))
+    }
+
+    pub fn is_asymmetric(self) -> bool {
+        self != Self::Hs256
+    }
+}
+
+/// JWT_PRIVATE_KEY_FILE, read at start.
+#[derive(Clone)]
+pub struct PrivateKeyFile {
+    pub path: String,
+    pub pem: Secret,
 }
 
 /// What leaving a variable unset means.
@@ -269,6 +322,36 @@ pub const VARS: &[Var] = &[
         "SESSION_SECRET_PREVIOUS",
         Unset("no key being rotated out"),
         "the session secret being rotated out: verifies seals, never seals",
+    ),
+    Var::new(
+        "JWT_ALGORITHM",
+        Value("HS256"),
+        "HS256 (JWT_SECRET), EdDSA, ES256 or RS256 (keys in the database, published at /.well-known/jwks.json)",
+    ),
+    Var::secret(
+        "JWT_KEY_ENCRYPTION_KEY",
+        Unset("required with EdDSA, ES256, RS256"),
+        "32 random bytes in base64 that encrypt the generated signing keys in the database",
+    ),
+    Var::new(
+        "JWT_PRIVATE_KEY_FILE",
+        Unset("sessiond generates and rotates its keys"),
+        "PEM private key for JWT_ALGORITHM (from a KMS or a Kubernetes Secret; not rotated by sessiond)",
+    ),
+    Var::new(
+        "JWT_KEY_ROTATION_DAYS",
+        Value("30"),
+        "days a generated signing key signs before its successor",
+    ),
+    Var::new(
+        "JWKS_MAX_AGE",
+        Value("300"),
+        "seconds verifiers may cache /.well-known/jwks.json",
+    ),
+    Var::new(
+        "JWT_KEY_POLL_SECONDS",
+        Value("5"),
+        "how often each pod reads the signing keys from the database",
     ),
     Var::new("JWT_ISSUER", Value("sessiond"), "`iss` of issued tokens"),
     Var::new("JWT_AUDIENCE", Value("sessiond"), "`aud` of issued tokens"),
@@ -594,6 +677,50 @@ impl Config {
 
         let jwt_secret_previous =
             optional_secret("JWT_SECRET_PREVIOUS", env.get("JWT_SECRET_PREVIOUS"))?;
+        let jwt_algorithm = {
+            let raw = env.string("JWT_ALGORITHM")?;
+            JwtAlgorithm::parse(&raw).ok_or_else(|| {
+                err(
+                    "JWT_ALGORITHM",
+                    format!("expected HS256, EdDSA, ES256 or RS256, got {raw:?}"),
+                )
+            })?
+        };
+        let jwt_private_key = match env.get("JWT_PRIVATE_KEY_FILE") {
+            None => None,
+            Some(_) if !jwt_algorithm.is_asymmetric() => {
+                return Err(err(
+                    "JWT_PRIVATE_KEY_FILE",
+                    "needs JWT_ALGORITHM EdDSA, ES256 or RS256",
+                ))
+            }
+            Some(path) => {
+                let pem = std::fs::read(path.trim()).map_err(|e| {
+                    err(
+                        "JWT_PRIVATE_KEY_FILE",
+                        format!("cannot read {}: {e}", path.trim()),
+                    )
+                })?;
+                Some(PrivateKeyFile {
+                    path: path.trim().to_string(),
+                    pem: Secret::new(pem),
+                })
+            }
+        };
+        let jwt_key_encryption_key = match env.get("JWT_KEY_ENCRYPTION_KEY") {
+            Some(raw) => Some(check_encryption_key("JWT_KEY_ENCRYPTION_KEY", raw)?),
+            None if jwt_algorithm.is_asymmetric() && jwt_private_key.is_none() => {
+                return Err(err(
+                    "JWT_KEY_ENCRYPTION_KEY",
+                    format!(
+                        "required with JWT_ALGORITHM={} (it encrypts the generated signing keys); \
+                         generate one with `head -c 32 /dev/urandom | base64`",
+                        jwt_algorithm.name()
+                    ),
+                ));
+            }
+            None => None,
+        };
         let session_secret = optional_secret("SESSION_SECRET", env.get("SESSION_SECRET"))?;
         let session_secret_previous = optional_secret(
             "SESSION_SECRET_PREVIOUS",
@@ -687,6 +814,12 @@ impl Config {
             session_secret_previous,
             jwt_issuer: env.string("JWT_ISSUER")?,
             jwt_audience: env.string("JWT_AUDIENCE")?,
+            jwt_algorithm,
+            jwt_key_encryption_key,
+            jwt_private_key,
+            jwt_key_rotation: secs(env.number("JWT_KEY_ROTATION_DAYS", 1u64, 3650)? * 86_400),
+            jwks_max_age: secs(env.number("JWKS_MAX_AGE", 0, 86_400)?),
+            jwt_key_poll: secs(env.number("JWT_KEY_POLL_SECONDS", 1, 300)?),
             session_lifetime: secs(env.number("TOKEN_EXPIRATION", 1u64, 24 * 365)? * 3600),
             access_token_ttl: secs(env.number("ACCESS_TOKEN_TTL", 10, 86_400)?),
             session_cache_ttl: secs(env.number("SESSION_CACHE_TTL", 0, 300)?),
@@ -819,6 +952,12 @@ impl Config {
             "JWT_SECRET_PREVIOUS" => secret(&self.jwt_secret_previous),
             "SESSION_SECRET" => secret(&self.session_secret),
             "SESSION_SECRET_PREVIOUS" => secret(&self.session_secret_previous),
+            "JWT_ALGORITHM" => Text(self.jwt_algorithm.name().to_string()),
+            "JWT_KEY_ENCRYPTION_KEY" => secret(&self.jwt_key_encryption_key),
+            "JWT_PRIVATE_KEY_FILE" => opt(self.jwt_private_key.as_ref().map(|k| k.path.clone())),
+            "JWT_KEY_ROTATION_DAYS" => Text((self.jwt_key_rotation.as_secs() / 86_400).to_string()),
+            "JWKS_MAX_AGE" => secs(self.jwks_max_age),
+            "JWT_KEY_POLL_SECONDS" => secs(self.jwt_key_poll),
             "JWT_ISSUER" => Text(self.jwt_issuer.clone()),
             "JWT_AUDIENCE" => Text(self.jwt_audience.clone()),
             "TOKEN_EXPIRATION" => Text((self.session_lifetime.as_secs() / 3600).to_string()),
@@ -988,6 +1127,35 @@ fn entropy_bits(bytes: &[u8]) -> f64 {
         })
         .sum();
     per_byte * n
+}
+
+/// A 32-byte key given in base64: refused like JWT_SECRET when it is an example or too
+/// predictable (checked on the text as given), and it must decode to exactly 32 bytes.
+pub fn check_encryption_key(var: &'static str, value: String) -> Result<Secret, ConfigError> {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let checked = check_secret(var, value.trim().to_string())?;
+    let bytes = STANDARD
+        .decode(checked.expose())
+        .map_err(|_| err(var, "expected 32 bytes in base64 (`head -c 32 /dev/urandom | base64`)"))?;
+    if bytes.len() != 32 {
+        return Err(err(
+            var,
+            format!(
+                "expected 32 bytes in base64, got {} bytes (`head -c 32 /dev/urandom | base64`)",
+                bytes.len()
+            ),
+        ));
+    }
+    // The decoded bytes too: base64 of a readable phrase passes the checks on the text.
+    let lower = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    if PLACEHOLDER_MARKERS.iter().any(|m| lower.contains(m)) || entropy_bits(&bytes) < 120.0 {
+        return Err(err(
+            var,
+            "is not 32 random bytes (an example or too little entropy); generate one with \
+             `head -c 32 /dev/urandom | base64`",
+        ));
+    }
+    Ok(Secret::new(bytes))
 }
 
 /// A secret that may be unset, but is checked like JWT_SECRET when set.
@@ -1490,6 +1658,10 @@ mod tests {
                 "SESSION_SECRET_PREVIOUS",
                 "pZ3x6Cv9Bn2Mq5Wl8Ek1Rj4Th7Yg0UfLn8rT1wX6",
             ),
+            (
+                "JWT_KEY_ENCRYPTION_KEY",
+                "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2flJc=",
+            ),
         ];
         let mut vars = secrets.to_vec();
         vars.push(("DB_URL", "postgres://app:db-pass-123@db:5432/x"));
@@ -1567,6 +1739,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn asymmetric_algorithms_need_a_sound_encryption_key_or_a_key_file() {
+        let kek = "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2flJc=";
+        let c = config(&[("JWT_ALGORITHM", "eddsa"), ("JWT_KEY_ENCRYPTION_KEY", kek)]).unwrap();
+        assert_eq!(c.jwt_algorithm, JwtAlgorithm::EdDsa);
+        assert_eq!(c.jwt_key_encryption_key.unwrap().expose().len(), 32);
+        assert_eq!(config(&[]).unwrap().jwt_algorithm, JwtAlgorithm::Hs256);
+        for alg in ["EdDSA", "ES256", "RS256"] {
+            let e = config(&[("JWT_ALGORITHM", alg)]).unwrap_err();
+            assert_eq!(e.var, "JWT_KEY_ENCRYPTION_KEY");
+        }
+        assert_eq!(config(&[("JWT_ALGORITHM", "HS512")]).unwrap_err().var, "JWT_ALGORITHM");
+        for bad in [
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",     // 32 zero bytes
+            "YWJjYWJjYWJjYWJjYWJjYWJjYWJjYWJjYWJjYWJjYWI=",     // "abc" repeated
+            "cmVwbGFjZS1tZS1yZXBsYWNlLW1lLXJlcGxhY2UtbWU=",     // a placeholder
+            "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2f",         // 30 bytes
+            "not base64 at all, but long enough to pass the length check!",
+        ] {
+            let e = config(&[("JWT_ALGORITHM", "ES256"), ("JWT_KEY_ENCRYPTION_KEY", bad)])
+                .unwrap_err();
+            assert_eq!(e.var, "JWT_KEY_ENCRYPTION_KEY", "{bad}");
+            assert!(!e.to_string().contains(bad), "the error must not echo the value");
+        }
+        assert_eq!(
+            config(&[("JWT_PRIVATE_KEY_FILE", "/nonexistent.pem")]).unwrap_err().var,
+            "JWT_PRIVATE_KEY_FILE"
+        );
+        assert_eq!(
+            config(&[("JWT_ALGORITHM", "RS256"), ("JWT_PRIVATE_KEY_FILE", "/nonexistent.pem")])
+                .unwrap_err()
+                .var,
+            "JWT_PRIVATE_KEY_FILE"
+        );
     }
 
     /// Every literal secret that a file of this repository shows as an example is refused, so

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod health;
+pub mod jwks;
 pub mod openapi;
 pub mod session;
 pub mod users;
@@ -53,6 +54,7 @@ pub fn configure(
             }),
         );
         health::configure(cfg, public_metrics);
+        jwks::configure(cfg);
         users::configure(cfg);
         auth::configure(cfg);
         session::configure(cfg);

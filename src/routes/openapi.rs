@@ -46,6 +46,7 @@ use crate::routes;
         routes::health::health,
         routes::health::ready,
         routes::health::metrics,
+        routes::jwks::jwks,
         openapi_json,
     ),
     components(schemas(crate::error::ErrorBody)),
@@ -78,7 +79,8 @@ method `405` `method_not_allowed` (with `Allow`), an unexpected failure `500` `i
 - Emails are trimmed and compared case-insensitively (stored lower-cased after Unicode NFKC): \
 two spellings of one address are one account. Passwords are 8 to 128 characters (Unicode \
 scalar values), never trimmed or truncated.
-- Access tokens are HS256 JWTs (`typ: JWT`, `kid` naming the key) with the claims `sub` (user \
+- Access tokens are JWTs (`typ: at+jwt`, RFC 9068; `kid` naming the key; `alg` HS256, or \
+EdDSA, ES256 or RS256 with the public keys at `/.well-known/jwks.json`) with the claims `sub` (user \
 id), `sid` (session id), `iat`, `nbf`, `exp`, `iss`, `aud`, `jti`, `roles` and `permissions`.
 - Revocation: once a logout, `DELETE /sessions/{id}`, a password change, a detected refresh \
 token reuse or an admin's revoke, disable or delete has answered, the pod that served it \
