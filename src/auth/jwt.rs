@@ -94,8 +94,10 @@ pub struct PublishedKey {
 
 /// What the asymmetric keys look like at the moment: replaced as a whole by the key store.
 pub struct KeySet {
-    /// None: HS256 with JWT_SECRET signs.
-    signer: Option<Arc<Signer>>,
+    /// Signers and the unix time each signs from, oldest first: the newest whose time has come
+    /// signs, so every pod switches to a rotated key at the same moment. None yet: HS256 with
+    /// JWT_SECRET signs.
+    signers: Vec<(i64, Arc<Signer>)>,
     published: Vec<PublishedKey>,
     /// With an asymmetric algorithm, HS256 tokens verify only before this unix time.
     hs256_until: Option<i64>,
@@ -106,15 +108,16 @@ pub struct KeySet {
 
 impl KeySet {
     pub fn new(
-        signer: Option<Arc<Signer>>,
+        mut signers: Vec<(i64, Arc<Signer>)>,
         published: Vec<PublishedKey>,
         hs256_until: Option<i64>,
         started_at: i64,
     ) -> Self {
         let keys: Vec<&serde_json::Value> = published.iter().map(|k| &k.jwk).collect();
         let jwks = serde_json::json!({ "keys": keys }).to_string();
+        signers.sort_by_key(|(from, _)| *from);
         Self {
-            signer,
+            signers,
             published,
             hs256_until,
             started_at,
@@ -123,11 +126,24 @@ impl KeySet {
     }
 
     pub(crate) fn signer_named(&self, kid: &str) -> Option<Arc<Signer>> {
-        self.signer.clone().filter(|s| s.kid() == Some(kid))
+        self.signers
+            .iter()
+            .find(|(_, s)| s.kid() == Some(kid))
+            .map(|(_, s)| s.clone())
+    }
+
+    /// The asymmetric key that signs at `now`, if any.
+    fn signer_at(&self, now: i64) -> Option<&Signer> {
+        self.signers
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= now)
+            .map(|(_, s)| s.as_ref())
     }
 
     pub fn signer_kid(&self) -> Option<&str> {
-        self.signer.as_ref().and_then(|s| s.kid())
+        self.signer_at(crate::session::now_unix())
+            .and_then(|s| s.kid())
     }
 
     pub(crate) fn started_at(&self) -> i64 {
@@ -227,7 +243,7 @@ impl JwtKeys {
                 .as_ref()
                 .map(|s| VerifyKey::new(s.expose())),
             set: Arc::new(ArcSwap::from_pointee(KeySet::new(
-                None,
+                Vec::new(),
                 Vec::new(),
                 None,
                 crate::session::now_unix(),
@@ -289,7 +305,7 @@ impl JwtKeys {
             permissions: access.permissions.clone(),
         };
         let set = self.set.load();
-        let signer = set.signer.as_deref().unwrap_or(&self.hs_signer);
+        let signer = set.signer_at(now).unwrap_or(&self.hs_signer);
         let token = encode(&signer.header, &claims, &signer.key).map_err(|_| SignError)?;
         Ok((token, exp - now))
     }

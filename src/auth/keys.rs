@@ -163,7 +163,7 @@ impl KeyMaterial {
     /// A key set where this key alone signs and is published (benchmarks, tests, key files).
     pub fn sole_key_set(&self) -> Result<KeySet, KeyError> {
         Ok(KeySet::new(
-            Some(Arc::new(self.signer()?)),
+            vec![(i64::MIN, Arc::new(self.signer()?))],
             vec![self.published(None)?],
             None,
             crate::session::now_unix(),
@@ -526,20 +526,21 @@ pub fn key_set(
             Err(e) => tracing::error!(cause = %e, "a stored signing key is unusable"),
         }
     }
-    let mut signer = None;
+    let mut signers = Vec::new();
     if let Some(file) = file {
         if !published.iter().any(|p| p.kid == file.kid) {
             published.push(file.published(None)?);
         }
-        signer = Some(Arc::new(file.signer()?));
+        signers.push((i64::MIN, Arc::new(file.signer()?)));
     } else if policy.managed {
-        let active = infos
-            .iter()
-            .filter(|i| i.algorithm == policy.algorithm.name() && i.state == KeyState::Active)
-            .max_by_key(|i| i.activates_at);
-        if let Some(active) = active {
-            signer = match previous.signer_named(&active.kid) {
-                Some(s) => Some(s),
+        // The active key and any pending one: decrypted ahead, so the switch needs no poll.
+        let candidates = infos.iter().filter(|i| {
+            i.algorithm == policy.algorithm.name()
+                && matches!(i.state, KeyState::Active | KeyState::Pending)
+        });
+        for active in candidates {
+            let signer = match previous.signer_named(&active.kid) {
+                Some(s) => s,
                 None => {
                     let kek = policy.kek.as_deref().ok_or(KeyError::NoEncryptionKey)?;
                     let row = rows
@@ -554,9 +555,10 @@ pub fn key_set(
                             row.kid
                         )));
                     }
-                    Some(Arc::new(material.signer()?))
+                    Arc::new(material.signer()?)
                 }
             };
+            signers.push((active.activates_at, signer));
         }
     }
     // HS256 tokens stay valid across a switch to an asymmetric algorithm until they expire:
@@ -578,7 +580,7 @@ pub fn key_set(
         Some(since + policy.tail())
     };
     Ok(KeySet::new(
-        signer,
+        signers,
         published,
         hs256_until,
         previous.started_at(),
