@@ -138,7 +138,9 @@ pub async fn rotate_keys(config: &Config) -> Result<String, String> {
     keys::rotate(&db, &policy, crate::session::now_unix())
         .await
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| "another rotation happened at the same moment; see `sessiond keys list`".into())
+        .ok_or_else(|| {
+            "another rotation happened at the same moment; see `sessiond keys list`".into()
+        })
 }
 
 /// `sessiond keys retire`: retires the keys of other algorithms than JWT_ALGORITHM. Returns

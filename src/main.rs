@@ -108,7 +108,10 @@ async fn keys(config: Config, command: KeysCommand) -> Result<(), Box<dyn std::e
     match command {
         KeysCommand::List => print!("{}", sessiond::cli::list_keys(&config).await?),
         KeysCommand::Rotate => println!("{}", sessiond::cli::rotate_keys(&config).await?),
-        KeysCommand::Retire => println!("{} keys retired", sessiond::cli::retire_keys(&config).await?),
+        KeysCommand::Retire => println!(
+            "{} keys retired",
+            sessiond::cli::retire_keys(&config).await?
+        ),
     }
     Ok(())
 }

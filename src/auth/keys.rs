@@ -139,13 +139,19 @@ impl KeyMaterial {
                         break k;
                     }
                 };
-                key.to_pkcs8_der().map_err(|e| fail(&e))?.as_bytes().to_vec()
+                key.to_pkcs8_der()
+                    .map_err(|e| fail(&e))?
+                    .as_bytes()
+                    .to_vec()
             }
             JwtAlgorithm::Rs256 => {
                 use rsa::pkcs1::EncodeRsaPrivateKey;
                 let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
                     .map_err(|e| fail(&e))?;
-                key.to_pkcs1_der().map_err(|e| fail(&e))?.as_bytes().to_vec()
+                key.to_pkcs1_der()
+                    .map_err(|e| fail(&e))?
+                    .as_bytes()
+                    .to_vec()
             }
             JwtAlgorithm::Hs256 => return Err(KeyError::Generate("HS256 has no key pair".into())),
         };
@@ -315,9 +321,7 @@ impl KeyPolicy {
                 .map(|k| k.expose().to_vec()),
             access_ttl: config.access_token_ttl.as_secs() as i64,
             rotation: config.jwt_key_rotation.as_secs() as i64,
-            publish_ahead: (config.access_token_ttl
-                + config.jwks_max_age
-                + config.jwt_key_poll)
+            publish_ahead: (config.access_token_ttl + config.jwks_max_age + config.jwt_key_poll)
                 .as_secs() as i64,
             poll: config.jwt_key_poll,
         }
@@ -439,7 +443,9 @@ pub async fn maintain(
         let newest = mine.iter().map(|r| r.activates_at).max();
         let due = match newest {
             None => Some(now),
-            Some(newest) if newest <= now && now >= newest + policy.rotation - policy.publish_ahead => {
+            Some(newest)
+                if newest <= now && now >= newest + policy.rotation - policy.publish_ahead =>
+            {
                 Some((newest + policy.rotation).max(now + policy.publish_ahead))
             }
             Some(_) => None,
@@ -596,9 +602,10 @@ pub async fn start(
 ) -> Result<tokio::task::JoinHandle<()>, KeyError> {
     let policy = KeyPolicy::new(config);
     let file = match &config.jwt_private_key {
-        Some(f) => Some(KeyMaterial::from_pem(config.jwt_algorithm, f.pem.expose()).map_err(
-            |e| KeyError::Invalid(format!("JWT_PRIVATE_KEY_FILE {}: {e}", f.path)),
-        )?),
+        Some(f) => Some(
+            KeyMaterial::from_pem(config.jwt_algorithm, f.pem.expose())
+                .map_err(|e| KeyError::Invalid(format!("JWT_PRIVATE_KEY_FILE {}: {e}", f.path)))?,
+        ),
         None => None,
     };
     match refresh(&db, &policy, file.as_ref(), &jwt).await {
@@ -646,7 +653,11 @@ mod tests {
 
     #[test]
     fn generated_keys_sign_tokens_their_published_half_verifies() {
-        for alg in [JwtAlgorithm::EdDsa, JwtAlgorithm::Es256, JwtAlgorithm::Rs256] {
+        for alg in [
+            JwtAlgorithm::EdDsa,
+            JwtAlgorithm::Es256,
+            JwtAlgorithm::Rs256,
+        ] {
             let key = KeyMaterial::generate(alg).unwrap();
             let signer = key.signer().unwrap();
             let published = key.published(None).unwrap();

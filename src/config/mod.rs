@@ -1134,9 +1134,12 @@ fn entropy_bits(bytes: &[u8]) -> f64 {
 pub fn check_encryption_key(var: &'static str, value: String) -> Result<Secret, ConfigError> {
     use base64::{engine::general_purpose::STANDARD, Engine};
     let checked = check_secret(var, value.trim().to_string())?;
-    let bytes = STANDARD
-        .decode(checked.expose())
-        .map_err(|_| err(var, "expected 32 bytes in base64 (`head -c 32 /dev/urandom | base64`)"))?;
+    let bytes = STANDARD.decode(checked.expose()).map_err(|_| {
+        err(
+            var,
+            "expected 32 bytes in base64 (`head -c 32 /dev/urandom | base64`)",
+        )
+    })?;
     if bytes.len() != 32 {
         return Err(err(
             var,
@@ -1752,27 +1755,38 @@ mod tests {
             let e = config(&[("JWT_ALGORITHM", alg)]).unwrap_err();
             assert_eq!(e.var, "JWT_KEY_ENCRYPTION_KEY");
         }
-        assert_eq!(config(&[("JWT_ALGORITHM", "HS512")]).unwrap_err().var, "JWT_ALGORITHM");
+        assert_eq!(
+            config(&[("JWT_ALGORITHM", "HS512")]).unwrap_err().var,
+            "JWT_ALGORITHM"
+        );
         for bad in [
-            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",     // 32 zero bytes
-            "YWJjYWJjYWJjYWJjYWJjYWJjYWJjYWJjYWJjYWJjYWI=",     // "abc" repeated
-            "cmVwbGFjZS1tZS1yZXBsYWNlLW1lLXJlcGxhY2UtbWU=",     // a placeholder
-            "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2f",         // 30 bytes
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", // 32 zero bytes
+            "YWJjYWJjYWJjYWJjYWJjYWJjYWJjYWJjYWJjYWJjYWI=", // "abc" repeated
+            "cmVwbGFjZS1tZS1yZXBsYWNlLW1lLXJlcGxhY2UtbWU=", // a placeholder
+            "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2f",     // 30 bytes
             "not base64 at all, but long enough to pass the length check!",
         ] {
-            let e = config(&[("JWT_ALGORITHM", "ES256"), ("JWT_KEY_ENCRYPTION_KEY", bad)])
-                .unwrap_err();
+            let e =
+                config(&[("JWT_ALGORITHM", "ES256"), ("JWT_KEY_ENCRYPTION_KEY", bad)]).unwrap_err();
             assert_eq!(e.var, "JWT_KEY_ENCRYPTION_KEY", "{bad}");
-            assert!(!e.to_string().contains(bad), "the error must not echo the value");
+            assert!(
+                !e.to_string().contains(bad),
+                "the error must not echo the value"
+            );
         }
         assert_eq!(
-            config(&[("JWT_PRIVATE_KEY_FILE", "/nonexistent.pem")]).unwrap_err().var,
+            config(&[("JWT_PRIVATE_KEY_FILE", "/nonexistent.pem")])
+                .unwrap_err()
+                .var,
             "JWT_PRIVATE_KEY_FILE"
         );
         assert_eq!(
-            config(&[("JWT_ALGORITHM", "RS256"), ("JWT_PRIVATE_KEY_FILE", "/nonexistent.pem")])
-                .unwrap_err()
-                .var,
+            config(&[
+                ("JWT_ALGORITHM", "RS256"),
+                ("JWT_PRIVATE_KEY_FILE", "/nonexistent.pem")
+            ])
+            .unwrap_err()
+            .var,
             "JWT_PRIVATE_KEY_FILE"
         );
     }

@@ -26,7 +26,8 @@ services_only!(switching_the_algorithm_logs_nobody_out);
 const KEK: &str = "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2flJc=";
 
 fn asymmetric(dep: &mut Deployment, alg: &str) {
-    dep.set("JWT_ALGORITHM", alg).set("JWT_KEY_ENCRYPTION_KEY", KEK);
+    dep.set("JWT_ALGORITHM", alg)
+        .set("JWT_KEY_ENCRYPTION_KEY", KEK);
 }
 
 /// Keys that move in seconds: a rotated key signs 11 s after it is published and a retired one
@@ -75,7 +76,10 @@ async fn tokens_carry_kid_and_typ_and_the_jwks_publishes_their_key(backend: Back
     let app = dep.spawn().await;
     let (_, t) = app.user().await;
     let h = header_of(&t.access);
-    assert_eq!((h["alg"].as_str(), h["typ"].as_str()), (Some("HS256"), Some("at+jwt")));
+    assert_eq!(
+        (h["alg"].as_str(), h["typ"].as_str()),
+        (Some("HS256"), Some("at+jwt"))
+    );
     let r = jwks(&app).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, json!({"keys": []}));
@@ -98,7 +102,10 @@ async fn tokens_carry_kid_and_typ_and_the_jwks_publishes_their_key(backend: Back
         let keys = r.body["keys"].as_array().expect("keys");
         assert_eq!(keys.len(), 1, "{}", r.body);
         let jwk = &keys[0];
-        assert_eq!((jwk["kid"].as_str(), jwk["alg"].as_str()), (Some(kid.as_str()), Some(alg)));
+        assert_eq!(
+            (jwk["kid"].as_str(), jwk["alg"].as_str()),
+            (Some(kid.as_str()), Some(alg))
+        );
         assert_eq!(jwk["use"], "sig");
         for private in ["d", "p", "q", "dp", "dq", "qi", "k"] {
             assert!(jwk.get(private).is_none(), "{alg}: {private} published");
@@ -114,10 +121,16 @@ async fn tokens_carry_kid_and_typ_and_the_jwks_publishes_their_key(backend: Back
 
         // Stored encrypted, found again by the next pod (no second key).
         let db = Database::connect(dep.database_url()).await.expect("db");
-        let rows = entities::signing_key::Entity::find().all(&db).await.expect("rows");
+        let rows = entities::signing_key::Entity::find()
+            .all(&db)
+            .await
+            .expect("rows");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].kid, kid);
-        assert!(!rows[0].private_key.contains("PRIVATE"), "private key stored in clear");
+        assert!(
+            !rows[0].private_key.contains("PRIVATE"),
+            "private key stored in clear"
+        );
         let _ = db.close().await;
         let second = dep.spawn().await;
         assert_eq!(kids(&second).await, set(&[&kid]));
@@ -133,7 +146,10 @@ async fn tokens_carry_kid_and_typ_and_the_jwks_publishes_their_key(backend: Back
             "q3VbG8m+0vR1yZk2XcL7pQ9sT4uW6eHnJ5aB1dFgh0E=".into(),
         );
         let config = sessiond::config::Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
-        let err = Application::build(config).await.err().expect("start refused");
+        let err = Application::build(config)
+            .await
+            .err()
+            .expect("start refused");
         assert!(err.to_string().contains("JWT_KEY_ENCRYPTION_KEY"), "{err}");
         second.stop().await;
         app.stop().await;
@@ -173,14 +189,21 @@ async fn bad_tokens_against_published_keys_are_401(backend: Backend) {
     // The public key (in each form a verifier might hold it) as an HMAC secret: HS256 with the
     // EdDSA kid, without a kid, and with the HS256 key's kid.
     let mut forged = Vec::new();
-    for secret in [public_raw.clone(), x.as_bytes().to_vec(), jwk.to_string().into_bytes()] {
+    for secret in [
+        public_raw.clone(),
+        x.as_bytes().to_vec(),
+        jwk.to_string().into_bytes(),
+    ] {
         let key = EncodingKey::from_secret(&secret);
         for header in [
             json!({"alg": "HS256", "typ": "at+jwt", "kid": kid}),
             json!({"alg": "HS256", "typ": "at+jwt"}),
             json!({"alg": "HS256", "typ": "JWT"}),
         ] {
-            forged.push(("public key as HMAC secret", sign_with(header, &claims, &key, Algorithm::HS256)));
+            forged.push((
+                "public key as HMAC secret",
+                sign_with(header, &claims, &key, Algorithm::HS256),
+            ));
         }
     }
     // alg none, with and without the kid.
@@ -200,7 +223,12 @@ async fn bad_tokens_against_published_keys_are_401(backend: Backend) {
     for k in ["unknown-kid", kid.as_str()] {
         forged.push((
             "foreign key",
-            sign_with(json!({"typ": "at+jwt", "kid": k}), &claims, &foreign, Algorithm::EdDSA),
+            sign_with(
+                json!({"typ": "at+jwt", "kid": k}),
+                &claims,
+                &foreign,
+                Algorithm::EdDSA,
+            ),
         ));
     }
     // The published key's kid with another algorithm (ES256, with a P-256 key of the attacker).
@@ -211,7 +239,12 @@ async fn bad_tokens_against_published_keys_are_401(backend: Backend) {
     };
     forged.push((
         "published kid, other algorithm",
-        sign_with(json!({"typ": "at+jwt", "kid": kid}), &claims, &p256, Algorithm::ES256),
+        sign_with(
+            json!({"typ": "at+jwt", "kid": kid}),
+            &claims,
+            &p256,
+            Algorithm::ES256,
+        ),
     ));
     // A key handed in the token itself.
     forged.push((
@@ -230,13 +263,22 @@ async fn bad_tokens_against_published_keys_are_401(backend: Backend) {
     roles["roles"] = json!(["admin"]);
     forged.push((
         "tampered payload",
-        format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(roles.to_string()), parts[2]),
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(roles.to_string()),
+            parts[2]
+        ),
     ));
 
     for (what, token) in forged {
         let r = app.get("/session", Some(&token)).await;
         r.assert_error(401, "unauthorized");
-        assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")), "{what}");
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|h| h.starts_with("Bearer")),
+            "{what}"
+        );
     }
     // The genuine token still works.
     assert_eq!(session_status(&app, &t.access).await, 200);
@@ -257,35 +299,56 @@ async fn a_rotation_reaches_every_pod_and_retires_the_old_key(backend: Backend) 
     assert_eq!(kids(&b).await, set(&[&old]));
 
     // Forced rotation (what `sessiond keys rotate` runs).
-    let new = sessiond::cli::rotate_keys(&dep.config()).await.expect("rotated");
+    let new = sessiond::cli::rotate_keys(&dep.config())
+        .await
+        .expect("rotated");
     assert_ne!(new, old);
-    let listing = sessiond::cli::list_keys(&dep.config()).await.expect("listed");
-    assert!(listing.contains(&old) && listing.contains(&new), "{listing}");
+    let listing = sessiond::cli::list_keys(&dep.config())
+        .await
+        .expect("listed");
+    assert!(
+        listing.contains(&old) && listing.contains(&new),
+        "{listing}"
+    );
     assert!(listing.contains("pending"), "{listing}");
     // Every pod publishes it within seconds, before it signs anything.
     for pod in [&a, &b] {
-        let both = eventually(Duration::from_secs(5), Duration::from_millis(100), async || {
-            kids(pod).await == set(&[&old, &new])
-        })
+        let both = eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            async || kids(pod).await == set(&[&old, &new]),
+        )
         .await;
         assert!(both, "the new key reached every pod's JWKS");
     }
-    assert_eq!(kid_of(&b.login(&email, PASSWORD).await.access), old, "published, not signing yet");
+    assert_eq!(
+        kid_of(&b.login(&email, PASSWORD).await.access),
+        old,
+        "published, not signing yet"
+    );
 
     // Once it signs, a token of the old key still verifies on both pods until it expires.
     let mut last_old = None;
-    let switched = eventually(Duration::from_secs(20), Duration::from_millis(250), async || {
-        let token = a.login(&email, PASSWORD).await.access;
-        if kid_of(&token) == old {
-            last_old = Some(token);
-            false
-        } else {
-            true
-        }
-    })
+    let switched = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        async || {
+            let token = a.login(&email, PASSWORD).await.access;
+            if kid_of(&token) == old {
+                last_old = Some(token);
+                false
+            } else {
+                true
+            }
+        },
+    )
     .await;
     assert!(switched, "the new key signs after the publication delay");
-    assert_eq!(kid_of(&b.login(&email, PASSWORD).await.access), new, "both pods switch");
+    assert_eq!(
+        kid_of(&b.login(&email, PASSWORD).await.access),
+        new,
+        "both pods switch"
+    );
     let last_old = last_old.expect("a token of the old key");
     for pod in [&a, &b] {
         assert_eq!(session_status(pod, &last_old).await, 200);
@@ -294,9 +357,11 @@ async fn a_rotation_reaches_every_pod_and_retires_the_old_key(backend: Backend) 
 
     // After every old token has expired, only the new key is published.
     for pod in [&a, &b] {
-        let retired = eventually(Duration::from_secs(30), Duration::from_millis(250), async || {
-            kids(pod).await == set(&[&new])
-        })
+        let retired = eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            async || kids(pod).await == set(&[&new]),
+        )
         .await;
         assert!(retired, "the old key left the JWKS");
     }
@@ -339,13 +404,19 @@ async fn switching_the_algorithm_logs_nobody_out() {
     assert_eq!(header_of(&before.access)["alg"], "HS256");
     asymmetric(&mut dep, "EdDSA");
     let ed = dep.spawn().await;
-    assert_eq!(session_status(&ed, &before.access).await, 200, "HS256 token on the new pod");
+    assert_eq!(
+        session_status(&ed, &before.access).await,
+        200,
+        "HS256 token on the new pod"
+    );
     let on_ed = ed.login(&email, PASSWORD).await;
     assert_eq!(header_of(&on_ed.access)["alg"], "EdDSA");
     // The HS256 pod learns the new key from the database within a poll.
-    let learned = eventually(Duration::from_secs(5), Duration::from_millis(100), async || {
-        session_status(&hs, &on_ed.access).await == 200
-    })
+    let learned = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || session_status(&hs, &on_ed.access).await == 200,
+    )
     .await;
     assert!(learned, "an EdDSA token verifies on the HS256 pod");
     // Refresh works across the switch, both ways round.
@@ -361,15 +432,25 @@ async fn switching_the_algorithm_logs_nobody_out() {
     // And back: EdDSA → HS256.
     dep.set("JWT_ALGORITHM", "HS256");
     let back = dep.spawn().await;
-    assert_eq!(session_status(&back, &refreshed).await, 200, "EdDSA token on the HS256 pod");
-    let r = refresh(&back, &r.body["refresh_token"].as_str().expect("refresh").to_string()).await;
+    assert_eq!(
+        session_status(&back, &refreshed).await,
+        200,
+        "EdDSA token on the HS256 pod"
+    );
+    let r = refresh(&back, r.body["refresh_token"].as_str().expect("refresh")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let hs_again = r.body["access_token"].as_str().expect("token").to_string();
     assert_eq!(header_of(&hs_again)["alg"], "HS256");
-    assert_eq!(session_status(&ed, &hs_again).await, 200, "within the switch window");
+    assert_eq!(
+        session_status(&ed, &hs_again).await,
+        200,
+        "within the switch window"
+    );
     ed.stop().await;
     // The last step: the EdDSA key signs no more, and stays published while its tokens live.
-    let retired = sessiond::cli::retire_keys(&dep.config()).await.expect("retired");
+    let retired = sessiond::cli::retire_keys(&dep.config())
+        .await
+        .expect("retired");
     assert_eq!(retired, 1);
     assert_eq!(kids(&back).await.len(), 1);
     assert_eq!(session_status(&back, &refreshed).await, 200);
@@ -431,7 +512,12 @@ async fn a_python_verifier_checks_tokens_against_the_jwks(backend: Backend) {
         let parts: Vec<&str> = t.access.split('.').collect();
         let mut payload = claims_of(&t.access);
         payload["roles"] = json!(["admin"]);
-        let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(payload.to_string()), parts[2]);
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(payload.to_string()),
+            parts[2]
+        );
         let (ok, out) = python_verify(&python, &url, &tampered).await;
         assert!(!ok, "{alg}: PyJWT accepted a tampered token: {out}");
         assert!(out.contains("rejected"), "{out}");
