@@ -318,7 +318,9 @@ async fn token_header_attacks_and_key_rotation(backend: Backend) {
             "crit empty",
             hs(json!({"alg": "HS256", "typ": "JWT", "crit": []})),
         ),
-        ("typ at+jwt", hs(json!({"alg": "HS256", "typ": "at+jwt"}))),
+        // at+jwt (RFC 9068) and JWT (before the upgrade) are the access-token types.
+        ("typ id+jwt", hs(json!({"alg": "HS256", "typ": "id+jwt"}))),
+        ("typ JOSE", hs(json!({"alg": "HS256", "typ": "JOSE"}))),
         ("RS256 header", hs(json!({"alg": "RS256", "typ": "JWT"}))),
         (
             "none",
