@@ -712,6 +712,7 @@ async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
         ("REDIS_URL", format!("redis://127.0.0.1:{}", master.port)),
         ("REDIS_WAIT_REPLICAS", "1".into()),
         ("REDIS_WAIT_TIMEOUT_MS", "300".into()),
+        ("MAX_SESSIONS_PER_USER", "2".into()),
     ])
     .await;
     let a = dep.spawn().await;
@@ -719,6 +720,13 @@ async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
     let (_, second) = a.user().await;
     let r = a.post_auth("/logout", &first.access).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // A user at the session limit: the next login ends the oldest session, a revocation too.
+    let (busy, oldest) = a.user().await;
+    let kept = a.login(&busy, PASSWORD).await;
+    assert_eq!(
+        a.metric(r#"sessiond_redis_wait_total{outcome="ok"}"#).await,
+        1.0
+    );
 
     // The replica stops acknowledging: a revocation cannot be confirmed, so it is not.
     replica.signal("STOP");
@@ -740,8 +748,27 @@ async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
     a.post_auth("/logout/all", &third.access)
         .await
         .assert_error(503, "unavailable");
+    // A login that would end the oldest session cannot have that confirmed: 503, no session
+    // handed out (the one it stored is deleted again).
+    let short = r#"sessiond_redis_wait_total{outcome="short"}"#;
+    let before = a.metric(short).await;
+    assert!(before >= 2.0, "the logouts above fell short: {before}");
+    a.login_reply(&busy, PASSWORD)
+        .await
+        .assert_error(503, "unavailable");
+    assert_eq!(a.metric(short).await, before + 1.0);
     replica.signal("CONT");
     wait_for_replication(master.port, 1).await;
+    // Back to normal: a login at the limit ends the oldest session once the replica has it;
+    // the failed login left no session behind, so the other one is still within the limit.
+    let newest = a.login(&busy, PASSWORD).await;
+    for (tokens, want) in [
+        (&oldest, StatusCode::UNAUTHORIZED),
+        (&kept, StatusCode::OK),
+        (&newest, StatusCode::OK),
+    ] {
+        assert_eq!(a.get("/session", Some(&tokens.access)).await.status, want);
+    }
     // Retried once the replica is back: acknowledged (the session was already gone).
     let retried = eventually(
         Duration::from_secs(10),
