@@ -769,22 +769,31 @@ async fn wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause() {
         ),
     ];
     for (vars, expected) in cases {
-        let started = Instant::now();
-        let (ok, _, stderr) = run_binary(&dep, &vars, &[]);
-        assert!(!ok, "{vars:?} started");
-        let line = stderr
-            .lines()
-            .find(|l| l.starts_with("sessiond: "))
-            .unwrap_or_else(|| panic!("no error line for {vars:?}: {stderr}"));
-        for word in expected {
-            assert!(line.contains(word), "{vars:?}: {line:?} lacks {word:?}");
-        }
+        let line = refused_at_start(&dep, &vars, expected);
         assert!(!line.contains(&password));
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{vars:?} took too long"
-        );
     }
+}
+
+/// The real binary with `vars` stops at start with one error line holding every word of
+/// `expected`, soon; the line.
+fn refused_at_start(dep: &Deployment, vars: &[(&str, String)], expected: &[&str]) -> String {
+    let started = Instant::now();
+    let (ok, _, stderr) = run_binary(dep, vars, &[]);
+    assert!(!ok, "{vars:?} started");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("sessiond: "))
+        .unwrap_or_else(|| panic!("no error line for {vars:?}: {stderr}"))
+        .to_string();
+    eprintln!("{line}");
+    for word in expected {
+        assert!(line.contains(word), "{vars:?}: {line:?} lacks {word:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{vars:?} took too long"
+    );
+    line
 }
 
 async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
@@ -1112,6 +1121,25 @@ async fn tls_sentinel_pods_share_the_flows_and_follow_a_failover() {
         ("REDIS_CA_FILE", pki.ca.clone()),
     ])
     .await;
+    // Wrong TLS settings stop the start, naming the variable and the cause.
+    let plain = topology.urls().replace("rediss://", "redis://");
+    refused_at_start(
+        &dep,
+        &[
+            ("REDIS_SENTINEL_URLS", plain),
+            ("REDIS_CA_FILE", String::new()),
+        ],
+        &["REDIS_SENTINEL_URLS", "needs rediss://"],
+    );
+    refused_at_start(
+        &dep,
+        &[("REDIS_CA_FILE", pki.other_ca.clone())],
+        &[
+            "REDIS_SENTINEL_URLS",
+            "certificate verify failed",
+            "REDIS_CA_FILE",
+        ],
+    );
     let (a, b) = shared_flows(&mut dep).await;
 
     let (_, before) = a.user().await;
@@ -1169,15 +1197,67 @@ async fn tls_cluster_pods_share_logout_refresh_throttling_and_roles() {
     let mut dep = deployment(&[
         ("REDIS_CLUSTER_URLS", cluster.urls().join(",")),
         ("REDIS_CA_FILE", pki.ca.clone()),
+        ("MAX_SESSIONS_PER_USER", "2".into()),
     ])
     .await;
+    // Wrong TLS settings stop the start, naming the variable and the cause.
+    let plain: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|u| u.replace("rediss://", "redis://"))
+        .collect();
+    refused_at_start(
+        &dep,
+        &[
+            ("REDIS_CLUSTER_URLS", plain.join(",")),
+            ("REDIS_CA_FILE", String::new()),
+        ],
+        &["REDIS_CLUSTER_URLS", "needs rediss://"],
+    );
+    refused_at_start(
+        &dep,
+        &[("REDIS_CA_FILE", pki.other_ca.clone())],
+        &[
+            "REDIS_CLUSTER_URLS",
+            "certificate verify failed",
+            "REDIS_CA_FILE",
+        ],
+    );
     let (a, b) = shared_flows(&mut dep).await;
     // Revocations waited for the shard's replica (the default on a cluster with replicas).
+    let ok = r#"sessiond_redis_wait_total{outcome="ok"}"#;
     for pod in [&a, &b] {
-        assert!(
-            pod.metric(r#"sessiond_redis_wait_total{outcome="ok"}"#)
-                .await
-                >= 1.0
+        assert!(pod.metric(ok).await >= 1.0);
+    }
+    // A login beyond the session limit ends the oldest session on both pods, once the master
+    // of the user's slot has heard from its replica (WAIT routed to that master).
+    let (email, oldest) = a.user().await;
+    let kept = a.login(&email, PASSWORD).await;
+    assert_eq!(
+        b.get("/session", Some(&oldest.access)).await.status,
+        StatusCode::OK
+    );
+    let before = a.metric(ok).await;
+    let newest = a.login(&email, PASSWORD).await;
+    assert_eq!(a.metric(ok).await, before + 1.0);
+    a.get("/session", Some(&oldest.access))
+        .await
+        .assert_error(401, "unauthorized");
+    let took = rejected_within(
+        &b,
+        &oldest.access,
+        Instant::now(),
+        Duration::from_secs(CACHE_TTL),
+    )
+    .await;
+    assert!(
+        took.is_some(),
+        "B still accepts the session the login ended"
+    );
+    for tokens in [&kept, &newest] {
+        assert_eq!(
+            b.get("/session", Some(&tokens.access)).await.status,
+            StatusCode::OK
         );
     }
 }
