@@ -476,24 +476,29 @@ impl Redis {
     /// (best effort, on the shared connection) and the answer is an error (503): what the write
     /// added is not handed out while what it ended may come back. `key`: one of the write's
     /// keys (on a cluster, its slot's master is asked).
-    pub async fn sometimes_revoking<T>(
+    pub async fn sometimes_revoking<T: FromRedisValue>(
         &self,
         op: &'static str,
         key: &str,
-        write: impl AsyncFnOnce(&mut Conn) -> RedisResult<T>,
+        write: &Pipeline,
         revoked: impl FnOnce(&T) -> bool,
-        undo: impl AsyncFnOnce(&mut Conn) -> RedisResult<()>,
+        undo: &ScriptCall<'_>,
     ) -> Result<T, RedisUnavailable> {
         let required = self.shared.wait_replicas;
         if required == 0 {
-            return self.call(op, write).await;
+            let current = self.current();
+            let mut conn = current.conn;
+            let write = transaction(write, key, &mut conn);
+            return self
+                .bounded_for(op, self.timeout, current.generation, write)
+                .await;
         }
         let wait_ms = self.shared.wait_timeout.as_millis() as u64;
         let current = self.current();
         let mut conn = current.durable.clone();
         let waiting = AtomicBool::new(false);
         let run = async {
-            let value = write(&mut conn).await?;
+            let value: T = transaction(write, key, &mut conn).await?;
             if !revoked(&value) {
                 return Ok((value, None));
             }
@@ -511,7 +516,9 @@ impl Redis {
         let waited = waiting.into_inner();
         let outcome = self.waited(result, waited, required, wait_ms);
         if outcome.is_err() && waited {
-            let _ = self.call("undo", undo).await;
+            let _ = self
+                .call("undo", async |c| undo.invoke::<i64>(c).await.map(drop))
+                .await;
         }
         outcome
     }
@@ -917,6 +924,38 @@ fn connected_replicas(info: &str) -> u32 {
         .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// A MULTI/EXEC pipeline on `key`'s slot. One that meets a moved slot is refused whole
+/// (EXECABORT, nothing written), and the cluster client neither redirects it nor reads the new
+/// slot map, as it does for single commands: a keyed read on the slot teaches it where the slot
+/// went, then the pipeline goes once more.
+async fn transaction<T: FromRedisValue>(
+    pipe: &Pipeline,
+    key: &str,
+    conn: &mut Conn,
+) -> RedisResult<T> {
+    match pipe.query_async(conn).await {
+        Err(e) if redirected(&e) => {
+            let _: RedisResult<bool> = ::redis::cmd("EXISTS").arg(key).query_async(conn).await;
+            pipe.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+/// A cluster's answer that the slot is (being) served elsewhere.
+fn redirected(e: &RedisError) -> bool {
+    e.redirect_node().is_some()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ExecAbort
+            )
+        )
 }
 
 /// A failure after which the master may be elsewhere.

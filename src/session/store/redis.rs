@@ -229,9 +229,9 @@ impl RedisStore {
             .sometimes_revoking(
                 "create",
                 &index,
-                async |c| pipe.query_async(c).await,
+                &pipe,
                 |(reply,): &(Vec<String>,)| reply.len() > 1,
-                async |c| undo.invoke::<i64>(c).await.map(drop),
+                &undo,
             )
             .await?;
         Ok(match reply.first().map(String::as_str) {
