@@ -24,7 +24,7 @@ pub struct Metrics {
     /// Children of `sessiond_token_checks_total{outcome}`, resolved once: the hot path bumps a
     /// counter without a label lookup.
     pub token_checks: TokenChecks,
-    pub redis: CallMetrics,
+    pub redis: RedisMetrics,
     pub db: CallMetrics,
     pub invalidations_published: IntCounter,
     pub invalidations_received: IntCounter,
@@ -48,6 +48,25 @@ pub struct TokenChecks {
     pub cache_miss: IntCounter,
     pub rejected: IntCounter,
     pub unavailable: IntCounter,
+}
+
+/// Redis calls, and the WAITs that make revocations durable.
+#[derive(Clone)]
+pub struct RedisMetrics {
+    pub calls: CallMetrics,
+    pub wait: WaitOutcomes,
+}
+
+/// Children of `sessiond_redis_wait_total{outcome}`, created at start so every outcome is
+/// rendered (and `rate()` works) before it first happens.
+#[derive(Clone)]
+pub struct WaitOutcomes {
+    /// Every required replica acknowledged.
+    pub ok: IntCounter,
+    /// Fewer replicas acknowledged within REDIS_WAIT_TIMEOUT_MS: the request answered 503.
+    pub short: IntCounter,
+    /// The WAIT itself failed or timed out (connection lost, failover): 503.
+    pub error: IntCounter,
 }
 
 /// Latency and errors of calls to one backing service, by operation.
@@ -144,7 +163,20 @@ impl Metrics {
                 &["op"],
             ),
         };
-        let redis = call("redis", "Redis");
+        let wait = counter_vec(
+            &r,
+            "redis_wait_total",
+            "WAITs for REDIS_WAIT_REPLICAS replicas after a revocation, by outcome: ok, short (fewer replicas in time: 503), error.",
+            &["outcome"],
+        );
+        let redis = RedisMetrics {
+            calls: call("redis", "Redis"),
+            wait: WaitOutcomes {
+                ok: wait.with_label_values(&["ok"]),
+                short: wait.with_label_values(&["short"]),
+                error: wait.with_label_values(&["error"]),
+            },
+        };
         let db = call("db", "database");
         let build_info = register(
             &r,
@@ -294,5 +326,6 @@ mod tests {
         let text = m.render();
         assert!(text.contains("sessiond_build_info{"));
         assert!(text.contains("sessiond_logins_total{outcome=\"success\"} 1"));
+        assert!(text.contains("sessiond_redis_wait_total{outcome=\"short\"} 0"));
     }
 }

@@ -14,7 +14,7 @@
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex, RwLock,
     },
     time::{Duration, Instant},
@@ -33,7 +33,7 @@ use ::redis::{
 
 use crate::{
     config::redis::{RedisSettings, RedisTls, RedisTopology},
-    metrics::CallMetrics,
+    metrics::RedisMetrics,
 };
 
 /// Redis did not answer in time, refused, dropped the connection or is failing over: every
@@ -104,7 +104,7 @@ pub struct Redis {
     shared: Arc<Shared>,
     prefix: Arc<str>,
     timeout: Duration,
-    metrics: CallMetrics,
+    metrics: RedisMetrics,
 }
 
 struct Shared {
@@ -145,7 +145,7 @@ impl Redis {
     pub async fn connect(
         settings: &RedisSettings,
         prefix: &str,
-        metrics: CallMetrics,
+        metrics: RedisMetrics,
     ) -> Result<Self, RedisUnavailable> {
         let var = settings.topology.var();
         let fail = |e: RedisError| RedisUnavailable(explain(var, &settings.tls, &e));
@@ -236,7 +236,7 @@ impl Redis {
         urls: &[String],
         settings: &RedisSettings,
         prefix: &str,
-        metrics: CallMetrics,
+        metrics: RedisMetrics,
     ) -> Result<Self, RedisUnavailable> {
         const VAR: &str = "REDIS_CLUSTER_URLS";
         let (tls, timeout) = (&settings.tls, settings.timeout);
@@ -404,7 +404,7 @@ impl Redis {
                 }
             }
         };
-        self.metrics.observe(op, call).await
+        self.metrics.calls.observe(op, call).await
     }
 
     /// [`bounded`](Self::bounded) with a clone of the shared connection.
@@ -434,24 +434,21 @@ impl Redis {
         }
         let wait_ms = self.shared.wait_timeout.as_millis() as u64;
         let current = self.current();
-        if let Conn::Cluster(mut conn) = current.durable.clone() {
+        let limit = self.timeout + self.shared.wait_timeout;
+        if let Conn::Cluster(_) = current.durable {
             // WAIT goes to the master of the script's slot, on the connection that carried the
             // script's write: one shard without a replica fails only its own users' revocations.
             // (A keyless WAIT would go to every master and answer the smallest count.)
-            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                Route::with_slot(call.slot(), SlotAddr::Master),
-            ));
-            let mut wait = ::redis::cmd("WAIT");
-            wait.arg(required).arg(wait_ms);
+            let mut conn = current.durable.clone();
+            let waiting = AtomicBool::new(false);
             let run = async {
-                let value: T = call.invoke(&mut Conn::Cluster(conn.clone())).await?;
-                let acknowledged = conn.route_command(wait, route).await?;
-                Ok((value, u32::from_redis_value(acknowledged)?))
+                let value: T = call.invoke(&mut conn).await?;
+                waiting.store(true, Ordering::Relaxed);
+                let acknowledged = wait(&mut conn, call.slot(), required, wait_ms).await?;
+                Ok((value, acknowledged))
             };
-            let limit = self.timeout + self.shared.wait_timeout;
-            let (value, acknowledged) =
-                self.bounded_for(op, limit, current.generation, run).await?;
-            return acknowledged_by(value, acknowledged, required, wait_ms);
+            let result = self.bounded_for(op, limit, current.generation, run).await;
+            return self.waited(result, waiting.into_inner(), required, wait_ms);
         }
         let mut pipe = ::redis::pipe();
         pipe.add_command(call.evalsha())
@@ -468,9 +465,92 @@ impl Redis {
                 other => other,
             }
         };
+        let result = self.bounded_for(op, limit, current.generation, run).await;
+        self.waited(result, true, required, wait_ms)
+    }
+
+    /// A write that revokes only sometimes (a login that ends the oldest sessions beyond
+    /// MAX_SESSIONS_PER_USER): when revocations WAIT, it goes out on their connection and, if
+    /// `revoked` says it ended something, is followed there by the WAIT a revocation gets, so
+    /// what it ended stays ended across a failover. When the replicas fall short, `undo` runs
+    /// (best effort, on the shared connection) and the answer is an error (503): what the write
+    /// added is not handed out while what it ended may come back. `key`: one of the write's
+    /// keys (on a cluster, its slot's master is asked).
+    pub async fn sometimes_revoking<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        key: &str,
+        write: &Pipeline,
+        revoked: impl FnOnce(&T) -> bool,
+        undo: &ScriptCall<'_>,
+    ) -> Result<T, RedisUnavailable> {
+        let required = self.shared.wait_replicas;
+        if required == 0 {
+            let current = self.current();
+            let mut conn = current.conn;
+            let write = transaction(write, key, &mut conn);
+            return self
+                .bounded_for(op, self.timeout, current.generation, write)
+                .await;
+        }
+        let wait_ms = self.shared.wait_timeout.as_millis() as u64;
+        let current = self.current();
+        let mut conn = current.durable.clone();
+        let waiting = AtomicBool::new(false);
+        let run = async {
+            let value: T = transaction(write, key, &mut conn).await?;
+            if !revoked(&value) {
+                return Ok((value, None));
+            }
+            waiting.store(true, Ordering::Relaxed);
+            let slot = Slot::for_key(key.as_bytes());
+            let acknowledged = wait(&mut conn, slot, required, wait_ms).await?;
+            Ok((value, Some(acknowledged)))
+        };
         let limit = self.timeout + self.shared.wait_timeout;
-        let (value, acknowledged) = self.bounded_for(op, limit, current.generation, run).await?;
-        acknowledged_by(value, acknowledged, required, wait_ms)
+        let result = match self.bounded_for(op, limit, current.generation, run).await {
+            Ok((value, None)) => return Ok(value),
+            Ok((value, Some(acknowledged))) => Ok((value, acknowledged)),
+            Err(e) => Err(e),
+        };
+        let waited = waiting.into_inner();
+        let outcome = self.waited(result, waited, required, wait_ms);
+        if outcome.is_err() && waited {
+            let _ = self
+                .call("undo", async |c| undo.invoke::<i64>(c).await.map(drop))
+                .await;
+        }
+        outcome
+    }
+
+    /// Counts the outcome of a WAIT (`waited`: it was sent, so an error is the WAIT's) and
+    /// turns a shortfall into an error.
+    fn waited<T>(
+        &self,
+        result: Result<(T, u32), RedisUnavailable>,
+        waited: bool,
+        required: u32,
+        wait_ms: u64,
+    ) -> Result<T, RedisUnavailable> {
+        let counters = &self.metrics.wait;
+        match result {
+            Ok((value, acknowledged)) if acknowledged >= required => {
+                counters.ok.inc();
+                Ok(value)
+            }
+            Ok((_, acknowledged)) => {
+                counters.short.inc();
+                Err(RedisUnavailable(format!(
+                    "{acknowledged} of {required} replicas acknowledged within {wait_ms} ms"
+                )))
+            }
+            Err(e) => {
+                if waited {
+                    counters.error.inc();
+                }
+                Err(e)
+            }
+        }
     }
 
     fn generation(&self) -> u64 {
@@ -555,19 +635,20 @@ impl Redis {
     }
 }
 
-/// Fewer replicas than required acknowledged: an error (503), never a false yes.
-fn acknowledged_by<T>(
-    value: T,
-    acknowledged: u32,
-    required: u32,
-    wait_ms: u64,
-) -> Result<T, RedisUnavailable> {
-    if acknowledged < required {
-        return Err(RedisUnavailable(format!(
-            "{acknowledged} of {required} replicas acknowledged within {wait_ms} ms"
-        )));
+/// `WAIT required wait_ms` on `conn`, after the write it must cover; on a cluster, sent to the
+/// master of `slot` (the node that took the write, on the same connection).
+async fn wait(conn: &mut Conn, slot: Slot, required: u32, wait_ms: u64) -> RedisResult<u32> {
+    let mut cmd = ::redis::cmd("WAIT");
+    cmd.arg(required).arg(wait_ms);
+    match conn {
+        Conn::Cluster(c) => {
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                Route::with_slot(slot, SlotAddr::Master),
+            ));
+            Ok(u32::from_redis_value(c.route_command(cmd, route).await?)?)
+        }
+        other => cmd.query_async(other).await,
     }
-    Ok(value)
 }
 
 /// A script invocation that can be sent inside a pipeline (EVALSHA by hash, loaded on NOSCRIPT
@@ -611,7 +692,7 @@ impl<'a> ScriptCall<'a> {
         cmd
     }
 
-    async fn invoke<T: FromRedisValue>(&self, conn: &mut Conn) -> RedisResult<T> {
+    pub async fn invoke<T: FromRedisValue>(&self, conn: &mut Conn) -> RedisResult<T> {
         match self.evalsha().query_async(conn).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.script.load_async(conn).await?;
@@ -843,6 +924,38 @@ fn connected_replicas(info: &str) -> u32 {
         .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// A MULTI/EXEC pipeline on `key`'s slot. One that meets a moved slot is refused whole
+/// (EXECABORT, nothing written), and the cluster client neither redirects it nor reads the new
+/// slot map, as it does for single commands: a keyed read on the slot teaches it where the slot
+/// went, then the pipeline goes once more.
+async fn transaction<T: FromRedisValue>(
+    pipe: &Pipeline,
+    key: &str,
+    conn: &mut Conn,
+) -> RedisResult<T> {
+    match pipe.query_async(conn).await {
+        Err(e) if redirected(&e) => {
+            let _: RedisResult<bool> = ::redis::cmd("EXISTS").arg(key).query_async(conn).await;
+            pipe.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+/// A cluster's answer that the slot is (being) served elsewhere.
+fn redirected(e: &RedisError) -> bool {
+    e.redirect_node().is_some()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ExecAbort
+            )
+        )
 }
 
 /// A failure after which the master may be elsewhere.

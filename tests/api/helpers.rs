@@ -897,6 +897,19 @@ pub struct RedisCluster {
     dir: PathBuf,
     nodes: Mutex<Vec<(u16, std::process::Child)>>,
     ports: Vec<u16>,
+    tls: Option<ClusterTls>,
+}
+
+/// A TLS-only cluster (`tls-cluster yes`: clients, replication and the cluster bus): PEM files
+/// made by the test. The nodes present `cert` to clients and `client_cert` to each other (the
+/// cluster bus always checks the peer's certificate); clients need only trust `ca`.
+#[derive(Clone)]
+pub struct ClusterTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    pub client_cert: String,
+    pub client_key: String,
 }
 
 /// A port whose cluster-bus port (+10000) is free too.
@@ -913,8 +926,28 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
     }
 }
 
-async fn node_conn(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+/// A client of one node: plain, or TLS trusting the PEM CA file `ca`.
+pub fn node_client(port: u16, ca: Option<&str>) -> redis::RedisResult<redis::Client> {
+    let Some(ca) = ca else {
+        return redis::Client::open(format!("redis://127.0.0.1:{port}"));
+    };
+    // The redis crate builds its rustls configuration with the process-wide provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root_cert = std::fs::read(ca).map_err(redis::RedisError::from)?;
+    redis::Client::build_with_tls(
+        format!("rediss://127.0.0.1:{port}"),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        },
+    )
+}
+
+async fn node_conn(
+    port: u16,
+    ca: Option<&str>,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = node_client(port, ca)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_millis(500)));
@@ -924,8 +957,8 @@ async fn node_conn(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConne
 }
 
 /// One node's answer to a text command (`CLUSTER INFO`, `CLUSTER NODES`, `INFO replication`).
-async fn node_text(port: u16, command: &[&str]) -> Option<String> {
-    let mut con = node_conn(port).await.ok()?;
+async fn node_text(port: u16, ca: Option<&str>, command: &[&str]) -> Option<String> {
+    let mut con = node_conn(port, ca).await.ok()?;
     let mut cmd = redis::cmd(command[0]);
     for arg in &command[1..] {
         cmd.arg(*arg);
@@ -953,9 +986,40 @@ pub async fn kill_redis_client(addr: SocketAddr) -> i64 {
 }
 
 /// One cluster node; its `nodes-<port>.conf` in `dir` keeps its identity across a restart.
-fn spawn_cluster_node(dir: &std::path::Path, port: u16) -> std::process::Child {
+fn spawn_cluster_node(
+    dir: &std::path::Path,
+    port: u16,
+    tls: Option<&ClusterTls>,
+) -> std::process::Child {
+    let port = port.to_string();
+    let listen: Vec<&str> = match tls {
+        None => vec!["--port", &port],
+        Some(t) => vec![
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-cert-file",
+            &t.cert,
+            "--tls-key-file",
+            &t.key,
+            "--tls-client-cert-file",
+            &t.client_cert,
+            "--tls-client-key-file",
+            &t.client_key,
+            "--tls-ca-cert-file",
+            &t.ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    };
     std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(listen)
+        .args(["--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes"])
         .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
         .args([
@@ -973,6 +1037,27 @@ fn spawn_cluster_node(dir: &std::path::Path, port: u16) -> std::process::Child {
 
 impl RedisCluster {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// The same cluster, speaking only TLS.
+    pub async fn start_tls(tls: ClusterTls) -> Self {
+        Self::start_with(Some(tls)).await
+    }
+
+    fn ca(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.ca.as_str())
+    }
+
+    async fn node_conn(&self, port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        node_conn(port, self.ca()).await
+    }
+
+    async fn node_text(&self, port: u16, command: &[&str]) -> Option<String> {
+        node_text(port, self.ca(), command).await
+    }
+
+    async fn start_with(tls: Option<ClusterTls>) -> Self {
         let dir =
             std::env::temp_dir().join(format!("sessiond-cluster-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("cluster dir");
@@ -982,19 +1067,20 @@ impl RedisCluster {
         }
         let mut nodes = Vec::new();
         for &port in &ports {
-            let child = spawn_cluster_node(&dir, port);
+            let child = spawn_cluster_node(&dir, port, tls.as_ref());
             nodes.push((port, child));
         }
         let cluster = Self {
             dir,
             nodes: Mutex::new(nodes),
             ports,
+            tls,
         };
         for &port in &cluster.ports {
             let up = eventually(
                 Duration::from_secs(10),
                 Duration::from_millis(20),
-                async || node_text(port, &["PING"]).await.is_some(),
+                async || cluster.node_text(port, &["PING"]).await.is_some(),
             )
             .await;
             assert!(up, "redis-server on {port} answers");
@@ -1004,7 +1090,12 @@ impl RedisCluster {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
+        let tls_args = match &cluster.tls {
+            Some(t) => vec!["--tls", "--cacert", t.ca.as_str()],
+            None => vec![],
+        };
         let out = tokio::process::Command::new("redis-cli")
+            .args(tls_args)
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -1027,7 +1118,10 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|p| match self.tls {
+                Some(_) => format!("rediss://127.0.0.1:{p}"),
+                None => format!("redis://127.0.0.1:{p}"),
+            })
             .collect()
     }
 
@@ -1042,13 +1136,13 @@ impl RedisCluster {
         let live = self.live_ports();
         eventually(deadline, Duration::from_millis(50), async || {
             for &port in &live {
-                let Some(info) = node_text(port, &["CLUSTER", "INFO"]).await else {
+                let Some(info) = self.node_text(port, &["CLUSTER", "INFO"]).await else {
                     return false;
                 };
                 if !info.contains("cluster_state:ok") {
                     return false;
                 }
-                let Some(repl) = node_text(port, &["INFO", "replication"]).await else {
+                let Some(repl) = self.node_text(port, &["INFO", "replication"]).await else {
                     return false;
                 };
                 if repl.contains("role:slave") && !repl.contains("master_link_status:up") {
@@ -1066,7 +1160,8 @@ impl RedisCluster {
         let Some(&port) = self.live_ports().first() else {
             return Vec::new();
         };
-        let nodes = node_text(port, &["CLUSTER", "NODES"])
+        let nodes = self
+            .node_text(port, &["CLUSTER", "NODES"])
             .await
             .unwrap_or_default();
         nodes
@@ -1093,7 +1188,7 @@ impl RedisCluster {
     /// The port of the live master serving `key`'s slot, as the live nodes see it.
     pub async fn master_of(&self, key: &str) -> Option<u16> {
         let port = *self.live_ports().first()?;
-        let mut con = node_conn(port).await.ok()?;
+        let mut con = self.node_conn(port).await.ok()?;
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -1123,8 +1218,8 @@ impl RedisCluster {
         let from = self.master_of(key).await.expect("the slot has a master");
         assert_ne!(from, to, "the slot is already there");
         let (mut src, mut dst) = (
-            node_conn(from).await.expect("source"),
-            node_conn(to).await.expect("target"),
+            self.node_conn(from).await.expect("source"),
+            self.node_conn(to).await.expect("target"),
         );
         let id = async |con: &mut redis::aio::MultiplexedConnection| -> String {
             redis::cmd("CLUSTER")
@@ -1187,7 +1282,7 @@ impl RedisCluster {
                 .filter(|p| *p != to && *p != from),
         );
         for port in owners {
-            let mut con = node_conn(port).await.expect("master");
+            let mut con = self.node_conn(port).await.expect("master");
             let _: () = setslot("NODE", &dst_id)
                 .query_async(&mut con)
                 .await
@@ -1197,13 +1292,13 @@ impl RedisCluster {
 
     /// Starts a killed node again: it rejoins the cluster, as a replica of whoever took over.
     pub fn restart(&self, port: u16) {
-        let child = spawn_cluster_node(&self.dir, port);
+        let child = spawn_cluster_node(&self.dir, port, self.tls.as_ref());
         self.nodes.lock().unwrap().push((port, child));
     }
 
     /// Whether the node on `port` has `replicas` replicas online (INFO replication).
     pub async fn has_replicas(&self, port: u16, replicas: usize) -> bool {
-        node_text(port, &["INFO", "replication"])
+        self.node_text(port, &["INFO", "replication"])
             .await
             .is_some_and(|info| {
                 info.lines()

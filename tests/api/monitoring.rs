@@ -186,6 +186,7 @@ async fn dashboard_and_alerts_name_only_metrics_the_server_exposes() {
         "sessiond_argon2_rejected_total",
         "sessiond_redis_call_errors_total",
         "sessiond_redis_call_duration_seconds_bucket",
+        "sessiond_redis_wait_total",
         "sessiond_db_call_errors_total",
         "sessiond_db_call_duration_seconds_bucket",
     ] {

@@ -25,6 +25,8 @@ services_only!(
     wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause,
     revocations_wait_for_the_replica_and_answer_503_without_it,
     sentinel_pods_share_logout_refresh_throttling_and_roles,
+    tls_sentinel_pods_share_the_flows_and_follow_a_failover,
+    tls_cluster_pods_share_logout_refresh_throttling_and_roles,
     sentinel_failover_keeps_every_acknowledged_logout,
     a_master_turned_replica_answers_readonly_and_the_pods_follow_the_sentinels,
 );
@@ -226,6 +228,15 @@ impl Pki {
     /// A redis-server that speaks only TLS; `auth_clients`: `yes` (mutual TLS) or `no`.
     fn tls_server(&self, auth_clients: &str, extra: &[String]) -> Server {
         let port = free_port();
+        Server::start(
+            port,
+            self.tls_args(port, auth_clients, extra),
+            TempDir::new("redis-tls"),
+        )
+    }
+
+    /// The arguments of [`tls_server`](Self::tls_server).
+    fn tls_args(&self, port: u16, auth_clients: &str, extra: &[String]) -> Vec<String> {
         let mut tls: Vec<String> = [
             "--tls-port",
             &port.to_string(),
@@ -243,8 +254,33 @@ impl Pki {
         .collect();
         tls.extend_from_slice(extra);
         // Port 0: no plain-text listener at all.
-        let args = plain_args(0, &tls);
-        Server::start(port, args, TempDir::new("redis-tls"))
+        plain_args(0, &tls)
+    }
+
+    /// What a node of a TLS-only replicated topology adds: replication over TLS, with the
+    /// client certificate for its own outgoing connections.
+    fn replication_args(&self) -> Vec<String> {
+        [
+            "--tls-replication",
+            "yes",
+            "--tls-client-cert-file",
+            &self.client_cert,
+            "--tls-client-key-file",
+            &self.client_key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn cluster(&self) -> ClusterTls {
+        ClusterTls {
+            ca: self.ca.clone(),
+            cert: self.server_cert.clone(),
+            key: self.server_key.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
     }
 }
 
@@ -253,19 +289,48 @@ struct SentinelTopology {
     master: Server,
     replica: Server,
     sentinels: Vec<Server>,
+    /// TLS only (clients, replication, sentinels): the CA file clients trust.
+    ca: Option<String>,
 }
 
 impl SentinelTopology {
     async fn start() -> Self {
         let (master, replica) = master_and_replica().await;
+        Self::watch(master, replica, None)
+    }
+
+    /// Everything speaks only TLS: the nodes, their replication, the sentinels and their links
+    /// to the nodes and to each other.
+    async fn start_tls(pki: &Pki) -> Self {
+        let master = pki.tls_server("no", &pki.replication_args());
+        let mut replica_args = pki.replication_args();
+        replica_args.extend(replica_of(master.port));
+        let replica = pki.tls_server("no", &replica_args);
+        wait_for_replication_on(Some(&pki.ca), master.port, 1).await;
+        let tls = format!(
+            "port 0\ntls-port {{port}}\ntls-cert-file {}\ntls-key-file {}\n\
+             tls-client-cert-file {}\ntls-client-key-file {}\ntls-ca-cert-file {}\n\
+             tls-auth-clients no\ntls-replication yes\n",
+            pki.server_cert, pki.server_key, pki.client_cert, pki.client_key, pki.ca
+        );
+        Self::watch(master, replica, Some((tls, pki.ca.clone())))
+    }
+
+    /// Three sentinels on `master`; `tls`: their listener settings (`{port}` is replaced) and
+    /// the CA.
+    fn watch(master: Server, replica: Server, tls: Option<(String, String)>) -> Self {
         let sentinels = (0..3)
             .map(|_| {
                 let port = free_port();
                 let dir = TempDir::new("sentinel");
+                let listen = match &tls {
+                    Some((settings, _)) => settings.replace("{port}", &port.to_string()),
+                    None => format!("port {port}\n"),
+                };
                 let conf = dir.file(
                     "sentinel.conf",
                     &format!(
-                        "port {port}\nbind 127.0.0.1\nsentinel resolve-hostnames no\n\
+                        "{listen}bind 127.0.0.1\nsentinel resolve-hostnames no\n\
                          sentinel monitor {MASTER} 127.0.0.1 {} 2\n\
                          sentinel down-after-milliseconds {MASTER} 1000\n\
                          sentinel failover-timeout {MASTER} 4000\n\
@@ -280,13 +345,15 @@ impl SentinelTopology {
             master,
             replica,
             sentinels,
+            ca: tls.map(|(_, ca)| ca),
         }
     }
 
     fn urls(&self) -> String {
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
         self.sentinels
             .iter()
-            .map(|s| format!("redis://127.0.0.1:{}", s.port))
+            .map(|s| format!("{scheme}://127.0.0.1:{}", s.port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -313,8 +380,11 @@ impl SentinelTopology {
             .sentinels
             .iter()
             .map(|s| {
-                let addr: Vec<String> =
-                    redis_cli_query(s.port, &["SENTINEL", "get-master-addr-by-name", MASTER])?;
+                let addr: Vec<String> = query(
+                    self.ca.as_deref(),
+                    s.port,
+                    &["SENTINEL", "get-master-addr-by-name", MASTER],
+                )?;
                 addr.get(1)?.parse().ok()
             })
             .collect();
@@ -324,7 +394,12 @@ impl SentinelTopology {
 
 /// A command against a plain node, on a short-lived connection of its own.
 fn redis_cli_query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Option<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    query(None, port, args)
+}
+
+/// A command on a short-lived connection of its own: plain, or TLS trusting the CA file `ca`.
+fn query<T: redis::FromRedisValue>(ca: Option<&str>, port: u16, args: &[&str]) -> Option<T> {
+    let client = node_client(port, ca).ok()?;
     let mut con = client
         .get_connection_with_timeout(Duration::from_secs(2))
         .ok()?;
@@ -338,12 +413,17 @@ fn redis_cli_query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Option
 /// Until the master at `port` has `replicas` replicas in sync. Polls without blocking the
 /// thread: the pods' actors run on it.
 async fn wait_for_replication(port: u16, replicas: usize) {
+    wait_for_replication_on(None, port, replicas).await
+}
+
+/// [`wait_for_replication`] on a plain node, or a TLS one trusting the CA file `ca`.
+async fn wait_for_replication_on(ca: Option<&str>, port: u16, replicas: usize) {
     let mut info = String::new();
     let online = eventually(
         Duration::from_secs(20),
         Duration::from_millis(50),
         async || {
-            info = redis_cli_query(port, &["INFO", "replication"]).unwrap_or_default();
+            info = query(ca, port, &["INFO", "replication"]).unwrap_or_default();
             info.lines()
                 .filter(|l| l.starts_with("slave") && l.contains("state=online"))
                 .count()
@@ -372,8 +452,8 @@ async fn deployment(redis: &[(&str, String)]) -> Deployment {
 }
 
 /// Cross-pod logout, refresh rotation with reuse detection, throttling and a role change, with
-/// pod A and pod B of `dep`.
-async fn shared_flows(dep: &mut Deployment) {
+/// pod A and pod B of `dep` (returned, for more).
+async fn shared_flows(dep: &mut Deployment) -> (TestApp, TestApp) {
     let admin_email = unique_email("admin");
     dep.set("ADMIN_EMAILS", &admin_email);
     let a = dep.spawn().await;
@@ -455,6 +535,7 @@ async fn shared_flows(dep: &mut Deployment) {
         eventually_on_b(&user.tokens.access, "/admin/users", StatusCode::FORBIDDEN).await,
         "B kept a revoked grant"
     );
+    (a, b)
 }
 
 fn tls_url(server: &Server) -> String {
@@ -688,22 +769,31 @@ async fn wrong_redis_settings_stop_the_binary_naming_the_variable_and_cause() {
         ),
     ];
     for (vars, expected) in cases {
-        let started = Instant::now();
-        let (ok, _, stderr) = run_binary(&dep, &vars, &[]);
-        assert!(!ok, "{vars:?} started");
-        let line = stderr
-            .lines()
-            .find(|l| l.starts_with("sessiond: "))
-            .unwrap_or_else(|| panic!("no error line for {vars:?}: {stderr}"));
-        for word in expected {
-            assert!(line.contains(word), "{vars:?}: {line:?} lacks {word:?}");
-        }
+        let line = refused_at_start(&dep, &vars, expected);
         assert!(!line.contains(&password));
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{vars:?} took too long"
-        );
     }
+}
+
+/// The real binary with `vars` stops at start with one error line holding every word of
+/// `expected`, soon; the line.
+fn refused_at_start(dep: &Deployment, vars: &[(&str, String)], expected: &[&str]) -> String {
+    let started = Instant::now();
+    let (ok, _, stderr) = run_binary(dep, vars, &[]);
+    assert!(!ok, "{vars:?} started");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("sessiond: "))
+        .unwrap_or_else(|| panic!("no error line for {vars:?}: {stderr}"))
+        .to_string();
+    eprintln!("{line}");
+    for word in expected {
+        assert!(line.contains(word), "{vars:?}: {line:?} lacks {word:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{vars:?} took too long"
+    );
+    line
 }
 
 async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
@@ -712,6 +802,7 @@ async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
         ("REDIS_URL", format!("redis://127.0.0.1:{}", master.port)),
         ("REDIS_WAIT_REPLICAS", "1".into()),
         ("REDIS_WAIT_TIMEOUT_MS", "300".into()),
+        ("MAX_SESSIONS_PER_USER", "2".into()),
     ])
     .await;
     let a = dep.spawn().await;
@@ -719,6 +810,13 @@ async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
     let (_, second) = a.user().await;
     let r = a.post_auth("/logout", &first.access).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // A user at the session limit: the next login ends the oldest session, a revocation too.
+    let (busy, oldest) = a.user().await;
+    let kept = a.login(&busy, PASSWORD).await;
+    assert_eq!(
+        a.metric(r#"sessiond_redis_wait_total{outcome="ok"}"#).await,
+        1.0
+    );
 
     // The replica stops acknowledging: a revocation cannot be confirmed, so it is not.
     replica.signal("STOP");
@@ -740,8 +838,27 @@ async fn revocations_wait_for_the_replica_and_answer_503_without_it() {
     a.post_auth("/logout/all", &third.access)
         .await
         .assert_error(503, "unavailable");
+    // A login that would end the oldest session cannot have that confirmed: 503, no session
+    // handed out (the one it stored is deleted again).
+    let short = r#"sessiond_redis_wait_total{outcome="short"}"#;
+    let before = a.metric(short).await;
+    assert!(before >= 2.0, "the logouts above fell short: {before}");
+    a.login_reply(&busy, PASSWORD)
+        .await
+        .assert_error(503, "unavailable");
+    assert_eq!(a.metric(short).await, before + 1.0);
     replica.signal("CONT");
     wait_for_replication(master.port, 1).await;
+    // Back to normal: a login at the limit ends the oldest session once the replica has it;
+    // the failed login left no session behind, so the other one is still within the limit.
+    let newest = a.login(&busy, PASSWORD).await;
+    for (tokens, want) in [
+        (&oldest, StatusCode::UNAUTHORIZED),
+        (&kept, StatusCode::OK),
+        (&newest, StatusCode::OK),
+    ] {
+        assert_eq!(a.get("/session", Some(&tokens.access)).await.status, want);
+    }
     // Retried once the replica is back: acknowledged (the session was already gone).
     let retried = eventually(
         Duration::from_secs(10),
@@ -991,4 +1108,156 @@ async fn a_master_turned_replica_answers_readonly_and_the_pods_follow_the_sentin
     a.get("/session", Some(&before.access))
         .await
         .assert_error(401, "unauthorized");
+}
+
+/// Sentinel with TLS everywhere (nodes, replication, sentinels): the shared flows, then the
+/// master dies and both pods follow the sentinels to the replica, over TLS too.
+async fn tls_sentinel_pods_share_the_flows_and_follow_a_failover() {
+    let pki = Pki::new();
+    let mut topology = SentinelTopology::start_tls(&pki).await;
+    let mut dep = deployment(&[
+        ("REDIS_SENTINEL_URLS", topology.urls()),
+        ("REDIS_SENTINEL_MASTER", MASTER.into()),
+        ("REDIS_CA_FILE", pki.ca.clone()),
+    ])
+    .await;
+    // Wrong TLS settings stop the start, naming the variable and the cause.
+    let plain = topology.urls().replace("rediss://", "redis://");
+    refused_at_start(
+        &dep,
+        &[
+            ("REDIS_SENTINEL_URLS", plain),
+            ("REDIS_CA_FILE", String::new()),
+        ],
+        &["REDIS_SENTINEL_URLS", "needs rediss://"],
+    );
+    refused_at_start(
+        &dep,
+        &[("REDIS_CA_FILE", pki.other_ca.clone())],
+        &[
+            "REDIS_SENTINEL_URLS",
+            "certificate verify failed",
+            "REDIS_CA_FILE",
+        ],
+    );
+    let (a, b) = shared_flows(&mut dep).await;
+
+    let (_, before) = a.user().await;
+    let old_port = topology.master.port;
+    topology.master.kill();
+    let new_port = topology.new_master(old_port).await;
+    assert_eq!(new_port, topology.replica.port);
+    // The old master comes back as a replica (revocations WAIT for one, as the master had one).
+    let mut args = pki.replication_args();
+    args.extend(replica_of(new_port));
+    topology.master.args = pki.tls_args(old_port, "no", &args);
+    topology.master.spawn();
+    wait_for_replication_on(Some(&pki.ca), new_port, 1).await;
+    // Both pods log in, check and log out on the new master (503 until they follow, never 500).
+    for (first, second) in [(&a, &b), (&b, &a)] {
+        let mut last = StatusCode::OK;
+        let followed = eventually(
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            async || {
+                let email = unique_email("after");
+                let r = first.register(&email, PASSWORD).await;
+                assert_ne!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+                let r = first.login_reply(&email, PASSWORD).await;
+                assert_ne!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+                let Some(access) = r.body["access_token"].as_str() else {
+                    return false;
+                };
+                if second.get("/session", Some(access)).await.status != StatusCode::OK {
+                    return false;
+                }
+                last = first.post_auth("/logout", access).await.status;
+                assert_ne!(last, StatusCode::INTERNAL_SERVER_ERROR);
+                last == StatusCode::NO_CONTENT
+            },
+        )
+        .await;
+        assert!(
+            followed,
+            "a pod did not follow the failover over TLS ({last})"
+        );
+    }
+    // The session made before the failover was replicated over TLS and still ends everywhere.
+    let r = b.post_auth("/logout", &before.access).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    a.get("/session", Some(&before.access))
+        .await
+        .assert_error(401, "unauthorized");
+}
+
+/// A TLS-only Redis Cluster (`tls-cluster yes`, rediss:// seeds): the shared flows on two pods.
+async fn tls_cluster_pods_share_logout_refresh_throttling_and_roles() {
+    let pki = Pki::new();
+    let cluster = RedisCluster::start_tls(pki.cluster()).await;
+    let mut dep = deployment(&[
+        ("REDIS_CLUSTER_URLS", cluster.urls().join(",")),
+        ("REDIS_CA_FILE", pki.ca.clone()),
+        ("MAX_SESSIONS_PER_USER", "2".into()),
+    ])
+    .await;
+    // Wrong TLS settings stop the start, naming the variable and the cause.
+    let plain: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|u| u.replace("rediss://", "redis://"))
+        .collect();
+    refused_at_start(
+        &dep,
+        &[
+            ("REDIS_CLUSTER_URLS", plain.join(",")),
+            ("REDIS_CA_FILE", String::new()),
+        ],
+        &["REDIS_CLUSTER_URLS", "needs rediss://"],
+    );
+    refused_at_start(
+        &dep,
+        &[("REDIS_CA_FILE", pki.other_ca.clone())],
+        &[
+            "REDIS_CLUSTER_URLS",
+            "certificate verify failed",
+            "REDIS_CA_FILE",
+        ],
+    );
+    let (a, b) = shared_flows(&mut dep).await;
+    // Revocations waited for the shard's replica (the default on a cluster with replicas).
+    let ok = r#"sessiond_redis_wait_total{outcome="ok"}"#;
+    for pod in [&a, &b] {
+        assert!(pod.metric(ok).await >= 1.0);
+    }
+    // A login beyond the session limit ends the oldest session on both pods, once the master
+    // of the user's slot has heard from its replica (WAIT routed to that master).
+    let (email, oldest) = a.user().await;
+    let kept = a.login(&email, PASSWORD).await;
+    assert_eq!(
+        b.get("/session", Some(&oldest.access)).await.status,
+        StatusCode::OK
+    );
+    let before = a.metric(ok).await;
+    let newest = a.login(&email, PASSWORD).await;
+    assert_eq!(a.metric(ok).await, before + 1.0);
+    a.get("/session", Some(&oldest.access))
+        .await
+        .assert_error(401, "unauthorized");
+    let took = rejected_within(
+        &b,
+        &oldest.access,
+        Instant::now(),
+        Duration::from_secs(CACHE_TTL),
+    )
+    .await;
+    assert!(
+        took.is_some(),
+        "B still accepts the session the login ended"
+    );
+    for tokens in [&kept, &newest] {
+        assert_eq!(
+            b.get("/session", Some(&tokens.access)).await.status,
+            StatusCode::OK
+        );
+    }
 }

@@ -216,8 +216,24 @@ impl RedisStore {
             .arg(rec.session_id.to_string())
             .arg(self.lifetimes.max_sessions)
             .arg(&*self.channel);
-        let mut conn = self.redis.conn();
-        let (reply,): (Vec<String>,) = self.bounded("create", pipe.query_async(&mut conn)).await?;
+        // Ending the oldest sessions is a revocation: durable like a logout before the new
+        // session is handed out. If the replicas fall short, the new session is deleted again.
+        let mut undo = ScriptCall::new(&REVOKE);
+        undo.key(&key)
+            .key(self.used_key(rec.user_id, rec.session_id))
+            .key(&index)
+            .arg(rec.session_id.to_string())
+            .arg(&*self.channel);
+        let (reply,): (Vec<String>,) = self
+            .redis
+            .sometimes_revoking(
+                "create",
+                &index,
+                &pipe,
+                |(reply,): &(Vec<String>,)| reply.len() > 1,
+                &undo,
+            )
+            .await?;
         Ok(match reply.first().map(String::as_str) {
             Some("stored") => Created::Stored {
                 evicted: reply[1..]
