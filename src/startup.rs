@@ -30,6 +30,7 @@ use crate::{
     state::AppState,
     throttle::Throttle,
     users::{self, password::PasswordHasher, UserStore},
+    webhooks::{DeliveryWorker, RetryPolicy, Webhooks},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +151,8 @@ pub struct Application {
     users: Addr<UserStore>,
     sessions: Addr<SessionRegistry>,
     audit: AuditWriter,
+    /// This pod's webhook delivery worker, with WEBHOOK_URLS.
+    webhooks: Option<DeliveryWorker>,
 }
 
 impl Application {
@@ -211,6 +214,8 @@ impl Application {
             config.pubsub_ping_interval,
         )
         .start();
+        let (webhooks, webhook_worker) =
+            Webhooks::start(db.clone(), &config, metrics.clone(), RetryPolicy::default());
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
         let (audit, audit_writer) =
             AuditLog::start(users.clone(), metrics.clone(), config.audit_denied_window);
@@ -284,6 +289,7 @@ impl Application {
                 throttle,
                 audit,
                 metrics,
+                webhooks,
                 profiles,
                 settings,
             },
@@ -370,6 +376,7 @@ impl Application {
             users,
             sessions,
             audit: audit_writer,
+            webhooks: webhook_worker,
         })
     }
 
@@ -394,6 +401,11 @@ impl Application {
             metrics.stop(true).await;
         }
         self.audit.stop().await;
+        // Every event of a finished request is in the outbox: what is not delivered yet waits
+        // there for the next pod.
+        if let Some(worker) = self.webhooks {
+            worker.stop().await;
+        }
         let _ = self.sessions.send(session::Stop).await;
         let _ = self.users.send(users::Stop).await;
         result

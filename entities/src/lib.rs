@@ -6,3 +6,4 @@ pub mod role;
 pub mod role_permission;
 pub mod user;
 pub mod user_role;
+pub mod webhook_outbox;

@@ -27,3 +27,4 @@ mod tls;
 mod tokens;
 mod topology;
 mod validation;
+mod webhooks;
