@@ -390,7 +390,60 @@ async fn pending_webhooks_are_delivered_after_a_pod_restart(backend: Backend) {
     second.stop().await;
 }
 
+/// Two pods poll one outbox: each row is claimed by one of them, so with a receiver that always
+/// answers, every webhook is sent exactly once (no duplicate even before deduplication).
+async fn two_pods_never_send_one_webhook_twice() {
+    let receiver = Receiver::start();
+    receiver.lose_first_answer.store(false, Ordering::SeqCst);
+    receiver.set_up(true);
+    let (mut dep, _) = with_admins(Backend::Services, 0).await;
+    dep.set("WEBHOOK_URLS", &receiver.url);
+    dep.set("WEBHOOK_SECRET", WEBHOOK_SECRET);
+    let pods = [dep.spawn().await, dep.spawn().await];
+    let user = plain(&pods[0]).await;
+    let mut sessions = Vec::new();
+    for i in 0..20 {
+        sessions.push(pods[i % 2].login(&user.email, PASSWORD).await);
+    }
+    // Logouts on both pods at once, so both workers find rows due at the same moments.
+    let logouts = sessions.iter().enumerate().map(|(i, t)| {
+        let pod = &pods[i % 2];
+        async move { pod.post_auth("/logout", &t.access).await.status }
+    });
+    let statuses = futures_util::future::join_all(logouts).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::NO_CONTENT));
+
+    let all = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || receiver.events().len() >= sessions.len(),
+    )
+    .await;
+    assert!(all, "missing: {:?}", receiver.events().len());
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    let s = receiver.state.lock().unwrap();
+    assert_eq!(s.invalid, 0);
+    assert_eq!(s.requests.len(), sessions.len(), "a webhook was sent twice");
+    let mut got: Vec<&str> = s
+        .events
+        .values()
+        .map(|e| e["data"]["session_id"].as_str().unwrap())
+        .collect();
+    got.sort();
+    let mut want: Vec<&str> = sessions.iter().map(|t| t.session_id.as_str()).collect();
+    want.sort();
+    assert_eq!(got, want);
+    drop(s);
+    let delivered =
+        deliveries(&pods[0], "delivered").await + deliveries(&pods[1], "delivered").await;
+    assert_eq!(delivered, sessions.len() as f64);
+    for pod in &pods {
+        pod.stop().await;
+    }
+}
+
 crate::both_backends!(
     webhook_events_arrive_exactly_once_after_an_outage,
     pending_webhooks_are_delivered_after_a_pod_restart,
 );
+crate::services_only!(two_pods_never_send_one_webhook_twice);
