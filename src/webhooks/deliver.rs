@@ -146,6 +146,8 @@ impl Worker {
         };
         let mut gauge_at: Option<Instant> = None;
         let mut cleaned_at: Option<Instant> = None;
+        // A pod started before its migrations ran has no outbox yet: say so once a minute.
+        let mut warned_at: Option<Instant> = None;
         loop {
             if *stopped.borrow() {
                 break;
@@ -153,7 +155,10 @@ impl Worker {
             let claimed = match self.claim().await {
                 Ok(rows) => rows,
                 Err(e) => {
-                    tracing::warn!(cause = %e, "webhooks: cannot read the outbox; retrying");
+                    if warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(cause = %e, "webhooks: cannot read the outbox; retrying");
+                        warned_at = Some(Instant::now());
+                    }
                     Vec::new()
                 }
             };

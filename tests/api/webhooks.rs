@@ -421,19 +421,20 @@ async fn two_pods_never_send_one_webhook_twice() {
     .await;
     assert!(all, "missing: {:?}", receiver.events().len());
     actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
-    let s = receiver.state.lock().unwrap();
-    assert_eq!(s.invalid, 0);
-    assert_eq!(s.requests.len(), sessions.len(), "a webhook was sent twice");
-    let mut got: Vec<&str> = s
-        .events
-        .values()
-        .map(|e| e["data"]["session_id"].as_str().unwrap())
-        .collect();
-    got.sort();
-    let mut want: Vec<&str> = sessions.iter().map(|t| t.session_id.as_str()).collect();
-    want.sort();
-    assert_eq!(got, want);
-    drop(s);
+    {
+        let s = receiver.state.lock().unwrap();
+        assert_eq!(s.invalid, 0);
+        assert_eq!(s.requests.len(), sessions.len(), "a webhook was sent twice");
+        let mut got: Vec<&str> = s
+            .events
+            .values()
+            .map(|e| e["data"]["session_id"].as_str().unwrap())
+            .collect();
+        got.sort();
+        let mut want: Vec<&str> = sessions.iter().map(|t| t.session_id.as_str()).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
     let delivered =
         deliveries(&pods[0], "delivered").await + deliveries(&pods[1], "delivered").await;
     assert_eq!(delivered, sessions.len() as f64);
