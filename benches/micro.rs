@@ -138,6 +138,8 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             throttle: sessiond::throttle::Throttle::memory(cfg.throttle.clone()),
             audit,
             metrics,
+            // Without WEBHOOK_URLS: emits nothing.
+            webhooks: sessiond::webhooks::Webhooks::default(),
             profiles: moka::future::Cache::builder().build(),
             settings,
         },

@@ -40,6 +40,12 @@ pub struct Metrics {
     /// outcome: written, dropped (queue full or shutdown), and failed write attempts (retried)
     pub audit_events: IntCounterVec,
     pub audit_queue: IntGauge,
+    /// outcome: delivered (2xx), retried (a failed attempt, tried again later), failed (given up)
+    pub webhook_deliveries: IntCounterVec,
+    /// Outbox rows waiting for delivery, all pods together (read from the database).
+    pub webhook_pending: IntGauge,
+    /// From the event to the receiver's 2xx.
+    pub webhook_lag: Histogram,
 }
 
 #[derive(Clone)]
@@ -302,6 +308,34 @@ impl Metrics {
                 &r,
                 IntGauge::new("audit_queue_length", "Audit events waiting to be written.")
                     .expect("valid metric"),
+            ),
+            webhook_deliveries: counter_vec(
+                &r,
+                "webhook_deliveries_total",
+                "Webhook delivery attempts by outcome: delivered (2xx), retried (failed, tried again later), failed (given up or not stored).",
+                &["outcome"],
+            ),
+            webhook_pending: register(
+                &r,
+                IntGauge::new(
+                    "webhook_pending",
+                    "Webhooks waiting in the outbox for delivery (every pod's).",
+                )
+                .expect("valid metric"),
+            ),
+            webhook_lag: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "webhook_delivery_lag_seconds",
+                        "Time from an event to its webhook's 2xx answer, retries included.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+                    ]),
+                )
+                .expect("valid metric"),
             ),
             registry: r,
         }

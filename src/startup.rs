@@ -30,6 +30,7 @@ use crate::{
     state::AppState,
     throttle::Throttle,
     users::{self, password::PasswordHasher, UserStore},
+    webhooks::{DeliveryWorker, RetryPolicy, Webhooks},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +156,8 @@ pub struct Application {
     audit: AuditWriter,
     /// The signing-key poll loop, stopped with the server.
     key_refresh: tokio::task::JoinHandle<()>,
+    /// This pod's webhook delivery worker, with WEBHOOK_URLS.
+    webhooks: Option<DeliveryWorker>,
 }
 
 impl Application {
@@ -220,6 +223,8 @@ impl Application {
         let key_refresh = crate::auth::keys::start(db.clone(), &config, jwt.clone())
             .await
             .map_err(|e| StartupError::Keys(e.to_string()))?;
+        let (webhooks, webhook_worker) =
+            Webhooks::start(db.clone(), &config, metrics.clone(), RetryPolicy::default());
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
         let (audit, audit_writer) =
             AuditLog::start(users.clone(), metrics.clone(), config.audit_denied_window);
@@ -293,6 +298,7 @@ impl Application {
                 throttle,
                 audit,
                 metrics,
+                webhooks,
                 profiles,
                 settings,
             },
@@ -380,6 +386,7 @@ impl Application {
             sessions,
             audit: audit_writer,
             key_refresh,
+            webhooks: webhook_worker,
         })
     }
 
@@ -405,6 +412,11 @@ impl Application {
         }
         self.audit.stop().await;
         self.key_refresh.abort();
+        // Every event of a finished request is in the outbox: what is not delivered yet waits
+        // there for the next pod.
+        if let Some(worker) = self.webhooks {
+            worker.stop().await;
+        }
         let _ = self.sessions.send(session::Stop).await;
         let _ = self.users.send(users::Stop).await;
         result

@@ -7,3 +7,4 @@ pub mod role_permission;
 pub mod signing_key;
 pub mod user;
 pub mod user_role;
+pub mod webhook_outbox;

@@ -20,6 +20,7 @@ use crate::{
         AccountAccess, CreateUser, FindAccess, FindAccount, FindByEmail, FindById, SetPassword,
         User, UserStore,
     },
+    webhooks::Event,
 };
 
 /// A new account, parsed.
@@ -377,6 +378,9 @@ impl<'a> LoginAttempt<'a> {
                     .ip(self.client.ip.clone())
                     .detail(serde_json::json!({ "session_id": sid, "reason": "max_sessions" })),
             );
+            app.webhooks
+                .emit(Event::session_revoked(user_id, sid, "max_sessions"))
+                .await;
             tracing::info!(user_id = %user_id, session_id = %sid, "oldest session ended: MAX_SESSIONS_PER_USER reached");
         }
         // An admin may have disabled the account or changed its roles while this login ran;
@@ -522,6 +526,9 @@ pub async fn change_password(
         event(AuditEvent::success(AuditKind::PasswordChange))
             .detail(serde_json::json!({ "other_sessions_revoked": revoked })),
     );
+    app.webhooks
+        .emit(Event::password_changed(caller.user_id, caller.session_id))
+        .await;
     tracing::info!(user_id = %caller.user_id, other_sessions_revoked = revoked, "password changed");
     Ok(())
 }

@@ -20,6 +20,7 @@ use crate::{
         GrantRole, ListRoles, ListUsers, RoleChange, RoleView, SetDisabled, SetRoles,
         UserStoreError,
     },
+    webhooks::Event,
 };
 
 /// The audit records of one admin call: the admin is the actor, the account acted on the subject.
@@ -182,6 +183,9 @@ pub async fn set_roles(
             AuditEvent::success(AuditKind::RoleChange)
                 .detail(serde_json::json!({"roles": user.roles, "previous": previous})),
         );
+        app.webhooks
+            .emit(Event::roles_changed(user_id, &user.roles, &previous))
+            .await;
     }
     // Also when nothing changed: a retry after a failed session update completes it.
     sync_session_access(app, user_id).await?;
@@ -206,6 +210,7 @@ pub async fn disable_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<()
     let changed = cut_off_then(app, &audit, kind, user_id, what, change).await?;
     if changed {
         audit.record(AuditEvent::success(kind));
+        app.webhooks.emit(Event::disabled(user_id)).await;
         // An enable racing with this disable may have lifted the marker between the two steps
         // (and a login slipped in): now that the database says disabled, cut off once more.
         app.sessions.ask(CutOff(user_id)).await?;
@@ -254,6 +259,7 @@ pub async fn delete_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<(),
     }
     deleted?;
     audit.record(AuditEvent::success(kind));
+    app.webhooks.emit(Event::deleted(user_id)).await;
     Ok(())
 }
 
@@ -320,6 +326,9 @@ pub async fn revoke_user_sessions(
         return Err(ApiError::NotFound("user"));
     }
     audit.record(AuditEvent::success(kind).detail(serde_json::json!({ "revoked": revoked })));
+    app.webhooks
+        .emit(Event::sessions_revoked(user_id, "admin", None))
+        .await;
     Ok(())
 }
 
@@ -396,11 +405,15 @@ pub async fn grant_admin_emails(app: &App) -> Result<(), ApiError> {
         };
         let access = sync_session_access(app, user_id).await?;
         tracing::info!(%user_id, "granted the admin role (ADMIN_EMAILS)");
+        let roles = access.map(|a| a.roles).unwrap_or_default();
+        app.webhooks
+            .emit(Event::roles_changed(user_id, &roles, &previous))
+            .await;
         app.audit.record(
             AuditEvent::success(AuditKind::RoleChange)
                 .subject(user_id)
                 .detail(serde_json::json!({
-                    "roles": access.map(|a| a.roles).unwrap_or_default(),
+                    "roles": roles,
                     "previous": previous,
                     "source": "ADMIN_EMAILS",
                 })),

@@ -24,6 +24,7 @@ use crate::{
     session::SessionRegistry,
     throttle::{Scope, Throttle},
     users::{password::PasswordHasher, User, UserStore},
+    webhooks::Webhooks,
 };
 
 /// What the flows run on: the actors, the hasher, the limiter, the audit trail, the metrics.
@@ -34,6 +35,8 @@ pub struct App {
     pub throttle: Throttle,
     pub audit: AuditLog,
     pub metrics: Metrics,
+    /// Revocation webhooks: every flow that ends sessions or changes an account emits here.
+    pub webhooks: Webhooks,
     /// Recently read profiles (GET /profile), kept at most SESSION_CACHE_TTL.
     pub profiles: moka::future::Cache<Uuid, Arc<User>>,
     pub settings: Settings,

@@ -16,6 +16,7 @@ use crate::{
     },
     throttle::Scope,
     users::FindAccess,
+    webhooks::Event,
 };
 
 /// What a login or a refresh hands out: the refresh token, and what the access token carries.
@@ -82,6 +83,14 @@ pub async fn refresh(
                     .ip(client.ip.clone())
                     .detail(serde_json::json!({ "session_id": presented.session_id })),
             );
+            // The replay ended the session (see `Refresh`).
+            app.webhooks
+                .emit(Event::session_revoked(
+                    presented.user_id,
+                    presented.session_id,
+                    "refresh_reuse",
+                ))
+                .await;
             Err(ApiError::Unauthorized)
         }
         Rotation::Invalid | Rotation::Unsealed => Err(ApiError::Unauthorized),
@@ -107,6 +116,13 @@ pub async fn logout(app: &App, caller: &Caller) -> Result<(), ApiError> {
             .ip(caller.ip.clone())
             .detail(serde_json::json!({ "session_id": caller.session_id })),
     );
+    app.webhooks
+        .emit(Event::session_revoked(
+            caller.user_id,
+            caller.session_id,
+            "logout",
+        ))
+        .await;
     tracing::info!(user_id = %caller.user_id, session_id = %caller.session_id, "logged out");
     Ok(())
 }
@@ -127,6 +143,13 @@ pub async fn logout_all(app: &App, caller: &Caller, keep_current: bool) -> Resul
             .ip(caller.ip.clone())
             .detail(serde_json::json!({ "revoked": n, "kept_current": keep_current })),
     );
+    app.webhooks
+        .emit(Event::sessions_revoked(
+            caller.user_id,
+            "logout_all",
+            except,
+        ))
+        .await;
     tracing::info!(user_id = %caller.user_id, revoked = n, "logged out everywhere");
     Ok(())
 }
@@ -154,6 +177,13 @@ pub async fn revoke_own(app: &App, caller: &Caller, session_id: Uuid) -> Result<
             .ip(caller.ip.clone())
             .detail(serde_json::json!({ "session_id": session_id })),
     );
+    app.webhooks
+        .emit(Event::session_revoked(
+            caller.user_id,
+            session_id,
+            "revoked",
+        ))
+        .await;
     Ok(())
 }
 

@@ -140,6 +140,10 @@ pub struct Config {
     /// Repeated denials of one kind by one actor within this window are written as one counted
     /// event at its end (the first at once), so a loop of 403s cannot flood the audit trail.
     pub audit_denied_window: Duration,
+    /// Endpoints that receive the revocation webhooks (see `webhooks`); empty: none are sent.
+    pub webhook_urls: Vec<String>,
+    /// The Standard Webhooks signing key (decoded from `whsec_<base64>`); set with the URLs.
+    pub webhook_secret: Option<Secret>,
 }
 
 /// JWT_ALGORITHM: the JWS `alg` of issued access tokens.
@@ -507,6 +511,16 @@ pub const VARS: &[Var] = &[
         Value("60000"),
         "repeated denials within this window are one counted audit event",
     ),
+    Var::new(
+        "WEBHOOK_URLS",
+        Unset("no webhooks are sent"),
+        "comma-separated http(s) URLs that receive the revocation webhooks",
+    ),
+    Var::secret(
+        "WEBHOOK_SECRET",
+        Unset("required with WEBHOOK_URLS"),
+        "signing key of the webhooks, whsec_<base64 of 24 to 64 random bytes>",
+    ),
 ];
 
 /// The declaration of `name`; every variable the server reads is one of [`VARS`].
@@ -766,6 +780,9 @@ impl Config {
             admin_emails.push(email.into_inner());
         }
 
+        let (webhook_urls, webhook_secret) =
+            webhook_settings(env.get("WEBHOOK_URLS"), env.get("WEBHOOK_SECRET"))?;
+
         let is_sqlite = database_url
             .as_deref()
             .is_none_or(|u| u.starts_with("sqlite:"));
@@ -871,6 +888,8 @@ impl Config {
             password_min_score: env.number("PASSWORD_MIN_SCORE", 0, 4)?,
             admin_emails,
             audit_denied_window: millis(env.number("AUDIT_DENIED_WINDOW_MS", 10, 3_600_000)?),
+            webhook_urls,
+            webhook_secret,
         })
     }
 
@@ -1006,6 +1025,8 @@ impl Config {
             "PASSWORD_MIN_SCORE" => Text(self.password_min_score.to_string()),
             "ADMIN_EMAILS" => list(self.admin_emails.iter().cloned()),
             "AUDIT_DENIED_WINDOW_MS" => millis(self.audit_denied_window),
+            "WEBHOOK_URLS" => list(self.webhook_urls.iter().cloned()),
+            "WEBHOOK_SECRET" => secret(&self.webhook_secret),
             // A declared variable without an arm here: the unit tests catch it.
             _ => Effective::Unknown,
         }
@@ -1156,6 +1177,95 @@ pub fn check_encryption_key(var: &'static str, value: String) -> Result<Secret, 
             var,
             "is not 32 random bytes (an example or too little entropy); generate one with \
              `head -c 32 /dev/urandom | base64`",
+        ));
+    }
+    Ok(Secret::new(bytes))
+}
+
+/// Decoded webhook keys shorter than this are refused (Standard Webhooks uses 24 to 64 bytes).
+const MIN_WEBHOOK_SECRET_BYTES: usize = 24;
+
+/// WEBHOOK_URLS and WEBHOOK_SECRET: http(s) URLs, and a `whsec_<base64>` key of random bytes
+/// that is required with them.
+fn webhook_settings(
+    urls: Option<String>,
+    secret: Option<String>,
+) -> Result<(Vec<String>, Option<Secret>), ConfigError> {
+    let urls: Vec<String> = urls
+        .unwrap_or_default()
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    for url in &urls {
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+        if host.is_none_or(|h| h.is_empty() || h.contains('@'))
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            // No userinfo: a password in the URL would reach logs and metrics labels.
+            return Err(err(
+                "WEBHOOK_URLS",
+                "expected comma-separated http:// or https:// URLs with a host and no user or password",
+            ));
+        }
+    }
+    let secret =
+        match secret {
+            None if urls.is_empty() => None,
+            None => return Err(err(
+                "WEBHOOK_SECRET",
+                "required when WEBHOOK_URLS is set (the receivers verify every webhook with it)",
+            )),
+            Some(s) => Some(check_webhook_secret(&s)?),
+        };
+    Ok((urls, secret))
+}
+
+/// `whsec_<base64>` as Standard Webhooks gives it: the decoded bytes key the HMAC. Refused when
+/// short, an example value, or a pattern.
+pub fn check_webhook_secret(value: &str) -> Result<Secret, ConfigError> {
+    use base64::Engine;
+    const VAR: &str = "WEBHOOK_SECRET";
+    let generate = "generate one, e.g. `echo whsec_$(head -c 32 /dev/urandom | base64)`";
+    let encoded = value.trim().strip_prefix("whsec_").ok_or_else(|| {
+        err(
+            VAR,
+            format!("expected whsec_ followed by base64 of random bytes; {generate}"),
+        )
+    })?;
+    let lower = encoded.to_ascii_lowercase();
+    if PLACEHOLDER_MARKERS.iter().any(|m| lower.contains(m)) {
+        return Err(err(
+            VAR,
+            format!("is an example value from documentation or configuration files; {generate}"),
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| {
+            err(
+                VAR,
+                format!("the part after whsec_ is not base64; {generate}"),
+            )
+        })?;
+    if bytes.len() < MIN_WEBHOOK_SECRET_BYTES {
+        return Err(err(
+            VAR,
+            format!("must decode to at least {MIN_WEBHOOK_SECRET_BYTES} bytes; {generate}"),
+        ));
+    }
+    let periodic = (1..=bytes.len() / 2)
+        .any(|p| bytes.len() % p == 0 && bytes.chunks(p).all(|c| c == &bytes[..p]));
+    // 24 random bytes estimate about 105 bits here (few repeats); patterns far less.
+    if periodic || entropy_bits(&bytes) < 80.0 {
+        return Err(err(
+            VAR,
+            format!(
+                "has too little entropy (a repeated pattern or too few distinct bytes); {generate}"
+            ),
         ));
     }
     Ok(Secret::new(bytes))
@@ -1665,8 +1775,10 @@ mod tests {
                 "JWT_KEY_ENCRYPTION_KEY",
                 "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2flJc=",
             ),
+            ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ];
         let mut vars = secrets.to_vec();
+        vars.push(("WEBHOOK_URLS", "https://hooks.example.com/sessiond"));
         vars.push(("DB_URL", "postgres://app:db-pass-123@db:5432/x"));
         vars.push(("TRUSTED_PROXIES", "10.0.0.0/8"));
         let c = config(&vars).unwrap();
@@ -1719,6 +1831,54 @@ mod tests {
             sorted, declared,
             "README Configuration table vs config::VARS"
         );
+    }
+
+    #[test]
+    fn webhook_settings_are_validated_naming_the_variable() {
+        let good = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let c = config(&[
+            (
+                "WEBHOOK_URLS",
+                "https://hooks.example.com/a, http://10.0.0.7:9000/b",
+            ),
+            ("WEBHOOK_SECRET", good),
+        ])
+        .unwrap();
+        assert_eq!(c.webhook_urls.len(), 2);
+        assert_eq!(c.webhook_secret.as_ref().unwrap().expose().len(), 24);
+        assert!(c.describe().contains("WEBHOOK_SECRET=********"));
+        assert!(config(&[]).unwrap().webhook_urls.is_empty());
+        let refused = |vars: &[(&str, &str)]| config(vars).unwrap_err().var;
+        assert_eq!(
+            refused(&[("WEBHOOK_URLS", "https://h/x")]),
+            "WEBHOOK_SECRET"
+        );
+        for url in [
+            "ftp://h/x",
+            "https://",
+            "https://u:p@h/x",
+            "h/x",
+            "https://h/ x",
+        ] {
+            assert_eq!(
+                refused(&[("WEBHOOK_URLS", url), ("WEBHOOK_SECRET", good)]),
+                "WEBHOOK_URLS",
+                "{url}"
+            );
+        }
+        let aaaa = format!("whsec_{}", "QUFB".repeat(10));
+        for secret in [
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",                   // no prefix
+            "whsec_c2hvcnQ=",                                     // 5 bytes
+            "whsec_not base64!",                                  //
+            "whsec_cGxhY2Vob2xkZXJwbGFjZWhvbGRlcnBsYWNlaG9sZGVy", // a pattern
+            aaaa.as_str(),
+        ] {
+            let e =
+                config(&[("WEBHOOK_URLS", "https://h/x"), ("WEBHOOK_SECRET", secret)]).unwrap_err();
+            assert_eq!(e.var, "WEBHOOK_SECRET", "{secret}");
+            assert!(!e.message.contains(secret), "the value is not echoed");
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct LoginBody {
 /// A new session's (or a refresh's) tokens. Served with `Cache-Control: no-store`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenPair {
-    /// JWT (HS256) for `Authorization: Bearer`.
+    /// JWT (`typ: at+jwt`, signed with JWT_ALGORITHM) for `Authorization: Bearer`.
     access_token: String,
     #[schema(example = "Bearer")]
     token_type: &'static str,

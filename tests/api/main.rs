@@ -28,3 +28,4 @@ mod tls;
 mod tokens;
 mod topology;
 mod validation;
+mod webhooks;
