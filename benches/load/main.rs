@@ -13,6 +13,7 @@
 //! thread and Redis is recorded for every phase, so a client-bound phase shows.
 mod baseline;
 mod client;
+mod harness;
 mod report;
 mod scenarios;
 #[path = "../support.rs"]
@@ -20,14 +21,14 @@ mod support;
 
 use std::{
     collections::HashMap,
-    future::Future,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use actix_web::dev::ServerHandle;
-use sea_orm::{ConnectionTrait, Database};
+pub use harness::on_client;
+use harness::Db;
 use sessiond::{config::Config, startup::Application};
 
 pub const JWT_SECRET: &str = "load-suite-secret-0123456789abcdef-0123456789";
@@ -118,89 +119,6 @@ impl Settings {
             mixed_measure: pick(8.0, 4.0),
             server_log_filter: std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
             out_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-report")),
-        }
-    }
-}
-
-/// Runs `f` on the load generator's own thread and runtime, so the server threads of this
-/// process keep their cores; the System thread (sessiond's actors) only waits for the answer.
-pub async fn on_client<T, Fut>(f: impl FnOnce() -> Fut + Send + 'static) -> T
-where
-    T: Send + 'static,
-    Fut: Future<Output = T> + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("load-client".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("building the client's runtime");
-            let local = tokio::task::LocalSet::new();
-            let _ = tx.send(local.block_on(&rt, f()));
-        })
-        .expect("spawning the client thread");
-    rx.await.expect("the load client panicked (message above)")
-}
-
-/// The database sessiond uses: a fresh PostgreSQL database, or a temp SQLite file.
-enum Db {
-    Sqlite(PathBuf),
-    Postgres { admin_url: String, name: String },
-}
-
-impl Db {
-    async fn create(admin_url: Option<&str>, run_id: &str) -> (Self, String) {
-        let Some(admin_url) = admin_url else {
-            let path = std::env::temp_dir().join(format!("sessiond-load-{run_id}.db"));
-            let url = format!("sqlite://{}?mode=rwc", path.display());
-            return (Db::Sqlite(path), url);
-        };
-        let name = format!("sessiond_load_{run_id}");
-        let admin = Database::connect(admin_url)
-            .await
-            .expect("BENCH_DATABASE_URL: cannot connect");
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .expect("BENCH_DATABASE_URL: CREATE DATABASE failed");
-        let _ = admin.close().await;
-        let (base, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
-        let scheme_end = base.find("://").map_or(0, |i| i + 3);
-        let authority_end = base[scheme_end..]
-            .find('/')
-            .map_or(base.len(), |i| scheme_end + i);
-        let mut url = format!("{}/{name}", &base[..authority_end]);
-        if !query.is_empty() {
-            url = format!("{url}?{query}");
-        }
-        (
-            Db::Postgres {
-                admin_url: admin_url.to_string(),
-                name,
-            },
-            url,
-        )
-    }
-
-    async fn drop(self) {
-        match self {
-            Db::Sqlite(path) => {
-                for suffix in ["", "-wal", "-shm", "-journal"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-            Db::Postgres { admin_url, name } => match Database::connect(&admin_url).await {
-                Ok(admin) => {
-                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    if let Err(e) = admin.execute_unprepared(&sql).await {
-                        eprintln!("warning: could not drop database {name}: {e}");
-                    }
-                    let _ = admin.close().await;
-                }
-                Err(e) => eprintln!("warning: could not drop database {name}: {e}"),
-            },
         }
     }
 }

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::{
     baseline,
     client::{closed_loop, micros, open_loop, request, Conn, Load, Outcome},
+    harness::{machine_busy_ticks, ticks, wait_for_quiet_machine, TICKS_PER_SECOND},
     on_client,
     report::{Cpu, Report, Row, SweepPoint},
     ServerEnv, Settings, EMAIL, PASSWORD,
@@ -34,67 +35,6 @@ fn get(path: &str, auth: Option<(&str, &str)>) -> Vec<u8> {
     let headers: Vec<(&str, &str)> = auth.into_iter().collect();
     request("GET", path, &headers, None)
 }
-
-/// Clock ticks (utime + stime) of a /proc stat file; the fields after the command name.
-fn ticks(path: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let Some((_, rest)) = text.rsplit_once(')') else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
-}
-
-/// Busy ticks of all cores (everything but idle and iowait), from /proc/stat.
-fn machine_busy_ticks() -> u64 {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    v.iter().take(8).sum::<u64>() - v.get(3).unwrap_or(&0) - v.get(4).unwrap_or(&0)
-}
-
-/// This machine is shared: a compile running next to a phase takes a core from the server or
-/// the generator and skews the ratios. Wait (up to BENCH_QUIET_WAIT seconds, default 120) until
-/// the machine is idle before each phase; what remains is reported in the "rest" CPU column.
-async fn wait_for_quiet_machine() {
-    let limit = Duration::from_secs(crate::env_number("BENCH_QUIET_WAIT", 120));
-    let start = Instant::now();
-    let mut warned = false;
-    loop {
-        let before = machine_busy_ticks();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let busy = (machine_busy_ticks() - before) as f64 / TICKS_PER_SECOND / 0.5;
-        if busy < 0.2 {
-            return;
-        }
-        if start.elapsed() >= limit {
-            eprintln!(
-                "[load]   machine still busy ({busy:.1} cores used by others); measuring anyway"
-            );
-            return;
-        }
-        if !warned {
-            eprintln!("[load]   waiting for other processes to go quiet ({busy:.1} cores busy)");
-            warned = true;
-        }
-    }
-}
-
-/// Linux's USER_HZ: /proc times are in hundredths of a second on every mainstream architecture.
-const TICKS_PER_SECOND: f64 = 100.0;
 
 async fn redis_cpu_seconds(url: Option<&str>) -> Option<f64> {
     let mut conn = redis::Client::open(url?)
@@ -141,7 +81,7 @@ where
     Fut: Future<Output = T> + 'static,
 {
     on_client(move || async move {
-        wait_for_quiet_machine().await;
+        wait_for_quiet_machine("load", 120).await;
         let redis0 = redis_cpu_seconds(redis_url.as_deref()).await;
         let machine0 = machine_busy_ticks();
         let (proc0, thread0, wall0) = (
