@@ -126,6 +126,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             audit,
             metrics,
             profiles: moka::future::Cache::builder().build(),
+            client_secrets: sessiond::app::clients::client_secrets(cfg.session_cache_ttl),
             settings,
         },
         jwt: JwtKeys::new(&cfg),

@@ -285,6 +285,7 @@ impl Application {
                 audit,
                 metrics,
                 profiles,
+                client_secrets: app::clients::client_secrets(config.session_cache_ttl),
                 settings,
             },
             jwt: JwtKeys::new(&config),

@@ -4,5 +4,6 @@ pub mod audit_event;
 pub mod permissions;
 pub mod role;
 pub mod role_permission;
+pub mod service_client;
 pub mod user;
 pub mod user_role;

@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_users;
 mod m20261127_000002_roles_and_audit;
+mod m20261130_000002_service_clients;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261127_000001_create_users::Migration),
             Box::new(m20261127_000002_roles_and_audit::Migration),
+            Box::new(m20261130_000002_service_clients::Migration),
         ]
     }
 }
