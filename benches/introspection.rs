@@ -122,7 +122,9 @@ fn main() {
 async fn run() {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("bench-introspect-{run_id}:");
-    let redis_url = std::env::var("BENCH_REDIS_URL").ok().filter(|v| !v.is_empty());
+    let redis_url = std::env::var("BENCH_REDIS_URL")
+        .ok()
+        .filter(|v| !v.is_empty());
     let pg_admin = std::env::var("BENCH_DATABASE_URL")
         .ok()
         .filter(|v| !v.is_empty());
@@ -144,7 +146,10 @@ async fn run() {
         ("HOST", "127.0.0.1".to_string()),
         ("PORT", "0".into()),
         ("HTTP_WORKERS", "1".into()),
-        ("JWT_SECRET", "introspection-bench-secret-0123456789abcdef".into()),
+        (
+            "JWT_SECRET",
+            "introspection-bench-secret-0123456789abcdef".into(),
+        ),
         ("DB_URL", db_url),
         ("MIGRATE_ON_START", "true".into()),
         ("SHUTDOWN_GRACE_SECONDS", "1".into()),
@@ -181,7 +186,12 @@ async fn run() {
             expect: 200,
         };
         let bearer = format!("Bearer {token}");
-        let session = load(request("GET", "/session", &[("Authorization", &bearer)], None));
+        let session = load(request(
+            "GET",
+            "/session",
+            &[("Authorization", &bearer)],
+            None,
+        ));
         let introspect = load(introspect_request(&basic, &token));
         let (mut s, mut i) = (Vec::new(), Vec::new());
         for round in 1..=rounds {

@@ -39,7 +39,10 @@ mod tests {
 
     #[test]
     fn names_are_trimmed_bounded_and_single_line() {
-        assert_eq!(ClientName::parse(" billing ".into()).unwrap().as_str(), "billing");
+        assert_eq!(
+            ClientName::parse(" billing ".into()).unwrap().as_str(),
+            "billing"
+        );
         assert!(ClientName::parse("é".repeat(100)).is_ok());
         for bad in ["", "   ", "a\nb", "a\u{0}b"] {
             assert!(ClientName::parse(bad.into()).is_err(), "{bad:?}");

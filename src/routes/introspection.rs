@@ -216,8 +216,14 @@ mod tests {
             "Bearer abc".to_string(),
             "Basic".to_string(),
             "Basic !!!".to_string(),
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("nocolon")),
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("x:y")),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("nocolon")
+            ),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("x:y")
+            ),
             format!("Basic {}", "A".repeat(MAX_BASIC_LEN + 4)),
         ] {
             assert_eq!(basic(&bad), None, "{bad}");

@@ -287,9 +287,14 @@ mod tests {
         assert!(profile["401"]["headers"]["WWW-Authenticate"].is_object());
         assert!(doc["paths"]["/register"]["post"]["responses"]["415"].is_object());
         assert!(doc["paths"]["/admin/audit"]["get"]["responses"]["403"].is_object());
-        assert_eq!(doc["components"]["securitySchemes"]["basic"]["scheme"], "basic");
+        assert_eq!(
+            doc["components"]["securitySchemes"]["basic"]["scheme"],
+            "basic"
+        );
         let introspect = &doc["paths"]["/introspect"]["post"];
-        assert!(introspect["requestBody"]["content"]["application/x-www-form-urlencoded"].is_object());
+        assert!(
+            introspect["requestBody"]["content"]["application/x-www-form-urlencoded"].is_object()
+        );
         assert!(introspect["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
         assert!(introspect["responses"]["401"]["description"]
             .as_str()

@@ -163,7 +163,11 @@ async fn clients_are_managed_by_admins_and_the_secret_is_shown_once(backend: Bac
             Some(json!({"name": "sneaky"})),
         ),
         (Method::DELETE, format!("/admin/clients/{some_id}"), None),
-        (Method::DELETE, "/admin/clients/not-a-uuid".to_string(), None),
+        (
+            Method::DELETE,
+            "/admin/clients/not-a-uuid".to_string(),
+            None,
+        ),
     ] {
         let r = call(
             &app,
@@ -191,7 +195,10 @@ async fn clients_are_managed_by_admins_and_the_secret_is_shown_once(backend: Bac
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let id = r.body["client_id"].as_str().expect("client_id").to_string();
-    let secret = r.body["client_secret"].as_str().expect("secret").to_string();
+    let secret = r.body["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
     assert!(Uuid::parse_str(&id).is_ok(), "{}", r.body);
     assert_eq!(r.body["name"], "billing");
     // 256 random bits, base64url.
@@ -228,9 +235,15 @@ async fn clients_are_managed_by_admins_and_the_secret_is_shown_once(backend: Bac
         json!({"name": 7}),
         json!({"name": "ok", "secret": "mine"}),
     ] {
-        call(&app, Method::POST, "/admin/clients", Some(token), Some(&body))
-            .await
-            .assert_error(400, "invalid_request");
+        call(
+            &app,
+            Method::POST,
+            "/admin/clients",
+            Some(token),
+            Some(&body),
+        )
+        .await
+        .assert_error(400, "invalid_request");
     }
     let r = app
         .client
@@ -258,7 +271,12 @@ async fn clients_are_managed_by_admins_and_the_secret_is_shown_once(backend: Bac
         .await
         .assert_error(400, "invalid_request");
     let r = app.get("/admin/clients", Some(token)).await;
-    assert_eq!(r.body["items"].as_array().map(Vec::len), Some(1), "{}", r.body);
+    assert_eq!(
+        r.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.body
+    );
 
     // Audited, with the admin as the actor and the client in the detail (never the secret).
     let created = settled(&app, token, "type=client_create", 2).await;
@@ -267,7 +285,13 @@ async fn clients_are_managed_by_admins_and_the_secret_is_shown_once(backend: Bac
         assert_eq!(event["detail"]["name"], "billing");
     }
     let deleted = settled(&app, token, "type=client_delete", 1).await;
-    assert_event(&deleted[0], "client_delete", Some(&admin.id), None, "success");
+    assert_event(
+        &deleted[0],
+        "client_delete",
+        Some(&admin.id),
+        None,
+        "success",
+    );
     assert_eq!(deleted[0]["detail"]["client_id"], id.as_str());
     let trail = app
         .get("/admin/audit?per_page=200", Some(token))
@@ -284,7 +308,12 @@ fn resigned(token: &str, patch: Value) -> String {
     for (k, v) in patch.as_object().expect("object") {
         claims[k] = v.clone();
     }
-    encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("sign")
+    encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
 }
 
 async fn only_tokens_of_live_sessions_are_active(backend: Backend) {
@@ -337,20 +366,35 @@ async fn only_tokens_of_live_sessions_are_active(backend: Backend) {
         ("garbage", "garbage".to_string()),
         ("three dots", "a.b.c".to_string()),
         ("a refresh token", user.tokens.refresh.clone()),
-        ("tampered", format!("{}.{}.{}", parts[0], parts[1], "A".repeat(43))),
+        (
+            "tampered",
+            format!("{}.{}.{}", parts[0], parts[1], "A".repeat(43)),
+        ),
         ("foreign key", foreign),
         (
             "expired",
-            resigned(token, json!({"iat": now - 3600, "nbf": now - 3600, "exp": now - 1800})),
+            resigned(
+                token,
+                json!({"iat": now - 3600, "nbf": now - 3600, "exp": now - 1800}),
+            ),
         ),
-        ("unknown session", resigned(token, json!({"sid": Uuid::now_v7()}))),
-        ("another user's session", resigned(token, json!({"sub": admin.id}))),
+        (
+            "unknown session",
+            resigned(token, json!({"sid": Uuid::now_v7()})),
+        ),
+        (
+            "another user's session",
+            resigned(token, json!({"sub": admin.id})),
+        ),
         ("longer than any token", huge),
     ] {
         assert_inactive(&introspect(&app, &client, &t).await, what);
     }
     // The re-signing itself is sound: the real claims re-signed are active.
-    assert_eq!(introspect(&app, &client, &resigned(token, json!({}))).await["active"], true);
+    assert_eq!(
+        introspect(&app, &client, &resigned(token, json!({}))).await["active"],
+        true
+    );
 
     // A logged-out session, and every session of a deleted account.
     let second = plain(&app).await;
@@ -364,7 +408,14 @@ async fn only_tokens_of_live_sessions_are_active(backend: Backend) {
         true
     );
     let path = format!("/admin/users/{}", second.id);
-    let r = call(&app, Method::DELETE, &path, Some(&admin.tokens.access), None).await;
+    let r = call(
+        &app,
+        Method::DELETE,
+        &path,
+        Some(&admin.tokens.access),
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     assert_inactive(
         &introspect(&app, &client, &second.tokens.access).await,
@@ -379,7 +430,8 @@ async fn introspection_needs_valid_client_credentials(backend: Backend) {
     let client = create_client(&app, &admin.tokens.access, "api").await;
     let other = create_client(&app, &admin.tokens.access, "other").await;
     let body = || form(&[("token", &admin.tokens.access)]);
-    let basic = |id: &str, secret: &str| format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
+    let basic =
+        |id: &str, secret: &str| format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
 
     let wrong_secret = {
         let mut s = client.secret.clone().into_bytes();
@@ -391,13 +443,25 @@ async fn introspection_needs_valid_client_credentials(backend: Backend) {
         ("no credentials", None),
         ("a bearer token", Some(bearer)),
         ("wrong secret", Some(basic(&client.id, &wrong_secret))),
-        ("another client's secret", Some(basic(&client.id, &other.secret))),
+        (
+            "another client's secret",
+            Some(basic(&client.id, &other.secret)),
+        ),
         ("empty secret", Some(basic(&client.id, ""))),
-        ("unknown client", Some(basic(&Uuid::new_v4().to_string(), &client.secret))),
+        (
+            "unknown client",
+            Some(basic(&Uuid::new_v4().to_string(), &client.secret)),
+        ),
         ("id not a UUID", Some(basic("api", &client.secret))),
-        ("no colon", Some(format!("Basic {}", STANDARD.encode(&client.id)))),
+        (
+            "no colon",
+            Some(format!("Basic {}", STANDARD.encode(&client.id))),
+        ),
         ("not base64", Some("Basic !!!not-base64!!!".to_string())),
-        ("no scheme", Some(STANDARD.encode(format!("{}:{}", client.id, client.secret)))),
+        (
+            "no scheme",
+            Some(STANDARD.encode(format!("{}:{}", client.id, client.secret))),
+        ),
     ] {
         let r = introspect_raw(&app, auth.as_deref(), Some(FORM), body()).await;
         assert_invalid_client(&r);
@@ -417,13 +481,26 @@ async fn introspection_needs_valid_client_credentials(backend: Backend) {
     assert_invalid_client(&r);
 
     // A deleted client is refused at once by the pod that deleted it.
-    assert_eq!(introspect(&app, &client, &admin.tokens.access).await["active"], true);
+    assert_eq!(
+        introspect(&app, &client, &admin.tokens.access).await["active"],
+        true
+    );
     let path = format!("/admin/clients/{}", client.id);
-    let r = call(&app, Method::DELETE, &path, Some(&admin.tokens.access), None).await;
+    let r = call(
+        &app,
+        Method::DELETE,
+        &path,
+        Some(&admin.tokens.access),
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let r = introspect_raw(&app, Some(&client.basic()), Some(FORM), body()).await;
     assert_invalid_client(&r);
-    assert_eq!(introspect(&app, &other, &admin.tokens.access).await["active"], true);
+    assert_eq!(
+        introspect(&app, &other, &admin.tokens.access).await["active"],
+        true
+    );
 }
 
 async fn bad_introspection_input_gets_clear_errors(backend: Backend) {
@@ -433,7 +510,8 @@ async fn bad_introspection_input_gets_clear_errors(backend: Backend) {
     let client = create_client(&app, &admin.tokens.access, "api").await;
     let auth = client.basic();
     let token = admin.tokens.access.as_str();
-    let send = |ct: Option<&'static str>, body: Vec<u8>| introspect_raw(&app, Some(&auth), ct, body);
+    let send =
+        |ct: Option<&'static str>, body: Vec<u8>| introspect_raw(&app, Some(&auth), ct, body);
 
     let json_body = serde_json::to_vec(&json!({ "token": token })).expect("json");
     send(Some("application/json"), json_body)
@@ -485,7 +563,10 @@ async fn a_session_revoked_on_one_pod_is_inactive_on_the_other() {
     let user = plain(&a).await;
     // B knows the client and the session.
     for _ in 0..3 {
-        assert_eq!(introspect(&b, &client, &user.tokens.access).await["active"], true);
+        assert_eq!(
+            introspect(&b, &client, &user.tokens.access).await["active"],
+            true
+        );
     }
     assert_eq!(
         a.post_auth("/logout", &user.tokens.access).await.status,
@@ -514,7 +595,13 @@ async fn a_client_deleted_on_one_pod_is_refused_by_the_other() {
     let r = call(&a, Method::DELETE, &path, Some(token), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let refused = eventually(PROPAGATION, Duration::from_millis(20), async || {
-        let r = introspect_raw(&b, Some(&client.basic()), Some(FORM), form(&[("token", token)])).await;
+        let r = introspect_raw(
+            &b,
+            Some(&client.basic()),
+            Some(FORM),
+            form(&[("token", token)]),
+        )
+        .await;
         assert!(
             r.status == StatusCode::OK || r.status == StatusCode::UNAUTHORIZED,
             "{} {}",
