@@ -80,8 +80,8 @@ fn form_error(e: actix_web::error::UrlencodedError, limit: usize) -> ApiError {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // Schema only: the body is read as a list of pairs.
 pub struct IntrospectionForm {
-    /// The access token to check.
-    #[schema(max_length = 10240)]
+    /// The access token to check (a token longer than any sessiond issues, 10 KiB, is inactive).
+    #[schema(min_length = 1)]
     token: String,
     /// Accepted and ignored: sessiond introspects access tokens only.
     #[schema(example = "access_token")]
