@@ -141,6 +141,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             // Without WEBHOOK_URLS: emits nothing.
             webhooks: sessiond::webhooks::Webhooks::default(),
             profiles: moka::future::Cache::builder().build(),
+            client_secrets: sessiond::app::clients::client_secrets(cfg.session_cache_ttl),
             settings,
         },
         jwt: JwtKeys::new(&cfg),

@@ -17,6 +17,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("invalid email or password")]
     InvalidCredentials,
+    /// POST /introspect without valid service-client credentials (HTTP Basic): missing,
+    /// malformed, unknown or deleted client, wrong secret; deliberately one answer.
+    #[error("valid service client credentials (HTTP Basic) are required")]
+    InvalidClient,
     #[error("not allowed")]
     Forbidden,
     #[error("{0} not found")]
@@ -33,6 +37,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
+    #[error("request body must be form-encoded (Content-Type: application/x-www-form-urlencoded)")]
+    FormRequired,
     #[error("request headers are larger than {0} bytes")]
     HeadersTooLarge(usize),
     #[error("too many requests, retry later")]
@@ -49,7 +55,7 @@ pub enum ApiError {
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"error": "invalid_request", "message": "password must be at least 8 characters"}))]
 pub struct ErrorBody {
-    /// invalid_request, unauthorized, invalid_credentials, forbidden, not_found, method_not_allowed,
+    /// invalid_request, unauthorized, invalid_credentials, invalid_client, forbidden, not_found, method_not_allowed,
     /// email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
     pub error: &'static str,
     pub message: String,
@@ -76,13 +82,16 @@ impl ApiError {
             InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            InvalidClient => (StatusCode::UNAUTHORIZED, "invalid_client"),
             Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            UnsupportedMediaType | FormRequired => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             HeadersTooLarge(_) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
@@ -125,6 +134,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::InvalidClient => {
+                res.insert_header((header::WWW_AUTHENTICATE, r#"Basic realm="sessiond""#));
             }
             ApiError::RateLimited { retry_after } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.to_string()));

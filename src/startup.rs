@@ -300,6 +300,7 @@ impl Application {
                 metrics,
                 webhooks,
                 profiles,
+                client_secrets: app::clients::client_secrets(config.session_cache_ttl),
                 settings,
             },
             jwt,

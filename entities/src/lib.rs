@@ -4,6 +4,7 @@ pub mod audit_event;
 pub mod permissions;
 pub mod role;
 pub mod role_permission;
+pub mod service_client;
 pub mod signing_key;
 pub mod user;
 pub mod user_role;

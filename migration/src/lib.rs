@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261127_000001_create_users;
 mod m20261127_000002_roles_and_audit;
 mod m20261130_000001_signing_keys;
+mod m20261130_000002_service_clients;
 mod m20261130_000003_webhook_outbox;
 
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_create_users::Migration),
             Box::new(m20261127_000002_roles_and_audit::Migration),
             Box::new(m20261130_000001_signing_keys::Migration),
+            Box::new(m20261130_000002_service_clients::Migration),
             Box::new(m20261130_000003_webhook_outbox::Migration),
         ]
     }

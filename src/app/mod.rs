@@ -7,8 +7,10 @@
 //! - [`sessions`]: refresh, the logouts, the caller's sessions, and bringing live sessions in
 //!   line with an account's roles.
 //! - [`admin`]: every admin operation, under the escalation rule, and ADMIN_EMAILS.
+//! - [`clients`]: service clients (admin operations) and checking their credentials.
 pub mod accounts;
 pub mod admin;
+pub mod clients;
 pub mod sessions;
 
 use std::{sync::Arc, time::Duration};
@@ -39,6 +41,8 @@ pub struct App {
     pub webhooks: Webhooks,
     /// Recently read profiles (GET /profile), kept at most SESSION_CACHE_TTL.
     pub profiles: moka::future::Cache<Uuid, Arc<User>>,
+    /// Service clients' secret hashes, kept at most SESSION_CACHE_TTL.
+    pub client_secrets: clients::ClientSecrets,
     pub settings: Settings,
 }
 

@@ -36,6 +36,7 @@ macro_rules! permissions {
 
 permissions! {
     AuditRead => AUDIT_READ,
+    ClientsWrite => CLIENTS_WRITE,
     SessionsRevoke => SESSIONS_REVOKE,
     UsersRead => USERS_READ,
     UsersWrite => USERS_WRITE,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use actix::Addr;
 
-use super::{JwtKeys, SharedAccess};
+use super::{Claims, JwtKeys, SharedAccess};
 use crate::actor::Ask;
 use crate::{
     error::ApiError,
@@ -61,6 +61,67 @@ fn bearer_token(req: &HttpRequest) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+impl SessionCheck {
+    /// The live session behind verified claims, checked exactly as every bearer request is (the
+    /// pod's cache, the registry on a miss): `Ok(None)` for a session that is revoked, expired,
+    /// unknown or not the token's user; an error (503) when it cannot be checked, since a token
+    /// that could not be checked is never accepted. POST /introspect answers from this too.
+    pub async fn live_session(
+        &self,
+        claims: &Claims,
+    ) -> Result<Option<AuthenticatedSession>, ApiError> {
+        let checks = &self.checks;
+        let found: Option<SessionState> = match self.cache.lookup(claims.sid).await {
+            CacheLookup::Hit {
+                state: found,
+                touch,
+            } => {
+                checks.cache_hit.inc();
+                if touch {
+                    self.sessions.tell(Touch {
+                        user_id: claims.sub,
+                        session_id: claims.sid,
+                    });
+                }
+                found
+            }
+            CacheLookup::Miss { fresh } => {
+                checks.cache_miss.inc();
+                let asked = self
+                    .sessions
+                    .ask(Validate {
+                        user_id: claims.sub,
+                        session_id: claims.sid,
+                        fresh,
+                    })
+                    .await;
+                match asked.map_err(ApiError::from) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        checks.unavailable.inc();
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        match found {
+            // Idleness was judged by the cache or the store; the absolute end is final.
+            Some(s) if s.user_id == claims.sub && now_unix() < s.expires_at => {
+                Ok(Some(AuthenticatedSession {
+                    user_id: claims.sub,
+                    session_id: claims.sid,
+                    access: s.access,
+                    session_expires_at: s.expires_at,
+                }))
+            }
+            _ => {
+                checks.rejected.inc();
+                Ok(None)
+            }
+        }
+    }
+}
+
 impl FromRequest for AuthenticatedSession {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
@@ -73,60 +134,16 @@ impl FromRequest for AuthenticatedSession {
         let req = req.clone();
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("SessionCheck missing".into()))?;
-            let checks = &state.checks;
             let Some(claims) = claims else {
-                checks.rejected.inc();
+                state.checks.rejected.inc();
                 return Err(ApiError::Unauthorized);
             };
-            let found: Option<SessionState> = match state.cache.lookup(claims.sid).await {
-                CacheLookup::Hit {
-                    state: found,
-                    touch,
-                } => {
-                    checks.cache_hit.inc();
-                    if touch {
-                        state.sessions.tell(Touch {
-                            user_id: claims.sub,
-                            session_id: claims.sid,
-                        });
-                    }
-                    found
-                }
-                CacheLookup::Miss { fresh } => {
-                    checks.cache_miss.inc();
-                    let asked = state
-                        .sessions
-                        .ask(Validate {
-                            user_id: claims.sub,
-                            session_id: claims.sid,
-                            fresh,
-                        })
-                        .await;
-                    match asked.map_err(ApiError::from) {
-                        Ok(found) => found,
-                        Err(e) => {
-                            // Never accept a token that could not be checked.
-                            checks.unavailable.inc();
-                            return Err(e);
-                        }
-                    }
-                }
-            };
-            match found {
-                // Idleness was judged by the cache or the store; the absolute end is final.
-                Some(s) if s.user_id == claims.sub && now_unix() < s.expires_at => {
+            match state.live_session(&claims).await? {
+                Some(session) => {
                     req.extensions_mut().insert(RequestUser(claims.sub));
-                    Ok(AuthenticatedSession {
-                        user_id: claims.sub,
-                        session_id: claims.sid,
-                        access: s.access,
-                        session_expires_at: s.expires_at,
-                    })
+                    Ok(session)
                 }
-                _ => {
-                    checks.rejected.inc();
-                    Err(ApiError::Unauthorized)
-                }
+                None => Err(ApiError::Unauthorized),
             }
         })
     }

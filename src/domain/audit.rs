@@ -8,6 +8,10 @@ pub enum AuditKind {
     AccessDenied,
     /// Repeated failures locked an account's logins.
     AccountLocked,
+    /// A service client created (POST /admin/clients).
+    ClientCreate,
+    /// A service client deleted.
+    ClientDelete,
     Login,
     Logout,
     LogoutAll,
@@ -29,9 +33,11 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 16] = [
+    pub const ALL: [AuditKind; 18] = [
         Self::AccessDenied,
         Self::AccountLocked,
+        Self::ClientCreate,
+        Self::ClientDelete,
         Self::Login,
         Self::Logout,
         Self::LogoutAll,
@@ -53,6 +59,8 @@ impl AuditKind {
         match self {
             Self::AccessDenied => "access_denied",
             Self::AccountLocked => "account_locked",
+            Self::ClientCreate => "client_create",
+            Self::ClientDelete => "client_delete",
             Self::Login => "login",
             Self::Logout => "logout",
             Self::LogoutAll => "logout_all",
@@ -90,6 +98,8 @@ mod tests {
             [
                 "access_denied",
                 "account_locked",
+                "client_create",
+                "client_delete",
                 "login",
                 "logout",
                 "logout_all",

@@ -4,6 +4,7 @@
 mod access;
 mod account;
 mod audit;
+mod client;
 mod page;
 mod role;
 
@@ -13,5 +14,6 @@ pub use account::{
     MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS,
 };
 pub use audit::AuditKind;
+pub use client::{ClientName, MAX_CLIENT_NAME_CHARS};
 pub use page::{PageRequest, DEFAULT_PER_PAGE, MAX_PER_PAGE};
 pub use role::{Permission, RoleName, ADMIN_ROLE, BUILTIN_PERMISSIONS, USER_ROLE};

@@ -56,7 +56,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::get().to(list_roles))
                     .route(web::post().to(create_role)),
             )
-            .service(scoped_resource(SCOPE, "/audit", "GET").route(web::get().to(list_audit))),
+            .service(scoped_resource(SCOPE, "/audit", "GET").route(web::get().to(list_audit)))
+            .configure(super::clients::configure_admin(SCOPE)),
     );
 }
 
@@ -75,7 +76,7 @@ async fn query<T: DeserializeOwned + 'static>(req: &HttpRequest) -> Result<T, ac
 }
 
 /// Reads a JSON body after authorization, with the app's JsonConfig (limits, 415, error shape).
-async fn json_body<T: DeserializeOwned + 'static>(
+pub(super) async fn json_body<T: DeserializeOwned + 'static>(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<T, actix_web::Error> {

@@ -2,7 +2,9 @@
 //! error mapping, JSON 404/405, request ids.
 pub mod admin;
 pub mod auth;
+pub mod clients;
 pub mod health;
+pub mod introspection;
 pub mod jwks;
 pub mod openapi;
 pub mod session;
@@ -58,6 +60,7 @@ pub fn configure(
         users::configure(cfg);
         auth::configure(cfg);
         session::configure(cfg);
+        introspection::configure(cfg);
         cfg.service(
             resource("/openapi.json", "GET")
                 .route(web::get().to(crate::routes::openapi::openapi_json)),

@@ -32,6 +32,7 @@ use crate::routes;
         routes::session::current_session,
         routes::session::list_sessions,
         routes::session::delete_session,
+        routes::introspection::introspect,
         routes::admin::list_users,
         routes::admin::get_user,
         routes::admin::set_roles,
@@ -43,6 +44,9 @@ use crate::routes;
         routes::admin::list_roles,
         routes::admin::create_role,
         routes::admin::list_audit,
+        routes::clients::list_clients,
+        routes::clients::create_client,
+        routes::clients::delete_client,
         routes::health::health,
         routes::health::ready,
         routes::health::metrics,
@@ -54,7 +58,7 @@ use crate::routes;
     tags(
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Logins, tokens and sessions"),
-        (name = "admin", description = "Accounts, roles, sessions and the audit trail, for callers holding the permission each operation names; without it: 403 `forbidden`"),
+        (name = "admin", description = "Accounts, roles, sessions, service clients and the audit trail, for callers holding the permission each operation names; without it: 403 `forbidden`"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]
@@ -214,6 +218,17 @@ impl Modify for CommonResponses {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A service client's `client_id:client_secret` (POST /admin/clients)",
+                    ))
+                    .build(),
+            ),
+        );
         for (path, item) in openapi.paths.paths.iter_mut() {
             for op in [
                 &mut item.get,
@@ -260,6 +275,9 @@ mod tests {
             "/admin/users/{id}/sessions",
             "/admin/roles",
             "/admin/audit",
+            "/admin/clients",
+            "/admin/clients/{client_id}",
+            "/introspect",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} documented");
         }
@@ -271,5 +289,17 @@ mod tests {
         assert!(profile["401"]["headers"]["WWW-Authenticate"].is_object());
         assert!(doc["paths"]["/register"]["post"]["responses"]["415"].is_object());
         assert!(doc["paths"]["/admin/audit"]["get"]["responses"]["403"].is_object());
+        assert_eq!(
+            doc["components"]["securitySchemes"]["basic"]["scheme"],
+            "basic"
+        );
+        let introspect = &doc["paths"]["/introspect"]["post"];
+        assert!(
+            introspect["requestBody"]["content"]["application/x-www-form-urlencoded"].is_object()
+        );
+        assert!(introspect["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
+        assert!(introspect["responses"]["401"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("invalid_client")));
     }
 }

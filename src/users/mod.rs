@@ -3,10 +3,12 @@
 //! handlers return the database work as a [`Reply`] the caller runs on its own thread (see
 //! [`crate::actor`]).
 pub mod accounts;
+pub mod clients;
 pub mod password;
 pub mod roles;
 
 pub use accounts::*;
+pub use clients::*;
 pub use roles::*;
 
 use std::time::Duration;

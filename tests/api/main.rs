@@ -12,6 +12,7 @@ mod cut_off;
 mod escalation;
 mod flow;
 mod hardening;
+mod introspection;
 mod keys;
 mod lockout;
 mod monitoring;

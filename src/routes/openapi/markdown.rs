@@ -422,6 +422,8 @@ fn auth(op: &Value) -> String {
         "none".to_string()
     } else if schemes.iter().all(|s| s == "bearer") {
         "Bearer access token".to_string()
+    } else if schemes.iter().all(|s| s == "basic") {
+        "HTTP Basic, a service client's `client_id:client_secret`".to_string()
     } else {
         schemes.join(", ")
     };
