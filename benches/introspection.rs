@@ -11,12 +11,14 @@
 #[allow(dead_code)]
 #[path = "load/client.rs"]
 mod client;
+#[allow(dead_code)]
+#[path = "load/harness.rs"]
+mod harness;
 #[path = "support.rs"]
 mod support;
 
 use std::{
     collections::HashMap,
-    future::Future,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -24,7 +26,6 @@ use std::{
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use client::{closed_loop, request, Conn, Load};
-use sea_orm::{ConnectionTrait, Database};
 use serde_json::{json, Value};
 use sessiond::{config::Config, startup::Application};
 
@@ -39,27 +40,6 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
                 .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}"))
         })
         .unwrap_or(default)
-}
-
-/// Runs `f` on the load generator's own thread and runtime (see benches/load/main.rs).
-async fn on_client<T, Fut>(f: impl FnOnce() -> Fut + Send + 'static) -> T
-where
-    T: Send + 'static,
-    Fut: Future<Output = T> + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("load-client".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("client runtime");
-            let local = tokio::task::LocalSet::new();
-            let _ = tx.send(local.block_on(&rt, f()));
-        })
-        .expect("client thread");
-    rx.await.expect("the load client panicked (message above)")
 }
 
 async fn call(conn: &mut Conn, req: Vec<u8>) -> (u16, Value) {
@@ -128,20 +108,7 @@ async fn run() {
     let pg_admin = std::env::var("BENCH_DATABASE_URL")
         .ok()
         .filter(|v| !v.is_empty());
-    let sqlite = std::env::temp_dir().join(format!("sessiond-introspect-{run_id}.db"));
-    let db_name = format!("sessiond_introspect_{run_id}");
-    let db_url = match &pg_admin {
-        Some(admin) => {
-            let conn = Database::connect(admin).await.expect("BENCH_DATABASE_URL");
-            conn.execute_unprepared(&format!("CREATE DATABASE \"{db_name}\""))
-                .await
-                .expect("CREATE DATABASE");
-            let _ = conn.close().await;
-            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-            format!("{base}/{db_name}")
-        }
-        None => format!("sqlite://{}?mode=rwc", sqlite.display()),
-    };
+    let (db, db_url) = harness::Db::create(pg_admin.as_deref(), &run_id).await;
     let mut vars: HashMap<&str, String> = HashMap::from([
         ("HOST", "127.0.0.1".to_string()),
         ("PORT", "0".into()),
@@ -178,7 +145,7 @@ async fn run() {
         _ => "embedded (SQLite, in-process sessions)",
     };
     let started = Instant::now();
-    let (session_rps, introspect_rps) = on_client(move || async move {
+    let (session_rps, introspect_rps) = harness::on_client(move || async move {
         let (token, basic) = prepare(addr).await;
         let load = |req: Vec<u8>| Load {
             addr,
@@ -228,18 +195,5 @@ async fn run() {
     if let Some(url) = &redis_url {
         let _ = support::clear_redis(url, &prefix).await;
     }
-    match &pg_admin {
-        Some(admin) => {
-            if let Ok(conn) = Database::connect(admin).await {
-                let sql = format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)");
-                let _ = conn.execute_unprepared(&sql).await;
-                let _ = conn.close().await;
-            }
-        }
-        None => {
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", sqlite.display()));
-            }
-        }
-    }
+    db.drop().await;
 }
