@@ -70,8 +70,21 @@ fn path_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// Reads the query string after authorization, with the app's QueryConfig (error shape).
+/// Values with control characters are refused: no filter needs them, and PostgreSQL text
+/// cannot hold a NUL (it would be a database error, not the client's 400).
 async fn query<T: DeserializeOwned + 'static>(req: &HttpRequest) -> Result<T, actix_web::Error> {
     use actix_web::FromRequest;
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    if pairs
+        .iter()
+        .any(|(k, v)| k.chars().chain(v.chars()).any(char::is_control))
+    {
+        return Err(
+            ApiError::invalid("query parameters must not contain control characters").into(),
+        );
+    }
     Ok(web::Query::<T>::extract(req).await?.into_inner())
 }
 

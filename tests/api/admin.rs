@@ -653,6 +653,18 @@ async fn user_list_is_paged_ordered_and_filtered_by_a_literal_email_prefix(backe
                 .assert_error(400, "invalid_request");
         }
     }
+
+    // Control characters in a filter (PostgreSQL text cannot hold a NUL): a 400, not a 500.
+    for path in [
+        "/admin/audit?type=%23g%C3%A8+%00%066&page=2",
+        "/admin/audit?type=login%0A",
+        "/admin/users?email_prefix=a%00b",
+        "/admin/users?email_prefix=%1B",
+    ] {
+        app.get(path, Some(token))
+            .await
+            .assert_error(400, "invalid_request");
+    }
 }
 
 async fn custom_roles_are_validated_and_grant_exactly_their_permissions(backend: Backend) {
