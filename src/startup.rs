@@ -223,8 +223,15 @@ impl Application {
         let key_refresh = crate::auth::keys::start(db.clone(), &config, jwt.clone())
             .await
             .map_err(|e| StartupError::Keys(e.to_string()))?;
-        let (webhooks, webhook_worker) =
-            Webhooks::start(db.clone(), &config, metrics.clone(), RetryPolicy::default());
+        let (webhooks, webhook_worker) = Webhooks::start(
+            db.clone(),
+            &config,
+            metrics.clone(),
+            RetryPolicy {
+                give_up_after: config.webhook_give_up,
+                ..RetryPolicy::default()
+            },
+        );
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
         let (audit, audit_writer) =
             AuditLog::start(users.clone(), metrics.clone(), config.audit_denied_window);

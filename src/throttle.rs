@@ -49,6 +49,8 @@ pub enum Scope {
     RefreshIp,
     PasswordChangeAccount,
     PasswordChangeSession,
+    /// Failed service-client authentications at POST /introspect, per client address.
+    IntrospectFailureIp,
 }
 
 impl Scope {
@@ -60,6 +62,7 @@ impl Scope {
             Scope::RefreshIp => "refresh-ip",
             Scope::PasswordChangeAccount => "pwchange-acct",
             Scope::PasswordChangeSession => "pwchange-sess",
+            Scope::IntrospectFailureIp => "introspect-fail-ip",
         }
     }
 }
@@ -112,6 +115,18 @@ pub fn client_group(ip: &str) -> String {
 pub struct Throttle {
     cfg: ThrottleConfig,
     backend: Backend,
+    /// Ids this pod refuses until the instant, per scope (see [`Throttle::count_failure`]).
+    blocked: moka::sync::Cache<String, Instant>,
+}
+
+/// At most this many addresses blocked at once per pod (an entry is some 100 bytes).
+const MAX_BLOCKED: u64 = 100_000;
+
+fn blocked_cache(window: Duration) -> moka::sync::Cache<String, Instant> {
+    moka::sync::Cache::builder()
+        .time_to_live(window)
+        .max_capacity(MAX_BLOCKED)
+        .build()
 }
 
 #[derive(Clone)]
@@ -201,6 +216,7 @@ impl Throttle {
     pub fn memory(cfg: ThrottleConfig) -> Self {
         let window = cfg.window;
         Self {
+            blocked: blocked_cache(window),
             cfg,
             backend: Backend::Memory {
                 windows: Cache::builder().time_to_live(window).build(),
@@ -220,6 +236,7 @@ impl Throttle {
     /// Counts in Redis, under the deployment's key prefix, so limits hold across pods.
     pub fn redis(cfg: ThrottleConfig, redis: Redis) -> Self {
         Self {
+            blocked: blocked_cache(cfg.window),
             cfg,
             backend: Backend::Redis(RedisLimits { redis }),
         }
@@ -233,6 +250,7 @@ impl Throttle {
             Scope::RefreshIp => self.cfg.refresh_per_ip,
             Scope::PasswordChangeAccount => self.cfg.password_change_per_account,
             Scope::PasswordChangeSession => self.cfg.password_change_per_session,
+            Scope::IntrospectFailureIp => self.cfg.introspect_failures_per_ip,
         }
     }
 
@@ -272,6 +290,41 @@ impl Throttle {
             }));
         }
         Ok(Ok(()))
+    }
+
+    /// `Err(Throttled)` while `id` is blocked for `scope` by [`Self::count_failure`]: a read
+    /// of this pod's memory, no round trip, so the check costs the attempts that pass nothing.
+    pub fn blocked(&self, scope: Scope, id: &str) -> Result<(), Throttled> {
+        let key = format!("{}:{id}", scope.name());
+        match self.blocked.get(&key) {
+            Some(until) if until > Instant::now() => Err(Throttled {
+                retry_after: until.duration_since(Instant::now()).as_secs().max(1),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed attempt for a limit on failures (counted across pods, as [`Self::hit`]).
+    /// Once the window's limit is reached, this pod blocks `id` until the window ends
+    /// ([`Self::blocked`]), before any check of the next attempt, so a correct one is refused
+    /// too and the answers tell nothing more. Another pod blocks it at the first failure it
+    /// sees from `id` in that window.
+    pub async fn count_failure(&self, scope: Scope, id: &str) -> Result<(), LimiterError> {
+        let limit = self.limit(scope);
+        if limit == 0 {
+            return Ok(());
+        }
+        // One more than allowed is the moment to block: `hit` counts it as over the limit.
+        let over = self.hit(scope, id).await?;
+        let (reached, retry_after) = match over {
+            Err(t) => (true, t.retry_after),
+            Ok(()) => (false, 0),
+        };
+        if reached {
+            let until = Instant::now() + Duration::from_secs(retry_after);
+            self.blocked.insert(format!("{}:{id}", scope.name()), until);
+        }
+        Ok(())
     }
 
     /// The bucket an attempt on `account` from `client` (see [`client_group`]) counts in.
@@ -449,6 +502,7 @@ mod tests {
             login_per_account: 3,
             register_per_ip: 3,
             refresh_per_ip: 3,
+            introspect_failures_per_ip: 2,
             password_change_per_account: 3,
             password_change_per_session: 3,
             lockout_threshold: 5,

@@ -378,8 +378,9 @@ impl<'a> LoginAttempt<'a> {
                     .ip(self.client.ip.clone())
                     .detail(serde_json::json!({ "session_id": sid, "reason": "max_sessions" })),
             );
+            // Chosen by the store in the same atomic step as the new session: known only now.
             app.webhooks
-                .emit(Event::session_revoked(user_id, sid, "max_sessions"))
+                .emit_after(Event::session_revoked(user_id, sid, "max_sessions"))
                 .await;
             tracing::info!(user_id = %user_id, session_id = %sid, "oldest session ended: MAX_SESSIONS_PER_USER reached");
         }
@@ -520,15 +521,16 @@ pub async fn change_password(
         .ask(SetPassword {
             user_id: caller.user_id,
             password_hash,
+            kept_session_id: caller.session_id,
+            webhooks: app.webhooks.clone(),
         })
         .await?;
     app.audit.record(
         event(AuditEvent::success(AuditKind::PasswordChange))
             .detail(serde_json::json!({ "other_sessions_revoked": revoked })),
     );
-    app.webhooks
-        .emit(Event::password_changed(caller.user_id, caller.session_id))
-        .await;
+    // `user.password_changed` committed with the new hash (see `SetPassword`).
+    app.webhooks.wake();
     tracing::info!(user_id = %caller.user_id, other_sessions_revoked = revoked, "password changed");
     Ok(())
 }

@@ -157,6 +157,7 @@ pub async fn set_roles(
             user_id,
             roles: requested.clone(),
             by: Some(Access::clone(&admin.access)),
+            webhooks: app.webhooks.clone(),
         })
         .await;
     let change = audit.refused(
@@ -183,9 +184,8 @@ pub async fn set_roles(
             AuditEvent::success(AuditKind::RoleChange)
                 .detail(serde_json::json!({"roles": user.roles, "previous": previous})),
         );
-        app.webhooks
-            .emit(Event::roles_changed(user_id, &user.roles, &previous))
-            .await;
+        // `user.roles_changed` committed with the change (see `SetRoles`).
+        app.webhooks.wake();
     }
     // Also when nothing changed: a retry after a failed session update completes it.
     sync_session_access(app, user_id).await?;
@@ -205,12 +205,14 @@ pub async fn disable_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<()
         app.users.ask(SetDisabled {
             user_id,
             disabled: true,
+            webhooks: app.webhooks.clone(),
         })
     };
     let changed = cut_off_then(app, &audit, kind, user_id, what, change).await?;
     if changed {
         audit.record(AuditEvent::success(kind));
-        app.webhooks.emit(Event::disabled(user_id)).await;
+        // `user.disabled` committed with the change (see `SetDisabled`).
+        app.webhooks.wake();
         // An enable racing with this disable may have lifted the marker between the two steps
         // (and a login slipped in): now that the database says disabled, cut off once more.
         app.sessions.ask(CutOff(user_id)).await?;
@@ -229,6 +231,7 @@ pub async fn enable_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<(),
         .ask(SetDisabled {
             user_id,
             disabled: false,
+            webhooks: app.webhooks.clone(),
         })
         .await;
     if audit.refused(kind, || serde_json::json!({}), result)? {
@@ -244,7 +247,12 @@ pub async fn delete_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<(),
     let kind = AuditKind::UserDelete;
     let audit = AdminAudit::new(app, admin, Some(user_id));
     audit.ensure_outranks(&admin.access, kind, user_id).await?;
-    let change = || app.users.ask(DeleteUser(user_id));
+    let change = || {
+        app.users.ask(DeleteUser {
+            user_id,
+            webhooks: app.webhooks.clone(),
+        })
+    };
     let what = "deleting this account";
     let deleted = cut_off_then(app, &audit, kind, user_id, what, change).await;
     if let Err(ApiError::NotFound(_)) = &deleted {
@@ -259,7 +267,8 @@ pub async fn delete_user(app: &App, admin: &Caller, user_id: Uuid) -> Result<(),
     }
     deleted?;
     audit.record(AuditEvent::success(kind));
-    app.webhooks.emit(Event::deleted(user_id)).await;
+    // `user.deleted` committed with the change (see `DeleteUser`).
+    app.webhooks.wake();
     Ok(())
 }
 
@@ -313,6 +322,13 @@ pub async fn revoke_user_sessions(
         Err(UserStoreError::NotFound) => false,
         Err(e) => return Err(e.into()),
     };
+    let event = Event::sessions_revoked(user_id, "admin", None);
+    if exists {
+        // Sessions live in Redis: the event is stored ahead of the revocation.
+        app.webhooks
+            .write_ahead(std::slice::from_ref(&event))
+            .await?;
+    }
     let revoked = app
         .sessions
         .ask(RevokeAll {
@@ -326,9 +342,11 @@ pub async fn revoke_user_sessions(
         return Err(ApiError::NotFound("user"));
     }
     audit.record(AuditEvent::success(kind).detail(serde_json::json!({ "revoked": revoked })));
-    app.webhooks
-        .emit(Event::sessions_revoked(user_id, "admin", None))
-        .await;
+    if !exists {
+        // What was left of a deleted account: reported once it is known to be something (an
+        // unknown id, 404 above, reports nothing).
+        app.webhooks.emit_after(event).await;
+    }
     Ok(())
 }
 
@@ -398,6 +416,7 @@ pub async fn grant_admin_emails(app: &App) -> Result<(), ApiError> {
             .ask(GrantRole {
                 email: email.clone(),
                 role: ADMIN_ROLE.to_string(),
+                webhooks: app.webhooks.clone(),
             })
             .await?;
         let Some((user_id, previous)) = granted else {
@@ -406,9 +425,8 @@ pub async fn grant_admin_emails(app: &App) -> Result<(), ApiError> {
         let access = sync_session_access(app, user_id).await?;
         tracing::info!(%user_id, "granted the admin role (ADMIN_EMAILS)");
         let roles = access.map(|a| a.roles).unwrap_or_default();
-        app.webhooks
-            .emit(Event::roles_changed(user_id, &roles, &previous))
-            .await;
+        // `user.roles_changed` committed with the grant (see `GrantRole`).
+        app.webhooks.wake();
         app.audit.record(
             AuditEvent::success(AuditKind::RoleChange)
                 .subject(user_id)

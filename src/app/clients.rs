@@ -19,12 +19,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use super::{App, Caller};
+use super::{App, Caller, Client};
 use crate::actor::Ask;
 use crate::{
     audit::AuditEvent,
     domain::{AuditKind, ClientName},
     error::ApiError,
+    throttle::Scope,
     users::{ClientView, CreateClient, DeleteClient, FindClientSecret, ListClients},
 };
 
@@ -107,6 +108,30 @@ pub async fn delete_client(app: &App, admin: &Caller, client_id: Uuid) -> Result
             .detail(serde_json::json!({"client_id": client.client_id, "name": client.name})),
     );
     Ok(())
+}
+
+/// Authenticates a service client calling from `from`: `credentials` as read from the request
+/// (`None`: missing or malformed). Failures are counted per client address; once the window's
+/// limit (RATE_LIMIT_INTROSPECT_FAILURES_PER_IP) is passed, every further attempt from that
+/// address is 429 until the window ends, refused before any check, a correct secret included
+/// (see [`crate::throttle::Throttle::count_failure`]).
+pub async fn authenticate_from(
+    app: &App,
+    from: &Client,
+    credentials: Option<(Uuid, String)>,
+) -> Result<(), ApiError> {
+    let group = from.group();
+    app.throttle.blocked(Scope::IntrospectFailureIp, &group)?;
+    let result = match credentials {
+        Some((client_id, secret)) => authenticate(app, client_id, &secret).await,
+        None => Err(ApiError::InvalidClient),
+    };
+    if let Err(ApiError::InvalidClient) = result {
+        app.throttle
+            .count_failure(Scope::IntrospectFailureIp, &group)
+            .await?;
+    }
+    result
 }
 
 /// Checks a client's credentials: `Err(InvalidClient)` for an unknown id or a wrong secret (one

@@ -85,7 +85,7 @@ pub async fn refresh(
             );
             // The replay ended the session (see `Refresh`).
             app.webhooks
-                .emit(Event::session_revoked(
+                .emit_after(Event::session_revoked(
                     presented.user_id,
                     presented.session_id,
                     "refresh_reuse",
@@ -100,6 +100,10 @@ pub async fn refresh(
 /// Ends the caller's session on every pod, once the store acknowledged it; 401 if a racing
 /// logout ended it first.
 pub async fn logout(app: &App, caller: &Caller) -> Result<(), ApiError> {
+    // Sessions live in Redis: the event is stored ahead of the revocation (see
+    // `Webhooks::write_ahead`).
+    let event = Event::session_revoked(caller.user_id, caller.session_id, "logout");
+    app.webhooks.write_ahead(&[event]).await?;
     let revoked = app
         .sessions
         .ask(Revoke {
@@ -116,13 +120,6 @@ pub async fn logout(app: &App, caller: &Caller) -> Result<(), ApiError> {
             .ip(caller.ip.clone())
             .detail(serde_json::json!({ "session_id": caller.session_id })),
     );
-    app.webhooks
-        .emit(Event::session_revoked(
-            caller.user_id,
-            caller.session_id,
-            "logout",
-        ))
-        .await;
     tracing::info!(user_id = %caller.user_id, session_id = %caller.session_id, "logged out");
     Ok(())
 }
@@ -130,6 +127,8 @@ pub async fn logout(app: &App, caller: &Caller) -> Result<(), ApiError> {
 /// Ends every session of the caller on every pod, or all but the calling one.
 pub async fn logout_all(app: &App, caller: &Caller, keep_current: bool) -> Result<(), ApiError> {
     let except = keep_current.then_some(caller.session_id);
+    let event = Event::sessions_revoked(caller.user_id, "logout_all", except);
+    app.webhooks.write_ahead(&[event]).await?;
     let n = app
         .sessions
         .ask(RevokeAll {
@@ -143,13 +142,6 @@ pub async fn logout_all(app: &App, caller: &Caller, keep_current: bool) -> Resul
             .ip(caller.ip.clone())
             .detail(serde_json::json!({ "revoked": n, "kept_current": keep_current })),
     );
-    app.webhooks
-        .emit(Event::sessions_revoked(
-            caller.user_id,
-            "logout_all",
-            except,
-        ))
-        .await;
     tracing::info!(user_id = %caller.user_id, revoked = n, "logged out everywhere");
     Ok(())
 }
@@ -161,6 +153,16 @@ pub async fn list_own(app: &App, user_id: Uuid) -> Result<Vec<SessionRecord>, Ap
 
 /// Ends one of the caller's own sessions: anyone else's id is 404, like an unknown one.
 pub async fn revoke_own(app: &App, caller: &Caller, session_id: Uuid) -> Result<(), ApiError> {
+    // The event is stored ahead of the revocation; only for one of the caller's live sessions,
+    // so made-up ids (404) write nothing.
+    if app.webhooks.enabled() {
+        let own = app.sessions.ask(ListSessions(caller.user_id)).await?;
+        if !own.iter().any(|s| s.session_id == session_id) {
+            return Err(ApiError::NotFound("session"));
+        }
+    }
+    let event = Event::session_revoked(caller.user_id, session_id, "revoked");
+    app.webhooks.write_ahead(&[event]).await?;
     let revoked = app
         .sessions
         .ask(Revoke {
@@ -177,13 +179,6 @@ pub async fn revoke_own(app: &App, caller: &Caller, session_id: Uuid) -> Result<
             .ip(caller.ip.clone())
             .detail(serde_json::json!({ "session_id": session_id })),
     );
-    app.webhooks
-        .emit(Event::session_revoked(
-            caller.user_id,
-            session_id,
-            "revoked",
-        ))
-        .await;
     Ok(())
 }
 

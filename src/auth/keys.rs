@@ -308,6 +308,9 @@ pub struct KeyPolicy {
     /// every pod's poll) has seen it by then.
     pub publish_ahead: i64,
     pub poll: Duration,
+    /// The first key of the algorithm in a deployment that has accounts signs this long after
+    /// it was made (see [`first_key_delay`]); 0 when JWT_SECRET was generated for one process.
+    pub first_key_delay: i64,
 }
 
 impl KeyPolicy {
@@ -324,6 +327,11 @@ impl KeyPolicy {
             publish_ahead: (config.access_token_ttl + config.jwks_max_age + config.jwt_key_poll)
                 .as_secs() as i64,
             poll: config.jwt_key_poll,
+            first_key_delay: if config.jwt_secret_generated {
+                0
+            } else {
+                2 * config.jwt_key_poll.as_secs() as i64 + 1
+            },
         }
     }
 
@@ -425,8 +433,28 @@ async fn insert_next(
     }
 }
 
-/// One maintenance pass: with managed keys, creates the first key (signing at once: nobody has
-/// cached a JWKS without it yet) or the next one when the active key is due, published
+/// How long the first key of the algorithm waits, published, before it signs. In a deployment
+/// that already has accounts, pods of the previous JWT_ALGORITHM may still run (a rolling
+/// switch): they verify with the keys they read from the table, once per JWT_KEY_POLL_SECONDS,
+/// so a token of a key they have not read yet would be 401 there. The key therefore signs only
+/// after two poll intervals (one, and one of margin for a slow pass); meanwhile JWT_SECRET
+/// (HS256), which every pod still has, keeps signing. A new deployment (no account yet) has no
+/// such pods and no tokens, and one whose JWT_SECRET was generated is a single process: there
+/// the first key signs at once.
+async fn first_key_delay(db: &DatabaseConnection, policy: &KeyPolicy) -> Result<i64, KeyError> {
+    if policy.first_key_delay == 0 {
+        return Ok(0);
+    }
+    let has_accounts = entities::user::Entity::find().one(db).await?.is_some();
+    Ok(if has_accounts {
+        policy.first_key_delay
+    } else {
+        0
+    })
+}
+
+/// One maintenance pass: with managed keys, creates the first key (signing at once, or after
+/// [`first_key_delay`] during a switch) or the next one when the active key is due, published
 /// `publish_ahead` before it signs; deletes keys unpublished for a day. Returns the rows after.
 pub async fn maintain(
     db: &DatabaseConnection,
@@ -442,7 +470,7 @@ pub async fn maintain(
             .collect();
         let newest = mine.iter().map(|r| r.activates_at).max();
         let due = match newest {
-            None => Some(now),
+            None => Some(now + first_key_delay(db, policy).await?),
             Some(newest)
                 if newest <= now && now >= newest + policy.rotation - policy.publish_ahead =>
             {

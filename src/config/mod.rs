@@ -54,6 +54,8 @@ pub struct ThrottleConfig {
     pub login_per_account: u64,
     pub register_per_ip: u64,
     pub refresh_per_ip: u64,
+    /// Failed service-client authentications at POST /introspect per client address.
+    pub introspect_failures_per_ip: u64,
     /// PUT /profile/password attempts per account (and client bucket, as logins) and per session.
     pub password_change_per_account: u64,
     pub password_change_per_session: u64,
@@ -144,6 +146,8 @@ pub struct Config {
     pub webhook_urls: Vec<String>,
     /// The Standard Webhooks signing key (decoded from `whsec_<base64>`); set with the URLs.
     pub webhook_secret: Option<Secret>,
+    /// A webhook not delivered this long after its event is marked failed.
+    pub webhook_give_up: Duration,
 }
 
 /// JWT_ALGORITHM: the JWS `alg` of issued access tokens.
@@ -475,6 +479,11 @@ pub const VARS: &[Var] = &[
         "refreshes per window and client (0: off)",
     ),
     Var::new(
+        "RATE_LIMIT_INTROSPECT_FAILURES_PER_IP",
+        Value("20"),
+        "failed client authentications at POST /introspect per window and client (0: off)",
+    ),
+    Var::new(
         "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT",
         Value("10"),
         "password changes per window and account (0: off)",
@@ -520,6 +529,11 @@ pub const VARS: &[Var] = &[
         "WEBHOOK_SECRET",
         Unset("required with WEBHOOK_URLS"),
         "signing key of the webhooks, whsec_<base64 of 24 to 64 random bytes>",
+    ),
+    Var::new(
+        "WEBHOOK_GIVE_UP_SECONDS",
+        Value("86400"),
+        "a webhook not delivered this long after its event is given up (counted as failed)",
     ),
 ];
 
@@ -870,6 +884,11 @@ impl Config {
                 login_per_account: env.number("RATE_LIMIT_LOGIN_PER_ACCOUNT", 0, u64::MAX)?,
                 register_per_ip: env.number("RATE_LIMIT_REGISTER_PER_IP", 0, u64::MAX)?,
                 refresh_per_ip: env.number("RATE_LIMIT_REFRESH_PER_IP", 0, u64::MAX)?,
+                introspect_failures_per_ip: env.number(
+                    "RATE_LIMIT_INTROSPECT_FAILURES_PER_IP",
+                    0,
+                    u64::MAX,
+                )?,
                 password_change_per_account: env.number(
                     "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT",
                     0,
@@ -890,6 +909,7 @@ impl Config {
             audit_denied_window: millis(env.number("AUDIT_DENIED_WINDOW_MS", 10, 3_600_000)?),
             webhook_urls,
             webhook_secret,
+            webhook_give_up: secs(env.number("WEBHOOK_GIVE_UP_SECONDS", 1, 30 * 86_400)?),
         })
     }
 
@@ -1012,6 +1032,9 @@ impl Config {
             "RATE_LIMIT_LOGIN_PER_ACCOUNT" => Text(throttle.login_per_account.to_string()),
             "RATE_LIMIT_REGISTER_PER_IP" => Text(throttle.register_per_ip.to_string()),
             "RATE_LIMIT_REFRESH_PER_IP" => Text(throttle.refresh_per_ip.to_string()),
+            "RATE_LIMIT_INTROSPECT_FAILURES_PER_IP" => {
+                Text(throttle.introspect_failures_per_ip.to_string())
+            }
             "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT" => {
                 Text(throttle.password_change_per_account.to_string())
             }
@@ -1027,6 +1050,7 @@ impl Config {
             "AUDIT_DENIED_WINDOW_MS" => millis(self.audit_denied_window),
             "WEBHOOK_URLS" => list(self.webhook_urls.iter().cloned()),
             "WEBHOOK_SECRET" => secret(&self.webhook_secret),
+            "WEBHOOK_GIVE_UP_SECONDS" => secs(self.webhook_give_up),
             // A declared variable without an arm here: the unit tests catch it.
             _ => Effective::Unknown,
         }

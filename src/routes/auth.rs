@@ -48,7 +48,7 @@ pub struct TokenPair {
 }
 
 /// Signs the access token of a grant and answers with the pair.
-fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpResponse, ApiError> {
+async fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpResponse, ApiError> {
     let Grant {
         refresh,
         access,
@@ -58,7 +58,8 @@ fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpResponse, ApiError>
     } = grant;
     let (uid, sid) = (refresh.user_id, refresh.session_id);
     let (access_token, expires_in) = jwt
-        .issue(uid, sid, &access, expires_at, issued_at, jti)
+        .issue_async(uid, sid, &access, expires_at, issued_at, jti)
+        .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -92,7 +93,7 @@ pub async fn login(
     let credentials = Credentials { email, password };
     let grant = accounts::login(&state.app, &client(&req, &state), credentials).await?;
     // Counted like any failure of the login itself.
-    token_response(&state.jwt, grant).inspect_err(|_| {
+    token_response(&state.jwt, grant).await.inspect_err(|_| {
         state.app.metrics.logins.with_label_values(&["error"]).inc();
     })
 }
@@ -122,7 +123,7 @@ pub async fn refresh(
 ) -> Result<HttpResponse, ApiError> {
     let presented = RefreshToken::parse(&body.refresh_token);
     let grant = sessions::refresh(&state.app, &client(&req, &state), presented).await?;
-    token_response(&state.jwt, grant)
+    token_response(&state.jwt, grant).await
 }
 
 /// 204 once Redis has acknowledged the revocation; 503 (and the session not reported as ended)

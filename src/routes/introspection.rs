@@ -140,6 +140,8 @@ pub struct Introspection<'a> {
             headers(("WWW-Authenticate" = String, description = "Always `Basic realm=\"sessiond\"`"))),
         (status = 413, description = "Body over the size cap (`payload_too_large`)", body = crate::error::ErrorBody),
         (status = 415, description = "Body is not `application/x-www-form-urlencoded` (`unsupported_media_type`)", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many failed client authentications from this address in the window, RATE_LIMIT_INTROSPECT_FAILURES_PER_IP (`rate_limited`); refused before the credentials are checked", body = crate::error::ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
 pub async fn introspect(
     req: HttpRequest,
@@ -148,8 +150,8 @@ pub async fn introspect(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     // The client first: without valid credentials nothing about the body is told.
-    let (client_id, secret) = basic_credentials(&req).ok_or(ApiError::InvalidClient)?;
-    clients::authenticate(&state.app, client_id, &secret).await?;
+    let from = super::client(&req, &state);
+    clients::authenticate_from(&state.app, &from, basic_credentials(&req)).await?;
     let limit = state.config.body_limit;
     let form: Vec<(String, String)> = UrlEncoded::new(&req, &mut payload.into_inner())
         .limit(limit)

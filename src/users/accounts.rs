@@ -22,6 +22,7 @@ use super::{
 use crate::{
     actor::Reply,
     domain::{Access, PageRequest, Shortfall, ADMIN_ROLE},
+    webhooks::{Event, Webhooks},
 };
 
 /// An account as administrators see it.
@@ -235,6 +236,8 @@ pub struct SetRoles {
     pub user_id: Uuid,
     pub roles: Vec<String>,
     pub by: Option<Access>,
+    /// `user.roles_changed` is written in the change's transaction when the roles changed.
+    pub webhooks: Webhooks,
 }
 
 /// What [`SetRoles`] did.
@@ -333,6 +336,10 @@ impl Handler<SetRoles> for UserStore {
                     .await?;
                 insert_roles(&txn, target.id, &roles).await?;
                 let user = admin_view(&txn, target.id).await?;
+                if user.roles != previous {
+                    let event = Event::roles_changed(target.id, &user.roles, &previous);
+                    msg.webhooks.write(&txn, &[event]).await?;
+                }
                 txn.commit().await?;
                 Ok(RoleChange::Done { user, previous })
             })
@@ -347,6 +354,8 @@ impl Handler<SetRoles> for UserStore {
 pub struct SetDisabled {
     pub user_id: Uuid,
     pub disabled: bool,
+    /// `user.disabled` is written in the change's transaction when it disabled the account.
+    pub webhooks: Webhooks,
 }
 
 impl Handler<SetDisabled> for UserStore {
@@ -374,6 +383,11 @@ impl Handler<SetDisabled> for UserStore {
                 }
                 .update(&txn)
                 .await?;
+                if msg.disabled {
+                    msg.webhooks
+                        .write(&txn, &[Event::disabled(target.id)])
+                        .await?;
+                }
                 txn.commit().await?;
                 Ok(true)
             })
@@ -408,10 +422,14 @@ impl Handler<CheckRemovable> for UserStore {
     }
 }
 
-/// Removes the account and its roles; the audit trail keeps its events.
+/// Removes the account and its roles; the audit trail keeps its events. `user.deleted` is
+/// written in the same transaction.
 #[derive(Message)]
 #[rtype(result = "Reply<Result<(), UserStoreError>>")]
-pub struct DeleteUser(pub Uuid);
+pub struct DeleteUser {
+    pub user_id: Uuid,
+    pub webhooks: Webhooks,
+}
 
 impl Handler<DeleteUser> for UserStore {
     type Result = Reply<Result<(), UserStoreError>>;
@@ -421,7 +439,7 @@ impl Handler<DeleteUser> for UserStore {
         Reply::new(async move {
             db.call_tx("delete_user", async {
                 let txn = db.conn.begin().await?;
-                let target = find_model(&txn, msg.0).await?;
+                let target = find_model(&txn, msg.user_id).await?;
                 lock_admins(&txn).await?;
                 ensure_another_admin(&txn, &target, "deleting this account").await?;
                 user_role::Entity::delete_many()
@@ -429,6 +447,9 @@ impl Handler<DeleteUser> for UserStore {
                     .exec(&txn)
                     .await?;
                 user::Entity::delete_by_id(target.id).exec(&txn).await?;
+                msg.webhooks
+                    .write(&txn, &[Event::deleted(target.id)])
+                    .await?;
                 txn.commit().await?;
                 Ok(())
             })

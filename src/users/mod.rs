@@ -26,6 +26,7 @@ use crate::{
     actor::{Reply, Unreachable},
     error::{ApiError, PublicError},
     metrics::CallMetrics,
+    webhooks::{Event, Webhooks},
 };
 use uuid::Uuid;
 
@@ -265,6 +266,9 @@ impl Handler<FindAccount> for UserStore {
 pub struct SetPassword {
     pub user_id: Uuid,
     pub password_hash: String,
+    /// `user.password_changed` (keeping this session), written in the change's transaction.
+    pub kept_session_id: Uuid,
+    pub webhooks: Webhooks,
 }
 
 impl Handler<SetPassword> for UserStore {
@@ -279,9 +283,15 @@ impl Handler<SetPassword> for UserStore {
                 updated_at: Set(Utc::now()),
                 ..Default::default()
             };
-            db.call("update_password", update.update(&db.conn))
-                .await
-                .map(|_| ())
+            let event = Event::password_changed(msg.user_id, msg.kept_session_id);
+            db.call_tx("update_password", async {
+                let txn = db.conn.begin().await?;
+                update.update(&txn).await?;
+                msg.webhooks.write(&txn, &[event]).await?;
+                txn.commit().await?;
+                Ok(())
+            })
+            .await
         })
     }
 }

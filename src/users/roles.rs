@@ -17,6 +17,7 @@ use super::{UserStore, UserStoreError};
 use crate::{
     actor::Reply,
     domain::{Access, ADMIN_ROLE, BUILTIN_PERMISSIONS, USER_ROLE},
+    webhooks::{Event, Webhooks},
 };
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -268,6 +269,8 @@ impl Handler<CreateRole> for UserStore {
 pub struct GrantRole {
     pub email: String,
     pub role: String,
+    /// `user.roles_changed` is written in the grant's transaction when it added the role.
+    pub webhooks: Webhooks,
 }
 
 impl Handler<GrantRole> for UserStore {
@@ -294,9 +297,14 @@ impl Handler<GrantRole> for UserStore {
                 }
                 let mut wanted = previous.clone();
                 wanted.push(msg.role.clone());
-                check_grant(&txn, &normalize_roles(wanted)).await?;
+                let wanted = normalize_roles(wanted);
+                check_grant(&txn, &wanted).await?;
                 // Pods starting together race here; only the one whose row landed reports it.
                 let added = insert_roles(&txn, found.id, &[msg.role]).await?;
+                if added > 0 {
+                    let event = Event::roles_changed(found.id, &wanted, &previous);
+                    msg.webhooks.write(&txn, &[event]).await?;
+                }
                 txn.commit().await?;
                 Ok((added > 0).then_some((found.id, previous)))
             })

@@ -1,11 +1,13 @@
 //! Revocation webhooks: what other services hear when sessions end or accounts change.
 //!
-//! The application layer calls [`Webhooks::emit`] once per event, right after the change it
-//! reports; that writes one row per endpoint to the `webhook_outbox` table (awaited, so the event
-//! is stored before the API answers) and wakes this pod's [`DeliveryWorker`]. The worker of any
+//! Every event is stored as one row per endpoint in the `webhook_outbox` table before the change
+//! it reports is acknowledged (see [`crate::outbox`]): a change in the database writes its events
+//! in its own transaction ([`Webhooks::write`], passed into the store message), a revocation in
+//! Redis writes them ahead of the revocation ([`Webhooks::write_ahead`]); then this pod's
+//! [`DeliveryWorker`] is woken. The worker of any
 //! pod claims due rows (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so two pods never send one row at
 //! once), POSTs them signed per Standard Webhooks, and retries with capped exponential backoff
-//! and jitter until a 2xx or [`deliver::GIVE_UP_AFTER`]. Delivery is at least once: the
+//! and jitter until a 2xx or WEBHOOK_GIVE_UP_SECONDS (a day by default). Delivery is at least once: the
 //! `webhook-id` is fixed when the row is written, so a receiver drops duplicates by it.
 mod deliver;
 pub mod sign;
@@ -14,7 +16,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{SecondsFormat, Utc};
 use entities::webhook_outbox;
-use sea_orm::{DatabaseConnection, EntityTrait, Set};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Set};
 use serde_json::json;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -22,9 +24,9 @@ use uuid::Uuid;
 pub use deliver::{DeliveryWorker, RetryPolicy, GIVE_UP_AFTER};
 pub use sign::Signer;
 
-use crate::{config::Config, metrics::Metrics};
+use crate::{config::Config, error::ApiError, metrics::Metrics};
 
-/// How long writing an event to the outbox may take before it is logged as lost.
+/// How long writing an event to the outbox outside a change's transaction may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The event types, as sent in the payload's `type`.
@@ -165,40 +167,99 @@ impl Webhooks {
         )
     }
 
-    /// Stores the event for every endpoint and wakes the worker. The change it reports has
-    /// happened already, so a failure here does not fail the call: it is logged and counted
-    /// as `failed`.
-    pub async fn emit(&self, event: Event) {
+    /// The outbox rows of `events`: one per event and endpoint, each event with its own
+    /// `webhook-id` (shared by its endpoints' rows and by every retry).
+    fn rows(inner: &Inner, events: &[Event]) -> Vec<webhook_outbox::ActiveModel> {
+        let now = Utc::now();
+        let mut rows = Vec::with_capacity(events.len() * inner.endpoints.len());
+        for event in events {
+            let message_id = format!("msg_{}", Uuid::now_v7().simple());
+            let payload = json!({
+                "type": event.kind.as_str(),
+                "timestamp": now.to_rfc3339_opts(SecondsFormat::Millis, true),
+                "data": event.data,
+            })
+            .to_string();
+            rows.extend(
+                inner
+                    .endpoints
+                    .iter()
+                    .map(|endpoint| webhook_outbox::ActiveModel {
+                        id: Set(Uuid::now_v7()),
+                        message_id: Set(message_id.clone()),
+                        endpoint: Set(endpoint.clone()),
+                        event_type: Set(event.kind.as_str().to_string()),
+                        payload: Set(payload.clone()),
+                        created_at_ms: Set(now.timestamp_millis()),
+                        state: Set(webhook_outbox::PENDING),
+                        attempts: Set(0),
+                        next_attempt_ms: Set(now.timestamp_millis()),
+                        done_at_ms: Set(None),
+                        last_error: Set(None),
+                    }),
+            );
+        }
+        rows
+    }
+
+    /// Writes `events` to the outbox on `conn`, normally the transaction of the change they
+    /// report (see [`crate::outbox`]): they commit with it or not at all. Call [`Self::wake`]
+    /// once it committed. Without WEBHOOK_URLS: nothing.
+    pub async fn write(&self, conn: &impl ConnectionTrait, events: &[Event]) -> Result<(), DbErr> {
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        crate::outbox::insert_rows(conn, Self::rows(inner, events)).await
+    }
+
+    /// Whether events are sent at all (WEBHOOK_URLS).
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Tells this pod's worker that rows were committed (the others find them on their poll).
+    pub fn wake(&self) {
+        if let Some(inner) = &self.inner {
+            inner.wake.notify_one();
+        }
+    }
+
+    /// Write-ahead, for a change that lives outside the database (a revocation in Redis): the
+    /// event is stored BEFORE the change is made, and the caller makes it only on `Ok`, so no
+    /// acknowledged revocation goes unreported. If the change then fails, receivers hear of a
+    /// revocation that did not happen: a spurious "this session ended", which errs on the safe
+    /// side (they drop their copy of a session that still lives, and its next request tells).
+    /// A failure to store is 503, and nothing was changed.
+    pub async fn write_ahead(&self, events: &[Event]) -> Result<(), ApiError> {
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write(&inner.db, events)).await {
+            Ok(Ok(())) => {
+                self.wake();
+                Ok(())
+            }
+            outcome => Err(ApiError::Unavailable {
+                what: "database",
+                detail: match outcome {
+                    Ok(Err(e)) => format!("webhook event not stored: {e}"),
+                    _ => "webhook event not stored: timed out".to_string(),
+                },
+            }),
+        }
+    }
+
+    /// After the fact, for revocations the session store decides itself in one atomic step
+    /// (a refresh token's reuse, the oldest session past MAX_SESSIONS_PER_USER): the event
+    /// cannot be known before, so it is stored right after; a failure (or a crash in between)
+    /// loses it, which is logged and counted as `failed`.
+    pub async fn emit_after(&self, event: Event) {
         let Some(inner) = &self.inner else {
             return;
         };
-        let now = Utc::now();
-        let message_id = format!("msg_{}", Uuid::now_v7().simple());
-        let payload = json!({
-            "type": event.kind.as_str(),
-            "timestamp": now.to_rfc3339_opts(SecondsFormat::Millis, true),
-            "data": event.data,
-        })
-        .to_string();
-        let rows = inner
-            .endpoints
-            .iter()
-            .map(|endpoint| webhook_outbox::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                message_id: Set(message_id.clone()),
-                endpoint: Set(endpoint.clone()),
-                event_type: Set(event.kind.as_str().to_string()),
-                payload: Set(payload.clone()),
-                created_at_ms: Set(now.timestamp_millis()),
-                state: Set(webhook_outbox::PENDING),
-                attempts: Set(0),
-                next_attempt_ms: Set(now.timestamp_millis()),
-                done_at_ms: Set(None),
-                last_error: Set(None),
-            });
-        let insert = webhook_outbox::Entity::insert_many(rows).exec_without_returning(&inner.db);
-        match tokio::time::timeout(WRITE_TIMEOUT, insert).await {
-            Ok(Ok(_)) => inner.wake.notify_one(),
+        let write = self.write(&inner.db, std::slice::from_ref(&event));
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => self.wake(),
             outcome => {
                 let cause = match outcome {
                     Ok(Err(e)) => e.to_string(),
@@ -211,7 +272,6 @@ impl Webhooks {
                     .inc_by(inner.endpoints.len() as u64);
                 tracing::error!(
                     event = event.kind.as_str(),
-                    %message_id,
                     %cause,
                     "webhook event not stored: it will not be delivered"
                 );

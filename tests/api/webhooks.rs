@@ -448,3 +448,210 @@ crate::both_backends!(
     pending_webhooks_are_delivered_after_a_pod_restart,
 );
 crate::services_only!(two_pods_never_send_one_webhook_twice);
+
+/// Runs one SQL statement on the deployment's database (either backend).
+async fn sql(db: &sea_orm::DatabaseConnection, statement: &str) {
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(statement)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+}
+
+/// Outbox rows by state (0 pending, 1 delivered, 2 failed) and event type, read directly.
+async fn outbox_rows(db: &sea_orm::DatabaseConnection) -> Vec<(i16, String, i32)> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT state, event_type, attempts FROM webhook_outbox ORDER BY created_at_ms, id",
+        ))
+        .await
+        .expect("outbox readable");
+    rows.iter()
+        .map(|r| {
+            (
+                r.try_get::<i16>("", "state").expect("state"),
+                r.try_get::<String>("", "event_type").expect("event_type"),
+                r.try_get::<i32>("", "attempts").expect("attempts"),
+            )
+        })
+        .collect()
+}
+
+/// No change without its event: while the outbox cannot be written (here: its table is away,
+/// as a crash between the two writes would leave it), every change that emits a webhook is
+/// refused and leaves nothing changed; database changes because the event is written in their
+/// own transaction, session revocations (Redis) because the event is written ahead of them.
+/// Once the outbox is back, the same changes succeed and each one's row is stored by the time
+/// the API answers.
+async fn a_change_whose_event_cannot_be_stored_does_not_happen(backend: Backend) {
+    let receiver = Receiver::start();
+    receiver.lose_first_answer.store(false, Ordering::SeqCst);
+    receiver.set_up(true);
+    let (mut dep, emails) = with_admins(backend, 1).await;
+    dep.set("WEBHOOK_URLS", &receiver.url);
+    dep.set("WEBHOOK_SECRET", WEBHOOK_SECRET);
+    let app = dep.spawn().await;
+    let boss = admin(&app, &emails[0]).await;
+    let user = plain(&app).await;
+    let doomed = plain(&app).await;
+    let other = plain(&app).await;
+    let r = create_role(&app, &boss.tokens.access, "support", &["users:read"]).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let db = sea_orm::Database::connect(dep.database_url())
+        .await
+        .expect("db");
+    sql(
+        &db,
+        "ALTER TABLE webhook_outbox RENAME TO webhook_outbox_away",
+    )
+    .await;
+
+    // Act and assert: each change fails, and did not happen.
+    let r = set_roles(&app, &boss.tokens.access, &user.id, &["user", "support"]).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    let path = format!("/admin/users/{}", user.id);
+    let r = call(&app, Method::GET, &path, Some(&boss.tokens.access), None).await;
+    assert_eq!(r.body["roles"], json!(["user"]), "roles unchanged");
+
+    let second = app.login(&user.email, PASSWORD).await;
+    let body = json!({"current_password": PASSWORD, "new_password": "a different horse battery"});
+    let r = app
+        .request(
+            Method::PUT,
+            "/profile/password",
+            &second.access,
+            Some(&body),
+        )
+        .await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    let r = app
+        .login_reply(&user.email, "a different horse battery")
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "password unchanged");
+
+    let r = app.post_auth("/logout", &second.access).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(
+        app.get("/session", Some(&second.access)).await.status,
+        StatusCode::OK,
+        "not logged out"
+    );
+    let r = app.post_auth("/logout/all", &second.access).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(
+        app.get("/session", Some(&second.access)).await.status,
+        StatusCode::OK,
+        "not logged out"
+    );
+
+    // (Its sessions end first, fail closed, as documented for disabling; the account is not
+    // marked disabled, so no event is owed.)
+    let path = format!("/admin/users/{}/disable", user.id);
+    let r = call(&app, Method::POST, &path, Some(&boss.tokens.access), None).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    let path = format!("/admin/users/{}", user.id);
+    let r = call(&app, Method::GET, &path, Some(&boss.tokens.access), None).await;
+    assert_eq!(r.body["disabled"], json!(false), "not disabled");
+
+    let path = format!("/admin/users/{}", doomed.id);
+    let r = call(&app, Method::DELETE, &path, Some(&boss.tokens.access), None).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.body);
+    let r = call(&app, Method::GET, &path, Some(&boss.tokens.access), None).await;
+    assert_eq!(r.status, StatusCode::OK, "not deleted");
+
+    // The outbox is back: the changes succeed, each row stored by the time of the answer.
+    sql(
+        &db,
+        "ALTER TABLE webhook_outbox_away RENAME TO webhook_outbox",
+    )
+    .await;
+    let r = set_roles(&app, &boss.tokens.access, &user.id, &["user", "support"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let types = |rows: Vec<(i16, String, i32)>| -> Vec<String> {
+        rows.into_iter().map(|(_, t, _)| t).collect()
+    };
+    assert_eq!(types(outbox_rows(&db).await), ["user.roles_changed"]);
+    let r = call(&app, Method::DELETE, &path, Some(&boss.tokens.access), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(
+        types(outbox_rows(&db).await),
+        ["user.roles_changed", "user.deleted"]
+    );
+    let r = app.post_auth("/logout", &other.tokens.access).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(
+        types(outbox_rows(&db).await),
+        ["user.roles_changed", "user.deleted", "session.revoked"]
+    );
+
+    // The receiver gets these three, and nothing of the refused attempts.
+    let all = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        async || receiver.events().len() >= 3,
+    )
+    .await;
+    assert!(all, "{:?}", receiver.events());
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    let mut got: Vec<String> = receiver
+        .events()
+        .iter()
+        .map(|(_, e)| e["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ["session.revoked", "user.deleted", "user.roles_changed"]
+    );
+    let _ = db.close().await;
+    app.stop().await;
+}
+
+/// A receiver that never recovers: once WEBHOOK_GIVE_UP_SECONDS have passed since the event,
+/// its row is marked failed, counted as such, and not tried again.
+async fn a_webhook_is_given_up_after_its_retry_window(backend: Backend) {
+    let receiver = Receiver::start();
+    receiver.lose_first_answer.store(false, Ordering::SeqCst);
+    let (mut dep, _) = with_admins(backend, 0).await;
+    dep.set("WEBHOOK_URLS", &receiver.url)
+        .set("WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .set("WEBHOOK_GIVE_UP_SECONDS", 3);
+    let app = dep.spawn().await;
+    let user = plain(&app).await;
+    let r = app.post_auth("/logout", &user.tokens.access).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    let failed = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || deliveries(&app, "failed").await >= 1.0,
+    )
+    .await;
+    assert!(failed, "the event was never given up");
+    let db = sea_orm::Database::connect(dep.database_url())
+        .await
+        .expect("db");
+    let rows = outbox_rows(&db).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (state, event_type, attempts) = rows[0].clone();
+    assert_eq!((state, event_type.as_str()), (2, "session.revoked"));
+    assert!(attempts >= 2, "retried before giving up: {attempts}");
+    let tried = receiver.requests();
+    assert_eq!(tried, attempts as usize, "one request per recorded attempt");
+
+    // Nothing more is sent, and nothing is pending.
+    actix_web::rt::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(receiver.requests(), tried, "no attempt after giving up");
+    assert_eq!(deliveries(&app, "failed").await, 1.0);
+    assert_eq!(deliveries(&app, "delivered").await, 0.0);
+    assert_eq!(app.metric("sessiond_webhook_pending").await, 0.0);
+    assert!(receiver.events().is_empty());
+    let _ = db.close().await;
+    app.stop().await;
+}
+
+crate::both_backends!(
+    a_change_whose_event_cannot_be_stored_does_not_happen,
+    a_webhook_is_given_up_after_its_retry_window,
+);
