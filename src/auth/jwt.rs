@@ -506,6 +506,38 @@ mod tests {
         assert_eq!((claims.sub, claims.sid), (uid, sid));
     }
 
+    /// The request path signs asymmetric tokens on the blocking pool: the very token the inline
+    /// path makes (a replayed refresh relies on it), for every algorithm, verifying here.
+    #[actix_web::test]
+    async fn tokens_signed_off_the_worker_are_the_inline_ones() {
+        use crate::{auth::keys::KeyMaterial, config::JwtAlgorithm};
+        let k = keys();
+        let access = crate::auth::Access::new(vec!["user".into()], vec![]);
+        let (uid, sid, jti, now) = (
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            crate::session::now_unix(),
+        );
+        for alg in [
+            None,
+            Some(JwtAlgorithm::EdDsa),
+            Some(JwtAlgorithm::Es256),
+            Some(JwtAlgorithm::Rs256),
+        ] {
+            if let Some(alg) = alg {
+                k.install(KeyMaterial::generate(alg).unwrap().sole_key_set().unwrap());
+            }
+            let inline = k.issue(uid, sid, &access, now + 3600, now, jti).unwrap();
+            let pooled = k
+                .issue_async(uid, sid, &access, now + 3600, now, jti)
+                .await
+                .unwrap();
+            assert_eq!(inline, pooled, "{alg:?}");
+            assert!(k.verify(&pooled.0).is_some(), "{alg:?}");
+        }
+    }
+
     #[test]
     fn the_largest_access_an_account_can_hold_fits_in_a_token() {
         use crate::users::{MAX_ACCOUNT_PERMISSIONS, MAX_ACCOUNT_ROLES};

@@ -105,6 +105,10 @@ impl Deployment {
                 "1000000".to_string(),
             ),
             (
+                "RATE_LIMIT_INTROSPECT_FAILURES_PER_IP".to_string(),
+                "1000000".to_string(),
+            ),
+            (
                 "RATE_LIMIT_PASSWORD_CHANGE_PER_ACCOUNT".to_string(),
                 "1000000".to_string(),
             ),
@@ -269,7 +273,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn read(res: Response) -> Self {
+    pub async fn read(res: Response) -> Self {
         let status = res.status();
         let headers = res.headers().clone();
         let bytes = res.bytes().await.unwrap_or_default();

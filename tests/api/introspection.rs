@@ -16,6 +16,7 @@ both_backends!(
     only_tokens_of_live_sessions_are_active,
     introspection_needs_valid_client_credentials,
     bad_introspection_input_gets_clear_errors,
+    failed_client_authentication_is_throttled_per_address,
 );
 services_only!(
     a_session_revoked_on_one_pod_is_inactive_on_the_other,
@@ -612,4 +613,61 @@ async fn a_client_deleted_on_one_pod_is_refused_by_the_other() {
     })
     .await;
     assert!(refused, "B still accepts a client deleted on A");
+}
+
+/// Wrong client credentials are counted per client address: past the limit, every attempt from
+/// that address is 429 with Retry-After until the window ends, the right credentials included
+/// (so the answer no longer tells a right guess from a wrong one); other addresses are not
+/// affected.
+async fn failed_client_authentication_is_throttled_per_address(backend: Backend) {
+    let (mut dep, emails) = with_admins(backend, 1).await;
+    dep.set("TRUSTED_PROXIES", "127.0.0.1/32")
+        .set("RATE_LIMIT_INTROSPECT_FAILURES_PER_IP", 3);
+    let app = dep.spawn().await;
+    let admin = admin(&app, &emails[0]).await;
+    let client = create_client(&app, &admin.tokens.access, "api").await;
+    let token = admin.tokens.access.clone();
+    let from = |address: &'static str, authorization: Option<String>| {
+        let mut req = app
+            .client
+            .post(app.url("/introspect"))
+            .header("x-forwarded-for", address)
+            .header("content-type", FORM)
+            .body(form(&[("token", &token)]));
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        async move { Reply::read(req.send().await.expect("request sent")).await }
+    };
+    let wrong = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", client.id, "not-the-secret"))
+    );
+    let unknown = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", Uuid::new_v4(), client.secret))
+    );
+
+    // Up to the limit, and the one attempt past it, are answered as usual.
+    for auth in [Some(wrong.clone()), Some(unknown), None, Some(wrong.clone())] {
+        let r = from("198.51.100.7", auth).await;
+        assert_invalid_client(&r);
+    }
+    // Then every attempt from that address is refused before any check.
+    for auth in [Some(client.basic()), Some(wrong.clone())] {
+        let r = from("198.51.100.7", auth).await;
+        r.assert_error(429, "rate_limited");
+        let retry: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After in seconds");
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert!(r.body.get("active").is_none(), "{}", r.body);
+    }
+    // Another address is not affected.
+    let r = from("203.0.113.9", Some(client.basic())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["active"], true);
+    let r = from("203.0.113.9", Some(wrong)).await;
+    assert_invalid_client(&r);
 }
