@@ -594,22 +594,43 @@ pub fn key_set(
             };
             signers.push((active.activates_at, signer));
         }
+        // A switch from another asymmetric algorithm, before the first key of this one signs
+        // (see `first_key_delay`): the previous algorithm's key keeps signing, since the pods
+        // still on it verify their own keys and (long since) no HS256 token.
+        let own_active = infos
+            .iter()
+            .any(|i| i.algorithm == policy.algorithm.name() && i.state == KeyState::Active);
+        let previous_active = infos
+            .iter()
+            .filter(|i| {
+                i.algorithm != policy.algorithm.name()
+                    && i.retired_at.is_none()
+                    && i.state == KeyState::Active
+            })
+            .max_by_key(|i| i.activates_at);
+        if let (false, Some(info)) = (own_active, previous_active) {
+            match previous.signer_named(&info.kid) {
+                Some(s) => signers.push((i64::MIN, s)),
+                None => match other_algorithm_signer(rows, policy, &info.kid) {
+                    Ok(s) => signers.push((i64::MIN, Arc::new(s))),
+                    Err(e) => {
+                        tracing::error!(cause = %e, "the previous algorithm's key is unusable")
+                    }
+                },
+            }
+        }
     }
     // HS256 tokens stay valid across a switch to an asymmetric algorithm until they expire:
-    // for one token lifetime after the first key of the algorithm signed (with a key file: after
-    // this process started), then never again, so JWT_SECRET alone can no longer mint tokens.
+    // for one token lifetime after the first asymmetric key signed (with a key file: after this
+    // process started), then never again, so JWT_SECRET alone can no longer mint tokens. Of any
+    // asymmetric algorithm: a later switch between two of them does not open HS256 again.
     let hs256_until = if !policy.algorithm.is_asymmetric() {
         None
     } else {
         let since = if file.is_some() {
             previous.started_at()
         } else {
-            infos
-                .iter()
-                .filter(|i| i.algorithm == policy.algorithm.name() && i.retired_at.is_none())
-                .map(|i| i.activates_at)
-                .min()
-                .unwrap_or(now)
+            infos.iter().map(|i| i.activates_at).min().unwrap_or(now)
         };
         Some(since + policy.tail())
     };
@@ -619,6 +640,28 @@ pub fn key_set(
         hs256_until,
         previous.started_at(),
     ))
+}
+
+/// The signer of a stored key of another algorithm than JWT_ALGORITHM (same encryption key).
+fn other_algorithm_signer(
+    rows: &[signing_key::Model],
+    policy: &KeyPolicy,
+    kid: &str,
+) -> Result<Signer, KeyError> {
+    let kek = policy.kek.as_deref().ok_or(KeyError::NoEncryptionKey)?;
+    let row = rows
+        .iter()
+        .find(|r| r.kid == kid)
+        .ok_or_else(|| KeyError::Invalid(kid.to_string()))?;
+    let algorithm = JwtAlgorithm::parse(&row.algorithm)
+        .ok_or_else(|| KeyError::Invalid(format!("{kid}: unknown algorithm {}", row.algorithm)))?;
+    let material = KeyMaterial::from_der(algorithm, decrypt(kek, &row.kid, &row.private_key)?)?;
+    if material.kid != row.kid {
+        return Err(KeyError::Invalid(format!(
+            "{kid}: the private key does not match the kid"
+        )));
+    }
+    material.signer()
 }
 
 /// Keeps `jwt` in step with the table: one pass now (an error here fails the start), then one

@@ -649,7 +649,12 @@ async fn failed_client_authentication_is_throttled_per_address(backend: Backend)
     );
 
     // Up to the limit, and the one attempt past it, are answered as usual.
-    for auth in [Some(wrong.clone()), Some(unknown), None, Some(wrong.clone())] {
+    for auth in [
+        Some(wrong.clone()),
+        Some(unknown),
+        None,
+        Some(wrong.clone()),
+    ] {
         let r = from("198.51.100.7", auth).await;
         assert_invalid_client(&r);
     }

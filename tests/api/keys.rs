@@ -20,7 +20,10 @@ both_backends!(
 
 // Embedded sessions live in their process, so a switch there is a restart that ends them all
 // anyway; a rolling switch needs the shared session store.
-services_only!(switching_the_algorithm_logs_nobody_out);
+services_only!(
+    switching_the_algorithm_logs_nobody_out,
+    switching_between_asymmetric_algorithms_logs_nobody_out,
+);
 
 /// 32 random bytes in base64, for tests only.
 const KEK: &str = "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2flJc=";
@@ -395,6 +398,49 @@ async fn concurrent_rotations_make_exactly_one_key(backend: Backend) {
     let _ = db2.close().await;
 }
 
+/// Logs in on both pods in turn until the `new` pod has signed with `alg` a few times, checking
+/// every token on both pods right away: none may be refused. Returns the algorithms of the new
+/// pod's tokens in order, and its first token of `alg`.
+async fn every_token_verifies_on_both(
+    new: &TestApp,
+    old: &TestApp,
+    email: &str,
+    alg: &str,
+) -> (Vec<String>, Tokens) {
+    let mut algs = Vec::new();
+    let mut first = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        for (name, pod) in [("new", new), ("old", old)] {
+            let t = pod.login(email, PASSWORD).await;
+            let signed = header_of(&t.access)["alg"]
+                .as_str()
+                .expect("alg")
+                .to_string();
+            for (other, verifier) in [("new", new), ("old", old)] {
+                assert_eq!(
+                    session_status(verifier, &t.access).await,
+                    200,
+                    "{signed} token of the {name} pod on the {other} pod, after {algs:?}"
+                );
+            }
+            if name == "new" {
+                algs.push(signed.clone());
+                if signed == alg && first.is_none() {
+                    first = Some(t);
+                }
+            }
+        }
+        // A few rounds after the switch, too.
+        if algs.len() >= 5 && algs.iter().rev().take(5).all(|a| a == alg) {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = first.unwrap_or_else(|| panic!("the new pod never signed {alg}: {algs:?}"));
+    (algs, first)
+}
+
 async fn switching_the_algorithm_logs_nobody_out() {
     // HS256 → EdDSA, a rolling update: old and new pods side by side.
     let mut dep = Deployment::new(Backend::Services).await;
@@ -414,41 +460,11 @@ async fn switching_the_algorithm_logs_nobody_out() {
     // From the moment the new pod runs, every token either pod issues verifies on both, at
     // once: the first EdDSA key is published first and signs only once the HS256 pod has had
     // time to read it (meanwhile the new pod signs HS256).
-    let mut algs = Vec::new();
-    let mut on_ed = None;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        for (name, pod) in [("ed", &ed), ("hs", &hs)] {
-            let t = pod.login(&email, PASSWORD).await;
-            let alg = header_of(&t.access)["alg"]
-                .as_str()
-                .expect("alg")
-                .to_string();
-            for (other, verifier) in [("ed", &ed), ("hs", &hs)] {
-                assert_eq!(
-                    session_status(verifier, &t.access).await,
-                    200,
-                    "{alg} token of the {name} pod on the {other} pod, after {algs:?}"
-                );
-            }
-            if name == "ed" {
-                algs.push(alg.clone());
-                if alg == "EdDSA" && on_ed.is_none() {
-                    on_ed = Some(t);
-                }
-            }
-        }
-        // A few rounds after the switch, too.
-        if algs.iter().rev().take(5).all(|a| a == "EdDSA") && algs.len() >= 5 {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (algs, on_ed) = every_token_verifies_on_both(&ed, &hs, &email, "EdDSA").await;
     assert_eq!(
         algs[0], "HS256",
         "the new key does not sign at once: {algs:?}"
     );
-    let on_ed = on_ed.expect("the new pod signs EdDSA after the delay");
     // Refresh works across the switch, both ways round.
     let r = refresh(&ed, &before.refresh).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -553,4 +569,27 @@ async fn a_python_verifier_checks_tokens_against_the_jwks(backend: Backend) {
         assert!(out.contains("rejected"), "{out}");
         app.stop().await;
     }
+}
+
+async fn switching_between_asymmetric_algorithms_logs_nobody_out() {
+    // EdDSA → ES256, a rolling update: old and new pods side by side.
+    let mut dep = Deployment::new(Backend::Services).await;
+    asymmetric(&mut dep, "EdDSA");
+    dep.set("JWT_KEY_POLL_SECONDS", 1)
+        .set("MAX_SESSIONS_PER_USER", 0);
+    let ed = dep.spawn().await;
+    let (email, before) = ed.user().await;
+    assert_eq!(header_of(&before.access)["alg"], "EdDSA");
+    dep.set("JWT_ALGORITHM", "ES256");
+    let es = dep.spawn().await;
+    assert_eq!(session_status(&es, &before.access).await, 200);
+    // Until the ES256 key signs, the new pod signs with the EdDSA key the old pod knows (not
+    // HS256, which the old pod stopped accepting one token lifetime after its switch).
+    let (algs, on_es) = every_token_verifies_on_both(&es, &ed, &email, "ES256").await;
+    assert_eq!(algs[0], "EdDSA", "{algs:?}");
+    assert!(algs.iter().all(|a| a != "HS256"), "{algs:?}");
+    let r = refresh(&ed, &on_es.refresh).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    ed.stop().await;
+    es.stop().await;
 }
