@@ -127,7 +127,8 @@ pub async fn refresh(
 }
 
 /// 204 once Redis has acknowledged the revocation; 503 (and the session not reported as ended)
-/// if it could not be reached; 401 if a racing logout ended it first.
+/// if it could not be reached, or if its webhook event (with WEBHOOK_URLS) could not be stored
+/// first; 401 if a racing logout ended it first.
 #[utoipa::path(post, path = "/logout", tag = "sessions", security(("bearer" = [])),
     responses((status = 204, description = "The session is revoked on every pod")))]
 pub async fn logout(
