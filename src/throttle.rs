@@ -49,6 +49,9 @@ pub enum Scope {
     RefreshIp,
     PasswordChangeAccount,
     PasswordChangeSession,
+    /// Identity-provider sign-in steps (start, callback, code redemption) per client address;
+    /// limited like logins (RATE_LIMIT_LOGIN_PER_IP).
+    OAuthIp,
 }
 
 impl Scope {
@@ -60,6 +63,7 @@ impl Scope {
             Scope::RefreshIp => "refresh-ip",
             Scope::PasswordChangeAccount => "pwchange-acct",
             Scope::PasswordChangeSession => "pwchange-sess",
+            Scope::OAuthIp => "oauth-ip",
         }
     }
 }
@@ -227,7 +231,7 @@ impl Throttle {
 
     fn limit(&self, scope: Scope) -> u64 {
         match scope {
-            Scope::LoginIp => self.cfg.login_per_ip,
+            Scope::LoginIp | Scope::OAuthIp => self.cfg.login_per_ip,
             Scope::LoginAccount => self.cfg.login_per_account,
             Scope::RegisterIp => self.cfg.register_per_ip,
             Scope::RefreshIp => self.cfg.refresh_per_ip,

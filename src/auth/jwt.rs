@@ -35,6 +35,13 @@ pub struct Claims {
     /// Effective permissions of the roles (tokens issued before permissions existed lack it).
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// How the session's user authenticated, when not by password: `["fed"]` for a sign-in
+    /// through an identity provider (on the tokens POST /oauth/token answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amr: Option<Vec<String>>,
+    /// The identity provider of that sign-in (its configured name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<String>,
 }
 
 /// An HS256 verification key and the `kid` that names it.
@@ -291,6 +298,30 @@ impl JwtKeys {
         now: i64,
         jti: Uuid,
     ) -> Result<(String, i64), SignError> {
+        self.issue_for(
+            user_id,
+            session_id,
+            access,
+            session_expires_at,
+            now,
+            jti,
+            None,
+        )
+    }
+
+    /// [`issue`](Self::issue), naming the identity provider the user signed in with (`amr`
+    /// `["fed"]` and `idp`) when there is one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_for(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        access: &super::Access,
+        session_expires_at: i64,
+        now: i64,
+        jti: Uuid,
+        provider: Option<&str>,
+    ) -> Result<(String, i64), SignError> {
         let exp = (now + self.access_ttl.as_secs() as i64).min(session_expires_at);
         let claims = Claims {
             sub: user_id,
@@ -303,6 +334,8 @@ impl JwtKeys {
             jti,
             roles: access.roles.clone(),
             permissions: access.permissions.clone(),
+            amr: provider.map(|_| vec!["fed".to_string()]),
+            idp: provider.map(str::to_string),
         };
         let set = self.set.load();
         let signer = set.signer_at(now).unwrap_or(&self.hs_signer);

@@ -1,4 +1,5 @@
 //! Environment variables → a validated [`Config`]. Every error names the variable it came from.
+pub mod oauth;
 pub mod redis;
 pub mod tls;
 
@@ -144,6 +145,8 @@ pub struct Config {
     pub webhook_urls: Vec<String>,
     /// The Standard Webhooks signing key (decoded from `whsec_<base64>`); set with the URLs.
     pub webhook_secret: Option<Secret>,
+    /// Sign-in with identity providers (none configured: the feature is off).
+    pub oauth: oauth::OAuthConfig,
 }
 
 /// JWT_ALGORITHM: the JWS `alg` of issued access tokens.
@@ -521,6 +524,76 @@ pub const VARS: &[Var] = &[
         Unset("required with WEBHOOK_URLS"),
         "signing key of the webhooks, whsec_<base64 of 24 to 64 random bytes>",
     ),
+    Var::new(
+        "PUBLIC_URL",
+        Unset("required with identity providers"),
+        "sessiond's external base URL; provider callbacks are PUBLIC_URL/oauth/<name>/callback",
+    ),
+    Var::new(
+        "OAUTH_RETURN_URLS",
+        Unset("required with identity providers"),
+        "comma-separated exact client URLs a provider sign-in may return to",
+    ),
+    Var::new(
+        "OAUTH_LINK_VERIFIED_EMAILS",
+        Value("false"),
+        "a provider-verified email signs in to the existing account holding it",
+    ),
+    Var::new(
+        "OAUTH_DISCOVERY_REFRESH_SECONDS",
+        Value("3600"),
+        "how long a provider's discovery document and keys are used before they are read again",
+    ),
+    Var::new(
+        "OIDC_PROVIDERS",
+        Unset("no OpenID Providers"),
+        "comma-separated names of OpenID Providers, each configured by OIDC_<NAME>_* below",
+    ),
+    Var::new(
+        "OIDC_<NAME>_ISSUER",
+        Unset("required per provider"),
+        "the provider's issuer URL (discovery at <issuer>/.well-known/openid-configuration)",
+    ),
+    Var::new(
+        "OIDC_<NAME>_CLIENT_ID",
+        Unset("required per provider"),
+        "sessiond's client id at the provider",
+    ),
+    Var::secret(
+        "OIDC_<NAME>_CLIENT_SECRET",
+        Unset("required per provider"),
+        "sessiond's client secret at the provider",
+    ),
+    Var::new(
+        "OIDC_<NAME>_SCOPES",
+        Value("openid email profile"),
+        "space-separated scopes asked of the provider (openid required)",
+    ),
+    Var::new(
+        "OIDC_<NAME>_DISPLAY_NAME",
+        Computed("the provider's name"),
+        "the name sign-in pages show",
+    ),
+    Var::new(
+        "GITHUB_CLIENT_ID",
+        Unset("no GitHub sign-in"),
+        "client id of a GitHub OAuth app (the github provider)",
+    ),
+    Var::secret(
+        "GITHUB_CLIENT_SECRET",
+        Unset("required with GITHUB_CLIENT_ID"),
+        "client secret of that GitHub OAuth app",
+    ),
+    Var::new(
+        "GITHUB_WEB_URL",
+        Value("https://github.com"),
+        "GitHub's web base URL (GitHub Enterprise Server, or a stand-in in tests)",
+    ),
+    Var::new(
+        "GITHUB_API_URL",
+        Value("https://api.github.com"),
+        "GitHub's API base URL (GitHub Enterprise Server: https://HOST/api/v3)",
+    ),
 ];
 
 /// The declaration of `name`; every variable the server reads is one of [`VARS`].
@@ -547,6 +620,11 @@ fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
 struct Env<F: Fn(&str) -> Option<String>>(F);
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// A set, non-blank value of a variable whose name is built (per identity provider).
+    fn dynamic(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
     /// A set, non-blank value.
     fn get(&self, var: &'static str) -> Option<String> {
         (self.0)(var).filter(|v| !v.trim().is_empty())
@@ -783,6 +861,12 @@ impl Config {
         let (webhook_urls, webhook_secret) =
             webhook_settings(env.get("WEBHOOK_URLS"), env.get("WEBHOOK_SECRET"))?;
 
+        let oauth = oauth::read(
+            &|name| env.dynamic(name),
+            |var| env.boolean_or(var, false),
+            env.number("OAUTH_DISCOVERY_REFRESH_SECONDS", 1, 86_400)?,
+        )?;
+
         let is_sqlite = database_url
             .as_deref()
             .is_none_or(|u| u.starts_with("sqlite:"));
@@ -890,6 +974,7 @@ impl Config {
             audit_denied_window: millis(env.number("AUDIT_DENIED_WINDOW_MS", 10, 3_600_000)?),
             webhook_urls,
             webhook_secret,
+            oauth,
         })
     }
 
@@ -1027,9 +1112,59 @@ impl Config {
             "AUDIT_DENIED_WINDOW_MS" => millis(self.audit_denied_window),
             "WEBHOOK_URLS" => list(self.webhook_urls.iter().cloned()),
             "WEBHOOK_SECRET" => secret(&self.webhook_secret),
+            "PUBLIC_URL" => opt(self.oauth.public_url.clone()),
+            "OAUTH_RETURN_URLS" => list(self.oauth.return_urls.iter().cloned()),
+            "OAUTH_LINK_VERIFIED_EMAILS" => Text(self.oauth.link_verified_emails.to_string()),
+            "OAUTH_DISCOVERY_REFRESH_SECONDS" => secs(self.oauth.discovery_refresh),
+            "OIDC_PROVIDERS" => list(self.oidc().map(|p| p.name.clone())),
+            "OIDC_<NAME>_ISSUER" => list(self.oidc().map(|p| match &p.kind {
+                oauth::ProviderKind::Oidc { issuer } => format!("{}: {issuer}", p.name),
+                oauth::ProviderKind::Github { .. } => String::new(),
+            })),
+            "OIDC_<NAME>_CLIENT_ID" => {
+                list(self.oidc().map(|p| format!("{}: {}", p.name, p.client_id)))
+            }
+            "OIDC_<NAME>_CLIENT_SECRET" if self.oidc().next().is_some() => Hidden,
+            "OIDC_<NAME>_CLIENT_SECRET" => Off,
+            "OIDC_<NAME>_SCOPES" => list(
+                self.oidc()
+                    .map(|p| format!("{}: {}", p.name, p.scopes.join(" "))),
+            ),
+            "OIDC_<NAME>_DISPLAY_NAME" => list(
+                self.oidc()
+                    .map(|p| format!("{}: {}", p.name, p.display_name)),
+            ),
+            "GITHUB_CLIENT_ID" => opt(self.github().map(|p| p.client_id.clone())),
+            "GITHUB_CLIENT_SECRET" if self.github().is_some() => Hidden,
+            "GITHUB_CLIENT_SECRET" => Off,
+            "GITHUB_WEB_URL" | "GITHUB_API_URL" => opt(self.github().and_then(|p| match &p.kind {
+                oauth::ProviderKind::Github {
+                    authorize_url,
+                    api_url,
+                    ..
+                } => Some(if name == "GITHUB_API_URL" {
+                    api_url.clone()
+                } else {
+                    authorize_url
+                        .trim_end_matches("/login/oauth/authorize")
+                        .to_string()
+                }),
+                oauth::ProviderKind::Oidc { .. } => None,
+            })),
             // A declared variable without an arm here: the unit tests catch it.
             _ => Effective::Unknown,
         }
+    }
+
+    fn oidc(&self) -> impl Iterator<Item = &oauth::ProviderConfig> {
+        self.oauth
+            .providers
+            .iter()
+            .filter(|p| matches!(p.kind, oauth::ProviderKind::Oidc { .. }))
+    }
+
+    fn github(&self) -> Option<&oauth::ProviderConfig> {
+        self.oauth.provider(oauth::GITHUB)
     }
 
     /// The URL sea-orm connects to.

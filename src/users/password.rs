@@ -197,14 +197,16 @@ impl PasswordHasher {
         .await?
     }
 
-    /// `stored` is `None` for an unknown account: the dummy hash is verified instead and the
-    /// answer is always `false`, at the same cost.
+    /// `stored` is `None` for an unknown account, and empty for an account without a password
+    /// (made by a provider sign-in): the dummy hash is verified instead and the answer is always
+    /// `false`, at the same cost, so neither case shows in the timing.
     pub async fn verify(
         &self,
         password: String,
         stored: Option<String>,
         priority: Priority,
     ) -> Result<bool, PasswordError> {
+        let stored = stored.filter(|s| !s.is_empty());
         let known = stored.is_some();
         let phc: Arc<str> = stored.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let ok = self

@@ -269,7 +269,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn read(res: Response) -> Self {
+    pub async fn read(res: Response) -> Self {
         let status = res.status();
         let headers = res.headers().clone();
         let bytes = res.bytes().await.unwrap_or_default();
