@@ -1859,9 +1859,22 @@ mod tests {
     #[test]
     fn parsing_reads_exactly_the_declared_variables() {
         let read = std::cell::RefCell::new(Vec::new());
+        // One OpenID Provider, so that its OIDC_<NAME>_* variables are read (as OIDC_CORP_*).
+        let provider = [
+            ("OIDC_PROVIDERS", "corp"),
+            ("OIDC_CORP_ISSUER", "https://idp.example.com"),
+            ("OIDC_CORP_CLIENT_ID", "sessiond"),
+            ("OIDC_CORP_CLIENT_SECRET", "x"),
+            ("PUBLIC_URL", "https://auth.example.com"),
+            ("OAUTH_RETURN_URLS", "https://app.example.com/cb"),
+        ];
         Config::from_lookup(|k| {
-            read.borrow_mut().push(k.to_string());
-            None
+            read.borrow_mut()
+                .push(k.replace("OIDC_CORP_", "OIDC_<NAME>_"));
+            provider
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
         })
         .unwrap();
         let mut read = read.into_inner();
@@ -1911,8 +1924,18 @@ mod tests {
                 "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2flJc=",
             ),
             ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("OIDC_CORP_CLIENT_SECRET", "oidc-client-secret-4711"),
+            ("GITHUB_CLIENT_SECRET", "github-client-secret-0815"),
         ];
         let mut vars = secrets.to_vec();
+        vars.extend([
+            ("OIDC_PROVIDERS", "corp"),
+            ("OIDC_CORP_ISSUER", "https://idp.example.com"),
+            ("OIDC_CORP_CLIENT_ID", "sessiond"),
+            ("GITHUB_CLIENT_ID", "gh-client"),
+            ("PUBLIC_URL", "https://auth.example.com"),
+            ("OAUTH_RETURN_URLS", "https://app.example.com/cb"),
+        ]);
         vars.push(("WEBHOOK_URLS", "https://hooks.example.com/sessiond"));
         vars.push(("DB_URL", "postgres://app:db-pass-123@db:5432/x"));
         vars.push(("TRUSTED_PROXIES", "10.0.0.0/8"));
@@ -2014,6 +2037,74 @@ mod tests {
             assert_eq!(e.var, "WEBHOOK_SECRET", "{secret}");
             assert!(!e.message.contains(secret), "the value is not echoed");
         }
+    }
+
+    #[test]
+    fn identity_provider_settings_are_validated_naming_the_variable() {
+        let good = [
+            ("OIDC_PROVIDERS", "Corp, google-2"),
+            ("OIDC_CORP_ISSUER", "https://idp.example.com/"),
+            ("OIDC_CORP_CLIENT_ID", "sessiond"),
+            ("OIDC_CORP_CLIENT_SECRET", "s"),
+            ("OIDC_GOOGLE_2_ISSUER", "https://accounts.google.com"),
+            ("OIDC_GOOGLE_2_CLIENT_ID", "id"),
+            ("OIDC_GOOGLE_2_CLIENT_SECRET", "s"),
+            ("OIDC_GOOGLE_2_SCOPES", "openid email"),
+            ("PUBLIC_URL", "https://auth.example.com/"),
+            (
+                "OAUTH_RETURN_URLS",
+                "https://app.example.com/cb, com.example.app:/oauth",
+            ),
+        ];
+        let c = config(&good).unwrap();
+        let names: Vec<&str> = c.oauth.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["corp", "google-2"]);
+        assert_eq!(c.oauth.providers[0].scopes, ["openid", "email", "profile"]);
+        assert_eq!(c.oauth.providers[0].display_name, "corp");
+        assert_eq!(
+            c.oauth.callback_url("corp"),
+            "https://auth.example.com/oauth/corp/callback"
+        );
+        assert!(!c.oauth.link_verified_emails);
+        let refused = |change: &[(&'static str, &'static str)], skip: &str| {
+            let mut vars: Vec<(&str, &str)> =
+                good.iter().copied().filter(|(k, _)| *k != skip).collect();
+            vars.extend_from_slice(change);
+            config(&vars).unwrap_err()
+        };
+        let e = refused(&[], "OIDC_CORP_CLIENT_SECRET");
+        assert_eq!(e.var, "OIDC_<NAME>_CLIENT_SECRET");
+        assert!(e.message.contains("OIDC_CORP_CLIENT_SECRET"), "{e}");
+        assert_eq!(refused(&[], "OIDC_CORP_ISSUER").var, "OIDC_<NAME>_ISSUER");
+        assert_eq!(refused(&[], "PUBLIC_URL").var, "PUBLIC_URL");
+        assert_eq!(refused(&[], "OAUTH_RETURN_URLS").var, "OAUTH_RETURN_URLS");
+        for (var, value) in [
+            ("OIDC_CORP_ISSUER", "http://idp.example.com"),
+            ("OIDC_GOOGLE_2_SCOPES", "email profile"),
+            ("PUBLIC_URL", "https://u:p@auth.example.com"),
+            ("OAUTH_RETURN_URLS", "https://app.example.com/cb?x=1"),
+            ("OAUTH_RETURN_URLS", "/relative"),
+            ("OIDC_PROVIDERS", "github"),
+            ("OIDC_PROVIDERS", "a b"),
+        ] {
+            let e = refused(&[(var, value)], var);
+            assert!(
+                e.var == var || e.var.starts_with("OIDC_<NAME>_"),
+                "{var}={value}: {e}"
+            );
+        }
+        assert_eq!(
+            refused(&[("GITHUB_CLIENT_ID", "x")], "").var,
+            "GITHUB_CLIENT_SECRET"
+        );
+        let github = config(&[
+            ("GITHUB_CLIENT_ID", "gh"),
+            ("GITHUB_CLIENT_SECRET", "s"),
+            ("PUBLIC_URL", "https://auth.example.com"),
+            ("OAUTH_RETURN_URLS", "https://app.example.com/cb"),
+        ])
+        .unwrap();
+        assert_eq!(github.oauth.providers[0].name, "github");
     }
 
     #[test]

@@ -172,25 +172,26 @@ pub(super) fn read(
         });
     }
 
+    let base = |var: &'static str, default: &str| -> Result<String, ConfigError> {
+        let url = get(var)
+            .unwrap_or_else(|| default.to_string())
+            .trim()
+            .trim_end_matches('/')
+            .to_string();
+        check_url(var, var, &url)?;
+        Ok(url)
+    };
+    let web = base("GITHUB_WEB_URL", "https://github.com")?;
+    let api = base("GITHUB_API_URL", "https://api.github.com")?;
     match (get("GITHUB_CLIENT_ID"), get("GITHUB_CLIENT_SECRET")) {
         (Some(id), Some(secret)) => {
-            let base = |var: &'static str, default: &str| -> Result<String, ConfigError> {
-                let url = get(var)
-                    .unwrap_or_else(|| default.to_string())
-                    .trim()
-                    .trim_end_matches('/')
-                    .to_string();
-                check_url(var, var, &url)?;
-                Ok(url)
-            };
-            let web = base("GITHUB_WEB_URL", "https://github.com")?;
             providers.push(ProviderConfig {
                 name: GITHUB.into(),
                 display_name: "GitHub".into(),
                 kind: ProviderKind::Github {
                     authorize_url: format!("{web}/login/oauth/authorize"),
                     token_url: format!("{web}/login/oauth/access_token"),
-                    api_url: base("GITHUB_API_URL", "https://api.github.com")?,
+                    api_url: api,
                 },
                 client_id: id.trim().to_string(),
                 client_secret: Secret::new(secret.trim().as_bytes()),
