@@ -39,6 +39,7 @@ both_backends!(
     return_urls_and_challenges_are_checked,
     a_disabled_account_cannot_sign_in_through_a_provider,
     a_passwordless_account_sets_a_password_right_after_signing_in,
+    github_sign_ins_use_the_primary_verified_email_only,
 );
 
 services_only!(
@@ -846,6 +847,43 @@ async fn a_disabled_account_cannot_sign_in_through_a_provider(backend: Backend) 
     assert!(disabled.status.is_success(), "{}", disabled.body);
     let (back, _) = s.sign_in("dan-1").await;
     assert_eq!(query(&back, "error").as_deref(), Some("access_denied"));
+    // The audit trail names the provider: the account made, the sign-in, the refusal.
+    let registered = settled(
+        &s.app,
+        &boss.access,
+        &format!("user_id={user_id}&type=register"),
+        1,
+    )
+    .await;
+    assert_eq!(registered[0]["detail"]["provider"], "corp");
+    let logins = settled(
+        &s.app,
+        &boss.access,
+        &format!("user_id={user_id}&type=login"),
+        2,
+    )
+    .await;
+    let mut seen: Vec<(String, String)> = logins
+        .iter()
+        .map(|e| {
+            assert_eq!(e["detail"]["provider"], "corp", "{e}");
+            (
+                e["outcome"].as_str().unwrap_or_default().to_string(),
+                e["detail"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("failure".to_string(), "disabled".to_string()),
+            ("success".to_string(), String::new())
+        ]
+    );
 }
 
 async fn a_provider_made_session_is_revoked_on_the_other_pod() {
@@ -919,4 +957,170 @@ async fn a_passwordless_account_sets_a_password_right_after_signing_in(backend: 
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+// GitHub: a local stand-in for GitHub, not GitHub itself. It speaks the documented shape of
+// GitHub's OAuth web flow (`/login/oauth/authorize`, `/login/oauth/access_token` with PKCE) and
+// of its REST API (`GET /user`, `GET /user/emails`), and approves every authorization at once.
+
+#[derive(Default)]
+struct GithubState {
+    /// code → (redirect_uri, code_challenge)
+    codes: std::collections::HashMap<String, (String, String)>,
+    tokens: Vec<String>,
+    user: Value,
+    emails: Value,
+}
+
+struct GithubStandIn {
+    url: String,
+    state: Arc<Mutex<GithubState>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl GithubStandIn {
+    async fn start() -> Self {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        let state: Arc<Mutex<GithubState>> = Arc::default();
+        let shared = web::Data::from(state.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        async fn authorize(
+            s: web::Data<Mutex<GithubState>>,
+            q: web::Query<std::collections::HashMap<String, String>>,
+        ) -> HttpResponse {
+            assert_eq!(q["client_id"], "gh-client");
+            assert_eq!(q["code_challenge_method"], "S256");
+            let code = uuid::Uuid::new_v4().simple().to_string();
+            s.lock().unwrap().codes.insert(
+                code.clone(),
+                (q["redirect_uri"].clone(), q["code_challenge"].clone()),
+            );
+            let to = format!(
+                "{}?code={code}&state={}",
+                q["redirect_uri"],
+                urlencode(&q["state"])
+            );
+            HttpResponse::Found()
+                .insert_header(("location", to))
+                .finish()
+        }
+        async fn access_token(
+            s: web::Data<Mutex<GithubState>>,
+            form: web::Form<std::collections::HashMap<String, String>>,
+        ) -> HttpResponse {
+            let mut s = s.lock().unwrap();
+            let ok = form.get("client_secret").map(String::as_str) == Some("gh-secret")
+                && match s.codes.remove(&form["code"]) {
+                    Some((redirect, challenge)) => {
+                        redirect == form["redirect_uri"]
+                            && URL_SAFE_NO_PAD
+                                .encode(Sha256::digest(form["code_verifier"].as_bytes()))
+                                == challenge
+                    }
+                    None => false,
+                };
+            if !ok {
+                // GitHub answers a bad code with 200 and an error field.
+                return HttpResponse::Ok().json(json!({"error": "bad_verification_code"}));
+            }
+            let token = format!("gho_{}", uuid::Uuid::new_v4().simple());
+            s.tokens.push(token.clone());
+            HttpResponse::Ok().json(json!({"access_token": token, "token_type": "bearer", "scope": "read:user,user:email"}))
+        }
+        fn authorized(s: &GithubState, req: &HttpRequest) -> bool {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            auth.and_then(|a| a.strip_prefix("Bearer "))
+                .is_some_and(|t| s.tokens.iter().any(|k| k == t))
+        }
+        async fn user(s: web::Data<Mutex<GithubState>>, req: HttpRequest) -> HttpResponse {
+            let s = s.lock().unwrap();
+            if !authorized(&s, &req) {
+                return HttpResponse::Unauthorized().json(json!({"message": "Bad credentials"}));
+            }
+            HttpResponse::Ok().json(s.user.clone())
+        }
+        async fn emails(s: web::Data<Mutex<GithubState>>, req: HttpRequest) -> HttpResponse {
+            let s = s.lock().unwrap();
+            if !authorized(&s, &req) {
+                return HttpResponse::Unauthorized().json(json!({"message": "Bad credentials"}));
+            }
+            HttpResponse::Ok().json(s.emails.clone())
+        }
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .route("/login/oauth/authorize", web::get().to(authorize))
+                .route("/login/oauth/access_token", web::post().to(access_token))
+                .route("/api/user", web::get().to(user))
+                .route("/api/user/emails", web::get().to(emails))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        GithubStandIn { url, state, handle }
+    }
+
+    fn set_user(&self, id: u64, emails: Value) {
+        let mut s = self.state.lock().unwrap();
+        s.user = json!({"id": id, "login": format!("octo{id}"), "name": "Octo Cat"});
+        s.emails = emails;
+    }
+}
+
+async fn github_sign_ins_use_the_primary_verified_email_only(backend: Backend) {
+    let gh = GithubStandIn::start().await;
+    let s = setup_with(
+        backend,
+        &[
+            ("GITHUB_CLIENT_ID", "gh-client"),
+            ("GITHUB_CLIENT_SECRET", "gh-secret"),
+            ("GITHUB_WEB_URL", &gh.url),
+            ("GITHUB_API_URL", &format!("{}/api", gh.url)),
+        ],
+    )
+    .await;
+    let listed = s.app.get("/oauth/providers", None).await;
+    assert_eq!(
+        listed.body["items"][2],
+        json!({"name": "github", "display_name": "GitHub"})
+    );
+
+    // A verified secondary address does not make up for an unverified primary one.
+    gh.set_user(
+        101,
+        json!([
+            {"email": "octo@users.example", "primary": true, "verified": false, "visibility": "public"},
+            {"email": "octo@work.example", "primary": false, "verified": true, "visibility": null},
+        ]),
+    );
+    let (back, _) = s.sign_in_at("github", "unused").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("email_not_verified"));
+    assert_eq!(s.count("users").await, 0);
+
+    gh.set_user(
+        202,
+        json!([
+            {"email": "other@work.example", "primary": false, "verified": true, "visibility": null},
+            {"email": "Octo@Users.example", "primary": true, "verified": true, "visibility": "public"},
+        ]),
+    );
+    let (back, verifier) = s.sign_in_at("github", "unused").await;
+    let code = query(&back, "code").unwrap_or_else(|| panic!("{back}"));
+    let reply = s.redeem(&code, &verifier).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let token = reply.body["access_token"].as_str().unwrap();
+    assert_eq!(claims_of(token)["idp"], "github");
+    let profile = s.app.get("/profile", Some(token)).await;
+    assert_eq!(profile.body["email"], "octo@users.example");
+    let ids = s.app.get("/profile/identities", Some(token)).await;
+    assert_eq!(ids.body["items"][0]["provider"], "github");
+    assert_eq!(ids.body["items"][0]["subject"], "202");
+    gh.handle.stop(false).await;
 }
