@@ -4,8 +4,8 @@ use actix::prelude::*;
 use chrono::Utc;
 use entities::{identity, user};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -165,7 +165,14 @@ impl Handler<UnlinkIdentity> for UserStore {
         Reply::new(async move {
             let unlink = async {
                 let txn = db.conn.begin().await?;
-                let Some(account) = user::Entity::find_by_id(msg.user_id).one(&txn).await? else {
+                // Two unlinks of one account at once must not both see the other identity:
+                // PostgreSQL locks the account's row; SQLite runs one write transaction at once.
+                let find = user::Entity::find_by_id(msg.user_id);
+                let find = match txn.get_database_backend() {
+                    DbBackend::Postgres => find.lock_exclusive(),
+                    _ => find,
+                };
+                let Some(account) = find.one(&txn).await? else {
                     return Err(UserStoreError::NotFound);
                 };
                 let held = identity::Entity::find()

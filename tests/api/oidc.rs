@@ -40,6 +40,7 @@ both_backends!(
     a_disabled_account_cannot_sign_in_through_a_provider,
     a_passwordless_account_sets_a_password_right_after_signing_in,
     github_sign_ins_use_the_primary_verified_email_only,
+    sign_in_steps_are_limited_per_client_address,
 );
 
 services_only!(
@@ -1123,4 +1124,41 @@ async fn github_sign_ins_use_the_primary_verified_email_only(backend: Backend) {
     assert_eq!(ids.body["items"][0]["provider"], "github");
     assert_eq!(ids.body["items"][0]["subject"], "202");
     gh.handle.stop(false).await;
+}
+
+async fn sign_in_steps_are_limited_per_client_address(backend: Backend) {
+    let s = setup_with(backend, &[("RATE_LIMIT_LOGIN_PER_IP", "3")]).await;
+    let (_, challenge) = pkce();
+    let start = |app: &TestApp| {
+        let url = format!(
+            "/oauth/corp/start?return_to={}&code_challenge={challenge}",
+            urlencode(RETURN_TO)
+        );
+        let client = reqwest::Client::builder()
+            .redirect(Policy::none())
+            .build()
+            .unwrap();
+        let full = app.url(&url);
+        async move { Reply::read(client.get(full).send().await.unwrap()).await }
+    };
+    for _ in 0..3 {
+        assert_eq!(start(&s.app).await.status, StatusCode::FOUND);
+    }
+    let limited = start(&s.app).await;
+    limited.assert_error(429, "rate_limited");
+    assert!(limited.header("retry-after").is_some());
+    // The callback and the code exchange count in the same bucket.
+    s.app
+        .get("/oauth/corp/callback?state=x", None)
+        .await
+        .assert_error(429, "rate_limited");
+    s.app
+        .post_json("/oauth/token", &json!({"code": "x", "code_verifier": "y"}))
+        .await
+        .assert_error(429, "rate_limited");
+    // Password logins have their own bucket.
+    s.app
+        .login_reply("nobody@example.com", PASSWORD)
+        .await
+        .assert_error(401, "invalid_credentials");
 }
