@@ -253,6 +253,19 @@ mod tests {
         hasher_with(8).await
     }
 
+    /// An account without a password (empty stored hash) never matches, and is checked against
+    /// the dummy hash like an unknown account: same answer, same work.
+    #[actix_web::test]
+    async fn an_empty_stored_hash_never_matches() {
+        let hasher = hasher_with(8).await;
+        for password in ["", "anything at all"] {
+            assert!(!hasher
+                .verify(password.into(), Some(String::new()), Priority::Login)
+                .await
+                .unwrap());
+        }
+    }
+
     #[actix_web::test]
     async fn logins_keep_a_slot_that_other_work_cannot_take() {
         let h = hasher_with(0).await;
