@@ -14,8 +14,8 @@ use std::{
 use openidconnect::{
     core::{CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata},
     http, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl,
-    Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, SignatureVerificationError,
-    TokenResponse,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
+    SignatureVerificationError, TokenResponse,
 };
 use tokio::sync::Mutex;
 
@@ -355,7 +355,7 @@ impl Providers {
                     .map(|n| n.as_str().to_string()),
             })
         };
-        match verify(&client) {
+        let asserted = match verify(&client) {
             Ok(asserted) => Ok(asserted),
             Err(ClaimsVerificationError::SignatureVerification(
                 SignatureVerificationError::NoMatchingKey,
@@ -378,7 +378,34 @@ impl Providers {
                 "ID token: {}",
                 error_chain(&e)
             ))),
+        }?;
+        if asserted.email.is_some() {
+            return Ok(asserted);
         }
+        // Some providers (Okta, and any that conforms strictly to OpenID Connect Core 5.4) put
+        // the scope's claims in the UserInfo response only, when an access token is issued.
+        let Ok(request) = client.user_info(
+            token.access_token().clone(),
+            Some(openidconnect::SubjectIdentifier::new(
+                asserted.subject.clone(),
+            )),
+        ) else {
+            return Ok(asserted);
+        };
+        let info: openidconnect::core::CoreUserInfoClaims = request
+            .request_async(&http)
+            .await
+            .map_err(|e| FederationError::Provider(format!("UserInfo: {}", error_chain(&e))))?;
+        Ok(Asserted {
+            email: info.email().map(|e| e.as_str().to_string()),
+            email_verified: info.email_verified().unwrap_or(false),
+            name: asserted.name.or_else(|| {
+                info.name()
+                    .and_then(|n| n.get(None))
+                    .map(|n| n.as_str().to_string())
+            }),
+            subject: asserted.subject,
+        })
     }
 }
 

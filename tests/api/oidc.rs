@@ -41,6 +41,7 @@ both_backends!(
     a_passwordless_account_sets_a_password_right_after_signing_in,
     github_sign_ins_use_the_primary_verified_email_only,
     sign_in_steps_are_limited_per_client_address,
+    an_email_given_by_userinfo_only_is_used,
 );
 
 services_only!(
@@ -61,8 +62,8 @@ struct Provider {
 
 impl Provider {
     /// Clients: `sessiond` (provider `corp`) and `other` (provider `corp2`), both calling back
-    /// to `public`.
-    async fn start(public: &str) -> Self {
+    /// to `public`. `userinfo_only`: email claims in the UserInfo response, not the ID token.
+    async fn start(public: &str, userinfo_only: bool) -> Self {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
         assert!(
             std::path::Path::new(dir)
@@ -75,7 +76,7 @@ impl Provider {
              "redirect_uris": [format!("{public}/oauth/corp/callback")]},
             {"client_id": "other", "client_secret": OTHER_SECRET,
              "redirect_uris": [format!("{public}/oauth/corp2/callback")]},
-        ]});
+        ], "userinfo_only": userinfo_only});
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .arg(config.to_string())
@@ -202,8 +203,12 @@ struct Setup {
 }
 
 async fn setup_with(backend: Backend, extra: &[(&str, &str)]) -> Setup {
+    setup_for(backend, extra, false).await
+}
+
+async fn setup_for(backend: Backend, extra: &[(&str, &str)], userinfo_only: bool) -> Setup {
     let lb = Forwarder::start().await;
-    let provider = Provider::start(&lb.url()).await;
+    let provider = Provider::start(&lb.url(), userinfo_only).await;
     let mut dep = Deployment::new(backend).await;
     dep.set("OIDC_PROVIDERS", "corp,corp2")
         .set("OIDC_CORP_ISSUER", &provider.issuer)
@@ -1161,4 +1166,22 @@ async fn sign_in_steps_are_limited_per_client_address(backend: Backend) {
         .login_reply("nobody@example.com", PASSWORD)
         .await
         .assert_error(401, "invalid_credentials");
+}
+
+async fn an_email_given_by_userinfo_only_is_used(backend: Backend) {
+    let s = setup_for(backend, &[], true).await;
+    s.provider
+        .set_account("uma-1", "uma@example.com", true)
+        .await;
+    let made = s.tokens("uma-1").await;
+    let profile = s
+        .app
+        .get("/profile", made.body["access_token"].as_str())
+        .await;
+    assert_eq!(profile.body["email"], "uma@example.com");
+    s.provider
+        .set_account("ulf-1", "ulf@example.com", false)
+        .await;
+    let (back, _) = s.sign_in("ulf-1").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("email_not_verified"));
 }

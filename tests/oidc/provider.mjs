@@ -1,7 +1,8 @@
 // A real OpenID Provider (the certified `oidc-provider` package) for sessiond's integration tests.
 //
 // Usage: node provider.mjs '<config JSON>'
-//   config: {"clients": [{"client_id", "client_secret", "redirect_uris": [...]}, ...]}
+//   config: {"clients": [{"client_id", "client_secret", "redirect_uris": [...]}, ...],
+//            "userinfo_only": false}
 // Listens on 127.0.0.1 on a free port and prints one line, {"issuer": "http://127.0.0.1:PORT"},
 // once it serves. Development interactions are on: any login name signs in as that subject (the
 // test submits the login and consent forms). Test controls, beside the provider's own routes:
@@ -43,8 +44,9 @@ function build(issuer) {
       email: ['email', 'email_verified'],
       profile: ['name'],
     },
-    // Claims of the requested scopes in the ID token too, as Google, Entra ID and Keycloak do.
-    conformIdTokenClaims: false,
+    // By default the claims of the requested scopes are in the ID token too, as Google, Entra
+    // ID and Keycloak do; with "userinfo_only": true, in the UserInfo response only (as Okta).
+    conformIdTokenClaims: Boolean(config.userinfo_only),
     pkce: { required: () => true },
     features: { devInteractions: { enabled: true } },
     async findAccount(ctx, sub) {
