@@ -111,6 +111,7 @@ pub struct CallbackQuery {
     responses(
         (status = 302, description = "To `return_to?code=...` or `return_to?error=...`", headers(("Location" = String))),
         (status = 400, description = "Unknown, used, expired or foreign state (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such provider (`not_found`)", body = crate::error::ErrorBody),
         (status = 429, description = "Too many sign-in steps from this address (`rate_limited`)", body = crate::error::ErrorBody),
     ))]
 pub async fn callback(
