@@ -142,6 +142,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             webhooks: sessiond::webhooks::Webhooks::default(),
             profiles: moka::future::Cache::builder().build(),
             client_secrets: sessiond::app::clients::client_secrets(cfg.session_cache_ttl),
+            federation: None,
             settings,
         },
         jwt: JwtKeys::new(&cfg),

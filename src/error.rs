@@ -21,6 +21,9 @@ pub enum ApiError {
     /// malformed, unknown or deleted client, wrong secret; deliberately one answer.
     #[error("valid service client credentials (HTTP Basic) are required")]
     InvalidClient,
+    /// POST /oauth/token: an unknown, used or expired code, or a verifier that does not match.
+    #[error("{0}")]
+    InvalidGrant(String),
     #[error("not allowed")]
     Forbidden,
     #[error("{0} not found")]
@@ -55,7 +58,7 @@ pub enum ApiError {
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"error": "invalid_request", "message": "password must be at least 8 characters"}))]
 pub struct ErrorBody {
-    /// invalid_request, unauthorized, invalid_credentials, invalid_client, forbidden, not_found, method_not_allowed,
+    /// invalid_request, unauthorized, invalid_credentials, invalid_client, invalid_grant, forbidden, not_found, method_not_allowed,
     /// email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
     pub error: &'static str,
     pub message: String,
@@ -83,6 +86,7 @@ impl ApiError {
             Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             InvalidClient => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// outcome: success, invalid_credentials, throttled, error
     pub logins: IntCounterVec,
+    /// Identity-provider sign-ins by provider and outcome: success, account_exists,
+    /// email_not_verified, access_denied, provider_error, linked, invalid_grant.
+    pub oauth_signins: IntCounterVec,
     pub registrations: IntCounter,
     pub sessions_created: IntCounter,
     pub sessions_revoked: IntCounter,
@@ -217,6 +220,12 @@ impl Metrics {
                 "logins_total",
                 "Login attempts by outcome.",
                 &["outcome"],
+            ),
+            oauth_signins: counter_vec(
+                &r,
+                "oauth_signins_total",
+                "Sign-ins through identity providers by provider and outcome.",
+                &["provider", "outcome"],
             ),
             registrations: counter(&r, "registrations_total", "Accounts registered."),
             sessions_created: counter(&r, "sessions_created_total", "Sessions created by logins."),

@@ -20,6 +20,7 @@ use crate::{
     audit::{AuditLog, AuditWriter},
     auth::JwtKeys,
     config::Config,
+    federation::{pending::Pending, Providers},
     metrics::Metrics,
     redis::Redis,
     routes,
@@ -49,6 +50,9 @@ pub enum StartupError {
     /// The message names the variable (JWT_KEY_ENCRYPTION_KEY, JWT_PRIVATE_KEY_FILE) when one is at fault.
     #[error("signing keys: {0}")]
     Keys(String),
+    /// Names the provider (OIDC_PROVIDERS) and the cause.
+    #[error("identity providers: {0}")]
+    Providers(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -181,7 +185,7 @@ impl Application {
         let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
             .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
         // With Redis the cache is trusted only once the invalidation subscription is up.
-        let (store, trusted, throttle) = match &config.redis {
+        let (store, trusted, throttle, pending) = match &config.redis {
             Some(settings) => {
                 let redis = Redis::connect(settings, &config.redis_prefix, metrics.redis.clone())
                     .await
@@ -192,19 +196,31 @@ impl Application {
                     "connected to Redis"
                 );
                 let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
+                let pending = Pending::Redis(redis.clone());
                 let store = RedisStore::new(
                     redis,
                     lifetimes,
                     SealKeys::from_config(&config),
                     metrics.seal_failures.clone(),
                 );
-                (SessionStore::Redis(store), false, throttle)
+                (SessionStore::Redis(store), false, throttle, pending)
             }
             None => (
                 SessionStore::Memory(MemoryStore::new(lifetimes)),
                 true,
                 Throttle::memory(config.throttle.clone()),
+                Pending::memory(),
             ),
+        };
+        // Every OpenID Provider's discovery document is read now: a misconfigured or
+        // unreachable issuer stops the start with its name.
+        let federation = if config.oauth.providers.is_empty() {
+            None
+        } else {
+            let providers = Providers::start(&config.oauth)
+                .await
+                .map_err(StartupError::Providers)?;
+            Some(app::federated::Federation { providers, pending })
         };
         let cache = SessionCache::new(
             config.session_cache_ttl,
@@ -308,6 +324,7 @@ impl Application {
                 webhooks,
                 profiles,
                 client_secrets: app::clients::client_secrets(config.session_cache_ttl),
+                federation,
                 settings,
             },
             jwt,

@@ -51,6 +51,9 @@ pub enum Scope {
     PasswordChangeSession,
     /// Failed service-client authentications at POST /introspect, per client address.
     IntrospectFailureIp,
+    /// Identity-provider sign-in steps (start, callback, code redemption) per client address;
+    /// limited like logins (RATE_LIMIT_LOGIN_PER_IP).
+    OAuthIp,
 }
 
 impl Scope {
@@ -63,6 +66,7 @@ impl Scope {
             Scope::PasswordChangeAccount => "pwchange-acct",
             Scope::PasswordChangeSession => "pwchange-sess",
             Scope::IntrospectFailureIp => "introspect-fail-ip",
+            Scope::OAuthIp => "oauth-ip",
         }
     }
 }
@@ -244,7 +248,7 @@ impl Throttle {
 
     fn limit(&self, scope: Scope) -> u64 {
         match scope {
-            Scope::LoginIp => self.cfg.login_per_ip,
+            Scope::LoginIp | Scope::OAuthIp => self.cfg.login_per_ip,
             Scope::LoginAccount => self.cfg.login_per_account,
             Scope::RegisterIp => self.cfg.register_per_ip,
             Scope::RefreshIp => self.cfg.refresh_per_ip,

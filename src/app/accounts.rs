@@ -18,7 +18,7 @@ use crate::{
     users::{
         password::{PasswordHasher, Priority},
         AccountAccess, CreateUser, FindAccess, FindAccount, FindByEmail, FindById, SetPassword,
-        User, UserStore,
+        User, UserStore, NO_PASSWORD,
     },
     webhooks::Event,
 };
@@ -184,10 +184,10 @@ async fn attempt_login(
 const MAX_USER_AGENT: usize = 256;
 
 /// One login, step by step: admitted by the limits and the lockout, verified, then a session.
-struct LoginAttempt<'a> {
+pub(super) struct LoginAttempt<'a> {
     app: &'a App,
     client: &'a Client,
-    now: i64,
+    pub(super) now: i64,
     /// Normalized, or why it is not an address.
     email: Result<Email, String>,
     /// The limits' and lockout's key for the account the email names. It exists for any
@@ -198,7 +198,7 @@ struct LoginAttempt<'a> {
 }
 
 impl<'a> LoginAttempt<'a> {
-    fn new(app: &'a App, client: &'a Client, email: &str) -> Self {
+    pub(super) fn new(app: &'a App, client: &'a Client, email: &str) -> Self {
         let normalized = Email::parse(email);
         let account_key = account_key(match &normalized {
             Ok(e) => e.as_str(),
@@ -339,7 +339,7 @@ impl<'a> LoginAttempt<'a> {
     /// Stores the session (ending the oldest beyond MAX_SESSIONS_PER_USER), then checks that
     /// the account was not disabled and its roles not changed meanwhile. Returns the refresh
     /// token and the access the session carries.
-    async fn open_session(
+    pub(super) async fn open_session(
         &self,
         user_id: Uuid,
         access: Access,
@@ -444,10 +444,13 @@ async fn count_failure(
 /// A stolen access token must not guess the current password faster than a login could:
 /// limited per session and per account, and wrong guesses count toward the same lockout as
 /// logins (the stored email is normalized, so the key is the login's).
+///
+/// An account without a password (made by a provider sign-in) may set one without
+/// `current_password` within five minutes of that sign-in, from the session it opened.
 pub async fn change_password(
     app: &App,
     caller: &Caller,
-    current_password: String,
+    current_password: Option<String>,
     new_password: Password,
 ) -> Result<(), ApiError> {
     let account = app
@@ -487,15 +490,18 @@ pub async fn change_password(
     if let Err(t) = app.throttle.check_lock(bucket.id(), now).await? {
         return Err(throttled("locked", t));
     }
-    if !app
-        .hasher
-        .verify(
-            current_password,
-            Some(account.password_hash),
-            Priority::Other,
-        )
-        .await?
-    {
+    let verified = match current_password {
+        Some(current) => {
+            app.hasher
+                .verify(current, Some(account.password_hash), Priority::Other)
+                .await?
+        }
+        None if account.password_hash != NO_PASSWORD => {
+            return Err(ApiError::invalid("current_password is required"));
+        }
+        None => super::federated::take_fresh_sign_in(app, caller).await?,
+    };
+    if !verified {
         count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone()).await?;
         app.audit
             .record(event(AuditEvent::failure(AuditKind::PasswordChange)));

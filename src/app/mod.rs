@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod clients;
+pub mod federated;
 pub mod sessions;
 
 use std::{sync::Arc, time::Duration};
@@ -43,6 +44,8 @@ pub struct App {
     pub profiles: moka::future::Cache<Uuid, Arc<User>>,
     /// Service clients' secret hashes, kept at most SESSION_CACHE_TTL.
     pub client_secrets: clients::ClientSecrets,
+    /// Sign-in with identity providers; `None` when none is configured.
+    pub federation: Option<federated::Federation>,
     pub settings: Settings,
 }
 

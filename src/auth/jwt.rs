@@ -35,6 +35,13 @@ pub struct Claims {
     /// Effective permissions of the roles (tokens issued before permissions existed lack it).
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// How the session's user authenticated, when not by password: `["fed"]` for a sign-in
+    /// through an identity provider (on the tokens POST /oauth/token answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amr: Option<Vec<String>>,
+    /// The identity provider of that sign-in (its configured name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<String>,
 }
 
 /// An HS256 verification key and the `kid` that names it.
@@ -306,17 +313,27 @@ impl JwtKeys {
         now: i64,
         jti: Uuid,
     ) -> Result<(String, i64), SignError> {
-        let claims = self.claims(user_id, session_id, access, session_expires_at, now, jti);
+        let claims = self.claims(
+            user_id,
+            session_id,
+            access,
+            session_expires_at,
+            now,
+            jti,
+            None,
+        );
         let set = self.set.load();
         let signer = set.signer_at(now).unwrap_or(&self.hs_signer);
         let token = encode(&signer.header, &claims, &signer.key).map_err(|_| SignError)?;
         Ok((token, claims.exp - now))
     }
 
-    /// [`Self::issue`] for request handlers: an asymmetric signature (RS256 about 2 ms, ES256
-    /// about 0.6 ms, EdDSA less, on this machine) runs on the blocking pool, at most one per CPU
-    /// at once, so logins and refreshes never stall an actix worker; HS256 (microseconds) is
-    /// signed inline.
+    /// [`Self::issue`] for request handlers, naming the identity provider the user signed in
+    /// with (`amr` `["fed"]` and `idp`) when there is one. An asymmetric signature (RS256 about
+    /// 2 ms, ES256 about 0.6 ms, EdDSA less, on this machine) runs on the blocking pool, at most
+    /// one per CPU at once, so logins and refreshes never stall an actix worker; HS256
+    /// (microseconds) is signed inline.
+    #[allow(clippy::too_many_arguments)]
     pub async fn issue_async(
         &self,
         user_id: Uuid,
@@ -325,8 +342,17 @@ impl JwtKeys {
         session_expires_at: i64,
         now: i64,
         jti: Uuid,
+        provider: Option<&str>,
     ) -> Result<(String, i64), SignError> {
-        let claims = self.claims(user_id, session_id, access, session_expires_at, now, jti);
+        let claims = self.claims(
+            user_id,
+            session_id,
+            access,
+            session_expires_at,
+            now,
+            jti,
+            provider,
+        );
         let signer = self
             .set
             .load()
@@ -346,6 +372,7 @@ impl JwtKeys {
         Ok((token, lifetime))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn claims(
         &self,
         user_id: Uuid,
@@ -354,6 +381,7 @@ impl JwtKeys {
         session_expires_at: i64,
         now: i64,
         jti: Uuid,
+        provider: Option<&str>,
     ) -> Claims {
         let exp = (now + self.access_ttl.as_secs() as i64).min(session_expires_at);
         Claims {
@@ -367,6 +395,8 @@ impl JwtKeys {
             jti,
             roles: access.roles.clone(),
             permissions: access.permissions.clone(),
+            amr: provider.map(|_| vec!["fed".to_string()]),
+            idp: provider.map(str::to_string),
         }
     }
 
@@ -530,7 +560,7 @@ mod tests {
             }
             let inline = k.issue(uid, sid, &access, now + 3600, now, jti).unwrap();
             let pooled = k
-                .issue_async(uid, sid, &access, now + 3600, now, jti)
+                .issue_async(uid, sid, &access, now + 3600, now, jti, None)
                 .await
                 .unwrap();
             assert_eq!(inline, pooled, "{alg:?}");

@@ -1,4 +1,5 @@
 //! Environment variables → a validated [`Config`]. Every error names the variable it came from.
+pub mod oauth;
 pub mod redis;
 pub mod tls;
 
@@ -148,6 +149,8 @@ pub struct Config {
     pub webhook_secret: Option<Secret>,
     /// A webhook not delivered this long after its event is marked failed.
     pub webhook_give_up: Duration,
+    /// Sign-in with identity providers (none configured: the feature is off).
+    pub oauth: oauth::OAuthConfig,
 }
 
 /// JWT_ALGORITHM: the JWS `alg` of issued access tokens.
@@ -535,6 +538,76 @@ pub const VARS: &[Var] = &[
         Value("86400"),
         "a webhook not delivered this long after its event is given up (counted as failed)",
     ),
+    Var::new(
+        "PUBLIC_URL",
+        Unset("required with identity providers"),
+        "sessiond's external base URL; provider callbacks are PUBLIC_URL/oauth/<name>/callback",
+    ),
+    Var::new(
+        "OAUTH_RETURN_URLS",
+        Unset("required with identity providers"),
+        "comma-separated exact client URLs a provider sign-in may return to",
+    ),
+    Var::new(
+        "OAUTH_LINK_VERIFIED_EMAILS",
+        Value("false"),
+        "a provider-verified email signs in to the existing account holding it",
+    ),
+    Var::new(
+        "OAUTH_DISCOVERY_REFRESH_SECONDS",
+        Value("3600"),
+        "how long a provider's discovery document and keys are used before they are read again",
+    ),
+    Var::new(
+        "OIDC_PROVIDERS",
+        Unset("no OpenID Providers"),
+        "comma-separated names of OpenID Providers, each configured by OIDC_<NAME>_* below",
+    ),
+    Var::new(
+        "OIDC_<NAME>_ISSUER",
+        Unset("required per provider"),
+        "the provider's issuer URL (discovery at <issuer>/.well-known/openid-configuration)",
+    ),
+    Var::new(
+        "OIDC_<NAME>_CLIENT_ID",
+        Unset("required per provider"),
+        "sessiond's client id at the provider",
+    ),
+    Var::secret(
+        "OIDC_<NAME>_CLIENT_SECRET",
+        Unset("required per provider"),
+        "sessiond's client secret at the provider",
+    ),
+    Var::new(
+        "OIDC_<NAME>_SCOPES",
+        Value("openid email profile"),
+        "space-separated scopes asked of the provider (openid required)",
+    ),
+    Var::new(
+        "OIDC_<NAME>_DISPLAY_NAME",
+        Computed("the provider's name"),
+        "the name sign-in pages show",
+    ),
+    Var::new(
+        "GITHUB_CLIENT_ID",
+        Unset("no GitHub sign-in"),
+        "client id of a GitHub OAuth app (the github provider)",
+    ),
+    Var::secret(
+        "GITHUB_CLIENT_SECRET",
+        Unset("required with GITHUB_CLIENT_ID"),
+        "client secret of that GitHub OAuth app",
+    ),
+    Var::new(
+        "GITHUB_WEB_URL",
+        Value("https://github.com"),
+        "GitHub's web base URL (GitHub Enterprise Server, or a stand-in in tests)",
+    ),
+    Var::new(
+        "GITHUB_API_URL",
+        Value("https://api.github.com"),
+        "GitHub's API base URL (GitHub Enterprise Server: https://HOST/api/v3)",
+    ),
 ];
 
 /// The declaration of `name`; every variable the server reads is one of [`VARS`].
@@ -561,6 +634,11 @@ fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
 struct Env<F: Fn(&str) -> Option<String>>(F);
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// A set, non-blank value of a variable whose name is built (per identity provider).
+    fn dynamic(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
     /// A set, non-blank value.
     fn get(&self, var: &'static str) -> Option<String> {
         (self.0)(var).filter(|v| !v.trim().is_empty())
@@ -797,6 +875,12 @@ impl Config {
         let (webhook_urls, webhook_secret) =
             webhook_settings(env.get("WEBHOOK_URLS"), env.get("WEBHOOK_SECRET"))?;
 
+        let oauth = oauth::read(
+            &|name| env.dynamic(name),
+            |var| env.boolean_or(var, false),
+            env.number("OAUTH_DISCOVERY_REFRESH_SECONDS", 1, 86_400)?,
+        )?;
+
         let is_sqlite = database_url
             .as_deref()
             .is_none_or(|u| u.starts_with("sqlite:"));
@@ -910,6 +994,7 @@ impl Config {
             webhook_urls,
             webhook_secret,
             webhook_give_up: secs(env.number("WEBHOOK_GIVE_UP_SECONDS", 1, 30 * 86_400)?),
+            oauth,
         })
     }
 
@@ -1051,9 +1136,59 @@ impl Config {
             "WEBHOOK_URLS" => list(self.webhook_urls.iter().cloned()),
             "WEBHOOK_SECRET" => secret(&self.webhook_secret),
             "WEBHOOK_GIVE_UP_SECONDS" => secs(self.webhook_give_up),
+            "PUBLIC_URL" => opt(self.oauth.public_url.clone()),
+            "OAUTH_RETURN_URLS" => list(self.oauth.return_urls.iter().cloned()),
+            "OAUTH_LINK_VERIFIED_EMAILS" => Text(self.oauth.link_verified_emails.to_string()),
+            "OAUTH_DISCOVERY_REFRESH_SECONDS" => secs(self.oauth.discovery_refresh),
+            "OIDC_PROVIDERS" => list(self.oidc().map(|p| p.name.clone())),
+            "OIDC_<NAME>_ISSUER" => list(self.oidc().map(|p| match &p.kind {
+                oauth::ProviderKind::Oidc { issuer } => format!("{}: {issuer}", p.name),
+                oauth::ProviderKind::Github { .. } => String::new(),
+            })),
+            "OIDC_<NAME>_CLIENT_ID" => {
+                list(self.oidc().map(|p| format!("{}: {}", p.name, p.client_id)))
+            }
+            "OIDC_<NAME>_CLIENT_SECRET" if self.oidc().next().is_some() => Hidden,
+            "OIDC_<NAME>_CLIENT_SECRET" => Off,
+            "OIDC_<NAME>_SCOPES" => list(
+                self.oidc()
+                    .map(|p| format!("{}: {}", p.name, p.scopes.join(" "))),
+            ),
+            "OIDC_<NAME>_DISPLAY_NAME" => list(
+                self.oidc()
+                    .map(|p| format!("{}: {}", p.name, p.display_name)),
+            ),
+            "GITHUB_CLIENT_ID" => opt(self.github().map(|p| p.client_id.clone())),
+            "GITHUB_CLIENT_SECRET" if self.github().is_some() => Hidden,
+            "GITHUB_CLIENT_SECRET" => Off,
+            "GITHUB_WEB_URL" | "GITHUB_API_URL" => opt(self.github().and_then(|p| match &p.kind {
+                oauth::ProviderKind::Github {
+                    authorize_url,
+                    api_url,
+                    ..
+                } => Some(if name == "GITHUB_API_URL" {
+                    api_url.clone()
+                } else {
+                    authorize_url
+                        .trim_end_matches("/login/oauth/authorize")
+                        .to_string()
+                }),
+                oauth::ProviderKind::Oidc { .. } => None,
+            })),
             // A declared variable without an arm here: the unit tests catch it.
             _ => Effective::Unknown,
         }
+    }
+
+    fn oidc(&self) -> impl Iterator<Item = &oauth::ProviderConfig> {
+        self.oauth
+            .providers
+            .iter()
+            .filter(|p| matches!(p.kind, oauth::ProviderKind::Oidc { .. }))
+    }
+
+    fn github(&self) -> Option<&oauth::ProviderConfig> {
+        self.oauth.provider(oauth::GITHUB)
     }
 
     /// The URL sea-orm connects to.
@@ -1748,9 +1883,22 @@ mod tests {
     #[test]
     fn parsing_reads_exactly_the_declared_variables() {
         let read = std::cell::RefCell::new(Vec::new());
+        // One OpenID Provider, so that its OIDC_<NAME>_* variables are read (as OIDC_CORP_*).
+        let provider = [
+            ("OIDC_PROVIDERS", "corp"),
+            ("OIDC_CORP_ISSUER", "https://idp.example.com"),
+            ("OIDC_CORP_CLIENT_ID", "sessiond"),
+            ("OIDC_CORP_CLIENT_SECRET", "x"),
+            ("PUBLIC_URL", "https://auth.example.com"),
+            ("OAUTH_RETURN_URLS", "https://app.example.com/cb"),
+        ];
         Config::from_lookup(|k| {
-            read.borrow_mut().push(k.to_string());
-            None
+            read.borrow_mut()
+                .push(k.replace("OIDC_CORP_", "OIDC_<NAME>_"));
+            provider
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
         })
         .unwrap();
         let mut read = read.into_inner();
@@ -1800,8 +1948,18 @@ mod tests {
                 "2MiqxEk/sR7gt+yd5hmggkmkd4JSUvPg27ufXK2flJc=",
             ),
             ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("OIDC_CORP_CLIENT_SECRET", "oidc-client-secret-4711"),
+            ("GITHUB_CLIENT_SECRET", "github-client-secret-0815"),
         ];
         let mut vars = secrets.to_vec();
+        vars.extend([
+            ("OIDC_PROVIDERS", "corp"),
+            ("OIDC_CORP_ISSUER", "https://idp.example.com"),
+            ("OIDC_CORP_CLIENT_ID", "sessiond"),
+            ("GITHUB_CLIENT_ID", "gh-client"),
+            ("PUBLIC_URL", "https://auth.example.com"),
+            ("OAUTH_RETURN_URLS", "https://app.example.com/cb"),
+        ]);
         vars.push(("WEBHOOK_URLS", "https://hooks.example.com/sessiond"));
         vars.push(("DB_URL", "postgres://app:db-pass-123@db:5432/x"));
         vars.push(("TRUSTED_PROXIES", "10.0.0.0/8"));
@@ -1903,6 +2061,74 @@ mod tests {
             assert_eq!(e.var, "WEBHOOK_SECRET", "{secret}");
             assert!(!e.message.contains(secret), "the value is not echoed");
         }
+    }
+
+    #[test]
+    fn identity_provider_settings_are_validated_naming_the_variable() {
+        let good = [
+            ("OIDC_PROVIDERS", "Corp, google-2"),
+            ("OIDC_CORP_ISSUER", "https://idp.example.com/"),
+            ("OIDC_CORP_CLIENT_ID", "sessiond"),
+            ("OIDC_CORP_CLIENT_SECRET", "s"),
+            ("OIDC_GOOGLE_2_ISSUER", "https://accounts.google.com"),
+            ("OIDC_GOOGLE_2_CLIENT_ID", "id"),
+            ("OIDC_GOOGLE_2_CLIENT_SECRET", "s"),
+            ("OIDC_GOOGLE_2_SCOPES", "openid email"),
+            ("PUBLIC_URL", "https://auth.example.com/"),
+            (
+                "OAUTH_RETURN_URLS",
+                "https://app.example.com/cb, com.example.app:/oauth",
+            ),
+        ];
+        let c = config(&good).unwrap();
+        let names: Vec<&str> = c.oauth.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["corp", "google-2"]);
+        assert_eq!(c.oauth.providers[0].scopes, ["openid", "email", "profile"]);
+        assert_eq!(c.oauth.providers[0].display_name, "corp");
+        assert_eq!(
+            c.oauth.callback_url("corp"),
+            "https://auth.example.com/oauth/corp/callback"
+        );
+        assert!(!c.oauth.link_verified_emails);
+        let refused = |change: &[(&'static str, &'static str)], skip: &str| {
+            let mut vars: Vec<(&str, &str)> =
+                good.iter().copied().filter(|(k, _)| *k != skip).collect();
+            vars.extend_from_slice(change);
+            config(&vars).unwrap_err()
+        };
+        let e = refused(&[], "OIDC_CORP_CLIENT_SECRET");
+        assert_eq!(e.var, "OIDC_<NAME>_CLIENT_SECRET");
+        assert!(e.message.contains("OIDC_CORP_CLIENT_SECRET"), "{e}");
+        assert_eq!(refused(&[], "OIDC_CORP_ISSUER").var, "OIDC_<NAME>_ISSUER");
+        assert_eq!(refused(&[], "PUBLIC_URL").var, "PUBLIC_URL");
+        assert_eq!(refused(&[], "OAUTH_RETURN_URLS").var, "OAUTH_RETURN_URLS");
+        for (var, value) in [
+            ("OIDC_CORP_ISSUER", "http://idp.example.com"),
+            ("OIDC_GOOGLE_2_SCOPES", "email profile"),
+            ("PUBLIC_URL", "https://u:p@auth.example.com"),
+            ("OAUTH_RETURN_URLS", "https://app.example.com/cb?x=1"),
+            ("OAUTH_RETURN_URLS", "/relative"),
+            ("OIDC_PROVIDERS", "github"),
+            ("OIDC_PROVIDERS", "a b"),
+        ] {
+            let e = refused(&[(var, value)], var);
+            assert!(
+                e.var == var || e.var.starts_with("OIDC_<NAME>_"),
+                "{var}={value}: {e}"
+            );
+        }
+        assert_eq!(
+            refused(&[("GITHUB_CLIENT_ID", "x")], "").var,
+            "GITHUB_CLIENT_SECRET"
+        );
+        let github = config(&[
+            ("GITHUB_CLIENT_ID", "gh"),
+            ("GITHUB_CLIENT_SECRET", "s"),
+            ("PUBLIC_URL", "https://auth.example.com"),
+            ("OAUTH_RETURN_URLS", "https://app.example.com/cb"),
+        ])
+        .unwrap();
+        assert_eq!(github.oauth.providers[0].name, "github");
     }
 
     #[test]

@@ -12,6 +12,10 @@ pub enum AuditKind {
     ClientCreate,
     /// A service client deleted.
     ClientDelete,
+    /// An identity at a provider linked to an account (POST /profile/identities/.../start).
+    IdentityLink,
+    /// An identity unlinked (DELETE /profile/identities/{provider}).
+    IdentityUnlink,
     Login,
     Logout,
     LogoutAll,
@@ -33,11 +37,13 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 18] = [
+    pub const ALL: [AuditKind; 20] = [
         Self::AccessDenied,
         Self::AccountLocked,
         Self::ClientCreate,
         Self::ClientDelete,
+        Self::IdentityLink,
+        Self::IdentityUnlink,
         Self::Login,
         Self::Logout,
         Self::LogoutAll,
@@ -61,6 +67,8 @@ impl AuditKind {
             Self::AccountLocked => "account_locked",
             Self::ClientCreate => "client_create",
             Self::ClientDelete => "client_delete",
+            Self::IdentityLink => "identity_link",
+            Self::IdentityUnlink => "identity_unlink",
             Self::Login => "login",
             Self::Logout => "logout",
             Self::LogoutAll => "logout_all",
@@ -100,6 +108,8 @@ mod tests {
                 "account_locked",
                 "client_create",
                 "client_delete",
+                "identity_link",
+                "identity_unlink",
                 "login",
                 "logout",
                 "logout_all",

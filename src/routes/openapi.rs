@@ -29,6 +29,13 @@ use crate::routes;
         routes::auth::refresh,
         routes::auth::logout,
         routes::auth::logout_all,
+        routes::oauth::providers,
+        routes::oauth::start,
+        routes::oauth::callback,
+        routes::oauth::token,
+        routes::oauth::list_identities,
+        routes::oauth::link_start,
+        routes::oauth::unlink,
         routes::session::current_session,
         routes::session::list_sessions,
         routes::session::delete_session,
@@ -58,6 +65,7 @@ use crate::routes;
     tags(
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Logins, tokens and sessions"),
+        (name = "identity providers", description = "Sign-in with OpenID Connect providers and GitHub, and the identities linked to an account"),
         (name = "admin", description = "Accounts, roles, sessions, service clients and the audit trail, for callers holding the permission each operation names; without it: 403 `forbidden`"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )

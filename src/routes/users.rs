@@ -84,7 +84,10 @@ pub async fn profile(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordBody {
-    current_password: String,
+    /// Required, except for an account without a password within five minutes of a sign-in
+    /// through an identity provider (from the session it opened).
+    #[serde(default)]
+    current_password: Option<String>,
     #[schema(min_length = 8, max_length = 128)]
     new_password: String,
 }
@@ -95,7 +98,7 @@ pub struct PasswordBody {
 #[utoipa::path(put, path = "/profile/password", tag = "users", security(("bearer" = [])), request_body = PasswordBody,
     responses(
         (status = 204, description = "Password changed; every other session of the user is revoked"),
-        (status = 403, description = "The current password is wrong; nothing changed (`forbidden`)", body = crate::error::ErrorBody),
+        (status = 403, description = "The current password is wrong, or is missing for an account without a password past five minutes after its provider sign-in; nothing changed (`forbidden`)", body = crate::error::ErrorBody),
         (status = 400, description = "The new password does not meet the registration policy (`invalid_request`)", body = crate::error::ErrorBody),
         (status = 404, description = "The account no longer exists (`not_found`)", body = crate::error::ErrorBody),
         (status = 429, description = "Too many attempts for this session or account, or the account is locked after repeated wrong passwords (`rate_limited`)", body = crate::error::ErrorBody,

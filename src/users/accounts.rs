@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use entities::{user, user_role};
+use entities::{identity, user, user_role};
 use sea_orm::{
     sea_query::LikeExpr, ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
@@ -444,6 +444,12 @@ impl Handler<DeleteUser> for UserStore {
                 ensure_another_admin(&txn, &target, "deleting this account").await?;
                 user_role::Entity::delete_many()
                     .filter(user_role::Column::UserId.eq(target.id))
+                    .exec(&txn)
+                    .await?;
+                // Explicitly, as the roles: the identities' foreign key is not enforced on
+                // every SQLite connection, and a deleted account's identity may sign up again.
+                identity::Entity::delete_many()
+                    .filter(identity::Column::UserId.eq(target.id))
                     .exec(&txn)
                     .await?;
                 user::Entity::delete_by_id(target.id).exec(&txn).await?;

@@ -197,14 +197,16 @@ impl PasswordHasher {
         .await?
     }
 
-    /// `stored` is `None` for an unknown account: the dummy hash is verified instead and the
-    /// answer is always `false`, at the same cost.
+    /// `stored` is `None` for an unknown account, and empty for an account without a password
+    /// (made by a provider sign-in): the dummy hash is verified instead and the answer is always
+    /// `false`, at the same cost, so neither case shows in the timing.
     pub async fn verify(
         &self,
         password: String,
         stored: Option<String>,
         priority: Priority,
     ) -> Result<bool, PasswordError> {
+        let stored = stored.filter(|s| !s.is_empty());
         let known = stored.is_some();
         let phc: Arc<str> = stored.map_or_else(|| self.dummy_hash.clone(), Arc::from);
         let ok = self
@@ -249,6 +251,19 @@ mod tests {
 
     async fn hasher() -> PasswordHasher {
         hasher_with(8).await
+    }
+
+    /// An account without a password (empty stored hash) never matches, and is checked against
+    /// the dummy hash like an unknown account: same answer, same work.
+    #[actix_web::test]
+    async fn an_empty_stored_hash_never_matches() {
+        let hasher = hasher_with(8).await;
+        for password in ["", "anything at all"] {
+            assert!(!hasher
+                .verify(password.into(), Some(String::new()), Priority::Login)
+                .await
+                .unwrap());
+        }
     }
 
     #[actix_web::test]

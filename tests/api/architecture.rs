@@ -138,7 +138,14 @@ fn the_bottom_layers_import_nothing_above_them() {
     // The stores know nothing of HTTP or of the flows that use them.
     let above = ["app", "routes", "auth", "state", "startup", "cli"];
     for store in [
-        "session", "users", "audit", "throttle", "redis", "actor", "config",
+        "session",
+        "users",
+        "audit",
+        "throttle",
+        "redis",
+        "actor",
+        "config",
+        "federation",
     ] {
         let named = &graph[store];
         for layer in above {

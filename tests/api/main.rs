@@ -16,6 +16,7 @@ mod introspection;
 mod keys;
 mod lockout;
 mod monitoring;
+mod oidc;
 mod persistence;
 mod process;
 mod redis_down;

@@ -1,0 +1,599 @@
+//! Sign-in with an identity provider, for REST clients (single-page and mobile apps):
+//!
+//! 1. `start`: the client gives its return URL (on OAUTH_RETURN_URLS) and its own PKCE S256
+//!    challenge; sessiond keeps a single-use state (10 minutes) with its own nonce and PKCE
+//!    verifier for the provider, and sends the browser there.
+//! 2. `callback`: the state is taken (once), the provider's code exchanged and its answer
+//!    validated (`federation`), the account found, made or refused; the browser goes back to
+//!    the client with a one-time sessiond code (60 seconds, bound to the client's challenge) or
+//!    an error code.
+//! 3. `redeem`: the client trades that code and its PKCE verifier for the very session and token
+//!    pair a password login opens (`accounts::LoginAttempt::open_session`).
+//!
+//! The same flow links an identity to a signed-in account (`link` set at the start).
+use std::time::Duration;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::{accounts::LoginAttempt, sessions::Grant, App, Caller, Client};
+use crate::{
+    actor::Ask,
+    audit::AuditEvent,
+    domain::{AuditKind, Email, ADMIN_ROLE, USER_ROLE},
+    error::ApiError,
+    federation::{
+        pending::{Kind, Pending, PendingUnavailable},
+        Asserted, Challenge, FederationError, Providers,
+    },
+    throttle::Scope,
+    users::{
+        CreateFederatedUser, FindAccess, FindByEmail, FindIdentity, LinkIdentity, ListIdentities,
+        UnlinkIdentity, UserStoreError,
+    },
+};
+
+/// How long a started flow may take to come back to the callback.
+pub const STATE_TTL: Duration = Duration::from_secs(600);
+/// How long the one-time code given to the client lives.
+pub const CODE_TTL: Duration = Duration::from_secs(60);
+/// How long after a provider sign-in a passwordless account may set a password without a
+/// current one.
+pub const FRESH_SIGN_IN: Duration = Duration::from_secs(300);
+
+/// What the flows of identity providers run on: the providers and the one-time records.
+#[derive(Clone)]
+pub struct Federation {
+    pub providers: Providers,
+    pub pending: Pending,
+}
+
+/// A started flow, kept under its state.
+#[derive(Serialize, Deserialize)]
+struct Flow {
+    provider: String,
+    return_to: String,
+    /// The client's PKCE S256 challenge, which the one-time code is bound to.
+    code_challenge: String,
+    nonce: String,
+    /// sessiond's own PKCE verifier toward the provider.
+    pkce_verifier: String,
+    /// Linking an identity to this signed-in account, rather than signing in.
+    link: Option<Uuid>,
+}
+
+/// A one-time code, kept under the code.
+#[derive(Serialize, Deserialize)]
+struct CodeGrant {
+    user_id: Uuid,
+    provider: String,
+    code_challenge: String,
+}
+
+/// The ways a sign-in ends without a code, as the client reads them in `?error=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    AccessDenied,
+    AccountExists,
+    EmailNotVerified,
+    ProviderError,
+}
+
+impl Refusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::AccessDenied => "access_denied",
+            Refusal::AccountExists => "account_exists",
+            Refusal::EmailNotVerified => "email_not_verified",
+            Refusal::ProviderError => "provider_error",
+        }
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A PKCE S256 challenge: base64url of a SHA-256, 43 characters (RFC 7636).
+fn check_challenge(challenge: &str) -> Result<(), ApiError> {
+    let ok = challenge.len() == 43
+        && URL_SAFE_NO_PAD
+            .decode(challenge)
+            .is_ok_and(|b| b.len() == 32);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "code_challenge must be a PKCE S256 challenge (43 base64url characters)",
+        ))
+    }
+}
+
+fn federation(app: &App) -> Result<&Federation, ApiError> {
+    app.federation
+        .as_ref()
+        .ok_or(ApiError::NotFound("identity provider"))
+}
+
+/// `return_to` with one query parameter added.
+fn with_param(return_to: &str, name: &str, value: &str) -> String {
+    let value: String = url_encode(value);
+    let sep = if return_to.contains('?') { '&' } else { '?' };
+    format!("{return_to}{sep}{name}={value}")
+}
+
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The configured providers: name and display name.
+pub fn providers(app: &App) -> Vec<(String, String)> {
+    app.federation
+        .as_ref()
+        .map(|f| {
+            f.providers
+                .config()
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.display_name.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts a sign-in (or, with `link`, the linking of an identity to that account): the URL of
+/// the provider's authorization page.
+pub async fn start(
+    app: &App,
+    client: &Client,
+    provider: &str,
+    return_to: &str,
+    code_challenge: &str,
+    link: Option<Uuid>,
+) -> Result<String, ApiError> {
+    app.limit_client(Scope::OAuthIp, client).await?;
+    let fed = federation(app)?;
+    fed.providers.provider(provider)?;
+    if !fed
+        .providers
+        .config()
+        .return_urls
+        .iter()
+        .any(|u| u == return_to)
+    {
+        return Err(ApiError::invalid("return_to is not an allowed return URL"));
+    }
+    check_challenge(code_challenge)?;
+    let state = random_token();
+    let (challenge, pkce_verifier) = Challenge::new(state.clone());
+    let flow = Flow {
+        provider: provider.to_string(),
+        return_to: return_to.to_string(),
+        code_challenge: code_challenge.to_string(),
+        nonce: challenge.nonce.clone(),
+        pkce_verifier,
+        link,
+    };
+    let url = fed
+        .providers
+        .authorize_url(provider, challenge)
+        .await
+        .inspect_err(|e| tracing::warn!(provider, cause = %e, "identity provider unavailable"))?;
+    let record = serde_json::to_string(&flow).map_err(|e| ApiError::Internal(e.to_string()))?;
+    fed.pending
+        .put(Kind::State, &state, &record, STATE_TTL)
+        .await?;
+    Ok(url)
+}
+
+/// What the provider sends the browser back with.
+#[derive(Debug, Default, Deserialize)]
+pub struct CallbackParams {
+    pub state: Option<String>,
+    pub code: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The callback: where to send the browser. An unknown, used, expired or foreign state is
+/// `400` (there is no return URL to trust).
+pub async fn callback(
+    app: &App,
+    client: &Client,
+    provider: &str,
+    params: CallbackParams,
+) -> Result<String, ApiError> {
+    app.limit_client(Scope::OAuthIp, client).await?;
+    let fed = federation(app)?;
+    fed.providers.provider(provider)?;
+    let unknown = || ApiError::invalid("unknown, used or expired state");
+    let state = params.state.as_deref().ok_or_else(unknown)?;
+    let record = fed
+        .pending
+        .take(Kind::State, state)
+        .await?
+        .ok_or_else(unknown)?;
+    let flow: Flow = serde_json::from_str(&record).map_err(|_| unknown())?;
+    if flow.provider != provider {
+        // Started for another provider: taken, so it cannot be tried there either.
+        return Err(unknown());
+    }
+    let outcome = finish(app, fed, client, &flow, params).await;
+    let metric = |outcome: &str| {
+        app.metrics
+            .oauth_signins
+            .with_label_values(&[provider, outcome])
+            .inc();
+    };
+    match outcome {
+        Ok(Finished::Code(code)) => {
+            metric("code");
+            Ok(with_param(&flow.return_to, "code", &code))
+        }
+        Ok(Finished::Linked) => {
+            metric("linked");
+            Ok(with_param(&flow.return_to, "linked", provider))
+        }
+        Err(Failure::Refused(refusal)) => {
+            metric(refusal.code());
+            Ok(with_param(&flow.return_to, "error", refusal.code()))
+        }
+        Err(Failure::Error(e)) => {
+            metric("error");
+            Err(e)
+        }
+    }
+}
+
+enum Finished {
+    Code(String),
+    Linked,
+}
+
+enum Failure {
+    Refused(Refusal),
+    /// A failure of sessiond's own stores: the status it maps to (503), not a redirect.
+    Error(ApiError),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl From<UserStoreError> for Failure {
+    fn from(e: UserStoreError) -> Self {
+        Failure::Error(e.into())
+    }
+}
+
+impl From<PendingUnavailable> for Failure {
+    fn from(e: PendingUnavailable) -> Self {
+        Failure::Error(e.into())
+    }
+}
+
+impl From<FederationError> for Failure {
+    fn from(e: FederationError) -> Self {
+        Failure::Error(e.into())
+    }
+}
+
+async fn finish(
+    app: &App,
+    fed: &Federation,
+    client: &Client,
+    flow: &Flow,
+    params: CallbackParams,
+) -> Result<Finished, Failure> {
+    let provider = flow.provider.as_str();
+    if let Some(error) = params.error {
+        tracing::info!(provider, error = %error.chars().take(64).collect::<String>(), "identity provider refused the sign-in");
+        return Err(Failure::Refused(if error == "access_denied" {
+            Refusal::AccessDenied
+        } else {
+            Refusal::ProviderError
+        }));
+    }
+    let code = params
+        .code
+        .ok_or(Failure::Refused(Refusal::ProviderError))?;
+    let asserted = match fed
+        .providers
+        .exchange(
+            provider,
+            code,
+            flow.pkce_verifier.clone(),
+            flow.nonce.clone(),
+        )
+        .await
+    {
+        Ok(a) => a,
+        Err(e @ (FederationError::Provider(_) | FederationError::Unavailable(_))) => {
+            tracing::warn!(provider, cause = %e, "identity provider sign-in failed");
+            app.audit.record(
+                AuditEvent::failure(AuditKind::Login)
+                    .ip(client.ip.clone())
+                    .detail(
+                        serde_json::json!({ "provider": provider, "reason": "provider_error" }),
+                    ),
+            );
+            return Err(Failure::Refused(Refusal::ProviderError));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(user_id) = flow.link {
+        return link(app, client, user_id, provider, asserted).await;
+    }
+    let user_id = account_for(app, fed, client, provider, asserted).await?;
+    // A disabled account signs in through no provider either.
+    match app.users.ask(FindAccess(user_id)).await? {
+        Some(a) if !a.disabled => {}
+        _ => {
+            app.audit.record(
+                AuditEvent::failure(AuditKind::Login)
+                    .subject(user_id)
+                    .ip(client.ip.clone())
+                    .detail(serde_json::json!({ "provider": provider, "reason": "disabled" })),
+            );
+            return Err(Failure::Refused(Refusal::AccessDenied));
+        }
+    }
+    let code = random_token();
+    let grant = CodeGrant {
+        user_id,
+        provider: provider.to_string(),
+        code_challenge: flow.code_challenge.clone(),
+    };
+    let record = serde_json::to_string(&grant).map_err(|e| ApiError::Internal(e.to_string()))?;
+    fed.pending
+        .put(Kind::Code, &code, &record, CODE_TTL)
+        .await?;
+    Ok(Finished::Code(code))
+}
+
+/// The account of the asserted identity: the one it is linked to; else, for a verified email,
+/// a new passwordless account, or the account holding the email when OAUTH_LINK_VERIFIED_EMAILS
+/// allows (never otherwise: whoever controls an identity at a provider must not take over an
+/// account made with a password).
+async fn account_for(
+    app: &App,
+    fed: &Federation,
+    client: &Client,
+    provider: &str,
+    asserted: Asserted,
+) -> Result<Uuid, Failure> {
+    if let Some(identity) = app
+        .users
+        .ask(FindIdentity {
+            provider: provider.to_string(),
+            subject: asserted.subject.clone(),
+        })
+        .await?
+    {
+        return Ok(identity.user_id);
+    }
+    let email = match (&asserted.email, asserted.email_verified) {
+        (Some(email), true) => Email::parse(email).ok(),
+        _ => None,
+    };
+    let Some(email) = email else {
+        return Err(Failure::Refused(Refusal::EmailNotVerified));
+    };
+    if let Some(existing) = app
+        .users
+        .ask(FindByEmail(email.as_str().to_string()))
+        .await?
+    {
+        if !fed.providers.config().link_verified_emails {
+            app.audit.record(
+                AuditEvent::denied(AuditKind::Login)
+                    .subject(existing.id)
+                    .ip(client.ip.clone())
+                    .detail(
+                        serde_json::json!({ "provider": provider, "reason": "account_exists" }),
+                    ),
+            );
+            return Err(Failure::Refused(Refusal::AccountExists));
+        }
+        match link(app, client, existing.id, provider, asserted).await {
+            Ok(_) => return Ok(existing.id),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut roles = vec![USER_ROLE.to_string()];
+    // Only a verified email reaches here, so ADMIN_EMAILS cannot be claimed by an assertion.
+    if app
+        .settings
+        .admin_emails
+        .iter()
+        .any(|e| e == email.as_str())
+    {
+        roles.push(ADMIN_ROLE.to_string());
+    }
+    let created = app
+        .users
+        .ask(CreateFederatedUser {
+            email: email.into_inner(),
+            name: asserted
+                .name
+                .map(|n| n.chars().filter(|c| !c.is_control()).take(200).collect()),
+            roles,
+            provider: provider.to_string(),
+            subject: asserted.subject,
+        })
+        .await;
+    let user = match created {
+        Ok(u) => u,
+        // Made by a concurrent sign-in or registration meanwhile.
+        Err(UserStoreError::EmailTaken) => return Err(Failure::Refused(Refusal::AccountExists)),
+        Err(e) => return Err(e.into()),
+    };
+    app.metrics.registrations.inc();
+    app.audit.record(
+        AuditEvent::success(AuditKind::Register)
+            .by(user.id)
+            .ip(client.ip.clone())
+            .detail(serde_json::json!({ "roles": user.roles, "provider": provider })),
+    );
+    tracing::info!(user_id = %user.id, provider, "registered through an identity provider");
+    Ok(user.id)
+}
+
+async fn link(
+    app: &App,
+    client: &Client,
+    user_id: Uuid,
+    provider: &str,
+    asserted: Asserted,
+) -> Result<Finished, Failure> {
+    let linked = app
+        .users
+        .ask(LinkIdentity {
+            user_id,
+            provider: provider.to_string(),
+            subject: asserted.subject,
+            email: asserted.email,
+        })
+        .await;
+    match linked {
+        Ok(_) => {
+            app.audit.record(
+                AuditEvent::success(AuditKind::IdentityLink)
+                    .by(user_id)
+                    .ip(client.ip.clone())
+                    .detail(serde_json::json!({ "provider": provider })),
+            );
+            Ok(Finished::Linked)
+        }
+        Err(UserStoreError::Conflict(_)) => Err(Failure::Refused(Refusal::AccountExists)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// POST /oauth/token: the one-time code and the client's PKCE verifier for a new session. The
+/// code is taken first, so it is spent even when the verifier is wrong.
+pub async fn redeem(
+    app: &App,
+    client: &Client,
+    code: &str,
+    code_verifier: &str,
+) -> Result<(Grant, String), ApiError> {
+    app.limit_client(Scope::OAuthIp, client).await?;
+    let invalid =
+        || ApiError::InvalidGrant("unknown, used or expired code, or wrong verifier".into());
+    if code.is_empty() || code.len() > 128 || code_verifier.len() > 128 {
+        return Err(invalid());
+    }
+    // Without providers no code was ever given out.
+    let fed = app.federation.as_ref().ok_or_else(invalid)?;
+    let record = fed
+        .pending
+        .take(Kind::Code, code)
+        .await?
+        .ok_or_else(invalid)?;
+    let grant: CodeGrant = serde_json::from_str(&record).map_err(|_| invalid())?;
+    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(code_verifier.as_bytes()));
+    if !bool::from(computed.as_bytes().ct_eq(grant.code_challenge.as_bytes())) {
+        app.metrics
+            .oauth_signins
+            .with_label_values(&[grant.provider.as_str(), "invalid_grant"])
+            .inc();
+        return Err(invalid());
+    }
+    let access = match app.users.ask(FindAccess(grant.user_id)).await? {
+        Some(a) if !a.disabled => a.access,
+        _ => return Err(invalid()),
+    };
+    let attempt = LoginAttempt::new(app, client, "");
+    let (refresh, access) = attempt.open_session(grant.user_id, access).await?;
+    app.metrics
+        .oauth_signins
+        .with_label_values(&[grant.provider.as_str(), "success"])
+        .inc();
+    app.audit.record(
+        AuditEvent::success(AuditKind::Login)
+            .by(grant.user_id)
+            .ip(client.ip.clone())
+            .detail(serde_json::json!({
+                "session_id": refresh.session_id,
+                "provider": grant.provider,
+            })),
+    );
+    tracing::info!(user_id = %grant.user_id, session_id = %refresh.session_id, provider = %grant.provider, "signed in through an identity provider");
+    fed.pending
+        .put(
+            Kind::FreshSession,
+            &refresh.session_id.to_string(),
+            &grant.provider,
+            FRESH_SIGN_IN,
+        )
+        .await?;
+    let now = attempt.now;
+    Ok((
+        Grant {
+            refresh,
+            access: std::sync::Arc::new(access),
+            expires_at: now + app.settings.session_lifetime.as_secs() as i64,
+            issued_at: now,
+            jti: Uuid::new_v4(),
+        },
+        grant.provider,
+    ))
+}
+
+/// Whether the caller's session was opened by a provider sign-in within [`FRESH_SIGN_IN`];
+/// answers yes once.
+pub async fn take_fresh_sign_in(app: &App, caller: &Caller) -> Result<bool, ApiError> {
+    let Some(fed) = app.federation.as_ref() else {
+        return Ok(false);
+    };
+    Ok(fed
+        .pending
+        .take(Kind::FreshSession, &caller.session_id.to_string())
+        .await?
+        .is_some())
+}
+
+/// The caller's linked identities.
+pub async fn identities(
+    app: &App,
+    caller: &Caller,
+) -> Result<Vec<entities::identity::Model>, ApiError> {
+    Ok(app.users.ask(ListIdentities(caller.user_id)).await?)
+}
+
+/// Unlinks the caller's identity at a provider (409 when it is the last way to sign in).
+pub async fn unlink(app: &App, caller: &Caller, provider: &str) -> Result<(), ApiError> {
+    app.users
+        .ask(UnlinkIdentity {
+            user_id: caller.user_id,
+            provider: provider.to_string(),
+        })
+        .await
+        .map_err(|e| match e {
+            UserStoreError::NotFound => ApiError::NotFound("identity"),
+            e => e.into(),
+        })?;
+    app.audit.record(
+        AuditEvent::success(AuditKind::IdentityUnlink)
+            .by(caller.user_id)
+            .ip(caller.ip.clone())
+            .detail(serde_json::json!({ "provider": provider })),
+    );
+    Ok(())
+}

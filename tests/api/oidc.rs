@@ -1,0 +1,1187 @@
+//! Sign-in with an identity provider, against a real OpenID Provider: the certified
+//! `oidc-provider` package (tests/oidc/, installed by `npm ci` there), started on 127.0.0.1 per
+//! test and stopped at its end. The tests drive a browser's whole redirect flow over HTTP
+//! (cookies kept, the provider's development login and consent forms submitted).
+//!
+//! sessiond's PUBLIC_URL must be known before it starts (the provider's client registration
+//! names the callback), while servers under test bind port 0: a small TCP forwarder stands in
+//! for the load balancer in front of the pods, bound first, pointed at a pod once it runs.
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use reqwest::{redirect::Policy, StatusCode, Url};
+use sea_orm::{ConnectionTrait, Database, Statement};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command},
+};
+
+use crate::{both_backends, helpers::*, services_only};
+
+both_backends!(
+    first_sign_in_creates_a_passwordless_account_and_the_second_reuses_it,
+    an_email_held_by_an_account_is_refused_unless_verified_emails_may_link,
+    an_unverified_email_is_refused_and_creates_nothing,
+    states_are_single_use_and_bound_to_their_provider,
+    an_id_token_with_another_nonce_or_for_another_audience_is_refused,
+    a_signing_key_rotated_between_two_sign_ins_is_fetched,
+    the_one_time_code_is_single_use_and_bound_to_the_verifier,
+    a_provider_that_is_down_gives_503_and_creates_nothing,
+    identities_are_linked_listed_and_unlinked,
+    return_urls_and_challenges_are_checked,
+    a_disabled_account_cannot_sign_in_through_a_provider,
+    a_passwordless_account_sets_a_password_right_after_signing_in,
+    github_sign_ins_use_the_primary_verified_email_only,
+    sign_in_steps_are_limited_per_client_address,
+    an_email_given_by_userinfo_only_is_used,
+);
+
+services_only!(
+    a_provider_made_session_is_revoked_on_the_other_pod,
+    an_expired_state_is_refused,
+);
+
+const RETURN_TO: &str = "http://localhost:3000/signed-in";
+const CLIENT_SECRET: &str = "k8Jq2vR5tX9wZ1mB4nC7eF0gH3iL6oP9sU2yA5dD8fG";
+const OTHER_SECRET: &str = "Qw3Er5Ty7Ui9Op1As3Df5Gh7Jk9Lz2Xc4Vb6Nm8Pq0R";
+
+/// The OpenID Provider process, killed when dropped.
+struct Provider {
+    _child: Child,
+    issuer: String,
+    control: reqwest::Client,
+}
+
+impl Provider {
+    /// Clients: `sessiond` (provider `corp`) and `other` (provider `corp2`), both calling back
+    /// to `public`. `userinfo_only`: email claims in the UserInfo response, not the ID token.
+    async fn start(public: &str, userinfo_only: bool) -> Self {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
+        assert!(
+            std::path::Path::new(dir)
+                .join("node_modules/oidc-provider")
+                .exists(),
+            "the test OpenID Provider is not installed: run `npm ci` in tests/oidc (.ci/run does)"
+        );
+        let config = json!({"clients": [
+            {"client_id": "sessiond", "client_secret": CLIENT_SECRET,
+             "redirect_uris": [format!("{public}/oauth/corp/callback")]},
+            {"client_id": "other", "client_secret": OTHER_SECRET,
+             "redirect_uris": [format!("{public}/oauth/corp2/callback")]},
+        ], "userinfo_only": userinfo_only});
+        let mut child = Command::new("node")
+            .arg("provider.mjs")
+            .arg(config.to_string())
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts (Node.js 20+ is needed)");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let issuer = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("provider output") {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    return v["issuer"].as_str().expect("issuer").to_string();
+                }
+            }
+            panic!("the provider ended before it served");
+        })
+        .await
+        .expect("the provider starts within 30 s");
+        // Kept read: a closed pipe would end the provider at its next line of output.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut errors = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = errors.next_line().await {
+                if !line.contains("WARNING") {
+                    eprintln!("oidc-provider: {line}");
+                }
+            }
+        });
+        Provider {
+            _child: child,
+            issuer,
+            control: reqwest::Client::new(),
+        }
+    }
+
+    async fn set_account(&self, sub: &str, email: &str, verified: bool) {
+        let res = self
+            .control
+            .put(format!("{}/test/accounts/{sub}", self.issuer))
+            .json(&json!({"email": email, "email_verified": verified}))
+            .send()
+            .await
+            .expect("control call");
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+
+    async fn control(&self, path: &str, body: Value) {
+        let res = self
+            .control
+            .post(format!("{}{path}", self.issuer))
+            .json(&body)
+            .send()
+            .await
+            .expect("control call");
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+
+    async fn last_id_token(&self, client: &str) -> String {
+        let v: Value = self
+            .control
+            .get(format!("{}/test/last-id-token/{client}", self.issuer))
+            .send()
+            .await
+            .expect("control call")
+            .json()
+            .await
+            .expect("json");
+        v["id_token"]
+            .as_str()
+            .expect("an ID token was issued")
+            .to_string()
+    }
+}
+
+/// The stand-in load balancer: forwards every connection to the current pod.
+struct Forwarder {
+    addr: SocketAddr,
+    upstream: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl Forwarder {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let upstream: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let target = upstream.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Some(to) = *target.lock().unwrap() else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Forwarder { addr, upstream }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn point_at(&self, app: &TestApp) {
+        let addr: SocketAddr = app
+            .address
+            .trim_start_matches("http://")
+            .parse()
+            .expect("pod address");
+        *self.upstream.lock().unwrap() = Some(addr);
+    }
+}
+
+/// A provider, a deployment configured for it, and one pod behind the forwarder.
+struct Setup {
+    provider: Provider,
+    lb: Forwarder,
+    dep: Deployment,
+    app: TestApp,
+}
+
+async fn setup_with(backend: Backend, extra: &[(&str, &str)]) -> Setup {
+    setup_for(backend, extra, false).await
+}
+
+async fn setup_for(backend: Backend, extra: &[(&str, &str)], userinfo_only: bool) -> Setup {
+    let lb = Forwarder::start().await;
+    let provider = Provider::start(&lb.url(), userinfo_only).await;
+    let mut dep = Deployment::new(backend).await;
+    dep.set("OIDC_PROVIDERS", "corp,corp2")
+        .set("OIDC_CORP_ISSUER", &provider.issuer)
+        .set("OIDC_CORP_CLIENT_ID", "sessiond")
+        .set("OIDC_CORP_CLIENT_SECRET", CLIENT_SECRET)
+        .set("OIDC_CORP_DISPLAY_NAME", "Corporate SSO")
+        .set("OIDC_CORP2_ISSUER", &provider.issuer)
+        .set("OIDC_CORP2_CLIENT_ID", "other")
+        .set("OIDC_CORP2_CLIENT_SECRET", OTHER_SECRET)
+        .set("PUBLIC_URL", lb.url())
+        .set(
+            "OAUTH_RETURN_URLS",
+            format!("{RETURN_TO},com.example.app:/cb"),
+        );
+    for (k, v) in extra {
+        dep.set(k, v);
+    }
+    let app = dep.spawn().await;
+    lb.point_at(&app);
+    Setup {
+        provider,
+        lb,
+        dep,
+        app,
+    }
+}
+
+async fn setup(backend: Backend) -> Setup {
+    setup_with(backend, &[]).await
+}
+
+/// A browser: keeps cookies, follows no redirect by itself.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("browser")
+}
+
+/// A client's PKCE pair: (verifier, S256 challenge).
+fn pkce() -> (String, String) {
+    let verifier = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+fn query(url: &str, name: &str) -> Option<String> {
+    Url::parse(url)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Follows the browser's way from `url`, signing in as `sub` on the provider's login page and
+/// consenting, until a URL that starts with `stop` (not requested).
+async fn browse(browser: &reqwest::Client, mut url: String, sub: &str, stop: &str) -> String {
+    for _ in 0..20 {
+        if url.starts_with(stop) {
+            return url;
+        }
+        let res = browser.get(&url).send().await.expect("browser request");
+        let next = |res: &reqwest::Response, base: &str| -> String {
+            let location = res
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_else(|| panic!("a redirect from {base}"));
+            Url::parse(base)
+                .and_then(|b| b.join(location))
+                .expect("location")
+                .to_string()
+        };
+        if res.status().is_redirection() {
+            url = next(&res, &url);
+            continue;
+        }
+        assert_eq!(res.status(), StatusCode::OK, "at {url}");
+        let page = res.text().await.expect("page");
+        let action = page
+            .split("action=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("a form at {url}: {page}"));
+        let action = Url::parse(&url).unwrap().join(action).unwrap().to_string();
+        let form: Vec<(&str, &str)> = if page.contains("value=\"login\"") {
+            vec![("prompt", "login"), ("login", sub), ("password", "any")]
+        } else {
+            vec![("prompt", "consent")]
+        };
+        let res = browser
+            .post(&action)
+            .form(&form)
+            .send()
+            .await
+            .expect("form post");
+        assert!(
+            res.status().is_redirection(),
+            "form at {url}: {}",
+            res.status()
+        );
+        url = next(&res, &action);
+    }
+    panic!("too many steps");
+}
+
+impl Setup {
+    fn start_url(&self, provider: &str, challenge: &str) -> String {
+        format!(
+            "{}/oauth/{provider}/start?return_to={}&code_challenge={challenge}",
+            self.app.address,
+            urlencode(RETURN_TO)
+        )
+    }
+
+    /// A whole sign-in in a new browser: the URL sessiond sent it back to, and the verifier.
+    async fn sign_in_at(&self, provider: &str, sub: &str) -> (String, String) {
+        let (verifier, challenge) = pkce();
+        let back = browse(
+            &browser(),
+            self.start_url(provider, &challenge),
+            sub,
+            RETURN_TO,
+        )
+        .await;
+        (back, verifier)
+    }
+
+    async fn sign_in(&self, sub: &str) -> (String, String) {
+        self.sign_in_at("corp", sub).await
+    }
+
+    /// Up to the provider's redirect to sessiond's callback, which is returned, not followed.
+    async fn until_callback(&self, provider: &str, sub: &str) -> (reqwest::Client, String, String) {
+        let (verifier, challenge) = pkce();
+        let b = browser();
+        let stop = format!("{}/oauth/{provider}/callback", self.lb.url());
+        let callback = browse(&b, self.start_url(provider, &challenge), sub, &stop).await;
+        (b, callback, verifier)
+    }
+
+    async fn redeem(&self, code: &str, verifier: &str) -> Reply {
+        self.app
+            .post_json(
+                "/oauth/token",
+                &json!({"code": code, "code_verifier": verifier}),
+            )
+            .await
+    }
+
+    /// A sign-in that ends with a token pair.
+    async fn tokens(&self, sub: &str) -> Reply {
+        let (back, verifier) = self.sign_in(sub).await;
+        let code = query(&back, "code").unwrap_or_else(|| panic!("a code: {back}"));
+        let reply = self.redeem(&code, &verifier).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        let db = Database::connect(self.dep.database_url())
+            .await
+            .expect("db");
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM {table}"),
+            ))
+            .await
+            .expect("count")
+            .expect("row");
+        let n: i64 = row.try_get("", "n").expect("n");
+        let _ = db.close().await;
+        n
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn first_sign_in_creates_a_passwordless_account_and_the_second_reuses_it(backend: Backend) {
+    let s = setup(backend).await;
+    let providers = s.app.get("/oauth/providers", None).await;
+    assert_eq!(
+        providers.body["items"],
+        json!([{"name": "corp", "display_name": "Corporate SSO"},
+               {"name": "corp2", "display_name": "corp2"}])
+    );
+    s.provider
+        .set_account("ada-1", "Ada@Example.com", true)
+        .await;
+    let first = s.tokens("ada-1").await;
+    let access = first.body["access_token"].as_str().unwrap();
+    let claims = claims_of(access);
+    assert_eq!(claims["amr"], json!(["fed"]));
+    assert_eq!(claims["idp"], "corp");
+    let profile = s.app.get("/profile", Some(access)).await;
+    assert_eq!(profile.body["email"], "ada@example.com");
+    assert_eq!(profile.body["roles"], json!(["user"]));
+    let user_id = profile.body["id"].clone();
+    // The session is an ordinary one: listed, refreshable.
+    let sessions = s.app.get("/sessions", Some(access)).await;
+    assert_eq!(sessions.body["items"].as_array().unwrap().len(), 1);
+    let refreshed = refresh(&s.app, first.body["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(refreshed.status, StatusCode::OK);
+
+    let second = s.tokens("ada-1").await;
+    let again = s
+        .app
+        .get("/profile", second.body["access_token"].as_str())
+        .await;
+    assert_eq!(again.body["id"], user_id);
+    assert_eq!(s.count("users").await, 1);
+    assert_eq!(s.count("identities").await, 1);
+    let identities = s
+        .app
+        .get("/profile/identities", second.body["access_token"].as_str())
+        .await;
+    assert_eq!(identities.body["items"][0]["provider"], "corp");
+    assert_eq!(identities.body["items"][0]["subject"], "ada-1");
+    assert_eq!(identities.body["items"][0]["email"], "ada@example.com");
+    // No password: a password login fails as a wrong password does.
+    for password in ["", PASSWORD] {
+        s.app
+            .login_reply("ada@example.com", password)
+            .await
+            .assert_error(401, "invalid_credentials");
+    }
+    let scraped = s.app.scrape().await;
+    assert!(
+        scraped.contains("sessiond_oauth_signins_total{outcome=\"success\",provider=\"corp\"} 2"),
+        "{scraped}"
+    );
+}
+
+async fn an_email_held_by_an_account_is_refused_unless_verified_emails_may_link(backend: Backend) {
+    let s = setup(backend).await;
+    assert_eq!(
+        s.app.register("grace@example.com", PASSWORD).await.status,
+        StatusCode::CREATED
+    );
+    s.provider
+        .set_account("grace-1", "grace@example.com", true)
+        .await;
+    let (back, _) = s.sign_in("grace-1").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("account_exists"));
+    assert_eq!(query(&back, "code"), None);
+    assert_eq!(s.count("identities").await, 0);
+
+    // With OAUTH_LINK_VERIFIED_EMAILS=true a verified email signs in to the account.
+    let pod = s
+        .dep
+        .spawn_with(&[("OAUTH_LINK_VERIFIED_EMAILS", "true".into())])
+        .await;
+    s.lb.point_at(&pod);
+    let (verifier, challenge) = pkce();
+    let start = format!(
+        "{}/oauth/corp/start?return_to={}&code_challenge={challenge}",
+        pod.address,
+        urlencode(RETURN_TO)
+    );
+    let back = browse(&browser(), start, "grace-1", RETURN_TO).await;
+    let code = query(&back, "code").unwrap_or_else(|| panic!("{back}"));
+    let reply = pod
+        .post_json(
+            "/oauth/token",
+            &json!({"code": code, "code_verifier": verifier}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let profile = pod
+        .get("/profile", reply.body["access_token"].as_str())
+        .await;
+    assert_eq!(profile.body["email"], "grace@example.com");
+    assert_eq!(s.count("users").await, 1);
+    assert_eq!(s.count("identities").await, 1);
+    // The password still works.
+    assert_eq!(
+        pod.login_reply("grace@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+}
+
+async fn an_unverified_email_is_refused_and_creates_nothing(backend: Backend) {
+    let s = setup_with(backend, &[("OAUTH_LINK_VERIFIED_EMAILS", "true")]).await;
+    s.provider
+        .set_account("mallory-1", "victim@example.com", false)
+        .await;
+    let (back, _) = s.sign_in("mallory-1").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("email_not_verified"));
+    assert_eq!(s.count("users").await, 0);
+    // An unverified email never reaches an existing account either, even with linking on.
+    s.app.register("victim@example.com", PASSWORD).await;
+    let (back, _) = s.sign_in("mallory-1").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("email_not_verified"));
+    assert_eq!(s.count("identities").await, 0);
+}
+
+async fn states_are_single_use_and_bound_to_their_provider(backend: Backend) {
+    let s = setup(backend).await;
+    let (b, callback, _) = s.until_callback("corp", "sam-1").await;
+    let direct = callback.replace(&s.lb.url(), &s.app.address);
+    let first = b.get(&direct).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::FOUND);
+    let location = first.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(RETURN_TO) && query(&location, "code").is_some());
+    // Replayed.
+    let again = Reply::read(b.get(&direct).send().await.unwrap()).await;
+    again.assert_error(400, "invalid_request");
+    // Made up, or missing.
+    for q in ["state=made-up&code=x", "code=x", ""] {
+        let r = s.app.get(&format!("/oauth/corp/callback?{q}"), None).await;
+        r.assert_error(400, "invalid_request");
+    }
+    // A state of another provider's flow, at this provider's callback: refused, and spent.
+    let (b, callback, _) = s.until_callback("corp2", "sam-1").await;
+    let foreign = callback
+        .replace(&s.lb.url(), &s.app.address)
+        .replace("/oauth/corp2/", "/oauth/corp/");
+    Reply::read(b.get(&foreign).send().await.unwrap())
+        .await
+        .assert_error(400, "invalid_request");
+    let own = callback.replace(&s.lb.url(), &s.app.address);
+    Reply::read(b.get(&own).send().await.unwrap())
+        .await
+        .assert_error(400, "invalid_request");
+    assert_eq!(s.count("users").await, 1);
+}
+
+async fn an_expired_state_is_refused() {
+    let s = setup(Backend::Services).await;
+    let (b, callback, _) = s.until_callback("corp", "exp-1").await;
+    let state = query(&callback, "state").unwrap();
+    // The state's key: a hash of the state under the deployment's prefix.
+    let digest = Sha256::digest(format!("sessiond/oauth-state/{state}").as_bytes());
+    let key = format!("{}oauth-state:{}", s.dep.prefix, hex_prefix(&digest[..20]));
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 600_000,
+        "the state lives 10 minutes: {ttl}"
+    );
+    // Ten minutes later.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let direct = callback.replace(&s.lb.url(), &s.app.address);
+    Reply::read(b.get(&direct).send().await.unwrap())
+        .await
+        .assert_error(400, "invalid_request");
+    assert_eq!(s.count("users").await, 0);
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn an_id_token_with_another_nonce_or_for_another_audience_is_refused(backend: Backend) {
+    let s = setup(backend).await;
+    s.tokens("nina-1").await;
+    // The provider answers the next exchange with the ID token of the previous flow: validly
+    // signed, for sessiond, but with that flow's nonce.
+    let old = s.provider.last_id_token("sessiond").await;
+    s.provider
+        .control("/test/next-id-token", json!({"id_token": old}))
+        .await;
+    let (back, _) = s.sign_in("nina-1").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("provider_error"));
+
+    // An ID token the provider made for another client (`other`, the corp2 provider here).
+    s.provider
+        .set_account("olga-1", "olga@example.com", true)
+        .await;
+    let (back, _) = s.sign_in_at("corp2", "olga-1").await;
+    assert!(query(&back, "code").is_some(), "{back}");
+    let foreign = s.provider.last_id_token("other").await;
+    s.provider
+        .control("/test/next-id-token", json!({"id_token": foreign}))
+        .await;
+    let (back, _) = s.sign_in("olga-2").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("provider_error"));
+    // Neither refused sign-in made an account (nina-1 and olga-1 did, through corp and corp2).
+    assert_eq!(s.count("users").await, 2);
+    assert_eq!(s.count("identities").await, 2);
+}
+
+async fn a_signing_key_rotated_between_two_sign_ins_is_fetched(backend: Backend) {
+    let s = setup(backend).await;
+    let first = s.tokens("rita-1").await;
+    s.provider.control("/test/rotate", json!({})).await;
+    let second = s.tokens("rita-1").await;
+    let id = |r: &Reply| claims_of(r.body["access_token"].as_str().unwrap())["sub"].clone();
+    assert_eq!(id(&first), id(&second));
+}
+
+async fn the_one_time_code_is_single_use_and_bound_to_the_verifier(backend: Backend) {
+    let s = setup(backend).await;
+    let (back, verifier) = s.sign_in("carl-1").await;
+    let code = query(&back, "code").unwrap();
+    assert_eq!(s.redeem(&code, &verifier).await.status, StatusCode::OK);
+    s.redeem(&code, &verifier)
+        .await
+        .assert_error(400, "invalid_grant");
+
+    let (back, verifier) = s.sign_in("carl-1").await;
+    let code = query(&back, "code").unwrap();
+    let (wrong, _) = pkce();
+    s.redeem(&code, &wrong)
+        .await
+        .assert_error(400, "invalid_grant");
+    // Spent by the wrong attempt.
+    s.redeem(&code, &verifier)
+        .await
+        .assert_error(400, "invalid_grant");
+    s.redeem("made-up", &verifier)
+        .await
+        .assert_error(400, "invalid_grant");
+    let bad = s
+        .app
+        .post_json("/oauth/token", &json!({"code": code}))
+        .await;
+    bad.assert_error(400, "invalid_request");
+}
+
+async fn a_provider_that_is_down_gives_503_and_creates_nothing(backend: Backend) {
+    let s = setup_with(backend, &[("OAUTH_DISCOVERY_REFRESH_SECONDS", "1")]).await;
+    let (b, callback, _) = s.until_callback("corp", "dora-1").await;
+    let Setup {
+        provider, app, dep, ..
+    } = s;
+    drop(provider);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let direct = callback.replace(&callback[..callback.find("/oauth/").unwrap()], &app.address);
+    let res = b.get(&direct).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(query(&location, "error").as_deref(), Some("provider_error"));
+    let counts = Setup::counts(&dep).await;
+    assert_eq!(counts, (0, 0), "no account, no identity");
+    // Once the discovery document is due again, a new flow cannot start.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, challenge) = pkce();
+    let start = app
+        .get(
+            &format!(
+                "/oauth/corp/start?return_to={}&code_challenge={challenge}",
+                urlencode(RETURN_TO)
+            ),
+            None,
+        )
+        .await;
+    start.assert_error(503, "unavailable");
+    // And a pod cannot start with an issuer it cannot reach.
+    let config = sessiond::config::Config::from_lookup(|k| dep.vars().get(k).cloned()).unwrap();
+    let err = sessiond::startup::Application::build(config)
+        .await
+        .err()
+        .expect("start-up fails");
+    assert!(err.to_string().contains("corp"), "{err}");
+}
+
+impl Setup {
+    async fn counts(dep: &Deployment) -> (i64, i64) {
+        let db = Database::connect(dep.database_url()).await.expect("db");
+        let mut out = Vec::new();
+        for table in ["users", "identities"] {
+            let row = db
+                .query_one_raw(Statement::from_string(
+                    db.get_database_backend(),
+                    format!("SELECT COUNT(*) AS n FROM {table}"),
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            out.push(row.try_get::<i64>("", "n").unwrap());
+        }
+        let _ = db.close().await;
+        (out[0], out[1])
+    }
+}
+
+async fn identities_are_linked_listed_and_unlinked(backend: Backend) {
+    let s = setup(backend).await;
+    s.app.register("lin@example.com", PASSWORD).await;
+    let account = s.app.login("lin@example.com", PASSWORD).await;
+    s.provider
+        .set_account("lin-sso", "lin@corp.example", true)
+        .await;
+    let (_, challenge) = pkce();
+    let started = s
+        .app
+        .request(
+            reqwest::Method::POST,
+            "/profile/identities/corp/start",
+            &account.access,
+            Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let url = started.body["authorize_url"].as_str().unwrap().to_string();
+    let back = browse(&browser(), url, "lin-sso", RETURN_TO).await;
+    assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
+    let listed = s
+        .app
+        .get("/profile/identities", Some(&account.access))
+        .await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(listed.body["items"][0]["subject"], "lin-sso");
+    // The linked identity signs in to the account.
+    let signed = s.tokens("lin-sso").await;
+    let sub = claims_of(signed.body["access_token"].as_str().unwrap())["sub"].clone();
+    assert_eq!(sub, claims_of(&account.access)["sub"]);
+    // The account has a password: the identity may go.
+    let del = s
+        .app
+        .request(
+            reqwest::Method::DELETE,
+            "/profile/identities/corp",
+            &account.access,
+            None,
+        )
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    let del = s
+        .app
+        .request(
+            reqwest::Method::DELETE,
+            "/profile/identities/corp",
+            &account.access,
+            None,
+        )
+        .await;
+    del.assert_error(404, "not_found");
+
+    // A passwordless account's only identity is its last way to sign in.
+    let made = s.tokens("pat-1").await;
+    let token = made.body["access_token"].as_str().unwrap();
+    let del = s
+        .app
+        .request(
+            reqwest::Method::DELETE,
+            "/profile/identities/corp",
+            token,
+            None,
+        )
+        .await;
+    del.assert_error(409, "conflict");
+    assert_eq!(
+        s.app.get("/profile/identities", Some(token)).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn return_urls_and_challenges_are_checked(backend: Backend) {
+    let s = setup(backend).await;
+    let (_, challenge) = pkce();
+    for (return_to, code_challenge) in [
+        ("https://evil.example/cb", challenge.as_str()),
+        ("http://localhost:3000/signed-in/../x", challenge.as_str()),
+        (RETURN_TO, "plain"),
+        (RETURN_TO, ""),
+    ] {
+        let r = s
+            .app
+            .get(
+                &format!(
+                    "/oauth/corp/start?return_to={}&code_challenge={}",
+                    urlencode(return_to),
+                    urlencode(code_challenge)
+                ),
+                None,
+            )
+            .await;
+        r.assert_error(400, "invalid_request");
+    }
+    let r = s
+        .app
+        .get(
+            &format!(
+                "/oauth/nope/start?return_to={}&code_challenge={challenge}",
+                urlencode(RETURN_TO)
+            ),
+            None,
+        )
+        .await;
+    r.assert_error(404, "not_found");
+    let res = s
+        .app
+        .client
+        .get(s.start_url("corp", &challenge))
+        .send()
+        .await
+        .unwrap();
+    // reqwest follows redirects by default: the provider's page was reached.
+    assert!(
+        res.url().as_str().starts_with(&s.provider.issuer),
+        "{}",
+        res.url()
+    );
+}
+
+async fn a_disabled_account_cannot_sign_in_through_a_provider(backend: Backend) {
+    let s = setup_with(backend, &[("ADMIN_EMAILS", "boss@example.com")]).await;
+    s.app.register("boss@example.com", PASSWORD).await;
+    let boss = s.app.login("boss@example.com", PASSWORD).await;
+    let made = s.tokens("dan-1").await;
+    let user_id = claims_of(made.body["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disabled = s
+        .app
+        .request(
+            reqwest::Method::POST,
+            &format!("/admin/users/{user_id}/disable"),
+            &boss.access,
+            None,
+        )
+        .await;
+    assert!(disabled.status.is_success(), "{}", disabled.body);
+    let (back, _) = s.sign_in("dan-1").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("access_denied"));
+    // The audit trail names the provider: the account made, the sign-in, the refusal.
+    let registered = settled(
+        &s.app,
+        &boss.access,
+        &format!("user_id={user_id}&type=register"),
+        1,
+    )
+    .await;
+    assert_eq!(registered[0]["detail"]["provider"], "corp");
+    let logins = settled(
+        &s.app,
+        &boss.access,
+        &format!("user_id={user_id}&type=login"),
+        2,
+    )
+    .await;
+    let mut seen: Vec<(String, String)> = logins
+        .iter()
+        .map(|e| {
+            assert_eq!(e["detail"]["provider"], "corp", "{e}");
+            (
+                e["outcome"].as_str().unwrap_or_default().to_string(),
+                e["detail"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("failure".to_string(), "disabled".to_string()),
+            ("success".to_string(), String::new())
+        ]
+    );
+}
+
+async fn a_provider_made_session_is_revoked_on_the_other_pod() {
+    let s = setup(Backend::Services).await;
+    let other = s.dep.spawn().await;
+    let made = s.tokens("otto-1").await;
+    let token = made.body["access_token"].as_str().unwrap();
+    assert_eq!(
+        s.app.get("/session", Some(token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        other.get("/session", Some(token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        other.post_auth("/logout", token).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let app = &s.app;
+    let revoked = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        async || app.get("/session", Some(token)).await.status == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert!(revoked, "the first pod sees the logout made on the other");
+    refresh(&s.app, made.body["refresh_token"].as_str().unwrap())
+        .await
+        .assert_error(401, "unauthorized");
+}
+
+async fn a_passwordless_account_sets_a_password_right_after_signing_in(backend: Backend) {
+    let s = setup(backend).await;
+    s.provider
+        .set_account("pia-1", "pia@example.com", true)
+        .await;
+    let first = s.tokens("pia-1").await;
+    let second = s.tokens("pia-1").await;
+    let put = |token: String, body: Value| {
+        let app = &s.app;
+        async move {
+            app.request(
+                reqwest::Method::PUT,
+                "/profile/password",
+                &token,
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let new = "a new and long passphrase";
+    let access = |r: &Reply| r.body["access_token"].as_str().unwrap().to_string();
+    let r = put(access(&second), json!({"new_password": new})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(
+        s.app.login_reply("pia@example.com", new).await.status,
+        StatusCode::OK
+    );
+    // Now that it has a password, the current one is required, also from the other session
+    // (which the change ended anyway).
+    let r = put(
+        access(&second),
+        json!({"new_password": "yet another passphrase"}),
+    )
+    .await;
+    r.assert_error(400, "invalid_request");
+    let r = put(
+        access(&first),
+        json!({"new_password": "yet another passphrase"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+// GitHub: a local stand-in for GitHub, not GitHub itself. It speaks the documented shape of
+// GitHub's OAuth web flow (`/login/oauth/authorize`, `/login/oauth/access_token` with PKCE) and
+// of its REST API (`GET /user`, `GET /user/emails`), and approves every authorization at once.
+
+#[derive(Default)]
+struct GithubState {
+    /// code → (redirect_uri, code_challenge)
+    codes: std::collections::HashMap<String, (String, String)>,
+    tokens: Vec<String>,
+    user: Value,
+    emails: Value,
+}
+
+struct GithubStandIn {
+    url: String,
+    state: Arc<Mutex<GithubState>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl GithubStandIn {
+    async fn start() -> Self {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        let state: Arc<Mutex<GithubState>> = Arc::default();
+        let shared = web::Data::from(state.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        async fn authorize(
+            s: web::Data<Mutex<GithubState>>,
+            q: web::Query<std::collections::HashMap<String, String>>,
+        ) -> HttpResponse {
+            assert_eq!(q["client_id"], "gh-client");
+            assert_eq!(q["code_challenge_method"], "S256");
+            let code = uuid::Uuid::new_v4().simple().to_string();
+            s.lock().unwrap().codes.insert(
+                code.clone(),
+                (q["redirect_uri"].clone(), q["code_challenge"].clone()),
+            );
+            let to = format!(
+                "{}?code={code}&state={}",
+                q["redirect_uri"],
+                urlencode(&q["state"])
+            );
+            HttpResponse::Found()
+                .insert_header(("location", to))
+                .finish()
+        }
+        async fn access_token(
+            s: web::Data<Mutex<GithubState>>,
+            form: web::Form<std::collections::HashMap<String, String>>,
+        ) -> HttpResponse {
+            let mut s = s.lock().unwrap();
+            let ok = form.get("client_secret").map(String::as_str) == Some("gh-secret")
+                && match s.codes.remove(&form["code"]) {
+                    Some((redirect, challenge)) => {
+                        redirect == form["redirect_uri"]
+                            && URL_SAFE_NO_PAD
+                                .encode(Sha256::digest(form["code_verifier"].as_bytes()))
+                                == challenge
+                    }
+                    None => false,
+                };
+            if !ok {
+                // GitHub answers a bad code with 200 and an error field.
+                return HttpResponse::Ok().json(json!({"error": "bad_verification_code"}));
+            }
+            let token = format!("gho_{}", uuid::Uuid::new_v4().simple());
+            s.tokens.push(token.clone());
+            HttpResponse::Ok().json(json!({"access_token": token, "token_type": "bearer", "scope": "read:user,user:email"}))
+        }
+        fn authorized(s: &GithubState, req: &HttpRequest) -> bool {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            auth.and_then(|a| a.strip_prefix("Bearer "))
+                .is_some_and(|t| s.tokens.iter().any(|k| k == t))
+        }
+        async fn user(s: web::Data<Mutex<GithubState>>, req: HttpRequest) -> HttpResponse {
+            let s = s.lock().unwrap();
+            if !authorized(&s, &req) {
+                return HttpResponse::Unauthorized().json(json!({"message": "Bad credentials"}));
+            }
+            HttpResponse::Ok().json(s.user.clone())
+        }
+        async fn emails(s: web::Data<Mutex<GithubState>>, req: HttpRequest) -> HttpResponse {
+            let s = s.lock().unwrap();
+            if !authorized(&s, &req) {
+                return HttpResponse::Unauthorized().json(json!({"message": "Bad credentials"}));
+            }
+            HttpResponse::Ok().json(s.emails.clone())
+        }
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .route("/login/oauth/authorize", web::get().to(authorize))
+                .route("/login/oauth/access_token", web::post().to(access_token))
+                .route("/api/user", web::get().to(user))
+                .route("/api/user/emails", web::get().to(emails))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        GithubStandIn { url, state, handle }
+    }
+
+    fn set_user(&self, id: u64, emails: Value) {
+        let mut s = self.state.lock().unwrap();
+        s.user = json!({"id": id, "login": format!("octo{id}"), "name": "Octo Cat"});
+        s.emails = emails;
+    }
+}
+
+async fn github_sign_ins_use_the_primary_verified_email_only(backend: Backend) {
+    let gh = GithubStandIn::start().await;
+    let s = setup_with(
+        backend,
+        &[
+            ("GITHUB_CLIENT_ID", "gh-client"),
+            ("GITHUB_CLIENT_SECRET", "gh-secret"),
+            ("GITHUB_WEB_URL", &gh.url),
+            ("GITHUB_API_URL", &format!("{}/api", gh.url)),
+        ],
+    )
+    .await;
+    let listed = s.app.get("/oauth/providers", None).await;
+    assert_eq!(
+        listed.body["items"][2],
+        json!({"name": "github", "display_name": "GitHub"})
+    );
+
+    // A verified secondary address does not make up for an unverified primary one.
+    gh.set_user(
+        101,
+        json!([
+            {"email": "octo@users.example", "primary": true, "verified": false, "visibility": "public"},
+            {"email": "octo@work.example", "primary": false, "verified": true, "visibility": null},
+        ]),
+    );
+    let (back, _) = s.sign_in_at("github", "unused").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("email_not_verified"));
+    assert_eq!(s.count("users").await, 0);
+
+    gh.set_user(
+        202,
+        json!([
+            {"email": "other@work.example", "primary": false, "verified": true, "visibility": null},
+            {"email": "Octo@Users.example", "primary": true, "verified": true, "visibility": "public"},
+        ]),
+    );
+    let (back, verifier) = s.sign_in_at("github", "unused").await;
+    let code = query(&back, "code").unwrap_or_else(|| panic!("{back}"));
+    let reply = s.redeem(&code, &verifier).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let token = reply.body["access_token"].as_str().unwrap();
+    assert_eq!(claims_of(token)["idp"], "github");
+    let profile = s.app.get("/profile", Some(token)).await;
+    assert_eq!(profile.body["email"], "octo@users.example");
+    let ids = s.app.get("/profile/identities", Some(token)).await;
+    assert_eq!(ids.body["items"][0]["provider"], "github");
+    assert_eq!(ids.body["items"][0]["subject"], "202");
+    gh.handle.stop(false).await;
+}
+
+async fn sign_in_steps_are_limited_per_client_address(backend: Backend) {
+    let s = setup_with(backend, &[("RATE_LIMIT_LOGIN_PER_IP", "3")]).await;
+    let (_, challenge) = pkce();
+    let start = |app: &TestApp| {
+        let url = format!(
+            "/oauth/corp/start?return_to={}&code_challenge={challenge}",
+            urlencode(RETURN_TO)
+        );
+        let client = reqwest::Client::builder()
+            .redirect(Policy::none())
+            .build()
+            .unwrap();
+        let full = app.url(&url);
+        async move { Reply::read(client.get(full).send().await.unwrap()).await }
+    };
+    for _ in 0..3 {
+        assert_eq!(start(&s.app).await.status, StatusCode::FOUND);
+    }
+    let limited = start(&s.app).await;
+    limited.assert_error(429, "rate_limited");
+    assert!(limited.header("retry-after").is_some());
+    // The callback and the code exchange count in the same bucket.
+    s.app
+        .get("/oauth/corp/callback?state=x", None)
+        .await
+        .assert_error(429, "rate_limited");
+    s.app
+        .post_json("/oauth/token", &json!({"code": "x", "code_verifier": "y"}))
+        .await
+        .assert_error(429, "rate_limited");
+    // Password logins have their own bucket.
+    s.app
+        .login_reply("nobody@example.com", PASSWORD)
+        .await
+        .assert_error(401, "invalid_credentials");
+}
+
+async fn an_email_given_by_userinfo_only_is_used(backend: Backend) {
+    let s = setup_for(backend, &[], true).await;
+    s.provider
+        .set_account("uma-1", "uma@example.com", true)
+        .await;
+    let made = s.tokens("uma-1").await;
+    let profile = s
+        .app
+        .get("/profile", made.body["access_token"].as_str())
+        .await;
+    assert_eq!(profile.body["email"], "uma@example.com");
+    s.provider
+        .set_account("ulf-1", "ulf@example.com", false)
+        .await;
+    let (back, _) = s.sign_in("ulf-1").await;
+    assert_eq!(query(&back, "error").as_deref(), Some("email_not_verified"));
+}
