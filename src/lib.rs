@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod mail;
 pub mod metrics;
 pub mod redis;
 pub mod routes;

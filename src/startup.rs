@@ -20,6 +20,7 @@ use crate::{
     audit::{AuditLog, AuditWriter},
     auth::JwtKeys,
     config::Config,
+    mail::{MailWorker, Mailer},
     metrics::Metrics,
     redis::Redis,
     routes,
@@ -49,6 +50,9 @@ pub enum StartupError {
     /// The message names the variable (JWT_KEY_ENCRYPTION_KEY, JWT_PRIVATE_KEY_FILE) when one is at fault.
     #[error("signing keys: {0}")]
     Keys(String),
+    /// The message names the variable (MAIL_TEMPLATES_DIR, MAIL_FROM, SMTP_CA_FILE) at fault.
+    #[error("mail: {0}")]
+    Mail(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -158,6 +162,8 @@ pub struct Application {
     key_refresh: tokio::task::JoinHandle<()>,
     /// This pod's webhook delivery worker, with WEBHOOK_URLS.
     webhooks: Option<DeliveryWorker>,
+    /// This pod's mail delivery worker.
+    mail: MailWorker,
 }
 
 impl Application {
@@ -225,6 +231,24 @@ impl Application {
             .map_err(|e| StartupError::Keys(e.to_string()))?;
         let (webhooks, webhook_worker) =
             Webhooks::start(db.clone(), &config, metrics.clone(), RetryPolicy::default());
+        let mailer = Mailer::new(&config.mail)
+            .map_err(|e| StartupError::Mail(format!("MAIL_TEMPLATES_DIR: {e}")))?;
+        // Without SMTP_URL the mails go to the log; with their text (and so their links) only
+        // in the embedded single-node mode, for development.
+        let mail_worker = MailWorker::start(
+            db.clone(),
+            &config.mail,
+            &mailer,
+            metrics.clone(),
+            RetryPolicy::default(),
+            config.is_embedded_db(),
+        )
+        .map_err(StartupError::Mail)?;
+        if config.mail.smtp.is_none() {
+            tracing::warn!(
+                "SMTP_URL is not set: mails (password resets, verification links, notices) are written to the log, not sent"
+            );
+        }
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
         let (audit, audit_writer) =
             AuditLog::start(users.clone(), metrics.clone(), config.audit_denied_window);
@@ -289,6 +313,8 @@ impl Application {
         let settings = Settings {
             session_lifetime: config.session_lifetime,
             admin_emails: config.admin_emails.clone(),
+            require_verification: config.mail.require_verification,
+            notify_new_login: config.mail.notify_new_login,
         };
         let state = web::Data::new(AppState {
             app: app::App {
@@ -299,6 +325,7 @@ impl Application {
                 audit,
                 metrics,
                 webhooks,
+                mailer,
                 profiles,
                 client_secrets: app::clients::client_secrets(config.session_cache_ttl),
                 settings,
@@ -388,6 +415,7 @@ impl Application {
             audit: audit_writer,
             key_refresh,
             webhooks: webhook_worker,
+            mail: mail_worker,
         })
     }
 
@@ -418,6 +446,8 @@ impl Application {
         if let Some(worker) = self.webhooks {
             worker.stop().await;
         }
+        // Likewise every mail of a finished request is in the outbox.
+        self.mail.stop().await;
         let _ = self.sessions.send(session::Stop).await;
         let _ = self.users.send(users::Stop).await;
         result

@@ -49,6 +49,10 @@ pub enum Scope {
     RefreshIp,
     PasswordChangeAccount,
     PasswordChangeSession,
+    /// Mails asked for (forgotten password, verification resend) per client address.
+    MailIp,
+    /// The same per address or account.
+    MailAccount,
 }
 
 impl Scope {
@@ -60,6 +64,8 @@ impl Scope {
             Scope::RefreshIp => "refresh-ip",
             Scope::PasswordChangeAccount => "pwchange-acct",
             Scope::PasswordChangeSession => "pwchange-sess",
+            Scope::MailIp => "mail-ip",
+            Scope::MailAccount => "mail-acct",
         }
     }
 }
@@ -233,6 +239,8 @@ impl Throttle {
             Scope::RefreshIp => self.cfg.refresh_per_ip,
             Scope::PasswordChangeAccount => self.cfg.password_change_per_account,
             Scope::PasswordChangeSession => self.cfg.password_change_per_session,
+            Scope::MailIp => self.cfg.mail_per_ip,
+            Scope::MailAccount => self.cfg.mail_per_account,
         }
     }
 
@@ -451,6 +459,8 @@ mod tests {
             refresh_per_ip: 3,
             password_change_per_account: 3,
             password_change_per_session: 3,
+            mail_per_ip: 3,
+            mail_per_account: 3,
             lockout_threshold: 5,
             lockout_base: Duration::from_secs(1),
             lockout_max: Duration::from_secs(900),
