@@ -269,7 +269,17 @@ impl Mailer {
     /// breaks in values never reach the subject.
     pub fn compose(&self, template: Template, to: &str, vars: &[(&str, &str)]) -> Mail {
         let mut all: Vec<(&str, &str)> = vec![("app_url", self.inner.app_url.as_str())];
-        all.extend_from_slice(vars);
+        // "Hello there," for an account without a name.
+        all.extend(vars.iter().map(|&(k, v)| {
+            (
+                k,
+                if k == "name" && v.is_empty() {
+                    "there"
+                } else {
+                    v
+                },
+            )
+        }));
         let parts = &self.inner.templates[&template];
         let one_line = |v: &str| v.replace(['\r', '\n'], " ");
         Mail {
