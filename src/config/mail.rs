@@ -201,6 +201,23 @@ mod tests {
     }
 
     #[test]
+    fn check_config_masks_the_smtp_password() {
+        let config = crate::config::Config::from_lookup(|k| match k {
+            "SMTP_URL" => Some("smtps://mailer:hunter2-secret@mail.example:465".into()),
+            _ => None,
+        })
+        .unwrap();
+        let shown = config.describe();
+        assert!(shown.contains("SMTP_URL=smtps://mailer:***@mail.example:465"), "{shown}");
+        assert!(!shown.contains("hunter2") && !format!("{config:?}").contains("hunter2"));
+        assert!(crate::config::Config::from_lookup(|k| match k {
+            "MAIL_FROM" => Some("a@b.c\nBcc: d@e.f".into()),
+            _ => None,
+        })
+        .is_err());
+    }
+
+    #[test]
     fn from_and_app_url_refuse_line_breaks() {
         assert!(check_from("sessiond <no-reply@example.com>").is_ok());
         assert!(check_from("a@b\r\nBcc: c@d").is_err());

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use entities::mail_outbox::{Column, Entity, FAILED, PENDING, SENT};
+use entities::{
+    email_token,
+    mail_outbox::{Column, Entity, FAILED, PENDING, SENT},
+};
 use futures_util::StreamExt;
 use lettre::{
     message::{Mailbox, MultiPart},
@@ -46,7 +49,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const LEASE: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_secs(1);
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
-/// Sent and failed rows (their bodies already cleared) are deleted this long after.
+/// Sent and failed rows (their bodies already cleared), and mailed tokens past their expiry,
+/// are deleted this long after.
 const KEEP_DONE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A mail not sent this long after it was written is given up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -199,6 +203,11 @@ impl Worker {
                 let _ = Entity::delete_many()
                     .filter(Column::State.ne(PENDING))
                     .filter(Column::DoneAtMs.lt(before))
+                    .exec(&self.db)
+                    .await;
+                // Mailed tokens long expired (used or not) are no use to anyone.
+                let _ = email_token::Entity::delete_many()
+                    .filter(email_token::Column::ExpiresAtMs.lt(before))
                     .exec(&self.db)
                     .await;
                 cleaned_at = Some(Instant::now());

@@ -294,6 +294,13 @@ impl Handler<SeenLogin> for UserStore {
             db.call_tx("seen_login", async {
                 let txn = db.conn.begin().await?;
                 let now = now_ms();
+                let since = now - msg.window.as_millis() as i64;
+                // Clients not seen within the window are news again: their rows can go.
+                login_seen::Entity::delete_many()
+                    .filter(login_seen::Column::UserId.eq(msg.user_id))
+                    .filter(login_seen::Column::LastSeenMs.lte(since))
+                    .exec(&txn)
+                    .await?;
                 let known = login_seen::Entity::find()
                     .filter(login_seen::Column::UserId.eq(msg.user_id))
                     .filter(login_seen::Column::LastSeenMs.gt(now - msg.window.as_millis() as i64))
