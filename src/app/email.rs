@@ -220,7 +220,9 @@ async fn find_token(
         None
     };
     found.ok_or_else(|| {
-        app.audit.record(
+        // A loop of bad tokens from one client is one counted event per window.
+        app.audit.record_denial(
+            format!("invalid_token {}", client.group()),
             AuditEvent::failure(kind)
                 .ip(client.ip.clone())
                 .detail(serde_json::json!({ "reason": "invalid_token" })),
