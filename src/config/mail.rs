@@ -208,7 +208,10 @@ mod tests {
         })
         .unwrap();
         let shown = config.describe();
-        assert!(shown.contains("SMTP_URL=smtps://mailer:***@mail.example:465"), "{shown}");
+        assert!(
+            shown.contains("SMTP_URL=smtps://mailer:***@mail.example:465"),
+            "{shown}"
+        );
         assert!(!shown.contains("hunter2") && !format!("{config:?}").contains("hunter2"));
         assert!(crate::config::Config::from_lookup(|k| match k {
             "MAIL_FROM" => Some("a@b.c\nBcc: d@e.f".into()),
