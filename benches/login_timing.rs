@@ -1,11 +1,13 @@
-//! Is "unknown email" distinguishable from "wrong password" by login latency?
+//! Is "unknown email" distinguishable from "wrong password" by login latency? And is a
+//! registered address distinguishable from an unknown one by POST /password/forgot latency?
 //!
 //! Starts sessiond in-process (embedded default, production argon2 parameters), then sends
-//! interleaved logins of both kinds over one keep-alive connection and compares the two latency
+//! interleaved requests of both kinds over one keep-alive connection and compares the two latency
 //! samples: means, medians, Welch's t statistic and the Mann-Whitney U test's z score.
 //! |t| and |z| well under 2 mean no detectable difference at this sample size.
 //!
-//! cargo bench --bench login_timing        (LOGIN_TIMING_SAMPLES=N per kind, default 300)
+//! cargo bench --bench login_timing        (LOGIN_TIMING_SAMPLES, FORGOT_TIMING_SAMPLES: N per
+//! kind, default 300; 0 skips that part)
 use std::time::Instant;
 
 use serde_json::json;
@@ -60,11 +62,39 @@ fn mann_whitney_z(a: &[f64], b: &[f64]) -> f64 {
     (u - n1 * n2 / 2.0) / (n1 * n2 * (n1 + n2 + 1.0) / 12.0).sqrt()
 }
 
-fn main() {
-    let samples: usize = std::env::var("LOGIN_TIMING_SAMPLES")
+/// Prints the two samples' summary and their comparison (milliseconds).
+fn report(title: &str, (a_name, a): (&str, &[f64]), (b_name, b): (&str, &[f64])) {
+    let ms = |d: f64| format!("{d:.2} ms");
+    println!("{title}\n");
+    println!("| case | mean | median | stddev |\n|---|---|---|---|");
+    for (name, v) in [(a_name, a), (b_name, b)] {
+        println!(
+            "| {name} | {} | {} | {} |",
+            ms(mean(v)),
+            ms(median(v)),
+            ms(variance(v).sqrt())
+        );
+    }
+    let t = welch_t(a, b);
+    let z = mann_whitney_z(a, b);
+    println!(
+        "\nmean difference {:+.3} ms ({:+.2}%), Welch t = {t:.2}, Mann-Whitney z = {z:.2} \
+         (|t|, |z| < 2: not distinguishable at this sample size)\n",
+        mean(a) - mean(b),
+        (mean(a) / mean(b) - 1.0) * 100.0
+    );
+}
+
+fn samples(var: &str) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(300)
+}
+
+fn main() {
+    let samples_login = samples("LOGIN_TIMING_SAMPLES");
+    let samples_forgot = samples("FORGOT_TIMING_SAMPLES");
     let dir = std::env::temp_dir().join(format!("sessiond-login-timing-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let db = dir.join("bench.db").display().to_string();
@@ -79,6 +109,8 @@ fn main() {
             ("RATE_LIMIT_LOGIN_PER_IP", "0"),
             ("RATE_LIMIT_LOGIN_PER_ACCOUNT", "0"),
             ("LOCKOUT_THRESHOLD", "0"),
+            ("RATE_LIMIT_MAIL_PER_IP", "0"),
+            ("RATE_LIMIT_MAIL_PER_ACCOUNT", "0"),
         ];
         let config = Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
             .expect("config");
@@ -106,8 +138,9 @@ fn main() {
             .await
             .expect("register");
         assert_eq!(r.status(), 201);
+        let samples = samples_login;
         // Warm-up: first hashes pay page faults for argon2's memory.
-        for _ in 0..10 {
+        for _ in 0..10.min(samples) {
             login("timing@example.com", "wrong password here").await;
         }
         let (mut wrong, mut unknown) = (Vec::new(), Vec::new());
@@ -123,20 +156,52 @@ fn main() {
             wrong.push(w.as_secs_f64() * 1e3);
             unknown.push(u.as_secs_f64() * 1e3);
         }
-        let ms = |d: f64| format!("{d:.2} ms");
-        println!("login latency, wrong password vs unknown email ({samples} each, argon2id m={m} KiB t={t} p={p})\n");
-        println!("| case | mean | median | stddev |\n|---|---|---|---|");
-        for (name, v) in [("wrong password", &wrong), ("unknown email", &unknown)] {
-            println!("| {name} | {} | {} | {} |", ms(mean(v)), ms(median(v)), ms(variance(v).sqrt()));
+        if samples > 1 {
+            report(
+                &format!("login latency, wrong password vs unknown email ({samples} each, argon2id m={m} KiB t={t} p={p})"),
+                ("wrong password", &wrong),
+                ("unknown email", &unknown),
+            );
         }
-        let t = welch_t(&wrong, &unknown);
-        let z = mann_whitney_z(&wrong, &unknown);
-        println!(
-            "\nmean difference {:+.3} ms ({:+.2}%), Welch t = {t:.2}, Mann-Whitney z = {z:.2} \
-             (|t|, |z| < 2: not distinguishable at this sample size)",
-            mean(&wrong) - mean(&unknown),
-            (mean(&wrong) / mean(&unknown) - 1.0) * 100.0
-        );
+
+        // POST /password/forgot: a registered address (a token and a mail stored, the mail then
+        // sent by the worker) against unknown ones (a decoy token and a discarded mail).
+        let forgot = async |email: &str| {
+            let start = Instant::now();
+            let r = client
+                .post(format!("{base}/password/forgot"))
+                .json(&json!({ "email": email }))
+                .send()
+                .await
+                .expect("forgot sent");
+            assert_eq!(r.status(), 202, "both kinds answer alike");
+            let _ = r.bytes().await;
+            start.elapsed()
+        };
+        let samples = samples_forgot;
+        for i in 0..10.min(samples) {
+            forgot("timing@example.com").await;
+            forgot(&format!("warmup-{i}@example.com")).await;
+        }
+        let (mut known, mut unknown) = (Vec::new(), Vec::new());
+        for i in 0..samples {
+            let (k, u) = if i % 2 == 0 {
+                let k = forgot("timing@example.com").await;
+                (k, forgot(&format!("nobody-{i}@example.com")).await)
+            } else {
+                let u = forgot(&format!("nobody-{i}@example.com")).await;
+                (forgot("timing@example.com").await, u)
+            };
+            known.push(k.as_secs_f64() * 1e3);
+            unknown.push(u.as_secs_f64() * 1e3);
+        }
+        if samples > 1 {
+            report(
+                &format!("POST /password/forgot latency, registered vs unknown address ({samples} each, embedded SQLite)"),
+                ("registered address", &known),
+                ("unknown address", &unknown),
+            );
+        }
     });
     let _ = std::fs::remove_dir_all(dir);
 }

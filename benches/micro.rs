@@ -129,6 +129,8 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
     let settings = sessiond::app::Settings {
         session_lifetime: cfg.session_lifetime,
         admin_emails: cfg.admin_emails.clone(),
+        require_verification: false,
+        notify_new_login: false,
     };
     web::Data::new(AppState {
         app: sessiond::app::App {
@@ -140,6 +142,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             metrics,
             // Without WEBHOOK_URLS: emits nothing.
             webhooks: sessiond::webhooks::Webhooks::default(),
+            mailer: sessiond::mail::Mailer::new(&cfg.mail).expect("built-in templates"),
             profiles: moka::future::Cache::builder().build(),
             client_secrets: sessiond::app::clients::client_secrets(cfg.session_cache_ttl),
             federation: None,

@@ -26,6 +26,14 @@ pub enum ApiError {
     InvalidGrant(String),
     #[error("not allowed")]
     Forbidden,
+    /// REQUIRE_EMAIL_VERIFICATION: the right password of an account whose address is not
+    /// verified yet.
+    #[error("the account's email address is not verified; follow the link mailed to it")]
+    EmailNotVerified,
+    /// A mailed token (reset, verification, email change) that is bad, used, expired or
+    /// superseded: deliberately one answer.
+    #[error("the link is invalid or has expired; ask for a new one")]
+    InvalidToken,
     #[error("{0} not found")]
     NotFound(&'static str),
     /// Carries the `Allow` header value (RFC 9110 requires it on 405).
@@ -58,8 +66,8 @@ pub enum ApiError {
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"error": "invalid_request", "message": "password must be at least 8 characters"}))]
 pub struct ErrorBody {
-    /// invalid_request, unauthorized, invalid_credentials, invalid_client, invalid_grant, forbidden, not_found, method_not_allowed,
-    /// email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
+    /// invalid_request, unauthorized, invalid_credentials, invalid_client, invalid_grant, forbidden, email_not_verified,
+    /// invalid_token, not_found, method_not_allowed, email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
     pub error: &'static str,
     pub message: String,
 }
@@ -88,6 +96,8 @@ impl ApiError {
             InvalidClient => (StatusCode::UNAUTHORIZED, "invalid_client"),
             InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            EmailNotVerified => (StatusCode::FORBIDDEN, "email_not_verified"),
+            InvalidToken => (StatusCode::BAD_REQUEST, "invalid_token"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             EmailTaken => (StatusCode::CONFLICT, "email_taken"),

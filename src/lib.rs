@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod federation;
+pub mod mail;
 pub mod metrics;
 pub mod outbox;
 pub mod redis;

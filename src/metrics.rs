@@ -49,6 +49,11 @@ pub struct Metrics {
     pub webhook_pending: IntGauge,
     /// From the event to the receiver's 2xx.
     pub webhook_lag: Histogram,
+    /// outcome: sent (accepted by SMTP), logged (no SMTP_URL: written to the log, not sent),
+    /// retried (a failed attempt, tried again later), failed (given up)
+    pub mail_deliveries: IntCounterVec,
+    /// Mails waiting in the outbox, all pods together (read from the database).
+    pub mail_pending: IntGauge,
 }
 
 #[derive(Clone)]
@@ -343,6 +348,20 @@ impl Metrics {
                         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                         10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
                     ]),
+                )
+                .expect("valid metric"),
+            ),
+            mail_deliveries: counter_vec(
+                &r,
+                "mail_deliveries_total",
+                "Mail delivery attempts by outcome: sent (accepted by the SMTP server), logged (no SMTP_URL: written to the log, not sent), retried (failed, tried again later), failed (given up).",
+                &["outcome"],
+            ),
+            mail_pending: register(
+                &r,
+                IntGauge::new(
+                    "mail_pending",
+                    "Mails waiting in the outbox for delivery (every pod's).",
                 )
                 .expect("valid metric"),
             ),

@@ -21,6 +21,7 @@ use crate::{
     auth::JwtKeys,
     config::Config,
     federation::{pending::Pending, Providers},
+    mail::{MailWorker, Mailer},
     metrics::Metrics,
     redis::Redis,
     routes,
@@ -53,6 +54,9 @@ pub enum StartupError {
     /// Names the provider (OIDC_PROVIDERS) and the cause.
     #[error("identity providers: {0}")]
     Providers(String),
+    /// The message names the variable (MAIL_TEMPLATES_DIR, MAIL_FROM, SMTP_CA_FILE) at fault.
+    #[error("mail: {0}")]
+    Mail(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -162,6 +166,8 @@ pub struct Application {
     key_refresh: tokio::task::JoinHandle<()>,
     /// This pod's webhook delivery worker, with WEBHOOK_URLS.
     webhooks: Option<DeliveryWorker>,
+    /// This pod's mail delivery worker.
+    mail: MailWorker,
 }
 
 impl Application {
@@ -248,6 +254,24 @@ impl Application {
                 ..RetryPolicy::default()
             },
         );
+        let mailer = Mailer::new(&config.mail)
+            .map_err(|e| StartupError::Mail(format!("MAIL_TEMPLATES_DIR: {e}")))?;
+        // Without SMTP_URL the mails go to the log; with their text (and so their links) only
+        // in the embedded single-node mode, for development.
+        let mail_worker = MailWorker::start(
+            db.clone(),
+            &config.mail,
+            &mailer,
+            metrics.clone(),
+            RetryPolicy::default(),
+            config.is_embedded_db(),
+        )
+        .map_err(StartupError::Mail)?;
+        if config.mail.smtp.is_none() {
+            tracing::warn!(
+                "SMTP_URL is not set: mails (password resets, verification links, notices) are written to the log, not sent"
+            );
+        }
         let users = UserStore::new(db, DB_TIMEOUT, metrics.db.clone()).start();
         let (audit, audit_writer) =
             AuditLog::start(users.clone(), metrics.clone(), config.audit_denied_window);
@@ -312,6 +336,8 @@ impl Application {
         let settings = Settings {
             session_lifetime: config.session_lifetime,
             admin_emails: config.admin_emails.clone(),
+            require_verification: config.mail.require_verification,
+            notify_new_login: config.mail.notify_new_login,
         };
         let state = web::Data::new(AppState {
             app: app::App {
@@ -322,6 +348,7 @@ impl Application {
                 audit,
                 metrics,
                 webhooks,
+                mailer,
                 profiles,
                 client_secrets: app::clients::client_secrets(config.session_cache_ttl),
                 federation,
@@ -412,6 +439,7 @@ impl Application {
             audit: audit_writer,
             key_refresh,
             webhooks: webhook_worker,
+            mail: mail_worker,
         })
     }
 
@@ -442,6 +470,8 @@ impl Application {
         if let Some(worker) = self.webhooks {
             worker.stop().await;
         }
+        // Likewise every mail of a finished request is in the outbox.
+        self.mail.stop().await;
         let _ = self.sessions.send(session::Stop).await;
         let _ = self.users.send(users::Stop).await;
         result

@@ -54,6 +54,10 @@ pub enum Scope {
     /// Identity-provider sign-in steps (start, callback, code redemption) per client address;
     /// limited like logins (RATE_LIMIT_LOGIN_PER_IP).
     OAuthIp,
+    /// Mails asked for (forgotten password, verification resend) per client address.
+    MailIp,
+    /// The same per address or account.
+    MailAccount,
 }
 
 impl Scope {
@@ -67,6 +71,8 @@ impl Scope {
             Scope::PasswordChangeSession => "pwchange-sess",
             Scope::IntrospectFailureIp => "introspect-fail-ip",
             Scope::OAuthIp => "oauth-ip",
+            Scope::MailIp => "mail-ip",
+            Scope::MailAccount => "mail-acct",
         }
     }
 }
@@ -255,6 +261,8 @@ impl Throttle {
             Scope::PasswordChangeAccount => self.cfg.password_change_per_account,
             Scope::PasswordChangeSession => self.cfg.password_change_per_session,
             Scope::IntrospectFailureIp => self.cfg.introspect_failures_per_ip,
+            Scope::MailIp => self.cfg.mail_per_ip,
+            Scope::MailAccount => self.cfg.mail_per_account,
         }
     }
 
@@ -509,6 +517,8 @@ mod tests {
             introspect_failures_per_ip: 2,
             password_change_per_account: 3,
             password_change_per_session: 3,
+            mail_per_ip: 3,
+            mail_per_account: 3,
             lockout_threshold: 5,
             lockout_base: Duration::from_secs(1),
             lockout_max: Duration::from_secs(900),

@@ -1,7 +1,10 @@
 //! sea-orm entities of sessiond: table shapes only, no runtime features; plus the list of
 //! sessiond's own permissions, which the migrations seed.
 pub mod audit_event;
+pub mod email_token;
 pub mod identity;
+pub mod login_seen;
+pub mod mail_outbox;
 pub mod permissions;
 pub mod role;
 pub mod role_permission;

@@ -14,6 +14,8 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// Set while an administrator has disabled the account: no login, no sessions.
     pub disabled_at: Option<DateTimeUtc>,
+    /// The owner followed a verification link mailed to `email`.
+    pub email_verified: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

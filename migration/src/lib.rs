@@ -8,6 +8,7 @@ mod m20261130_000001_signing_keys;
 mod m20261130_000002_service_clients;
 mod m20261130_000003_webhook_outbox;
 mod m20261201_000001_identities;
+mod m20261202_000001_mail;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000002_service_clients::Migration),
             Box::new(m20261130_000003_webhook_outbox::Migration),
             Box::new(m20261201_000001_identities::Migration),
+            Box::new(m20261202_000001_mail::Migration),
         ]
     }
 }

@@ -13,12 +13,13 @@ use crate::{
         password_context, Access, AuditKind, DisplayName, Email, Password, ADMIN_ROLE, USER_ROLE,
     },
     error::ApiError,
+    mail::{Mail, Template},
     session::{now_unix, CreateSession, Created, RefreshToken, Revoke, RevokeAll, SessionRecord},
     throttle::{account_key, Bucket, Scope, Throttled},
     users::{
         password::{PasswordHasher, Priority},
-        AccountAccess, CreateUser, FindAccess, FindAccount, FindByEmail, FindById, SetPassword,
-        User, UserStore, NO_PASSWORD,
+        AccountAccess, CreateUser, FindAccess, FindAccount, FindByEmail, FindById, NewToken,
+        QueueMail, SetPassword, User, UserStore, NO_PASSWORD,
     },
     webhooks::Event,
 };
@@ -35,10 +36,14 @@ pub struct NewAccount {
 
 /// Stores a new account whose password meets the policy (judged against the account's own
 /// words): the one way accounts are made, by registration and by `sessiond user create`.
+/// `verify`: the verification token and mail, stored with the account; `verified`: the
+/// address is vouched for (an operator's `sessiond user create`).
 pub async fn create_account(
     users: &Addr<UserStore>,
     hasher: &PasswordHasher,
     account: NewAccount,
+    verify: Option<(NewToken, Mail)>,
+    verified: bool,
 ) -> Result<User, ApiError> {
     let NewAccount {
         email,
@@ -56,24 +61,40 @@ pub async fn create_account(
     }
     let known = password_context(email.as_str(), name.as_ref().map(DisplayName::as_str));
     let password_hash = hasher.hash_new(password.expose(), known).await?;
+    let (verify, mail) = match verify {
+        Some((token, mail)) => (Some(token), vec![mail]),
+        None => (None, Vec::new()),
+    };
     let user = users
         .ask(CreateUser {
             email: email.into_inner(),
             name: name.map(DisplayName::into_inner),
             password_hash,
             roles,
+            verify,
+            mail,
+            email_verified: verified,
         })
         .await?;
     Ok(user)
 }
 
-/// POST /register: an account with `user`, and `admin` for an address of ADMIN_EMAILS. The
-/// caller has counted the attempt against the client's limit.
+/// What a registration answers.
+pub enum Registered {
+    /// The account (REQUIRE_EMAIL_VERIFICATION off).
+    Created(User),
+    /// REQUIRE_EMAIL_VERIFICATION: one answer whether the account was made or the address was
+    /// taken (its owner is mailed a notice then).
+    Pending,
+}
+
+/// POST /register: an account with `user`, and `admin` for an address of ADMIN_EMAILS, and a
+/// verification mail. The caller has counted the attempt against the client's limit.
 pub async fn register(
     app: &App,
     client: &Client,
     mut account: NewAccount,
-) -> Result<User, ApiError> {
+) -> Result<Registered, ApiError> {
     account.roles = vec![USER_ROLE.to_string()];
     if app
         .settings
@@ -83,7 +104,25 @@ pub async fn register(
     {
         account.roles.push(ADMIN_ROLE.to_string());
     }
-    let user = create_account(&app.users, &app.hasher, account).await?;
+    let pending = app.settings.require_verification;
+    if pending {
+        let owner = app
+            .users
+            .ask(FindByEmail(account.email.as_str().to_string()))
+            .await?;
+        if let Some(owner) = owner {
+            return taken_registration(app, client, account, owner).await;
+        }
+    }
+    let name = account.name.as_ref().map(|n| n.as_str().to_string());
+    let verify = super::email::verification(app, account.email.as_str(), name.as_deref());
+    let user = match create_account(&app.users, &app.hasher, account, Some(verify), false).await {
+        Ok(user) => user,
+        // Lost a race with another registration of the address: the same one answer.
+        Err(ApiError::EmailTaken) if pending => return Ok(Registered::Pending),
+        Err(e) => return Err(e),
+    };
+    app.mailer.wake();
     app.metrics.registrations.inc();
     app.audit.record(
         AuditEvent::success(AuditKind::Register)
@@ -92,7 +131,39 @@ pub async fn register(
             .detail(serde_json::json!({ "roles": user.roles })),
     );
     tracing::info!(user_id = %user.id, "registered");
-    Ok(user)
+    Ok(if pending {
+        Registered::Pending
+    } else {
+        Registered::Created(user)
+    })
+}
+
+/// REQUIRE_EMAIL_VERIFICATION and the address has an account: the password is judged and
+/// hashed as for a new account (the same answer for a weak one, and the same work), and the
+/// owner is told instead of the caller.
+async fn taken_registration(
+    app: &App,
+    client: &Client,
+    account: NewAccount,
+    owner: entities::user::Model,
+) -> Result<Registered, ApiError> {
+    let known = password_context(
+        account.email.as_str(),
+        account.name.as_ref().map(DisplayName::as_str),
+    );
+    app.hasher
+        .hash_new(account.password.expose(), known)
+        .await?;
+    let mail = super::email::notice(app, Template::AccountExists, &owner, &[]);
+    app.users.ask(QueueMail(vec![mail])).await?;
+    app.mailer.wake();
+    app.audit.record(
+        AuditEvent::denied(AuditKind::Register)
+            .subject(owner.id)
+            .ip(client.ip.clone())
+            .detail(serde_json::json!({ "reason": "email_taken" })),
+    );
+    Ok(Registered::Pending)
 }
 
 /// `sessiond user create`: the account, and its audit event written before returning (the
@@ -102,7 +173,7 @@ pub async fn create_from_cli(
     hasher: &PasswordHasher,
     account: NewAccount,
 ) -> Result<User, ApiError> {
-    let user = create_account(users, hasher, account).await?;
+    let user = create_account(users, hasher, account, None, true).await?;
     let event = AuditEvent::success(AuditKind::UserCreate)
         .subject(user.id)
         .detail(serde_json::json!({ "roles": user.roles, "source": "cli" }));
@@ -165,6 +236,7 @@ async fn attempt_login(
     attempt.succeeded(&bucket).await?;
     let (refresh, access) = attempt.open_session(account.id, access).await?;
     attempt.outcome("success");
+    super::email::note_login(app, client, &account).await;
     app.audit.record(
         AuditEvent::success(AuditKind::Login)
             .by(account.id)
@@ -317,10 +389,23 @@ impl<'a> LoginAttempt<'a> {
         };
         // A disabled account gets the very answer a wrong password gets, and counts as a
         // failure, so neither the response nor the lockout tells that it exists.
-        match app.users.ask(FindAccess(account.id)).await? {
-            Some(a) if !a.disabled => Ok((account, a.access)),
-            _ => Err(self.failed(bucket, Some(account.id), "disabled").await?),
+        let access = match app.users.ask(FindAccess(account.id)).await? {
+            Some(a) if !a.disabled => a.access,
+            _ => return Err(self.failed(bucket, Some(account.id), "disabled").await?),
+        };
+        // Only after the right password, so it tells nothing to whoever lacks it.
+        if app.settings.require_verification && !account.email_verified {
+            self.outcome("email_not_verified");
+            app.audit.record(
+                AuditEvent::denied(AuditKind::Login)
+                    .subject(account.id)
+                    .ip(self.client.ip.clone())
+                    .detail(serde_json::json!({ "reason": "email_not_verified" })),
+            );
+            super::email::remind_unverified(app, &account).await?;
+            return Err(ApiError::EmailNotVerified);
         }
+        Ok((account, access))
     }
 
     /// Clears the failures, and remembers the address for this account.
@@ -439,11 +524,8 @@ async fn count_failure(
 
 /// Changes the caller's password, and ends every other session of the account. Sessions are
 /// revoked before the new hash is stored: if the second step fails, the old password still
-/// works and the call can simply be retried.
-///
-/// A stolen access token must not guess the current password faster than a login could:
-/// limited per session and per account, and wrong guesses count toward the same lockout as
-/// logins (the stored email is normalized, so the key is the login's).
+/// works and the call can simply be retried. The owner is mailed a notice, and the account's
+/// unused reset links die with the old password (same transaction as the new hash).
 ///
 /// An account without a password (made by a provider sign-in) may set one without
 /// `current_password` within five minutes of that sign-in, from the session it opened.
@@ -453,6 +535,57 @@ pub async fn change_password(
     current_password: Option<String>,
     new_password: Password,
 ) -> Result<(), ApiError> {
+    let account =
+        check_current_password(app, caller, current_password, AuditKind::PasswordChange).await?;
+    // Exactly the registration policy, with the same context words.
+    let password_hash = app
+        .hasher
+        .hash_new(
+            new_password.expose(),
+            password_context(&account.email, account.name.as_deref()),
+        )
+        .await?;
+    let revoked = app
+        .sessions
+        .ask(RevokeAll {
+            user_id: caller.user_id,
+            except: Some(caller.session_id),
+        })
+        .await?;
+    let notice = super::email::notice(app, Template::PasswordChanged, &account, &[]);
+    app.users
+        .ask(SetPassword {
+            user_id: caller.user_id,
+            password_hash,
+            kept_session_id: caller.session_id,
+            webhooks: app.webhooks.clone(),
+            mail: vec![notice],
+        })
+        .await?;
+    app.mailer.wake();
+    app.audit.record(
+        AuditEvent::success(AuditKind::PasswordChange)
+            .by(caller.user_id)
+            .ip(caller.ip.clone())
+            .detail(serde_json::json!({ "other_sessions_revoked": revoked })),
+    );
+    // `user.password_changed` committed with the new hash (see `SetPassword`).
+    app.webhooks.wake();
+    tracing::info!(user_id = %caller.user_id, other_sessions_revoked = revoked, "password changed");
+    Ok(())
+}
+
+/// The caller's account, once `current_password` is proved right: for the changes that ask for
+/// it again (password, email). A stolen access token must not guess the current password faster
+/// than a login could: limited per session and per account, and wrong guesses count toward the
+/// same lockout as logins (the stored email is normalized, so the key is the login's). Denials
+/// and wrong guesses are audited as `kind`.
+pub(crate) async fn check_current_password(
+    app: &App,
+    caller: &Caller,
+    current_password: Option<String>,
+    kind: AuditKind,
+) -> Result<entities::user::Model, ApiError> {
     let account = app
         .users
         .ask(FindAccount(caller.user_id))
@@ -463,8 +596,7 @@ pub async fn change_password(
     let event = |e: AuditEvent| e.by(caller.user_id).ip(caller.ip.clone());
     let throttled = |reason: &str, t: Throttled| {
         app.audit.record(
-            event(AuditEvent::denied(AuditKind::PasswordChange))
-                .detail(serde_json::json!({ "reason": reason })),
+            event(AuditEvent::denied(kind)).detail(serde_json::json!({ "reason": reason })),
         );
         ApiError::from(t)
     };
@@ -493,7 +625,11 @@ pub async fn change_password(
     let verified = match current_password {
         Some(current) => {
             app.hasher
-                .verify(current, Some(account.password_hash), Priority::Other)
+                .verify(
+                    current,
+                    Some(account.password_hash.clone()),
+                    Priority::Other,
+                )
                 .await?
         }
         None if account.password_hash != NO_PASSWORD => {
@@ -503,40 +639,9 @@ pub async fn change_password(
     };
     if !verified {
         count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone()).await?;
-        app.audit
-            .record(event(AuditEvent::failure(AuditKind::PasswordChange)));
+        app.audit.record(event(AuditEvent::failure(kind)));
         return Err(ApiError::Forbidden);
     }
     app.throttle.record_success(bucket.id()).await?;
-    // Exactly the registration policy, with the same context words.
-    let password_hash = app
-        .hasher
-        .hash_new(
-            new_password.expose(),
-            password_context(&account.email, account.name.as_deref()),
-        )
-        .await?;
-    let revoked = app
-        .sessions
-        .ask(RevokeAll {
-            user_id: caller.user_id,
-            except: Some(caller.session_id),
-        })
-        .await?;
-    app.users
-        .ask(SetPassword {
-            user_id: caller.user_id,
-            password_hash,
-            kept_session_id: caller.session_id,
-            webhooks: app.webhooks.clone(),
-        })
-        .await?;
-    app.audit.record(
-        event(AuditEvent::success(AuditKind::PasswordChange))
-            .detail(serde_json::json!({ "other_sessions_revoked": revoked })),
-    );
-    // `user.password_changed` committed with the new hash (see `SetPassword`).
-    app.webhooks.wake();
-    tracing::info!(user_id = %caller.user_id, other_sessions_revoked = revoked, "password changed");
-    Ok(())
+    Ok(account)
 }

@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod clients;
+pub mod email;
 pub mod federated;
 pub mod sessions;
 
@@ -23,6 +24,7 @@ use crate::{
     audit::AuditLog,
     domain::Access,
     error::ApiError,
+    mail::Mailer,
     metrics::Metrics,
     session::SessionRegistry,
     throttle::{Scope, Throttle},
@@ -40,6 +42,9 @@ pub struct App {
     pub metrics: Metrics,
     /// Revocation webhooks: every flow that ends sessions or changes an account emits here.
     pub webhooks: Webhooks,
+    /// Renders mails (stored by the UserStore with the change that causes them) and wakes the
+    /// delivery worker.
+    pub mailer: Mailer,
     /// Recently read profiles (GET /profile), kept at most SESSION_CACHE_TTL.
     pub profiles: moka::future::Cache<Uuid, Arc<User>>,
     /// Service clients' secret hashes, kept at most SESSION_CACHE_TTL.
@@ -56,6 +61,10 @@ pub struct Settings {
     pub session_lifetime: Duration,
     /// Normalized; these accounts get `admin` at registration and at start-up.
     pub admin_emails: Vec<String>,
+    /// REQUIRE_EMAIL_VERIFICATION.
+    pub require_verification: bool,
+    /// NOTIFY_NEW_LOGIN.
+    pub notify_new_login: bool,
 }
 
 /// Where an anonymous call comes from, as audit records and limits see it.
@@ -85,7 +94,7 @@ pub struct Caller {
 }
 
 /// The unit an address is limited by: the address, or its /64 for IPv6.
-fn client_group(ip: Option<&str>) -> String {
+pub(crate) fn client_group(ip: Option<&str>) -> String {
     crate::throttle::client_group(ip.unwrap_or("unknown"))
 }
 

@@ -1,4 +1,5 @@
 //! Environment variables → a validated [`Config`]. Every error names the variable it came from.
+pub mod mail;
 pub mod oauth;
 pub mod redis;
 pub mod tls;
@@ -60,6 +61,10 @@ pub struct ThrottleConfig {
     /// PUT /profile/password attempts per account (and client bucket, as logins) and per session.
     pub password_change_per_account: u64,
     pub password_change_per_session: u64,
+    /// Mails asked for without a session (forgotten password) or with one (verification resend),
+    /// per client address and per account.
+    pub mail_per_ip: u64,
+    pub mail_per_account: u64,
     /// Consecutive failed logins before the account is locked (0: never).
     pub lockout_threshold: u64,
     /// First lock's length; each further failure doubles it.
@@ -151,6 +156,8 @@ pub struct Config {
     pub webhook_give_up: Duration,
     /// Sign-in with identity providers (none configured: the feature is off).
     pub oauth: oauth::OAuthConfig,
+    /// SMTP, the sender, the links' base URL, the templates and the email flows' switches.
+    pub mail: mail::MailSettings,
 }
 
 /// JWT_ALGORITHM: the JWS `alg` of issued access tokens.
@@ -497,6 +504,16 @@ pub const VARS: &[Var] = &[
         "password changes per window and session (0: off)",
     ),
     Var::new(
+        "RATE_LIMIT_MAIL_PER_IP",
+        Value("10"),
+        "password-reset and verification mails asked for per window and client (0: off)",
+    ),
+    Var::new(
+        "RATE_LIMIT_MAIL_PER_ACCOUNT",
+        Value("3"),
+        "password-reset and verification mails asked for per window and address (0: off)",
+    ),
+    Var::new(
         "LOCKOUT_THRESHOLD",
         Value("5"),
         "consecutive failures before an account is locked (0: never)",
@@ -608,6 +625,41 @@ pub const VARS: &[Var] = &[
         Value("https://api.github.com"),
         "GitHub's API base URL (GitHub Enterprise Server: https://HOST/api/v3)",
     ),
+    Var::new(
+        "SMTP_URL",
+        Unset("mails are written to the log, not sent"),
+        "smtp:// (STARTTLS when offered) or smtps:// URL of the mail server, user and password in the URL",
+    ),
+    Var::new(
+        "SMTP_CA_FILE",
+        Unset("the built-in roots"),
+        "PEM CA certificates that sign the SMTP server's certificate",
+    ),
+    Var::new(
+        "MAIL_FROM",
+        Value("sessiond <no-reply@localhost>"),
+        "From: of every mail (an address or Name <address>)",
+    ),
+    Var::new(
+        "APP_URL",
+        Value("http://localhost:3000"),
+        "base URL of the client application that mailed links point to",
+    ),
+    Var::new(
+        "MAIL_TEMPLATES_DIR",
+        Unset("the templates built into the binary"),
+        "directory whose <template>.txt / <template>.html replace the built-in ones",
+    ),
+    Var::new(
+        "REQUIRE_EMAIL_VERIFICATION",
+        Value("false"),
+        "refuse logins of unverified accounts (403 email_not_verified); registration answers 202",
+    ),
+    Var::new(
+        "NOTIFY_NEW_LOGIN",
+        Value("true"),
+        "mail the owner about a sign-in from an address and user agent not seen for 30 days",
+    ),
 ];
 
 /// The declaration of `name`; every variable the server reads is one of [`VARS`].
@@ -705,6 +757,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         self.get(var)
             .map(|raw| Self::parse(var, &raw, min, max))
             .transpose()
+    }
+
+    /// A true/false variable with a declared default value.
+    fn boolean(&self, var: &'static str) -> Result<bool, ConfigError> {
+        let default = self.value(var)?.trim().eq_ignore_ascii_case("true");
+        self.boolean_or(var, default)
     }
 
     /// For a variable whose default is [`VarDefault::Computed`]: `default` when unset.
@@ -874,6 +932,21 @@ impl Config {
 
         let (webhook_urls, webhook_secret) =
             webhook_settings(env.get("WEBHOOK_URLS"), env.get("WEBHOOK_SECRET"))?;
+        let smtp = match env.get("SMTP_URL") {
+            Some(url) => Some(mail::parse_smtp_url(&url, env.get("SMTP_CA_FILE"))?),
+            None if env.get("SMTP_CA_FILE").is_some() => {
+                return Err(err("SMTP_CA_FILE", "needs SMTP_URL"))
+            }
+            None => None,
+        };
+        let mail = mail::MailSettings {
+            smtp,
+            from: mail::check_from(&env.string("MAIL_FROM")?)?,
+            app_url: mail::check_app_url(&env.string("APP_URL")?)?,
+            templates_dir: env.get("MAIL_TEMPLATES_DIR").map(|d| d.trim().to_string()),
+            require_verification: env.boolean("REQUIRE_EMAIL_VERIFICATION")?,
+            notify_new_login: env.boolean("NOTIFY_NEW_LOGIN")?,
+        };
 
         let oauth = oauth::read(
             &|name| env.dynamic(name),
@@ -983,6 +1056,8 @@ impl Config {
                     0,
                     u64::MAX,
                 )?,
+                mail_per_ip: env.number("RATE_LIMIT_MAIL_PER_IP", 0, u64::MAX)?,
+                mail_per_account: env.number("RATE_LIMIT_MAIL_PER_ACCOUNT", 0, u64::MAX)?,
                 lockout_threshold: env.number("LOCKOUT_THRESHOLD", 0, 99)?,
                 lockout_base: secs(env.number("LOCKOUT_BASE_SECONDS", 1, 3600)?),
                 lockout_max: secs(env.number("LOCKOUT_MAX_SECONDS", 1, 86_400)?),
@@ -995,6 +1070,7 @@ impl Config {
             webhook_secret,
             webhook_give_up: secs(env.number("WEBHOOK_GIVE_UP_SECONDS", 1, 30 * 86_400)?),
             oauth,
+            mail,
         })
     }
 
@@ -1126,6 +1202,8 @@ impl Config {
             "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION" => {
                 Text(throttle.password_change_per_session.to_string())
             }
+            "RATE_LIMIT_MAIL_PER_IP" => Text(throttle.mail_per_ip.to_string()),
+            "RATE_LIMIT_MAIL_PER_ACCOUNT" => Text(throttle.mail_per_account.to_string()),
             "LOCKOUT_THRESHOLD" => Text(throttle.lockout_threshold.to_string()),
             "LOCKOUT_BASE_SECONDS" => secs(throttle.lockout_base),
             "LOCKOUT_MAX_SECONDS" => secs(throttle.lockout_max),
@@ -1175,6 +1253,17 @@ impl Config {
                 }),
                 oauth::ProviderKind::Oidc { .. } => None,
             })),
+            "SMTP_URL" => opt(self.mail.smtp.as_ref().map(|s| s.url.clone())),
+            "SMTP_CA_FILE" => opt(self
+                .mail
+                .smtp
+                .as_ref()
+                .and_then(|s| s.ca_file.as_ref().map(|(path, _)| path.clone()))),
+            "MAIL_FROM" => Text(self.mail.from.clone()),
+            "APP_URL" => Text(self.mail.app_url.clone()),
+            "MAIL_TEMPLATES_DIR" => opt(self.mail.templates_dir.clone()),
+            "REQUIRE_EMAIL_VERIFICATION" => Text(self.mail.require_verification.to_string()),
+            "NOTIFY_NEW_LOGIN" => Text(self.mail.notify_new_login.to_string()),
             // A declared variable without an arm here: the unit tests catch it.
             _ => Effective::Unknown,
         }

@@ -31,13 +31,21 @@ pub enum AuditKind {
     SessionsRevoke,
     /// An account created by `sessiond user create`.
     UserCreate,
+    /// A password-reset link asked for (POST /password/forgot), for an existing account.
+    PasswordResetRequest,
+    /// A password set through a mailed reset link.
+    PasswordReset,
+    /// An address verified through a mailed link, or a verification mail sent again.
+    EmailVerify,
+    /// An email change asked for (PUT /profile/email) or completed through the mailed link.
+    EmailChange,
     UserDelete,
     UserDisable,
     UserEnable,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 20] = [
+    pub const ALL: [AuditKind; 24] = [
         Self::AccessDenied,
         Self::AccountLocked,
         Self::ClientCreate,
@@ -58,6 +66,10 @@ impl AuditKind {
         Self::UserDelete,
         Self::UserDisable,
         Self::UserEnable,
+        Self::PasswordResetRequest,
+        Self::PasswordReset,
+        Self::EmailVerify,
+        Self::EmailChange,
     ];
 
     /// The stored and served name.
@@ -83,6 +95,10 @@ impl AuditKind {
             Self::UserDelete => "user_delete",
             Self::UserDisable => "user_disable",
             Self::UserEnable => "user_enable",
+            Self::PasswordResetRequest => "password_reset_request",
+            Self::PasswordReset => "password_reset",
+            Self::EmailVerify => "email_verify",
+            Self::EmailChange => "email_change",
         }
     }
 }
@@ -124,6 +140,10 @@ mod tests {
                 "user_delete",
                 "user_disable",
                 "user_enable",
+                "password_reset_request",
+                "password_reset",
+                "email_verify",
+                "email_change",
             ]
         );
         assert!(

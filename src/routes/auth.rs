@@ -89,6 +89,7 @@ pub(crate) async fn token_response_for(
         (status = 200, description = "Session created", body = TokenPair,
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 401, description = "Unknown email or wrong password, indistinguishable (`invalid_credentials`)", body = crate::error::ErrorBody),
+        (status = 403, description = "REQUIRE_EMAIL_VERIFICATION: the right password of an account whose address is not verified (`email_not_verified`); a new link is mailed to it", body = crate::error::ErrorBody),
         (status = 429, description = "Too many attempts from this address or for this account, or the account is locked after repeated failures (`rate_limited`)", body = crate::error::ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]

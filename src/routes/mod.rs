@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod clients;
+pub mod email;
 pub mod health;
 pub mod introspection;
 pub mod jwks;
@@ -59,6 +60,7 @@ pub fn configure(
         health::configure(cfg, public_metrics);
         jwks::configure(cfg);
         users::configure(cfg);
+        email::configure(cfg);
         auth::configure(cfg);
         oauth::configure(cfg);
         session::configure(cfg);

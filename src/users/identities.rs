@@ -99,6 +99,8 @@ impl Handler<CreateFederatedUser> for UserStore {
                 email: Set(msg.email.clone()),
                 name: Set(msg.name),
                 password_hash: Set(NO_PASSWORD.to_string()),
+                // Only a provider-verified email creates an account (see federated sign-in).
+                email_verified: Set(true),
                 created_at: Set(now),
                 updated_at: Set(now),
                 disabled_at: Set(None),

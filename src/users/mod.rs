@@ -4,12 +4,14 @@
 //! [`crate::actor`]).
 pub mod accounts;
 pub mod clients;
+pub mod email;
 pub mod identities;
 pub mod password;
 pub mod roles;
 
 pub use accounts::*;
 pub use clients::*;
+pub use email::*;
 pub use identities::*;
 pub use roles::*;
 
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use entities::user;
+use entities::{email_token, user};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
     QueryFilter, Set, SqlErr, Statement, TransactionTrait,
@@ -27,6 +29,7 @@ use serde::Serialize;
 use crate::{
     actor::{Reply, Unreachable},
     error::{ApiError, PublicError},
+    mail::Mail,
     metrics::CallMetrics,
     webhooks::{Event, Webhooks},
 };
@@ -46,6 +49,9 @@ pub enum UserStoreError {
     /// The change would break an invariant (the last admin, an existing role name).
     #[error("{0}")]
     Conflict(String),
+    /// A mailed token that is unknown, used, expired or superseded.
+    #[error("invalid token")]
+    InvalidToken,
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -75,6 +81,8 @@ pub struct User {
     pub email: String,
     pub name: Option<String>,
     pub roles: Vec<String>,
+    /// The owner opened a verification link mailed to `email`.
+    pub email_verified: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -85,6 +93,7 @@ impl User {
             email: m.email.clone(),
             name: m.name.clone(),
             roles,
+            email_verified: m.email_verified,
             created_at: m.created_at,
         }
     }
@@ -160,7 +169,8 @@ impl Actor for UserStore {
     }
 }
 
-/// A new account with its roles (which must exist), in one transaction.
+/// A new account with its roles (which must exist), and its verification token and mail, in
+/// one transaction.
 #[derive(Message)]
 #[rtype(result = "Reply<Result<User, UserStoreError>>")]
 pub struct CreateUser {
@@ -168,6 +178,11 @@ pub struct CreateUser {
     pub name: Option<String>,
     pub password_hash: String,
     pub roles: Vec<String>,
+    /// The token the verification mail carries (its `email` is the account's).
+    pub verify: Option<NewToken>,
+    pub mail: Vec<Mail>,
+    /// Vouched for by whoever creates it (`sessiond user create`).
+    pub email_verified: bool,
 }
 
 impl Handler<CreateUser> for UserStore {
@@ -185,6 +200,7 @@ impl Handler<CreateUser> for UserStore {
                 created_at: Set(now),
                 updated_at: Set(now),
                 disabled_at: Set(None),
+                email_verified: Set(msg.email_verified),
             };
             let roles = roles::normalize_roles(msg.roles);
             let insert = async {
@@ -192,6 +208,10 @@ impl Handler<CreateUser> for UserStore {
                 roles::check_grant(&txn, &roles).await?;
                 let saved = model.insert(&txn).await?;
                 roles::insert_roles(&txn, saved.id, &roles).await?;
+                if let Some(token) = msg.verify {
+                    email::insert_token(&txn, Some(saved.id), token).await?;
+                }
+                crate::mail::enqueue(&txn, msg.mail, false).await?;
                 txn.commit().await?;
                 Ok::<_, UserStoreError>(saved)
             };
@@ -263,6 +283,8 @@ impl Handler<FindAccount> for UserStore {
     }
 }
 
+/// The new hash, with its notice mail, in one transaction that also voids the account's
+/// unused password-reset links (a password change supersedes them).
 #[derive(Message)]
 #[rtype(result = "Reply<Result<(), UserStoreError>>")]
 pub struct SetPassword {
@@ -271,6 +293,7 @@ pub struct SetPassword {
     /// `user.password_changed` (keeping this session), written in the change's transaction.
     pub kept_session_id: Uuid,
     pub webhooks: Webhooks,
+    pub mail: Vec<Mail>,
 }
 
 impl Handler<SetPassword> for UserStore {
@@ -290,6 +313,8 @@ impl Handler<SetPassword> for UserStore {
                 let txn = db.conn.begin().await?;
                 update.update(&txn).await?;
                 msg.webhooks.write(&txn, &[event]).await?;
+                email::void_tokens(&txn, msg.user_id, &[email_token::RESET]).await?;
+                crate::mail::enqueue(&txn, msg.mail, false).await?;
                 txn.commit().await?;
                 Ok(())
             })
@@ -359,6 +384,7 @@ impl PublicError for UserStoreError {
             UserStoreError::NotFound => ApiError::NotFound("user"),
             e @ UserStoreError::UnknownRole(_) => ApiError::InvalidRequest(e.to_string()),
             UserStoreError::Invalid(m) => ApiError::InvalidRequest(m),
+            UserStoreError::InvalidToken => ApiError::InvalidToken,
             UserStoreError::Conflict(m) => ApiError::Conflict(m),
             UserStoreError::Unavailable(detail) => ApiError::Unavailable {
                 what: "database",

@@ -116,6 +116,11 @@ impl Deployment {
                 "RATE_LIMIT_PASSWORD_CHANGE_PER_SESSION".to_string(),
                 "1000000".to_string(),
             ),
+            ("RATE_LIMIT_MAIL_PER_IP".to_string(), "1000000".to_string()),
+            (
+                "RATE_LIMIT_MAIL_PER_ACCOUNT".to_string(),
+                "1000000".to_string(),
+            ),
         ]);
         let (mut admin_url, mut db_name, mut dir) = (None, None, None);
         match backend {

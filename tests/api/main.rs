@@ -15,6 +15,7 @@ mod hardening;
 mod introspection;
 mod keys;
 mod lockout;
+mod mail;
 mod monitoring;
 mod oidc;
 mod persistence;

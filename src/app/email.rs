@@ -1,0 +1,442 @@
+//! The email flows: forgotten password and reset, address verification, email change, and the
+//! notices (password changed, email changed, new sign-in). Each mail is rendered here and
+//! handed to the UserStore with the change that causes it, which stores both in one
+//! transaction; the delivery worker is woken once that has committed.
+use std::time::Duration;
+
+use entities::{email_token, user};
+use sha2::{Digest, Sha256};
+
+use super::{accounts::check_current_password, App, Caller, Client};
+use crate::{
+    actor::Ask,
+    audit::AuditEvent,
+    domain::{password_context, AuditKind, Email, Password},
+    error::ApiError,
+    mail::{Mail, MailToken, Template},
+    session::RevokeAll,
+    throttle::{account_key, Scope},
+    users::{
+        FindAccount, FindByEmail, FindToken, IssueToken, NewToken, Redeem, Redemption,
+        RequestReset, SeenLogin,
+    },
+    webhooks::Event,
+};
+
+/// How long a password-reset link works.
+pub const RESET_TTL: Duration = Duration::from_secs(30 * 60);
+/// How long a verification link works.
+pub const VERIFY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long the link confirming a new address works.
+pub const CHANGE_TTL: Duration = Duration::from_secs(3600);
+/// A sign-in from a client not seen for this long is mailed about.
+pub const NEW_LOGIN_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+/// A login refused for an unverified address mails a new link at most this often.
+const RESEND_ON_LOGIN_EVERY: Duration = Duration::from_secs(600);
+
+fn minutes(d: Duration) -> String {
+    (d.as_secs() / 60).to_string()
+}
+
+/// A mail to the account's current address, addressed by its name.
+pub(crate) fn notice(
+    app: &App,
+    template: Template,
+    account: &user::Model,
+    vars: &[(&str, &str)],
+) -> Mail {
+    notice_to(app, template, &account.email, account, vars)
+}
+
+fn notice_to(
+    app: &App,
+    template: Template,
+    to: &str,
+    account: &user::Model,
+    vars: &[(&str, &str)],
+) -> Mail {
+    let name = account.name.as_deref().unwrap_or("");
+    let mut all = vec![("name", name), ("email", account.email.as_str())];
+    all.extend_from_slice(vars);
+    app.mailer.compose(template, to, &all)
+}
+
+/// The verification mail for `email` with a fresh token: what [`NewToken`] stores, and the mail.
+pub(crate) fn verification(app: &App, email: &str, name: Option<&str>) -> (NewToken, Mail) {
+    let token = MailToken::generate();
+    let link = app.mailer.link("verify-email", &token.token);
+    let ttl = minutes(VERIFY_TTL);
+    let mail = app.mailer.compose(
+        Template::VerifyEmail,
+        email,
+        &[
+            ("name", name.unwrap_or("")),
+            ("email", email),
+            ("link", &link),
+            ("minutes", &ttl),
+        ],
+    );
+    let stored = NewToken {
+        hash: token.hash,
+        purpose: email_token::VERIFY,
+        email: email.to_string(),
+        ttl: VERIFY_TTL,
+    };
+    (stored, mail)
+}
+
+/// POST /password/forgot. The caller always gets the same answer; with or without an account
+/// for the address, the same lookups and the same transaction run (a decoy token and a
+/// discarded mail for an unknown one), so neither the answer nor its timing tells which
+/// addresses have accounts. Limited per client and per address.
+pub async fn forgot_password(app: &App, client: &Client, email: Email) -> Result<(), ApiError> {
+    app.limit_client(Scope::MailIp, client).await?;
+    app.throttle
+        .hit(Scope::MailAccount, &account_key(email.as_str()))
+        .await??;
+    let account = app
+        .users
+        .ask(FindByEmail(email.as_str().to_string()))
+        .await?
+        .filter(|a| a.disabled_at.is_none());
+    let token = MailToken::generate();
+    let link = app.mailer.link("reset-password", &token.token);
+    let ttl = minutes(RESET_TTL);
+    let name = account
+        .as_ref()
+        .and_then(|a| a.name.as_deref())
+        .unwrap_or("");
+    let mail = app.mailer.compose(
+        Template::PasswordReset,
+        email.as_str(),
+        &[
+            ("name", name),
+            ("email", email.as_str()),
+            ("link", &link),
+            ("minutes", &ttl),
+        ],
+    );
+    let user_id = account.as_ref().map(|a| a.id);
+    app.users
+        .ask(RequestReset {
+            user_id,
+            token: NewToken {
+                hash: token.hash,
+                purpose: email_token::RESET,
+                email: email.into_inner(),
+                ttl: RESET_TTL,
+            },
+            mail,
+        })
+        .await?;
+    if let Some(id) = user_id {
+        app.mailer.wake();
+        app.audit.record(
+            AuditEvent::success(AuditKind::PasswordResetRequest)
+                .subject(id)
+                .ip(client.ip.clone()),
+        );
+        tracing::info!(user_id = %id, "password reset link mailed");
+    }
+    Ok(())
+}
+
+/// POST /password/reset: a new password (the registration policy) through a mailed link. Every
+/// session of the account is revoked (on every pod) before the token is used up, so a failure
+/// there leaves the link usable for a retry; the notice is stored with the new hash.
+pub async fn reset_password(
+    app: &App,
+    client: &Client,
+    token: &str,
+    new_password: Password,
+) -> Result<(), ApiError> {
+    let (token, account) = find_token(
+        app,
+        client,
+        token,
+        &[email_token::RESET],
+        AuditKind::PasswordReset,
+    )
+    .await?;
+    let password_hash = app
+        .hasher
+        .hash_new(
+            new_password.expose(),
+            password_context(&account.email, account.name.as_deref()),
+        )
+        .await?;
+    // Sessions live in Redis: the event is stored ahead of the revocation (see
+    // `Webhooks::write_ahead`).
+    let event = Event::sessions_revoked(account.id, "password_reset", None);
+    app.webhooks.write_ahead(&[event]).await?;
+    let revoked = app
+        .sessions
+        .ask(RevokeAll {
+            user_id: account.id,
+            except: None,
+        })
+        .await?;
+    let mail = notice(app, Template::PasswordChanged, &account, &[]);
+    app.users
+        .ask(Redeem {
+            token_id: token.id,
+            user_id: account.id,
+            change: Redemption::Password { password_hash },
+            mail: vec![mail],
+        })
+        .await?;
+    app.mailer.wake();
+    app.profiles.invalidate(&account.id).await;
+    app.audit.record(
+        AuditEvent::success(AuditKind::PasswordReset)
+            .subject(account.id)
+            .ip(client.ip.clone())
+            .detail(serde_json::json!({ "sessions_revoked": revoked })),
+    );
+    tracing::info!(user_id = %account.id, sessions_revoked = revoked, "password reset");
+    Ok(())
+}
+
+/// The usable token and its account, or `invalid_token` (audited as a failure of `kind`).
+async fn find_token(
+    app: &App,
+    client: &Client,
+    token: &str,
+    purposes: &'static [&'static str],
+    kind: AuditKind,
+) -> Result<(email_token::Model, user::Model), ApiError> {
+    // A token is 43 base64url characters; anything else cannot match, and is not looked up.
+    let plausible = token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let found = if plausible {
+        app.users
+            .ask(FindToken {
+                hash: MailToken::hash(token),
+                purposes,
+            })
+            .await?
+    } else {
+        None
+    };
+    found.ok_or_else(|| {
+        // A loop of bad tokens from one client is one counted event per window.
+        app.audit.record_denial(
+            format!("invalid_token {}", client.group()),
+            AuditEvent::failure(kind)
+                .ip(client.ip.clone())
+                .detail(serde_json::json!({ "reason": "invalid_token" })),
+        );
+        ApiError::InvalidToken
+    })
+}
+
+/// POST /email/verify: a verification link, or the link that confirms a new address (then the
+/// account's address changes, and the old one is told).
+pub async fn verify_email(app: &App, client: &Client, token: &str) -> Result<(), ApiError> {
+    const PURPOSES: &[&str] = &[email_token::VERIFY, email_token::CHANGE];
+    let (token, account) = find_token(app, client, token, PURPOSES, AuditKind::EmailVerify).await?;
+    let audit = |kind| {
+        AuditEvent::success(kind)
+            .subject(account.id)
+            .ip(client.ip.clone())
+    };
+    if token.purpose == email_token::CHANGE {
+        let mail = notice(
+            app,
+            Template::EmailChanged,
+            &account,
+            &[("new_email", token.email.as_str())],
+        );
+        app.users
+            .ask(Redeem {
+                token_id: token.id,
+                user_id: account.id,
+                change: Redemption::ChangeEmail {
+                    old: account.email.clone(),
+                    new: token.email.clone(),
+                },
+                mail: vec![mail],
+            })
+            .await?;
+        app.mailer.wake();
+        app.profiles.invalidate(&account.id).await;
+        app.audit.record(
+            audit(AuditKind::EmailChange).detail(serde_json::json!({ "step": "confirmed" })),
+        );
+        tracing::info!(user_id = %account.id, "email changed");
+    } else {
+        app.users
+            .ask(Redeem {
+                token_id: token.id,
+                user_id: account.id,
+                change: Redemption::Verify {
+                    email: token.email.clone(),
+                },
+                mail: Vec::new(),
+            })
+            .await?;
+        app.profiles.invalidate(&account.id).await;
+        app.audit.record(
+            audit(AuditKind::EmailVerify).detail(serde_json::json!({ "step": "verified" })),
+        );
+        tracing::info!(user_id = %account.id, "email verified");
+    }
+    Ok(())
+}
+
+/// POST /email/verify/resend: a new verification link (superseding the older ones), unless the
+/// address is verified already. Limited per client and per account.
+pub async fn resend_verification(app: &App, caller: &Caller) -> Result<(), ApiError> {
+    let client = Client {
+        ip: caller.ip.clone(),
+        user_agent: None,
+    };
+    app.limit_client(Scope::MailIp, &client).await?;
+    app.throttle
+        .hit(Scope::MailAccount, &caller.user_id.to_string())
+        .await??;
+    let account = app
+        .users
+        .ask(FindAccount(caller.user_id))
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    if account.email_verified {
+        return Ok(());
+    }
+    let (token, mail) = verification(app, &account.email, account.name.as_deref());
+    app.users
+        .ask(IssueToken {
+            user_id: account.id,
+            token,
+            mail: vec![mail],
+            unless_within: None,
+        })
+        .await?;
+    app.mailer.wake();
+    app.audit.record(
+        AuditEvent::success(AuditKind::EmailVerify)
+            .by(caller.user_id)
+            .ip(caller.ip.clone())
+            .detail(serde_json::json!({ "step": "mailed" })),
+    );
+    Ok(())
+}
+
+/// A login refused for an unverified address: a new link, at most every few minutes, so an
+/// owner whose link expired is not stuck (they cannot call the authenticated resend).
+pub(crate) async fn remind_unverified(app: &App, account: &user::Model) -> Result<(), ApiError> {
+    let (token, mail) = verification(app, &account.email, account.name.as_deref());
+    let issued = app
+        .users
+        .ask(IssueToken {
+            user_id: account.id,
+            token,
+            mail: vec![mail],
+            unless_within: Some(RESEND_ON_LOGIN_EVERY),
+        })
+        .await?;
+    if issued {
+        app.mailer.wake();
+    }
+    Ok(())
+}
+
+/// PUT /profile/email: after the current password (limited and locked out as a password
+/// change), a link to the new address; the address changes when it is used. The answer is the
+/// same whether or not the new address has an account (none is mailed then).
+pub async fn change_email(
+    app: &App,
+    caller: &Caller,
+    new_email: Email,
+    current_password: String,
+) -> Result<(), ApiError> {
+    let account =
+        check_current_password(app, caller, Some(current_password), AuditKind::EmailChange).await?;
+    if new_email.as_str() == account.email {
+        return Err(ApiError::invalid(
+            "new_email is the account's current address",
+        ));
+    }
+    let taken = app
+        .users
+        .ask(FindByEmail(new_email.as_str().to_string()))
+        .await?
+        .is_some();
+    if !taken {
+        let token = MailToken::generate();
+        let link = app.mailer.link("verify-email", &token.token);
+        let ttl = minutes(CHANGE_TTL);
+        let mail = notice_to(
+            app,
+            Template::ConfirmEmailChange,
+            new_email.as_str(),
+            &account,
+            &[
+                ("new_email", new_email.as_str()),
+                ("link", &link),
+                ("minutes", &ttl),
+            ],
+        );
+        app.users
+            .ask(IssueToken {
+                user_id: account.id,
+                token: NewToken {
+                    hash: token.hash,
+                    purpose: email_token::CHANGE,
+                    email: new_email.as_str().to_string(),
+                    ttl: CHANGE_TTL,
+                },
+                mail: vec![mail],
+                unless_within: None,
+            })
+            .await?;
+        app.mailer.wake();
+    }
+    app.audit.record(
+        AuditEvent::success(AuditKind::EmailChange)
+            .by(caller.user_id)
+            .ip(caller.ip.clone())
+            .detail(serde_json::json!({ "step": "requested", "address_taken": taken })),
+    );
+    Ok(())
+}
+
+/// After a login: remembers the client, and mails the owner when it was not seen for 30 days
+/// (NOTIFY_NEW_LOGIN). A failure here does not fail the login; it is logged.
+pub(crate) async fn note_login(app: &App, client: &Client, account: &user::Model) {
+    if !app.settings.notify_new_login {
+        return;
+    }
+    let Some(ip) = client.ip.as_deref() else {
+        return;
+    };
+    let user_agent = client.user_agent.as_deref().unwrap_or("");
+    let fingerprint = hex::encode(Sha256::digest(format!("{ip}\n{user_agent}").as_bytes()));
+    let shown_agent: String = user_agent
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(256)
+        .collect();
+    let mail = notice(
+        app,
+        Template::NewLogin,
+        account,
+        &[("ip", ip), ("user_agent", &shown_agent)],
+    );
+    let seen = app
+        .users
+        .ask(SeenLogin {
+            user_id: account.id,
+            fingerprint,
+            window: NEW_LOGIN_WINDOW,
+            mail,
+        })
+        .await;
+    match seen {
+        Ok(true) => app.mailer.wake(),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(user_id = %account.id, cause = %e, "new sign-in not recorded"),
+    }
+}

@@ -1,0 +1,864 @@
+//! Recovery and verification by email, through a real SMTP server (aiosmtpd, started by
+//! tests/smtp_server.py on 127.0.0.1): the tests read the delivered messages and follow their
+//! links. TLS (STARTTLS and implicit) with a certificate made here; the server stopped while
+//! mail is queued, and a pod restarted with mail queued, lose nothing and send nothing twice.
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use reqwest::{Method, StatusCode};
+use sea_orm::{ConnectionTrait, Database, Statement};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{call, eventually, unique_email, Backend, Deployment, TestApp, PASSWORD};
+
+const NEW_PASSWORD: &str = "another staple horse";
+const SMTP_USER: &str = "mailer";
+const SMTP_PASSWORD: &str = "s3cret:p@ss";
+
+/// SMTP_TEST_PYTHON: a python with ci/requirements-smtp.txt (.ci/run makes one). Unset: the
+/// test is skipped, unless REQUIRE_SERVICES=1.
+fn smtp_python() -> Option<String> {
+    match std::env::var("SMTP_TEST_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            assert!(
+                std::env::var("REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "REQUIRE_SERVICES=1 but SMTP_TEST_PYTHON is not set (see ci/requirements-smtp.txt)"
+            );
+            eprintln!("skipping: SMTP_TEST_PYTHON unset");
+            None
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tls {
+    Plain,
+    Starttls,
+    Implicit,
+}
+
+/// One aiosmtpd process and the directory it writes received messages to.
+struct Smtp {
+    python: String,
+    dir: PathBuf,
+    tls: Tls,
+    auth: bool,
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+/// A received message: its headers and its decoded text part.
+#[derive(Debug, Clone)]
+struct Received {
+    to: String,
+    subject: String,
+    from: String,
+    bcc: bool,
+    text: String,
+}
+
+impl Received {
+    /// The single-use token of the message's link.
+    fn token(&self) -> String {
+        let at = self.text.find("#token=").expect("a link with a token") + "#token=".len();
+        self.text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect()
+    }
+}
+
+fn decode_qp(s: &str) -> String {
+    let joined = s.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' && i + 2 < bytes.len() {
+            if let Some(b) = joined
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Headers (unfolded, lower-case names) and body of one MIME entity.
+fn split_entity(raw: &str) -> (Vec<(String, String)>, String) {
+    let raw = raw.replace("\r\n", "\n");
+    let (head, body) = raw.split_once("\n\n").unwrap_or((&raw, ""));
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = headers.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    (headers, body.to_string())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+fn decode_body(headers: &[(String, String)], body: &str) -> String {
+    match header(headers, "content-transfer-encoding")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "quoted-printable" => decode_qp(body),
+        "base64" => {
+            let compact: String = body.split_whitespace().collect();
+            String::from_utf8_lossy(&STANDARD.decode(compact).unwrap_or_default()).into_owned()
+        }
+        _ => body.to_string(),
+    }
+}
+
+fn parse(raw: &str) -> Received {
+    let (headers, body) = split_entity(raw);
+    let ctype = header(&headers, "content-type").to_string();
+    let text = match ctype.split("boundary=").nth(1) {
+        Some(b) => {
+            let boundary = format!("--{}", b.trim_matches('"').split(';').next().unwrap_or(""));
+            body.split(boundary.as_str())
+                .map(split_entity)
+                .find(|(h, _)| header(h, "content-type").starts_with("text/plain"))
+                .map(|(h, b)| decode_body(&h, &b))
+                .unwrap_or_default()
+        }
+        None => decode_body(&headers, &body),
+    };
+    Received {
+        to: header(&headers, "to")
+            .trim_matches(['<', '>'])
+            .to_ascii_lowercase(),
+        subject: header(&headers, "subject").to_string(),
+        from: header(&headers, "from").to_string(),
+        bcc: headers.iter().any(|(k, _)| k == "bcc"),
+        text,
+    }
+}
+
+impl Smtp {
+    async fn start(tls: Tls, auth: bool) -> Option<Self> {
+        let python = smtp_python()?;
+        let dir =
+            std::env::temp_dir().join(format!("sessiond-smtp-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("inbox")).expect("smtp dir");
+        if tls != Tls::Plain {
+            let rcgen::CertifiedKey { cert, signing_key } =
+                rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                    .expect("certificate");
+            std::fs::write(dir.join("smtp.crt"), cert.pem()).expect("write cert");
+            std::fs::write(dir.join("smtp.key"), signing_key.serialize_pem()).expect("write key");
+        }
+        let mut smtp = Self {
+            python,
+            dir,
+            tls,
+            auth,
+            port: 0,
+            child: None,
+        };
+        smtp.launch().await;
+        Some(smtp)
+    }
+
+    /// Starts the server (on its earlier port after the first start) and waits until it listens.
+    async fn launch(&mut self) {
+        let mut cmd = tokio::process::Command::new(&self.python);
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_server.py"))
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(self.dir.join("inbox"))
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if self.tls != Tls::Plain {
+            let mode = if self.tls == Tls::Starttls {
+                "starttls"
+            } else {
+                "implicit"
+            };
+            cmd.arg("--tls")
+                .arg(mode)
+                .arg("--cert")
+                .arg(self.dir.join("smtp.crt"))
+                .arg("--key")
+                .arg(self.dir.join("smtp.key"));
+        }
+        if self.auth {
+            cmd.arg("--auth")
+                .arg(format!("{SMTP_USER}:{SMTP_PASSWORD}"));
+        }
+        let mut child = cmd.spawn().expect("the SMTP server starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the SMTP server says READY in time")
+            .expect("stdout readable")
+            .expect("a READY line");
+        self.port = ready
+            .strip_prefix("READY ")
+            .and_then(|p| p.trim().parse().ok())
+            .expect("READY <port>");
+        self.child = Some(child);
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// What a deployment needs to send through this server.
+    fn configure(&self, dep: &mut Deployment) {
+        let scheme = if self.tls == Tls::Implicit {
+            "smtps"
+        } else {
+            "smtp"
+        };
+        let userinfo = if self.auth {
+            // ':' and '@' percent-encoded, as in any URL.
+            format!(
+                "{SMTP_USER}:{}@",
+                SMTP_PASSWORD.replace(':', "%3A").replace('@', "%40")
+            )
+        } else {
+            String::new()
+        };
+        dep.set(
+            "SMTP_URL",
+            format!("{scheme}://{userinfo}127.0.0.1:{}", self.port),
+        );
+        if self.tls != Tls::Plain {
+            dep.set("SMTP_CA_FILE", self.dir.join("smtp.crt").display());
+        }
+        dep.set("MAIL_FROM", "sessiond <no-reply@example.com>");
+        dep.set("APP_URL", "https://app.example");
+    }
+
+    fn received(&self) -> Vec<Received> {
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(self.dir.join("inbox"))
+            .expect("inbox")
+            .filter_map(|e| {
+                let p = e.ok()?.path();
+                let n = p.file_stem()?.to_str()?.parse().ok()?;
+                (p.extension()? == "eml").then_some((n, p))
+            })
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|(_, p)| parse(&std::fs::read_to_string(p).expect("message")))
+            .collect()
+    }
+
+    fn to(&self, address: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|m| m.to == address)
+            .collect()
+    }
+
+    /// Waits until `address` has received `n` messages; returns them in arrival order.
+    async fn wait_for(&self, address: &str, n: usize) -> Vec<Received> {
+        let arrived = eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            async || self.to(address).len() >= n,
+        )
+        .await;
+        let got = self.to(address);
+        assert!(arrived, "{address} got {} of {n} mails: {got:?}", got.len());
+        got
+    }
+
+    /// The newest mail to `address` once it has `n`, with its subject checked.
+    async fn nth(&self, address: &str, n: usize, subject: &str) -> Received {
+        let mail = self.wait_for(address, n).await[n - 1].clone();
+        assert!(mail.subject.contains(subject), "{mail:?}");
+        mail
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A deployment that sends through `smtp`.
+async fn deployment(backend: Backend, smtp: &Smtp) -> Deployment {
+    let mut dep = Deployment::new(backend).await;
+    smtp.configure(&mut dep);
+    dep
+}
+
+async fn register(app: &TestApp, email: &str) -> Value {
+    let r = app.register(email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    r.body
+}
+
+async fn forgot(app: &TestApp, email: &str) -> crate::helpers::Reply {
+    app.post_json("/password/forgot", &json!({ "email": email }))
+        .await
+}
+
+async fn reset(app: &TestApp, token: &str, password: &str) -> crate::helpers::Reply {
+    app.post_json(
+        "/password/reset",
+        &json!({ "token": token, "new_password": password }),
+    )
+    .await
+}
+
+async fn sql(dep: &Deployment, statement: &str) {
+    let db = Database::connect(dep.database_url())
+        .await
+        .expect("database");
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        statement.to_string(),
+    ))
+    .await
+    .expect("statement");
+    let _ = db.close().await;
+}
+
+/// Reset end to end over STARTTLS with SMTP authentication: the mailed link sets a new
+/// password, every session of the account ends on every pod, the owner is told, and the link
+/// works once.
+async fn password_reset_end_to_end(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Starttls, true).await else {
+        return;
+    };
+    let dep = deployment(backend, &smtp).await;
+    let a = dep.spawn().await;
+    let b = if backend == Backend::Services {
+        dep.spawn().await
+    } else {
+        TestApp::external(&a.address)
+    };
+    let email = unique_email("reset");
+    register(&a, &email).await;
+    let verify = smtp.nth(&email, 1, "Confirm your email address").await;
+    assert_eq!(verify.from, "sessiond <no-reply@example.com>");
+    assert!(
+        verify
+            .text
+            .contains("https://app.example/verify-email#token="),
+        "{verify:?}"
+    );
+    let on_a = a.login(&email, PASSWORD).await;
+    let on_b = b.login(&email, PASSWORD).await;
+    if backend == Backend::Services {
+        b.subscribed().await;
+    }
+
+    let r = forgot(&a, &email).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let mail = smtp.nth(&email, 2, "Reset your password").await;
+    assert!(
+        mail.text
+            .contains("https://app.example/reset-password#token="),
+        "{mail:?}"
+    );
+    let token = mail.token();
+    assert_eq!(token.len(), 43, "256 bits in base64url: {token}");
+
+    reset(&a, &token, "short")
+        .await
+        .assert_error(400, "invalid_request");
+    let r = reset(&a, &token, NEW_PASSWORD).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    for (pod, tokens) in [(&a, &on_a), (&b, &on_b)] {
+        let ended = eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            async || {
+                pod.get("/session", Some(&tokens.access)).await.status == StatusCode::UNAUTHORIZED
+            },
+        )
+        .await;
+        assert!(ended, "a session survived the reset");
+    }
+    a.login_reply(&email, PASSWORD)
+        .await
+        .assert_error(401, "invalid_credentials");
+    a.login(&email, NEW_PASSWORD).await;
+    smtp.nth(&email, 3, "Your password was changed").await;
+    reset(&a, &token, "yet another horse staple")
+        .await
+        .assert_error(400, "invalid_token");
+
+    // The bodies (and their links) leave the outbox once sent; no token in the audit trail.
+    let db = Database::connect(dep.database_url())
+        .await
+        .expect("database");
+    let left = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT COUNT(*) AS n FROM mail_outbox WHERE text_body LIKE '%{token}%' \
+                 OR html_body LIKE '%{token}%'"
+            ),
+        ))
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(left.try_get::<i64>("", "n").expect("n"), 0);
+    let audit = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM audit_events WHERE CAST(detail AS TEXT) LIKE '%{token}%'"),
+        ))
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(audit.try_get::<i64>("", "n").expect("n"), 0);
+    let _ = db.close().await;
+    assert!(!a.scrape().await.contains(&token));
+}
+
+/// A known and an unknown address get the same status, body and headers, and only the known
+/// one gets mail.
+async fn unknown_email_is_indistinguishable(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let dep = deployment(backend, &smtp).await;
+    let app = dep.spawn().await;
+    let known = unique_email("known");
+    register(&app, &known).await;
+    let unknown = unique_email("unknown");
+    let (k, u) = (forgot(&app, &known).await, forgot(&app, &unknown).await);
+    assert_eq!(k.status, StatusCode::ACCEPTED);
+    assert_eq!((k.status, &k.body), (u.status, &u.body));
+    let shown = |r: &crate::helpers::Reply| {
+        let mut h: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "date" | "x-request-id"))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        h.sort();
+        h
+    };
+    assert_eq!(shown(&k), shown(&u));
+    smtp.nth(&known, 2, "Reset your password").await;
+    // The known address's mail went out; the unknown one's never will.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(smtp.to(&unknown).is_empty());
+}
+
+/// A link works once, not after 30 minutes, and not after a newer link or a password change.
+async fn reset_tokens_are_single_use_and_superseded(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let dep = deployment(backend, &smtp).await;
+    let app = dep.spawn().await;
+    let email = unique_email("tokens");
+    register(&app, &email).await;
+    forgot(&app, &email).await;
+    let first = smtp.nth(&email, 2, "Reset").await.token();
+    forgot(&app, &email).await;
+    let second = smtp.nth(&email, 3, "Reset").await.token();
+    reset(&app, &first, NEW_PASSWORD)
+        .await
+        .assert_error(400, "invalid_token");
+    for bad in ["", "x", "A".repeat(43).as_str(), "../../etc", "\r\n"] {
+        reset(&app, bad, NEW_PASSWORD)
+            .await
+            .assert_error(400, "invalid_token");
+    }
+    assert_eq!(
+        reset(&app, &second, NEW_PASSWORD).await.status,
+        StatusCode::NO_CONTENT
+    );
+    reset(&app, &second, NEW_PASSWORD)
+        .await
+        .assert_error(400, "invalid_token");
+
+    // Expired.
+    forgot(&app, &email).await;
+    let expired = smtp.nth(&email, 5, "Reset").await.token();
+    sql(
+        &dep,
+        "UPDATE email_tokens SET expires_at_ms = 0 WHERE used_at_ms IS NULL",
+    )
+    .await;
+    reset(&app, &expired, PASSWORD)
+        .await
+        .assert_error(400, "invalid_token");
+
+    // A password change voids the unused links.
+    forgot(&app, &email).await;
+    let before_change = smtp.nth(&email, 6, "Reset").await.token();
+    let tokens = app.login(&email, NEW_PASSWORD).await;
+    let r = app
+        .request(
+            Method::PUT,
+            "/profile/password",
+            &tokens.access,
+            Some(&json!({"current_password": NEW_PASSWORD, "new_password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    smtp.nth(&email, 7, "Your password was changed").await;
+    reset(&app, &before_change, NEW_PASSWORD)
+        .await
+        .assert_error(400, "invalid_token");
+}
+
+/// Verification off: the account works at once and becomes verified by its link; a resend
+/// supersedes the first link. On: 202 at registration, 403 only after the right password.
+async fn verification_on_and_off(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Implicit, false).await else {
+        return;
+    };
+    let mut dep = deployment(backend, &smtp).await;
+    let app = dep.spawn().await;
+    let email = unique_email("verify");
+    let user = register(&app, &email).await;
+    assert_eq!(user["email_verified"], json!(false));
+    let first = smtp.nth(&email, 1, "Confirm").await.token();
+    let tokens = app.login(&email, PASSWORD).await;
+    let r = app.post_auth("/email/verify/resend", &tokens.access).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let second = smtp.nth(&email, 2, "Confirm").await.token();
+    let verify = |t: String| {
+        let app = &app;
+        async move { app.post_json("/email/verify", &json!({ "token": t })).await }
+    };
+    verify(first).await.assert_error(400, "invalid_token");
+    assert_eq!(verify(second.clone()).await.status, StatusCode::NO_CONTENT);
+    verify(second).await.assert_error(400, "invalid_token");
+    let profile = app.get("/profile", Some(&tokens.access)).await;
+    assert_eq!(
+        profile.body["email_verified"],
+        json!(true),
+        "{}",
+        profile.body
+    );
+    app.stop().await;
+
+    dep.set("REQUIRE_EMAIL_VERIFICATION", "true");
+    let app = dep.spawn().await;
+    let email = unique_email("required");
+    let r = app.register(&email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let token = smtp.nth(&email, 1, "Confirm").await.token();
+    app.login_reply(&email, "wrong password here")
+        .await
+        .assert_error(401, "invalid_credentials");
+    app.login_reply(&email, PASSWORD)
+        .await
+        .assert_error(403, "email_not_verified");
+    // Its link is recent: none is added. Once it is older, a refused login mails a fresh one,
+    // which supersedes it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.to(&email).len(), 1);
+    sql(&dep, "UPDATE email_tokens SET created_at_ms = 0").await;
+    app.login_reply(&email, PASSWORD)
+        .await
+        .assert_error(403, "email_not_verified");
+    let fresh = smtp.nth(&email, 2, "Confirm").await.token();
+    app.post_json("/email/verify", &json!({ "token": token }))
+        .await
+        .assert_error(400, "invalid_token");
+    let r = app
+        .post_json("/email/verify", &json!({ "token": fresh }))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    app.login(&email, PASSWORD).await;
+}
+
+/// REQUIRE_EMAIL_VERIFICATION: registering a taken address answers exactly as a new one, changes
+/// nothing, and tells the owner.
+async fn taken_address_under_required_verification(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let mut dep = deployment(backend, &smtp).await;
+    dep.set("REQUIRE_EMAIL_VERIFICATION", "true");
+    let app = dep.spawn().await;
+    let email = unique_email("owner");
+    let first = app.register(&email, PASSWORD).await;
+    let token = smtp.nth(&email, 1, "Confirm").await.token();
+    let again = app
+        .post_json(
+            "/register",
+            &json!({"email": email.to_uppercase(), "password": NEW_PASSWORD, "name": "Mallory"}),
+        )
+        .await;
+    assert_eq!((first.status, &first.body), (again.status, &again.body));
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    smtp.nth(&email, 2, "Someone tried to register").await;
+    // A weak password is refused alike, taken address or not.
+    app.register(&email, "password")
+        .await
+        .assert_error(400, "invalid_request");
+    app.register(&unique_email("new"), "password")
+        .await
+        .assert_error(400, "invalid_request");
+    app.post_json("/email/verify", &json!({ "token": token }))
+        .await;
+    app.login(&email, PASSWORD).await;
+    app.login_reply(&email, NEW_PASSWORD)
+        .await
+        .assert_error(401, "invalid_credentials");
+}
+
+/// PUT /profile/email: the address changes only when the link mailed to the new one is used;
+/// the old one is told, and logins take the new address.
+async fn email_change(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let dep = deployment(backend, &smtp).await;
+    let app = dep.spawn().await;
+    let old = unique_email("old");
+    register(&app, &old).await;
+    let tokens = app.login(&old, PASSWORD).await;
+    let new = unique_email("new");
+    let change = |body: Value| {
+        let (app, access) = (&app, tokens.access.clone());
+        async move {
+            app.request(Method::PUT, "/profile/email", &access, Some(&body))
+                .await
+        }
+    };
+    change(json!({"new_email": new, "current_password": "wrong password!"}))
+        .await
+        .assert_error(403, "forbidden");
+    change(json!({"new_email": old, "current_password": PASSWORD}))
+        .await
+        .assert_error(400, "invalid_request");
+    let r = change(json!({"new_email": new, "current_password": PASSWORD})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let mail = smtp.nth(&new, 1, "Confirm your new email address").await;
+    assert_eq!(
+        app.get("/profile", Some(&tokens.access)).await.body["email"],
+        json!(old)
+    );
+    let r = app
+        .post_json("/email/verify", &json!({ "token": mail.token() }))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let told = smtp.nth(&old, 2, "email address was changed").await;
+    assert!(told.text.contains(&new), "{told:?}");
+    let profile = app.get("/profile", Some(&tokens.access)).await.body;
+    assert_eq!(
+        (&profile["email"], &profile["email_verified"]),
+        (&json!(new), &json!(true))
+    );
+    app.login_reply(&old, PASSWORD)
+        .await
+        .assert_error(401, "invalid_credentials");
+    app.login(&new, PASSWORD).await;
+    // A taken address: the same answer, and no mail to it.
+    let other = unique_email("other");
+    register(&app, &other).await;
+    let tokens = app.login(&new, PASSWORD).await;
+    let r = app
+        .request(
+            Method::PUT,
+            "/profile/email",
+            &tokens.access,
+            Some(&json!({"new_email": other, "current_password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    smtp.wait_for(&other, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.to(&other).len(), 1, "only its own verification mail");
+}
+
+/// NOTIFY_NEW_LOGIN: the first sign-in is no news; one from another client address or user
+/// agent is mailed; one from a known client is not.
+async fn new_sign_in_notice(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let mut dep = deployment(backend, &smtp).await;
+    dep.set("TRUSTED_PROXIES", "127.0.0.1/32");
+    let app = dep.spawn().await;
+    let email = unique_email("notice");
+    register(&app, &email).await;
+    smtp.wait_for(&email, 1).await;
+    for (client, ua) in [
+        ("198.51.100.7", "Firefox"),
+        ("198.51.100.7", "Firefox"),
+        ("203.0.113.9", "Firefox"),
+    ] {
+        let r = app
+            .client
+            .post(app.url("/login"))
+            .header("x-forwarded-for", client)
+            .header("user-agent", ua)
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let mail = smtp.nth(&email, 2, "New sign-in").await;
+    assert!(
+        mail.text.contains("203.0.113.9") && mail.text.contains("Firefox"),
+        "{mail:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.to(&email).len(), 2);
+}
+
+/// The SMTP server is down while ten mails are queued: each arrives exactly once after it
+/// comes back.
+async fn smtp_outage_loses_and_repeats_nothing(backend: Backend) {
+    let Some(mut smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let dep = deployment(backend, &smtp).await;
+    let app = dep.spawn().await;
+    smtp.stop().await;
+    let emails: Vec<String> = (0..10)
+        .map(|i| unique_email(&format!("outage{i}")))
+        .collect();
+    for email in &emails {
+        register(&app, email).await;
+    }
+    let retried = eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || {
+            app.scrape()
+                .await
+                .contains("sessiond_mail_deliveries_total{outcome=\"retried\"}")
+        },
+    )
+    .await;
+    assert!(retried, "no failed attempt while the server was down");
+    assert!(smtp.received().is_empty());
+    smtp.launch().await;
+    for email in &emails {
+        smtp.wait_for(email, 1).await;
+    }
+    // Time for any duplicate to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = smtp.received();
+    assert_eq!(all.len(), 10, "{all:?}");
+    for email in &emails {
+        assert_eq!(smtp.to(email).len(), 1, "{email}");
+    }
+    let pending = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || app.metric("sessiond_mail_pending").await == 0.0,
+    )
+    .await;
+    assert!(pending);
+}
+
+/// A pod stopped with mail queued (SMTP down): the next pod delivers it, once.
+async fn pod_restart_keeps_queued_mail(backend: Backend) {
+    let Some(mut smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let dep = deployment(backend, &smtp).await;
+    let app = dep.spawn().await;
+    smtp.stop().await;
+    let emails: Vec<String> = (0..3)
+        .map(|i| unique_email(&format!("restart{i}")))
+        .collect();
+    for email in &emails {
+        register(&app, email).await;
+    }
+    app.stop().await;
+    smtp.launch().await;
+    let _next = dep.spawn().await;
+    for email in &emails {
+        smtp.wait_for(email, 1).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(smtp.received().len(), 3);
+}
+
+/// CR or LF in an address or a name (header injection) is refused with 400 and mails nothing.
+async fn line_breaks_in_addresses_and_names_are_refused(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let dep = deployment(backend, &smtp).await;
+    let app = dep.spawn().await;
+    let email = unique_email("inject");
+    for hostile in [
+        format!("{email}\r\nBcc: victim@example.com"),
+        format!("{email}\nBcc: victim@example.com"),
+        format!("victim@example.com\r\n{email}"),
+    ] {
+        app.register(&hostile, PASSWORD)
+            .await
+            .assert_error(400, "invalid_request");
+        forgot(&app, &hostile)
+            .await
+            .assert_error(400, "invalid_request");
+    }
+    app.post_json(
+        "/register",
+        &json!({"email": email, "password": PASSWORD, "name": "Ada\r\nBcc: victim@example.com"}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    register(&app, &email).await;
+    let tokens = app.login(&email, PASSWORD).await;
+    let r = call(
+        &app,
+        Method::PUT,
+        "/profile/email",
+        Some(&tokens.access),
+        Some(&json!({"new_email": "a@example.com\r\nBcc: victim@example.com", "current_password": PASSWORD})),
+    )
+    .await;
+    r.assert_error(400, "invalid_request");
+    smtp.wait_for(&email, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = smtp.received();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(!all[0].bcc && smtp.to("victim@example.com").is_empty());
+}
+
+crate::both_backends!(
+    password_reset_end_to_end,
+    unknown_email_is_indistinguishable,
+    reset_tokens_are_single_use_and_superseded,
+    verification_on_and_off,
+    taken_address_under_required_verification,
+    email_change,
+    new_sign_in_notice,
+    smtp_outage_loses_and_repeats_nothing,
+    pod_restart_keeps_queued_mail,
+    line_breaks_in_addresses_and_names_are_refused,
+);
