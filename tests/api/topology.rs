@@ -1060,21 +1060,37 @@ async fn tls_sentinel_pods_share_the_flows_and_follow_a_failover() {
         pki.tls_args(port, "no", &args)
     })
     .await;
-    // The first pods follow too (503 until they do, never 500), and the session made before the
-    // failover was replicated over TLS and still ends everywhere.
-    for pod in [&a, &b] {
+    // The first pods log in, check and log out on the new master too (503 until they follow,
+    // never 500).
+    for (first, second) in [(&a, &b), (&b, &a)] {
+        let mut last = StatusCode::OK;
         let followed = eventually(
             Duration::from_secs(15),
             Duration::from_millis(100),
             async || {
-                let status = pod.get("/session", Some(&before.access)).await.status;
-                assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR);
-                status == StatusCode::OK
+                let email = unique_email("after");
+                let r = first.register(&email, PASSWORD).await;
+                assert_ne!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+                let r = first.login_reply(&email, PASSWORD).await;
+                assert_ne!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+                let Some(access) = r.body["access_token"].as_str() else {
+                    return false;
+                };
+                if second.get("/session", Some(access)).await.status != StatusCode::OK {
+                    return false;
+                }
+                last = first.post_auth("/logout", access).await.status;
+                assert_ne!(last, StatusCode::INTERNAL_SERVER_ERROR);
+                last == StatusCode::NO_CONTENT
             },
         )
         .await;
-        assert!(followed, "a pod did not follow the failover over TLS");
+        assert!(
+            followed,
+            "a pod did not follow the failover over TLS ({last})"
+        );
     }
+    // The session made before the failover was replicated over TLS and still ends everywhere.
     let r = b.post_auth("/logout", &before.access).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     a.get("/session", Some(&before.access))
