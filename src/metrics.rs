@@ -37,6 +37,8 @@ pub struct Metrics {
     pub pubsub_resubscriptions: IntCounter,
     /// 1 while this pod hears every revocation (subscribed, or the in-process store), else 0.
     pub invalidation_link_up: IntGauge,
+    /// Subscribed pub/sub connections: 1, or on a cluster one per master that answered.
+    pub invalidation_links: IntGauge,
     pub argon2_queue_wait: Histogram,
     pub argon2_in_flight: IntGauge,
     pub argon2_rejected: IntCounter,
@@ -288,6 +290,14 @@ impl Metrics {
                 IntGauge::new(
                     "invalidation_link_up",
                     "1 while this pod is subscribed to invalidations (always with the in-process store); 0 while it is not and checks every token against Redis.",
+                )
+                .expect("valid metric"),
+            ),
+            invalidation_links: register(
+                &r,
+                IntGauge::new(
+                    "invalidation_links",
+                    "Connections this pod hears invalidations on: 1 (0 while resubscribing), or on a Redis Cluster one per master that answered (any one hears every message; the master that published delivers it first).",
                 )
                 .expect("valid metric"),
             ),

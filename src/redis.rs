@@ -333,6 +333,7 @@ impl Redis {
             return subscriber
                 .connect(self.timeout * 4)
                 .await
+                .map(|(_, pubsub)| pubsub)
                 .map_err(RedisUnavailable);
         }
         let current = self.current();
@@ -346,6 +347,27 @@ impl Redis {
                 self.follow(current.generation);
                 Err(RedisUnavailable("timed out connecting".into()))
             }
+        }
+    }
+
+    /// The invalidation subscription's pub/sub connections, with their nodes' addresses: one to
+    /// the current master; on a cluster, one to every master (see [`Subscriber`]).
+    pub async fn pubsubs(&self) -> Result<Vec<(String, PubSub)>, RedisUnavailable> {
+        if let Some(subscriber) = &self.shared.cluster {
+            return subscriber
+                .connect_all(self.timeout * 4)
+                .await
+                .map_err(RedisUnavailable);
+        }
+        let addr = self.current().addr();
+        Ok(vec![(addr, self.pubsub().await?)])
+    }
+
+    /// On a cluster: connections to the masters not among `linked`; elsewhere none.
+    pub async fn missing_pubsubs(&self, linked: &[String]) -> Vec<(String, PubSub)> {
+        match &self.shared.cluster {
+            Some(subscriber) => subscriber.connect_missing(linked, self.timeout * 4).await,
+            None => Vec::new(),
         }
     }
 
@@ -776,17 +798,23 @@ fn sentinel_client(urls: &[String], master: &str, tls: &RedisTls) -> RedisResult
     builder.build()
 }
 
-/// Where the invalidation subscription connects: a dedicated pub/sub connection to one node.
+/// Where the invalidation subscription connects: dedicated pub/sub connections.
 ///
 /// On a cluster, invalidations use classic PUBLISH, which the cluster broadcasts to every node,
-/// so a subscriber connected to any node (master or replica) hears every pod. When that node
-/// fails, the subscriber moves to the next node that answers: the seeds, then the nodes the
-/// cluster itself listed (refreshed on every reconnection), so one seed is enough.
+/// so a subscriber on any node (master or replica) hears every pod. The subscription connects to
+/// every master: the master that ran a revocation's script delivers its message itself, at once,
+/// while the copies the other masters receive over the cluster bus arrive later (the subscriber
+/// keeps the first copy of each, see [`crate::session::invalidation::FirstCopies`]). Any one
+/// link still hears everything, so a master that is down or new (a promoted replica) only costs
+/// speed until it is linked. Without any master answering, one node that answers does: the
+/// seeds, then the nodes the cluster itself listed (refreshed on every connection), so one seed
+/// is enough.
 /// (Sharded pub/sub would keep a message on one shard, but the scripts publish atomically with
 /// their writes and SPUBLISH from a script must name a channel of the script's slot: that is a
 /// channel per slot, all of them subscribed by every pod on every shard, and re-subscribed
-/// whenever a failover moves a shard. The broadcast costs one cluster-bus message per node per
-/// revocation, which is small next to the token checks that never publish.)
+/// whenever a failover moves a shard. Subscribing on every master gets the same direct delivery
+/// with one channel; the broadcast costs one cluster-bus message per node per revocation, which
+/// is small next to the token checks that never publish.)
 #[derive(Clone)]
 pub struct Subscriber {
     seeds: Arc<[Client]>,
@@ -809,41 +837,41 @@ impl Subscriber {
     }
 
     /// Learns the cluster's nodes through the data connection (best effort: on failure the
-    /// previous list stays).
-    async fn discover(&self) {
+    /// previous list stays); the masters among them.
+    async fn discover(&self) -> Option<Vec<Client>> {
         let (Some(mut conn), Some(seed)) = (self.cluster.clone(), self.seeds.first()) else {
-            return;
+            return None;
         };
-        let text: RedisResult<String> = ::redis::cmd("CLUSTER")
+        let text: String = ::redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
-            .await;
-        let Ok(text) = text else { return };
-        let nodes: Vec<Client> = cluster_node_addrs(&text)
-            .into_iter()
-            .filter_map(|(host, port)| {
-                let info = seed.get_connection_info().clone();
-                let addr = match info.addr() {
-                    ConnectionAddr::TcpTls {
-                        insecure,
-                        tls_params,
-                        ..
-                    } => ConnectionAddr::TcpTls {
-                        host,
-                        port,
-                        insecure: *insecure,
-                        tls_params: tls_params.clone(),
-                    },
-                    _ => ConnectionAddr::Tcp(host, port),
-                };
-                Client::open(info.set_addr(addr)).ok()
-            })
-            .collect();
-        if !nodes.is_empty() {
+            .await
+            .ok()?;
+        let client = |(host, port, _): &(String, u16, bool)| {
+            let info = seed.get_connection_info().clone();
+            let addr = match info.addr() {
+                ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => ConnectionAddr::Tcp(host.clone(), *port),
+            };
+            Client::open(info.set_addr(addr)).ok()
+        };
+        let nodes = cluster_nodes(&text);
+        let all: Vec<Client> = nodes.iter().filter_map(client).collect();
+        if !all.is_empty() {
             if let Ok(mut d) = self.discovered.lock() {
-                *d = nodes;
+                *d = all;
             }
         }
+        Some(nodes.iter().filter(|n| n.2).filter_map(client).collect())
     }
 
     /// The seeds, then the discovered nodes that are not seeds.
@@ -861,8 +889,8 @@ impl Subscriber {
     }
 
     /// A pub/sub connection to the first node that answers within `limit` each, starting after
-    /// the one used last.
-    pub async fn connect(&self, limit: Duration) -> Result<PubSub, String> {
+    /// the one used last; with its address.
+    pub async fn connect(&self, limit: Duration) -> Result<(String, PubSub), String> {
         let nodes = self.candidates();
         let start = self.next.load(Ordering::Relaxed);
         let mut last = "no Redis node to subscribe on".to_string();
@@ -878,7 +906,7 @@ impl Subscriber {
                             let _ = tokio::time::timeout(limit, this.discover()).await;
                         });
                     }
-                    return Ok(pubsub);
+                    return Ok((node_addr(&nodes[n]), pubsub));
                 }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "timed out connecting".to_string(),
@@ -887,11 +915,63 @@ impl Subscriber {
         self.next.store(start + 1, Ordering::Relaxed);
         Err(last)
     }
+
+    /// A pub/sub connection to every master that answers within `limit` (all tried at once),
+    /// or, if none does, to one node (see [`Self::connect`]); with their addresses.
+    pub async fn connect_all(&self, limit: Duration) -> Result<Vec<(String, PubSub)>, String> {
+        let masters = tokio::time::timeout(limit, self.discover())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let links = connect_each(&masters, limit).await;
+        if !links.is_empty() {
+            return Ok(links);
+        }
+        Ok(vec![self.connect(limit).await?])
+    }
+
+    /// Connections to the masters whose address is not in `linked` (promoted since, or not
+    /// answering before).
+    pub async fn connect_missing(
+        &self,
+        linked: &[String],
+        limit: Duration,
+    ) -> Vec<(String, PubSub)> {
+        let Ok(Some(masters)) = tokio::time::timeout(limit, self.discover()).await else {
+            return Vec::new();
+        };
+        let missing: Vec<Client> = masters
+            .into_iter()
+            .filter(|m| !linked.contains(&node_addr(m)))
+            .collect();
+        connect_each(&missing, limit).await
+    }
+}
+
+fn node_addr(client: &Client) -> String {
+    client.get_connection_info().addr().to_string()
+}
+
+/// A pub/sub connection to each of `nodes` that answers within `limit`.
+async fn connect_each(nodes: &[Client], limit: Duration) -> Vec<(String, PubSub)> {
+    let tries = nodes.iter().map(|node| async move {
+        let pubsub = tokio::time::timeout(limit, node.get_async_pubsub())
+            .await
+            .ok()?
+            .ok()?;
+        Some((node_addr(node), pubsub))
+    });
+    futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// `host:port` of every node in a CLUSTER NODES reply that is neither failing nor without an
-/// address (`<id> <ip:port@cport[,hostname]> <flags> ...`).
-fn cluster_node_addrs(text: &str) -> Vec<(String, u16)> {
+/// address (`<id> <ip:port@cport[,hostname]> <flags> ...`), and whether it is a master.
+fn cluster_nodes(text: &str) -> Vec<(String, u16, bool)> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
@@ -902,9 +982,10 @@ fn cluster_node_addrs(text: &str) -> Vec<(String, u16)> {
             {
                 return None;
             }
+            let master = flags.split(',').any(|f| f == "master");
             let addr = addr.split(['@', ',']).next()?;
             let (host, port) = addr.rsplit_once(':')?;
-            (!host.is_empty()).then(|| Some((host.to_string(), port.parse().ok()?)))?
+            (!host.is_empty()).then(|| Some((host.to_string(), port.parse().ok()?, master)))?
         })
         .collect()
 }
@@ -1287,11 +1368,11 @@ mod tests {
 e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
 ";
         assert_eq!(
-            cluster_node_addrs(text),
+            cluster_nodes(text),
             vec![
-                ("127.0.0.1".to_string(), 30004),
-                ("127.0.0.1".to_string(), 30002),
-                ("127.0.0.1".to_string(), 30001),
+                ("127.0.0.1".to_string(), 30004, false),
+                ("127.0.0.1".to_string(), 30002, true),
+                ("127.0.0.1".to_string(), 30001, true),
             ]
         );
     }

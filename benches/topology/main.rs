@@ -1,5 +1,6 @@
 //! Redis Cluster against a single node, in one run: the hot path (`GET /session`, token cached),
-//! refresh throughput (`POST /token/refresh`, each connection its own session chain) and logout
+//! refresh throughput (`POST /token/refresh`, each connection its own session chain), logins
+//! interleaved with the logouts of their sessions (do logins queue behind the WAITs?) and logout
 //! propagation between two pods, on
 //! - one redis-server (no replica, so no `WAIT`),
 //! - a cluster of three masters and three replicas with the default `REDIS_WAIT_REPLICAS` (1:
@@ -43,6 +44,9 @@ const PASSWORD: &str = "topology-bench-password-1";
 /// Users the propagation samples log in as, in turn: their `{u:<id>}` slots spread the
 /// revocations over the cluster's masters.
 const PROPAGATION_USERS: usize = 8;
+/// Connections of the login phase: fewer than the logins a pod admits at once (2 hashing and 8
+/// waiting on 2 cores: ARGON2_MAX_CONCURRENCY and ARGON2_MAX_QUEUE), so none is refused 503.
+const LOGIN_CONNECTIONS: usize = 8;
 /// A revoked token still accepted this long after its logout counts as a failure.
 const GIVE_UP: Duration = Duration::from_secs(10);
 
@@ -301,6 +305,75 @@ async fn refresh_loop(
     (total, ends)
 }
 
+/// Closed loop of logins, each followed on its connection by the logout of the session it made
+/// (with `WAIT`, a logout waits for a replica): do logins queue behind the revocations' WAITs?
+/// Returns the logins and the logouts measured.
+async fn login_logout_loop(
+    addr: SocketAddr,
+    users: Vec<String>,
+    warmup: Duration,
+    measure: Duration,
+) -> (Outcome, Outcome) {
+    let start = Instant::now();
+    let (from, until) = (start + warmup, start + warmup + measure);
+    let tasks: Vec<_> = users
+        .into_iter()
+        .map(|email| {
+            tokio::task::spawn_local(async move {
+                let mut conn = Conn::new(addr);
+                let (mut logins, mut logouts) = (Outcome::empty(), Outcome::empty());
+                let body = credentials(&email).to_string();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= until {
+                        break;
+                    }
+                    let login = request("POST", "/login", &[], Some(&body));
+                    let access = conn.send(&login).await.and_then(|r| {
+                        let body: Value = serde_json::from_slice(r.body).unwrap_or(Value::Null);
+                        match (r.status, body["access_token"].as_str()) {
+                            (200, Some(access)) => Ok(access.to_string()),
+                            (status, _) => Err(format!("login: status {status}")),
+                        }
+                    });
+                    if sent >= from {
+                        logins.latency.saturating_record(micros(sent.elapsed()));
+                        match &access {
+                            Ok(_) => logins.ok += 1,
+                            Err(e) => logins.record_error(e.clone()),
+                        }
+                    }
+                    let Ok(access) = access else { continue };
+                    let auth = format!("Bearer {access}");
+                    let logout = request("POST", "/logout", &[("Authorization", &auth)], None);
+                    let sent = Instant::now();
+                    let result = conn.send(&logout).await.and_then(|r| match r.status {
+                        204 => Ok(()),
+                        status => Err(format!("logout: status {status}")),
+                    });
+                    if sent >= from && sent < until {
+                        logouts.latency.saturating_record(micros(sent.elapsed()));
+                        match result {
+                            Ok(()) => logouts.ok += 1,
+                            Err(e) => logouts.record_error(e),
+                        }
+                    }
+                }
+                (logins, logouts)
+            })
+        })
+        .collect();
+    let (mut logins, mut logouts) = (Outcome::empty(), Outcome::empty());
+    for t in tasks {
+        let (i, o) = t.await.expect("login task panicked");
+        logins.merge(i);
+        logouts.merge(o);
+    }
+    logins.elapsed = measure;
+    logouts.elapsed = measure;
+    (logins, logouts)
+}
+
 const DELIVERY_SUM: &str = "sessiond_revocation_propagation_seconds_sum ";
 const DELIVERY_COUNT: &str = "sessiond_revocation_propagation_seconds_count ";
 
@@ -440,6 +513,8 @@ impl Series {
 enum Metric {
     Hot,
     Refresh,
+    Login,
+    LogoutBetweenLogins,
     Logout,
     Propagation,
 }
@@ -454,6 +529,14 @@ impl Metric {
             Metric::Refresh => (
                 "POST /token/refresh (rotation)".into(),
                 format!("closed loop, {connections} conns, one session chain each"),
+            ),
+            Metric::Login => (
+                "POST /login, each session then logged out".into(),
+                format!("closed loop, {LOGIN_CONNECTIONS} conns, login + logout each"),
+            ),
+            Metric::LogoutBetweenLogins => (
+                "POST /logout, between those logins".into(),
+                format!("closed loop, {LOGIN_CONNECTIONS} conns, login + logout each"),
             ),
             Metric::Logout => (
                 "POST /logout on pod A".into(),
@@ -621,6 +704,29 @@ async fn run(s: &Settings) -> String {
                 .add(out, cpu);
         }
         for &t in &order {
+            let addr = deployments[&t].a.addr;
+            let users = chain_users[..LOGIN_CONNECTIONS.min(chain_users.len())].to_vec();
+            let (warmup, measure) = (s.warmup, s.measure);
+            let ((logins, logouts), cpu) = phase(redis_pids.clone(), move || {
+                login_logout_loop(addr, users, warmup, measure)
+            })
+            .await;
+            eprintln!(
+                "[topology]   login + logout, {}: {:.0} logins/s, login p99 {} us",
+                t.label(),
+                logins.rps(),
+                logins.latency.value_at_quantile(0.99)
+            );
+            series
+                .entry((Metric::Login, t))
+                .or_default()
+                .add(logins, cpu);
+            series
+                .entry((Metric::LogoutBetweenLogins, t))
+                .or_default()
+                .add(logouts, cpu);
+        }
+        for &t in &order {
             let d = &deployments[&t];
             let (a, b, users, n) = (d.a.addr, d.b.addr, prop_users.clone(), s.samples);
             let (p, cpu) = phase(redis_pids.clone(), move || propagation(a, b, users, n)).await;
@@ -705,6 +811,9 @@ fn machine() -> String {
 /// One number taken from a series, for the ratio table.
 type Stat = fn(&Series) -> f64;
 
+/// A row of the WAIT 1 / WAIT 0 table: its name, what it measures, and how its values show.
+type WaitRow = (&'static str, Metric, Stat, fn(f64) -> String);
+
 fn render(
     s: &Settings,
     series: &BTreeMap<(Metric, Topology), Series>,
@@ -751,11 +860,15 @@ fn render(
         let per_round: Vec<String> = serie.rates.iter().map(|r| thousands(*r)).collect();
         let cpu = serie.cpu();
         let rate = match metric {
-            Metric::Hot | Metric::Refresh => format!("{} /s", thousands(serie.rate())),
+            Metric::Hot | Metric::Refresh | Metric::Login | Metric::LogoutBetweenLogins => {
+                format!("{} /s", thousands(serie.rate()))
+            }
             Metric::Logout | Metric::Propagation => format!("{} samples", out.ok + out.errors),
         };
         let per_round = match metric {
-            Metric::Hot | Metric::Refresh => per_round.join(", "),
+            Metric::Hot | Metric::Refresh | Metric::Login | Metric::LogoutBetweenLogins => {
+                per_round.join(", ")
+            }
             _ => "-".into(),
         };
         let _ = writeln!(
@@ -792,11 +905,23 @@ fn render(
         "\n| cluster / single node | WAIT 1 (default) | WAIT 0 |"
     );
     let _ = writeln!(md, "|---|---:|---:|");
-    let rows: [(&str, Metric, Stat); 8] = [
+    let rows: [(&str, Metric, Stat); 12] = [
         ("hot path rate", Metric::Hot, rate),
         ("hot path p99", Metric::Hot, p99),
         ("refresh rate", Metric::Refresh, rate),
         ("refresh p99", Metric::Refresh, p99),
+        ("login rate (with logouts)", Metric::Login, rate),
+        ("login p99 (with logouts)", Metric::Login, p99),
+        (
+            "logout between logins, rate",
+            Metric::LogoutBetweenLogins,
+            rate,
+        ),
+        (
+            "logout between logins, p99",
+            Metric::LogoutBetweenLogins,
+            p99,
+        ),
         ("logout p50", Metric::Logout, p50),
         ("logout p99", Metric::Logout, p99),
         ("propagation p50", Metric::Propagation, p50),
@@ -813,6 +938,50 @@ fn render(
                 ratio(m, Topology::ClusterNoWait, f)
             }
         );
+    }
+
+    // WAIT's own cost, on the same cluster: the default against REDIS_WAIT_REPLICAS=0.
+    let _ = writeln!(
+        md,
+        "\n| cluster, WAIT 1 (default) / WAIT 0 | ratio | WAIT 1 | WAIT 0 |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let waits: [WaitRow; 6] = [
+        ("login rate (with logouts)", Metric::Login, rate, |v| {
+            format!("{} /s", thousands(v))
+        }),
+        ("login p50 (with logouts)", Metric::Login, p50, |v| {
+            ms(v as u64)
+        }),
+        ("login p99 (with logouts)", Metric::Login, p99, |v| {
+            ms(v as u64)
+        }),
+        (
+            "logout between logins, p99",
+            Metric::LogoutBetweenLogins,
+            p99,
+            |v| ms(v as u64),
+        ),
+        ("refresh rate", Metric::Refresh, rate, |v| {
+            format!("{} /s", thousands(v))
+        }),
+        (
+            "propagation p99",
+            Metric::Propagation,
+            p99,
+            |v| ms(v as u64),
+        ),
+    ];
+    for (name, m, f, show) in waits {
+        if let (Some(w1), Some(w0)) = (get(m, Topology::Cluster), get(m, Topology::ClusterNoWait)) {
+            let _ = writeln!(
+                md,
+                "| {name} | {:.3} x | {} | {} |",
+                f(w1) / f(w0).max(1e-9),
+                show(f(w1)),
+                show(f(w0))
+            );
+        }
     }
 
     // Targets: the hot path within 5 % of the single node's; propagation p99 under 2 ms.

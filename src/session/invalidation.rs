@@ -1,5 +1,10 @@
 //! The messages on `{prefix}invalidate`, defined here once: Rust encodes and decodes them, and
 //! the Redis scripts that publish them get their format from [`lua_prelude`].
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
 use uuid::Uuid;
 
 /// `s:<sid>[,<sid>...]` for revoked sessions, `u:<uid>` for all sessions of a user, `a:<uid>`
@@ -135,6 +140,106 @@ fn lua_string(s: &str) -> String {
     format!("'{escaped}'")
 }
 
+/// With several subscription links (one per cluster master), every message arrives once per
+/// link: the first copy counts, the later ones are dropped. Each link delivers every message
+/// once and in order, so a copy from link `L` is a later copy exactly when an earlier copy of the
+/// same payload still waits for `L`. Copies that never come (a link that died, or one that joined
+/// after the message) are forgotten after [`FirstCopies::WINDOW`]; pairing a copy with such a
+/// message at worst lets a message count at its second copy instead of its first, never drops
+/// it, since the links that were up all along still deliver it.
+#[derive(Default)]
+pub struct FirstCopies {
+    links: usize,
+    /// Per payload, the messages that still wait for copies, oldest first.
+    waiting: HashMap<Vec<u8>, VecDeque<Waiting>>,
+    /// Every message by first arrival, to forget it after the window.
+    arrivals: VecDeque<(Instant, u64, Vec<u8>)>,
+    next_id: u64,
+}
+
+struct Waiting {
+    id: u64,
+    /// The links that delivered it so far.
+    seen: Vec<u64>,
+}
+
+impl FirstCopies {
+    /// How long the later copies of a message are waited for (the cluster bus delivers them
+    /// within milliseconds).
+    pub const WINDOW: Duration = Duration::from_secs(2);
+
+    /// Forgets everything: `links` links deliver from now on.
+    pub fn reset(&mut self, links: usize) {
+        *self = Self {
+            links,
+            ..Self::default()
+        };
+    }
+
+    /// One more link delivers from now on.
+    pub fn add_link(&mut self) {
+        self.links += 1;
+    }
+
+    /// Whether this copy of `payload`, from `link` at `now`, is the first of its message.
+    pub fn first(&mut self, link: u64, payload: &[u8], now: Instant) -> bool {
+        self.forget_before(now);
+        if self.links <= 1 {
+            return true;
+        }
+        if let Some(queue) = self.waiting.get_mut(payload) {
+            if let Some(i) = queue.iter().position(|w| !w.seen.contains(&link)) {
+                queue[i].seen.push(link);
+                if queue[i].seen.len() >= self.links {
+                    queue.remove(i);
+                    if queue.is_empty() {
+                        self.waiting.remove(payload);
+                    }
+                }
+                return false;
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting
+            .entry(payload.to_vec())
+            .or_default()
+            .push_back(Waiting {
+                id,
+                seen: vec![link],
+            });
+        self.arrivals.push_back((now, id, payload.to_vec()));
+        true
+    }
+
+    fn forget_before(&mut self, now: Instant) {
+        while let Some((at, id, _)) = self.arrivals.front() {
+            if now.saturating_duration_since(*at) < Self::WINDOW {
+                break;
+            }
+            let id = *id;
+            let Some((_, _, payload)) = self.arrivals.pop_front() else {
+                break;
+            };
+            if let Some(queue) = self.waiting.get_mut(&payload) {
+                // Older messages of this payload were forgotten before (or completed).
+                if queue.front().is_some_and(|w| w.id == id) {
+                    queue.pop_front();
+                }
+                if queue.is_empty() {
+                    self.waiting.remove(&payload);
+                }
+            }
+        }
+    }
+
+    /// Messages still waiting for copies (tests).
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.waiting.values().map(VecDeque::len).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +316,45 @@ mod tests {
     fn lua_literals_escape_every_byte() {
         assert_eq!(lua_string("s:"), r"'\115\058'");
         assert!(lua_prelude().contains(r"table.concat(ids, '\044', from or 1)"));
+    }
+
+    #[test]
+    fn only_the_first_copy_of_each_message_counts() {
+        let t = Instant::now();
+        let mut copies = FirstCopies::default();
+        // One link: everything counts, even a repeated payload.
+        copies.reset(1);
+        assert!(copies.first(0, b"a:1", t));
+        assert!(copies.first(0, b"a:1", t));
+
+        copies.reset(3);
+        // Two messages with the same payload (a role changed twice), interleaved on 3 links.
+        assert!(copies.first(1, b"a:1", t));
+        assert!(!copies.first(2, b"a:1", t));
+        assert!(copies.first(1, b"a:1", t), "the second message, first copy");
+        assert!(!copies.first(3, b"a:1", t));
+        assert!(!copies.first(2, b"a:1", t));
+        assert!(!copies.first(3, b"a:1", t));
+        assert_eq!(copies.waiting(), 0, "complete messages are not kept");
+        assert!(copies.first(3, b"s:x", t));
+
+        // A link that died: its copies never come, and the message is forgotten after the window.
+        copies.reset(3);
+        assert!(copies.first(1, b"u:1", t));
+        assert!(!copies.first(2, b"u:1", t));
+        assert_eq!(copies.waiting(), 1);
+        let later = t + FirstCopies::WINDOW;
+        assert!(
+            copies.first(1, b"u:1", later),
+            "a new message after the window"
+        );
+        assert_eq!(copies.waiting(), 1);
+        // A link that joined after a message: its copy of the next one is paired with the old
+        // one, and the next one counts at the copy of a link that was up all along.
+        copies.reset(2);
+        assert!(copies.first(1, b"a:2", t));
+        copies.add_link();
+        assert!(!copies.first(9, b"a:2", t));
+        assert!(copies.first(1, b"a:2", t));
     }
 }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     cache::{CacheEntry, Screened},
-    invalidation::Received,
+    invalidation::{FirstCopies, Received},
     now_unix, Created, Invalidation, RefreshToken, Rotation, SessionCache, SessionError,
     SessionRecord, SessionState, SessionStore,
 };
@@ -36,25 +36,69 @@ pub struct SessionRegistry {
     sub: Option<Subscription>,
 }
 
-/// The pub/sub side: a dedicated connection (to the current master; on a cluster, to any node:
-/// see [`crate::redis::Subscriber`]), replaced whenever it dies.
+/// The pub/sub side: dedicated connections (one to the current master; on a cluster, one to
+/// every master: see [`crate::redis::Subscriber`]), all replaced whenever one dies.
 struct Subscription {
     redis: crate::redis::Redis,
     channel: String,
     timeout: Duration,
     ping_interval: Duration,
-    /// Bumped on every connect and loss so events of a dead connection are ignored.
+    /// Bumped on every connect and loss so events of dead connections are ignored.
     generation: u64,
-    sink: Option<PubSubSink>,
-    stream: Option<SpawnHandle>,
+    /// The live links; empty while not subscribed.
+    links: Vec<Link>,
+    /// Numbers the links, for [`FirstCopies`].
+    next_link: u64,
+    copies: FirstCopies,
     connecting: bool,
+    /// Connecting to masters the links lack (a cluster's promoted replica).
+    adding: bool,
     ever_connected: bool,
     backoff: Duration,
 }
 
+/// One subscribed connection: its node's address, its command side, and its message stream
+/// on the actor.
+struct Link {
+    addr: String,
+    sink: PubSubSink,
+    stream: SpawnHandle,
+}
+
 enum SubEvent {
-    Message(redis::Msg),
+    Message(u64, redis::Msg),
     Ended(u64),
+}
+
+/// Subscribed connections, not yet attached to the actor.
+type Subscribed = Vec<(String, PubSubSink, redis::aio::PubSubStream)>;
+
+/// Subscribes each of `pubsubs` to `channel` within `limit`; those that fail are dropped.
+async fn subscribe_each(
+    pubsubs: Vec<(String, redis::aio::PubSub)>,
+    channel: &str,
+    limit: Duration,
+) -> Result<Subscribed, String> {
+    let tries = pubsubs.into_iter().map(|(addr, pubsub)| async move {
+        let (mut sink, stream) = pubsub.split();
+        match tokio::time::timeout(limit, sink.subscribe(channel)).await {
+            Ok(Ok(())) => Ok((addr, sink, stream)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out subscribing".to_string()),
+        }
+    });
+    let mut subscribed = Vec::new();
+    let mut last = "no connection to subscribe on".to_string();
+    for result in futures_util::future::join_all(tries).await {
+        match result {
+            Ok(link) => subscribed.push(link),
+            Err(e) => last = e,
+        }
+    }
+    if subscribed.is_empty() {
+        return Err(last);
+    }
+    Ok(subscribed)
 }
 
 impl SessionRegistry {
@@ -71,9 +115,11 @@ impl SessionRegistry {
                 timeout: r.redis().timeout(),
                 ping_interval,
                 generation: 0,
-                sink: None,
-                stream: None,
+                links: Vec::new(),
+                next_link: 0,
+                copies: FirstCopies::default(),
                 connecting: false,
+                adding: false,
                 ever_connected: false,
                 backoff: BACKOFF_MIN,
             }),
@@ -92,32 +138,25 @@ impl SessionRegistry {
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         let Some(sub) = self.sub.as_mut() else { return };
-        if sub.connecting || sub.sink.is_some() {
+        if sub.connecting || !sub.links.is_empty() {
             return;
         }
         sub.connecting = true;
         let (redis, channel, limit) = (sub.redis.clone(), sub.channel.clone(), sub.timeout * 4);
         let attempt = async move {
-            let pubsub = redis.pubsub().await.map_err(|e| e.to_string())?;
-            let (mut sink, stream) = pubsub.split();
-            tokio::time::timeout(limit, sink.subscribe(&channel))
-                .await
-                .map_err(|_| "timed out subscribing".to_string())?
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((sink, stream))
+            let pubsubs = redis.pubsubs().await.map_err(|e| e.to_string())?;
+            subscribe_each(pubsubs, &channel, limit).await
         };
         ctx.spawn(attempt.into_actor(self).map(|result, act, ctx| {
             let Some(sub) = act.sub.as_mut() else { return };
             sub.connecting = false;
             match result {
-                Ok((sink, stream)) => {
+                Ok(subscribed) => {
                     sub.generation += 1;
-                    let generation = sub.generation;
-                    let events = stream
-                        .map(SubEvent::Message)
-                        .chain(futures_util::stream::once(async move { SubEvent::Ended(generation) }));
-                    sub.stream = Some(ctx.add_stream(events));
-                    sub.sink = Some(sink);
+                    sub.copies.reset(subscribed.len());
+                    let nodes: Vec<String> = subscribed.iter().map(|l| l.0.clone()).collect();
+                    act.attach(subscribed, ctx);
+                    let Some(sub) = act.sub.as_mut() else { return };
                     sub.backoff = BACKOFF_MIN;
                     let resubscribed = std::mem::replace(&mut sub.ever_connected, true);
                     // Whatever was published while we were not listening is gone: forget every
@@ -128,9 +167,9 @@ impl SessionRegistry {
                     act.metrics.invalidation_link_up.set(1);
                     if resubscribed {
                         act.metrics.pubsub_resubscriptions.inc();
-                        tracing::info!(channel = %sub.channel, "re-subscribed to invalidations; local session cache emptied");
+                        tracing::info!(channel = %sub.channel, ?nodes, "re-subscribed to invalidations; local session cache emptied");
                     } else {
-                        tracing::info!(channel = %sub.channel, "subscribed to invalidations");
+                        tracing::info!(channel = %sub.channel, ?nodes, "subscribed to invalidations");
                     }
                 }
                 Err(cause) => {
@@ -138,6 +177,61 @@ impl SessionRegistry {
                     act.retry_later(ctx);
                 }
             }
+        }));
+    }
+
+    /// Puts subscribed connections on the actor, as links of the current generation.
+    fn attach(&mut self, subscribed: Subscribed, ctx: &mut Context<Self>) {
+        let Some(sub) = self.sub.as_mut() else { return };
+        let generation = sub.generation;
+        for (addr, sink, stream) in subscribed {
+            let link = sub.next_link;
+            sub.next_link += 1;
+            let events = stream.map(move |msg| SubEvent::Message(link, msg)).chain(
+                futures_util::stream::once(async move { SubEvent::Ended(generation) }),
+            );
+            let stream = ctx.add_stream(events);
+            sub.links.push(Link { addr, sink, stream });
+        }
+        self.metrics.invalidation_links.set(sub.links.len() as i64);
+    }
+
+    /// On a cluster: links the masters the subscription lacks (a replica promoted since, or a
+    /// master that did not answer before). No cache flush: the links that stayed up heard
+    /// everything, as every node hears every message.
+    fn add_missing(&mut self, ctx: &mut Context<Self>) {
+        let Some(sub) = self.sub.as_mut() else { return };
+        if sub.adding || sub.connecting || sub.links.is_empty() {
+            return;
+        }
+        sub.adding = true;
+        let (redis, channel, limit) = (sub.redis.clone(), sub.channel.clone(), sub.timeout * 4);
+        let (generation, linked) = (
+            sub.generation,
+            sub.links.iter().map(|l| l.addr.clone()).collect::<Vec<_>>(),
+        );
+        let attempt = async move {
+            let pubsubs = redis.missing_pubsubs(&linked).await;
+            if pubsubs.is_empty() {
+                return Vec::new();
+            }
+            subscribe_each(pubsubs, &channel, limit)
+                .await
+                .unwrap_or_default()
+        };
+        ctx.spawn(attempt.into_actor(self).map(move |subscribed, act, ctx| {
+            let Some(sub) = act.sub.as_mut() else { return };
+            sub.adding = false;
+            // Lost meanwhile: the next full subscription will include them.
+            if subscribed.is_empty() || sub.generation != generation || sub.links.is_empty() {
+                return;
+            }
+            for _ in &subscribed {
+                sub.copies.add_link();
+            }
+            let nodes: Vec<String> = subscribed.iter().map(|l| l.0.clone()).collect();
+            tracing::info!(?nodes, "subscribed to invalidations on more masters");
+            act.attach(subscribed, ctx);
         }));
     }
 
@@ -152,14 +246,16 @@ impl SessionRegistry {
     /// The subscription of `generation` is dead (stream ended, or a ping failed).
     fn lost(&mut self, generation: u64, cause: &str, ctx: &mut Context<Self>) {
         let Some(sub) = self.sub.as_mut() else { return };
-        if generation != sub.generation || sub.sink.is_none() {
+        if generation != sub.generation || sub.links.is_empty() {
             return;
         }
+        // One link down is enough: its node may have taken messages with it (a master that
+        // published and died), so all links are replaced and the cache emptied.
         sub.generation += 1;
-        sub.sink = None;
-        if let Some(handle) = sub.stream.take() {
-            ctx.cancel_future(handle);
+        for link in sub.links.drain(..) {
+            ctx.cancel_future(link.stream);
         }
+        self.metrics.invalidation_links.set(0);
         // From now until the resubscription, invalidations may be missed: believe only Redis.
         self.cache.set_trusted(false);
         self.metrics.invalidation_link_up.set(0);
@@ -170,16 +266,23 @@ impl SessionRegistry {
     /// A silently dead connection (no FIN, e.g. a network partition) is only noticed by asking.
     fn ping(&mut self, ctx: &mut Context<Self>) {
         let Some(sub) = self.sub.as_ref() else { return };
-        let Some(mut sink) = sub.sink.clone() else {
+        if sub.links.is_empty() {
             return;
-        };
+        }
+        let sinks: Vec<PubSubSink> = sub.links.iter().map(|l| l.sink.clone()).collect();
         let (generation, limit) = (sub.generation, sub.timeout.max(sub.ping_interval));
         let probe = async move {
-            match tokio::time::timeout(limit, sink.ping::<redis::Value>()).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("ping timed out".to_string()),
-            }
+            let pings = sinks.into_iter().map(|mut sink| async move {
+                match tokio::time::timeout(limit, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("ping timed out".to_string()),
+                }
+            });
+            futures_util::future::join_all(pings)
+                .await
+                .into_iter()
+                .collect::<Result<(), String>>()
         };
         ctx.spawn(probe.into_actor(self).map(move |result, act, ctx| {
             if let Err(cause) = result {
@@ -195,7 +298,10 @@ impl Actor for SessionRegistry {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
         if let Some(sub) = &self.sub {
-            ctx.run_interval(sub.ping_interval, |act, ctx| act.ping(ctx));
+            ctx.run_interval(sub.ping_interval, |act, ctx| {
+                act.ping(ctx);
+                act.add_missing(ctx);
+            });
             self.connect(ctx);
         }
     }
@@ -204,31 +310,44 @@ impl Actor for SessionRegistry {
 impl StreamHandler<SubEvent> for SessionRegistry {
     fn handle(&mut self, event: SubEvent, ctx: &mut Self::Context) {
         match event {
-            SubEvent::Message(msg) => match Received::decode(msg.get_payload_bytes()) {
-                Some(Received {
-                    invalidation: inv,
-                    published_at_micros,
-                }) => {
-                    self.metrics.invalidations_received.inc();
-                    if let Some(at) = published_at_micros {
-                        self.metrics
-                            .revocation_propagation
-                            .observe(propagation_seconds(at, SystemTime::now()));
-                    }
-                    let cache = self.cache.clone();
-                    // `wait` keeps invalidations in arrival order.
-                    ctx.wait(actix::fut::wrap_future(
-                        async move { cache.apply(&inv).await },
-                    ));
+            SubEvent::Message(link, msg) => {
+                let payload = msg.get_payload_bytes();
+                let Some(sub) = self.sub.as_mut() else { return };
+                if sub.copies.first(link, payload, Instant::now()) {
+                    self.received(payload, ctx);
                 }
-                None => tracing::warn!("ignored a malformed invalidation message"),
-            },
+            }
             SubEvent::Ended(generation) => self.lost(generation, "connection closed", ctx),
         }
     }
 
     /// The default would stop the actor; a finished stream is handled by `SubEvent::Ended`.
     fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+impl SessionRegistry {
+    /// The first copy of a message.
+    fn received(&mut self, payload: &[u8], ctx: &mut Context<Self>) {
+        match Received::decode(payload) {
+            Some(Received {
+                invalidation: inv,
+                published_at_micros,
+            }) => {
+                self.metrics.invalidations_received.inc();
+                if let Some(at) = published_at_micros {
+                    self.metrics
+                        .revocation_propagation
+                        .observe(propagation_seconds(at, SystemTime::now()));
+                }
+                let cache = self.cache.clone();
+                // `wait` keeps invalidations in arrival order.
+                ctx.wait(actix::fut::wrap_future(
+                    async move { cache.apply(&inv).await },
+                ));
+            }
+            None => tracing::warn!("ignored a malformed invalidation message"),
+        }
+    }
 }
 
 /// Seconds from a publish stamped `published_at_micros` (Redis clock) to `now` (this pod's
@@ -596,9 +715,8 @@ impl Handler<Stop> for SessionRegistry {
 
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
         if let Some(sub) = self.sub.as_mut() {
-            sub.sink = None;
-            if let Some(handle) = sub.stream.take() {
-                ctx.cancel_future(handle);
+            for link in sub.links.drain(..) {
+                ctx.cancel_future(link.stream);
             }
         }
         ctx.stop();

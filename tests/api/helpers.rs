@@ -1317,6 +1317,40 @@ impl RedisCluster {
             })
     }
 
+    /// Kills `victim`, the master of `key`'s slot, and waits for a replica to take the slot
+    /// over and the cluster to settle; then starts the killed node again, as an operator would,
+    /// until it is the new master's replica (revocations on that shard WAIT for one).
+    pub async fn fail_over(&self, victim: u16, key: &str) -> FailoverTimes {
+        let killed_at = std::time::Instant::now();
+        self.kill(victim);
+        let over = eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || self.master_of(key).await.is_some_and(|p| p != victim),
+        )
+        .await;
+        assert!(over, "a replica took over the slot");
+        assert!(
+            self.settled(Duration::from_secs(30)).await,
+            "cluster_state:ok again"
+        );
+        let failed_over_at = std::time::Instant::now();
+        let new_master = self.master_of(key).await.expect("a new master");
+        self.restart(victim);
+        let replicated = eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || self.has_replicas(new_master, 1).await,
+        )
+        .await;
+        assert!(replicated, "the old master came back as a replica");
+        FailoverTimes {
+            killed_at,
+            failed_over_at,
+            recovered_at: std::time::Instant::now(),
+        }
+    }
+
     /// SIGKILL: no goodbye to the cluster or the clients.
     pub fn kill(&self, port: u16) {
         let mut nodes = self.nodes.lock().unwrap();
@@ -1326,6 +1360,20 @@ impl RedisCluster {
             let _ = child.wait();
         }
     }
+}
+
+/// When a master was killed, when the topology had failed over, and when it had a replica
+/// again.
+pub struct FailoverTimes {
+    pub killed_at: std::time::Instant,
+    pub failed_over_at: std::time::Instant,
+    pub recovered_at: std::time::Instant,
+}
+
+/// The key of the index of the sessions of the user `access` belongs to: its slot is the user's.
+pub fn sessions_key(dep: &Deployment, access: &str) -> String {
+    let uid = claims_of(access)["sub"].as_str().expect("sub").to_string();
+    format!("{}{{u:{uid}}}:sessions", dep.prefix)
 }
 
 impl Drop for RedisCluster {

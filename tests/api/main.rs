@@ -10,6 +10,7 @@ mod cluster;
 mod cross_pod;
 mod cut_off;
 mod escalation;
+mod failover;
 mod flow;
 mod hardening;
 mod introspection;

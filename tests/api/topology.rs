@@ -6,17 +6,13 @@ use std::{
     net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
     time::{Duration, Instant},
 };
 
 use reqwest::StatusCode;
 use uuid::Uuid;
 
-use crate::{helpers::*, services_only};
+use crate::{failover::Stream, helpers::*, services_only};
 
 services_only!(
     tls_pods_share_logout_refresh_throttling_and_roles,
@@ -885,14 +881,6 @@ async fn sentinel_pods_share_logout_refresh_throttling_and_roles() {
     shared_flows(&mut dep).await;
 }
 
-/// What the steady stream of calls saw.
-#[derive(Default)]
-struct Observed {
-    statuses: Mutex<Vec<(Instant, u16, &'static str)>>,
-    /// Tokens whose logout was answered 204.
-    revoked: Mutex<Vec<String>>,
-}
-
 async fn sentinel_failover_keeps_every_acknowledged_logout() {
     let mut topology = SentinelTopology::start().await;
     let dep = deployment(&[
@@ -903,129 +891,9 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
         ("RATE_LIMIT_LOGIN_PER_ACCOUNT", "1000000".into()),
     ])
     .await;
-    let a = Arc::new(dep.spawn().await);
-    let b = Arc::new(dep.spawn().await);
-    let observed = Arc::new(Observed::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let logins = Arc::new(AtomicUsize::new(0));
-    let email = unique_email("stream");
-    assert_eq!(
-        a.register(&email, PASSWORD).await.status,
-        StatusCode::CREATED
-    );
-
-    // Two workers, one per pod: log in on one pod, check on the other, log out.
-    let mut workers = Vec::new();
-    for (first, second) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
-        let (observed, stop, logins, email) = (
-            observed.clone(),
-            stop.clone(),
-            logins.clone(),
-            email.clone(),
-        );
-        workers.push(actix_web::rt::spawn(async move {
-            let note = |status: StatusCode, what: &'static str| {
-                observed.statuses.lock().expect("lock").push((
-                    Instant::now(),
-                    status.as_u16(),
-                    what,
-                ));
-            };
-            while !stop.load(Ordering::Relaxed) {
-                let r = first.login_reply(&email, PASSWORD).await;
-                note(r.status, "login");
-                let Some(access) = r.body["access_token"].as_str().map(str::to_string) else {
-                    actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                logins.fetch_add(1, Ordering::Relaxed);
-                note(second.get("/session", Some(&access)).await.status, "check");
-                let r = first.post_auth("/logout", &access).await;
-                note(r.status, "logout");
-                if r.status == StatusCode::NO_CONTENT {
-                    observed.revoked.lock().expect("lock").push(access);
-                }
-            }
-        }));
-    }
-
-    // Steady traffic, then the master dies.
-    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
-    let old_port = topology.master.port;
-    let killed_at = Instant::now();
-    topology.master.kill();
-    let new_port = topology.new_master(old_port).await;
-    assert_eq!(new_port, topology.replica.port);
-    // The old master comes back as a replica of the new one (so WAIT can be satisfied again).
-    topology.master.args = plain_args(old_port, &replica_of(new_port));
-    topology.master.spawn();
-    wait_for_replication(new_port, 1).await;
-    let recovered_at = Instant::now();
-    // Traffic flows normally again: the last 20 calls, all made since, all answered.
-    let healthy = eventually(
-        Duration::from_secs(15),
-        Duration::from_millis(200),
-        async || {
-            let statuses = observed.statuses.lock().expect("lock");
-            let last = &statuses[statuses.len().saturating_sub(20)..];
-            last.len() == 20 && last.iter().all(|(at, s, _)| *at > recovered_at && *s < 500)
-        },
-    )
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.await;
-    }
-    let statuses = observed.statuses.lock().expect("lock").clone();
-    let unavailable: Vec<_> = statuses.iter().filter(|(_, s, _)| *s == 503).collect();
-    eprintln!(
-        "failover: {} calls, {} answered 503 between {:?} and {:?} after the kill; new master \
-         replicated {:?} after it",
-        statuses.len(),
-        unavailable.len(),
-        unavailable
-            .first()
-            .map(|(at, _, _)| at.duration_since(killed_at)),
-        unavailable
-            .last()
-            .map(|(at, _, _)| at.duration_since(killed_at)),
-        recovered_at.duration_since(killed_at),
-    );
-    assert!(healthy, "traffic never recovered after the failover");
-    assert!(
-        logins.load(Ordering::Relaxed) > 10,
-        "the stream was not steady"
-    );
-    for (at, status, what) in &statuses {
-        let when = if *at < killed_at { "before" } else { "after" };
-        assert_ne!(*status, 500, "{what} answered 500 ({when} the kill)");
-        match *status {
-            200 | 204 | 401 => {}
-            // Only while the failover lasts.
-            503 => assert!(
-                *at >= killed_at && *at < recovered_at + Duration::from_secs(5),
-                "{what} answered 503 outside the failover"
-            ),
-            other => panic!("{what} answered {other}"),
-        }
-    }
-    assert!(
-        statuses
-            .iter()
-            .any(|(at, s, _)| *at < killed_at && *s == 204),
-        "no logout before the kill"
-    );
-    // Every logout answered 204 still holds on both pods, before and after the failover.
-    let revoked = observed.revoked.lock().expect("lock").clone();
-    assert!(!revoked.is_empty());
-    actix_web::rt::time::sleep(Duration::from_secs(CACHE_TTL)).await;
-    for token in &revoked {
-        for pod in [&a, &b] {
-            pod.get("/session", Some(token))
-                .await
-                .assert_error(401, "unauthorized");
-        }
-    }
+    let a = dep.spawn().await;
+    let b = dep.spawn().await;
+    stream_through_the_failover(&mut topology, &a, &b, plain_args).await;
     // Both pods re-subscribed to invalidations, on the new master.
     for pod in [&a, &b] {
         assert!(pod.metric("sessiond_pubsub_resubscriptions_total").await >= 1.0);
@@ -1038,6 +906,43 @@ async fn sentinel_failover_keeps_every_acknowledged_logout() {
     );
     let r = b.post_auth("/logout", &tokens.access).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+}
+
+/// A steady stream of logins, token checks and logouts on pods `a` and `b` while the master
+/// dies; `node_args(port, extra)`: the arguments the old master comes back with (as a replica
+/// of the new one, so WAIT can be satisfied again). Asserts what [`Stream`] promises.
+async fn stream_through_the_failover(
+    topology: &mut SentinelTopology,
+    a: &TestApp,
+    b: &TestApp,
+    node_args: impl Fn(u16, &[String]) -> Vec<String>,
+) {
+    let email = unique_email("stream");
+    assert_eq!(
+        a.register(&email, PASSWORD).await.status,
+        StatusCode::CREATED
+    );
+    let stream = Stream::default();
+    let chaos = async {
+        // Steady traffic, then the master dies.
+        actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+        let old_port = topology.master.port;
+        let killed_at = Instant::now();
+        topology.master.kill();
+        let new_port = topology.new_master(old_port).await;
+        assert_eq!(new_port, topology.replica.port);
+        topology.master.args = node_args(old_port, &replica_of(new_port));
+        topology.master.spawn();
+        wait_for_replication_on(topology.ca.as_deref(), new_port, 1).await;
+        let recovered_at = Instant::now();
+        stream.stop_once_healthy(recovered_at).await;
+        (killed_at, recovered_at)
+    };
+    let (_, (killed_at, recovered_at)) = tokio::join!(stream.run(a, b, &email), chaos);
+    stream.assert_answers(killed_at, recovered_at, Duration::from_secs(5));
+    stream
+        .assert_logouts_hold(&[a, b], Duration::from_secs(CACHE_TTL))
+        .await;
 }
 
 /// A manual failover leaves the old master running as a replica: the pods' connections stay up
@@ -1111,7 +1016,8 @@ async fn a_master_turned_replica_answers_readonly_and_the_pods_follow_the_sentin
 }
 
 /// Sentinel with TLS everywhere (nodes, replication, sentinels): the shared flows, then the
-/// master dies and both pods follow the sentinels to the replica, over TLS too.
+/// master dies under a steady stream and every pod follows the sentinels to the replica, over
+/// TLS too.
 async fn tls_sentinel_pods_share_the_flows_and_follow_a_failover() {
     let pki = Pki::new();
     let mut topology = SentinelTopology::start_tls(&pki).await;
@@ -1142,18 +1048,20 @@ async fn tls_sentinel_pods_share_the_flows_and_follow_a_failover() {
     );
     let (a, b) = shared_flows(&mut dep).await;
 
+    // The master dies during a steady stream on two more pods (the flows' pods keep their tight
+    // login budget); the old master comes back as a replica, over TLS.
     let (_, before) = a.user().await;
-    let old_port = topology.master.port;
-    topology.master.kill();
-    let new_port = topology.new_master(old_port).await;
-    assert_eq!(new_port, topology.replica.port);
-    // The old master comes back as a replica (revocations WAIT for one, as the master had one).
-    let mut args = pki.replication_args();
-    args.extend(replica_of(new_port));
-    topology.master.args = pki.tls_args(old_port, "no", &args);
-    topology.master.spawn();
-    wait_for_replication_on(Some(&pki.ca), new_port, 1).await;
-    // Both pods log in, check and log out on the new master (503 until they follow, never 500).
+    let wide = [("RATE_LIMIT_LOGIN_PER_ACCOUNT", "1000000".to_string())];
+    let c = dep.spawn_with(&wide).await;
+    let d = dep.spawn_with(&wide).await;
+    stream_through_the_failover(&mut topology, &c, &d, |port, extra| {
+        let mut args = pki.replication_args();
+        args.extend_from_slice(extra);
+        pki.tls_args(port, "no", &args)
+    })
+    .await;
+    // The first pods log in, check and log out on the new master too (503 until they follow,
+    // never 500).
     for (first, second) in [(&a, &b), (&b, &a)] {
         let mut last = StatusCode::OK;
         let followed = eventually(
@@ -1190,7 +1098,8 @@ async fn tls_sentinel_pods_share_the_flows_and_follow_a_failover() {
         .assert_error(401, "unauthorized");
 }
 
-/// A TLS-only Redis Cluster (`tls-cluster yes`, rediss:// seeds): the shared flows on two pods.
+/// A TLS-only Redis Cluster (`tls-cluster yes`, rediss:// seeds): the shared flows on two pods,
+/// then a master killed under a steady stream.
 async fn tls_cluster_pods_share_logout_refresh_throttling_and_roles() {
     let pki = Pki::new();
     let cluster = RedisCluster::start_tls(pki.cluster()).await;
@@ -1260,4 +1169,28 @@ async fn tls_cluster_pods_share_logout_refresh_throttling_and_roles() {
             StatusCode::OK
         );
     }
+
+    // The master of a user's slot dies during a steady stream of that user's logins, checks and
+    // logouts on two more pods (without the flows' tight limits).
+    let wide = [
+        ("RATE_LIMIT_LOGIN_PER_ACCOUNT", "1000000".to_string()),
+        ("MAX_SESSIONS_PER_USER", "0".to_string()),
+    ];
+    let c = dep.spawn_with(&wide).await;
+    let d = dep.spawn_with(&wide).await;
+    let (email, tokens) = c.user().await;
+    let key = sessions_key(&dep, &tokens.access);
+    let victim = cluster.master_of(&key).await.expect("a master");
+    let stream = Stream::default();
+    let chaos = async {
+        actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+        let times = cluster.fail_over(victim, &key).await;
+        stream.stop_once_healthy(times.recovered_at).await;
+        times
+    };
+    let (_, times) = tokio::join!(stream.run(&c, &d, &email), chaos);
+    stream.assert_answers(times.killed_at, times.recovered_at, Duration::from_secs(2));
+    stream
+        .assert_logouts_hold(&[&c, &d], Duration::from_secs(CACHE_TTL))
+        .await;
 }
