@@ -14,8 +14,10 @@ pub struct Metrics {
     /// method, route (template), status
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
-    /// outcome: success, invalid_credentials, throttled, error
+    /// outcome: success, mfa_required, invalid_credentials, throttled, error
     pub logins: IntCounterVec,
+    /// Second factors presented: method (totp, recovery_code), outcome (success, invalid, replay, error).
+    pub mfa: IntCounterVec,
     pub registrations: IntCounter,
     pub sessions_created: IntCounter,
     pub sessions_revoked: IntCounter,
@@ -217,6 +219,12 @@ impl Metrics {
                 "logins_total",
                 "Login attempts by outcome.",
                 &["outcome"],
+            ),
+            mfa: counter_vec(
+                &r,
+                "mfa_verifications_total",
+                "Second factors presented at login, by method and outcome.",
+                &["method", "outcome"],
             ),
             registrations: counter(&r, "registrations_total", "Accounts registered."),
             sessions_created: counter(&r, "sessions_created_total", "Sessions created by logins."),

@@ -16,7 +16,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use crate::actor::Ask;
 use crate::{
-    app::{self, Settings},
+    app::{self, mfa::MfaTokens, Settings},
     audit::{AuditLog, AuditWriter},
     auth::JwtKeys,
     config::Config,
@@ -181,7 +181,7 @@ impl Application {
         let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
             .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
         // With Redis the cache is trusted only once the invalidation subscription is up.
-        let (store, trusted, throttle) = match &config.redis {
+        let (store, trusted, throttle, mfa_tokens) = match &config.redis {
             Some(settings) => {
                 let redis = Redis::connect(settings, &config.redis_prefix, metrics.redis.clone())
                     .await
@@ -192,18 +192,20 @@ impl Application {
                     "connected to Redis"
                 );
                 let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
+                let mfa_tokens = MfaTokens::redis(redis.clone());
                 let store = RedisStore::new(
                     redis,
                     lifetimes,
                     SealKeys::from_config(&config),
                     metrics.seal_failures.clone(),
                 );
-                (SessionStore::Redis(store), false, throttle)
+                (SessionStore::Redis(store), false, throttle, mfa_tokens)
             }
             None => (
                 SessionStore::Memory(MemoryStore::new(lifetimes)),
                 true,
                 Throttle::memory(config.throttle.clone()),
+                MfaTokens::memory(),
             ),
         };
         let cache = SessionCache::new(
@@ -296,6 +298,8 @@ impl Application {
         let settings = Settings {
             session_lifetime: config.session_lifetime,
             admin_emails: config.admin_emails.clone(),
+            mfa_issuer: config.jwt_issuer.clone(),
+            mfa_key: config.jwt_key_encryption_key.clone(),
         };
         let state = web::Data::new(AppState {
             app: app::App {
@@ -308,6 +312,7 @@ impl Application {
                 webhooks,
                 profiles,
                 client_secrets: app::clients::client_secrets(config.session_cache_ttl),
+                mfa_tokens,
                 settings,
             },
             jwt,

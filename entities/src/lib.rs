@@ -1,6 +1,8 @@
 //! sea-orm entities of sessiond: table shapes only, no runtime features; plus the list of
 //! sessiond's own permissions, which the migrations seed.
 pub mod audit_event;
+pub mod mfa_recovery_code;
+pub mod mfa_totp;
 pub mod permissions;
 pub mod role;
 pub mod role_permission;

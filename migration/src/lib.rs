@@ -7,6 +7,7 @@ mod m20261127_000002_roles_and_audit;
 mod m20261130_000001_signing_keys;
 mod m20261130_000002_service_clients;
 mod m20261130_000003_webhook_outbox;
+mod m20261203_000001_mfa_totp;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000001_signing_keys::Migration),
             Box::new(m20261130_000002_service_clients::Migration),
             Box::new(m20261130_000003_webhook_outbox::Migration),
+            Box::new(m20261203_000001_mfa_totp::Migration),
         ]
     }
 }

@@ -8,9 +8,11 @@
 //!   line with an account's roles.
 //! - [`admin`]: every admin operation, under the escalation rule, and ADMIN_EMAILS.
 //! - [`clients`]: service clients (admin operations) and checking their credentials.
+//! - [`mfa`]: second factors (TOTP and recovery codes) and the logins waiting for one.
 pub mod accounts;
 pub mod admin;
 pub mod clients;
+pub mod mfa;
 pub mod sessions;
 
 use std::{sync::Arc, time::Duration};
@@ -43,6 +45,8 @@ pub struct App {
     pub profiles: moka::future::Cache<Uuid, Arc<User>>,
     /// Service clients' secret hashes, kept at most SESSION_CACHE_TTL.
     pub client_secrets: clients::ClientSecrets,
+    /// Logins waiting for their second factor (POST /login/mfa).
+    pub mfa_tokens: mfa::MfaTokens,
     pub settings: Settings,
 }
 
@@ -53,6 +57,16 @@ pub struct Settings {
     pub session_lifetime: Duration,
     /// Normalized; these accounts get `admin` at registration and at start-up.
     pub admin_emails: Vec<String>,
+    /// The issuer shown by authenticator apps (JWT_ISSUER).
+    pub mfa_issuer: String,
+    /// Seals TOTP secrets at rest (JWT_KEY_ENCRYPTION_KEY); without it they are stored as is.
+    pub mfa_key: Option<crate::config::Secret>,
+}
+
+impl Settings {
+    pub fn mfa_key(&self) -> Option<&[u8]> {
+        self.mfa_key.as_ref().map(crate::config::Secret::expose)
+    }
 }
 
 /// Where an anonymous call comes from, as audit records and limits see it.

@@ -15,6 +15,12 @@ pub enum AuditKind {
     Login,
     Logout,
     LogoutAll,
+    /// A TOTP authenticator removed (DELETE /mfa/totp).
+    MfaDisable,
+    /// A TOTP authenticator confirmed (POST /mfa/totp/confirm); pending ones are not audited.
+    MfaEnrol,
+    /// A second factor presented (POST /login/mfa): success or failure, with the method.
+    MfaVerify,
     PasswordChange,
     /// A rotated refresh token presented again after the grace window.
     RefreshReuse,
@@ -33,7 +39,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 18] = [
+    pub const ALL: [AuditKind; 21] = [
         Self::AccessDenied,
         Self::AccountLocked,
         Self::ClientCreate,
@@ -41,6 +47,9 @@ impl AuditKind {
         Self::Login,
         Self::Logout,
         Self::LogoutAll,
+        Self::MfaDisable,
+        Self::MfaEnrol,
+        Self::MfaVerify,
         Self::PasswordChange,
         Self::RefreshReuse,
         Self::Register,
@@ -64,6 +73,9 @@ impl AuditKind {
             Self::Login => "login",
             Self::Logout => "logout",
             Self::LogoutAll => "logout_all",
+            Self::MfaDisable => "mfa_disable",
+            Self::MfaEnrol => "mfa_enrol",
+            Self::MfaVerify => "mfa_verify",
             Self::PasswordChange => "password_change",
             Self::RefreshReuse => "refresh_reuse",
             Self::Register => "register",
@@ -103,6 +115,9 @@ mod tests {
                 "login",
                 "logout",
                 "logout_all",
+                "mfa_disable",
+                "mfa_enrol",
+                "mfa_verify",
                 "password_change",
                 "refresh_reuse",
                 "register",

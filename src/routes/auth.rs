@@ -48,7 +48,7 @@ pub struct TokenPair {
 }
 
 /// Signs the access token of a grant and answers with the pair.
-async fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpResponse, ApiError> {
     let Grant {
         refresh,
         access,
@@ -80,6 +80,7 @@ async fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpResponse, Api
         (status = 200, description = "Session created", body = TokenPair,
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 401, description = "Unknown email or wrong password, indistinguishable (`invalid_credentials`)", body = crate::error::ErrorBody),
+        (status = 403, description = "Right password, and the account has a second factor (`mfa_required`): the body also carries `mfa_token` and `methods` (`totp`, `recovery_code`); finish at POST /login/mfa", body = crate::error::ErrorBody),
         (status = 429, description = "Too many attempts from this address or for this account, or the account is locked after repeated failures (`rate_limited`)", body = crate::error::ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]

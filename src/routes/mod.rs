@@ -6,6 +6,7 @@ pub mod clients;
 pub mod health;
 pub mod introspection;
 pub mod jwks;
+pub mod mfa;
 pub mod openapi;
 pub mod session;
 pub mod users;
@@ -59,6 +60,7 @@ pub fn configure(
         jwks::configure(cfg);
         users::configure(cfg);
         auth::configure(cfg);
+        mfa::configure(cfg);
         session::configure(cfg);
         introspection::configure(cfg);
         cfg.service(

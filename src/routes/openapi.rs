@@ -29,6 +29,10 @@ use crate::routes;
         routes::auth::refresh,
         routes::auth::logout,
         routes::auth::logout_all,
+        routes::mfa::login_mfa,
+        routes::mfa::start_totp,
+        routes::mfa::confirm_totp,
+        routes::mfa::remove_totp,
         routes::session::current_session,
         routes::session::list_sessions,
         routes::session::delete_session,
@@ -58,6 +62,7 @@ use crate::routes;
     tags(
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Logins, tokens and sessions"),
+        (name = "mfa", description = "Second factors: TOTP authenticators and recovery codes"),
         (name = "admin", description = "Accounts, roles, sessions, service clients and the audit trail, for callers holding the permission each operation names; without it: 403 `forbidden`"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
@@ -278,6 +283,9 @@ mod tests {
             "/admin/clients",
             "/admin/clients/{client_id}",
             "/introspect",
+            "/mfa/totp",
+            "/mfa/totp/confirm",
+            "/login/mfa",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} documented");
         }

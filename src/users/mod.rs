@@ -4,11 +4,13 @@
 //! [`crate::actor`]).
 pub mod accounts;
 pub mod clients;
+pub mod mfa;
 pub mod password;
 pub mod roles;
 
 pub use accounts::*;
 pub use clients::*;
+pub use mfa::*;
 pub use roles::*;
 
 use std::time::Duration;

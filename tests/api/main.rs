@@ -15,6 +15,7 @@ mod hardening;
 mod introspection;
 mod keys;
 mod lockout;
+mod mfa;
 mod monitoring;
 mod persistence;
 mod process;
