@@ -129,6 +129,8 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
     let settings = sessiond::app::Settings {
         session_lifetime: cfg.session_lifetime,
         admin_emails: cfg.admin_emails.clone(),
+        mfa_issuer: cfg.jwt_issuer.clone(),
+        mfa_key: None,
     };
     web::Data::new(AppState {
         app: sessiond::app::App {
@@ -142,6 +144,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             webhooks: sessiond::webhooks::Webhooks::default(),
             profiles: moka::future::Cache::builder().build(),
             client_secrets: sessiond::app::clients::client_secrets(cfg.session_cache_ttl),
+            mfa_tokens: sessiond::app::mfa::MfaTokens::memory(),
             settings,
         },
         jwt: JwtKeys::new(&cfg),
