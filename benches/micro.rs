@@ -131,6 +131,8 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
         admin_emails: cfg.admin_emails.clone(),
         require_verification: false,
         notify_new_login: false,
+        mfa_issuer: cfg.jwt_issuer.clone(),
+        mfa_key: None,
     };
     web::Data::new(AppState {
         app: sessiond::app::App {
@@ -146,6 +148,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             profiles: moka::future::Cache::builder().build(),
             client_secrets: sessiond::app::clients::client_secrets(cfg.session_cache_ttl),
             federation: None,
+            mfa_tokens: sessiond::app::mfa::MfaTokens::memory(),
             settings,
         },
         jwt: JwtKeys::new(&cfg),

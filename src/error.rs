@@ -21,7 +21,8 @@ pub enum ApiError {
     /// malformed, unknown or deleted client, wrong secret; deliberately one answer.
     #[error("valid service client credentials (HTTP Basic) are required")]
     InvalidClient,
-    /// POST /oauth/token: an unknown, used or expired code, or a verifier that does not match.
+    /// A one-time code or token that is bad, used or expired (POST /oauth/token's code or its
+    /// verifier, POST /login/mfa's mfa_token or second factor).
     #[error("{0}")]
     InvalidGrant(String),
     #[error("not allowed")]
@@ -52,6 +53,12 @@ pub enum ApiError {
     FormRequired,
     #[error("request headers are larger than {0} bytes")]
     HeadersTooLarge(usize),
+    /// A correct password of an account with a second factor: finish at POST /login/mfa.
+    #[error("a second factor is required: present it to POST /login/mfa with the mfa_token")]
+    MfaRequired {
+        mfa_token: String,
+        methods: Vec<&'static str>,
+    },
     #[error("too many requests, retry later")]
     RateLimited { retry_after: u64 },
     /// A backing service could not answer; `detail` is logged, never sent.
@@ -67,7 +74,7 @@ pub enum ApiError {
 #[schema(example = json!({"error": "invalid_request", "message": "password must be at least 8 characters"}))]
 pub struct ErrorBody {
     /// invalid_request, unauthorized, invalid_credentials, invalid_client, invalid_grant, forbidden, email_not_verified,
-    /// invalid_token, not_found, method_not_allowed, email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
+    /// mfa_required, invalid_token, not_found, method_not_allowed, email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
     pub error: &'static str,
     pub message: String,
 }
@@ -110,6 +117,7 @@ impl ApiError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
             ),
+            MfaRequired { .. } => (StatusCode::FORBIDDEN, "mfa_required"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -164,6 +172,14 @@ impl ResponseError for ApiError {
             _ => {}
         }
         res.insert_header((header::CACHE_CONTROL, "no-store"));
+        if let ApiError::MfaRequired { mfa_token, methods } = self {
+            return res.json(serde_json::json!({
+                "error": error,
+                "message": self.to_string(),
+                "mfa_token": mfa_token,
+                "methods": methods,
+            }));
+        }
         res.json(ErrorBody {
             error,
             message: self.to_string(),

@@ -14,11 +14,13 @@ pub struct Metrics {
     /// method, route (template), status
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
-    /// outcome: success, invalid_credentials, throttled, error
+    /// outcome: success, mfa_required, invalid_credentials, throttled, error
     pub logins: IntCounterVec,
     /// Identity-provider sign-ins by provider and outcome: success, account_exists,
     /// email_not_verified, access_denied, provider_error, linked, invalid_grant.
     pub oauth_signins: IntCounterVec,
+    /// Second factors presented: method (totp, recovery_code), outcome (success, invalid, replay, error).
+    pub mfa: IntCounterVec,
     pub registrations: IntCounter,
     pub sessions_created: IntCounter,
     pub sessions_revoked: IntCounter,
@@ -233,6 +235,12 @@ impl Metrics {
                 "oauth_signins_total",
                 "Sign-ins through identity providers by provider and outcome.",
                 &["provider", "outcome"],
+            ),
+            mfa: counter_vec(
+                &r,
+                "mfa_verifications_total",
+                "Second factors presented at login, by method and outcome.",
+                &["method", "outcome"],
             ),
             registrations: counter(&r, "registrations_total", "Accounts registered."),
             sessions_created: counter(&r, "sessions_created_total", "Sessions created by logins."),

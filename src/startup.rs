@@ -16,7 +16,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use crate::actor::Ask;
 use crate::{
-    app::{self, Settings},
+    app::{self, mfa::MfaTokens, Settings},
     audit::{AuditLog, AuditWriter},
     auth::JwtKeys,
     config::Config,
@@ -191,7 +191,7 @@ impl Application {
         let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
             .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
         // With Redis the cache is trusted only once the invalidation subscription is up.
-        let (store, trusted, throttle, pending) = match &config.redis {
+        let (store, trusted, throttle, pending, mfa_tokens) = match &config.redis {
             Some(settings) => {
                 let redis = Redis::connect(settings, &config.redis_prefix, metrics.redis.clone())
                     .await
@@ -203,19 +203,27 @@ impl Application {
                 );
                 let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
                 let pending = Pending::Redis(redis.clone());
+                let mfa_tokens = MfaTokens::redis(redis.clone());
                 let store = RedisStore::new(
                     redis,
                     lifetimes,
                     SealKeys::from_config(&config),
                     metrics.seal_failures.clone(),
                 );
-                (SessionStore::Redis(store), false, throttle, pending)
+                (
+                    SessionStore::Redis(store),
+                    false,
+                    throttle,
+                    pending,
+                    mfa_tokens,
+                )
             }
             None => (
                 SessionStore::Memory(MemoryStore::new(lifetimes)),
                 true,
                 Throttle::memory(config.throttle.clone()),
                 Pending::memory(),
+                MfaTokens::memory(),
             ),
         };
         // Every OpenID Provider's discovery document is read now: a misconfigured or
@@ -338,6 +346,8 @@ impl Application {
             admin_emails: config.admin_emails.clone(),
             require_verification: config.mail.require_verification,
             notify_new_login: config.mail.notify_new_login,
+            mfa_issuer: config.jwt_issuer.clone(),
+            mfa_key: config.jwt_key_encryption_key.clone(),
         };
         let state = web::Data::new(AppState {
             app: app::App {
@@ -352,6 +362,7 @@ impl Application {
                 profiles,
                 client_secrets: app::clients::client_secrets(config.session_cache_ttl),
                 federation,
+                mfa_tokens,
                 settings,
             },
             jwt,

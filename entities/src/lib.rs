@@ -5,6 +5,8 @@ pub mod email_token;
 pub mod identity;
 pub mod login_seen;
 pub mod mail_outbox;
+pub mod mfa_recovery_code;
+pub mod mfa_totp;
 pub mod permissions;
 pub mod role;
 pub mod role_permission;

@@ -9,6 +9,7 @@ mod m20261130_000002_service_clients;
 mod m20261130_000003_webhook_outbox;
 mod m20261201_000001_identities;
 mod m20261202_000001_mail;
+mod m20261203_000001_mfa_totp;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000003_webhook_outbox::Migration),
             Box::new(m20261201_000001_identities::Migration),
             Box::new(m20261202_000001_mail::Migration),
+            Box::new(m20261203_000001_mfa_totp::Migration),
         ]
     }
 }

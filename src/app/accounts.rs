@@ -1,11 +1,15 @@
-//! Accounts: registration and `sessiond user create` (one way to make an account), login,
-//! password change, and the caller's profile.
+//! Accounts: registration and `sessiond user create` (one way to make an account), login and
+//! its second factor, password change, and the caller's profile.
 use std::sync::Arc;
 
 use actix::Addr;
 use uuid::Uuid;
 
-use super::{sessions::Grant, App, Caller, Client};
+use super::{
+    mfa::{self, SecondFactor, Verdict},
+    sessions::Grant,
+    App, Caller, Client,
+};
 use crate::actor::Ask;
 use crate::{
     audit::{AuditEvent, WriteAudit},
@@ -233,24 +237,100 @@ async fn attempt_login(
     let attempt = LoginAttempt::new(app, client, &email);
     let bucket = attempt.admit().await?;
     let (account, access) = attempt.verify(&bucket, password).await?;
-    attempt.succeeded(&bucket).await?;
-    let (refresh, access) = attempt.open_session(account.id, access).await?;
-    attempt.outcome("success");
+    attempt.require_second_factor(account.id).await?;
+    let grant = attempt.finish(&bucket, account.id, access, None).await?;
     super::email::note_login(app, client, &account).await;
+    Ok(grant)
+}
+
+/// POST /login/mfa: the second factor of a login whose password was right. Each call spends one
+/// of the pending login's attempts; a wrong code also counts toward the account's lockout, and
+/// a locked account is refused like at POST /login.
+pub async fn login_second_factor(
+    app: &App,
+    client: &Client,
+    mfa_token: &str,
+    factor: SecondFactor,
+) -> Result<Grant, ApiError> {
+    let result = attempt_second_factor(app, client, mfa_token, &factor).await;
+    if result.as_ref().is_err_and(|e| e.code().0.is_server_error()) {
+        app.metrics.logins.with_label_values(&["error"]).inc();
+        app.metrics
+            .mfa
+            .with_label_values(&[factor.method(), "error"])
+            .inc();
+    }
+    result
+}
+
+const MFA_TOKEN_DEAD: &str = "the mfa_token is invalid, used or expired: log in again";
+
+async fn attempt_second_factor(
+    app: &App,
+    client: &Client,
+    mfa_token: &str,
+    factor: &SecondFactor,
+) -> Result<Grant, ApiError> {
+    let pending = app
+        .mfa_tokens
+        .attempt(mfa_token)
+        .await?
+        .ok_or(ApiError::InvalidGrant(MFA_TOKEN_DEAD.into()))?;
+    let account = app
+        .users
+        .ask(FindAccount(pending.user_id))
+        .await?
+        .ok_or(ApiError::InvalidGrant(MFA_TOKEN_DEAD.into()))?;
+    let attempt = LoginAttempt::new(app, client, &account.email);
+    let bucket = attempt.admit().await?;
+    let method = factor.method();
+    let verdict = mfa::verify_factor(app, account.id, factor).await?;
+    app.metrics
+        .mfa
+        .with_label_values(&[method, verdict.as_str()])
+        .inc();
+    if verdict != Verdict::Accepted {
+        count_failure(
+            app,
+            &bucket,
+            attempt.now,
+            Some(account.id),
+            client.ip.clone(),
+        )
+        .await?;
+        attempt.outcome("invalid_credentials");
+        app.audit.record(
+            AuditEvent::failure(AuditKind::MfaVerify)
+                .subject(account.id)
+                .ip(client.ip.clone())
+                .detail(serde_json::json!({ "method": method, "reason": verdict.as_str() })),
+        );
+        return Err(ApiError::InvalidGrant(
+            "the code is wrong or already used".into(),
+        ));
+    }
+    if !app.mfa_tokens.consume(pending).await? {
+        return Err(ApiError::InvalidGrant(MFA_TOKEN_DEAD.into()));
+    }
     app.audit.record(
-        AuditEvent::success(AuditKind::Login)
+        AuditEvent::success(AuditKind::MfaVerify)
             .by(account.id)
             .ip(client.ip.clone())
-            .detail(serde_json::json!({ "session_id": refresh.session_id })),
+            .detail(serde_json::json!({ "method": method })),
     );
-    tracing::info!(user_id = %account.id, session_id = %refresh.session_id, "logged in");
-    Ok(Grant {
-        refresh,
-        access: Arc::new(access),
-        expires_at: attempt.now + app.settings.session_lifetime.as_secs() as i64,
-        issued_at: attempt.now,
-        jti: Uuid::new_v4(),
-    })
+    let access = match app.users.ask(FindAccess(account.id)).await? {
+        Some(a) if !a.disabled => a.access,
+        _ => {
+            return Err(attempt
+                .failed(&bucket, Some(account.id), "disabled")
+                .await?)
+        }
+    };
+    let grant = attempt
+        .finish(&bucket, account.id, access, Some(method))
+        .await?;
+    super::email::note_login(app, client, &account).await;
+    Ok(grant)
 }
 
 const MAX_USER_AGENT: usize = 256;
@@ -406,6 +486,52 @@ impl<'a> LoginAttempt<'a> {
             return Err(ApiError::EmailNotVerified);
         }
         Ok((account, access))
+    }
+
+    /// The step between a right password and a session: an account with a second factor gets
+    /// `403 mfa_required` and a pending login (the `mfa_token`) instead. Failures are not cleared
+    /// yet, so wrong codes keep counting toward the lockout across fresh passwords.
+    async fn require_second_factor(&self, user_id: Uuid) -> Result<(), ApiError> {
+        let methods = mfa::enrolled_methods(self.app, user_id).await?;
+        if methods.is_empty() {
+            return Ok(());
+        }
+        let mfa_token = self.app.mfa_tokens.issue(user_id).await?;
+        self.outcome("mfa_required");
+        Err(ApiError::MfaRequired { mfa_token, methods })
+    }
+
+    /// Clears the failures, opens the session and audits the login; `second_factor` names the
+    /// factor presented after the password, if any.
+    async fn finish(
+        &self,
+        bucket: &Bucket,
+        user_id: Uuid,
+        access: Access,
+        second_factor: Option<&str>,
+    ) -> Result<Grant, ApiError> {
+        let app = self.app;
+        self.succeeded(bucket).await?;
+        let (refresh, access) = self.open_session(user_id, access).await?;
+        self.outcome("success");
+        let detail = match second_factor {
+            Some(m) => serde_json::json!({ "session_id": refresh.session_id, "mfa": m }),
+            None => serde_json::json!({ "session_id": refresh.session_id }),
+        };
+        app.audit.record(
+            AuditEvent::success(AuditKind::Login)
+                .by(user_id)
+                .ip(self.client.ip.clone())
+                .detail(detail),
+        );
+        tracing::info!(user_id = %user_id, session_id = %refresh.session_id, "logged in");
+        Ok(Grant {
+            refresh,
+            access: Arc::new(access),
+            expires_at: self.now + app.settings.session_lifetime.as_secs() as i64,
+            issued_at: self.now,
+            jti: Uuid::new_v4(),
+        })
     }
 
     /// Clears the failures, and remembers the address for this account.

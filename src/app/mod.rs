@@ -8,11 +8,13 @@
 //!   line with an account's roles.
 //! - [`admin`]: every admin operation, under the escalation rule, and ADMIN_EMAILS.
 //! - [`clients`]: service clients (admin operations) and checking their credentials.
+//! - [`mfa`]: second factors (TOTP and recovery codes) and the logins waiting for one.
 pub mod accounts;
 pub mod admin;
 pub mod clients;
 pub mod email;
 pub mod federated;
+pub mod mfa;
 pub mod sessions;
 
 use std::{sync::Arc, time::Duration};
@@ -51,6 +53,8 @@ pub struct App {
     pub client_secrets: clients::ClientSecrets,
     /// Sign-in with identity providers; `None` when none is configured.
     pub federation: Option<federated::Federation>,
+    /// Logins waiting for their second factor (POST /login/mfa).
+    pub mfa_tokens: mfa::MfaTokens,
     pub settings: Settings,
 }
 
@@ -65,6 +69,16 @@ pub struct Settings {
     pub require_verification: bool,
     /// NOTIFY_NEW_LOGIN.
     pub notify_new_login: bool,
+    /// The issuer shown by authenticator apps (JWT_ISSUER).
+    pub mfa_issuer: String,
+    /// Seals TOTP secrets at rest (JWT_KEY_ENCRYPTION_KEY); without it they are stored as is.
+    pub mfa_key: Option<crate::config::Secret>,
+}
+
+impl Settings {
+    pub fn mfa_key(&self) -> Option<&[u8]> {
+        self.mfa_key.as_ref().map(crate::config::Secret::expose)
+    }
 }
 
 /// Where an anonymous call comes from, as audit records and limits see it.

@@ -19,6 +19,12 @@ pub enum AuditKind {
     Login,
     Logout,
     LogoutAll,
+    /// A TOTP authenticator removed (DELETE /mfa/totp).
+    MfaDisable,
+    /// A TOTP authenticator confirmed (POST /mfa/totp/confirm); pending ones are not audited.
+    MfaEnrol,
+    /// A second factor presented (POST /login/mfa): success or failure, with the method.
+    MfaVerify,
     PasswordChange,
     /// A rotated refresh token presented again after the grace window.
     RefreshReuse,
@@ -45,7 +51,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 24] = [
+    pub const ALL: [AuditKind; 27] = [
         Self::AccessDenied,
         Self::AccountLocked,
         Self::ClientCreate,
@@ -55,6 +61,9 @@ impl AuditKind {
         Self::Login,
         Self::Logout,
         Self::LogoutAll,
+        Self::MfaDisable,
+        Self::MfaEnrol,
+        Self::MfaVerify,
         Self::PasswordChange,
         Self::RefreshReuse,
         Self::Register,
@@ -84,6 +93,9 @@ impl AuditKind {
             Self::Login => "login",
             Self::Logout => "logout",
             Self::LogoutAll => "logout_all",
+            Self::MfaDisable => "mfa_disable",
+            Self::MfaEnrol => "mfa_enrol",
+            Self::MfaVerify => "mfa_verify",
             Self::PasswordChange => "password_change",
             Self::RefreshReuse => "refresh_reuse",
             Self::Register => "register",
@@ -129,6 +141,9 @@ mod tests {
                 "login",
                 "logout",
                 "logout_all",
+                "mfa_disable",
+                "mfa_enrol",
+                "mfa_verify",
                 "password_change",
                 "refresh_reuse",
                 "register",

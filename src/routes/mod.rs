@@ -7,6 +7,7 @@ pub mod email;
 pub mod health;
 pub mod introspection;
 pub mod jwks;
+pub mod mfa;
 pub mod oauth;
 pub mod openapi;
 pub mod session;
@@ -63,6 +64,7 @@ pub fn configure(
         email::configure(cfg);
         auth::configure(cfg);
         oauth::configure(cfg);
+        mfa::configure(cfg);
         session::configure(cfg);
         introspection::configure(cfg);
         cfg.service(

@@ -41,6 +41,10 @@ use crate::routes;
         routes::oauth::list_identities,
         routes::oauth::link_start,
         routes::oauth::unlink,
+        routes::mfa::login_mfa,
+        routes::mfa::start_totp,
+        routes::mfa::confirm_totp,
+        routes::mfa::remove_totp,
         routes::session::current_session,
         routes::session::list_sessions,
         routes::session::delete_session,
@@ -71,6 +75,7 @@ use crate::routes;
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Logins, tokens and sessions"),
         (name = "identity providers", description = "Sign-in with OpenID Connect providers and GitHub, and the identities linked to an account"),
+        (name = "mfa", description = "Second factors: TOTP authenticators and recovery codes"),
         (name = "admin", description = "Accounts, roles, sessions, service clients and the audit trail, for callers holding the permission each operation names; without it: 403 `forbidden`"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
@@ -291,6 +296,9 @@ mod tests {
             "/admin/clients",
             "/admin/clients/{client_id}",
             "/introspect",
+            "/mfa/totp",
+            "/mfa/totp/confirm",
+            "/login/mfa",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} documented");
         }

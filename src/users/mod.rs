@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod clients;
 pub mod email;
 pub mod identities;
+pub mod mfa;
 pub mod password;
 pub mod roles;
 
@@ -13,6 +14,7 @@ pub use accounts::*;
 pub use clients::*;
 pub use email::*;
 pub use identities::*;
+pub use mfa::*;
 pub use roles::*;
 
 use std::time::Duration;

@@ -17,6 +17,7 @@ mod introspection;
 mod keys;
 mod lockout;
 mod mail;
+mod mfa;
 mod monitoring;
 mod oidc;
 mod persistence;

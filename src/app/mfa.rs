@@ -1,0 +1,573 @@
+//! Second factors: TOTP enrolment (POST and DELETE /mfa/totp, POST /mfa/totp/confirm), recovery
+//! codes, and the pending logins that wait for a factor (the `mfa_token` of POST /login/mfa).
+//!
+//! Codes and secrets are never logged, audited or counted by value: audit details and metrics
+//! carry the method and the outcome only.
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aes_gcm::{
+    aead::{Aead, KeyInit, Payload},
+    Aes256Gcm, Nonce,
+};
+use base64::{
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+    Engine,
+};
+use rand::RngCore;
+use redis::Script;
+use sha2::{Digest, Sha256};
+use totp_rs::{Algorithm, Builder, Totp};
+use uuid::Uuid;
+
+use super::{App, Caller};
+use crate::actor::Ask;
+use crate::{
+    audit::AuditEvent,
+    domain::AuditKind,
+    error::ApiError,
+    redis::{script, Redis, RedisUnavailable},
+    session::now_unix,
+    users::{
+        ConfirmTotp, FindAccount, FindTotp, RemoveTotp, SpendRecoveryCode, SpendTotpStep, StartTotp,
+    },
+};
+
+/// How long a pending login waits for its second factor.
+pub const MFA_TOKEN_TTL: Duration = Duration::from_secs(300);
+/// Codes one pending login may try; the last one ends it whatever its outcome.
+pub const MFA_TOKEN_ATTEMPTS: u64 = 5;
+const RECOVERY_CODES: usize = 10;
+/// 160 bits, what RFC 4226 recommends.
+const SECRET_BYTES: usize = 20;
+const STEP_SECONDS: u64 = 30;
+
+/// A second factor as POST /login/mfa presents it.
+pub enum SecondFactor {
+    Totp(String),
+    RecoveryCode(String),
+}
+
+impl SecondFactor {
+    /// The method's name in metrics, audit details and `amr`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            SecondFactor::Totp(_) => "totp",
+            SecondFactor::RecoveryCode(_) => "recovery_code",
+        }
+    }
+}
+
+/// What POST /mfa/totp hands out, once: the secret for the authenticator app.
+pub struct Enrolment {
+    /// Base32, as authenticator apps take it when typed.
+    pub secret: String,
+    pub otpauth_uri: String,
+    pub qr_svg: String,
+}
+
+/// Starts (or restarts) a TOTP enrolment: a new secret, pending until a code confirms it. An
+/// account that already has a confirmed authenticator must remove it first (409).
+pub async fn start_totp(app: &App, caller: &Caller) -> Result<Enrolment, ApiError> {
+    let account = app
+        .users
+        .ask(FindAccount(caller.user_id))
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    let mut secret = vec![0u8; SECRET_BYTES];
+    rand::rng().fill_bytes(&mut secret);
+    // `:` separates issuer and account in the label; neither may hold one.
+    let issuer = app.settings.mfa_issuer.replace(':', "_");
+    let label = account.email.replace(':', "_");
+    let totp = Builder::new()
+        .with_algorithm(Algorithm::SHA1)
+        .with_digits(6)
+        .with_skew(1)
+        .with_step_duration(STEP_SECONDS)
+        .with_secret(secret.clone())
+        .with_issuer(Some(issuer))
+        .with_account_name(label)
+        .build()
+        .map_err(|e| ApiError::Internal(format!("TOTP parameters: {e}")))?;
+    let otpauth_uri = totp
+        .to_url()
+        .map_err(|e| ApiError::Internal(format!("otpauth URI: {e}")))?;
+    let qr_svg = qrcode::QrCode::new(otpauth_uri.as_bytes())
+        .map_err(|e| ApiError::Internal(format!("QR code: {e}")))?
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(200, 200)
+        .build();
+    let sealed = seal(app.settings.mfa_key(), caller.user_id, &secret)?;
+    let stored = app
+        .users
+        .ask(StartTotp {
+            user_id: caller.user_id,
+            secret: sealed,
+        })
+        .await?;
+    if !stored {
+        return Err(ApiError::Conflict(
+            "a TOTP authenticator is already active: remove it first (DELETE /mfa/totp)".into(),
+        ));
+    }
+    Ok(Enrolment {
+        secret: totp.secret().to_base32(),
+        otpauth_uri,
+        qr_svg,
+    })
+}
+
+/// Confirms the pending enrolment with a current code: from now on logins need a second
+/// factor. Returns the ten recovery codes, shown this once (only their hashes are kept).
+pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<String>, ApiError> {
+    let pending = app
+        .users
+        .ask(FindTotp(caller.user_id))
+        .await?
+        .filter(|t| t.confirmed_at.is_none())
+        .ok_or_else(|| {
+            ApiError::Conflict("no pending TOTP enrolment: start one with POST /mfa/totp".into())
+        })?;
+    let secret = open(app.settings.mfa_key(), caller.user_id, &pending.secret)?;
+    let step = check_code(secret, code, now_unix()).ok_or(ApiError::InvalidGrant(
+        "the code is wrong or already used".into(),
+    ))?;
+    let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
+    let confirmed = app
+        .users
+        .ask(ConfirmTotp {
+            user_id: caller.user_id,
+            step,
+            recovery_hashes: codes.iter().map(|c| recovery_hash(c)).collect(),
+        })
+        .await?;
+    if !confirmed {
+        return Err(ApiError::Conflict(
+            "no pending TOTP enrolment: start one with POST /mfa/totp".into(),
+        ));
+    }
+    app.audit.record(
+        AuditEvent::success(AuditKind::MfaEnrol)
+            .by(caller.user_id)
+            .ip(caller.ip.clone())
+            .detail(serde_json::json!({ "method": "totp" })),
+    );
+    tracing::info!(user_id = %caller.user_id, "TOTP enrolled");
+    Ok(codes)
+}
+
+/// Removes the authenticator (confirmed or pending) and the recovery codes.
+pub async fn remove_totp(app: &App, caller: &Caller) -> Result<(), ApiError> {
+    if !app.users.ask(RemoveTotp(caller.user_id)).await? {
+        return Err(ApiError::NotFound("TOTP authenticator"));
+    }
+    app.audit.record(
+        AuditEvent::success(AuditKind::MfaDisable)
+            .by(caller.user_id)
+            .ip(caller.ip.clone())
+            .detail(serde_json::json!({ "method": "totp" })),
+    );
+    tracing::info!(user_id = %caller.user_id, "TOTP removed");
+    Ok(())
+}
+
+/// The second factors an account must present at login (empty: the password is enough).
+pub async fn enrolled_methods(app: &App, user_id: Uuid) -> Result<Vec<&'static str>, ApiError> {
+    let totp = app.users.ask(FindTotp(user_id)).await?;
+    Ok(match totp {
+        Some(t) if t.confirmed_at.is_some() => vec!["totp", "recovery_code"],
+        _ => Vec::new(),
+    })
+}
+
+/// How a presented factor fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// Wrong, or no such factor enrolled.
+    Invalid,
+    /// A right code whose time step (or recovery code) was already spent.
+    Replay,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "success",
+            Verdict::Invalid => "invalid",
+            Verdict::Replay => "replay",
+        }
+    }
+}
+
+/// Checks a factor of `user_id` and spends it: a TOTP time step or a recovery code is accepted
+/// once, whichever pod asks.
+pub async fn verify_factor(
+    app: &App,
+    user_id: Uuid,
+    factor: &SecondFactor,
+) -> Result<Verdict, ApiError> {
+    let totp = match app.users.ask(FindTotp(user_id)).await? {
+        Some(t) if t.confirmed_at.is_some() => t,
+        _ => return Ok(Verdict::Invalid),
+    };
+    match factor {
+        SecondFactor::Totp(code) => {
+            let secret = open(app.settings.mfa_key(), user_id, &totp.secret)?;
+            let Some(step) = check_code(secret, code, now_unix()) else {
+                return Ok(Verdict::Invalid);
+            };
+            let spent = app.users.ask(SpendTotpStep { user_id, step }).await?;
+            Ok(if spent {
+                Verdict::Accepted
+            } else {
+                Verdict::Replay
+            })
+        }
+        SecondFactor::RecoveryCode(code) => {
+            if code.len() > 64 {
+                return Ok(Verdict::Invalid);
+            }
+            let spent = app
+                .users
+                .ask(SpendRecoveryCode {
+                    user_id,
+                    code_hash: recovery_hash(code),
+                })
+                .await?;
+            Ok(if spent {
+                Verdict::Accepted
+            } else {
+                Verdict::Invalid
+            })
+        }
+    }
+}
+
+/// The time step a 6-digit code matches, within one step of `now` either way.
+fn check_code(secret: Vec<u8>, code: &str, now: i64) -> Option<i64> {
+    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let totp: Totp = Builder::new()
+        .with_algorithm(Algorithm::SHA1)
+        .with_digits(6)
+        .with_skew(1)
+        .with_step_duration(STEP_SECONDS)
+        .with_secret(secret)
+        .build()
+        .ok()?;
+    let step = totp.check(&code, u64::try_from(now).ok()?)?;
+    i64::try_from(step).ok()
+}
+
+/// 16 characters of a 32-letter alphabet without look-alikes (80 random bits), in groups of 4.
+fn recovery_code() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    let chars: Vec<char> = bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(b & 31)] as char)
+        .collect();
+    chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// A recovery code's stored form. A fast hash is enough: the codes are 80 random bits, beyond
+/// any guessing, unlike passwords. Case, spaces and dashes do not matter.
+fn recovery_hash(code: &str) -> String {
+    let normalized: String = code
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let mut h = Sha256::new();
+    h.update(b"sessiond/recovery-code/v1:");
+    h.update(normalized.as_bytes());
+    hex::encode(h.finalize())
+}
+
+const SEALED: &str = "enc:v1:";
+const PLAIN: &str = "plain:";
+
+/// The user id is the associated data: a sealed secret copied to another account's row does not
+/// open.
+fn aad(user_id: Uuid) -> Vec<u8> {
+    format!("sessiond/totp/v1:{user_id}").into_bytes()
+}
+
+/// Seals a TOTP secret under JWT_KEY_ENCRYPTION_KEY (AES-256-GCM). Without that key the secret
+/// is stored as it is (marked `plain:`): the database then holds what an authenticator app does,
+/// which the README says.
+fn seal(key: Option<&[u8]>, user_id: Uuid, secret: &[u8]) -> Result<String, ApiError> {
+    let Some(key) = key else {
+        return Ok(format!("{PLAIN}{}", STANDARD.encode(secret)));
+    };
+    let cipher = Aes256Gcm::new_from_slice(key)
+        .map_err(|_| ApiError::Internal("JWT_KEY_ENCRYPTION_KEY is not 32 bytes".into()))?;
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    let sealed = cipher
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: secret,
+                aad: &aad(user_id),
+            },
+        )
+        .map_err(|_| ApiError::Internal("TOTP secret encryption failed".into()))?;
+    Ok(format!(
+        "{SEALED}{}",
+        STANDARD.encode([nonce.as_slice(), &sealed].concat())
+    ))
+}
+
+fn open(key: Option<&[u8]>, user_id: Uuid, stored: &str) -> Result<Vec<u8>, ApiError> {
+    let fail = |why: &str| ApiError::Internal(format!("TOTP secret of {user_id}: {why}"));
+    if let Some(plain) = stored.strip_prefix(PLAIN) {
+        return STANDARD.decode(plain).map_err(|_| fail("not base64"));
+    }
+    let sealed = stored
+        .strip_prefix(SEALED)
+        .ok_or_else(|| fail("unknown format"))?;
+    let key = key.ok_or_else(|| fail("sealed, but JWT_KEY_ENCRYPTION_KEY is not set"))?;
+    let bytes = STANDARD.decode(sealed).map_err(|_| fail("not base64"))?;
+    if bytes.len() < 12 + 16 {
+        return Err(fail("too short"));
+    }
+    let (nonce, sealed) = bytes.split_at(12);
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| fail("bad nonce"))?;
+    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| fail("key is not 32 bytes"))?;
+    cipher
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: sealed,
+                aad: &aad(user_id),
+            },
+        )
+        .map_err(|_| fail("does not decrypt (another JWT_KEY_ENCRYPTION_KEY?)"))
+}
+
+/// Pending logins: a correct password of an account with a second factor, waiting for it. Kept
+/// in the session store (Redis, so any pod can finish the login; in-process when embedded),
+/// under a hash of the token.
+#[derive(Clone)]
+pub enum MfaTokens {
+    Redis(Redis),
+    Memory(moka::sync::Cache<String, Arc<Mutex<Pending>>>),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    user_id: Uuid,
+    attempts: u64,
+}
+
+/// One attempt at a pending login, counted.
+pub struct Attempt {
+    pub user_id: Uuid,
+    key: String,
+    /// This was the last attempt allowed: the pending login is already gone.
+    last: bool,
+}
+
+static ISSUE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    script(&[r"
+redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'attempts', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1"])
+});
+
+/// Counts an attempt: nil when the token is unknown, expired or used up; else the user id and
+/// the attempt's number (the last allowed one deletes the entry).
+static ATTEMPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    script(&[r"
+local uid = redis.call('HGET', KEYS[1], 'user_id')
+if not uid then return false end
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if n >= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) end
+return {uid, n}"])
+});
+
+fn unavailable(e: RedisUnavailable) -> ApiError {
+    ApiError::Unavailable {
+        what: "session store",
+        detail: e.0,
+    }
+}
+
+impl MfaTokens {
+    pub fn memory() -> Self {
+        MfaTokens::Memory(
+            moka::sync::Cache::builder()
+                .time_to_live(MFA_TOKEN_TTL)
+                .max_capacity(1_000_000)
+                .build(),
+        )
+    }
+
+    pub fn redis(redis: Redis) -> Self {
+        MfaTokens::Redis(redis)
+    }
+
+    fn key(&self, token: &str) -> String {
+        let digest = hex::encode(Sha256::digest(token.as_bytes()));
+        match self {
+            MfaTokens::Redis(r) => format!("{}mfa:{digest}", r.prefix()),
+            MfaTokens::Memory(_) => digest,
+        }
+    }
+
+    /// A new pending login for `user_id`; returns its token (256 random bits).
+    pub async fn issue(&self, user_id: Uuid) -> Result<String, ApiError> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        let key = self.key(&token);
+        match self {
+            MfaTokens::Redis(r) => {
+                let mut call = ISSUE.key(key);
+                call.arg(user_id.to_string())
+                    .arg(MFA_TOKEN_TTL.as_millis() as u64);
+                r.call("mfa_token_issue", async |c| {
+                    call.invoke_async::<i64>(c).await
+                })
+                .await
+                .map_err(unavailable)?;
+            }
+            MfaTokens::Memory(c) => c.insert(
+                key,
+                Arc::new(Mutex::new(Pending {
+                    user_id,
+                    attempts: 0,
+                })),
+            ),
+        }
+        Ok(token)
+    }
+
+    /// Counts one attempt on a pending login; `None` when the token is unknown, expired, used
+    /// or out of attempts.
+    pub async fn attempt(&self, token: &str) -> Result<Option<Attempt>, ApiError> {
+        if token.is_empty() || token.len() > 128 {
+            return Ok(None);
+        }
+        let key = self.key(token);
+        let (user_id, n) = match self {
+            MfaTokens::Redis(r) => {
+                let mut call = ATTEMPT.key(&key);
+                call.arg(MFA_TOKEN_ATTEMPTS);
+                let got: Option<(String, u64)> = r
+                    .call("mfa_token_attempt", async |c| call.invoke_async(c).await)
+                    .await
+                    .map_err(unavailable)?;
+                match got.and_then(|(uid, n)| Some((Uuid::parse_str(&uid).ok()?, n))) {
+                    Some(found) => found,
+                    None => return Ok(None),
+                }
+            }
+            MfaTokens::Memory(c) => {
+                let Some(entry) = c.get(&key) else {
+                    return Ok(None);
+                };
+                // A poisoned lock still holds a consistent count.
+                let mut pending = entry.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.attempts >= MFA_TOKEN_ATTEMPTS {
+                    return Ok(None);
+                }
+                pending.attempts += 1;
+                if pending.attempts >= MFA_TOKEN_ATTEMPTS {
+                    c.invalidate(&key);
+                }
+                (pending.user_id, pending.attempts)
+            }
+        };
+        Ok(Some(Attempt {
+            user_id,
+            key,
+            last: n >= MFA_TOKEN_ATTEMPTS,
+        }))
+    }
+
+    /// Ends the pending login after a right factor; `false` if another attempt ended it first
+    /// (the token is single-use even under concurrent attempts).
+    pub async fn consume(&self, attempt: Attempt) -> Result<bool, ApiError> {
+        if attempt.last {
+            return Ok(true);
+        }
+        match self {
+            MfaTokens::Redis(r) => {
+                let deleted: i64 = r
+                    .call("mfa_token_consume", async |c| {
+                        redis::cmd("DEL").arg(&attempt.key).query_async(c).await
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                Ok(deleted == 1)
+            }
+            MfaTokens::Memory(c) => Ok(c.remove(&attempt.key).is_some()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_open_only_for_their_account_and_key() {
+        let key = [7u8; 32];
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let sealed = seal(Some(&key), alice, b"twenty bytes secret!").unwrap();
+        assert!(sealed.starts_with(SEALED));
+        assert_eq!(
+            open(Some(&key), alice, &sealed).unwrap(),
+            b"twenty bytes secret!"
+        );
+        assert!(open(Some(&key), bob, &sealed).is_err());
+        assert!(open(Some(&[8u8; 32]), alice, &sealed).is_err());
+        assert!(open(None, alice, &sealed).is_err());
+        let plain = seal(None, alice, b"twenty bytes secret!").unwrap();
+        assert_eq!(open(None, alice, &plain).unwrap(), b"twenty bytes secret!");
+    }
+
+    #[test]
+    fn recovery_codes_match_however_they_are_typed() {
+        let code = recovery_code();
+        assert_eq!(code.len(), 19);
+        assert_eq!(
+            recovery_hash(&code),
+            recovery_hash(&code.to_uppercase().replace('-', " "))
+        );
+        assert_ne!(recovery_hash(&code), recovery_hash(&recovery_code()));
+    }
+
+    #[test]
+    fn codes_match_within_one_step_only() {
+        let secret = vec![3u8; 20];
+        let totp = Builder::new().with_secret(secret.clone()).build().unwrap();
+        let now = 1_800_000_000i64;
+        let code = |t: i64| totp.generate(t as u64).to_string();
+        let step = now / 30;
+        assert_eq!(check_code(secret.clone(), &code(now), now), Some(step));
+        assert_eq!(
+            check_code(secret.clone(), &code(now - 30), now),
+            Some(step - 1)
+        );
+        assert_eq!(
+            check_code(secret.clone(), &code(now + 30), now),
+            Some(step + 1)
+        );
+        assert_eq!(check_code(secret.clone(), &code(now - 60), now), None);
+        assert_eq!(check_code(secret.clone(), "12345", now), None);
+        assert_eq!(check_code(secret, "１２３４５６", now), None);
+    }
+}

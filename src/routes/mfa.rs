@@ -1,0 +1,162 @@
+//! Second factors: TOTP enrolment and removal, and finishing a login with a factor.
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::{auth::token_response, caller, client, resource};
+use crate::{
+    app::{
+        accounts,
+        mfa::{self, SecondFactor},
+    },
+    auth::AuthenticatedSession,
+    error::ApiError,
+    state::AppState,
+};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/mfa/totp", "POST, DELETE")
+            .route(web::post().to(start_totp))
+            .route(web::delete().to(remove_totp)),
+    )
+    .service(resource("/mfa/totp/confirm", "POST").route(web::post().to(confirm_totp)))
+    .service(resource("/login/mfa", "POST").route(web::post().to(login_mfa)));
+}
+
+/// A pending TOTP enrolment: what the authenticator app needs. Shown once; served with
+/// `Cache-Control: no-store`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TotpEnrolment {
+    /// The shared secret, base32 (to type it in).
+    #[schema(example = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")]
+    secret: String,
+    /// `otpauth://totp/...` (SHA1, 6 digits, 30 s).
+    otpauth_uri: String,
+    /// The URI as a QR code, an SVG document.
+    qr_svg: String,
+}
+
+/// Starts a TOTP enrolment: a new secret, pending until POST /mfa/totp/confirm (a pending one
+/// is replaced).
+#[utoipa::path(post, path = "/mfa/totp", tag = "mfa", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new secret, pending until confirmed", body = TotpEnrolment,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 409, description = "A confirmed authenticator exists: remove it first (`conflict`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn start_totp(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    session: AuthenticatedSession,
+) -> Result<HttpResponse, ApiError> {
+    let enrolment = mfa::start_totp(&state.app, &caller(&req, &state, &session)).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(TotpEnrolment {
+            secret: enrolment.secret,
+            otpauth_uri: enrolment.otpauth_uri,
+            qr_svg: enrolment.qr_svg,
+        }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmTotpBody {
+    /// The authenticator's current 6-digit code.
+    #[schema(example = "123456")]
+    code: String,
+}
+
+/// The recovery codes, shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RecoveryCodes {
+    /// Ten single-use codes, each accepted once instead of a TOTP code.
+    recovery_codes: Vec<String>,
+}
+
+/// Confirms the pending enrolment with a current code: from now on logins need a second factor.
+#[utoipa::path(post, path = "/mfa/totp/confirm", tag = "mfa", security(("bearer" = [])), request_body = ConfirmTotpBody,
+    responses(
+        (status = 200, description = "Enrolled; the recovery codes, shown once", body = RecoveryCodes,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "Wrong or used code (`invalid_grant`)", body = crate::error::ErrorBody),
+        (status = 409, description = "No pending enrolment (`conflict`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn confirm_totp(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    session: AuthenticatedSession,
+    body: web::Json<ConfirmTotpBody>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller(&req, &state, &session);
+    let recovery_codes = mfa::confirm_totp(&state.app, &caller, &body.code).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(RecoveryCodes { recovery_codes }))
+}
+
+/// Removes the TOTP authenticator and the recovery codes.
+#[utoipa::path(delete, path = "/mfa/totp", tag = "mfa", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Removed; logins need the password only"),
+        (status = 404, description = "No authenticator (`not_found`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn remove_totp(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    session: AuthenticatedSession,
+) -> Result<HttpResponse, ApiError> {
+    mfa::remove_totp(&state.app, &caller(&req, &state, &session)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The `mfa_token` of a `403 mfa_required` answer, and one factor.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginMfaBody {
+    mfa_token: String,
+    /// The authenticator's current 6-digit code.
+    #[serde(default)]
+    #[schema(example = "123456")]
+    totp: Option<String>,
+    /// One of the recovery codes (each works once).
+    #[serde(default)]
+    recovery_code: Option<String>,
+}
+
+/// Finishes a login with its second factor. The `mfa_token` lives 5 minutes, allows 5 attempts
+/// and ends with the first success.
+#[utoipa::path(post, path = "/login/mfa", tag = "sessions", request_body = LoginMfaBody,
+    responses(
+        (status = 200, description = "Session created", body = super::auth::TokenPair,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "Unknown, expired or used-up `mfa_token`, or a wrong or used code (`invalid_grant`); neither `totp` nor `recovery_code`, or both (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many attempts, or the account is locked after repeated failures (`rate_limited`)", body = crate::error::ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
+    ))]
+#[tracing::instrument(name = "login_mfa", skip_all)]
+pub async fn login_mfa(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<LoginMfaBody>,
+) -> Result<HttpResponse, ApiError> {
+    let LoginMfaBody {
+        mfa_token,
+        totp,
+        recovery_code,
+    } = body.into_inner();
+    let factor = match (totp, recovery_code) {
+        (Some(code), None) => SecondFactor::Totp(code),
+        (None, Some(code)) => SecondFactor::RecoveryCode(code),
+        _ => {
+            return Err(ApiError::invalid(
+                "exactly one of totp and recovery_code is required",
+            ))
+        }
+    };
+    let client = client(&req, &state);
+    let grant = accounts::login_second_factor(&state.app, &client, &mfa_token, factor).await?;
+    token_response(&state.jwt, grant).await.inspect_err(|_| {
+        state.app.metrics.logins.with_label_values(&["error"]).inc();
+    })
+}

@@ -1,0 +1,325 @@
+//! Multi-factor authentication: TOTP enrolment with codes computed here from the secret, logins
+//! that need a second factor (POST /login/mfa), one step of clock skew, codes and recovery codes
+//! accepted once, and the mfa_token's single use and attempt limit.
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use totp_rs::{Algorithm, Builder, Secret, Totp};
+
+use crate::{both_backends, helpers::*};
+
+both_backends!(
+    a_totp_enrolment_then_logins_with_codes_and_recovery_codes,
+    an_mfa_token_is_single_use_and_allows_five_attempts,
+    wrong_codes_count_toward_the_lockout,
+    enrolment_is_confirmed_by_a_code_and_can_be_removed,
+);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// Waits until at least 10 s of the current 30 s step remain, so a code computed now is judged
+/// against the same step by the server.
+async fn fresh_step() {
+    let left = 30 - unix_now() % 30;
+    if left < 10 {
+        actix_web::rt::time::sleep(Duration::from_secs(left + 1)).await;
+    }
+}
+
+fn authenticator(secret: &str) -> Totp {
+    let bytes = Secret::try_from_base32(secret).expect("base32 secret");
+    Builder::new()
+        .with_algorithm(Algorithm::SHA1)
+        .with_digits(6)
+        .with_step_duration(30)
+        .with_secret(bytes.as_ref().to_vec())
+        .build()
+        .expect("RFC 6238 parameters")
+}
+
+/// The authenticator's code `offset` steps from now.
+fn code(totp: &Totp, offset: i64) -> String {
+    let t = unix_now() as i64 + offset * 30;
+    totp.generate(t as u64).to_string()
+}
+
+/// Enrols a TOTP authenticator for the account (confirmed with the current code); returns it and
+/// the recovery codes.
+async fn enrol(app: &TestApp, token: &str) -> (Totp, Vec<String>) {
+    let r = app.request(Method::POST, "/mfa/totp", token, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let secret = r.body["secret"].as_str().expect("secret").to_string();
+    let totp = authenticator(&secret);
+    fresh_step().await;
+    let r = app
+        .request(
+            Method::POST,
+            "/mfa/totp/confirm",
+            token,
+            Some(&json!({"code": code(&totp, 0)})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let codes: Vec<String> = r.body["recovery_codes"]
+        .as_array()
+        .expect("recovery_codes")
+        .iter()
+        .map(|c| c.as_str().expect("code").to_string())
+        .collect();
+    (totp, codes)
+}
+
+/// POST /login with the right password: the mfa_token of the 403.
+async fn mfa_token(app: &TestApp, email: &str) -> String {
+    let r = app.login_reply(email, PASSWORD).await;
+    r.assert_error(403, "mfa_required");
+    assert_eq!(
+        r.body["methods"],
+        json!(["totp", "recovery_code"]),
+        "{}",
+        r.body
+    );
+    assert!(r.body.get("access_token").is_none(), "{}", r.body);
+    r.body["mfa_token"].as_str().expect("mfa_token").to_string()
+}
+
+async fn second_factor(app: &TestApp, token: &str, field: &str, value: &str) -> Reply {
+    app.post_json("/login/mfa", &json!({"mfa_token": token, field: value}))
+        .await
+}
+
+async fn a_totp_enrolment_then_logins_with_codes_and_recovery_codes(backend: Backend) {
+    let (dep, admins) = with_admins(backend, 1).await;
+    let app = dep.spawn().await;
+    let me = admin(&app, &admins[0]).await;
+
+    let r = app
+        .request(Method::POST, "/mfa/totp", &me.tokens.access, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let secret = r.body["secret"].as_str().expect("secret");
+    let uri = r.body["otpauth_uri"].as_str().expect("otpauth_uri");
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    assert!(uri.contains(&format!("secret={secret}")), "{uri}");
+    assert!(r.body["qr_svg"]
+        .as_str()
+        .is_some_and(|s| s.contains("<svg")));
+    // Pending: the password alone still logs in.
+    app.login(&me.email, PASSWORD).await;
+
+    let totp = authenticator(secret);
+    fresh_step().await;
+    // One step behind is accepted (clock skew).
+    let r = app
+        .request(
+            Method::POST,
+            "/mfa/totp/confirm",
+            &me.tokens.access,
+            Some(&json!({"code": code(&totp, -1)})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let recovery: Vec<String> = serde_json::from_value(r.body["recovery_codes"].clone()).unwrap();
+    assert_eq!(recovery.len(), 10);
+    let unique: std::collections::HashSet<_> = recovery.iter().collect();
+    assert_eq!(unique.len(), 10, "{recovery:?}");
+
+    // A wrong password is still the plain 401; the right one asks for the factor.
+    app.login_reply(&me.email, "not the password at all")
+        .await
+        .assert_error(401, "invalid_credentials");
+    let token = mfa_token(&app, &me.email).await;
+    fresh_step().await;
+    // Two steps behind is refused; one step ahead is accepted.
+    second_factor(&app, &token, "totp", &code(&totp, -2))
+        .await
+        .assert_error(400, "invalid_grant");
+    let ahead = code(&totp, 1);
+    let r = second_factor(&app, &token, "totp", &ahead).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let access = r.body["access_token"].as_str().expect("access_token");
+    let who = app.get("/session", Some(access)).await;
+    assert_eq!(who.status, StatusCode::OK, "{}", who.body);
+    assert_eq!(who.body["session_id"], r.body["session_id"]);
+
+    // The same code never works twice, even with a fresh password login.
+    let token = mfa_token(&app, &me.email).await;
+    second_factor(&app, &token, "totp", &ahead)
+        .await
+        .assert_error(400, "invalid_grant");
+
+    // Recovery codes: each works once, typed in any case.
+    let r = second_factor(&app, &token, "recovery_code", &recovery[0].to_uppercase()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let token = mfa_token(&app, &me.email).await;
+    second_factor(&app, &token, "recovery_code", &recovery[0])
+        .await
+        .assert_error(400, "invalid_grant");
+    let r = second_factor(&app, &token, "recovery_code", &recovery[1]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Audited and counted, never with the codes.
+    let enrolled = settled(&app, &me.tokens.access, "type=mfa_enrol", 1).await;
+    assert_event(
+        &enrolled[0],
+        "mfa_enrol",
+        Some(&me.id),
+        Some(&me.id),
+        "success",
+    );
+    let used = settled(&app, &me.tokens.access, "type=mfa_verify", 6).await;
+    let outcomes: Vec<&str> = used.iter().filter_map(|e| e["outcome"].as_str()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "success").count(),
+        3,
+        "{used:?}"
+    );
+    let text = serde_json::to_string(&used).unwrap() + &serde_json::to_string(&enrolled).unwrap();
+    for secret_or_code in recovery
+        .iter()
+        .map(String::as_str)
+        .chain([secret, ahead.as_str()])
+    {
+        assert!(!text.contains(secret_or_code), "{text}");
+    }
+    let metrics = app.scrape().await;
+    for line in [
+        r#"sessiond_mfa_verifications_total{method="totp",outcome="success"} 1"#,
+        r#"sessiond_mfa_verifications_total{method="totp",outcome="invalid"} 1"#,
+        r#"sessiond_mfa_verifications_total{method="totp",outcome="replay"} 1"#,
+        r#"sessiond_mfa_verifications_total{method="recovery_code",outcome="success"} 2"#,
+        r#"sessiond_mfa_verifications_total{method="recovery_code",outcome="invalid"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}
+
+async fn an_mfa_token_is_single_use_and_allows_five_attempts(backend: Backend) {
+    let mut dep = Deployment::new(backend).await;
+    dep.set("LOCKOUT_THRESHOLD", 99);
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let (_totp, recovery) = enrol(&app, &me.tokens.access).await;
+
+    // Used once: the token is gone, and the code presented with it is not spent.
+    let token = mfa_token(&app, &me.email).await;
+    let r = second_factor(&app, &token, "recovery_code", &recovery[0]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    second_factor(&app, &token, "recovery_code", &recovery[1])
+        .await
+        .assert_error(400, "invalid_grant");
+    let token = mfa_token(&app, &me.email).await;
+    let r = second_factor(&app, &token, "recovery_code", &recovery[1]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Five attempts, then even a right code is refused.
+    let token = mfa_token(&app, &me.email).await;
+    for _ in 0..5 {
+        second_factor(&app, &token, "totp", "000000")
+            .await
+            .assert_error(400, "invalid_grant");
+    }
+    second_factor(&app, &token, "recovery_code", &recovery[2])
+        .await
+        .assert_error(400, "invalid_grant");
+    // A made-up token, and malformed bodies.
+    second_factor(&app, "no-such-token", "recovery_code", &recovery[2])
+        .await
+        .assert_error(400, "invalid_grant");
+    app.post_json("/login/mfa", &json!({"mfa_token": token}))
+        .await
+        .assert_error(400, "invalid_request");
+    app.post_json(
+        "/login/mfa",
+        &json!({"mfa_token": token, "totp": "123456", "recovery_code": recovery[2]}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    // The code was never spent by the refused attempts.
+    let token = mfa_token(&app, &me.email).await;
+    let r = second_factor(&app, &token, "recovery_code", &recovery[2]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+async fn wrong_codes_count_toward_the_lockout(backend: Backend) {
+    let mut dep = Deployment::new(backend).await;
+    dep.set("LOCKOUT_THRESHOLD", 3)
+        .set("LOCKOUT_BASE_SECONDS", 600)
+        .set("LOCKOUT_MAX_SECONDS", 600);
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let (_totp, recovery) = enrol(&app, &me.tokens.access).await;
+    let early = mfa_token(&app, &me.email).await;
+    // Fresh passwords do not clear the failures of the second factor.
+    for _ in 0..3 {
+        let token = mfa_token(&app, &me.email).await;
+        second_factor(&app, &token, "recovery_code", "aaaa-bbbb-cccc-dddd")
+            .await
+            .assert_error(400, "invalid_grant");
+    }
+    app.login_reply(&me.email, PASSWORD)
+        .await
+        .assert_error(429, "rate_limited");
+    // While locked, even a right factor on a pending login is refused.
+    second_factor(&app, &early, "recovery_code", &recovery[0])
+        .await
+        .assert_error(429, "rate_limited");
+}
+
+async fn enrolment_is_confirmed_by_a_code_and_can_be_removed(backend: Backend) {
+    let dep = Deployment::new(backend).await;
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let access = me.tokens.access.as_str();
+    let confirm = |code: String| {
+        let app = &app;
+        async move {
+            app.request(
+                Method::POST,
+                "/mfa/totp/confirm",
+                access,
+                Some(&json!({ "code": code })),
+            )
+            .await
+        }
+    };
+    // Nothing pending yet.
+    confirm("123456".into()).await.assert_error(409, "conflict");
+    let r = app.request(Method::POST, "/mfa/totp", access, None).await;
+    let totp = authenticator(r.body["secret"].as_str().expect("secret"));
+    confirm("12345".into())
+        .await
+        .assert_error(400, "invalid_grant");
+    fresh_step().await;
+    confirm(code(&totp, -2))
+        .await
+        .assert_error(400, "invalid_grant");
+    let r = confirm(code(&totp, 0)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Confirmed: a second enrolment must remove the first.
+    app.request(Method::POST, "/mfa/totp", access, None)
+        .await
+        .assert_error(409, "conflict");
+    app.post_auth("/mfa/totp/confirm", access)
+        .await
+        .assert_error(415, "unsupported_media_type");
+    mfa_token(&app, &me.email).await;
+    let r = app.request(Method::DELETE, "/mfa/totp", access, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    app.request(Method::DELETE, "/mfa/totp", access, None)
+        .await
+        .assert_error(404, "not_found");
+    // The password alone logs in again.
+    app.login(&me.email, PASSWORD).await;
+    // Without a token, nothing.
+    let r = call(&app, Method::POST, "/mfa/totp", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
