@@ -332,25 +332,30 @@ impl Worker {
             }
             Err(Failure { cause, permanent }) => {
                 let attempt = row.attempts.max(1) as u32;
-                let next = now + self.policy.delay(attempt).as_millis() as i64;
-                let late = next - row.created_at_ms > self.policy.give_up_after.as_millis() as i64;
-                if permanent || late {
-                    counter("failed");
-                    tracing::error!(mail_id = %row.id, kind = %row.kind, attempts = attempt,
-                        %cause, "mail given up");
-                    self.finish(row.id, FAILED, now, Some(cause)).await
-                } else {
-                    counter("retried");
-                    tracing::warn!(mail_id = %row.id, kind = %row.kind, attempts = attempt,
+                let retry = self
+                    .policy
+                    .next_attempt_ms(attempt, row.created_at_ms, now)
+                    .filter(|_| !permanent);
+                match retry {
+                    None => {
+                        counter("failed");
+                        tracing::error!(mail_id = %row.id, kind = %row.kind, attempts = attempt,
+                            %cause, "mail given up");
+                        self.finish(row.id, FAILED, now, Some(cause)).await
+                    }
+                    Some(next) => {
+                        counter("retried");
+                        tracing::warn!(mail_id = %row.id, kind = %row.kind, attempts = attempt,
                         %cause, retry_in_ms = next - now, "mail not sent; will retry");
-                    Entity::update_many()
-                        .col_expr(Column::NextAttemptMs, Expr::value(next))
-                        .col_expr(Column::LastError, Expr::value(cause))
-                        .filter(Column::Id.eq(row.id))
-                        .filter(Column::State.eq(PENDING))
-                        .exec(&self.db)
-                        .await
-                        .map(|_| ())
+                        Entity::update_many()
+                            .col_expr(Column::NextAttemptMs, Expr::value(next))
+                            .col_expr(Column::LastError, Expr::value(cause))
+                            .filter(Column::Id.eq(row.id))
+                            .filter(Column::State.eq(PENDING))
+                            .exec(&self.db)
+                            .await
+                            .map(|_| ())
+                    }
                 }
             }
         };

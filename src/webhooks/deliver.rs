@@ -65,6 +65,13 @@ impl RetryPolicy {
         let half = exp / 2;
         half + half.mul_f64(rand::rng().random::<f64>())
     }
+
+    /// After the `attempt`-th failure (1-based) of a row made at `created_at_ms`: when to try
+    /// again (ms), or `None` once that would fall past `give_up_after`.
+    pub fn next_attempt_ms(&self, attempt: u32, created_at_ms: i64, now_ms: i64) -> Option<i64> {
+        let next = now_ms + self.delay(attempt).as_millis() as i64;
+        (next - created_at_ms <= self.give_up_after.as_millis() as i64).then_some(next)
+    }
 }
 
 /// Stops the worker: the deliveries in flight finish (for at most [`STOP_DEADLINE`]); what is
@@ -271,45 +278,45 @@ impl Worker {
             }
             Some(cause) => {
                 let attempt = row.attempts.max(1) as u32;
-                let next = now + self.policy.delay(attempt).as_millis() as i64;
-                let give_up =
-                    next - row.created_at_ms > self.policy.give_up_after.as_millis() as i64;
-                if give_up {
-                    self.metrics
-                        .webhook_deliveries
-                        .with_label_values(&["failed"])
-                        .inc();
-                    tracing::error!(
-                        message_id = %row.message_id,
-                        event = %row.event_type,
-                        endpoint = shown(&row.endpoint),
-                        attempts = attempt,
-                        %cause,
-                        "webhook given up: not delivered within the retry period"
-                    );
-                    self.finish(row.id, FAILED, now, Some(cause)).await
-                } else {
-                    self.metrics
-                        .webhook_deliveries
-                        .with_label_values(&["retried"])
-                        .inc();
-                    tracing::warn!(
-                        message_id = %row.message_id,
-                        event = %row.event_type,
-                        endpoint = shown(&row.endpoint),
-                        attempts = attempt,
-                        %cause,
-                        retry_in_ms = next - now,
-                        "webhook not delivered; will retry"
-                    );
-                    Entity::update_many()
-                        .col_expr(Column::NextAttemptMs, Expr::value(next))
-                        .col_expr(Column::LastError, Expr::value(cause.clone()))
-                        .filter(Column::Id.eq(row.id))
-                        .filter(Column::State.eq(PENDING))
-                        .exec(&self.db)
-                        .await
-                        .map(|_| ())
+                match self.policy.next_attempt_ms(attempt, row.created_at_ms, now) {
+                    None => {
+                        self.metrics
+                            .webhook_deliveries
+                            .with_label_values(&["failed"])
+                            .inc();
+                        tracing::error!(
+                            message_id = %row.message_id,
+                            event = %row.event_type,
+                            endpoint = shown(&row.endpoint),
+                            attempts = attempt,
+                            %cause,
+                            "webhook given up: not delivered within the retry period"
+                        );
+                        self.finish(row.id, FAILED, now, Some(cause)).await
+                    }
+                    Some(next) => {
+                        self.metrics
+                            .webhook_deliveries
+                            .with_label_values(&["retried"])
+                            .inc();
+                        tracing::warn!(
+                            message_id = %row.message_id,
+                            event = %row.event_type,
+                            endpoint = shown(&row.endpoint),
+                            attempts = attempt,
+                            %cause,
+                            retry_in_ms = next - now,
+                            "webhook not delivered; will retry"
+                        );
+                        Entity::update_many()
+                            .col_expr(Column::NextAttemptMs, Expr::value(next))
+                            .col_expr(Column::LastError, Expr::value(cause.clone()))
+                            .filter(Column::Id.eq(row.id))
+                            .filter(Column::State.eq(PENDING))
+                            .exec(&self.db)
+                            .await
+                            .map(|_| ())
+                    }
                 }
             }
         };
