@@ -17,7 +17,7 @@ pub struct Metrics {
     /// outcome: success, mfa_required, invalid_credentials, throttled, error
     pub logins: IntCounterVec,
     /// Identity-provider sign-ins by provider and outcome: success, account_exists,
-    /// email_not_verified, access_denied, provider_error, linked, invalid_grant.
+    /// email_not_verified, access_denied, provider_error, linked, invalid_grant, mfa_required.
     pub oauth_signins: IntCounterVec,
     /// Second factors presented: method (totp, recovery_code), outcome (success, invalid, replay, error).
     pub mfa: IntCounterVec,

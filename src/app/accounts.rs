@@ -491,7 +491,7 @@ impl<'a> LoginAttempt<'a> {
     /// The step between a right password and a session: an account with a second factor gets
     /// `403 mfa_required` and a pending login (the `mfa_token`) instead. Failures are not cleared
     /// yet, so wrong codes keep counting toward the lockout across fresh passwords.
-    async fn require_second_factor(&self, user_id: Uuid) -> Result<(), ApiError> {
+    pub(super) async fn require_second_factor(&self, user_id: Uuid) -> Result<(), ApiError> {
         let methods = mfa::enrolled_methods(self.app, user_id).await?;
         if methods.is_empty() {
             return Ok(());

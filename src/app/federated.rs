@@ -520,6 +520,17 @@ pub async fn redeem(
         _ => return Err(invalid()),
     };
     let attempt = LoginAttempt::new(app, client, "");
+    // The provider vouches for the identity, not for the account's own second factor: an
+    // account with one finishes at POST /login/mfa, as after a password (the code is spent).
+    if let Err(e) = attempt.require_second_factor(grant.user_id).await {
+        if matches!(e, ApiError::MfaRequired { .. }) {
+            app.metrics
+                .oauth_signins
+                .with_label_values(&[grant.provider.as_str(), "mfa_required"])
+                .inc();
+        }
+        return Err(e);
+    }
     let (refresh, access) = attempt.open_session(grant.user_id, access).await?;
     app.metrics
         .oauth_signins

@@ -155,6 +155,7 @@ pub struct TokenBody {
         (status = 200, description = "Session created", body = crate::routes::auth::TokenPair,
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "Unknown, used or expired code, or a verifier that does not match (`invalid_grant`)", body = crate::error::ErrorBody),
+        (status = 403, description = "The account has a second factor (`mfa_required`): the body also carries `mfa_token` and `methods`; finish at POST /login/mfa (the code is spent)", body = crate::error::ErrorBody),
         (status = 429, description = "Too many sign-in steps from this address (`rate_limited`)", body = crate::error::ErrorBody),
     ))]
 pub async fn token(

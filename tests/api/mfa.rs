@@ -44,14 +44,14 @@ fn authenticator(secret: &str) -> Totp {
 }
 
 /// The authenticator's code `offset` steps from now.
-fn code(totp: &Totp, offset: i64) -> String {
+pub(crate) fn code(totp: &Totp, offset: i64) -> String {
     let t = unix_now() as i64 + offset * 30;
     totp.generate(t as u64).to_string()
 }
 
 /// Enrols a TOTP authenticator for the account (confirmed with the current code); returns it and
 /// the recovery codes.
-async fn enrol(app: &TestApp, token: &str) -> (Totp, Vec<String>) {
+pub(crate) async fn enrol(app: &TestApp, token: &str) -> (Totp, Vec<String>) {
     let r = app.request(Method::POST, "/mfa/totp", token, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let secret = r.body["secret"].as_str().expect("secret").to_string();

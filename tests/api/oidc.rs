@@ -42,6 +42,7 @@ both_backends!(
     github_sign_ins_use_the_primary_verified_email_only,
     sign_in_steps_are_limited_per_client_address,
     an_email_given_by_userinfo_only_is_used,
+    a_provider_sign_in_to_an_account_with_totp_asks_for_the_code,
 );
 
 services_only!(
@@ -1184,4 +1185,41 @@ async fn an_email_given_by_userinfo_only_is_used(backend: Backend) {
         .await;
     let (back, _) = s.sign_in("ulf-1").await;
     assert_eq!(query(&back, "error").as_deref(), Some("email_not_verified"));
+}
+
+/// An account with a TOTP authenticator is not entered through a provider on the provider's word
+/// alone: the one-time code's redemption asks for the second factor, as a password login does.
+async fn a_provider_sign_in_to_an_account_with_totp_asks_for_the_code(backend: Backend) {
+    let s = setup(backend).await;
+    s.provider
+        .set_account("tess-1", "tess@example.com", true)
+        .await;
+    let first = s.tokens("tess-1").await;
+    let access = first.body["access_token"].as_str().expect("access token");
+    let (totp, _) = crate::mfa::enrol(&s.app, access).await;
+
+    let (back, verifier) = s.sign_in("tess-1").await;
+    let code = query(&back, "code").unwrap_or_else(|| panic!("a code: {back}"));
+    let reply = s.redeem(&code, &verifier).await;
+    reply.assert_error(403, "mfa_required");
+    assert!(reply.body.get("access_token").is_none());
+    let mfa_token = reply.body["mfa_token"].as_str().expect("mfa_token");
+    // The code is spent: redeeming it again does not skip the factor.
+    s.redeem(&code, &verifier)
+        .await
+        .assert_error(400, "invalid_grant");
+    // The enrolment used this step's code; the next step's is within the allowed skew.
+    let done = s
+        .app
+        .post_json(
+            "/login/mfa",
+            &json!({"mfa_token": mfa_token, "totp": crate::mfa::code(&totp, 1)}),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let profile = s
+        .app
+        .get("/profile", done.body["access_token"].as_str())
+        .await;
+    assert_eq!(profile.body["email"], "tess@example.com");
 }
