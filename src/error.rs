@@ -58,6 +58,9 @@ pub enum ApiError {
     MfaRequired {
         mfa_token: String,
         methods: Vec<&'static str>,
+        /// With `webauthn` among the methods: the assertion request options (the challenge) for
+        /// `navigator.credentials.get`.
+        webauthn: Option<Box<serde_json::Value>>,
     },
     #[error("too many requests, retry later")]
     RateLimited { retry_after: u64 },
@@ -172,13 +175,22 @@ impl ResponseError for ApiError {
             _ => {}
         }
         res.insert_header((header::CACHE_CONTROL, "no-store"));
-        if let ApiError::MfaRequired { mfa_token, methods } = self {
-            return res.json(serde_json::json!({
+        if let ApiError::MfaRequired {
+            mfa_token,
+            methods,
+            webauthn,
+        } = self
+        {
+            let mut body = serde_json::json!({
                 "error": error,
                 "message": self.to_string(),
                 "mfa_token": mfa_token,
                 "methods": methods,
-            }));
+            });
+            if let Some(options) = webauthn {
+                body["webauthn"] = (**options).clone();
+            }
+            return res.json(body);
         }
         res.json(ErrorBody {
             error,

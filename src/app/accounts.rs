@@ -285,6 +285,7 @@ async fn attempt_second_factor(
     let bucket = attempt.admit().await?;
     let method = factor.method();
     let verdict = mfa::verify_factor(app, account.id, factor).await?;
+
     app.metrics
         .mfa
         .with_label_values(&[method, verdict.as_str()])
@@ -305,9 +306,13 @@ async fn attempt_second_factor(
                 .ip(client.ip.clone())
                 .detail(serde_json::json!({ "method": method, "reason": verdict.as_str() })),
         );
-        return Err(ApiError::InvalidGrant(
-            "the code is wrong or already used".into(),
-        ));
+        return Err(ApiError::InvalidGrant(match factor {
+            SecondFactor::Webauthn { .. } => {
+                "the passkey's answer was not accepted (wrong credential, origin or challenge)"
+                    .into()
+            }
+            _ => "the code is wrong or already used".into(),
+        }));
     }
     if !app.mfa_tokens.consume(pending).await? {
         return Err(ApiError::InvalidGrant(MFA_TOKEN_DEAD.into()));
@@ -497,8 +502,21 @@ impl<'a> LoginAttempt<'a> {
             return Ok(());
         }
         let mfa_token = self.app.mfa_tokens.issue(user_id).await?;
+        let webauthn = if methods.contains(&"webauthn") {
+            super::webauthn::second_factor_challenge(self.app, user_id, &mfa_token)
+                .await?
+                .map(|options| serde_json::to_value(options).map(Box::new))
+                .transpose()
+                .map_err(|e| ApiError::Internal(format!("WebAuthn options: {e}")))?
+        } else {
+            None
+        };
         self.outcome("mfa_required");
-        Err(ApiError::MfaRequired { mfa_token, methods })
+        Err(ApiError::MfaRequired {
+            mfa_token,
+            methods,
+            webauthn,
+        })
     }
 
     /// Clears the failures, opens the session and audits the login; `second_factor` names the

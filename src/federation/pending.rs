@@ -22,6 +22,10 @@ pub enum Kind {
     /// A session opened by a provider sign-in, for the first minutes: its passwordless account
     /// may set a password without a current one.
     FreshSession,
+    /// A WebAuthn ceremony's state between its start and its finish (`app::webauthn`).
+    WebauthnRegistration,
+    WebauthnSignIn,
+    WebauthnMfa,
 }
 
 impl Kind {
@@ -30,6 +34,9 @@ impl Kind {
             Kind::State => "oauth-state",
             Kind::Code => "oauth-code",
             Kind::FreshSession => "oauth-fresh",
+            Kind::WebauthnRegistration => "webauthn-reg",
+            Kind::WebauthnSignIn => "webauthn-signin",
+            Kind::WebauthnMfa => "webauthn-mfa",
         }
     }
 }

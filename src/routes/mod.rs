@@ -12,6 +12,7 @@ pub mod oauth;
 pub mod openapi;
 pub mod session;
 pub mod users;
+pub mod webauthn;
 
 use actix_web::ResponseError;
 use actix_web::{
@@ -65,6 +66,7 @@ pub fn configure(
         auth::configure(cfg);
         oauth::configure(cfg);
         mfa::configure(cfg);
+        webauthn::configure(cfg);
         session::configure(cfg);
         introspection::configure(cfg);
         cfg.service(

@@ -33,4 +33,5 @@ mod tls;
 mod tokens;
 mod topology;
 mod validation;
+mod webauthn;
 mod webhooks;
