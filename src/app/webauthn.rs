@@ -141,7 +141,6 @@ pub async fn start_registration(
     let exclude: Vec<_> = held
         .iter()
         .filter_map(|c| URL_SAFE_NO_PAD.decode(&c.credential_id).ok())
-        .map(Into::into)
         .collect();
     let display = account.name.as_deref().unwrap_or(&account.email);
     // The user handle is the account id: a discoverable credential hands it back at sign-in.

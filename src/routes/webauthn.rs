@@ -222,6 +222,7 @@ pub async fn start_sign_in(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasskeyFinishBody {
+    /// From POST /login/passkey/start (single-use).
     passkey_token: String,
     /// The `PublicKeyCredential` `navigator.credentials.get` returned, as JSON (its `toJSON()`:
     /// `id`, `rawId`, `type`, `response.authenticatorData`, `response.clientDataJSON`,

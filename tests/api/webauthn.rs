@@ -70,7 +70,7 @@ impl Passkey {
             .soft
             .do_registration(Url::parse(origin).expect("origin"), ccr)
             .expect("the authenticator registers");
-        self.credential_id = Some(answer.raw_id.to_vec());
+        self.credential_id = Some(answer.raw_id.clone());
         serde_json::to_value(&answer).expect("credential JSON")
     }
 
@@ -84,7 +84,7 @@ impl Passkey {
         if discoverable {
             rcr.public_key.allow_credentials = vec![AllowCredentials {
                 type_: "public-key".into(),
-                id: self.credential_id.clone().expect("registered").into(),
+                id: self.credential_id.clone().expect("registered"),
                 transports: None,
             }];
         }
@@ -93,7 +93,7 @@ impl Passkey {
             .do_authentication(Url::parse(origin).expect("origin"), rcr)
             .expect("the authenticator signs");
         if discoverable {
-            assertion.response.user_handle = self.user_handle.clone().map(Into::into);
+            assertion.response.user_handle = self.user_handle.clone();
         }
         serde_json::to_value(&assertion).expect("assertion JSON")
     }
