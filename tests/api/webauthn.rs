@@ -19,6 +19,7 @@ both_backends!(
     replayed_ceremonies_are_refused,
     a_deleted_passkey_no_longer_signs_in_and_others_cannot_delete_it,
     without_a_relying_party_webauthn_is_off,
+    passkey_sign_in_refuses_disabled_accounts_and_is_limited_per_address,
 );
 
 const RP_ID: &str = "example.com";
@@ -163,7 +164,7 @@ async fn sign_in_finish(app: &TestApp, passkey_token: &str, credential: &Value) 
 
 async fn a_passkey_is_registered_listed_and_used_as_a_second_factor(backend: Backend) {
     let mut dep = deployment(backend).await;
-    let admins: Vec<String> = vec![unique_email("admin")];
+    let admins = [unique_email("admin")];
     dep.set("ADMIN_EMAILS", &admins[0]);
     let app = dep.spawn().await;
     // An admin, to read its own audit trail.
@@ -433,4 +434,57 @@ async fn without_a_relying_party_webauthn_is_off(backend: Backend) {
     app.post_json("/login/passkey/start", &json!({}))
         .await
         .assert_error(404, "not_found");
+}
+
+async fn passkey_sign_in_refuses_disabled_accounts_and_is_limited_per_address(backend: Backend) {
+    let mut dep = deployment(backend).await;
+    let admins = [unique_email("admin")];
+    dep.set("ADMIN_EMAILS", &admins[0])
+        .set("TRUSTED_PROXIES", "127.0.0.1/32")
+        .set("RATE_LIMIT_LOGIN_PER_IP", 6);
+    let app = dep.spawn().await;
+    let boss = admin(&app, &admins[0]).await;
+    let me = plain(&app).await;
+    let mut key = Passkey::new();
+    register(&app, &me.tokens.access, &mut key, "Key").await;
+
+    // Disabled: the passkey no longer opens a session.
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/admin/users/{}/disable", me.id),
+        Some(&boss.tokens.access),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let (passkey_token, options) = sign_in_start(&app).await;
+    let assertion = key.get(&options, ORIGIN);
+    sign_in_finish(&app, &passkey_token, &assertion)
+        .await
+        .assert_error(401, "invalid_credentials");
+
+    // One client address gets RATE_LIMIT_LOGIN_PER_IP steps; another is not held back.
+    let start_from = |client: &'static str| {
+        let app = &app;
+        async move {
+            let res = app
+                .client
+                .post(app.url("/login/passkey/start"))
+                .header("x-forwarded-for", client)
+                .send()
+                .await
+                .expect("request sent");
+            Reply::read(res).await
+        }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(start_from("192.0.2.7").await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429]);
+    let r = start_from("192.0.2.7").await;
+    r.assert_error(429, "rate_limited");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(start_from("192.0.2.8").await.status, StatusCode::OK);
 }
