@@ -10,7 +10,7 @@ use url::Url;
 use webauthn_authenticator_rs::{softpasskey::SoftPasskey, WebauthnAuthenticator};
 use webauthn_rs_proto::{AllowCredentials, CreationChallengeResponse, RequestChallengeResponse};
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, helpers::*, services_only};
 
 both_backends!(
     a_passkey_is_registered_listed_and_used_as_a_second_factor,
@@ -21,6 +21,8 @@ both_backends!(
     without_a_relying_party_webauthn_is_off,
     passkey_sign_in_refuses_disabled_accounts_and_is_limited_per_address,
 );
+
+services_only!(a_ceremony_started_on_one_pod_finishes_on_another);
 
 const RP_ID: &str = "example.com";
 const ORIGIN: &str = "https://app.example.com";
@@ -487,4 +489,45 @@ async fn passkey_sign_in_refuses_disabled_accounts_and_is_limited_per_address(ba
     r.assert_error(429, "rate_limited");
     assert!(r.header("retry-after").is_some());
     assert_eq!(start_from("192.0.2.8").await.status, StatusCode::OK);
+}
+
+async fn a_ceremony_started_on_one_pod_finishes_on_another() {
+    let dep = deployment(Backend::Services).await;
+    let (a, b) = (dep.spawn().await, dep.spawn().await);
+    let me = plain(&a).await;
+    let token = me.tokens.access.as_str();
+    let mut key = Passkey::new();
+    let r = a
+        .request(Method::POST, "/mfa/webauthn/register/start", token, None)
+        .await;
+    let answer = key.create(&r.body, ORIGIN);
+    let r = b
+        .request(
+            Method::POST,
+            "/mfa/webauthn/register/finish",
+            token,
+            Some(&answer),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    let (passkey_token, options) = sign_in_start(&a).await;
+    let assertion = key.get(&options, ORIGIN);
+    let r = sign_in_finish(&b, &passkey_token, &assertion).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Spent for every pod.
+    sign_in_finish(&a, &passkey_token, &assertion)
+        .await
+        .assert_error(400, "invalid_grant");
+
+    let r = a.login_reply(&me.email, PASSWORD).await;
+    r.assert_error(403, "mfa_required");
+    let assertion = key.get(&r.body["webauthn"], ORIGIN);
+    let r = b
+        .post_json(
+            "/login/mfa",
+            &json!({ "mfa_token": r.body["mfa_token"], "webauthn": assertion }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
