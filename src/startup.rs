@@ -203,7 +203,7 @@ impl Application {
                 );
                 let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
                 let pending = Pending::Redis(redis.clone());
-                let mfa_tokens = MfaTokens::redis(redis.clone());
+                let mfa_tokens = MfaTokens::redis(redis.clone(), config.pending_ttls.mfa_token);
                 let store = RedisStore::new(
                     redis,
                     lifetimes,
@@ -223,7 +223,7 @@ impl Application {
                 true,
                 Throttle::memory(config.throttle.clone()),
                 Pending::memory(),
-                MfaTokens::memory(),
+                MfaTokens::memory(config.pending_ttls.mfa_token),
             ),
         };
         // Every OpenID Provider's discovery document is read now: a misconfigured or
@@ -234,7 +234,11 @@ impl Application {
             let providers = Providers::start(&config.oauth)
                 .await
                 .map_err(StartupError::Providers)?;
-            Some(app::federated::Federation { providers, pending })
+            Some(app::federated::Federation {
+                providers,
+                pending,
+                state_ttl: config.pending_ttls.oauth_state,
+            })
         };
         let cache = SessionCache::new(
             config.session_cache_ttl,

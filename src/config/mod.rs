@@ -158,6 +158,27 @@ pub struct Config {
     pub oauth: oauth::OAuthConfig,
     /// SMTP, the sender, the links' base URL, the templates and the email flows' switches.
     pub mail: mail::MailSettings,
+    /// How long the records of unfinished sign-ins live. Not read from the environment (these
+    /// are security properties, not tuning): tests shorten them to watch them expire.
+    pub pending_ttls: PendingTtls,
+}
+
+/// Lifetimes of the records that wait for a sign-in's next step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingTtls {
+    /// A login waiting for its second factor (the `mfa_token`).
+    pub mfa_token: Duration,
+    /// A provider sign-in between its start and the callback (the state).
+    pub oauth_state: Duration,
+}
+
+impl Default for PendingTtls {
+    fn default() -> Self {
+        Self {
+            mfa_token: crate::app::mfa::MFA_TOKEN_TTL,
+            oauth_state: crate::app::federated::STATE_TTL,
+        }
+    }
 }
 
 /// JWT_ALGORITHM: the JWS `alg` of issued access tokens.
@@ -1071,6 +1092,7 @@ impl Config {
             webhook_give_up: secs(env.number("WEBHOOK_GIVE_UP_SECONDS", 1, 30 * 86_400)?),
             oauth,
             mail,
+            pending_ttls: PendingTtls::default(),
         })
     }
 

@@ -32,10 +32,11 @@ pub enum Template {
     EmailChanged,
     NewLogin,
     AccountExists,
+    MfaReset,
 }
 
 impl Template {
-    pub const ALL: [Template; 7] = [
+    pub const ALL: [Template; 8] = [
         Self::PasswordReset,
         Self::VerifyEmail,
         Self::ConfirmEmailChange,
@@ -43,6 +44,7 @@ impl Template {
         Self::EmailChanged,
         Self::NewLogin,
         Self::AccountExists,
+        Self::MfaReset,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Template {
             Self::EmailChanged => "email_changed",
             Self::NewLogin => "new_login",
             Self::AccountExists => "account_exists",
+            Self::MfaReset => "mfa_reset",
         }
     }
 
@@ -74,6 +77,7 @@ impl Template {
             Self::EmailChanged => pair!("email_changed"),
             Self::NewLogin => pair!("new_login"),
             Self::AccountExists => pair!("account_exists"),
+            Self::MfaReset => pair!("mfa_reset"),
         }
     }
 }
