@@ -183,9 +183,12 @@ pub async fn reset_password(
             user_id: account.id,
             change: Redemption::Password { password_hash },
             mail: vec![mail],
+            webhooks: app.webhooks.clone(),
         })
         .await?;
     app.mailer.wake();
+    // `user.password_changed` committed with the new hash (see `Redeem`).
+    app.webhooks.wake();
     app.profiles.invalidate(&account.id).await;
     app.audit.record(
         AuditEvent::success(AuditKind::PasswordReset)
@@ -258,6 +261,7 @@ pub async fn verify_email(app: &App, client: &Client, token: &str) -> Result<(),
                     new: token.email.clone(),
                 },
                 mail: vec![mail],
+                webhooks: Default::default(),
             })
             .await?;
         app.mailer.wake();
@@ -275,6 +279,7 @@ pub async fn verify_email(app: &App, client: &Client, token: &str) -> Result<(),
                     email: token.email.clone(),
                 },
                 mail: Vec::new(),
+                webhooks: Default::default(),
             })
             .await?;
         app.profiles.invalidate(&account.id).await;

@@ -17,6 +17,7 @@ use super::{UserStore, UserStoreError};
 use crate::{
     actor::Reply,
     mail::{enqueue, Mail},
+    webhooks::{Event, Webhooks},
 };
 
 /// A token to store: its hash, what it is for, the address its link goes to, how long it lasts.
@@ -211,6 +212,9 @@ pub struct Redeem {
     pub user_id: Uuid,
     pub change: Redemption,
     pub mail: Vec<Mail>,
+    /// A new password is reported as `user.password_changed` (no session kept), written in the
+    /// change's transaction.
+    pub webhooks: Webhooks,
 }
 
 impl Handler<Redeem> for UserStore {
@@ -239,6 +243,8 @@ impl Handler<Redeem> for UserStore {
                 let changed = match msg.change {
                     Redemption::Password { password_hash } => {
                         void_tokens(&txn, msg.user_id, &[email_token::RESET]).await?;
+                        let event = Event::password_changed(msg.user_id, None);
+                        msg.webhooks.write(&txn, &[event]).await?;
                         account
                             .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
                             .exec(&txn)

@@ -103,8 +103,9 @@ impl Event {
         Self::about(EventType::Deleted, user_id)
     }
 
-    /// The password changed: every other session ended (`kept_session_id` is the caller's).
-    pub fn password_changed(user_id: Uuid, kept_session_id: Uuid) -> Self {
+    /// The password changed: every other session ended (`kept_session_id` is the caller's;
+    /// `None` for a reset through a mailed link, which ends them all).
+    pub fn password_changed(user_id: Uuid, kept_session_id: Option<Uuid>) -> Self {
         Self {
             kind: EventType::PasswordChanged,
             data: json!({"user_id": user_id, "kept_session_id": kept_session_id}),
