@@ -13,7 +13,7 @@ use std::{collections::HashMap, sync::Arc};
 use base64::Engine;
 use entities::mail_outbox;
 use rand::RngCore;
-use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Set};
+use sea_orm::{ConnectionTrait, DbErr, Set};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -193,20 +193,14 @@ pub async fn enqueue(
     mails: Vec<Mail>,
     discarded: bool,
 ) -> Result<(), DbErr> {
-    if mails.is_empty() {
-        return Ok(());
-    }
     let now = chrono::Utc::now().timestamp_millis();
     let state = if discarded {
         mail_outbox::DISCARDED
     } else {
         mail_outbox::PENDING
     };
-    let rows = mails.into_iter().map(|m| m.row(state, now));
-    mail_outbox::Entity::insert_many(rows)
-        .exec_without_returning(conn)
-        .await
-        .map(|_| ())
+    let rows = mails.into_iter().map(|m| m.row(state, now)).collect();
+    crate::outbox::insert_rows(conn, rows).await
 }
 
 /// A single-use token for a mailed link: 256 random bits, base64url; only `hash` is stored.
