@@ -616,6 +616,11 @@ pub async fn call(
     }
 }
 
+/// DELETE `path` with `token`.
+pub async fn delete_as(app: &TestApp, token: &str, path: &str) -> Reply {
+    call(app, Method::DELETE, path, Some(token), None).await
+}
+
 pub async fn set_roles(app: &TestApp, token: &str, user_id: &str, roles: &[&str]) -> Reply {
     let path = format!("/admin/users/{user_id}/roles");
     call(

@@ -403,8 +403,7 @@ async fn rows(dep: &Deployment, query: &str, columns: &[&str]) -> Vec<Vec<String
 }
 
 async fn reset(app: &TestApp, token: &str, user_id: &str) -> Reply {
-    let path = format!("/admin/users/{user_id}/mfa");
-    call(app, Method::DELETE, &path, Some(token), None).await
+    delete_as(app, token, &format!("/admin/users/{user_id}/mfa")).await
 }
 
 async fn an_admin_resets_the_factors_of_a_user_who_lost_them(backend: Backend) {
