@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// How long a started flow may take to come back to the callback.
-pub const STATE_TTL: Duration = Duration::from_secs(600);
+pub const STATE_TTL: Duration = crate::config::PendingTtls::PRODUCTION.oauth_state;
 /// How long the one-time code given to the client lives.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
 /// How long after a provider sign-in a passwordless account may set a password without a

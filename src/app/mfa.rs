@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// How long a pending login waits for its second factor.
-pub const MFA_TOKEN_TTL: Duration = Duration::from_secs(300);
+pub const MFA_TOKEN_TTL: Duration = crate::config::PendingTtls::PRODUCTION.mfa_token;
 /// Codes one pending login may try; the last one ends it whatever its outcome.
 pub const MFA_TOKEN_ATTEMPTS: u64 = 5;
 const RECOVERY_CODES: usize = 10;

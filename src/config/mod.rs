@@ -172,12 +172,17 @@ pub struct PendingTtls {
     pub oauth_state: Duration,
 }
 
+impl PendingTtls {
+    /// What production runs with.
+    pub const PRODUCTION: Self = Self {
+        mfa_token: Duration::from_secs(300),
+        oauth_state: Duration::from_secs(600),
+    };
+}
+
 impl Default for PendingTtls {
     fn default() -> Self {
-        Self {
-            mfa_token: crate::app::mfa::MFA_TOKEN_TTL,
-            oauth_state: crate::app::federated::STATE_TTL,
-        }
+        Self::PRODUCTION
     }
 }
 
