@@ -8,8 +8,8 @@ use chrono::Utc;
 use entities::{email_token, login_seen, user};
 use sea_orm::{
     sea_query::{Expr, OnConflict},
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -46,10 +46,14 @@ pub(crate) async fn insert_token(
         .filter(email_token::Column::UsedAtMs.is_null());
     stale = match user_id {
         Some(id) => stale.filter(email_token::Column::UserId.eq(id)),
-        // The decoy's statement: the same shape, and it removes nothing but expired decoys.
-        None => stale
-            .filter(email_token::Column::UserId.is_null())
-            .filter(email_token::Column::ExpiresAtMs.lt(now)),
+        // The decoy's statement: the same shape, and like a real token a decoy supersedes the
+        // earlier ones of its address, so asking twice costs the same whether or not an account
+        // holds it (expired decoys of any address go too).
+        None => stale.filter(email_token::Column::UserId.is_null()).filter(
+            Condition::any()
+                .add(email_token::Column::Email.eq(token.email.clone()))
+                .add(email_token::Column::ExpiresAtMs.lt(now)),
+        ),
     };
     stale.exec(conn).await?;
     email_token::ActiveModel {

@@ -500,6 +500,29 @@ async fn unknown_email_is_indistinguishable(backend: Backend) {
     // The known address's mail went out; the unknown one's never will.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(smtp.to(&unknown).is_empty());
+    // Asked again, each address's new token (real or decoy) supersedes its earlier one: the
+    // same work whether or not an account holds the address.
+    for email in [&known, &unknown] {
+        assert_eq!(forgot(&app, email).await.status, StatusCode::ACCEPTED);
+    }
+    let db = Database::connect(dep.database_url())
+        .await
+        .expect("database");
+    for email in [&known, &unknown] {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!(
+                    "SELECT COUNT(*) AS n FROM email_tokens WHERE email = '{email}' \
+                     AND purpose = 'reset' AND used_at_ms IS NULL"
+                ),
+            ))
+            .await
+            .expect("query")
+            .expect("row");
+        assert_eq!(row.try_get::<i64>("", "n").expect("n"), 1, "{email}");
+    }
+    let _ = db.close().await;
 }
 
 /// A link works once, not after 30 minutes, and not after a newer link or a password change.
