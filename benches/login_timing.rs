@@ -18,7 +18,7 @@ mod harness;
 #[path = "support.rs"]
 mod support;
 
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use sessiond::{config::Config, startup::Application};
@@ -145,19 +145,14 @@ async fn run() {
         std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
     });
     let (db, db_url) = harness::Db::create(pg_admin.as_deref(), &run_id).await;
-    let mut vars: HashMap<&str, String> = HashMap::from([
-        ("HOST", "127.0.0.1".to_string()),
-        ("PORT", "0".into()),
-        ("DB_URL", db_url),
-        ("MIGRATE_ON_START", "true".into()),
-        (
-            "JWT_SECRET",
-            "login-timing-bench-secret-0123456789abcdef".into(),
-        ),
-        ("HTTP_WORKERS", "1".into()),
-        ("RUST_LOG", "error".into()),
+    let mut vars = harness::server_vars(
+        "login-timing-bench-secret-0123456789abcdef",
+        db_url,
+        "error",
+    );
+    vars.extend([
         // Measure the login path itself, not the abuse limits.
-        ("RATE_LIMIT_LOGIN_PER_IP", "0".into()),
+        ("RATE_LIMIT_LOGIN_PER_IP", "0".to_string()),
         ("RATE_LIMIT_LOGIN_PER_ACCOUNT", "0".into()),
         ("LOCKOUT_THRESHOLD", "0".into()),
         ("RATE_LIMIT_MAIL_PER_IP", "0".into()),
