@@ -18,7 +18,6 @@ mod harness;
 mod support;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -109,21 +108,12 @@ async fn run() {
         .ok()
         .filter(|v| !v.is_empty());
     let (db, db_url) = harness::Db::create(pg_admin.as_deref(), &run_id).await;
-    let mut vars: HashMap<&str, String> = HashMap::from([
-        ("HOST", "127.0.0.1".to_string()),
-        ("PORT", "0".into()),
-        ("HTTP_WORKERS", "1".into()),
-        (
-            "JWT_SECRET",
-            "introspection-bench-secret-0123456789abcdef".into(),
-        ),
-        ("DB_URL", db_url),
-        ("MIGRATE_ON_START", "true".into()),
-        ("SHUTDOWN_GRACE_SECONDS", "1".into()),
-        ("ADMIN_EMAILS", ADMIN.into()),
-        ("RUST_LOG", "warn".into()),
-        ("LOG_FORMAT", "json".into()),
-    ]);
+    let mut vars = harness::server_vars(
+        "introspection-bench-secret-0123456789abcdef",
+        db_url,
+        "warn",
+    );
+    vars.insert("ADMIN_EMAILS", ADMIN.into());
     if let Some(url) = &redis_url {
         vars.insert("REDIS_URL", url.clone());
         vars.insert("REDIS_PREFIX", prefix.clone());

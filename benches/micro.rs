@@ -148,7 +148,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             profiles: moka::future::Cache::builder().build(),
             client_secrets: sessiond::app::clients::client_secrets(cfg.session_cache_ttl),
             federation: None,
-            mfa_tokens: sessiond::app::mfa::MfaTokens::memory(),
+            mfa_tokens: sessiond::app::mfa::MfaTokens::memory(sessiond::app::mfa::MFA_TOKEN_TTL),
             webauthn: None,
             settings,
         },

@@ -1,4 +1,4 @@
-//! Transactional outboxes: a change that must be reported elsewhere (a webhook, later a mail)
+//! Transactional outboxes: a change that must be reported elsewhere (a webhook, a mail)
 //! stores its report as rows of an outbox table in the same database transaction as the change
 //! itself. Either both commit or neither does, so a crash between "changed" and "reported"
 //! cannot lose the report; a delivery worker then sends the rows at least once.

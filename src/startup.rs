@@ -206,7 +206,7 @@ impl Application {
                 );
                 let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
                 let pending = Pending::Redis(redis.clone());
-                let mfa_tokens = MfaTokens::redis(redis.clone());
+                let mfa_tokens = MfaTokens::redis(redis.clone(), config.pending_ttls.mfa_token);
                 let store = RedisStore::new(
                     redis,
                     lifetimes,
@@ -226,7 +226,7 @@ impl Application {
                 true,
                 Throttle::memory(config.throttle.clone()),
                 Pending::memory(),
-                MfaTokens::memory(),
+                MfaTokens::memory(config.pending_ttls.mfa_token),
             ),
         };
         // Every OpenID Provider's discovery document is read now: a misconfigured or
@@ -240,6 +240,7 @@ impl Application {
             Some(app::federated::Federation {
                 providers,
                 pending: pending.clone(),
+                state_ttl: config.pending_ttls.oauth_state,
             })
         };
         let webauthn = config

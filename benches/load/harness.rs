@@ -160,3 +160,24 @@ impl Db {
         }
     }
 }
+
+/// The settings every bench's in-process server shares: loopback on a free port, one HTTP
+/// worker, migrations at start, a short shutdown grace and JSON logs at `log`. Each bench adds
+/// its own (limits, Redis, hashing cost) to the map.
+pub fn server_vars(
+    jwt_secret: &str,
+    db_url: String,
+    log: &str,
+) -> std::collections::HashMap<&'static str, String> {
+    std::collections::HashMap::from([
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", "0".into()),
+        ("HTTP_WORKERS", "1".into()),
+        ("JWT_SECRET", jwt_secret.into()),
+        ("DB_URL", db_url),
+        ("MIGRATE_ON_START", "true".into()),
+        ("SHUTDOWN_GRACE_SECONDS", "1".into()),
+        ("RUST_LOG", log.into()),
+        ("LOG_FORMAT", "json".into()),
+    ])
+}

@@ -178,17 +178,9 @@ async fn run(settings: Settings) -> report::Report {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("load-{run_id}:");
     let (db, db_url) = Db::create(settings.database_admin_url.as_deref(), &run_id).await;
-    let mut vars = HashMap::from([
-        ("HOST", "127.0.0.1".to_string()),
-        ("PORT", "0".into()),
-        ("HTTP_WORKERS", "1".into()),
-        ("JWT_SECRET", JWT_SECRET.into()),
-        ("DB_URL", db_url),
-        ("MIGRATE_ON_START", "true".into()),
-        ("SHUTDOWN_GRACE_SECONDS", "1".into()),
-        ("SESSION_CACHE_TTL", "5".into()),
-        ("RUST_LOG", settings.server_log_filter.clone()),
-        ("LOG_FORMAT", "json".into()),
+    let mut vars = harness::server_vars(JWT_SECRET, db_url, &settings.server_log_filter);
+    vars.extend([
+        ("SESSION_CACHE_TTL", "5".to_string()),
         // The load generator is one client address hammering a few accounts: abuse limits
         // would measure the limiter, not the server (they are tested in tests/api/hardening.rs).
         ("RATE_LIMIT_LOGIN_PER_IP", "0".into()),

@@ -583,17 +583,9 @@ async fn run(s: &Settings) -> String {
 
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let (db, db_url) = Db::create(s.database_admin_url.as_deref(), &run_id).await;
-    let base: HashMap<&'static str, String> = HashMap::from([
-        ("HOST", "127.0.0.1".to_string()),
-        ("PORT", "0".into()),
-        ("HTTP_WORKERS", "1".into()),
-        ("JWT_SECRET", JWT_SECRET.into()),
-        ("DB_URL", db_url),
-        ("MIGRATE_ON_START", "true".into()),
-        ("SHUTDOWN_GRACE_SECONDS", "1".into()),
-        ("SESSION_CACHE_TTL", "5".into()),
-        ("RUST_LOG", s.log_filter.clone()),
-        ("LOG_FORMAT", "json".into()),
+    let mut base = harness::server_vars(JWT_SECRET, db_url, &s.log_filter);
+    base.extend([
+        ("SESSION_CACHE_TTL", "5".to_string()),
         // Logins only set the measurements up (none is measured): cheap hashes keep that short.
         ("ARGON2_MEMORY_KIB", "8192".into()),
         ("ARGON2_ITERATIONS", "1".into()),

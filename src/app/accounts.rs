@@ -271,11 +271,14 @@ async fn attempt_second_factor(
     mfa_token: &str,
     factor: &SecondFactor,
 ) -> Result<Grant, ApiError> {
-    let pending = app
-        .mfa_tokens
-        .attempt(mfa_token)
-        .await?
-        .ok_or(ApiError::InvalidGrant(MFA_TOKEN_DEAD.into()))?;
+    let Some(pending) = app.mfa_tokens.attempt(mfa_token).await? else {
+        // Unknown, expired, used or out of attempts (one answer: Redis cannot tell them apart).
+        app.metrics
+            .mfa
+            .with_label_values(&[factor.method(), "invalid_token"])
+            .inc();
+        return Err(ApiError::InvalidGrant(MFA_TOKEN_DEAD.into()));
+    };
     let account = app
         .users
         .ask(FindAccount(pending.user_id))

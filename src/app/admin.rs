@@ -3,8 +3,8 @@
 //! route); on top of it, every change obeys the escalation rule (in the spirit of Kubernetes
 //! RBAC escalation prevention): a caller grants, removes or creates only roles whose every
 //! permission it holds, never changes its own roles, and does not disable, enable, delete,
-//! change the roles of or revoke the sessions of an account holding anything it does not hold
-//! ([`Access::holds`]; the `admin` role is the root). Refusals are 403 `forbidden`, audited as
+//! change the roles of, revoke the sessions of or reset the factors of an account holding
+//! anything it does not hold ([`Access::holds`]; the `admin` role is the root). Refusals are 403 `forbidden`, audited as
 //! denied events of the operation's kind with `detail.reason` and what was missing.
 use uuid::Uuid;
 
@@ -14,11 +14,12 @@ use crate::{
     audit::{AuditEvent, AuditEventView, ListAudit},
     domain::{Access, AuditKind, PageRequest, Permission, RoleName, Shortfall, ADMIN_ROLE},
     error::ApiError,
+    mail::Template,
     session::{CutOff, IsCutOff, ListSessions, Restore, RevokeAll, SessionRecord},
     users::{
-        normalize_roles, AdminUser, CheckRemovable, CreateRole, DeleteUser, FindAccess, GetUser,
-        GrantRole, ListRoles, ListUsers, RoleChange, RoleView, SetDisabled, SetRoles,
-        UserStoreError,
+        normalize_roles, AdminUser, CheckRemovable, CreateRole, DeleteUser, FindAccess,
+        FindAccount, GetUser, GrantRole, ListRoles, ListUsers, ResetFactors, RoleChange, RoleView,
+        SetDisabled, SetRoles, UserStoreError,
     },
     webhooks::Event,
 };
@@ -347,6 +348,50 @@ pub async fn revoke_user_sessions(
         // unknown id, 404 above, reports nothing).
         app.webhooks.emit_after(event).await;
     }
+    Ok(())
+}
+
+/// Removes every second factor of an account (its TOTP authenticator and recovery codes), for a
+/// user who lost them: the password alone logs in until it enrols again. Its sessions live on
+/// (revoke them separately if the account may be compromised). The owner's notice and the
+/// `user.mfa_reset` event are stored in the removal's transaction. Idempotent: an account
+/// without a factor answers the same, and nothing is audited, mailed or sent then. Refused
+/// (403) for the caller's own account (DELETE /mfa/totp is the owner's way) and for an account
+/// holding a permission the caller lacks; 404 for no such account.
+pub async fn reset_factors(app: &App, admin: &Caller, user_id: Uuid) -> Result<(), ApiError> {
+    let kind = AuditKind::MfaReset;
+    let audit = AdminAudit::new(app, admin, Some(user_id));
+    if user_id == admin.user_id {
+        return Err(audit.escalation(
+            kind,
+            "own_factors",
+            &Shortfall::default(),
+            serde_json::json!({}),
+        ));
+    }
+    audit.ensure_outranks(&admin.access, kind, user_id).await?;
+    let account = app
+        .users
+        .ask(FindAccount(user_id))
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    let mail = super::email::notice(app, Template::MfaReset, &account, &[]);
+    let removed = app
+        .users
+        .ask(ResetFactors {
+            user_id,
+            mail,
+            webhooks: app.webhooks.clone(),
+        })
+        .await?;
+    if removed.is_empty() {
+        return Ok(());
+    }
+    // The notice and `user.mfa_reset` committed with the removal (see `ResetFactors`).
+    app.mailer.wake();
+    app.webhooks.wake();
+    audit.record(AuditEvent::success(kind).detail(serde_json::json!({ "methods": removed })));
+    tracing::info!(%user_id, methods = ?removed, "second factors reset by an admin");
     Ok(())
 }
 

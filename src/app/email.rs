@@ -129,8 +129,10 @@ pub async fn forgot_password(app: &App, client: &Client, email: Email) -> Result
             mail,
         })
         .await?;
+    // Woken for a decoy too (it then finds nothing to send): the worker's reads of the outbox
+    // follow either answer alike.
+    app.mailer.wake();
     if let Some(id) = user_id {
-        app.mailer.wake();
         app.audit.record(
             AuditEvent::success(AuditKind::PasswordResetRequest)
                 .subject(id)
@@ -183,9 +185,12 @@ pub async fn reset_password(
             user_id: account.id,
             change: Redemption::Password { password_hash },
             mail: vec![mail],
+            webhooks: app.webhooks.clone(),
         })
         .await?;
     app.mailer.wake();
+    // `user.password_changed` committed with the new hash (see `Redeem`).
+    app.webhooks.wake();
     app.profiles.invalidate(&account.id).await;
     app.audit.record(
         AuditEvent::success(AuditKind::PasswordReset)
@@ -258,6 +263,7 @@ pub async fn verify_email(app: &App, client: &Client, token: &str) -> Result<(),
                     new: token.email.clone(),
                 },
                 mail: vec![mail],
+                webhooks: Default::default(),
             })
             .await?;
         app.mailer.wake();
@@ -275,6 +281,7 @@ pub async fn verify_email(app: &App, client: &Client, token: &str) -> Result<(),
                     email: token.email.clone(),
                 },
                 mail: Vec::new(),
+                webhooks: Default::default(),
             })
             .await?;
         app.profiles.invalidate(&account.id).await;

@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// How long a started flow may take to come back to the callback.
-pub const STATE_TTL: Duration = Duration::from_secs(600);
+pub const STATE_TTL: Duration = crate::config::PendingTtls::PRODUCTION.oauth_state;
 /// How long the one-time code given to the client lives.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
 /// How long after a provider sign-in a passwordless account may set a password without a
@@ -50,6 +50,8 @@ pub const FRESH_SIGN_IN: Duration = Duration::from_secs(300);
 pub struct Federation {
     pub providers: Providers,
     pub pending: Pending,
+    /// [`STATE_TTL`] but in tests (`Config::pending_ttls`).
+    pub state_ttl: Duration,
 }
 
 /// A started flow, kept under its state.
@@ -195,7 +197,7 @@ pub async fn start(
         .inspect_err(|e| tracing::warn!(provider, cause = %e, "identity provider unavailable"))?;
     let record = serde_json::to_string(&flow).map_err(|e| ApiError::Internal(e.to_string()))?;
     fed.pending
-        .put(Kind::State, &state, &record, STATE_TTL)
+        .put(Kind::State, &state, &record, fed.state_ttl)
         .await?;
     Ok(url)
 }

@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// How long a pending login waits for its second factor.
-pub const MFA_TOKEN_TTL: Duration = Duration::from_secs(300);
+pub const MFA_TOKEN_TTL: Duration = crate::config::PendingTtls::PRODUCTION.mfa_token;
 /// Codes one pending login may try; the last one ends it whatever its outcome.
 pub const MFA_TOKEN_ATTEMPTS: u64 = 5;
 const RECOVERY_CODES: usize = 10;
@@ -385,7 +385,8 @@ fn open(key: Option<&[u8]>, user_id: Uuid, stored: &str) -> Result<Vec<u8>, ApiE
 /// under a hash of the token.
 #[derive(Clone)]
 pub enum MfaTokens {
-    Redis(Redis),
+    /// With the tokens' lifetime (the key's TTL).
+    Redis(Redis, Duration),
     Memory(moka::sync::Cache<String, Arc<Mutex<Pending>>>),
 }
 
@@ -429,23 +430,24 @@ fn unavailable(e: RedisUnavailable) -> ApiError {
 }
 
 impl MfaTokens {
-    pub fn memory() -> Self {
+    /// `ttl`: [`MFA_TOKEN_TTL`] but in tests (`Config::pending_ttls`).
+    pub fn memory(ttl: Duration) -> Self {
         MfaTokens::Memory(
             moka::sync::Cache::builder()
-                .time_to_live(MFA_TOKEN_TTL)
+                .time_to_live(ttl)
                 .max_capacity(1_000_000)
                 .build(),
         )
     }
 
-    pub fn redis(redis: Redis) -> Self {
-        MfaTokens::Redis(redis)
+    pub fn redis(redis: Redis, ttl: Duration) -> Self {
+        MfaTokens::Redis(redis, ttl)
     }
 
     fn key(&self, token: &str) -> String {
         let digest = hex::encode(Sha256::digest(token.as_bytes()));
         match self {
-            MfaTokens::Redis(r) => format!("{}mfa:{digest}", r.prefix()),
+            MfaTokens::Redis(r, _) => format!("{}mfa:{digest}", r.prefix()),
             MfaTokens::Memory(_) => digest,
         }
     }
@@ -457,10 +459,9 @@ impl MfaTokens {
         let token = URL_SAFE_NO_PAD.encode(bytes);
         let key = self.key(&token);
         match self {
-            MfaTokens::Redis(r) => {
+            MfaTokens::Redis(r, ttl) => {
                 let mut call = ISSUE.key(key);
-                call.arg(user_id.to_string())
-                    .arg(MFA_TOKEN_TTL.as_millis() as u64);
+                call.arg(user_id.to_string()).arg(ttl.as_millis() as u64);
                 r.call("mfa_token_issue", async |c| {
                     call.invoke_async::<i64>(c).await
                 })
@@ -486,7 +487,7 @@ impl MfaTokens {
         }
         let key = self.key(token);
         let (user_id, n) = match self {
-            MfaTokens::Redis(r) => {
+            MfaTokens::Redis(r, _) => {
                 let mut call = ATTEMPT.key(&key);
                 call.arg(MFA_TOKEN_ATTEMPTS);
                 let got: Option<(String, u64)> = r
@@ -528,7 +529,7 @@ impl MfaTokens {
             return Ok(true);
         }
         match self {
-            MfaTokens::Redis(r) => {
+            MfaTokens::Redis(r, _) => {
                 let deleted: i64 = r
                     .call("mfa_token_consume", async |c| {
                         redis::cmd("DEL").arg(&attempt.key).query_async(c).await

@@ -161,6 +161,32 @@ pub struct Config {
     pub mail: mail::MailSettings,
     /// Passkeys and security keys; `None` (WEBAUTHN_RP_ID unset): the feature is off.
     pub webauthn: Option<webauthn::WebauthnConfig>,
+    /// How long the records of unfinished sign-ins live. Not read from the environment (these
+    /// are security properties, not tuning): tests shorten them to watch them expire.
+    pub pending_ttls: PendingTtls,
+}
+
+/// Lifetimes of the records that wait for a sign-in's next step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingTtls {
+    /// A login waiting for its second factor (the `mfa_token`).
+    pub mfa_token: Duration,
+    /// A provider sign-in between its start and the callback (the state).
+    pub oauth_state: Duration,
+}
+
+impl PendingTtls {
+    /// What production runs with.
+    pub const PRODUCTION: Self = Self {
+        mfa_token: Duration::from_secs(300),
+        oauth_state: Duration::from_secs(600),
+    };
+}
+
+impl Default for PendingTtls {
+    fn default() -> Self {
+        Self::PRODUCTION
+    }
 }
 
 /// JWT_ALGORITHM: the JWS `alg` of issued access tokens.
@@ -1097,6 +1123,7 @@ impl Config {
             oauth,
             mail,
             webauthn,
+            pending_ttls: PendingTtls::default(),
         })
     }
 

@@ -48,10 +48,12 @@ pub enum AuditKind {
     UserDelete,
     UserDisable,
     UserEnable,
+    /// An admin removed an account's second factors (DELETE /admin/users/{id}/mfa).
+    MfaReset,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 27] = [
+    pub const ALL: [AuditKind; 28] = [
         Self::AccessDenied,
         Self::AccountLocked,
         Self::ClientCreate,
@@ -79,6 +81,7 @@ impl AuditKind {
         Self::PasswordReset,
         Self::EmailVerify,
         Self::EmailChange,
+        Self::MfaReset,
     ];
 
     /// The stored and served name.
@@ -111,6 +114,7 @@ impl AuditKind {
             Self::PasswordReset => "password_reset",
             Self::EmailVerify => "email_verify",
             Self::EmailChange => "email_change",
+            Self::MfaReset => "mfa_reset",
         }
     }
 }
@@ -159,6 +163,7 @@ mod tests {
                 "password_reset",
                 "email_verify",
                 "email_change",
+                "mfa_reset",
             ]
         );
         assert!(

@@ -13,7 +13,7 @@ use std::{collections::HashMap, sync::Arc};
 use base64::Engine;
 use entities::mail_outbox;
 use rand::RngCore;
-use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Set};
+use sea_orm::{ConnectionTrait, DbErr, Set};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -32,10 +32,11 @@ pub enum Template {
     EmailChanged,
     NewLogin,
     AccountExists,
+    MfaReset,
 }
 
 impl Template {
-    pub const ALL: [Template; 7] = [
+    pub const ALL: [Template; 8] = [
         Self::PasswordReset,
         Self::VerifyEmail,
         Self::ConfirmEmailChange,
@@ -43,6 +44,7 @@ impl Template {
         Self::EmailChanged,
         Self::NewLogin,
         Self::AccountExists,
+        Self::MfaReset,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Template {
             Self::EmailChanged => "email_changed",
             Self::NewLogin => "new_login",
             Self::AccountExists => "account_exists",
+            Self::MfaReset => "mfa_reset",
         }
     }
 
@@ -74,6 +77,7 @@ impl Template {
             Self::EmailChanged => pair!("email_changed"),
             Self::NewLogin => pair!("new_login"),
             Self::AccountExists => pair!("account_exists"),
+            Self::MfaReset => pair!("mfa_reset"),
         }
     }
 }
@@ -189,20 +193,14 @@ pub async fn enqueue(
     mails: Vec<Mail>,
     discarded: bool,
 ) -> Result<(), DbErr> {
-    if mails.is_empty() {
-        return Ok(());
-    }
     let now = chrono::Utc::now().timestamp_millis();
     let state = if discarded {
         mail_outbox::DISCARDED
     } else {
         mail_outbox::PENDING
     };
-    let rows = mails.into_iter().map(|m| m.row(state, now));
-    mail_outbox::Entity::insert_many(rows)
-        .exec_without_returning(conn)
-        .await
-        .map(|_| ())
+    let rows = mails.into_iter().map(|m| m.row(state, now)).collect();
+    crate::outbox::insert_rows(conn, rows).await
 }
 
 /// A single-use token for a mailed link: 256 random bits, base64url; only `hash` is stored.

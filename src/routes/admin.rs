@@ -47,6 +47,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::post().to(enable_user)),
             )
             .service(
+                scoped_resource(SCOPE, "/users/{id}/mfa", "DELETE")
+                    .route(web::delete().to(reset_mfa)),
+            )
+            .service(
                 scoped_resource(SCOPE, "/users/{id}/sessions", "GET, DELETE")
                     .route(web::get().to(list_user_sessions))
                     .route(web::delete().to(revoke_user_sessions)),
@@ -258,6 +262,29 @@ pub async fn enable_user(
 ) -> Result<HttpResponse, ApiError> {
     let user_id = path_id(&id)?;
     ops::enable_user(&state.app, &caller(&req, &state, &admin), user_id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Reset an account's second factors, for a user who lost them: its TOTP authenticator and
+/// recovery codes are removed, so the password alone logs in until it enrols again. Its
+/// sessions live on. The owner is mailed a notice and `user.mfa_reset` is sent to the
+/// webhooks, both stored in the removal's transaction. An account without a factor also
+/// answers 204 (nothing is removed, audited or mailed). Refused (403) for the caller's own
+/// account (`DELETE /mfa/totp` is the owner's way) and for an account holding a permission the
+/// caller lacks.
+#[utoipa::path(delete, path = "/admin/users/{id}/mfa", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Account id")),
+    responses(
+        (status = 204, description = "The account has no second factor now (permission `users:write`)"),
+    ))]
+pub async fn reset_mfa(
+    admin: Authorized<UsersWrite>,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path_id(&id)?;
+    ops::reset_factors(&state.app, &caller(&req, &state, &admin), user_id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

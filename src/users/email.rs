@@ -8,8 +8,8 @@ use chrono::Utc;
 use entities::{email_token, login_seen, user};
 use sea_orm::{
     sea_query::{Expr, OnConflict},
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -17,6 +17,7 @@ use super::{UserStore, UserStoreError};
 use crate::{
     actor::Reply,
     mail::{enqueue, Mail},
+    webhooks::{Event, Webhooks},
 };
 
 /// A token to store: its hash, what it is for, the address its link goes to, how long it lasts.
@@ -45,10 +46,14 @@ pub(crate) async fn insert_token(
         .filter(email_token::Column::UsedAtMs.is_null());
     stale = match user_id {
         Some(id) => stale.filter(email_token::Column::UserId.eq(id)),
-        // The decoy's statement: the same shape, and it removes nothing but expired decoys.
-        None => stale
-            .filter(email_token::Column::UserId.is_null())
-            .filter(email_token::Column::ExpiresAtMs.lt(now)),
+        // The decoy's statement: the same shape, and like a real token a decoy supersedes the
+        // earlier ones of its address, so asking twice costs the same whether or not an account
+        // holds it (expired decoys of any address go too).
+        None => stale.filter(email_token::Column::UserId.is_null()).filter(
+            Condition::any()
+                .add(email_token::Column::Email.eq(token.email.clone()))
+                .add(email_token::Column::ExpiresAtMs.lt(now)),
+        ),
     };
     stale.exec(conn).await?;
     email_token::ActiveModel {
@@ -211,6 +216,9 @@ pub struct Redeem {
     pub user_id: Uuid,
     pub change: Redemption,
     pub mail: Vec<Mail>,
+    /// A new password is reported as `user.password_changed` (no session kept), written in the
+    /// change's transaction.
+    pub webhooks: Webhooks,
 }
 
 impl Handler<Redeem> for UserStore {
@@ -239,6 +247,8 @@ impl Handler<Redeem> for UserStore {
                 let changed = match msg.change {
                     Redemption::Password { password_hash } => {
                         void_tokens(&txn, msg.user_id, &[email_token::RESET]).await?;
+                        let event = Event::password_changed(msg.user_id, None);
+                        msg.webhooks.write(&txn, &[event]).await?;
                         account
                             .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
                             .exec(&txn)

@@ -3,7 +3,7 @@
 //! pod cannot both spend one code.
 use actix::prelude::*;
 use chrono::Utc;
-use entities::{mfa_recovery_code, mfa_totp};
+use entities::{mfa_recovery_code, mfa_totp, user, webauthn_credential};
 use sea_orm::{
     sea_query::Expr, ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, Set,
     TransactionTrait,
@@ -11,7 +11,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{UserStore, UserStoreError};
-use crate::actor::Reply;
+use crate::{actor::Reply, mail::Mail, webhooks::Event, webhooks::Webhooks};
 
 /// The account's authenticator, pending or confirmed.
 #[derive(Message)]
@@ -207,6 +207,69 @@ impl Handler<RemoveTotp> for UserStore {
                 Ok::<_, UserStoreError>(removed.rows_affected == 1)
             };
             db.call_tx("remove_totp", work).await
+        })
+    }
+}
+
+/// An admin's reset: removes every second factor of the account (the TOTP authenticator,
+/// pending or confirmed, and the recovery codes) in one transaction, which also stores the
+/// owner's notice and the `user.mfa_reset` event when a factor was removed. Returns the methods
+/// removed (empty: the account had none, and nothing is stored); `NotFound` for no account.
+/// Every new kind of factor is removed here too, so one reset always leaves none.
+#[derive(Message)]
+#[rtype(result = "Reply<Result<Vec<&'static str>, UserStoreError>>")]
+pub struct ResetFactors {
+    pub user_id: Uuid,
+    pub mail: Mail,
+    pub webhooks: Webhooks,
+}
+
+impl Handler<ResetFactors> for UserStore {
+    type Result = Reply<Result<Vec<&'static str>, UserStoreError>>;
+
+    fn handle(&mut self, msg: ResetFactors, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Reply::new(async move {
+            let work = async {
+                let txn = db.conn.begin().await?;
+                if user::Entity::find_by_id(msg.user_id)
+                    .one(&txn)
+                    .await?
+                    .is_none()
+                {
+                    return Err(UserStoreError::NotFound);
+                }
+                let mut removed = Vec::new();
+                let totp = mfa_totp::Entity::find_by_id(msg.user_id).one(&txn).await?;
+                mfa_recovery_code::Entity::delete_many()
+                    .filter(mfa_recovery_code::Column::UserId.eq(msg.user_id))
+                    .exec(&txn)
+                    .await?;
+                if let Some(totp) = totp {
+                    mfa_totp::Entity::delete_by_id(msg.user_id)
+                        .exec(&txn)
+                        .await?;
+                    // A pending enrolment never guarded a login: removed, not reported.
+                    if totp.confirmed_at.is_some() {
+                        removed.push("totp");
+                    }
+                }
+                let passkeys = webauthn_credential::Entity::delete_many()
+                    .filter(webauthn_credential::Column::UserId.eq(msg.user_id))
+                    .exec(&txn)
+                    .await?;
+                if passkeys.rows_affected > 0 {
+                    removed.push("webauthn");
+                }
+                if !removed.is_empty() {
+                    let event = Event::mfa_reset(msg.user_id, &removed);
+                    msg.webhooks.write(&txn, &[event]).await?;
+                    crate::mail::enqueue(&txn, vec![msg.mail], false).await?;
+                }
+                txn.commit().await?;
+                Ok::<_, UserStoreError>(removed)
+            };
+            db.call_tx("reset_factors", work).await
         })
     }
 }

@@ -312,7 +312,7 @@ impl Handler<SetPassword> for UserStore {
                 updated_at: Set(Utc::now()),
                 ..Default::default()
             };
-            let event = Event::password_changed(msg.user_id, msg.kept_session_id);
+            let event = Event::password_changed(msg.user_id, Some(msg.kept_session_id));
             db.call_tx("update_password", async {
                 let txn = db.conn.begin().await?;
                 update.update(&txn).await?;

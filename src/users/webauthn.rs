@@ -166,22 +166,3 @@ impl Handler<RemoveWebauthn> for UserStore {
         })
     }
 }
-
-/// Removes every credential of the account (an admin's reset of its factors); how many.
-#[derive(Message)]
-#[rtype(result = "Reply<Result<u64, UserStoreError>>")]
-pub struct RemoveAllWebauthn(pub Uuid);
-
-impl Handler<RemoveAllWebauthn> for UserStore {
-    type Result = Reply<Result<u64, UserStoreError>>;
-
-    fn handle(&mut self, msg: RemoveAllWebauthn, _: &mut Self::Context) -> Self::Result {
-        let db = self.ctx();
-        Reply::new(async move {
-            let removed = webauthn_credential::Entity::delete_many()
-                .filter(webauthn_credential::Column::UserId.eq(msg.0))
-                .exec(&db.conn);
-            Ok(db.call("remove_all_webauthn", removed).await?.rows_affected)
-        })
-    }
-}

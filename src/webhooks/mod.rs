@@ -38,6 +38,7 @@ pub enum EventType {
     Disabled,
     Deleted,
     PasswordChanged,
+    MfaReset,
 }
 
 impl EventType {
@@ -49,6 +50,7 @@ impl EventType {
             Self::Disabled => "user.disabled",
             Self::Deleted => "user.deleted",
             Self::PasswordChanged => "user.password_changed",
+            Self::MfaReset => "user.mfa_reset",
         }
     }
 }
@@ -101,11 +103,21 @@ impl Event {
         Self::about(EventType::Deleted, user_id)
     }
 
-    /// The password changed: every other session ended (`kept_session_id` is the caller's).
-    pub fn password_changed(user_id: Uuid, kept_session_id: Uuid) -> Self {
+    /// The password changed: every other session ended (`kept_session_id` is the caller's;
+    /// `None` for a reset through a mailed link, which ends them all).
+    pub fn password_changed(user_id: Uuid, kept_session_id: Option<Uuid>) -> Self {
         Self {
             kind: EventType::PasswordChanged,
             data: json!({"user_id": user_id, "kept_session_id": kept_session_id}),
+        }
+    }
+
+    /// An admin removed the account's second factors (`methods`): the password alone logs in
+    /// until it enrols one again. Its sessions live on.
+    pub fn mfa_reset(user_id: Uuid, methods: &[&str]) -> Self {
+        Self {
+            kind: EventType::MfaReset,
+            data: json!({"user_id": user_id, "methods": methods}),
         }
     }
 

@@ -201,6 +201,18 @@ impl Deployment {
             vars.insert(k.to_string(), v.clone());
         }
         let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");
+        Self::start(config).await
+    }
+
+    /// Starts an instance whose configuration is edited after it was read: for settings that
+    /// are no environment variable (`pending_ttls`, shortened to watch records expire).
+    pub async fn spawn_edited(&self, edit: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = self.config();
+        edit(&mut config);
+        Self::start(config).await.0
+    }
+
+    async fn start(config: Config) -> (TestApp, Option<String>) {
         let app = Application::build(config)
             .await
             .expect("application starts");
@@ -602,6 +614,11 @@ pub async fn call(
         headers,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     }
+}
+
+/// DELETE `path` with `token`.
+pub async fn delete_as(app: &TestApp, token: &str, path: &str) -> Reply {
+    call(app, Method::DELETE, path, Some(token), None).await
 }
 
 pub async fn set_roles(app: &TestApp, token: &str, user_id: &str, roles: &[&str]) -> Reply {

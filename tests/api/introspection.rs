@@ -259,16 +259,16 @@ async fn clients_are_managed_by_admins_and_the_secret_is_shown_once(backend: Bac
 
     // Deleted: 204 once, then 404; a malformed id is 400.
     let path = format!("/admin/clients/{id}");
-    let r = call(&app, Method::DELETE, &path, Some(token), None).await;
+    let r = delete_as(&app, token, &path).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
-    call(&app, Method::DELETE, &path, Some(token), None)
+    delete_as(&app, token, &path)
         .await
         .assert_error(404, "not_found");
     let unknown = format!("/admin/clients/{}", Uuid::new_v4());
-    call(&app, Method::DELETE, &unknown, Some(token), None)
+    delete_as(&app, token, &unknown)
         .await
         .assert_error(404, "not_found");
-    call(&app, Method::DELETE, "/admin/clients/42", Some(token), None)
+    delete_as(&app, token, "/admin/clients/42")
         .await
         .assert_error(400, "invalid_request");
     let r = app.get("/admin/clients", Some(token)).await;
@@ -409,14 +409,7 @@ async fn only_tokens_of_live_sessions_are_active(backend: Backend) {
         true
     );
     let path = format!("/admin/users/{}", second.id);
-    let r = call(
-        &app,
-        Method::DELETE,
-        &path,
-        Some(&admin.tokens.access),
-        None,
-    )
-    .await;
+    let r = delete_as(&app, &admin.tokens.access, &path).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     assert_inactive(
         &introspect(&app, &client, &second.tokens.access).await,
@@ -487,14 +480,7 @@ async fn introspection_needs_valid_client_credentials(backend: Backend) {
         true
     );
     let path = format!("/admin/clients/{}", client.id);
-    let r = call(
-        &app,
-        Method::DELETE,
-        &path,
-        Some(&admin.tokens.access),
-        None,
-    )
-    .await;
+    let r = delete_as(&app, &admin.tokens.access, &path).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let r = introspect_raw(&app, Some(&client.basic()), Some(FORM), body()).await;
     assert_invalid_client(&r);
@@ -593,7 +579,7 @@ async fn a_client_deleted_on_one_pod_is_refused_by_the_other() {
     let token = admin.tokens.access.as_str();
     assert_eq!(introspect(&b, &client, token).await["active"], true);
     let path = format!("/admin/clients/{}", client.id);
-    let r = call(&a, Method::DELETE, &path, Some(token), None).await;
+    let r = delete_as(&a, token, &path).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let refused = eventually(PROPAGATION, Duration::from_millis(20), async || {
         let r = introspect_raw(

@@ -355,7 +355,10 @@ async fn password_reset_end_to_end(backend: Backend) {
     let Some(smtp) = Smtp::start(Tls::Starttls, true).await else {
         return;
     };
-    let dep = deployment(backend, &smtp).await;
+    let mut dep = deployment(backend, &smtp).await;
+    // Nobody listens there: the webhook events stay in the outbox, where they are read.
+    dep.set("WEBHOOK_URLS", "http://127.0.0.1:9/hooks")
+        .set("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     let a = dep.spawn().await;
     let b = if backend == Backend::Services {
         dep.spawn().await
@@ -439,6 +442,31 @@ async fn password_reset_end_to_end(backend: Backend) {
         .expect("query")
         .expect("row");
     assert_eq!(audit.try_get::<i64>("", "n").expect("n"), 0);
+    // Reported as a password change that kept no session, after every session was revoked.
+    let events = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT payload FROM webhook_outbox ORDER BY created_at_ms, id".to_string(),
+        ))
+        .await
+        .expect("query");
+    let events: Vec<Value> = events
+        .iter()
+        .map(|r| serde_json::from_str(&r.try_get::<String>("", "payload").expect("payload")))
+        .collect::<Result<_, _>>()
+        .expect("json payloads");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["user.sessions_revoked", "user.password_changed"],
+        "{events:?}"
+    );
+    assert_eq!(events[0]["data"]["reason"], "password_reset");
+    let user_id = events[0]["data"]["user_id"].clone();
+    assert_eq!(
+        events[1]["data"],
+        json!({"user_id": user_id, "kept_session_id": null})
+    );
     let _ = db.close().await;
     assert!(!a.scrape().await.contains(&token));
 }
@@ -472,6 +500,29 @@ async fn unknown_email_is_indistinguishable(backend: Backend) {
     // The known address's mail went out; the unknown one's never will.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(smtp.to(&unknown).is_empty());
+    // Asked again, each address's new token (real or decoy) supersedes its earlier one: the
+    // same work whether or not an account holds the address.
+    for email in [&known, &unknown] {
+        assert_eq!(forgot(&app, email).await.status, StatusCode::ACCEPTED);
+    }
+    let db = Database::connect(dep.database_url())
+        .await
+        .expect("database");
+    for email in [&known, &unknown] {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!(
+                    "SELECT COUNT(*) AS n FROM email_tokens WHERE email = '{email}' \
+                     AND purpose = 'reset' AND used_at_ms IS NULL"
+                ),
+            ))
+            .await
+            .expect("query")
+            .expect("row");
+        assert_eq!(row.try_get::<i64>("", "n").expect("n"), 1, "{email}");
+    }
+    let _ = db.close().await;
 }
 
 /// A link works once, not after 30 minutes, and not after a newer link or a password change.

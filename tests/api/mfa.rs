@@ -1,10 +1,13 @@
 //! Multi-factor authentication: TOTP enrolment with codes computed here from the secret, logins
 //! that need a second factor (POST /login/mfa), one step of clock skew, codes and recovery codes
-//! accepted once, and the mfa_token's single use and attempt limit.
+//! accepted once, the mfa_token's single use, attempt limit and lifetime, and an admin's reset
+//! of a user's factors.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use sea_orm::{ConnectionTrait, Database, Statement};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 
 use crate::{both_backends, helpers::*};
@@ -12,8 +15,11 @@ use crate::{both_backends, helpers::*};
 both_backends!(
     a_totp_enrolment_then_logins_with_codes_and_recovery_codes,
     an_mfa_token_is_single_use_and_allows_five_attempts,
+    an_mfa_token_expires_after_its_lifetime,
     wrong_codes_count_toward_the_lockout,
     enrolment_is_confirmed_by_a_code_and_can_be_removed,
+    an_admin_resets_the_factors_of_a_user_who_lost_them,
+    a_factor_reset_obeys_the_escalation_rule,
 );
 
 fn unix_now() -> u64 {
@@ -322,4 +328,209 @@ async fn enrolment_is_confirmed_by_a_code_and_can_be_removed(backend: Backend) {
     // Without a token, nothing.
     let r = call(&app, Method::POST, "/mfa/totp", None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn an_mfa_token_expires_after_its_lifetime(backend: Backend) {
+    let dep = Deployment::new(backend).await;
+    assert_eq!(
+        dep.config().pending_ttls.mfa_token,
+        Duration::from_secs(300),
+        "a pending login waits 5 minutes in production"
+    );
+    let app = dep
+        .spawn_edited(|c| c.pending_ttls.mfa_token = Duration::from_secs(2))
+        .await;
+    let me = plain(&app).await;
+    let (_totp, recovery) = enrol(&app, &me.tokens.access).await;
+    let token = mfa_token(&app, &me.email).await;
+    if backend == Backend::Services {
+        // Kept in Redis under a hash of the token, with the lifetime as its TTL.
+        let digest: String = Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key = format!("{}mfa:{digest}", dep.prefix);
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= 2000, "{key}: {ttl} ms");
+    }
+
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    second_factor(&app, &token, "recovery_code", &recovery[0])
+        .await
+        .assert_error(400, "invalid_grant");
+    // The refused attempt did not spend the code.
+    let token = mfa_token(&app, &me.email).await;
+    let r = second_factor(&app, &token, "recovery_code", &recovery[0]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Replayed after its success: refused like an expired one, and counted as such.
+    second_factor(&app, &token, "recovery_code", &recovery[1])
+        .await
+        .assert_error(400, "invalid_grant");
+    let metrics = app.scrape().await;
+    let line =
+        r#"sessiond_mfa_verifications_total{method="recovery_code",outcome="invalid_token"} 2"#;
+    assert!(metrics.contains(line), "{line} in\n{metrics}");
+}
+
+/// The rows of `query` on the deployment's database, each column as text.
+async fn rows(dep: &Deployment, query: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let db = Database::connect(dep.database_url())
+        .await
+        .expect("database");
+    let found = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            query.to_string(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"));
+    let _ = db.close().await;
+    found
+        .iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|c| r.try_get::<String>("", c).expect("a text column"))
+                .collect()
+        })
+        .collect()
+}
+
+async fn reset(app: &TestApp, token: &str, user_id: &str) -> Reply {
+    delete_as(app, token, &format!("/admin/users/{user_id}/mfa")).await
+}
+
+async fn an_admin_resets_the_factors_of_a_user_who_lost_them(backend: Backend) {
+    let (mut dep, admins) = with_admins(backend, 1).await;
+    // Nobody listens there: the events stay in the outbox, where they are read.
+    dep.set("WEBHOOK_URLS", "http://127.0.0.1:9/hooks")
+        .set("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let app = dep.spawn().await;
+    let root = admin(&app, &admins[0]).await;
+    let boss = root.tokens.access.as_str();
+    let user = plain(&app).await;
+    let (_totp, lost) = enrol(&app, &user.tokens.access).await;
+
+    // Without users:write: refused, and the factor stays.
+    let stranger = plain(&app).await;
+    reset(&app, &stranger.tokens.access, &user.id)
+        .await
+        .assert_error(403, "forbidden");
+    mfa_token(&app, &user.email).await;
+
+    let r = reset(&app, boss, &user.id).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // The password alone logs in; the sessions the user had live on.
+    app.login(&user.email, PASSWORD).await;
+    let s = app.get("/session", Some(&user.tokens.access)).await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.body);
+    // The recovery codes went with the authenticator: after a new enrolment, only its own work.
+    let (_totp, fresh) = enrol(&app, &user.tokens.access).await;
+    let token = mfa_token(&app, &user.email).await;
+    second_factor(&app, &token, "recovery_code", &lost[0])
+        .await
+        .assert_error(400, "invalid_grant");
+    let r = second_factor(&app, &token, "recovery_code", &fresh[0]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Again, then once more with nothing left: 204 both times, but only a removal is reported.
+    for _ in 0..2 {
+        let r = reset(&app, boss, &user.id).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+    app.login(&user.email, PASSWORD).await;
+    // An unknown account, a malformed id, and the caller's own account.
+    reset(&app, boss, &uuid::Uuid::new_v4().to_string())
+        .await
+        .assert_error(404, "not_found");
+    reset(&app, boss, "not-a-uuid")
+        .await
+        .assert_error(400, "invalid_request");
+    reset(&app, boss, &root.id)
+        .await
+        .assert_error(403, "forbidden");
+
+    // Audited (admin → user, the methods, no secret), mailed and reported once per removal.
+    // (The caller is the actor of all three: the two resets and its own refusal.)
+    let query = format!("type=mfa_reset&user_id={}", root.id);
+    let events = settled(&app, boss, &query, 3).await;
+    let (done, own): (Vec<Value>, Vec<Value>) =
+        events.into_iter().partition(|e| e["outcome"] == "success");
+    assert_eq!(done.len(), 2, "{done:?}");
+    for e in &done {
+        assert_event(e, "mfa_reset", Some(&root.id), Some(&user.id), "success");
+        assert_eq!(e["detail"], json!({"methods": ["totp"]}), "{e}");
+    }
+    let text = serde_json::to_string(&done).unwrap();
+    assert!(lost
+        .iter()
+        .chain(&fresh)
+        .all(|c| !text.contains(c.as_str())));
+    assert_event(
+        &own[0],
+        "mfa_reset",
+        Some(&root.id),
+        Some(&root.id),
+        "denied",
+    );
+    assert_eq!(own[0]["detail"]["reason"], "own_factors");
+    let mails = rows(
+        &dep,
+        "SELECT recipient FROM mail_outbox WHERE kind = 'mfa_reset'",
+        &["recipient"],
+    )
+    .await;
+    assert_eq!(mails, vec![vec![user.email.clone()]; 2]);
+    let hooks = rows(
+        &dep,
+        "SELECT payload FROM webhook_outbox WHERE event_type = 'user.mfa_reset'",
+        &["payload"],
+    )
+    .await;
+    assert_eq!(hooks.len(), 2, "{hooks:?}");
+    for payload in hooks {
+        let v: Value = serde_json::from_str(&payload[0]).unwrap();
+        assert_eq!(v["type"], "user.mfa_reset");
+        assert_eq!(v["data"], json!({"user_id": user.id, "methods": ["totp"]}));
+    }
+}
+
+async fn a_factor_reset_obeys_the_escalation_rule(backend: Backend) {
+    let (dep, admins) = with_admins(backend, 2).await;
+    let app = dep.spawn().await;
+    let root = admin(&app, &admins[0]).await;
+    let boss = root.tokens.access.as_str();
+    let other_admin = admin(&app, &admins[1]).await;
+    enrol(&app, &other_admin.tokens.access).await;
+    let r = create_role(&app, boss, "helpdesk", &["users:write"]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let desk = plain(&app).await;
+    let r = set_roles(&app, boss, &desk.id, &["helpdesk", "user"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let d = desk.tokens.access.as_str();
+
+    // An admin holds more than the helpdesk: refused, the factor stays.
+    reset(&app, d, &other_admin.id)
+        .await
+        .assert_error(403, "forbidden");
+    mfa_token(&app, &other_admin.email).await;
+    // A plain user does not.
+    let user = plain(&app).await;
+    enrol(&app, &user.tokens.access).await;
+    let r = reset(&app, d, &user.id).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    app.login(&user.email, PASSWORD).await;
+
+    let query = format!("type=mfa_reset&user_id={}", other_admin.id);
+    let denied = settled(&app, boss, &query, 1).await;
+    let about = Some(other_admin.id.as_str());
+    assert_event(&denied[0], "mfa_reset", Some(&desk.id), about, "denied");
+    assert_eq!(denied[0]["detail"]["reason"], "escalation");
+    assert_eq!(denied[0]["detail"]["admin_role_required"], true);
 }

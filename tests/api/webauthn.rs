@@ -20,6 +20,7 @@ both_backends!(
     a_deleted_passkey_no_longer_signs_in_and_others_cannot_delete_it,
     without_a_relying_party_webauthn_is_off,
     passkey_sign_in_refuses_disabled_accounts_and_is_limited_per_address,
+    an_admin_reset_removes_the_passkeys,
 );
 
 services_only!(a_ceremony_started_on_one_pod_finishes_on_another);
@@ -420,6 +421,39 @@ async fn a_deleted_passkey_no_longer_signs_in_and_others_cannot_delete_it(backen
     // The password alone logs in again.
     let r = app.login_reply(&me.email, PASSWORD).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+async fn an_admin_reset_removes_the_passkeys(backend: Backend) {
+    let (mut dep, admins) = with_admins(backend, 1).await;
+    dep.set("WEBAUTHN_RP_ID", RP_ID)
+        .set("WEBAUTHN_ORIGINS", ORIGIN)
+        .set("WEBAUTHN_RP_NAME", "sessiond tests");
+    let app = dep.spawn().await;
+    let root = admin(&app, &admins[0]).await;
+    let me = plain(&app).await;
+    let mut key = Passkey::new();
+    register(&app, &me.tokens.access, &mut key, "Lost key").await;
+
+    let r = delete_as(
+        &app,
+        &root.tokens.access,
+        &format!("/admin/users/{}/mfa", me.id),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(list(&app, &me.tokens.access).await.is_empty());
+    // The lost passkey no longer signs in, and the password alone logs in.
+    let (passkey_token, options) = sign_in_start(&app).await;
+    let assertion = key.get(&options, ORIGIN);
+    sign_in_finish(&app, &passkey_token, &assertion)
+        .await
+        .assert_error(400, "invalid_grant");
+    let r = app.login_reply(&me.email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Audited with the method it removed.
+    let query = format!("type=mfa_reset&user_id={}", root.id);
+    let events = settled(&app, &root.tokens.access, &query, 1).await;
+    assert_eq!(events[0]["detail"], json!({"methods": ["webauthn"]}), "{}", events[0]);
 }
 
 async fn without_a_relying_party_webauthn_is_off(backend: Backend) {
