@@ -59,6 +59,10 @@ pub enum ApiError {
         mfa_token: String,
         methods: Vec<&'static str>,
     },
+    /// Step-up: the change needs an authentication more recent than STEP_UP_MAX_AGE (POST
+    /// /reauthenticate renews it); the message says how to get one.
+    #[error("{0}")]
+    ReauthenticationRequired(&'static str),
     #[error("too many requests, retry later")]
     RateLimited { retry_after: u64 },
     /// A backing service could not answer; `detail` is logged, never sent.
@@ -74,7 +78,7 @@ pub enum ApiError {
 #[schema(example = json!({"error": "invalid_request", "message": "password must be at least 8 characters"}))]
 pub struct ErrorBody {
     /// invalid_request, unauthorized, invalid_credentials, invalid_client, invalid_grant, forbidden, email_not_verified,
-    /// mfa_required, invalid_token, not_found, method_not_allowed, email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
+    /// mfa_required, reauthentication_required, invalid_token, not_found, method_not_allowed, email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
     pub error: &'static str,
     pub message: String,
 }
@@ -118,6 +122,7 @@ impl ApiError {
                 "headers_too_large",
             ),
             MfaRequired { .. } => (StatusCode::FORBIDDEN, "mfa_required"),
+            ReauthenticationRequired(_) => (StatusCode::FORBIDDEN, "reauthentication_required"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

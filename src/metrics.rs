@@ -21,6 +21,10 @@ pub struct Metrics {
     pub oauth_signins: IntCounterVec,
     /// Second factors presented: method (totp, recovery_code), outcome (success, invalid, replay, error).
     pub mfa: IntCounterVec,
+    /// POST /reauthenticate and step-up checks by outcome: success, invalid_credentials,
+    /// invalid_factor, factor_required, no_password, throttled, error; `required`: a sensitive
+    /// change refused for want of a recent authentication.
+    pub reauthentications: IntCounterVec,
     pub registrations: IntCounter,
     pub sessions_created: IntCounter,
     pub sessions_revoked: IntCounter,
@@ -241,6 +245,12 @@ impl Metrics {
                 "mfa_verifications_total",
                 "Second factors presented at login, by method and outcome.",
                 &["method", "outcome"],
+            ),
+            reauthentications: counter_vec(
+                &r,
+                "reauthentications_total",
+                "POST /reauthenticate by outcome, and sensitive changes refused for want of a recent authentication (outcome required).",
+                &["outcome"],
             ),
             registrations: counter(&r, "registrations_total", "Accounts registered."),
             sessions_created: counter(&r, "sessions_created_total", "Sessions created by logins."),

@@ -15,7 +15,8 @@ use crate::{
     error::ApiError,
     metrics::TokenChecks,
     session::{
-        now_unix, CacheLookup, SessionCache, SessionRegistry, SessionState, Touch, Validate,
+        now_unix, CacheLookup, SessionCache, SessionRegistry, SessionState, SharedAuth, Touch,
+        Validate,
     },
 };
 
@@ -42,6 +43,9 @@ pub struct AuthenticatedSession {
     pub access: SharedAccess,
     /// Absolute end of the session (unix seconds).
     pub session_expires_at: i64,
+    /// How the session's user authenticated, as this pod's view of the session has it (the
+    /// step-up guard reads the store instead).
+    pub auth: SharedAuth,
 }
 
 /// The user a request authenticated as, left in the request's extensions by the extractor, for
@@ -112,6 +116,7 @@ impl SessionCheck {
                     session_id: claims.sid,
                     access: s.access,
                     session_expires_at: s.expires_at,
+                    auth: s.auth,
                 }))
             }
             _ => {

@@ -136,6 +136,8 @@ pub struct Config {
     /// Live sessions one account may hold (ASVS 7.1.2); a login beyond it ends the oldest.
     /// 0: unlimited.
     pub max_sessions_per_user: usize,
+    /// How recent the session's authentication must be for sensitive changes (step-up).
+    pub step_up_max_age: Duration,
     /// Peers whose X-Forwarded-For is believed (load balancers); empty: only the peer address counts.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub throttle: ThrottleConfig,
@@ -457,6 +459,11 @@ pub const VARS: &[Var] = &[
         "MAX_SESSIONS_PER_USER",
         Value("50"),
         "live sessions per account (0: unlimited)",
+    ),
+    Var::new(
+        "STEP_UP_MAX_AGE",
+        Value("300"),
+        "seconds after a login or POST /reauthenticate during which sensitive changes (password, email, factors, linked identities) are allowed",
     ),
     Var::new(
         "TRUSTED_PROXIES",
@@ -1034,6 +1041,7 @@ impl Config {
                 s => Some(Duration::from_secs(s)),
             },
             max_sessions_per_user: env.number("MAX_SESSIONS_PER_USER", 0, 100_000)?,
+            step_up_max_age: secs(env.number("STEP_UP_MAX_AGE", 1, 86_400)?),
             trusted_proxies: parse_proxies(env.get("TRUSTED_PROXIES"))?,
             throttle: ThrottleConfig {
                 window: secs(env.number("RATE_LIMIT_WINDOW_SECONDS", 1, 86_400)?),
@@ -1187,6 +1195,7 @@ impl Config {
                 0 => "0 (unlimited)".into(),
                 n => n.to_string(),
             }),
+            "STEP_UP_MAX_AGE" => secs(self.step_up_max_age),
             "TRUSTED_PROXIES" => list(self.trusted_proxies.iter().map(|n| n.to_string())),
             "RATE_LIMIT_WINDOW_SECONDS" => secs(throttle.window),
             "RATE_LIMIT_LOGIN_PER_IP" => Text(throttle.login_per_ip.to_string()),

@@ -26,6 +26,8 @@ pub enum AuditKind {
     /// A second factor presented (POST /login/mfa): success or failure, with the method.
     MfaVerify,
     PasswordChange,
+    /// POST /reauthenticate: the session's authentication renewed, or refused (with the reason).
+    Reauthenticate,
     /// A rotated refresh token presented again after the grace window.
     RefreshReuse,
     Register,
@@ -51,7 +53,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 27] = [
+    pub const ALL: [AuditKind; 28] = [
         Self::AccessDenied,
         Self::AccountLocked,
         Self::ClientCreate,
@@ -79,6 +81,7 @@ impl AuditKind {
         Self::PasswordReset,
         Self::EmailVerify,
         Self::EmailChange,
+        Self::Reauthenticate,
     ];
 
     /// The stored and served name.
@@ -111,6 +114,7 @@ impl AuditKind {
             Self::PasswordReset => "password_reset",
             Self::EmailVerify => "email_verify",
             Self::EmailChange => "email_change",
+            Self::Reauthenticate => "reauthenticate",
         }
     }
 }
@@ -159,6 +163,7 @@ mod tests {
                 "password_reset",
                 "email_verify",
                 "email_change",
+                "reauthenticate",
             ]
         );
         assert!(

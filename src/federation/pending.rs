@@ -19,9 +19,6 @@ use crate::{
 pub enum Kind {
     State,
     Code,
-    /// A session opened by a provider sign-in, for the first minutes: its passwordless account
-    /// may set a password without a current one.
-    FreshSession,
 }
 
 impl Kind {
@@ -29,7 +26,6 @@ impl Kind {
         match self {
             Kind::State => "oauth-state",
             Kind::Code => "oauth-code",
-            Kind::FreshSession => "oauth-fresh",
         }
     }
 }

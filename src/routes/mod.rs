@@ -11,6 +11,7 @@ pub mod mfa;
 pub mod oauth;
 pub mod openapi;
 pub mod session;
+pub mod step_up;
 pub mod users;
 
 use actix_web::ResponseError;
@@ -66,6 +67,7 @@ pub fn configure(
         oauth::configure(cfg);
         mfa::configure(cfg);
         session::configure(cfg);
+        step_up::configure(cfg);
         introspection::configure(cfg);
         cfg.service(
             resource("/openapi.json", "GET")

@@ -45,6 +45,7 @@ use crate::routes;
         routes::mfa::start_totp,
         routes::mfa::confirm_totp,
         routes::mfa::remove_totp,
+        routes::step_up::reauthenticate,
         routes::session::current_session,
         routes::session::list_sessions,
         routes::session::delete_session,
