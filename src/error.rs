@@ -63,6 +63,10 @@ pub enum ApiError {
     /// /reauthenticate renews it); the message says how to get one.
     #[error("{0}")]
     ReauthenticationRequired(&'static str),
+    /// REQUIRE_MFA_FOR_ROLES: the session's account holds such a role and the session has not
+    /// authenticated with a second factor; only enrolment and reauthentication are open.
+    #[error("this account's role requires a second factor: enrol one (POST /mfa/totp), then POST /reauthenticate with it, or log in again with it")]
+    MfaEnrolmentRequired,
     #[error("too many requests, retry later")]
     RateLimited { retry_after: u64 },
     /// A backing service could not answer; `detail` is logged, never sent.
@@ -77,7 +81,8 @@ pub enum ApiError {
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"error": "invalid_request", "message": "password must be at least 8 characters"}))]
 pub struct ErrorBody {
-    /// invalid_request, unauthorized, invalid_credentials, invalid_client, invalid_grant, forbidden, email_not_verified,
+    /// invalid_request, unauthorized, invalid_credentials, invalid_client, invalid_grant, forbidden
+    /// (with `reason` `mfa_enrolment_required` under REQUIRE_MFA_FOR_ROLES), email_not_verified,
     /// mfa_required, reauthentication_required, invalid_token, not_found, method_not_allowed, email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
     pub error: &'static str,
     pub message: String,
@@ -106,7 +111,7 @@ impl ApiError {
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             InvalidClient => (StatusCode::UNAUTHORIZED, "invalid_client"),
             InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
-            Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Forbidden | MfaEnrolmentRequired => (StatusCode::FORBIDDEN, "forbidden"),
             EmailNotVerified => (StatusCode::FORBIDDEN, "email_not_verified"),
             InvalidToken => (StatusCode::BAD_REQUEST, "invalid_token"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -183,6 +188,13 @@ impl ResponseError for ApiError {
                 "message": self.to_string(),
                 "mfa_token": mfa_token,
                 "methods": methods,
+            }));
+        }
+        if let ApiError::MfaEnrolmentRequired = self {
+            return res.json(serde_json::json!({
+                "error": error,
+                "message": self.to_string(),
+                "reason": "mfa_enrolment_required",
             }));
         }
         res.json(ErrorBody {

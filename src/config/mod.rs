@@ -147,6 +147,9 @@ pub struct Config {
     pub password_min_score: u8,
     /// Normalized emails whose accounts get the `admin` role at start-up and at registration.
     pub admin_emails: Vec<String>,
+    /// Sessions of accounts holding one of these roles are limited to enrolling a second factor
+    /// until their authentication includes one.
+    pub require_mfa_for_roles: Vec<String>,
     /// Repeated denials of one kind by one actor within this window are written as one counted
     /// event at its end (the first at once), so a loop of 403s cannot flood the audit trail.
     pub audit_denied_window: Duration,
@@ -543,6 +546,11 @@ pub const VARS: &[Var] = &[
         "comma-separated emails granted the admin role",
     ),
     Var::new(
+        "REQUIRE_MFA_FOR_ROLES",
+        Unset("no role requires a second factor"),
+        "comma-separated roles whose accounts' sessions are limited to enrolling a second factor until they authenticate with one",
+    ),
+    Var::new(
         "AUDIT_DENIED_WINDOW_MS",
         Value("60000"),
         "repeated denials within this window are one counted audit event",
@@ -937,6 +945,24 @@ impl Config {
             admin_emails.push(email.into_inner());
         }
 
+        let mut require_mfa_for_roles = Vec::new();
+        for raw in env
+            .get("REQUIRE_MFA_FOR_ROLES")
+            .unwrap_or_default()
+            .split(',')
+        {
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let role = crate::domain::RoleName::parse(raw.trim().to_string()).map_err(|m| {
+                err(
+                    "REQUIRE_MFA_FOR_ROLES",
+                    format!("expected comma-separated role names: {m}"),
+                )
+            })?;
+            require_mfa_for_roles.push(role.into_inner());
+        }
+
         let (webhook_urls, webhook_secret) =
             webhook_settings(env.get("WEBHOOK_URLS"), env.get("WEBHOOK_SECRET"))?;
         let smtp = match env.get("SMTP_URL") {
@@ -1073,6 +1099,7 @@ impl Config {
             cors_allowed_origins,
             password_min_score: env.number("PASSWORD_MIN_SCORE", 0, 4)?,
             admin_emails,
+            require_mfa_for_roles,
             audit_denied_window: millis(env.number("AUDIT_DENIED_WINDOW_MS", 10, 3_600_000)?),
             webhook_urls,
             webhook_secret,
@@ -1219,6 +1246,7 @@ impl Config {
             "CORS_ALLOWED_ORIGINS" => list(self.cors_allowed_origins.iter().cloned()),
             "PASSWORD_MIN_SCORE" => Text(self.password_min_score.to_string()),
             "ADMIN_EMAILS" => list(self.admin_emails.iter().cloned()),
+            "REQUIRE_MFA_FOR_ROLES" => list(self.require_mfa_for_roles.iter().cloned()),
             "AUDIT_DENIED_WINDOW_MS" => millis(self.audit_denied_window),
             "WEBHOOK_URLS" => list(self.webhook_urls.iter().cloned()),
             "WEBHOOK_SECRET" => secret(&self.webhook_secret),

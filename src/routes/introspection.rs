@@ -183,6 +183,10 @@ pub async fn introspect(
     let Some(session) = check.live_session(&claims).await? else {
         return Ok(inactive());
     };
+    // Limited to enrolling a second factor here (REQUIRE_MFA_FOR_ROLES): good for nothing else.
+    if check.needs_second_factor(&session) {
+        return Ok(inactive());
+    }
     Ok(HttpResponse::Ok().json(Introspection {
         active: true,
         sub: Some(claims.sub),

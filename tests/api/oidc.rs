@@ -44,6 +44,7 @@ both_backends!(
     an_email_given_by_userinfo_only_is_used,
     a_provider_sign_in_to_an_account_with_totp_asks_for_the_code,
     a_provider_session_keeps_fed_idp_and_auth_time_and_reauthenticates_by_signing_in,
+    a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment,
 );
 
 services_only!(
@@ -1301,4 +1302,46 @@ async fn a_provider_session_keeps_fed_idp_and_auth_time_and_reauthenticates_by_s
         .request(reqwest::Method::DELETE, "/mfa/totp", fresh, None)
         .await;
     r.assert_error(404, "not_found");
+}
+
+async fn a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment(backend: Backend) {
+    let s = setup_with(
+        backend,
+        &[
+            ("REQUIRE_MFA_FOR_ROLES", "admin"),
+            ("ADMIN_EMAILS", "ines@example.com"),
+        ],
+    )
+    .await;
+    s.provider
+        .set_account("ines-1", "ines@example.com", true)
+        .await;
+    let first = s.tokens("ines-1").await;
+    let access = first.body["access_token"].as_str().unwrap();
+    let r = s.app.get("/admin/users", Some(access)).await;
+    r.assert_error(403, "forbidden");
+    assert_eq!(r.body["reason"], "mfa_enrolment_required", "{}", r.body);
+    assert_eq!(
+        s.app.get("/session", Some(access)).await.body["roles"],
+        json!(["admin", "user"])
+    );
+    // Enrolment is open; the next sign-in then asks for the code and is not limited.
+    let (totp, _) = crate::mfa::enrol(&s.app, access).await;
+    let (back, verifier) = s.sign_in("ines-1").await;
+    let code = query(&back, "code").unwrap_or_else(|| panic!("a code: {back}"));
+    let reply = s.redeem(&code, &verifier).await;
+    reply.assert_error(403, "mfa_required");
+    let done = s
+        .app
+        .post_json(
+            "/login/mfa",
+            &json!({"mfa_token": reply.body["mfa_token"], "totp": crate::mfa::code(&totp, 1)}),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let r = s
+        .app
+        .get("/admin/users", done.body["access_token"].as_str())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }

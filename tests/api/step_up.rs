@@ -20,6 +20,7 @@ both_backends!(
     sensitive_changes_need_a_recent_authentication_which_reauthenticate_renews,
     reauthentication_needs_the_second_factor_when_one_is_enrolled,
     failed_reauthentications_count_toward_the_lockout,
+    a_role_that_requires_mfa_limits_sessions_until_a_second_factor,
 );
 
 services_only!(
@@ -419,4 +420,97 @@ async fn a_record_from_before_auth_fields_works_but_is_never_recent() {
     let r = reauthenticate(&b, &refreshed, json!({"password": PASSWORD})).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     probe(&b, &refreshed).await.assert_error(404, "not_found");
+}
+
+/// REQUIRE_MFA_FOR_ROLES=admin: an admin's session without a second factor may only enrol one
+/// (and say who it is, log out, reauthenticate); a reauthentication with the new factor, or a
+/// new login with it, lifts the limit. Other accounts are not limited.
+async fn a_role_that_requires_mfa_limits_sessions_until_a_second_factor(backend: Backend) {
+    let (mut dep, admins) = with_admins(backend, 1).await;
+    dep.set("REQUIRE_MFA_FOR_ROLES", "admin");
+    let app = dep.spawn().await;
+    let me = admin(&app, &admins[0]).await;
+    let token = me.tokens.access.as_str();
+    let limited = |r: Reply| {
+        r.assert_error(403, "forbidden");
+        assert_eq!(r.body["reason"], "mfa_enrolment_required", "{}", r.body);
+    };
+    limited(app.get("/admin/users", Some(token)).await);
+    limited(app.get("/sessions", Some(token)).await);
+    limited(
+        app.request(
+            Method::PUT,
+            "/profile/password",
+            token,
+            Some(&json!({"current_password": PASSWORD, "new_password": "another long passphrase"})),
+        )
+        .await,
+    );
+    assert_eq!(
+        app.get("/profile", Some(token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get("/session", Some(token)).await.status,
+        StatusCode::OK
+    );
+    // A refresh works, and its token is limited the same way.
+    let refreshed = access_of(&refresh(&app, &me.tokens.refresh).await);
+    limited(app.get("/admin/users", Some(&refreshed)).await);
+    // A plain account is not limited.
+    let other = plain(&app).await;
+    assert_eq!(
+        app.get("/sessions", Some(&other.tokens.access))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Enrolling is open; the session is still limited until it uses the factor.
+    let (totp, recovery) = enrol(&app, &refreshed).await;
+    limited(app.get("/admin/users", Some(&refreshed)).await);
+    // With Redis, a second pod that has the limited session cached.
+    let other_pod = match backend {
+        Backend::Services => {
+            let b = dep.spawn().await;
+            b.subscribed().await;
+            limited(b.get("/admin/users", Some(&refreshed)).await);
+            Some(b)
+        }
+        Backend::Embedded => None,
+    };
+    let r = reauthenticate(
+        &app,
+        &refreshed,
+        json!({"password": PASSWORD, "totp": code(&totp, 1)}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // The same token, at once.
+    let r = app.get("/admin/users", Some(&refreshed)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    if let Some(b) = &other_pod {
+        let lifted = eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            async || b.get("/admin/users", Some(&refreshed)).await.status == StatusCode::OK,
+        )
+        .await;
+        assert!(lifted, "the other pod still limits the session");
+    }
+
+    // A new login with the factor is not limited either.
+    let r = app.login_reply(&me.email, PASSWORD).await;
+    r.assert_error(403, "mfa_required");
+    let r = app
+        .post_json(
+            "/login/mfa",
+            &json!({"mfa_token": r.body["mfa_token"], "recovery_code": recovery[0]}),
+        )
+        .await;
+    let fresh = access_of(&r);
+    assert_eq!(
+        app.get("/admin/users", Some(&fresh)).await.status,
+        StatusCode::OK
+    );
 }
