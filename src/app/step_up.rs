@@ -145,14 +145,15 @@ async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiErro
             enrolled.join(", ")
         )));
     }
-    // An impossible password cannot match: same answer, without spending a hash.
+    // An impossible password cannot match: same answer, without spending a hash. A stolen token
+    // hammering this must not take the hashing share logins keep: not `Priority::Login`.
     let verified = Password::could_match(&password)
         && app
             .hasher
             .verify(
                 password,
                 Some(account.password_hash.clone()),
-                Priority::Login,
+                Priority::Other,
             )
             .await?;
     if !verified {
