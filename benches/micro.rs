@@ -151,6 +151,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             client_secrets: sessiond::app::clients::client_secrets(cfg.session_cache_ttl),
             federation: None,
             mfa_tokens: sessiond::app::mfa::MfaTokens::memory(),
+            webauthn: None,
             settings,
         },
         jwt: JwtKeys::new(&cfg),

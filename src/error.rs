@@ -58,6 +58,9 @@ pub enum ApiError {
     MfaRequired {
         mfa_token: String,
         methods: Vec<&'static str>,
+        /// With `webauthn` among the methods: the assertion request options (the challenge) for
+        /// `navigator.credentials.get`.
+        webauthn: Option<Box<serde_json::Value>>,
     },
     /// Step-up: the change needs an authentication more recent than STEP_UP_MAX_AGE (POST
     /// /reauthenticate renews it); the message says how to get one.
@@ -182,13 +185,22 @@ impl ResponseError for ApiError {
             _ => {}
         }
         res.insert_header((header::CACHE_CONTROL, "no-store"));
-        if let ApiError::MfaRequired { mfa_token, methods } = self {
-            return res.json(serde_json::json!({
+        if let ApiError::MfaRequired {
+            mfa_token,
+            methods,
+            webauthn,
+        } = self
+        {
+            let mut body = serde_json::json!({
                 "error": error,
                 "message": self.to_string(),
                 "mfa_token": mfa_token,
                 "methods": methods,
-            }));
+            });
+            if let Some(options) = webauthn {
+                body["webauthn"] = (**options).clone();
+            }
+            return res.json(body);
         }
         if let ApiError::MfaEnrolmentRequired = self {
             return res.json(serde_json::json!({

@@ -19,12 +19,15 @@ pub struct Metrics {
     /// Identity-provider sign-ins by provider and outcome: success, account_exists,
     /// email_not_verified, access_denied, provider_error, linked, invalid_grant, mfa_required.
     pub oauth_signins: IntCounterVec,
-    /// Second factors presented: method (totp, recovery_code), outcome (success, invalid, replay, error).
+    /// Second factors presented: method (totp, recovery_code, webauthn), outcome (success, invalid, replay, error).
     pub mfa: IntCounterVec,
     /// POST /reauthenticate and step-up checks by outcome: success, invalid_credentials,
     /// invalid_factor, factor_required, no_password, throttled, error; `required`: a sensitive
     /// change refused for want of a recent authentication.
     pub reauthentications: IntCounterVec,
+    /// WebAuthn ceremonies: ceremony (registration, sign_in), outcome (started, success,
+    /// invalid, no_ceremony, throttled, email_not_verified, error). Second factors count in `mfa`.
+    pub webauthn: IntCounterVec,
     pub registrations: IntCounter,
     pub sessions_created: IntCounter,
     pub sessions_revoked: IntCounter,
@@ -251,6 +254,12 @@ impl Metrics {
                 "reauthentications_total",
                 "POST /reauthenticate by outcome, and sensitive changes refused for want of a recent authentication (outcome required).",
                 &["outcome"],
+            ),
+            webauthn: counter_vec(
+                &r,
+                "webauthn_ceremonies_total",
+                "WebAuthn registrations and passkey sign-ins, by ceremony and outcome.",
+                &["ceremony", "outcome"],
             ),
             registrations: counter(&r, "registrations_total", "Accounts registered."),
             sessions_created: counter(&r, "sessions_created_total", "Sessions created by logins."),

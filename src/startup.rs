@@ -57,6 +57,9 @@ pub enum StartupError {
     /// The message names the variable (MAIL_TEMPLATES_DIR, MAIL_FROM, SMTP_CA_FILE) at fault.
     #[error("mail: {0}")]
     Mail(String),
+    /// Names the variable (WEBAUTHN_RP_ID, WEBAUTHN_ORIGINS) at fault.
+    #[error("WebAuthn: {0}")]
+    Webauthn(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -234,8 +237,17 @@ impl Application {
             let providers = Providers::start(&config.oauth)
                 .await
                 .map_err(StartupError::Providers)?;
-            Some(app::federated::Federation { providers, pending })
+            Some(app::federated::Federation {
+                providers,
+                pending: pending.clone(),
+            })
         };
+        let webauthn = config
+            .webauthn
+            .as_ref()
+            .map(|w| app::webauthn::Passkeys::new(w, pending))
+            .transpose()
+            .map_err(StartupError::Webauthn)?;
         let cache = SessionCache::new(
             config.session_cache_ttl,
             config.redis_timeout,
@@ -364,6 +376,7 @@ impl Application {
                 client_secrets: app::clients::client_secrets(config.session_cache_ttl),
                 federation,
                 mfa_tokens,
+                webauthn,
                 settings,
             },
             jwt,

@@ -14,4 +14,5 @@ pub mod service_client;
 pub mod signing_key;
 pub mod user;
 pub mod user_role;
+pub mod webauthn_credential;
 pub mod webhook_outbox;

@@ -10,6 +10,7 @@ mod m20261130_000003_webhook_outbox;
 mod m20261201_000001_identities;
 mod m20261202_000001_mail;
 mod m20261203_000001_mfa_totp;
+mod m20261205_000001_webauthn;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_identities::Migration),
             Box::new(m20261202_000001_mail::Migration),
             Box::new(m20261203_000001_mfa_totp::Migration),
+            Box::new(m20261205_000001_webauthn::Migration),
         ]
     }
 }

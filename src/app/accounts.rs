@@ -290,7 +290,8 @@ async fn attempt_second_factor(
     let attempt = LoginAttempt::new(app, client, &account.email);
     let bucket = attempt.admit().await?;
     let method = factor.method();
-    let verdict = mfa::verify_factor(app, account.id, factor).await?;
+    let (verdict, factor_amr) = mfa::verify_factor_amr(app, account.id, factor).await?;
+
     app.metrics
         .mfa
         .with_label_values(&[method, verdict.as_str()])
@@ -311,9 +312,13 @@ async fn attempt_second_factor(
                 .ip(client.ip.clone())
                 .detail(serde_json::json!({ "method": method, "reason": verdict.as_str() })),
         );
-        return Err(ApiError::InvalidGrant(
-            "the code is wrong or already used".into(),
-        ));
+        return Err(ApiError::InvalidGrant(match factor {
+            SecondFactor::Webauthn { .. } => {
+                "the passkey's answer was not accepted (wrong credential, origin or challenge)"
+                    .into()
+            }
+            _ => "the code is wrong or already used".into(),
+        }));
     }
     // The first step: a provider sign-in, or the password.
     let first = match pending.idp.as_deref() {
@@ -337,7 +342,7 @@ async fn attempt_second_factor(
                 .await?)
         }
     };
-    let auth = first.with_second_factor(factor.amr());
+    let auth = first.with_second_factor(factor_amr);
     let grant = attempt
         .finish(&bucket, account.id, access, auth, Some(method))
         .await?;
@@ -514,8 +519,21 @@ impl<'a> LoginAttempt<'a> {
             return Ok(());
         }
         let mfa_token = self.app.mfa_tokens.issue_after(user_id, idp).await?;
+        let webauthn = if methods.contains(&"webauthn") {
+            super::webauthn::second_factor_challenge(self.app, user_id, &mfa_token)
+                .await?
+                .map(|options| serde_json::to_value(options).map(Box::new))
+                .transpose()
+                .map_err(|e| ApiError::Internal(format!("WebAuthn options: {e}")))?
+        } else {
+            None
+        };
         self.outcome("mfa_required");
-        Err(ApiError::MfaRequired { mfa_token, methods })
+        Err(ApiError::MfaRequired {
+            mfa_token,
+            methods,
+            webauthn,
+        })
     }
 
     /// Clears the failures, opens the session and audits the login. `auth` says how the user

@@ -48,6 +48,11 @@ const STEP_SECONDS: u64 = 30;
 pub enum SecondFactor {
     Totp(String),
     RecoveryCode(String),
+    /// A WebAuthn assertion answering the challenge issued with the `mfa_token`.
+    Webauthn {
+        mfa_token: String,
+        assertion: Box<webauthn_rs::prelude::PublicKeyCredential>,
+    },
 }
 
 impl SecondFactor {
@@ -56,12 +61,8 @@ impl SecondFactor {
         match self {
             SecondFactor::Totp(_) => "totp",
             SecondFactor::RecoveryCode(_) => "recovery_code",
+            SecondFactor::Webauthn { .. } => "webauthn",
         }
-    }
-
-    /// Its RFC 8176 `amr` value: a recovery code is a one-time password too.
-    pub fn amr(&self) -> &'static str {
-        crate::session::amr::OTP
     }
 }
 
@@ -181,10 +182,14 @@ pub async fn remove_totp(app: &App, caller: &Caller) -> Result<(), ApiError> {
 /// The second factors an account must present at login (empty: the password is enough).
 pub async fn enrolled_methods(app: &App, user_id: Uuid) -> Result<Vec<&'static str>, ApiError> {
     let totp = app.users.ask(FindTotp(user_id)).await?;
-    Ok(match totp {
+    let mut methods = match totp {
         Some(t) if t.confirmed_at.is_some() => vec!["totp", "recovery_code"],
         _ => Vec::new(),
-    })
+    };
+    if super::webauthn::enrolled(app, user_id).await? {
+        methods.push("webauthn");
+    }
+    Ok(methods)
 }
 
 /// How a presented factor fared.
@@ -214,6 +219,33 @@ pub async fn verify_factor(
     user_id: Uuid,
     factor: &SecondFactor,
 ) -> Result<Verdict, ApiError> {
+    Ok(verify_factor_amr(app, user_id, factor).await?.0)
+}
+
+/// [`verify_factor`], with the factor's RFC 8176 `amr` value: `otp` for a TOTP or recovery
+/// code, `hwk` or `swk` (a synced passkey) for WebAuthn.
+pub async fn verify_factor_amr(
+    app: &App,
+    user_id: Uuid,
+    factor: &SecondFactor,
+) -> Result<(Verdict, &'static str), ApiError> {
+    if let SecondFactor::Webauthn {
+        mfa_token,
+        assertion,
+    } = factor
+    {
+        let asserted =
+            super::webauthn::verify_second_factor(app, user_id, mfa_token, assertion).await?;
+        return Ok(match asserted {
+            Some(a) => (Verdict::Accepted, a.amr),
+            None => (Verdict::Invalid, crate::session::amr::HARDWARE_KEY),
+        });
+    }
+    let otp = crate::session::amr::OTP;
+    Ok((verify_code(app, user_id, factor).await?, otp))
+}
+
+async fn verify_code(app: &App, user_id: Uuid, factor: &SecondFactor) -> Result<Verdict, ApiError> {
     let totp = match app.users.ask(FindTotp(user_id)).await? {
         Some(t) if t.confirmed_at.is_some() => t,
         _ => return Ok(Verdict::Invalid),
@@ -248,6 +280,7 @@ pub async fn verify_factor(
                 Verdict::Invalid
             })
         }
+        SecondFactor::Webauthn { .. } => Ok(Verdict::Invalid),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`admin`]: every admin operation, under the escalation rule, and ADMIN_EMAILS.
 //! - [`clients`]: service clients (admin operations) and checking their credentials.
 //! - [`mfa`]: second factors (TOTP and recovery codes) and the logins waiting for one.
+//! - [`webauthn`]: passkeys: registration, second factor, passwordless sign-in.
 pub mod accounts;
 pub mod admin;
 pub mod clients;
@@ -17,6 +18,7 @@ pub mod federated;
 pub mod mfa;
 pub mod sessions;
 pub mod step_up;
+pub mod webauthn;
 
 use std::{sync::Arc, time::Duration};
 
@@ -56,6 +58,8 @@ pub struct App {
     pub federation: Option<federated::Federation>,
     /// Logins waiting for their second factor (POST /login/mfa).
     pub mfa_tokens: mfa::MfaTokens,
+    /// Passkeys and security keys; `None` when WEBAUTHN_RP_ID is not set.
+    pub webauthn: Option<webauthn::Passkeys>,
     pub settings: Settings,
 }
 

@@ -163,7 +163,7 @@ async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiErro
     // A factor sent for an account that has none is ignored.
     if let Some(factor) = factor.filter(|_| !enrolled.is_empty()) {
         let method = factor.method();
-        let verdict = mfa::verify_factor(app, caller.user_id, &factor).await?;
+        let (verdict, factor_amr) = mfa::verify_factor_amr(app, caller.user_id, &factor).await?;
         app.metrics
             .mfa
             .with_label_values(&[method, verdict.as_str()])
@@ -176,7 +176,7 @@ async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiErro
             );
             return Err(refuse("invalid_factor", wrong).await?);
         }
-        methods.push(factor.amr());
+        methods.push(factor_amr);
     }
     // A disabled account's sessions are already revoked; this catches a race with it.
     match app.users.ask(FindAccess(caller.user_id)).await? {

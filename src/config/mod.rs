@@ -3,6 +3,7 @@ pub mod mail;
 pub mod oauth;
 pub mod redis;
 pub mod tls;
+pub mod webauthn;
 
 use std::{fmt, time::Duration};
 
@@ -163,6 +164,8 @@ pub struct Config {
     pub oauth: oauth::OAuthConfig,
     /// SMTP, the sender, the links' base URL, the templates and the email flows' switches.
     pub mail: mail::MailSettings,
+    /// Passkeys and security keys; `None` (WEBAUTHN_RP_ID unset): the feature is off.
+    pub webauthn: Option<webauthn::WebauthnConfig>,
 }
 
 /// JWT_ALGORITHM: the JWS `alg` of issued access tokens.
@@ -675,6 +678,21 @@ pub const VARS: &[Var] = &[
         Value("true"),
         "mail the owner about a sign-in from an address and user agent not seen for 30 days",
     ),
+    Var::new(
+        "WEBAUTHN_RP_ID",
+        Unset("passkeys and security keys are off"),
+        "the domain passkeys are bound to (e.g. example.com); it cannot change once keys exist",
+    ),
+    Var::new(
+        "WEBAUTHN_ORIGINS",
+        Computed("https://<WEBAUTHN_RP_ID>"),
+        "comma-separated exact origins of the pages that use passkeys, on WEBAUTHN_RP_ID or a subdomain",
+    ),
+    Var::new(
+        "WEBAUTHN_RP_NAME",
+        Computed("JWT_ISSUER"),
+        "the name authenticators show next to the account",
+    ),
 ];
 
 /// The declaration of `name`; every variable the server reads is one of [`VARS`].
@@ -987,6 +1005,13 @@ impl Config {
             env.number("OAUTH_DISCOVERY_REFRESH_SECONDS", 1, 86_400)?,
         )?;
 
+        let webauthn = webauthn::read(
+            env.get("WEBAUTHN_RP_ID"),
+            env.get("WEBAUTHN_ORIGINS"),
+            env.get("WEBAUTHN_RP_NAME"),
+            &env.string("JWT_ISSUER")?,
+        )?;
+
         let is_sqlite = database_url
             .as_deref()
             .is_none_or(|u| u.starts_with("sqlite:"));
@@ -1106,6 +1131,7 @@ impl Config {
             webhook_give_up: secs(env.number("WEBHOOK_GIVE_UP_SECONDS", 1, 30 * 86_400)?),
             oauth,
             mail,
+            webauthn,
         })
     }
 
@@ -1251,6 +1277,9 @@ impl Config {
             "WEBHOOK_URLS" => list(self.webhook_urls.iter().cloned()),
             "WEBHOOK_SECRET" => secret(&self.webhook_secret),
             "WEBHOOK_GIVE_UP_SECONDS" => secs(self.webhook_give_up),
+            "WEBAUTHN_RP_ID" => opt(self.webauthn.as_ref().map(|w| w.rp_id.clone())),
+            "WEBAUTHN_ORIGINS" => opt(self.webauthn.as_ref().map(|w| w.origins.join(","))),
+            "WEBAUTHN_RP_NAME" => opt(self.webauthn.as_ref().map(|w| w.rp_name.clone())),
             "PUBLIC_URL" => opt(self.oauth.public_url.clone()),
             "OAUTH_RETURN_URLS" => list(self.oauth.return_urls.iter().cloned()),
             "OAUTH_LINK_VERIFIED_EMAILS" => Text(self.oauth.link_verified_emails.to_string()),

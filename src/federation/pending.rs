@@ -19,6 +19,10 @@ use crate::{
 pub enum Kind {
     State,
     Code,
+    /// A WebAuthn ceremony's state between its start and its finish (`app::webauthn`).
+    WebauthnRegistration,
+    WebauthnSignIn,
+    WebauthnMfa,
 }
 
 impl Kind {
@@ -26,6 +30,9 @@ impl Kind {
         match self {
             Kind::State => "oauth-state",
             Kind::Code => "oauth-code",
+            Kind::WebauthnRegistration => "webauthn-reg",
+            Kind::WebauthnSignIn => "webauthn-signin",
+            Kind::WebauthnMfa => "webauthn-mfa",
         }
     }
 }

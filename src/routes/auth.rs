@@ -82,7 +82,7 @@ pub(crate) async fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpRe
         (status = 200, description = "Session created", body = TokenPair,
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 401, description = "Unknown email or wrong password, indistinguishable (`invalid_credentials`)", body = crate::error::ErrorBody),
-        (status = 403, description = "Right password, and either the account has a second factor (`mfa_required`: the body also carries `mfa_token` and `methods` (`totp`, `recovery_code`); finish at POST /login/mfa), or REQUIRE_EMAIL_VERIFICATION is on and the account's address is not verified (`email_not_verified`; a new link is mailed to it)", body = crate::error::ErrorBody),
+        (status = 403, description = "Right password, and either the account has a second factor (`mfa_required`: the body also carries `mfa_token` and `methods` (`totp`, `recovery_code`, `webauthn`), and with `webauthn` the request options for `navigator.credentials.get` in `webauthn`; finish at POST /login/mfa), or REQUIRE_EMAIL_VERIFICATION is on and the account's address is not verified (`email_not_verified`; a new link is mailed to it)", body = crate::error::ErrorBody),
         (status = 429, description = "Too many attempts from this address or for this account, or the account is locked after repeated failures (`rate_limited`)", body = crate::error::ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]

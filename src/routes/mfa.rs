@@ -129,6 +129,12 @@ pub struct LoginMfaBody {
     /// One of the recovery codes (each works once).
     #[serde(default)]
     recovery_code: Option<String>,
+    /// A passkey's answer to the `webauthn` options of the `403 mfa_required` body: the
+    /// `PublicKeyCredential` `navigator.credentials.get` returned, as JSON (binary values
+    /// base64url).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    webauthn: Option<Box<webauthn_rs::prelude::PublicKeyCredential>>,
 }
 
 /// Finishes a login with its second factor. The `mfa_token` lives 5 minutes, allows 5 attempts
@@ -137,7 +143,7 @@ pub struct LoginMfaBody {
     responses(
         (status = 200, description = "Session created", body = super::auth::TokenPair,
             headers(("Cache-Control" = String, description = "no-store"))),
-        (status = 400, description = "Unknown, expired or used-up `mfa_token`, or a wrong or used code (`invalid_grant`); neither `totp` nor `recovery_code`, or both (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 400, description = "Unknown, expired or used-up `mfa_token`, a wrong or used code, or a passkey answer not accepted (another account's or unknown credential, another origin or challenge) (`invalid_grant`); not exactly one of `totp`, `recovery_code` and `webauthn` (`invalid_request`)", body = crate::error::ErrorBody),
         (status = 429, description = "Too many attempts, or the account is locked after repeated failures (`rate_limited`)", body = crate::error::ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
@@ -151,13 +157,18 @@ pub async fn login_mfa(
         mfa_token,
         totp,
         recovery_code,
+        webauthn,
     } = body.into_inner();
-    let factor = match (totp, recovery_code) {
-        (Some(code), None) => SecondFactor::Totp(code),
-        (None, Some(code)) => SecondFactor::RecoveryCode(code),
+    let factor = match (totp, recovery_code, webauthn) {
+        (Some(code), None, None) => SecondFactor::Totp(code),
+        (None, Some(code), None) => SecondFactor::RecoveryCode(code),
+        (None, None, Some(assertion)) => SecondFactor::Webauthn {
+            mfa_token: mfa_token.clone(),
+            assertion,
+        },
         _ => {
             return Err(ApiError::invalid(
-                "exactly one of totp and recovery_code is required",
+                "exactly one of totp, recovery_code and webauthn is required",
             ))
         }
     };

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod session;
 pub mod step_up;
 pub mod users;
+pub mod webauthn;
 
 use actix_web::ResponseError;
 use actix_web::{
@@ -66,6 +67,7 @@ pub fn configure(
         auth::configure(cfg);
         oauth::configure(cfg);
         mfa::configure(cfg);
+        webauthn::configure(cfg);
         session::configure(cfg);
         step_up::configure(cfg);
         introspection::configure(cfg);

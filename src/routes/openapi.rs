@@ -45,6 +45,12 @@ use crate::routes;
         routes::mfa::start_totp,
         routes::mfa::confirm_totp,
         routes::mfa::remove_totp,
+        routes::webauthn::start_registration,
+        routes::webauthn::finish_registration,
+        routes::webauthn::list_credentials,
+        routes::webauthn::delete_credential,
+        routes::webauthn::start_sign_in,
+        routes::webauthn::finish_sign_in,
         routes::step_up::reauthenticate,
         routes::session::current_session,
         routes::session::list_sessions,
@@ -76,7 +82,7 @@ use crate::routes;
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Logins, tokens and sessions"),
         (name = "identity providers", description = "Sign-in with OpenID Connect providers and GitHub, and the identities linked to an account"),
-        (name = "mfa", description = "Second factors: TOTP authenticators and recovery codes"),
+        (name = "mfa", description = "Second factors: TOTP authenticators, recovery codes and passkeys (WebAuthn)"),
         (name = "admin", description = "Accounts, roles, sessions, service clients and the audit trail, for callers holding the permission each operation names; without it: 403 `forbidden`"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
@@ -300,6 +306,12 @@ mod tests {
             "/mfa/totp",
             "/mfa/totp/confirm",
             "/login/mfa",
+            "/mfa/webauthn/register/start",
+            "/mfa/webauthn/register/finish",
+            "/mfa/webauthn/credentials",
+            "/mfa/webauthn/credentials/{id}",
+            "/login/passkey/start",
+            "/login/passkey/finish",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} documented");
         }

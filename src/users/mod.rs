@@ -9,6 +9,7 @@ pub mod identities;
 pub mod mfa;
 pub mod password;
 pub mod roles;
+pub mod webauthn;
 
 pub use accounts::*;
 pub use clients::*;
@@ -16,6 +17,7 @@ pub use email::*;
 pub use identities::*;
 pub use mfa::*;
 pub use roles::*;
+pub use webauthn::*;
 
 use std::time::Duration;
 

@@ -34,4 +34,5 @@ mod tls;
 mod tokens;
 mod topology;
 mod validation;
+mod webauthn;
 mod webhooks;

@@ -1,0 +1,581 @@
+//! Passkeys and security keys (WebAuthn, webauthn-rs): registering a credential, using it as a
+//! second factor at POST /login/mfa, and passwordless sign-in with a discoverable credential.
+//!
+//! Each ceremony's state (its challenge) stays on the server, single-use, for
+//! [`CEREMONY_TTL`], in the one-time store of sign-in flows (Redis, so any pod can finish a
+//! ceremony another started; in-process when embedded): registrations under the session that
+//! started them, sign-ins under an opaque `passkey_token`, second factors under the
+//! `mfa_token`. Challenges, assertions and credentials are never logged, audited or counted.
+use std::{sync::Arc, time::Duration};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use chrono::Utc;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use webauthn_rs::prelude::{
+    AuthenticationResult, CreationChallengeResponse, DiscoverableAuthentication, Passkey,
+    PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential,
+    RequestChallengeResponse, Url, Webauthn, WebauthnBuilder,
+};
+
+use webauthn_rs_proto::ResidentKeyRequirement;
+
+use super::{accounts::LoginAttempt, sessions::Grant, App, Caller, Client};
+use crate::{
+    actor::Ask,
+    audit::AuditEvent,
+    config::webauthn::WebauthnConfig,
+    domain::AuditKind,
+    error::ApiError,
+    federation::pending::{Kind, Pending},
+    throttle::Scope,
+    users::{
+        AddWebauthn, FindAccess, FindAccount, FindWebauthn, ListWebauthn, RemoveWebauthn,
+        UseWebauthn, UserStoreError,
+    },
+};
+
+/// How long a started ceremony waits for its finish.
+pub const CEREMONY_TTL: Duration = Duration::from_secs(300);
+/// The longest credential name.
+const MAX_NAME: usize = 64;
+const DEFAULT_NAME: &str = "Passkey";
+
+/// The relying party and the ceremonies in progress.
+#[derive(Clone)]
+pub struct Passkeys {
+    webauthn: Arc<Webauthn>,
+    pending: Pending,
+}
+
+impl Passkeys {
+    /// The relying party of WEBAUTHN_RP_ID and WEBAUTHN_ORIGINS (checked by the configuration:
+    /// an error here is a bug, reported at start-up).
+    pub fn new(config: &WebauthnConfig, pending: Pending) -> Result<Self, String> {
+        let parse = |o: &str| Url::parse(o).map_err(|e| format!("{o}: {e}"));
+        let (first, rest) = config
+            .origins
+            .split_first()
+            .ok_or("WEBAUTHN_ORIGINS lists no origin")?;
+        let first = parse(first)?;
+        let mut builder = WebauthnBuilder::new(&config.rp_id, &first)
+            .map_err(|e| format!("WEBAUTHN_RP_ID and WEBAUTHN_ORIGINS: {e}"))?
+            .rp_name(&config.rp_name)
+            .timeout(CEREMONY_TTL);
+        for origin in rest {
+            builder = builder.append_allowed_origin(&parse(origin)?);
+        }
+        let webauthn = builder
+            .build()
+            .map_err(|e| format!("WEBAUTHN_RP_ID and WEBAUTHN_ORIGINS: {e}"))?;
+        Ok(Self {
+            webauthn: Arc::new(webauthn),
+            pending,
+        })
+    }
+}
+
+fn passkeys(app: &App) -> Result<&Passkeys, ApiError> {
+    app.webauthn.as_ref().ok_or(ApiError::NotFound(
+        "WebAuthn (WEBAUTHN_RP_ID is not set), so passkey support",
+    ))
+}
+
+fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
+    move |e| ApiError::Internal(format!("{what}: {e}"))
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn count(app: &App, ceremony: &str, outcome: &str) {
+    app.metrics
+        .webauthn
+        .with_label_values(&[ceremony, outcome])
+        .inc();
+}
+
+/// The name a user gives a credential: trimmed, 1 to 64 characters, no control characters.
+pub fn check_name(name: Option<&str>) -> Result<String, ApiError> {
+    let Some(name) = name.map(str::trim) else {
+        return Ok(DEFAULT_NAME.to_string());
+    };
+    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name must be 1 to 64 characters, without control characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// A registration in progress, kept under the session that started it.
+#[derive(Serialize, Deserialize)]
+struct Registration {
+    user_id: Uuid,
+    name: String,
+    state: PasskeyRegistration,
+}
+
+/// Starts registering a passkey for the caller: the options for `navigator.credentials.create`.
+/// The credential must be discoverable (a resident key, so it can sign in without an email)
+/// and verify its user (PIN or biometrics). A registration started earlier from the same
+/// session is replaced.
+pub async fn start_registration(
+    app: &App,
+    caller: &Caller,
+    name: Option<&str>,
+) -> Result<CreationChallengeResponse, ApiError> {
+    let pk = passkeys(app)?;
+    let name = check_name(name)?;
+    let account = app
+        .users
+        .ask(FindAccount(caller.user_id))
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    let held = app.users.ask(ListWebauthn(caller.user_id)).await?;
+    // The authenticator refuses to make a second credential for this account.
+    let exclude: Vec<_> = held
+        .iter()
+        .filter_map(|c| URL_SAFE_NO_PAD.decode(&c.credential_id).ok())
+        .collect();
+    let display = account.name.as_deref().unwrap_or(&account.email);
+    // The user handle is the account id: a discoverable credential hands it back at sign-in.
+    let (mut options, state) = pk
+        .webauthn
+        .start_passkey_registration(caller.user_id, &account.email, display, Some(exclude))
+        .map_err(|e| ApiError::Internal(format!("WebAuthn registration: {e}")))?;
+    // webauthn-rs asks for a credential that may not be discoverable; a passkey that signs in
+    // on its own must be (residentKey required, with user verification as webauthn-rs sets).
+    if let Some(selection) = options.public_key.authenticator_selection.as_mut() {
+        selection.resident_key = Some(ResidentKeyRequirement::Required);
+        selection.require_resident_key = true;
+    }
+    let record = serde_json::to_string(&Registration {
+        user_id: caller.user_id,
+        name,
+        state,
+    })
+    .map_err(internal("registration state"))?;
+    pk.pending
+        .put(
+            Kind::WebauthnRegistration,
+            &caller.session_id.to_string(),
+            &record,
+            CEREMONY_TTL,
+        )
+        .await?;
+    count(app, "registration", "started");
+    Ok(options)
+}
+
+/// Finishes the caller's registration with the authenticator's answer: the new credential.
+pub async fn finish_registration(
+    app: &App,
+    caller: &Caller,
+    answer: &RegisterPublicKeyCredential,
+) -> Result<entities::webauthn_credential::Model, ApiError> {
+    let pk = passkeys(app)?;
+    let record = pk
+        .pending
+        .take(Kind::WebauthnRegistration, &caller.session_id.to_string())
+        .await?;
+    let registration: Option<Registration> = record.and_then(|r| serde_json::from_str(&r).ok());
+    let registration = match registration {
+        Some(r) if r.user_id == caller.user_id => r,
+        _ => {
+            count(app, "registration", "no_ceremony");
+            return Err(ApiError::InvalidGrant(
+                "no registration in progress for this session (it expired or was finished): start again".into(),
+            ));
+        }
+    };
+    let refused = |reason: &str| {
+        count(app, "registration", "invalid");
+        app.audit.record(
+            AuditEvent::failure(AuditKind::MfaEnrol)
+                .by(caller.user_id)
+                .ip(caller.ip.clone())
+                .detail(serde_json::json!({ "method": "webauthn", "reason": reason })),
+        );
+    };
+    let passkey = match pk
+        .webauthn
+        .finish_passkey_registration(answer, &registration.state)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(user_id = %caller.user_id, cause = %e, "WebAuthn registration refused");
+            refused("invalid_attestation");
+            return Err(ApiError::InvalidGrant(
+                "the authenticator's answer does not match the registration (origin, challenge or user verification)".into(),
+            ));
+        }
+    };
+    let credential_id = URL_SAFE_NO_PAD.encode(passkey.cred_id());
+    let stored = serde_json::to_string(&passkey).map_err(internal("passkey"))?;
+    let added = app
+        .users
+        .ask(AddWebauthn {
+            user_id: caller.user_id,
+            credential_id,
+            name: registration.name,
+            passkey: stored,
+        })
+        .await;
+    let credential = match added {
+        Ok(c) => c,
+        Err(UserStoreError::Conflict(message)) => {
+            refused("conflict");
+            return Err(ApiError::Conflict(message));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    count(app, "registration", "success");
+    app.audit.record(
+        AuditEvent::success(AuditKind::MfaEnrol)
+            .by(caller.user_id)
+            .ip(caller.ip.clone())
+            .detail(serde_json::json!({ "method": "webauthn", "credential": credential.id })),
+    );
+    tracing::info!(user_id = %caller.user_id, credential = %credential.id, "passkey registered");
+    Ok(credential)
+}
+
+/// The caller's credentials.
+pub async fn credentials(
+    app: &App,
+    caller: &Caller,
+) -> Result<Vec<entities::webauthn_credential::Model>, ApiError> {
+    passkeys(app)?;
+    Ok(app.users.ask(ListWebauthn(caller.user_id)).await?)
+}
+
+/// Deletes one of the caller's credentials (404 for any other id, another account's included).
+pub async fn delete_credential(app: &App, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
+    passkeys(app)?;
+    let removed = app
+        .users
+        .ask(RemoveWebauthn {
+            user_id: caller.user_id,
+            id,
+        })
+        .await?;
+    if !removed {
+        return Err(ApiError::NotFound("passkey"));
+    }
+    app.audit.record(
+        AuditEvent::success(AuditKind::MfaDisable)
+            .by(caller.user_id)
+            .ip(caller.ip.clone())
+            .detail(serde_json::json!({ "method": "webauthn", "credential": id })),
+    );
+    tracing::info!(user_id = %caller.user_id, credential = %id, "passkey deleted");
+    Ok(())
+}
+
+/// Whether the account holds a credential that counts (WebAuthn configured).
+pub async fn enrolled(app: &App, user_id: Uuid) -> Result<bool, ApiError> {
+    if app.webauthn.is_none() {
+        return Ok(false);
+    }
+    Ok(!app.users.ask(ListWebauthn(user_id)).await?.is_empty())
+}
+
+fn parse_passkeys(held: &[entities::webauthn_credential::Model]) -> Vec<Passkey> {
+    held.iter()
+        .filter_map(|c| serde_json::from_str(&c.passkey).ok())
+        .collect()
+}
+
+/// A pending login's WebAuthn challenge: the request options for `navigator.credentials.get`,
+/// allowing the account's credentials. Kept with (and ended by) the `mfa_token`.
+pub async fn second_factor_challenge(
+    app: &App,
+    user_id: Uuid,
+    mfa_token: &str,
+) -> Result<Option<RequestChallengeResponse>, ApiError> {
+    let Some(pk) = app.webauthn.as_ref() else {
+        return Ok(None);
+    };
+    let held = parse_passkeys(&app.users.ask(ListWebauthn(user_id)).await?);
+    if held.is_empty() {
+        return Ok(None);
+    }
+    let (options, state) = pk
+        .webauthn
+        .start_passkey_authentication(&held)
+        .map_err(|e| ApiError::Internal(format!("WebAuthn authentication: {e}")))?;
+    let record = serde_json::to_string(&state).map_err(internal("authentication state"))?;
+    pk.pending
+        .put(Kind::WebauthnMfa, mfa_token, &record, CEREMONY_TTL)
+        .await?;
+    Ok(Some(options))
+}
+
+/// What an accepted assertion says about its credential.
+pub struct Asserted {
+    pub user_id: Uuid,
+    /// `swk` for a backup-eligible (synced) passkey, else `hwk`: the `amr` of the session.
+    pub amr: &'static str,
+}
+
+fn amr(result: &AuthenticationResult) -> &'static str {
+    if result.backup_eligible() {
+        "swk"
+    } else {
+        "hwk"
+    }
+}
+
+/// Records the use of a credential: its updated signature counter, and the time.
+async fn record_use(
+    app: &App,
+    credential: &entities::webauthn_credential::Model,
+    mut passkey: Passkey,
+    result: &AuthenticationResult,
+) -> Result<(), ApiError> {
+    let changed = passkey.update_credential(result).unwrap_or(false);
+    let passkey = if changed {
+        Some(serde_json::to_string(&passkey).map_err(internal("passkey"))?)
+    } else {
+        None
+    };
+    app.users
+        .ask(UseWebauthn {
+            id: credential.id,
+            passkey,
+            at: Utc::now(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Checks an assertion presented at POST /login/mfa against the pending login's challenge.
+/// `None`: refused (wrong origin, challenge or signature, another account's or an unknown
+/// credential, no challenge). A refused assertion leaves the challenge for another try within
+/// the `mfa_token`'s attempts; the `mfa_token` ends with the first success.
+pub async fn verify_second_factor(
+    app: &App,
+    user_id: Uuid,
+    mfa_token: &str,
+    assertion: &PublicKeyCredential,
+) -> Result<Option<Asserted>, ApiError> {
+    let Some(pk) = app.webauthn.as_ref() else {
+        return Ok(None);
+    };
+    let Some(record) = pk.pending.take(Kind::WebauthnMfa, mfa_token).await? else {
+        return Ok(None);
+    };
+    let outcome = async {
+        let Ok(state) = serde_json::from_str::<PasskeyAuthentication>(&record) else {
+            return Ok(None);
+        };
+        let credential_id = URL_SAFE_NO_PAD.encode(assertion.get_credential_id());
+        let credential = match app.users.ask(FindWebauthn(credential_id)).await? {
+            Some(c) if c.user_id == user_id => c,
+            _ => return Ok(None),
+        };
+        let Ok(passkey) = serde_json::from_str::<Passkey>(&credential.passkey) else {
+            return Ok(None);
+        };
+        match pk.webauthn.finish_passkey_authentication(assertion, &state) {
+            Ok(result) => {
+                record_use(app, &credential, passkey, &result).await?;
+                Ok(Some(Asserted {
+                    user_id,
+                    amr: amr(&result),
+                }))
+            }
+            Err(e) => {
+                tracing::info!(%user_id, cause = %e, "WebAuthn assertion refused");
+                Ok(None)
+            }
+        }
+    }
+    .await;
+    if !matches!(outcome, Ok(Some(_))) {
+        // Put back for another attempt: the mfa_token bounds the tries and the lifetime.
+        pk.pending
+            .put(Kind::WebauthnMfa, mfa_token, &record, CEREMONY_TTL)
+            .await?;
+    }
+    outcome
+}
+
+/// Starts a passwordless sign-in: an opaque `passkey_token` to finish with, and the request
+/// options for `navigator.credentials.get` (any discoverable credential of this relying party).
+/// Limited per client address like logins.
+pub async fn start_sign_in(
+    app: &App,
+    client: &Client,
+) -> Result<(String, RequestChallengeResponse), ApiError> {
+    let pk = passkeys(app)?;
+    if let Err(e) = app.limit_client(Scope::LoginIp, client).await {
+        count(app, "sign_in", "throttled");
+        return Err(e);
+    }
+    let (options, state) = pk
+        .webauthn
+        .start_discoverable_authentication()
+        .map_err(|e| ApiError::Internal(format!("WebAuthn authentication: {e}")))?;
+    let token = random_token();
+    let record = serde_json::to_string(&state).map_err(internal("authentication state"))?;
+    pk.pending
+        .put(Kind::WebauthnSignIn, &token, &record, CEREMONY_TTL)
+        .await?;
+    count(app, "sign_in", "started");
+    Ok((token, options))
+}
+
+const SIGN_IN_REFUSED: &str =
+    "the passkey_token is unknown, used or expired, or the passkey was not accepted: start again";
+
+/// Finishes a passwordless sign-in: the very session and token pair a password login opens,
+/// and the `amr` of the credential. The `passkey_token` is spent whatever the outcome. A
+/// passkey verifies its user itself, so no second factor is asked; disabled accounts, and
+/// unverified addresses under REQUIRE_EMAIL_VERIFICATION, are refused as at POST /login.
+pub async fn finish_sign_in(
+    app: &App,
+    client: &Client,
+    passkey_token: &str,
+    assertion: &PublicKeyCredential,
+) -> Result<(Grant, &'static str), ApiError> {
+    let result = attempt_sign_in(app, client, passkey_token, assertion).await;
+    if result.as_ref().is_err_and(|e| e.code().0.is_server_error()) {
+        count(app, "sign_in", "error");
+    }
+    result
+}
+
+async fn attempt_sign_in(
+    app: &App,
+    client: &Client,
+    passkey_token: &str,
+    assertion: &PublicKeyCredential,
+) -> Result<(Grant, &'static str), ApiError> {
+    let pk = passkeys(app)?;
+    if let Err(e) = app.limit_client(Scope::LoginIp, client).await {
+        count(app, "sign_in", "throttled");
+        return Err(e);
+    }
+    let refuse = |subject: Option<Uuid>, reason: &str| {
+        count(app, "sign_in", "invalid");
+        app.audit.record(
+            AuditEvent::failure(AuditKind::Login)
+                .subject(subject)
+                .ip(client.ip.clone())
+                .detail(serde_json::json!({ "method": "passkey", "reason": reason })),
+        );
+        ApiError::InvalidGrant(SIGN_IN_REFUSED.into())
+    };
+    if passkey_token.is_empty() || passkey_token.len() > 128 {
+        return Err(refuse(None, "no_ceremony"));
+    }
+    let state = pk
+        .pending
+        .take(Kind::WebauthnSignIn, passkey_token)
+        .await?
+        .and_then(|r| serde_json::from_str::<DiscoverableAuthentication>(&r).ok());
+    let Some(state) = state else {
+        return Err(refuse(None, "no_ceremony"));
+    };
+    let Ok((user_id, raw_id)) = pk.webauthn.identify_discoverable_authentication(assertion) else {
+        return Err(refuse(None, "invalid_assertion"));
+    };
+    let credential = match app
+        .users
+        .ask(FindWebauthn(URL_SAFE_NO_PAD.encode(raw_id)))
+        .await?
+    {
+        Some(c) if c.user_id == user_id => c,
+        _ => return Err(refuse(None, "unknown_credential")),
+    };
+    let Ok(passkey) = serde_json::from_str::<Passkey>(&credential.passkey) else {
+        return Err(ApiError::Internal(format!(
+            "stored passkey {} does not parse",
+            credential.id
+        )));
+    };
+    let result = match pk
+        .webauthn
+        .finish_discoverable_authentication_v2(assertion, state, &passkey)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(%user_id, cause = %e, "passkey sign-in refused");
+            return Err(refuse(Some(user_id), "invalid_assertion"));
+        }
+    };
+    record_use(app, &credential, passkey, &result).await?;
+    let account = app
+        .users
+        .ask(FindAccount(user_id))
+        .await?
+        .ok_or_else(|| refuse(Some(user_id), "disabled"))?;
+    let access = match app.users.ask(FindAccess(user_id)).await? {
+        Some(a) if !a.disabled => a.access,
+        _ => {
+            count(app, "sign_in", "invalid");
+            app.audit.record(
+                AuditEvent::failure(AuditKind::Login)
+                    .subject(user_id)
+                    .ip(client.ip.clone())
+                    .detail(serde_json::json!({ "method": "passkey", "reason": "disabled" })),
+            );
+            return Err(ApiError::InvalidCredentials);
+        }
+    };
+    if app.settings.require_verification && !account.email_verified {
+        count(app, "sign_in", "email_not_verified");
+        app.audit.record(
+            AuditEvent::denied(AuditKind::Login)
+                .subject(user_id)
+                .ip(client.ip.clone())
+                .detail(serde_json::json!({ "method": "passkey", "reason": "email_not_verified" })),
+        );
+        super::email::remind_unverified(app, &account).await?;
+        return Err(ApiError::EmailNotVerified);
+    }
+    let attempt = LoginAttempt::new(app, client, &account.email);
+    let amr = amr(&result);
+    // A passkey with user verification is a sign-in of its own: the key's `amr` only.
+    let auth = Arc::new(crate::session::AuthContext::new(&[amr], attempt.now, None));
+    let (refresh, access) = match attempt.open_session(user_id, access, auth.clone()).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            if matches!(e, ApiError::InvalidCredentials) {
+                count(app, "sign_in", "invalid");
+            }
+            return Err(e);
+        }
+    };
+    count(app, "sign_in", "success");
+    app.audit.record(
+        AuditEvent::success(AuditKind::Login)
+            .by(user_id)
+            .ip(client.ip.clone())
+            .detail(serde_json::json!({
+                "session_id": refresh.session_id,
+                "method": "passkey",
+                "credential": credential.id,
+            })),
+    );
+    tracing::info!(%user_id, session_id = %refresh.session_id, "signed in with a passkey");
+    super::email::note_login(app, client, &account).await;
+    let now = attempt.now;
+    Ok((
+        Grant {
+            refresh,
+            access: Arc::new(access),
+            expires_at: now + app.settings.session_lifetime.as_secs() as i64,
+            issued_at: now,
+            jti: Uuid::new_v4(),
+            auth,
+        },
+        amr,
+    ))
+}

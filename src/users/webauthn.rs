@@ -1,0 +1,187 @@
+//! Passkeys and security keys in the database: each account's WebAuthn credentials.
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use entities::webauthn_credential;
+use sea_orm::{
+    sea_query::Expr, ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+};
+use uuid::Uuid;
+
+use super::{UserStore, UserStoreError};
+use crate::actor::Reply;
+
+/// The most credentials one account may hold.
+pub const MAX_WEBAUTHN_CREDENTIALS: u64 = 20;
+
+/// The account's credentials, oldest first.
+#[derive(Message)]
+#[rtype(result = "Reply<Result<Vec<webauthn_credential::Model>, UserStoreError>>")]
+pub struct ListWebauthn(pub Uuid);
+
+impl Handler<ListWebauthn> for UserStore {
+    type Result = Reply<Result<Vec<webauthn_credential::Model>, UserStoreError>>;
+
+    fn handle(&mut self, msg: ListWebauthn, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Reply::new(async move {
+            db.call(
+                "list_webauthn",
+                webauthn_credential::Entity::find()
+                    .filter(webauthn_credential::Column::UserId.eq(msg.0))
+                    .order_by_asc(webauthn_credential::Column::CreatedAt)
+                    .order_by_asc(webauthn_credential::Column::Id)
+                    .all(&db.conn),
+            )
+            .await
+        })
+    }
+}
+
+/// The credential with this authenticator credential id (base64url), whoever holds it.
+#[derive(Message)]
+#[rtype(result = "Reply<Result<Option<webauthn_credential::Model>, UserStoreError>>")]
+pub struct FindWebauthn(pub String);
+
+impl Handler<FindWebauthn> for UserStore {
+    type Result = Reply<Result<Option<webauthn_credential::Model>, UserStoreError>>;
+
+    fn handle(&mut self, msg: FindWebauthn, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Reply::new(async move {
+            db.call(
+                "find_webauthn",
+                webauthn_credential::Entity::find()
+                    .filter(webauthn_credential::Column::CredentialId.eq(msg.0))
+                    .one(&db.conn),
+            )
+            .await
+        })
+    }
+}
+
+/// Stores a new credential. `Conflict` when the authenticator's credential id is registered
+/// already (to any account) or the account holds [`MAX_WEBAUTHN_CREDENTIALS`].
+#[derive(Message)]
+#[rtype(result = "Reply<Result<webauthn_credential::Model, UserStoreError>>")]
+pub struct AddWebauthn {
+    pub user_id: Uuid,
+    pub credential_id: String,
+    pub name: String,
+    /// The serialized `Passkey`.
+    pub passkey: String,
+}
+
+impl Handler<AddWebauthn> for UserStore {
+    type Result = Reply<Result<webauthn_credential::Model, UserStoreError>>;
+
+    fn handle(&mut self, msg: AddWebauthn, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Reply::new(async move {
+            let work = async {
+                use sea_orm::PaginatorTrait;
+                let held = webauthn_credential::Entity::find()
+                    .filter(webauthn_credential::Column::UserId.eq(msg.user_id))
+                    .count(&db.conn)
+                    .await?;
+                if held >= MAX_WEBAUTHN_CREDENTIALS {
+                    return Err(UserStoreError::Conflict(format!(
+                        "an account holds at most {MAX_WEBAUTHN_CREDENTIALS} passkeys: delete one first"
+                    )));
+                }
+                let inserted = webauthn_credential::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    user_id: Set(msg.user_id),
+                    credential_id: Set(msg.credential_id),
+                    name: Set(msg.name),
+                    passkey: Set(msg.passkey),
+                    created_at: Set(Utc::now()),
+                    last_used_at: Set(None),
+                }
+                .insert(&db.conn)
+                .await;
+                match inserted {
+                    Ok(model) => Ok(model),
+                    Err(e) => match UserStoreError::from(e) {
+                        // The unique credential id (the only unique column besides the key).
+                        UserStoreError::EmailTaken => Err(UserStoreError::Conflict(
+                            "this authenticator's credential is registered already".into(),
+                        )),
+                        e => Err(e),
+                    },
+                }
+            };
+            db.call_tx("add_webauthn", work).await
+        })
+    }
+}
+
+/// Records a use: the credential (its signature counter) as updated by the assertion, if it
+/// changed, and the time.
+#[derive(Message)]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
+pub struct UseWebauthn {
+    pub id: Uuid,
+    pub passkey: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl Handler<UseWebauthn> for UserStore {
+    type Result = Reply<Result<(), UserStoreError>>;
+
+    fn handle(&mut self, msg: UseWebauthn, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Reply::new(async move {
+            let mut update = webauthn_credential::Entity::update_many()
+                .col_expr(webauthn_credential::Column::LastUsedAt, Expr::value(msg.at))
+                .filter(webauthn_credential::Column::Id.eq(msg.id));
+            if let Some(passkey) = msg.passkey {
+                update =
+                    update.col_expr(webauthn_credential::Column::Passkey, Expr::value(passkey));
+            }
+            db.call("use_webauthn", update.exec(&db.conn)).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Removes one of the account's credentials; `false` when it holds none with this id.
+#[derive(Message)]
+#[rtype(result = "Reply<Result<bool, UserStoreError>>")]
+pub struct RemoveWebauthn {
+    pub user_id: Uuid,
+    pub id: Uuid,
+}
+
+impl Handler<RemoveWebauthn> for UserStore {
+    type Result = Reply<Result<bool, UserStoreError>>;
+
+    fn handle(&mut self, msg: RemoveWebauthn, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Reply::new(async move {
+            let removed = webauthn_credential::Entity::delete_many()
+                .filter(webauthn_credential::Column::Id.eq(msg.id))
+                .filter(webauthn_credential::Column::UserId.eq(msg.user_id))
+                .exec(&db.conn);
+            Ok(db.call("remove_webauthn", removed).await?.rows_affected == 1)
+        })
+    }
+}
+
+/// Removes every credential of the account (an admin's reset of its factors); how many.
+#[derive(Message)]
+#[rtype(result = "Reply<Result<u64, UserStoreError>>")]
+pub struct RemoveAllWebauthn(pub Uuid);
+
+impl Handler<RemoveAllWebauthn> for UserStore {
+    type Result = Reply<Result<u64, UserStoreError>>;
+
+    fn handle(&mut self, msg: RemoveAllWebauthn, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Reply::new(async move {
+            let removed = webauthn_credential::Entity::delete_many()
+                .filter(webauthn_credential::Column::UserId.eq(msg.0))
+                .exec(&db.conn);
+            Ok(db.call("remove_all_webauthn", removed).await?.rows_affected)
+        })
+    }
+}

@@ -1,0 +1,541 @@
+//! Passkeys (WebAuthn) with webauthn-authenticator-rs's software passkey standing in for the
+//! browser and the authenticator: the options sessiond answers are handed to it as a browser
+//! would, and its output sent back over plain HTTP. Registration and listing, the passkey as a
+//! second factor at POST /login/mfa, passwordless sign-in, wrong origins, replayed ceremonies,
+//! deletion, and another account's credential.
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use url::Url;
+use webauthn_authenticator_rs::{softpasskey::SoftPasskey, WebauthnAuthenticator};
+use webauthn_rs_proto::{AllowCredentials, CreationChallengeResponse, RequestChallengeResponse};
+
+use crate::{both_backends, helpers::*, services_only};
+
+both_backends!(
+    a_passkey_is_registered_listed_and_used_as_a_second_factor,
+    a_discoverable_passkey_signs_in_without_a_password,
+    ceremonies_from_another_origin_are_refused,
+    replayed_ceremonies_are_refused,
+    a_deleted_passkey_no_longer_signs_in_and_others_cannot_delete_it,
+    without_a_relying_party_webauthn_is_off,
+    passkey_sign_in_refuses_disabled_accounts_and_is_limited_per_address,
+);
+
+services_only!(a_ceremony_started_on_one_pod_finishes_on_another);
+
+const RP_ID: &str = "example.com";
+const ORIGIN: &str = "https://app.example.com";
+/// On the relying party's domain (so the authenticator accepts it), but not an allowed origin.
+const EVIL_ORIGIN: &str = "https://evil.example.com";
+
+async fn deployment(backend: Backend) -> Deployment {
+    let mut dep = Deployment::new(backend).await;
+    dep.set("WEBAUTHN_RP_ID", RP_ID)
+        .set("WEBAUTHN_ORIGINS", ORIGIN)
+        .set("WEBAUTHN_RP_NAME", "sessiond tests");
+    dep
+}
+
+/// A software passkey, and what a resident key would remember: its credential id and the user
+/// handle (the account id) it was made for.
+struct Passkey {
+    soft: SoftPasskey,
+    credential_id: Option<Vec<u8>>,
+    user_handle: Option<Vec<u8>>,
+}
+
+impl Passkey {
+    fn new() -> Self {
+        Self {
+            // `true`: it reports user verification (a PIN or biometrics), as passkeys do.
+            soft: SoftPasskey::new(true),
+            credential_id: None,
+            user_handle: None,
+        }
+    }
+
+    /// navigator.credentials.create with the options of /mfa/webauthn/register/start, from
+    /// `origin`: the credential JSON for /mfa/webauthn/register/finish.
+    fn create(&mut self, options: &Value, origin: &str) -> Value {
+        let selection = &options["publicKey"]["authenticatorSelection"];
+        assert_eq!(selection["residentKey"], "required", "{options}");
+        assert_eq!(selection["userVerification"], "required", "{options}");
+        let mut ccr: CreationChallengeResponse =
+            serde_json::from_value(options.clone()).expect("creation options");
+        // The software passkey cannot keep a resident key: this test keeps its id and user
+        // handle instead (see `get`), as a discoverable credential would.
+        if let Some(s) = ccr.public_key.authenticator_selection.as_mut() {
+            s.require_resident_key = false;
+        }
+        self.user_handle = Some(ccr.public_key.user.id.clone());
+        let answer = self
+            .soft
+            .do_registration(Url::parse(origin).expect("origin"), ccr)
+            .expect("the authenticator registers");
+        self.credential_id = Some(answer.raw_id.clone());
+        serde_json::to_value(&answer).expect("credential JSON")
+    }
+
+    /// navigator.credentials.get with request options, from `origin`. With an empty
+    /// allowCredentials (a discoverable sign-in) the passkey offers itself and returns its user
+    /// handle, as a resident key does.
+    fn get(&mut self, options: &Value, origin: &str) -> Value {
+        let mut rcr: RequestChallengeResponse =
+            serde_json::from_value(options.clone()).expect("request options");
+        let discoverable = rcr.public_key.allow_credentials.is_empty();
+        if discoverable {
+            rcr.public_key.allow_credentials = vec![AllowCredentials {
+                type_: "public-key".into(),
+                id: self.credential_id.clone().expect("registered"),
+                transports: None,
+            }];
+        }
+        let mut assertion = self
+            .soft
+            .do_authentication(Url::parse(origin).expect("origin"), rcr)
+            .expect("the authenticator signs");
+        if discoverable {
+            assertion.response.user_handle = self.user_handle.clone();
+        }
+        serde_json::to_value(&assertion).expect("assertion JSON")
+    }
+}
+
+/// Registers a passkey named `name` for the account of `token`, from ORIGIN: the 201 body.
+async fn register(app: &TestApp, token: &str, key: &mut Passkey, name: &str) -> Value {
+    let r = app
+        .request(
+            Method::POST,
+            "/mfa/webauthn/register/start",
+            token,
+            Some(&json!({ "name": name })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.body["publicKey"]["rp"]["id"], RP_ID, "{}", r.body);
+    assert_eq!(r.body["publicKey"]["rp"]["name"], "sessiond tests");
+    let answer = key.create(&r.body, ORIGIN);
+    let r = app
+        .request(
+            Method::POST,
+            "/mfa/webauthn/register/finish",
+            token,
+            Some(&answer),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    r.body
+}
+
+async fn list(app: &TestApp, token: &str) -> Vec<Value> {
+    let r = app
+        .request(Method::GET, "/mfa/webauthn/credentials", token, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["items"].as_array().expect("items").clone()
+}
+
+/// POST /login/passkey/start: the passkey_token and the options.
+async fn sign_in_start(app: &TestApp) -> (String, Value) {
+    let r = app.post_json("/login/passkey/start", &json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["options"]["publicKey"]["allowCredentials"],
+        json!([]),
+        "{}",
+        r.body
+    );
+    (
+        r.body["passkey_token"]
+            .as_str()
+            .expect("passkey_token")
+            .to_string(),
+        r.body["options"].clone(),
+    )
+}
+
+async fn sign_in_finish(app: &TestApp, passkey_token: &str, credential: &Value) -> Reply {
+    app.post_json(
+        "/login/passkey/finish",
+        &json!({ "passkey_token": passkey_token, "credential": credential }),
+    )
+    .await
+}
+
+async fn a_passkey_is_registered_listed_and_used_as_a_second_factor(backend: Backend) {
+    let mut dep = deployment(backend).await;
+    let admins = [unique_email("admin")];
+    dep.set("ADMIN_EMAILS", &admins[0]);
+    let app = dep.spawn().await;
+    // An admin, to read its own audit trail.
+    let me = admin(&app, &admins[0]).await;
+    let token = me.tokens.access.as_str();
+    assert!(list(&app, token).await.is_empty());
+
+    let mut key = Passkey::new();
+    let created = register(&app, token, &mut key, "Laptop").await;
+    assert_eq!(created["name"], "Laptop");
+    assert!(created["created_at"].is_string(), "{created}");
+    assert_eq!(created["last_used_at"], Value::Null);
+    let listed = list(&app, token).await;
+    assert_eq!(listed, vec![created.clone()]);
+    // The same authenticator cannot register twice: it is excluded, and refused.
+    let r = app
+        .request(Method::POST, "/mfa/webauthn/register/start", token, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let excluded = r.body["publicKey"]["excludeCredentials"][0]["id"]
+        .as_str()
+        .expect("excluded credential");
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(excluded).unwrap(),
+        key.credential_id.clone().unwrap()
+    );
+
+    // The password now asks for the passkey, with the challenge in the 403.
+    let r = app.login_reply(&me.email, PASSWORD).await;
+    r.assert_error(403, "mfa_required");
+    assert_eq!(r.body["methods"], json!(["webauthn"]), "{}", r.body);
+    let mfa_token = r.body["mfa_token"].as_str().expect("mfa_token").to_string();
+    let options = r.body["webauthn"].clone();
+    let allowed = options["publicKey"]["allowCredentials"][0]["id"]
+        .as_str()
+        .expect("allowed credential");
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(allowed).unwrap(),
+        key.credential_id.clone().unwrap()
+    );
+    // Neither a code nor a malformed assertion passes.
+    app.post_json(
+        "/login/mfa",
+        &json!({ "mfa_token": mfa_token, "totp": "123456" }),
+    )
+    .await
+    .assert_error(400, "invalid_grant");
+    app.post_json(
+        "/login/mfa",
+        &json!({ "mfa_token": mfa_token, "webauthn": {"id": "x"} }),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    let assertion = key.get(&options, ORIGIN);
+    let r = app
+        .post_json(
+            "/login/mfa",
+            &json!({ "mfa_token": mfa_token, "webauthn": assertion }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body["access_token"].is_string(), "{}", r.body);
+    let amr = claims_of(r.body["access_token"].as_str().unwrap())["amr"].clone();
+    assert!(
+        amr == json!(["pwd", "hwk", "mfa"]) || amr == json!(["pwd", "swk", "mfa"]),
+        "{amr}"
+    );
+    // The assertion and the mfa_token are spent.
+    app.post_json(
+        "/login/mfa",
+        &json!({ "mfa_token": mfa_token, "webauthn": assertion }),
+    )
+    .await
+    .assert_error(400, "invalid_grant");
+    let used = list(&app, token).await;
+    assert!(used[0]["last_used_at"].is_string(), "{used:?}");
+    let enrolled = settled(&app, token, "type=mfa_enrol", 1).await;
+    assert_event(
+        &enrolled[0],
+        "mfa_enrol",
+        Some(&me.id),
+        Some(&me.id),
+        "success",
+    );
+    assert_eq!(enrolled[0]["detail"]["method"], "webauthn");
+    assert_eq!(enrolled[0]["detail"]["credential"], created["id"]);
+    let verified = settled(&app, token, "type=mfa_verify", 2).await;
+    assert_eq!(verified[0]["outcome"], "success", "{verified:?}");
+    assert_eq!(verified[0]["detail"], json!({"method": "webauthn"}));
+    assert_eq!(verified[1]["outcome"], "failure", "{verified:?}");
+    // No challenge, assertion or key material in the trail.
+    let text = serde_json::to_string(&verified).unwrap() + &enrolled[0].to_string();
+    assert!(!text.contains(allowed), "{text}");
+    let challenge = options["publicKey"]["challenge"].as_str().unwrap();
+    assert!(!text.contains(challenge), "{text}");
+}
+
+async fn a_discoverable_passkey_signs_in_without_a_password(backend: Backend) {
+    let dep = deployment(backend).await;
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let mut key = Passkey::new();
+    register(&app, &me.tokens.access, &mut key, "Phone").await;
+
+    let (passkey_token, options) = sign_in_start(&app).await;
+    assert_eq!(options["publicKey"]["userVerification"], "required");
+    let assertion = key.get(&options, ORIGIN);
+    let r = sign_in_finish(&app, &passkey_token, &assertion).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let access = r.body["access_token"].as_str().expect("access_token");
+    assert_eq!(claims_of(access)["sub"], me.id.as_str());
+    // The key alone signed in: its own amr, hwk (or swk for a synced passkey).
+    let amr = claims_of(access)["amr"].clone();
+    assert!(amr == json!(["hwk"]) || amr == json!(["swk"]), "{amr}");
+    // The session is a real one: the profile answers, and it refreshes.
+    let profile = app.get("/profile", Some(access)).await;
+    assert_eq!(profile.status, StatusCode::OK, "{}", profile.body);
+    assert_eq!(profile.body["email"], me.email.as_str());
+    let refreshed = refresh(&app, r.body["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+    // A second sign-in: the signature counter moved on and is accepted.
+    let (passkey_token, options) = sign_in_start(&app).await;
+    let assertion = key.get(&options, ORIGIN);
+    let r = sign_in_finish(&app, &passkey_token, &assertion).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+async fn ceremonies_from_another_origin_are_refused(backend: Backend) {
+    let dep = deployment(backend).await;
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let token = me.tokens.access.as_str();
+    // A registration made for another origin.
+    let mut evil = Passkey::new();
+    let r = app
+        .request(Method::POST, "/mfa/webauthn/register/start", token, None)
+        .await;
+    let answer = evil.create(&r.body, EVIL_ORIGIN);
+    app.request(
+        Method::POST,
+        "/mfa/webauthn/register/finish",
+        token,
+        Some(&answer),
+    )
+    .await
+    .assert_error(400, "invalid_grant");
+    assert!(list(&app, token).await.is_empty());
+
+    // An assertion made for another origin: refused at sign-in and as a second factor.
+    let mut key = Passkey::new();
+    register(&app, token, &mut key, "Passkey").await;
+    let (passkey_token, options) = sign_in_start(&app).await;
+    let assertion = key.get(&options, EVIL_ORIGIN);
+    sign_in_finish(&app, &passkey_token, &assertion)
+        .await
+        .assert_error(400, "invalid_grant");
+    let r = app.login_reply(&me.email, PASSWORD).await;
+    r.assert_error(403, "mfa_required");
+    let mfa_token = r.body["mfa_token"].as_str().unwrap().to_string();
+    let evil_assertion = key.get(&r.body["webauthn"], EVIL_ORIGIN);
+    app.post_json(
+        "/login/mfa",
+        &json!({ "mfa_token": mfa_token, "webauthn": evil_assertion }),
+    )
+    .await
+    .assert_error(400, "invalid_grant");
+    // The same pending login still takes the right answer (one attempt spent).
+    let good = key.get(&r.body["webauthn"], ORIGIN);
+    let r = app
+        .post_json(
+            "/login/mfa",
+            &json!({ "mfa_token": mfa_token, "webauthn": good }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+async fn replayed_ceremonies_are_refused(backend: Backend) {
+    let dep = deployment(backend).await;
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let token = me.tokens.access.as_str();
+    let mut key = Passkey::new();
+    let r = app
+        .request(Method::POST, "/mfa/webauthn/register/start", token, None)
+        .await;
+    let answer = key.create(&r.body, ORIGIN);
+    let finish = || {
+        app.request(
+            Method::POST,
+            "/mfa/webauthn/register/finish",
+            token,
+            Some(&answer),
+        )
+    };
+    let r = finish().await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["name"], "Passkey");
+    // The registration's challenge is spent.
+    finish().await.assert_error(400, "invalid_grant");
+    assert_eq!(list(&app, token).await.len(), 1);
+
+    let (passkey_token, options) = sign_in_start(&app).await;
+    let assertion = key.get(&options, ORIGIN);
+    let r = sign_in_finish(&app, &passkey_token, &assertion).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // The same assertion again, and with a fresh passkey_token (another challenge).
+    sign_in_finish(&app, &passkey_token, &assertion)
+        .await
+        .assert_error(400, "invalid_grant");
+    let (fresh, _) = sign_in_start(&app).await;
+    sign_in_finish(&app, &fresh, &assertion)
+        .await
+        .assert_error(400, "invalid_grant");
+    // An unknown passkey_token.
+    sign_in_finish(&app, "not-a-token", &assertion)
+        .await
+        .assert_error(400, "invalid_grant");
+}
+
+async fn a_deleted_passkey_no_longer_signs_in_and_others_cannot_delete_it(backend: Backend) {
+    let dep = deployment(backend).await;
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let other = plain(&app).await;
+    let mut key = Passkey::new();
+    let created = register(&app, &me.tokens.access, &mut key, "Key").await;
+    let id = created["id"].as_str().expect("id");
+    let path = format!("/mfa/webauthn/credentials/{id}");
+
+    // Another account's credential is not found, and stays.
+    app.request(Method::DELETE, &path, &other.tokens.access, None)
+        .await
+        .assert_error(404, "not_found");
+    assert_eq!(list(&app, &me.tokens.access).await.len(), 1);
+    assert!(list(&app, &other.tokens.access).await.is_empty());
+    app.request(
+        Method::DELETE,
+        "/mfa/webauthn/credentials/not-a-uuid",
+        &me.tokens.access,
+        None,
+    )
+    .await
+    .assert_error(400, "invalid_request");
+
+    let r = app
+        .request(Method::DELETE, &path, &me.tokens.access, None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(list(&app, &me.tokens.access).await.is_empty());
+    app.request(Method::DELETE, &path, &me.tokens.access, None)
+        .await
+        .assert_error(404, "not_found");
+    let (passkey_token, options) = sign_in_start(&app).await;
+    let assertion = key.get(&options, ORIGIN);
+    sign_in_finish(&app, &passkey_token, &assertion)
+        .await
+        .assert_error(400, "invalid_grant");
+    // The password alone logs in again.
+    let r = app.login_reply(&me.email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+async fn without_a_relying_party_webauthn_is_off(backend: Backend) {
+    let dep = Deployment::new(backend).await;
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let token = me.tokens.access.as_str();
+    app.request(Method::POST, "/mfa/webauthn/register/start", token, None)
+        .await
+        .assert_error(404, "not_found");
+    app.request(Method::GET, "/mfa/webauthn/credentials", token, None)
+        .await
+        .assert_error(404, "not_found");
+    app.post_json("/login/passkey/start", &json!({}))
+        .await
+        .assert_error(404, "not_found");
+}
+
+async fn passkey_sign_in_refuses_disabled_accounts_and_is_limited_per_address(backend: Backend) {
+    let mut dep = deployment(backend).await;
+    let admins = [unique_email("admin")];
+    dep.set("ADMIN_EMAILS", &admins[0])
+        .set("TRUSTED_PROXIES", "127.0.0.1/32")
+        .set("RATE_LIMIT_LOGIN_PER_IP", 6);
+    let app = dep.spawn().await;
+    let boss = admin(&app, &admins[0]).await;
+    let me = plain(&app).await;
+    let mut key = Passkey::new();
+    register(&app, &me.tokens.access, &mut key, "Key").await;
+
+    // Disabled: the passkey no longer opens a session.
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/admin/users/{}/disable", me.id),
+        Some(&boss.tokens.access),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let (passkey_token, options) = sign_in_start(&app).await;
+    let assertion = key.get(&options, ORIGIN);
+    sign_in_finish(&app, &passkey_token, &assertion)
+        .await
+        .assert_error(401, "invalid_credentials");
+
+    // One client address gets RATE_LIMIT_LOGIN_PER_IP steps; another is not held back.
+    let start_from = |client: &'static str| {
+        let app = &app;
+        async move {
+            let res = app
+                .client
+                .post(app.url("/login/passkey/start"))
+                .header("x-forwarded-for", client)
+                .send()
+                .await
+                .expect("request sent");
+            Reply::read(res).await
+        }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(start_from("192.0.2.7").await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429]);
+    let r = start_from("192.0.2.7").await;
+    r.assert_error(429, "rate_limited");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(start_from("192.0.2.8").await.status, StatusCode::OK);
+}
+
+async fn a_ceremony_started_on_one_pod_finishes_on_another() {
+    let dep = deployment(Backend::Services).await;
+    let (a, b) = (dep.spawn().await, dep.spawn().await);
+    let me = plain(&a).await;
+    let token = me.tokens.access.as_str();
+    let mut key = Passkey::new();
+    let r = a
+        .request(Method::POST, "/mfa/webauthn/register/start", token, None)
+        .await;
+    let answer = key.create(&r.body, ORIGIN);
+    let r = b
+        .request(
+            Method::POST,
+            "/mfa/webauthn/register/finish",
+            token,
+            Some(&answer),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    let (passkey_token, options) = sign_in_start(&a).await;
+    let assertion = key.get(&options, ORIGIN);
+    let r = sign_in_finish(&b, &passkey_token, &assertion).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Spent for every pod.
+    sign_in_finish(&a, &passkey_token, &assertion)
+        .await
+        .assert_error(400, "invalid_grant");
+
+    let r = a.login_reply(&me.email, PASSWORD).await;
+    r.assert_error(403, "mfa_required");
+    let assertion = key.get(&r.body["webauthn"], ORIGIN);
+    let r = b
+        .post_json(
+            "/login/mfa",
+            &json!({ "mfa_token": r.body["mfa_token"], "webauthn": assertion }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
