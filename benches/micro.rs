@@ -59,6 +59,7 @@ fn record(lifetime: Duration) -> SessionRecord {
         user_agent: Some("micro-bench".into()),
         access: std::sync::Arc::new(sessiond::auth::Access::new(vec!["user".into()], vec![])),
         refresh_hash: RefreshToken::generate(uid, sid).hash(),
+        auth: std::sync::Arc::new(sessiond::session::AuthContext::password(now)),
     }
 }
 
@@ -133,6 +134,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
         notify_new_login: false,
         mfa_issuer: cfg.jwt_issuer.clone(),
         mfa_key: None,
+        step_up_max_age: cfg.step_up_max_age,
     };
     web::Data::new(AppState {
         app: sessiond::app::App {

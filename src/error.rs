@@ -62,6 +62,14 @@ pub enum ApiError {
         /// `navigator.credentials.get`.
         webauthn: Option<Box<serde_json::Value>>,
     },
+    /// Step-up: the change needs an authentication more recent than STEP_UP_MAX_AGE (POST
+    /// /reauthenticate renews it); the message says how to get one.
+    #[error("{0}")]
+    ReauthenticationRequired(&'static str),
+    /// REQUIRE_MFA_FOR_ROLES: the session's account holds such a role and the session has not
+    /// authenticated with a second factor; only enrolment and reauthentication are open.
+    #[error("this account's role requires a second factor: enrol one (POST /mfa/totp), then POST /reauthenticate with it, or log in again with it")]
+    MfaEnrolmentRequired,
     #[error("too many requests, retry later")]
     RateLimited { retry_after: u64 },
     /// A backing service could not answer; `detail` is logged, never sent.
@@ -76,8 +84,9 @@ pub enum ApiError {
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"error": "invalid_request", "message": "password must be at least 8 characters"}))]
 pub struct ErrorBody {
-    /// invalid_request, unauthorized, invalid_credentials, invalid_client, invalid_grant, forbidden, email_not_verified,
-    /// mfa_required, invalid_token, not_found, method_not_allowed, email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
+    /// invalid_request, unauthorized, invalid_credentials, invalid_client, invalid_grant, forbidden
+    /// (with `reason` `mfa_enrolment_required` under REQUIRE_MFA_FOR_ROLES), email_not_verified,
+    /// mfa_required, reauthentication_required, invalid_token, not_found, method_not_allowed, email_taken, conflict, payload_too_large, unsupported_media_type, rate_limited, unavailable, internal_error
     pub error: &'static str,
     pub message: String,
 }
@@ -105,7 +114,7 @@ impl ApiError {
             InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             InvalidClient => (StatusCode::UNAUTHORIZED, "invalid_client"),
             InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
-            Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Forbidden | MfaEnrolmentRequired => (StatusCode::FORBIDDEN, "forbidden"),
             EmailNotVerified => (StatusCode::FORBIDDEN, "email_not_verified"),
             InvalidToken => (StatusCode::BAD_REQUEST, "invalid_token"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -121,6 +130,7 @@ impl ApiError {
                 "headers_too_large",
             ),
             MfaRequired { .. } => (StatusCode::FORBIDDEN, "mfa_required"),
+            ReauthenticationRequired(_) => (StatusCode::FORBIDDEN, "reauthentication_required"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -191,6 +201,13 @@ impl ResponseError for ApiError {
                 body["webauthn"] = (**options).clone();
             }
             return res.json(body);
+        }
+        if let ApiError::MfaEnrolmentRequired = self {
+            return res.json(serde_json::json!({
+                "error": error,
+                "message": self.to_string(),
+                "reason": "mfa_enrolment_required",
+            }));
         }
         res.json(ErrorBody {
             error,

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub oauth_signins: IntCounterVec,
     /// Second factors presented: method (totp, recovery_code, webauthn), outcome (success, invalid, replay, error).
     pub mfa: IntCounterVec,
+    /// POST /reauthenticate and step-up checks by outcome: success, invalid_credentials,
+    /// invalid_factor, factor_required, no_password, throttled, error; `required`: a sensitive
+    /// change refused for want of a recent authentication.
+    pub reauthentications: IntCounterVec,
     /// WebAuthn ceremonies: ceremony (registration, sign_in), outcome (started, success,
     /// invalid, no_ceremony, throttled, email_not_verified, error). Second factors count in `mfa`.
     pub webauthn: IntCounterVec,
@@ -244,6 +248,12 @@ impl Metrics {
                 "mfa_verifications_total",
                 "Second factors presented at login, by method and outcome.",
                 &["method", "outcome"],
+            ),
+            reauthentications: counter_vec(
+                &r,
+                "reauthentications_total",
+                "POST /reauthenticate by outcome, and sensitive changes refused for want of a recent authentication (outcome required).",
+                &["outcome"],
             ),
             webauthn: counter_vec(
                 &r,

@@ -361,6 +361,7 @@ impl Application {
             notify_new_login: config.mail.notify_new_login,
             mfa_issuer: config.jwt_issuer.clone(),
             mfa_key: config.jwt_key_encryption_key.clone(),
+            step_up_max_age: config.step_up_max_age,
         };
         let state = web::Data::new(AppState {
             app: app::App {

@@ -23,6 +23,7 @@ impl AppState {
             cache: self.cache.clone(),
             sessions: self.app.sessions.clone(),
             checks: self.app.metrics.token_checks.clone(),
+            mfa_roles: self.config.require_mfa_for_roles.clone().into(),
         }
     }
 

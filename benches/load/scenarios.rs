@@ -614,6 +614,7 @@ fn new_session(keys: &JwtKeys, lifetime: Duration) -> (SessionRecord, String) {
         user_agent: Some("load-suite".into()),
         access: access.clone(),
         refresh_hash: RefreshToken::generate(uid, sid).hash(),
+        auth: std::sync::Arc::new(sessiond::session::AuthContext::password(now)),
     };
     let (token, _) = keys
         .issue(uid, sid, &access, expires_at, now, Uuid::new_v4())

@@ -18,7 +18,10 @@ use crate::{
     },
     error::ApiError,
     mail::{Mail, Template},
-    session::{now_unix, CreateSession, Created, RefreshToken, Revoke, RevokeAll, SessionRecord},
+    session::{
+        now_unix, AuthContext, CreateSession, Created, RefreshToken, Revoke, RevokeAll,
+        SessionRecord, SharedAuth,
+    },
     throttle::{account_key, Bucket, Scope, Throttled},
     users::{
         password::{PasswordHasher, Priority},
@@ -237,8 +240,11 @@ async fn attempt_login(
     let attempt = LoginAttempt::new(app, client, &email);
     let bucket = attempt.admit().await?;
     let (account, access) = attempt.verify(&bucket, password).await?;
-    attempt.require_second_factor(account.id).await?;
-    let grant = attempt.finish(&bucket, account.id, access, None).await?;
+    attempt.require_second_factor(account.id, None).await?;
+    let auth = AuthContext::password(attempt.now);
+    let grant = attempt
+        .finish(&bucket, account.id, access, auth, None)
+        .await?;
     super::email::note_login(app, client, &account).await;
     Ok(grant)
 }
@@ -287,7 +293,7 @@ async fn attempt_second_factor(
     let attempt = LoginAttempt::new(app, client, &account.email);
     let bucket = attempt.admit().await?;
     let method = factor.method();
-    let verdict = mfa::verify_factor(app, account.id, factor).await?;
+    let (verdict, factor_amr) = mfa::verify_factor_amr(app, account.id, factor).await?;
 
     app.metrics
         .mfa
@@ -317,6 +323,11 @@ async fn attempt_second_factor(
             _ => "the code is wrong or already used".into(),
         }));
     }
+    // The first step: a provider sign-in, or the password.
+    let first = match pending.idp.as_deref() {
+        Some(idp) => AuthContext::federated(idp, attempt.now),
+        None => AuthContext::password(attempt.now),
+    };
     if !app.mfa_tokens.consume(pending).await? {
         return Err(ApiError::InvalidGrant(MFA_TOKEN_DEAD.into()));
     }
@@ -334,8 +345,9 @@ async fn attempt_second_factor(
                 .await?)
         }
     };
+    let auth = first.with_second_factor(factor_amr);
     let grant = attempt
-        .finish(&bucket, account.id, access, Some(method))
+        .finish(&bucket, account.id, access, auth, Some(method))
         .await?;
     super::email::note_login(app, client, &account).await;
     Ok(grant)
@@ -499,12 +511,17 @@ impl<'a> LoginAttempt<'a> {
     /// The step between a right password and a session: an account with a second factor gets
     /// `403 mfa_required` and a pending login (the `mfa_token`) instead. Failures are not cleared
     /// yet, so wrong codes keep counting toward the lockout across fresh passwords.
-    pub(super) async fn require_second_factor(&self, user_id: Uuid) -> Result<(), ApiError> {
+    /// `idp`: the provider of a sign-in that came first (`None`: a password).
+    pub(super) async fn require_second_factor(
+        &self,
+        user_id: Uuid,
+        idp: Option<&str>,
+    ) -> Result<(), ApiError> {
         let methods = mfa::enrolled_methods(self.app, user_id).await?;
         if methods.is_empty() {
             return Ok(());
         }
-        let mfa_token = self.app.mfa_tokens.issue(user_id).await?;
+        let mfa_token = self.app.mfa_tokens.issue_after(user_id, idp).await?;
         let webauthn = if methods.contains(&"webauthn") {
             super::webauthn::second_factor_challenge(self.app, user_id, &mfa_token)
                 .await?
@@ -522,18 +539,21 @@ impl<'a> LoginAttempt<'a> {
         })
     }
 
-    /// Clears the failures, opens the session and audits the login; `second_factor` names the
-    /// factor presented after the password, if any.
-    async fn finish(
+    /// Clears the failures, opens the session and audits the login. `auth` says how the user
+    /// authenticated (the session's and its tokens' `amr`: a passwordless sign-in passes its
+    /// own); `second_factor` names the factor presented after the password, if any.
+    pub(super) async fn finish(
         &self,
         bucket: &Bucket,
         user_id: Uuid,
         access: Access,
+        auth: AuthContext,
         second_factor: Option<&str>,
     ) -> Result<Grant, ApiError> {
         let app = self.app;
         self.succeeded(bucket).await?;
-        let (refresh, access) = self.open_session(user_id, access).await?;
+        let auth = Arc::new(auth);
+        let (refresh, access) = self.open_session(user_id, access, auth.clone()).await?;
         self.outcome("success");
         let detail = match second_factor {
             Some(m) => serde_json::json!({ "session_id": refresh.session_id, "mfa": m }),
@@ -552,6 +572,7 @@ impl<'a> LoginAttempt<'a> {
             expires_at: self.now + app.settings.session_lifetime.as_secs() as i64,
             issued_at: self.now,
             jti: Uuid::new_v4(),
+            auth,
         })
     }
 
@@ -575,6 +596,7 @@ impl<'a> LoginAttempt<'a> {
         &self,
         user_id: Uuid,
         access: Access,
+        auth: SharedAuth,
     ) -> Result<(RefreshToken, Access), ApiError> {
         let app = self.app;
         // A v7 id sorts by creation time, which orders the sessions of one second when the
@@ -597,6 +619,7 @@ impl<'a> LoginAttempt<'a> {
             user_agent,
             access: Arc::new(access.clone()),
             refresh_hash: refresh.hash(),
+            auth,
         };
         let evicted = match app.sessions.ask(CreateSession(record)).await? {
             Created::Stored { evicted } => evicted,
@@ -648,7 +671,7 @@ impl<'a> LoginAttempt<'a> {
 /// starts a lock is audited once as `account_locked`, about the account when it exists (an
 /// unknown email's locks are not recorded, so a spray of made-up addresses cannot flood the
 /// trail).
-async fn count_failure(
+pub(super) async fn count_failure(
     app: &App,
     bucket: &Bucket,
     now: i64,
@@ -675,7 +698,7 @@ async fn count_failure(
 /// unused reset links die with the old password (same transaction as the new hash).
 ///
 /// An account without a password (made by a provider sign-in) may set one without
-/// `current_password` within five minutes of that sign-in, from the session it opened.
+/// `current_password` while its session's authentication is recent (STEP_UP_MAX_AGE).
 pub async fn change_password(
     app: &App,
     caller: &Caller,
@@ -782,7 +805,12 @@ pub(crate) async fn check_current_password(
         None if account.password_hash != NO_PASSWORD => {
             return Err(ApiError::invalid("current_password is required"));
         }
-        None => super::federated::take_fresh_sign_in(app, caller).await?,
+        // A passwordless account (made by a provider sign-in) has nothing to check but the
+        // sign-in itself: recent enough, as for every sensitive change.
+        None => {
+            super::step_up::require_recent(app, caller).await?;
+            true
+        }
     };
     if !verified {
         count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone()).await?;

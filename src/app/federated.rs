@@ -11,7 +11,7 @@
 //!    pair a password login opens (`accounts::LoginAttempt::open_session`).
 //!
 //! The same flow links an identity to a signed-in account (`link` set at the start).
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use rand::RngCore;
@@ -30,6 +30,7 @@ use crate::{
         pending::{Kind, Pending, PendingUnavailable},
         Asserted, Challenge, FederationError, Providers,
     },
+    session::AuthContext,
     throttle::Scope,
     users::{
         CreateFederatedUser, FindAccess, FindByEmail, FindIdentity, LinkIdentity, ListIdentities,
@@ -41,9 +42,6 @@ use crate::{
 pub const STATE_TTL: Duration = crate::config::PendingTtls::PRODUCTION.oauth_state;
 /// How long the one-time code given to the client lives.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
-/// How long after a provider sign-in a passwordless account may set a password without a
-/// current one.
-pub const FRESH_SIGN_IN: Duration = Duration::from_secs(300);
 
 /// What the flows of identity providers run on: the providers and the one-time records.
 #[derive(Clone)]
@@ -524,7 +522,10 @@ pub async fn redeem(
     let attempt = LoginAttempt::new(app, client, "");
     // The provider vouches for the identity, not for the account's own second factor: an
     // account with one finishes at POST /login/mfa, as after a password (the code is spent).
-    if let Err(e) = attempt.require_second_factor(grant.user_id).await {
+    if let Err(e) = attempt
+        .require_second_factor(grant.user_id, Some(&grant.provider))
+        .await
+    {
         if matches!(e, ApiError::MfaRequired { .. }) {
             app.metrics
                 .oauth_signins
@@ -533,7 +534,10 @@ pub async fn redeem(
         }
         return Err(e);
     }
-    let (refresh, access) = attempt.open_session(grant.user_id, access).await?;
+    let auth = Arc::new(AuthContext::federated(&grant.provider, attempt.now));
+    let (refresh, access) = attempt
+        .open_session(grant.user_id, access, auth.clone())
+        .await?;
     app.metrics
         .oauth_signins
         .with_label_values(&[grant.provider.as_str(), "success"])
@@ -548,38 +552,18 @@ pub async fn redeem(
             })),
     );
     tracing::info!(user_id = %grant.user_id, session_id = %refresh.session_id, provider = %grant.provider, "signed in through an identity provider");
-    fed.pending
-        .put(
-            Kind::FreshSession,
-            &refresh.session_id.to_string(),
-            &grant.provider,
-            FRESH_SIGN_IN,
-        )
-        .await?;
     let now = attempt.now;
     Ok((
         Grant {
             refresh,
-            access: std::sync::Arc::new(access),
+            access: Arc::new(access),
             expires_at: now + app.settings.session_lifetime.as_secs() as i64,
             issued_at: now,
             jti: Uuid::new_v4(),
+            auth,
         },
         grant.provider,
     ))
-}
-
-/// Whether the caller's session was opened by a provider sign-in within [`FRESH_SIGN_IN`];
-/// answers yes once.
-pub async fn take_fresh_sign_in(app: &App, caller: &Caller) -> Result<bool, ApiError> {
-    let Some(fed) = app.federation.as_ref() else {
-        return Ok(false);
-    };
-    Ok(fed
-        .pending
-        .take(Kind::FreshSession, &caller.session_id.to_string())
-        .await?
-        .is_some())
 }
 
 /// The caller's linked identities.

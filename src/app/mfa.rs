@@ -219,6 +219,16 @@ pub async fn verify_factor(
     user_id: Uuid,
     factor: &SecondFactor,
 ) -> Result<Verdict, ApiError> {
+    Ok(verify_factor_amr(app, user_id, factor).await?.0)
+}
+
+/// [`verify_factor`], with the factor's RFC 8176 `amr` value: `otp` for a TOTP or recovery
+/// code, `hwk` or `swk` (a synced passkey) for WebAuthn.
+pub async fn verify_factor_amr(
+    app: &App,
+    user_id: Uuid,
+    factor: &SecondFactor,
+) -> Result<(Verdict, &'static str), ApiError> {
     if let SecondFactor::Webauthn {
         mfa_token,
         assertion,
@@ -226,12 +236,16 @@ pub async fn verify_factor(
     {
         let asserted =
             super::webauthn::verify_second_factor(app, user_id, mfa_token, assertion).await?;
-        return Ok(if asserted.is_some() {
-            Verdict::Accepted
-        } else {
-            Verdict::Invalid
+        return Ok(match asserted {
+            Some(a) => (Verdict::Accepted, a.amr),
+            None => (Verdict::Invalid, crate::session::amr::HARDWARE_KEY),
         });
     }
+    let otp = crate::session::amr::OTP;
+    Ok((verify_code(app, user_id, factor).await?, otp))
+}
+
+async fn verify_code(app: &App, user_id: Uuid, factor: &SecondFactor) -> Result<Verdict, ApiError> {
     let totp = match app.users.ask(FindTotp(user_id)).await? {
         Some(t) if t.confirmed_at.is_some() => t,
         _ => return Ok(Verdict::Invalid),
@@ -390,15 +404,18 @@ pub enum MfaTokens {
     Memory(moka::sync::Cache<String, Arc<Mutex<Pending>>>),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Pending {
     user_id: Uuid,
     attempts: u64,
+    idp: Option<String>,
 }
 
 /// One attempt at a pending login, counted.
 pub struct Attempt {
     pub user_id: Uuid,
+    /// The identity provider whose sign-in this login continues; `None`: a password login.
+    pub idp: Option<String>,
     key: String,
     /// This was the last attempt allowed: the pending login is already gone.
     last: bool,
@@ -406,7 +423,7 @@ pub struct Attempt {
 
 static ISSUE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     script(&[r"
-redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'attempts', 0)
+redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'attempts', 0, 'idp', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1"])
 });
@@ -418,8 +435,9 @@ static ATTEMPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
 local uid = redis.call('HGET', KEYS[1], 'user_id')
 if not uid then return false end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local idp = redis.call('HGET', KEYS[1], 'idp') or ''
 if n >= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) end
-return {uid, n}"])
+return {uid, n, idp}"])
 });
 
 fn unavailable(e: RedisUnavailable) -> ApiError {
@@ -452,8 +470,14 @@ impl MfaTokens {
         }
     }
 
-    /// A new pending login for `user_id`; returns its token (256 random bits).
+    /// A new pending login for `user_id` after a password; returns its token (256 random bits).
     pub async fn issue(&self, user_id: Uuid) -> Result<String, ApiError> {
+        self.issue_after(user_id, None).await
+    }
+
+    /// A new pending login for `user_id`, after a sign-in through the provider `idp` (`None`:
+    /// after a password).
+    pub async fn issue_after(&self, user_id: Uuid, idp: Option<&str>) -> Result<String, ApiError> {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let token = URL_SAFE_NO_PAD.encode(bytes);
@@ -461,7 +485,9 @@ impl MfaTokens {
         match self {
             MfaTokens::Redis(r, ttl) => {
                 let mut call = ISSUE.key(key);
-                call.arg(user_id.to_string()).arg(ttl.as_millis() as u64);
+                call.arg(user_id.to_string())
+                    .arg(ttl.as_millis() as u64)
+                    .arg(idp.unwrap_or_default());
                 r.call("mfa_token_issue", async |c| {
                     call.invoke_async::<i64>(c).await
                 })
@@ -473,6 +499,7 @@ impl MfaTokens {
                 Arc::new(Mutex::new(Pending {
                     user_id,
                     attempts: 0,
+                    idp: idp.map(str::to_string),
                 })),
             ),
         }
@@ -486,15 +513,22 @@ impl MfaTokens {
             return Ok(None);
         }
         let key = self.key(token);
-        let (user_id, n) = match self {
+        let (user_id, n, idp) = match self {
             MfaTokens::Redis(r, _) => {
                 let mut call = ATTEMPT.key(&key);
                 call.arg(MFA_TOKEN_ATTEMPTS);
-                let got: Option<(String, u64)> = r
+                let got: Option<(String, u64, String)> = r
                     .call("mfa_token_attempt", async |c| call.invoke_async(c).await)
                     .await
                     .map_err(unavailable)?;
-                match got.and_then(|(uid, n)| Some((Uuid::parse_str(&uid).ok()?, n))) {
+                let parsed = got.and_then(|(uid, n, idp)| {
+                    Some((
+                        Uuid::parse_str(&uid).ok()?,
+                        n,
+                        (!idp.is_empty()).then_some(idp),
+                    ))
+                });
+                match parsed {
                     Some(found) => found,
                     None => return Ok(None),
                 }
@@ -512,11 +546,12 @@ impl MfaTokens {
                 if pending.attempts >= MFA_TOKEN_ATTEMPTS {
                     c.invalidate(&key);
                 }
-                (pending.user_id, pending.attempts)
+                (pending.user_id, pending.attempts, pending.idp.clone())
             }
         };
         Ok(Some(Attempt {
             user_id,
+            idp,
             key,
             last: n >= MFA_TOKEN_ATTEMPTS,
         }))

@@ -17,6 +17,7 @@ pub mod email;
 pub mod federated;
 pub mod mfa;
 pub mod sessions;
+pub mod step_up;
 pub mod webauthn;
 
 use std::{sync::Arc, time::Duration};
@@ -77,6 +78,8 @@ pub struct Settings {
     pub mfa_issuer: String,
     /// Seals TOTP secrets at rest (JWT_KEY_ENCRYPTION_KEY); without it they are stored as is.
     pub mfa_key: Option<crate::config::Secret>,
+    /// STEP_UP_MAX_AGE: how recent an authentication sensitive changes need.
+    pub step_up_max_age: Duration,
 }
 
 impl Settings {

@@ -12,7 +12,7 @@ use crate::{
     error::ApiError,
     session::{
         now_unix, ListSessions, Refresh, RefreshToken, Revoke, RevokeAll, Rotation, SessionRecord,
-        SetAccess,
+        SetAccess, SharedAuth,
     },
     throttle::Scope,
     users::FindAccess,
@@ -30,6 +30,8 @@ pub struct Grant {
     pub expires_at: i64,
     pub issued_at: i64,
     pub jti: Uuid,
+    /// How the session's user authenticated (the token's `amr`, `auth_time`, `idp`).
+    pub auth: SharedAuth,
 }
 
 /// Rotates the refresh token. Within the grace window the just-rotated token gets the same
@@ -54,9 +56,14 @@ pub async fn refresh(
         })
         .await?;
     match outcome {
-        Rotation::Rotated { expires_at, access } => Ok(Grant {
+        Rotation::Rotated {
+            expires_at,
+            access,
+            auth,
+        } => Ok(Grant {
             refresh: successor,
             access,
+            auth,
             expires_at,
             issued_at: now,
             jti,
@@ -64,6 +71,7 @@ pub async fn refresh(
         Rotation::Replayed {
             expires_at,
             access,
+            auth,
             rotated_at,
             sealed_successor,
             jti,
@@ -72,6 +80,7 @@ pub async fn refresh(
                 .unseal(&sealed_successor)
                 .ok_or(ApiError::Unauthorized)?,
             access,
+            auth,
             expires_at,
             issued_at: rotated_at,
             jti,

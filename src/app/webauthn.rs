@@ -541,7 +541,10 @@ async fn attempt_sign_in(
         return Err(ApiError::EmailNotVerified);
     }
     let attempt = LoginAttempt::new(app, client, &account.email);
-    let (refresh, access) = match attempt.open_session(user_id, access).await {
+    let amr = amr(&result);
+    // A passkey with user verification is a sign-in of its own: the key's `amr` only.
+    let auth = Arc::new(crate::session::AuthContext::new(&[amr], attempt.now, None));
+    let (refresh, access) = match attempt.open_session(user_id, access, auth.clone()).await {
         Ok(opened) => opened,
         Err(e) => {
             if matches!(e, ApiError::InvalidCredentials) {
@@ -550,7 +553,6 @@ async fn attempt_sign_in(
             return Err(e);
         }
     };
-    let amr = amr(&result);
     count(app, "sign_in", "success");
     app.audit.record(
         AuditEvent::success(AuditKind::Login)
@@ -572,6 +574,7 @@ async fn attempt_sign_in(
             expires_at: now + app.settings.session_lifetime.as_secs() as i64,
             issued_at: now,
             jti: Uuid::new_v4(),
+            auth,
         },
         amr,
     ))

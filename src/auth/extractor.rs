@@ -2,7 +2,7 @@
 //!
 //! The hot path is: verify the JWT (HMAC, in memory), then look the session id up in the local
 //! cache. Only a miss (or an untrusted cache) sends a message to the SessionRegistry.
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpMessage, HttpRequest};
 use uuid::Uuid;
@@ -15,7 +15,8 @@ use crate::{
     error::ApiError,
     metrics::TokenChecks,
     session::{
-        now_unix, CacheLookup, SessionCache, SessionRegistry, SessionState, Touch, Validate,
+        now_unix, CacheLookup, SessionCache, SessionRegistry, SessionState, SharedAuth, Touch,
+        Validate,
     },
 };
 
@@ -31,6 +32,20 @@ pub struct SessionCheck {
     /// Asked on a miss, and told when a hit should be written back (`Touch`).
     pub sessions: Addr<SessionRegistry>,
     pub checks: TokenChecks,
+    /// REQUIRE_MFA_FOR_ROLES.
+    pub mfa_roles: Arc<[String]>,
+}
+
+/// What a session limited by REQUIRE_MFA_FOR_ROLES may still call: who it is, logging out,
+/// reauthenticating, and enrolling a second factor (every /mfa/ route).
+fn open_while_limited(method: &str, route: &str) -> bool {
+    matches!(
+        (method, route),
+        ("GET", "/profile")
+            | ("GET", "/session")
+            | ("POST", "/logout")
+            | ("POST", "/reauthenticate")
+    ) || route.starts_with("/mfa/")
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +57,9 @@ pub struct AuthenticatedSession {
     pub access: SharedAccess,
     /// Absolute end of the session (unix seconds).
     pub session_expires_at: i64,
+    /// How the session's user authenticated, as this pod's view of the session has it (the
+    /// step-up guard reads the store instead).
+    pub auth: SharedAuth,
 }
 
 /// The user a request authenticated as, left in the request's extensions by the extractor, for
@@ -62,6 +80,18 @@ fn bearer_token(req: &HttpRequest) -> Option<&str> {
 }
 
 impl SessionCheck {
+    /// Whether REQUIRE_MFA_FOR_ROLES limits the session: its account holds such a role and its
+    /// authentication (as the session has it now) includes no second factor.
+    pub fn needs_second_factor(&self, session: &AuthenticatedSession) -> bool {
+        !self.mfa_roles.is_empty()
+            && !session.auth.has_second_factor()
+            && session
+                .access
+                .roles
+                .iter()
+                .any(|r| self.mfa_roles.contains(r))
+    }
+
     /// The live session behind verified claims, checked exactly as every bearer request is (the
     /// pod's cache, the registry on a miss): `Ok(None)` for a session that is revoked, expired,
     /// unknown or not the token's user; an error (503) when it cannot be checked, since a token
@@ -112,6 +142,7 @@ impl SessionCheck {
                     session_id: claims.sid,
                     access: s.access,
                     session_expires_at: s.expires_at,
+                    auth: s.auth,
                 }))
             }
             _ => {
@@ -141,6 +172,14 @@ impl FromRequest for AuthenticatedSession {
             match state.live_session(&claims).await? {
                 Some(session) => {
                     req.extensions_mut().insert(RequestUser(claims.sub));
+                    if state.needs_second_factor(&session)
+                        && !open_while_limited(
+                            req.method().as_str(),
+                            req.match_pattern().as_deref().unwrap_or_default(),
+                        )
+                    {
+                        return Err(ApiError::MfaEnrolmentRequired);
+                    }
                     Ok(session)
                 }
                 None => Err(ApiError::Unauthorized),

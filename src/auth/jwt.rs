@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::{config::Config, session::AuthContext};
 
 /// Clock skew tolerated on exp/nbf (RFC 8725 asks for little; ASVS for at most 30 s).
 pub const LEEWAY_SECONDS: u64 = 10;
@@ -35,13 +35,17 @@ pub struct Claims {
     /// Effective permissions of the roles (tokens issued before permissions existed lack it).
     #[serde(default)]
     pub permissions: Vec<String>,
-    /// How the session's user authenticated, when not by password: `["fed"]` for a sign-in
-    /// through an identity provider (on the tokens POST /oauth/token answers).
+    /// How the session's user last authenticated (RFC 8176 values: `pwd`, `otp`, `fed`, `hwk`,
+    /// `swk`, and `mfa` when two factors were used), on every token of the session, refreshed
+    /// ones too. Absent on sessions older than this claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amr: Option<Vec<String>>,
-    /// The identity provider of that sign-in (its configured name).
+    /// The identity provider of a provider sign-in (its configured name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idp: Option<String>,
+    /// Unix seconds of the last authentication (the login, or POST /reauthenticate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
 }
 
 /// An HS256 verification key and the `kid` that names it.
@@ -328,8 +332,8 @@ impl JwtKeys {
         Ok((token, claims.exp - now))
     }
 
-    /// [`Self::issue`] for request handlers, naming the identity provider the user signed in
-    /// with (`amr` `["fed"]` and `idp`) when there is one. An asymmetric signature (RS256 about
+    /// [`Self::issue`] for request handlers, saying how the session's user authenticated
+    /// (`amr`, `auth_time`, `idp`). An asymmetric signature (RS256 about
     /// 2 ms, ES256 about 0.6 ms, EdDSA less, on this machine) runs on the blocking pool, at most
     /// one per CPU at once, so logins and refreshes never stall an actix worker; HS256
     /// (microseconds) is signed inline.
@@ -342,7 +346,7 @@ impl JwtKeys {
         session_expires_at: i64,
         now: i64,
         jti: Uuid,
-        provider: Option<&str>,
+        auth: Option<&AuthContext>,
     ) -> Result<(String, i64), SignError> {
         let claims = self.claims(
             user_id,
@@ -351,7 +355,7 @@ impl JwtKeys {
             session_expires_at,
             now,
             jti,
-            provider,
+            auth,
         );
         let signer = self
             .set
@@ -381,7 +385,7 @@ impl JwtKeys {
         session_expires_at: i64,
         now: i64,
         jti: Uuid,
-        provider: Option<&str>,
+        auth: Option<&AuthContext>,
     ) -> Claims {
         let exp = (now + self.access_ttl.as_secs() as i64).min(session_expires_at);
         Claims {
@@ -395,8 +399,9 @@ impl JwtKeys {
             jti,
             roles: access.roles.clone(),
             permissions: access.permissions.clone(),
-            amr: provider.map(|_| vec!["fed".to_string()]),
-            idp: provider.map(str::to_string),
+            amr: auth.filter(|a| !a.amr.is_empty()).map(|a| a.amr.clone()),
+            idp: auth.and_then(|a| a.idp.clone()),
+            auth_time: auth.map(|a| a.auth_time).filter(|t| *t > 0),
         }
     }
 

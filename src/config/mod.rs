@@ -137,6 +137,8 @@ pub struct Config {
     /// Live sessions one account may hold (ASVS 7.1.2); a login beyond it ends the oldest.
     /// 0: unlimited.
     pub max_sessions_per_user: usize,
+    /// How recent the session's authentication must be for sensitive changes (step-up).
+    pub step_up_max_age: Duration,
     /// Peers whose X-Forwarded-For is believed (load balancers); empty: only the peer address counts.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub throttle: ThrottleConfig,
@@ -146,6 +148,9 @@ pub struct Config {
     pub password_min_score: u8,
     /// Normalized emails whose accounts get the `admin` role at start-up and at registration.
     pub admin_emails: Vec<String>,
+    /// Sessions of accounts holding one of these roles are limited to enrolling a second factor
+    /// until their authentication includes one.
+    pub require_mfa_for_roles: Vec<String>,
     /// Repeated denials of one kind by one actor within this window are written as one counted
     /// event at its end (the first at once), so a loop of 403s cannot flood the audit trail.
     pub audit_denied_window: Duration,
@@ -488,6 +493,11 @@ pub const VARS: &[Var] = &[
         "live sessions per account (0: unlimited)",
     ),
     Var::new(
+        "STEP_UP_MAX_AGE",
+        Value("300"),
+        "seconds after a login or POST /reauthenticate during which sensitive changes (password, email, factors, linked identities) are allowed",
+    ),
+    Var::new(
         "TRUSTED_PROXIES",
         Unset("only the peer address counts"),
         "IPs or CIDR ranges whose X-Forwarded-For is believed",
@@ -563,6 +573,11 @@ pub const VARS: &[Var] = &[
         "ADMIN_EMAILS",
         Unset("no account is granted admin"),
         "comma-separated emails granted the admin role",
+    ),
+    Var::new(
+        "REQUIRE_MFA_FOR_ROLES",
+        Unset("no role requires a second factor"),
+        "comma-separated roles whose accounts' sessions are limited to enrolling a second factor until they authenticate with one",
     ),
     Var::new(
         "AUDIT_DENIED_WINDOW_MS",
@@ -974,6 +989,24 @@ impl Config {
             admin_emails.push(email.into_inner());
         }
 
+        let mut require_mfa_for_roles = Vec::new();
+        for raw in env
+            .get("REQUIRE_MFA_FOR_ROLES")
+            .unwrap_or_default()
+            .split(',')
+        {
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let role = crate::domain::RoleName::parse(raw.trim().to_string()).map_err(|m| {
+                err(
+                    "REQUIRE_MFA_FOR_ROLES",
+                    format!("expected comma-separated role names: {m}"),
+                )
+            })?;
+            require_mfa_for_roles.push(role.into_inner());
+        }
+
         let (webhook_urls, webhook_secret) =
             webhook_settings(env.get("WEBHOOK_URLS"), env.get("WEBHOOK_SECRET"))?;
         let smtp = match env.get("SMTP_URL") {
@@ -1085,6 +1118,7 @@ impl Config {
                 s => Some(Duration::from_secs(s)),
             },
             max_sessions_per_user: env.number("MAX_SESSIONS_PER_USER", 0, 100_000)?,
+            step_up_max_age: secs(env.number("STEP_UP_MAX_AGE", 1, 86_400)?),
             trusted_proxies: parse_proxies(env.get("TRUSTED_PROXIES"))?,
             throttle: ThrottleConfig {
                 window: secs(env.number("RATE_LIMIT_WINDOW_SECONDS", 1, 86_400)?),
@@ -1116,6 +1150,7 @@ impl Config {
             cors_allowed_origins,
             password_min_score: env.number("PASSWORD_MIN_SCORE", 0, 4)?,
             admin_emails,
+            require_mfa_for_roles,
             audit_denied_window: millis(env.number("AUDIT_DENIED_WINDOW_MS", 10, 3_600_000)?),
             webhook_urls,
             webhook_secret,
@@ -1240,6 +1275,7 @@ impl Config {
                 0 => "0 (unlimited)".into(),
                 n => n.to_string(),
             }),
+            "STEP_UP_MAX_AGE" => secs(self.step_up_max_age),
             "TRUSTED_PROXIES" => list(self.trusted_proxies.iter().map(|n| n.to_string())),
             "RATE_LIMIT_WINDOW_SECONDS" => secs(throttle.window),
             "RATE_LIMIT_LOGIN_PER_IP" => Text(throttle.login_per_ip.to_string()),
@@ -1263,6 +1299,7 @@ impl Config {
             "CORS_ALLOWED_ORIGINS" => list(self.cors_allowed_origins.iter().cloned()),
             "PASSWORD_MIN_SCORE" => Text(self.password_min_score.to_string()),
             "ADMIN_EMAILS" => list(self.admin_emails.iter().cloned()),
+            "REQUIRE_MFA_FOR_ROLES" => list(self.require_mfa_for_roles.iter().cloned()),
             "AUDIT_DENIED_WINDOW_MS" => millis(self.audit_denied_window),
             "WEBHOOK_URLS" => list(self.webhook_urls.iter().cloned()),
             "WEBHOOK_SECRET" => secret(&self.webhook_secret),

@@ -26,6 +26,8 @@ pub enum AuditKind {
     /// A second factor presented (POST /login/mfa): success or failure, with the method.
     MfaVerify,
     PasswordChange,
+    /// POST /reauthenticate: the session's authentication renewed, or refused (with the reason).
+    Reauthenticate,
     /// A rotated refresh token presented again after the grace window.
     RefreshReuse,
     Register,
@@ -53,7 +55,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 28] = [
+    pub const ALL: [AuditKind; 29] = [
         Self::AccessDenied,
         Self::AccountLocked,
         Self::ClientCreate,
@@ -82,6 +84,7 @@ impl AuditKind {
         Self::EmailVerify,
         Self::EmailChange,
         Self::MfaReset,
+        Self::Reauthenticate,
     ];
 
     /// The stored and served name.
@@ -115,6 +118,7 @@ impl AuditKind {
             Self::EmailVerify => "email_verify",
             Self::EmailChange => "email_change",
             Self::MfaReset => "mfa_reset",
+            Self::Reauthenticate => "reauthenticate",
         }
     }
 }
@@ -164,6 +168,7 @@ mod tests {
                 "email_verify",
                 "email_change",
                 "mfa_reset",
+                "reauthenticate",
             ]
         );
         assert!(

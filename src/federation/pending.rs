@@ -19,9 +19,6 @@ use crate::{
 pub enum Kind {
     State,
     Code,
-    /// A session opened by a provider sign-in, for the first minutes: its passwordless account
-    /// may set a password without a current one.
-    FreshSession,
     /// A WebAuthn ceremony's state between its start and its finish (`app::webauthn`).
     WebauthnRegistration,
     WebauthnSignIn,
@@ -33,7 +30,6 @@ impl Kind {
         match self {
             Kind::State => "oauth-state",
             Kind::Code => "oauth-code",
-            Kind::FreshSession => "oauth-fresh",
             Kind::WebauthnRegistration => "webauthn-reg",
             Kind::WebauthnSignIn => "webauthn-signin",
             Kind::WebauthnMfa => "webauthn-mfa",

@@ -47,27 +47,20 @@ pub struct TokenPair {
     session_id: Uuid,
 }
 
-/// Signs the access token of a grant and answers with the pair.
+/// Signs the access token of a grant (saying how the session's user authenticated) and
+/// answers with the pair.
 pub(crate) async fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpResponse, ApiError> {
-    token_response_for(jwt, grant, None).await
-}
-
-/// [`token_response`] for a sign-in through `provider` (its access token says so).
-pub(crate) async fn token_response_for(
-    jwt: &JwtKeys,
-    grant: Grant,
-    provider: Option<&str>,
-) -> Result<HttpResponse, ApiError> {
     let Grant {
         refresh,
         access,
         expires_at,
         issued_at,
         jti,
+        auth,
     } = grant;
     let (uid, sid) = (refresh.user_id, refresh.session_id);
     let (access_token, expires_in) = jwt
-        .issue_async(uid, sid, &access, expires_at, issued_at, jti, provider)
+        .issue_async(uid, sid, &access, expires_at, issued_at, jti, Some(&auth))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok()

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{caller, client, resource};
 use crate::{
-    app::email,
+    app::{email, step_up},
     auth::AuthenticatedSession,
     domain::{Email, Password},
     error::ApiError,
@@ -164,7 +164,7 @@ pub struct EmailChangeBody {
     responses(
         (status = 202, description = "Accepted: a link was mailed to the new address", body = Accepted),
         (status = 400, description = "`new_email` is not an address, has control characters, or is the current one (`invalid_request`)", body = crate::error::ErrorBody),
-        (status = 403, description = "The current password is wrong; nothing changed (`forbidden`)", body = crate::error::ErrorBody),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`: POST /reauthenticate, then try again), or the current password is wrong (`forbidden`); nothing changed", body = crate::error::ErrorBody),
         (status = 429, description = "Too many attempts for this session or account, or the account is locked (`rate_limited`)", body = crate::error::ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
@@ -181,6 +181,7 @@ pub async fn change_email(
     } = body.into_inner();
     let new_email = parse_email("new_email", &new_email)?;
     let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
     email::change_email(&state.app, &caller, new_email, current_password).await?;
     Ok(accepted(
         "a link has been mailed to the new address; the change takes effect when it is used",

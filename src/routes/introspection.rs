@@ -125,6 +125,17 @@ pub struct Introspection<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = json!([]))]
     permissions: Option<&'a [String]>,
+    /// How the session's user last authenticated (RFC 8176), as the session has it now (a
+    /// POST /reauthenticate shows here at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!(["pwd"]))]
+    amr: Option<&'a [String]>,
+    /// When (unix seconds): the login, or the last POST /reauthenticate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_time: Option<i64>,
+    /// The identity provider of a provider sign-in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp: Option<&'a str>,
 }
 
 /// Whether an access token is active (RFC 7662), for services that hold no signing key. The
@@ -172,6 +183,10 @@ pub async fn introspect(
     let Some(session) = check.live_session(&claims).await? else {
         return Ok(inactive());
     };
+    // Limited to enrolling a second factor here (REQUIRE_MFA_FOR_ROLES): good for nothing else.
+    if check.needs_second_factor(&session) {
+        return Ok(inactive());
+    }
     Ok(HttpResponse::Ok().json(Introspection {
         active: true,
         sub: Some(claims.sub),
@@ -185,6 +200,9 @@ pub async fn introspect(
         token_type: Some("access_token"),
         roles: Some(&session.access.roles),
         permissions: Some(&session.access.permissions),
+        amr: Some(session.auth.amr.as_slice()).filter(|a| !a.is_empty()),
+        auth_time: Some(session.auth.auth_time).filter(|t| *t > 0),
+        idp: session.auth.idp.as_deref(),
     }))
 }
 

@@ -7,6 +7,7 @@ use crate::{
     app::{
         accounts,
         mfa::{self, SecondFactor},
+        step_up,
     },
     auth::AuthenticatedSession,
     error::ApiError,
@@ -42,6 +43,7 @@ pub struct TotpEnrolment {
     responses(
         (status = 200, description = "The new secret, pending until confirmed", body = TotpEnrolment,
             headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`): POST /reauthenticate, then try again", body = crate::error::ErrorBody),
         (status = 409, description = "A confirmed authenticator exists: remove it first (`conflict`)", body = crate::error::ErrorBody),
     ))]
 pub async fn start_totp(
@@ -49,7 +51,9 @@ pub async fn start_totp(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let enrolment = mfa::start_totp(&state.app, &caller(&req, &state, &session)).await?;
+    let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
+    let enrolment = mfa::start_totp(&state.app, &caller).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(TotpEnrolment {
@@ -99,6 +103,7 @@ pub async fn confirm_totp(
 #[utoipa::path(delete, path = "/mfa/totp", tag = "mfa", security(("bearer" = [])),
     responses(
         (status = 204, description = "Removed; logins need the password only"),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`): POST /reauthenticate, then try again", body = crate::error::ErrorBody),
         (status = 404, description = "No authenticator (`not_found`)", body = crate::error::ErrorBody),
     ))]
 pub async fn remove_totp(
@@ -106,7 +111,9 @@ pub async fn remove_totp(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
-    mfa::remove_totp(&state.app, &caller(&req, &state, &session)).await?;
+    let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
+    mfa::remove_totp(&state.app, &caller).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

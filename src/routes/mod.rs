@@ -11,6 +11,7 @@ pub mod mfa;
 pub mod oauth;
 pub mod openapi;
 pub mod session;
+pub mod step_up;
 pub mod users;
 pub mod webauthn;
 
@@ -68,6 +69,7 @@ pub fn configure(
         mfa::configure(cfg);
         webauthn::configure(cfg);
         session::configure(cfg);
+        step_up::configure(cfg);
         introspection::configure(cfg);
         cfg.service(
             resource("/openapi.json", "GET")

@@ -4,9 +4,12 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{auth::token_response_for, caller, client, resource};
+use super::{auth::token_response, caller, client, resource};
 use crate::{
-    app::federated::{self, CallbackParams},
+    app::{
+        federated::{self, CallbackParams},
+        step_up,
+    },
     auth::AuthenticatedSession,
     error::ApiError,
     state::AppState,
@@ -163,14 +166,14 @@ pub async fn token(
     state: web::Data<AppState>,
     body: web::Json<TokenBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let (grant, provider) = federated::redeem(
+    let (grant, _provider) = federated::redeem(
         &state.app,
         &client(&req, &state),
         &body.code,
         &body.code_verifier,
     )
     .await?;
-    token_response_for(&state.jwt, grant, Some(&provider)).await
+    token_response(&state.jwt, grant).await
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -229,6 +232,7 @@ pub struct AuthorizeUrl {
     params(("provider" = String, Path)), request_body = LinkBody,
     responses(
         (status = 200, description = "The provider's authorization URL", body = AuthorizeUrl),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`): POST /reauthenticate, then try again", body = crate::error::ErrorBody),
         (status = 404, description = "No such provider (`not_found`)", body = crate::error::ErrorBody),
         (status = 429, description = "Too many sign-in steps from this address (`rate_limited`)", body = crate::error::ErrorBody),
     ))]
@@ -239,6 +243,7 @@ pub async fn link_start(
     path: web::Path<String>,
     body: web::Json<LinkBody>,
 ) -> Result<HttpResponse, ApiError> {
+    step_up::require_recent(&state.app, &caller(&req, &state, &session)).await?;
     let authorize_url = federated::start(
         &state.app,
         &client(&req, &state),
@@ -256,6 +261,7 @@ pub async fn link_start(
     params(("provider" = String, Path)),
     responses(
         (status = 204, description = "Unlinked"),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`): POST /reauthenticate, then try again", body = crate::error::ErrorBody),
         (status = 404, description = "No identity at this provider (`not_found`)", body = crate::error::ErrorBody),
         (status = 409, description = "It is the account's last way to sign in (`conflict`)", body = crate::error::ErrorBody),
     ))]
@@ -265,6 +271,8 @@ pub async fn unlink(
     session: AuthenticatedSession,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    federated::unlink(&state.app, &caller(&req, &state, &session), &path).await?;
+    let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
+    federated::unlink(&state.app, &caller, &path).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -51,6 +51,7 @@ use crate::routes;
         routes::webauthn::delete_credential,
         routes::webauthn::start_sign_in,
         routes::webauthn::finish_sign_in,
+        routes::step_up::reauthenticate,
         routes::session::current_session,
         routes::session::list_sessions,
         routes::session::delete_session,

@@ -7,7 +7,10 @@ use uuid::Uuid;
 
 use super::{caller, resource};
 use crate::{
-    app::sessions, auth::AuthenticatedSession, error::ApiError, session::SessionRecord,
+    app::sessions,
+    auth::AuthenticatedSession,
+    error::ApiError,
+    session::{AuthContext, SessionRecord},
     state::AppState,
 };
 
@@ -34,6 +37,23 @@ pub struct SessionInfo<'a> {
     #[schema(example = json!(["audit:read", "sessions:revoke", "users:read", "users:write"]))]
     permissions: &'a [String],
     expires_at: DateTime<Utc>,
+    /// How the user last authenticated in this session (RFC 8176: `pwd`, `otp`, `fed`, `hwk`,
+    /// `swk`, `mfa`); absent for sessions older than this field.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    #[schema(example = json!(["pwd", "otp", "mfa"]))]
+    amr: &'a [String],
+    /// When: the login, or the last POST /reauthenticate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_time: Option<DateTime<Utc>>,
+    /// The identity provider of a provider sign-in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp: Option<&'a str>,
+}
+
+fn auth_time(auth: &AuthContext) -> Result<Option<DateTime<Utc>>, ApiError> {
+    (auth.auth_time > 0)
+        .then(|| timestamp(auth.auth_time))
+        .transpose()
 }
 
 #[utoipa::path(get, path = "/session", tag = "sessions", security(("bearer" = [])),
@@ -45,6 +65,9 @@ pub async fn current_session(session: AuthenticatedSession) -> Result<HttpRespon
         roles: &session.access.roles,
         permissions: &session.access.permissions,
         expires_at: timestamp(session.session_expires_at)?,
+        amr: &session.auth.amr,
+        auth_time: auth_time(&session.auth)?,
+        idp: session.auth.idp.as_deref(),
     }))
 }
 
@@ -56,6 +79,14 @@ pub struct SessionItem {
     expires_at: DateTime<Utc>,
     ip: Option<String>,
     user_agent: Option<String>,
+    /// How the user last authenticated in this session, when (login or POST /reauthenticate),
+    /// and through which identity provider (see GET /session).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    amr: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_time: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp: Option<String>,
     /// Whether this is the session making the call (only in the caller's own list).
     #[serde(skip_serializing_if = "Option::is_none")]
     current: Option<bool>,
@@ -79,6 +110,9 @@ impl SessionList {
                     expires_at: timestamp(r.expires_at)?,
                     ip: r.ip,
                     user_agent: r.user_agent,
+                    amr: r.auth.amr.clone(),
+                    auth_time: auth_time(&r.auth)?,
+                    idp: r.auth.idp.clone(),
                     current: caller.map(|c| c == r.session_id),
                 })
             })

@@ -5,7 +5,10 @@ use serde::Deserialize;
 
 use super::{caller, client, resource};
 use crate::{
-    app::accounts::{self, NewAccount},
+    app::{
+        accounts::{self, NewAccount},
+        step_up,
+    },
     auth::AuthenticatedSession,
     domain::{DisplayName, Email, Password},
     error::ApiError,
@@ -103,7 +106,7 @@ pub struct PasswordBody {
 #[utoipa::path(put, path = "/profile/password", tag = "users", security(("bearer" = [])), request_body = PasswordBody,
     responses(
         (status = 204, description = "Password changed; every other session of the user is revoked"),
-        (status = 403, description = "The current password is wrong, or is missing for an account without a password past five minutes after its provider sign-in; nothing changed (`forbidden`)", body = crate::error::ErrorBody),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`: POST /reauthenticate, then try again; an account without a password may set one without `current_password` while its provider sign-in is that recent), or the current password is wrong (`forbidden`); nothing changed", body = crate::error::ErrorBody),
         (status = 400, description = "The new password does not meet the registration policy (`invalid_request`)", body = crate::error::ErrorBody),
         (status = 404, description = "The account no longer exists (`not_found`)", body = crate::error::ErrorBody),
         (status = 429, description = "Too many attempts for this session or account, or the account is locked after repeated wrong passwords (`rate_limited`)", body = crate::error::ErrorBody,
@@ -123,6 +126,7 @@ pub async fn change_password(
     let new_password =
         Password::parse(new_password).map_err(|m| ApiError::invalid(format!("new_{m}")))?;
     let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
     accounts::change_password(&state.app, &caller, current_password, new_password).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -7,7 +7,12 @@ use uuid::Uuid;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::{admin::json_body, auth::token_response, caller, client, resource};
-use crate::{app::webauthn, auth::AuthenticatedSession, error::ApiError, state::AppState};
+use crate::{
+    app::{step_up, webauthn},
+    auth::AuthenticatedSession,
+    error::ApiError,
+    state::AppState,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -94,6 +99,7 @@ fn options_json<T: Serialize>(options: &T) -> Result<serde_json::Value, ApiError
     responses(
         (status = 200, description = "The creation options", body = CreationOptions,
             headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`): POST /reauthenticate, then try again", body = crate::error::ErrorBody),
         (status = 404, description = "WebAuthn is not configured (WEBAUTHN_RP_ID) (`not_found`)", body = crate::error::ErrorBody),
     ))]
 pub async fn start_registration(
@@ -103,6 +109,7 @@ pub async fn start_registration(
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
     let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
     // The body is optional: none at all means no name.
     let has_body = req.headers().contains_key(header::CONTENT_TYPE)
         || req
@@ -172,6 +179,7 @@ pub async fn list_credentials(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "`id` is not a UUID (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`): POST /reauthenticate, then try again", body = crate::error::ErrorBody),
         (status = 404, description = "No such passkey of the caller, another account's included, or WebAuthn is not configured (`not_found`)", body = crate::error::ErrorBody),
     ))]
 pub async fn delete_credential(
@@ -181,6 +189,7 @@ pub async fn delete_credential(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
     webauthn::delete_credential(&state.app, &caller, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -255,8 +264,7 @@ pub async fn finish_sign_in(
         passkey_token,
         credential,
     } = body.into_inner();
-    // `_amr` (hwk, or swk for a synced passkey) goes into the access token once tokens carry
-    // amr (issue 19's step-up).
+    // `_amr` (hwk, or swk for a synced passkey) is in the grant's authentication already.
     let (grant, _amr) =
         webauthn::finish_sign_in(&state.app, &client, &passkey_token, &credential).await?;
     token_response(&state.jwt, grant).await

@@ -302,6 +302,7 @@ mod tests {
             expires_at: now_unix() + 3600,
             last_seen_at: now_unix(),
             access: Arc::new(Access::new(roles, vec![])),
+            auth: Arc::default(),
         }
     }
 

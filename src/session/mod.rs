@@ -12,12 +12,12 @@ pub use cache::{CacheLookup, SessionCache};
 pub use invalidation::Invalidation;
 pub use refresh::RefreshToken;
 pub use registry::{
-    CreateSession, CutOff, IsCutOff, ListSessions, Ping, Refresh, Restore, Revoke, RevokeAll,
-    SessionRegistry, SetAccess, Stop, Touch, Validate,
+    CreateSession, CutOff, IsCutOff, ListSessions, Ping, Reauthenticate, Refresh, Restore, Revoke,
+    RevokeAll, SessionRegistry, SetAccess, Stop, Touch, Validate,
 };
 pub use store::{MemoryStore, RedisStore, SessionStore};
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use uuid::Uuid;
 
@@ -58,6 +58,87 @@ pub struct SessionRecord {
     pub access: SharedAccess,
     /// SHA-256 (hex) of the current refresh token; the token itself is never stored.
     pub refresh_hash: String,
+    /// How and when the user last authenticated in this session (login or POST
+    /// /reauthenticate): what access tokens, refreshed ones too, and step-up checks use.
+    pub auth: SharedAuth,
+}
+
+/// RFC 8176 `amr` values sessiond writes.
+pub mod amr {
+    pub const PASSWORD: &str = "pwd";
+    /// A TOTP code or a recovery code.
+    pub const OTP: &str = "otp";
+    /// A sign-in through an identity provider.
+    pub const FEDERATED: &str = "fed";
+    /// WebAuthn with a hardware-bound or a software (synced passkey) key.
+    pub const HARDWARE_KEY: &str = "hwk";
+    pub const SOFTWARE_KEY: &str = "swk";
+    /// More than one factor was used.
+    pub const MULTI_FACTOR: &str = "mfa";
+    /// The second factors: a session with one of these has proved more than a password.
+    pub const SECOND_FACTORS: [&str; 3] = [OTP, HARDWARE_KEY, SOFTWARE_KEY];
+}
+
+/// How the session's user last authenticated: the methods (RFC 8176 `amr`), when (unix
+/// seconds), and through which identity provider. Sealed in Redis like the grant, since it
+/// decides what step-up checks allow.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuthContext {
+    pub amr: Vec<String>,
+    /// 0: unknown (a record written before sessiond stored it), never recent.
+    pub auth_time: i64,
+    pub idp: Option<String>,
+}
+
+pub type SharedAuth = Arc<AuthContext>;
+
+impl AuthContext {
+    /// `methods` in order; `mfa` is added when two factors were used.
+    pub fn new(methods: &[&str], auth_time: i64, idp: Option<String>) -> Self {
+        let mut amr: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+        let factors = methods.iter().filter(|m| **m != amr::MULTI_FACTOR).count();
+        if factors >= 2 && !methods.contains(&amr::MULTI_FACTOR) {
+            amr.push(amr::MULTI_FACTOR.to_string());
+        }
+        Self {
+            amr,
+            auth_time,
+            idp,
+        }
+    }
+
+    /// A password login.
+    pub fn password(auth_time: i64) -> Self {
+        Self::new(&[amr::PASSWORD], auth_time, None)
+    }
+
+    /// A sign-in through the identity provider `idp`.
+    pub fn federated(idp: &str, auth_time: i64) -> Self {
+        Self::new(&[amr::FEDERATED], auth_time, Some(idp.to_string()))
+    }
+
+    /// The same first step, completed by `second` (an `amr` value such as `otp`).
+    pub fn with_second_factor(&self, second: &str) -> Self {
+        let mut methods: Vec<&str> = self
+            .amr
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != amr::MULTI_FACTOR && *m != second)
+            .collect();
+        methods.push(second);
+        Self::new(&methods, self.auth_time, self.idp.clone())
+    }
+
+    pub fn has_second_factor(&self) -> bool {
+        self.amr
+            .iter()
+            .any(|m| amr::SECOND_FACTORS.contains(&m.as_str()))
+    }
+
+    /// Whether the last authentication was at most `max_age` before `now`.
+    pub fn is_recent(&self, now: i64, max_age: Duration) -> bool {
+        self.auth_time > 0 && now - self.auth_time <= max_age.as_secs() as i64
+    }
 }
 
 /// What a token check needs to know about a live session.
@@ -67,6 +148,7 @@ pub struct SessionState {
     pub expires_at: i64,
     pub last_seen_at: i64,
     pub access: SharedAccess,
+    pub auth: SharedAuth,
 }
 
 /// Session lifetime rules shared by both stores.
@@ -142,12 +224,14 @@ pub enum Rotation {
     Rotated {
         expires_at: i64,
         access: SharedAccess,
+        auth: SharedAuth,
     },
     /// The presented token was rotated moments ago (within the grace window): here is what is
     /// needed to hand out the same successor again.
     Replayed {
         expires_at: i64,
         access: SharedAccess,
+        auth: SharedAuth,
         rotated_at: i64,
         sealed_successor: String,
         jti: Uuid,
@@ -190,5 +274,23 @@ mod tests {
         assert_eq!(l.touch_interval, Duration::from_secs(25));
         let off = Lifetimes::new(None, Duration::from_secs(10));
         assert_eq!(off.end_at(1_000, 0), 1_000);
+    }
+
+    #[test]
+    fn two_factors_add_mfa_once_and_only_second_factors_count() {
+        let pwd = AuthContext::password(100);
+        assert_eq!(pwd.amr, ["pwd"]);
+        assert!(!pwd.has_second_factor());
+        let both = pwd.with_second_factor(amr::OTP);
+        assert_eq!(both.amr, ["pwd", "otp", "mfa"]);
+        assert!(both.has_second_factor());
+        assert_eq!(both.with_second_factor(amr::OTP).amr, ["pwd", "otp", "mfa"]);
+        let fed = AuthContext::federated("github", 100).with_second_factor(amr::OTP);
+        assert_eq!(fed.amr, ["fed", "otp", "mfa"]);
+        assert_eq!(fed.idp.as_deref(), Some("github"));
+        let max = Duration::from_secs(300);
+        assert!(pwd.is_recent(400, max));
+        assert!(!pwd.is_recent(401, max));
+        assert!(!AuthContext::default().is_recent(1, max));
     }
 }

@@ -402,6 +402,7 @@ impl Handler<CreateSession> for SessionRegistry {
                 expires_at: rec.expires_at,
                 last_seen_at: rec.last_seen_at,
                 access: rec.access.clone(),
+                auth: rec.auth.clone(),
             };
             let entry = CacheEntry::new(Some(state), Instant::now());
             cache.insert(rec.session_id, Arc::new(entry)).await;
@@ -500,6 +501,38 @@ impl Handler<Touch> for SessionRegistry {
                 // Ended meanwhile (idle elsewhere, or expired): stop serving it from the cache.
                 cache.apply(&Invalidation::session(msg.session_id)).await;
             }
+        })
+    }
+}
+
+/// Records a new authentication in a live session (POST /reauthenticate): the store first,
+/// then every pod (this one at once) reads the user's sessions again. `Ok(false)`: the session
+/// is gone.
+#[derive(Message)]
+#[rtype(result = "Reply<Result<bool, SessionError>>")]
+pub struct Reauthenticate {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub auth: super::AuthContext,
+}
+
+impl Handler<Reauthenticate> for SessionRegistry {
+    type Result = Reply<Result<bool, SessionError>>;
+
+    fn handle(&mut self, msg: Reauthenticate, _: &mut Self::Context) -> Self::Result {
+        let (store, cache, metrics) =
+            (self.store.clone(), self.cache.clone(), self.metrics.clone());
+        Reply::new(async move {
+            let updated = store
+                .reauthenticate(msg.user_id, msg.session_id, &msg.auth)
+                .await?;
+            cache.apply(&Invalidation::Access(msg.user_id)).await;
+            if updated {
+                if let SessionStore::Redis(_) = store {
+                    metrics.invalidations_published.inc();
+                }
+            }
+            Ok(updated)
         })
     }
 }

@@ -7,6 +7,8 @@
 //! - `token_mac` over the current refresh_hash: Rust can compute the one a presented token needs
 //!   before calling the rotation script, so the script itself refuses to rotate a forged hash
 //!   (nothing is written, and the forged record is deleted in the same step);
+//! - `auth_mac` over amr, auth_time and idp (how and when the user last authenticated): written
+//!   by login and by POST /reauthenticate, so nobody can freshen auth_time or add a factor;
 //! - `rotation_mac` over prev_hash, rotated_at, succ_sealed and succ_jti (the grace-window state):
 //!   all of it is known to Rust before the rotation, and it is checked before a replayed
 //!   successor is handed out.
@@ -48,6 +50,13 @@ pub struct RotationState<'a> {
     pub rotated_at: i64,
     pub succ_sealed: &'a str,
     pub succ_jti: &'a str,
+}
+
+/// How the user last authenticated, as stored (amr comma-joined; no idp: empty).
+pub struct AuthFields<'a> {
+    pub amr: &'a str,
+    pub auth_time: i64,
+    pub idp: &'a str,
 }
 
 /// One derived key, keyed once: each MAC clones the keyed state.
@@ -92,6 +101,7 @@ impl std::fmt::Debug for SealKeys {
 const GRANT: &[u8] = b"grant";
 const TOKEN: &[u8] = b"token";
 const ROTATION: &[u8] = b"rotation";
+const AUTH: &[u8] = b"auth";
 
 impl SealKeys {
     pub fn new(secret: &[u8], previous: Option<&[u8]>) -> Self {
@@ -176,6 +186,24 @@ impl SealKeys {
         (mac(&self.current), self.previous.as_ref().map(mac))
     }
 
+    fn auth_fields(a: &AuthFields<'_>) -> [Vec<u8>; 3] {
+        [
+            a.amr.as_bytes().to_vec(),
+            a.auth_time.to_be_bytes().to_vec(),
+            a.idp.as_bytes().to_vec(),
+        ]
+    }
+
+    pub fn seal_auth(&self, uid: Uuid, sid: Uuid, a: &AuthFields<'_>) -> String {
+        let f = Self::auth_fields(a);
+        self.seal(AUTH, uid, sid, &[&f[0], &f[1], &f[2]])
+    }
+
+    pub fn verify_auth(&self, uid: Uuid, sid: Uuid, a: &AuthFields<'_>, mac: &str) -> bool {
+        let f = Self::auth_fields(a);
+        self.verify(AUTH, uid, sid, &[&f[0], &f[1], &f[2]], mac)
+    }
+
     fn rotation_fields(r: &RotationState<'_>) -> [Vec<u8>; 4] {
         [
             r.prev_hash.as_bytes().to_vec(),
@@ -248,6 +276,25 @@ mod tests {
         assert_ne!(keys.seal_grant(u, s, &a), keys.seal_grant(u, s, &b));
         // Different MACs of the same ids never stand in for each other.
         assert!(!keys.verify_grant(u, s, &grant(1), &keys.seal_token(u, s, "user")));
+    }
+
+    #[test]
+    fn an_auth_seal_covers_time_methods_and_provider() {
+        let keys = SealKeys::new(S1, None);
+        let (u, s) = (Uuid::new_v4(), Uuid::new_v4());
+        let auth = |amr, auth_time, idp| AuthFields {
+            amr,
+            auth_time,
+            idp,
+        };
+        let mac = keys.seal_auth(u, s, &auth("pwd", 100, ""));
+        assert!(keys.verify_auth(u, s, &auth("pwd", 100, ""), &mac));
+        assert!(!keys.verify_auth(u, s, &auth("pwd", 101, ""), &mac));
+        assert!(!keys.verify_auth(u, s, &auth("pwd,otp,mfa", 100, ""), &mac));
+        assert!(!keys.verify_auth(u, s, &auth("pwd", 100, "github"), &mac));
+        assert!(!keys.verify_auth(u, Uuid::new_v4(), &auth("pwd", 100, ""), &mac));
+        // A grant MAC never stands in for an auth MAC.
+        assert!(!keys.verify_auth(u, s, &auth("pwd", 100, ""), &keys.seal_token(u, s, "pwd")));
     }
 
     #[test]

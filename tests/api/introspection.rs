@@ -337,6 +337,9 @@ async fn only_tokens_of_live_sessions_are_active(backend: Backend) {
     for claim in ["exp", "iat", "nbf", "iss", "aud", "jti"] {
         assert_eq!(answer[claim], claims[claim], "{claim} in {answer}");
     }
+    // How and when the user authenticated, as the session has it.
+    assert_eq!(answer["amr"], json!(["pwd"]), "{answer}");
+    assert_eq!(answer["auth_time"], claims["auth_time"], "{answer}");
     let admin_answer = introspect(&app, &client, &admin.tokens.access).await;
     assert_eq!(admin_answer["roles"], json!(["admin", "user"]));
     assert_eq!(admin_answer["permissions"], json!(ADMIN_PERMISSIONS));

@@ -29,6 +29,7 @@ mod seal;
 mod security;
 mod session_limit;
 mod sessions;
+mod step_up;
 mod tls;
 mod tokens;
 mod topology;

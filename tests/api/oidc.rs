@@ -43,6 +43,8 @@ both_backends!(
     sign_in_steps_are_limited_per_client_address,
     an_email_given_by_userinfo_only_is_used,
     a_provider_sign_in_to_an_account_with_totp_asks_for_the_code,
+    a_provider_session_keeps_fed_idp_and_auth_time_and_reauthenticates_by_signing_in,
+    a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment,
     an_expired_state_is_refused,
 );
 
@@ -1232,4 +1234,124 @@ async fn a_provider_sign_in_to_an_account_with_totp_asks_for_the_code(backend: B
         .get("/profile", done.body["access_token"].as_str())
         .await;
     assert_eq!(profile.body["email"], "tess@example.com");
+    // Both steps are in the session's tokens.
+    let claims = claims_of(done.body["access_token"].as_str().unwrap());
+    assert_eq!(claims["amr"], json!(["fed", "otp", "mfa"]), "{claims}");
+    assert_eq!(claims["idp"], "corp", "{claims}");
+}
+
+async fn a_provider_session_keeps_fed_idp_and_auth_time_and_reauthenticates_by_signing_in(
+    backend: Backend,
+) {
+    let s = setup_with(backend, &[("STEP_UP_MAX_AGE", "2")]).await;
+    s.provider
+        .set_account("rhea-1", "rhea@example.com", true)
+        .await;
+    let first = s.tokens("rhea-1").await;
+    let access = first.body["access_token"].as_str().unwrap();
+    let claims = claims_of(access);
+    assert_eq!(claims["auth_time"], claims["iat"], "{claims}");
+    // A refresh keeps how and when the user signed in, and through which provider.
+    actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
+    let r = refresh(&s.app, first.body["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let refreshed = claims_of(r.body["access_token"].as_str().unwrap());
+    assert_eq!(refreshed["amr"], json!(["fed"]), "{refreshed}");
+    assert_eq!(refreshed["idp"], "corp", "{refreshed}");
+    assert_eq!(refreshed["auth_time"], claims["auth_time"], "{refreshed}");
+    let session = s.app.get("/session", Some(access)).await;
+    assert_eq!(session.body["idp"], "corp", "{}", session.body);
+
+    // Once too old, a passwordless account cannot reauthenticate with a password: it is told
+    // to sign in through its provider again, which gives a recent session.
+    let app = &s.app;
+    let stale = eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        async || {
+            app.request(reqwest::Method::DELETE, "/mfa/totp", access, None)
+                .await
+                .status
+                == StatusCode::FORBIDDEN
+        },
+    )
+    .await;
+    assert!(stale, "the sign-in never became too old");
+    let r = s
+        .app
+        .request(
+            reqwest::Method::POST,
+            "/reauthenticate",
+            access,
+            Some(&json!({"password": "any password at all"})),
+        )
+        .await;
+    r.assert_error(403, "reauthentication_required");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("identity provider"),
+        "{}",
+        r.body
+    );
+    // Nor set a password without the current one.
+    s.app
+        .request(
+            reqwest::Method::PUT,
+            "/profile/password",
+            access,
+            Some(&json!({"new_password": "a new and long passphrase"})),
+        )
+        .await
+        .assert_error(403, "reauthentication_required");
+    let again = s.tokens("rhea-1").await;
+    let fresh = again.body["access_token"].as_str().unwrap();
+    let r = s
+        .app
+        .request(reqwest::Method::DELETE, "/mfa/totp", fresh, None)
+        .await;
+    r.assert_error(404, "not_found");
+}
+
+async fn a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment(backend: Backend) {
+    let s = setup_with(
+        backend,
+        &[
+            ("REQUIRE_MFA_FOR_ROLES", "admin"),
+            ("ADMIN_EMAILS", "ines@example.com"),
+        ],
+    )
+    .await;
+    s.provider
+        .set_account("ines-1", "ines@example.com", true)
+        .await;
+    let first = s.tokens("ines-1").await;
+    let access = first.body["access_token"].as_str().unwrap();
+    let r = s.app.get("/admin/users", Some(access)).await;
+    r.assert_error(403, "forbidden");
+    assert_eq!(r.body["reason"], "mfa_enrolment_required", "{}", r.body);
+    assert_eq!(
+        s.app.get("/session", Some(access)).await.body["roles"],
+        json!(["admin", "user"])
+    );
+    // Enrolment is open; the next sign-in then asks for the code and is not limited.
+    let (totp, _) = crate::mfa::enrol(&s.app, access).await;
+    let (back, verifier) = s.sign_in("ines-1").await;
+    let code = query(&back, "code").unwrap_or_else(|| panic!("a code: {back}"));
+    let reply = s.redeem(&code, &verifier).await;
+    reply.assert_error(403, "mfa_required");
+    let done = s
+        .app
+        .post_json(
+            "/login/mfa",
+            &json!({"mfa_token": reply.body["mfa_token"], "totp": crate::mfa::code(&totp, 1)}),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    let r = s
+        .app
+        .get("/admin/users", done.body["access_token"].as_str())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }

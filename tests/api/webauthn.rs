@@ -230,6 +230,11 @@ async fn a_passkey_is_registered_listed_and_used_as_a_second_factor(backend: Bac
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body["access_token"].is_string(), "{}", r.body);
+    let amr = claims_of(r.body["access_token"].as_str().unwrap())["amr"].clone();
+    assert!(
+        amr == json!(["pwd", "hwk", "mfa"]) || amr == json!(["pwd", "swk", "mfa"]),
+        "{amr}"
+    );
     // The assertion and the mfa_token are spent.
     app.post_json(
         "/login/mfa",
@@ -274,6 +279,9 @@ async fn a_discoverable_passkey_signs_in_without_a_password(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let access = r.body["access_token"].as_str().expect("access_token");
     assert_eq!(claims_of(access)["sub"], me.id.as_str());
+    // The key alone signed in: its own amr, hwk (or swk for a synced passkey).
+    let amr = claims_of(access)["amr"].clone();
+    assert!(amr == json!(["hwk"]) || amr == json!(["swk"]), "{amr}");
     // The session is a real one: the profile answers, and it refreshes.
     let profile = app.get("/profile", Some(access)).await;
     assert_eq!(profile.status, StatusCode::OK, "{}", profile.body);
@@ -453,7 +461,12 @@ async fn an_admin_reset_removes_the_passkeys(backend: Backend) {
     // Audited with the method it removed.
     let query = format!("type=mfa_reset&user_id={}", root.id);
     let events = settled(&app, &root.tokens.access, &query, 1).await;
-    assert_eq!(events[0]["detail"], json!({"methods": ["webauthn"]}), "{}", events[0]);
+    assert_eq!(
+        events[0]["detail"],
+        json!({"methods": ["webauthn"]}),
+        "{}",
+        events[0]
+    );
 }
 
 async fn without_a_relying_party_webauthn_is_off(backend: Backend) {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::domain::Access;
 
 use super::super::{
-    now_unix, Created, Lifetimes, RefreshToken, Rotation, SessionRecord, SessionState,
+    now_unix, AuthContext, Created, Lifetimes, RefreshToken, Rotation, SessionRecord, SessionState,
 };
 
 /// One in-process session with its rotation state.
@@ -181,7 +181,22 @@ impl MemoryStore {
             expires_at: s.rec.expires_at,
             last_seen_at: s.rec.last_seen_at,
             access: s.rec.access.clone(),
+            auth: s.rec.auth.clone(),
         })
+    }
+
+    pub(super) async fn reauthenticate(&self, uid: Uuid, sid: Uuid, auth: &AuthContext) -> bool {
+        let Some(entry) = self.live(uid, sid).await else {
+            return false;
+        };
+        let updated = match entry.lock() {
+            Ok(mut s) => {
+                s.rec.auth = Arc::new(auth.clone());
+                true
+            }
+            Err(_) => false,
+        };
+        updated
     }
 
     pub(super) async fn touch(&self, uid: Uuid, sid: Uuid, now: i64) -> bool {
@@ -275,6 +290,7 @@ impl MemoryStore {
                 return Rotation::Rotated {
                     expires_at: s.rec.expires_at,
                     access: s.rec.access.clone(),
+                    auth: s.rec.auth.clone(),
                 };
             }
             if s.prev_hash.as_deref() == Some(hash.as_str())
@@ -283,6 +299,7 @@ impl MemoryStore {
                 return Rotation::Replayed {
                     expires_at: s.rec.expires_at,
                     access: s.rec.access.clone(),
+                    auth: s.rec.auth.clone(),
                     rotated_at: s.rotated_at,
                     sealed_successor: s.sealed_successor.clone(),
                     jti: s.jti,

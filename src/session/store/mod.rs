@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::domain::Access;
 
 use super::{
-    Created, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord, SessionState,
+    AuthContext, Created, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord,
+    SessionState,
 };
 
 #[derive(Clone)]
@@ -65,6 +66,17 @@ impl SessionStore {
     /// The session if it is live (not revoked, expired or idle).
     pub async fn load(&self, uid: Uuid, sid: Uuid) -> Result<Option<SessionState>, SessionError> {
         dispatch!(self, s => s.load(uid, sid).await)
+    }
+
+    /// Replaces how the session's user authenticated (POST /reauthenticate) and (Redis) has
+    /// every pod read the session again. `Ok(false)`: it is gone.
+    pub async fn reauthenticate(
+        &self,
+        uid: Uuid,
+        sid: Uuid,
+        auth: &AuthContext,
+    ) -> Result<bool, SessionError> {
+        dispatch!(self, s => s.reauthenticate(uid, sid, auth).await)
     }
 
     /// Records use of the session. `Ok(false)`: it is gone.

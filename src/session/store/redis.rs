@@ -24,14 +24,15 @@ use crate::{
     redis::{Redis, ScriptCall},
     session::{
         now_unix,
-        seal::{Grant, RotationState, SealKeys},
-        Created, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError, SessionRecord,
-        SessionState,
+        seal::{AuthFields, Grant, RotationState, SealKeys},
+        AuthContext, Created, Invalidation, Lifetimes, RefreshToken, Rotation, SessionError,
+        SessionRecord, SessionState, SharedAuth,
     },
 };
 
 use super::scripts::{
-    CREATE_GUARD, CUT_OFF, READ_GRANTS, REVOKE, REVOKE_ALL, ROTATE, SET_ACCESS, TOUCH,
+    CREATE_GUARD, CUT_OFF, READ_GRANTS, REAUTHENTICATE, REVOKE, REVOKE_ALL, ROTATE, SET_ACCESS,
+    TOUCH,
 };
 
 fn grant<'a>(roles: &'a str, permissions: &'a str, expires_at: i64) -> Grant<'a> {
@@ -60,7 +61,13 @@ fn parse_access(roles: &str, permissions: &str) -> SharedAccess {
     Arc::new(Access::new(parse_list(roles), parse_list(permissions)))
 }
 
-const RECORD_FIELDS: [&str; 10] = [
+/// The stored form of an authentication: amr comma-joined (RFC 8176 values have no commas),
+/// no provider as the empty string.
+fn auth_fields(auth: &AuthContext) -> (String, String) {
+    (auth.amr.join(","), auth.idp.clone().unwrap_or_default())
+}
+
+const RECORD_FIELDS: [&str; 14] = [
     "user_id",
     "created_at",
     "last_seen_at",
@@ -71,6 +78,10 @@ const RECORD_FIELDS: [&str; 10] = [
     "refresh_hash",
     "permissions",
     "grant_mac",
+    "amr",
+    "auth_time",
+    "idp",
+    "auth_mac",
 ];
 
 #[derive(Clone)]
@@ -177,6 +188,7 @@ impl RedisStore {
                 self.seal
                     .seal_token(rec.user_id, rec.session_id, &rec.refresh_hash),
             );
+        self.auth_args(&mut hset, rec.user_id, rec.session_id, &rec.auth);
         if let Some(ip) = &rec.ip {
             hset.arg("ip").arg(ip);
         }
@@ -287,8 +299,14 @@ impl RedisStore {
             Option<String>,
             Option<String>,
             Option<String>,
+            (
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ),
         );
-        let (user_id, expires_at, last_seen_at, roles, permissions, mac): Fields = self
+        let fields: Vec<Option<String>> = self
             .bounded(
                 "load",
                 conn.hmget(
@@ -300,10 +318,25 @@ impl RedisStore {
                         "roles",
                         "permissions",
                         "grant_mac",
+                        "amr",
+                        "auth_time",
+                        "idp",
+                        "auth_mac",
                     ],
                 ),
             )
             .await?;
+        let mut fields = fields.into_iter();
+        let mut next = || fields.next().flatten();
+        let (user_id, expires_at, last_seen_at, roles, permissions, mac, auth): Fields = (
+            next(),
+            next(),
+            next().and_then(|v| v.parse().ok()),
+            next(),
+            next(),
+            next(),
+            (next(), next(), next(), next()),
+        );
         if user_id.is_none() && expires_at.is_none() {
             return Ok(None);
         }
@@ -320,6 +353,10 @@ impl RedisStore {
             self.unsealed(uid, sid, "load").await;
             return Ok(None);
         };
+        let Some(auth) = self.verified_auth(uid, sid, &auth) else {
+            self.unsealed(uid, sid, "load").await;
+            return Ok(None);
+        };
         let last_seen_at = last_seen_at.unwrap_or(0);
         if !self.lifetimes.is_live(expires_at, last_seen_at, now_unix()) {
             return Ok(None);
@@ -329,7 +366,96 @@ impl RedisStore {
             expires_at,
             last_seen_at,
             access: parse_access(&roles, &permissions),
+            auth,
         }))
+    }
+
+    /// The authentication fields (and their MAC) of a record to be written.
+    fn auth_args(&self, cmd: &mut redis::Cmd, uid: Uuid, sid: Uuid, auth: &AuthContext) {
+        let (amr, idp) = auth_fields(auth);
+        let mac = self.seal.seal_auth(
+            uid,
+            sid,
+            &AuthFields {
+                amr: &amr,
+                auth_time: auth.auth_time,
+                idp: &idp,
+            },
+        );
+        cmd.arg("amr")
+            .arg(amr)
+            .arg("auth_time")
+            .arg(auth.auth_time)
+            .arg("idp")
+            .arg(idp)
+            .arg("auth_mac")
+            .arg(mac);
+    }
+
+    /// How the user authenticated (`amr`, `auth_time`, `idp`, `auth_mac`, as stored) if its MAC
+    /// verifies. A record with none of these (written before sessiond stored them) is an
+    /// unknown authentication, never recent and without a second factor: stripping the fields
+    /// gains nothing. `None`: the record must not be believed.
+    fn verified_auth(
+        &self,
+        uid: Uuid,
+        sid: Uuid,
+        (amr, auth_time, idp, mac): &(
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ),
+    ) -> Option<SharedAuth> {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let (amr, auth_time, idp, mac) = (text(amr), text(auth_time), text(idp), text(mac));
+        if mac.is_empty() {
+            return (amr.is_empty() && auth_time.is_empty() && idp.is_empty())
+                .then(|| Arc::new(AuthContext::default()));
+        }
+        let auth_time: i64 = auth_time.parse().ok()?;
+        let fields = AuthFields {
+            amr: &amr,
+            auth_time,
+            idp: &idp,
+        };
+        self.seal.verify_auth(uid, sid, &fields, &mac).then(|| {
+            Arc::new(AuthContext {
+                amr: parse_list(&amr),
+                auth_time,
+                idp: (!idp.is_empty()).then_some(idp),
+            })
+        })
+    }
+
+    pub(super) async fn reauthenticate(
+        &self,
+        uid: Uuid,
+        sid: Uuid,
+        auth: &AuthContext,
+    ) -> Result<bool, SessionError> {
+        let (amr, idp) = auth_fields(auth);
+        let mac = self.seal.seal_auth(
+            uid,
+            sid,
+            &AuthFields {
+                amr: &amr,
+                auth_time: auth.auth_time,
+                idp: &idp,
+            },
+        );
+        let mut conn = self.redis.conn();
+        let mut call = REAUTHENTICATE.key(self.session_key(uid, sid));
+        call.arg(amr)
+            .arg(auth.auth_time)
+            .arg(idp)
+            .arg(mac)
+            .arg(&*self.channel)
+            .arg(Invalidation::Access(uid).encode());
+        let updated: i64 = self
+            .bounded("reauthenticate", call.invoke_async(&mut conn))
+            .await?;
+        Ok(updated == 1)
     }
 
     /// The record's absolute expiry if its grant MAC verifies for this user and session (and a
@@ -477,33 +603,32 @@ impl RedisStore {
                 .arg(format!("{}{sid}", self.session_prefix(uid)))
                 .arg(&RECORD_FIELDS);
         }
-        type Fields = (
-            Option<String>,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let rows: Vec<Fields> = self.bounded("list", pipe.query_async(&mut conn)).await?;
+        let rows: Vec<Vec<Option<String>>> =
+            self.bounded("list", pipe.query_async(&mut conn)).await?;
         let (mut live, mut gone, mut unsealed) = (Vec::new(), Vec::new(), Vec::new());
         let now = now_unix();
         for (sid, row) in sids.iter().zip(rows) {
             let Ok(session_id) = Uuid::parse_str(sid) else {
                 continue;
             };
-            let (user, created_at, last_seen_at, expires_at, ip, user_agent) =
-                (row.0, row.1, row.2, row.3, row.4, row.5);
-            let (roles, hash, permissions, mac) = (
-                row.6.unwrap_or_default(),
-                row.7,
-                row.8.unwrap_or_default(),
-                row.9,
+            // In RECORD_FIELDS order.
+            let mut row = row.into_iter();
+            let mut next = || row.next().flatten();
+            let (user, created_at, last_seen_at, expires_at, ip, user_agent) = (
+                next(),
+                next().and_then(|v| v.parse::<i64>().ok()),
+                next().and_then(|v| v.parse::<i64>().ok()),
+                next(),
+                next(),
+                next(),
             );
+            let (roles, hash, permissions, mac) = (
+                next().unwrap_or_default(),
+                next(),
+                next().unwrap_or_default(),
+                next(),
+            );
+            let auth = (next(), next(), next(), next());
             if user.is_none() && expires_at.is_none() {
                 gone.push(sid.clone());
                 continue;
@@ -517,6 +642,10 @@ impl RedisStore {
                 &permissions,
                 mac.as_deref(),
             ) else {
+                unsealed.push(session_id);
+                continue;
+            };
+            let Some(auth) = self.verified_auth(uid, session_id, &auth) else {
                 unsealed.push(session_id);
                 continue;
             };
@@ -534,6 +663,7 @@ impl RedisStore {
                         user_agent,
                         access: parse_access(&roles, &permissions),
                         refresh_hash: hash.unwrap_or_default(),
+                        auth,
                     })
                 }
                 _ => gone.push(sid.clone()),
@@ -598,14 +728,20 @@ impl RedisStore {
             let (exp, mac) = (Some(text(exp)), Some(text(mac)));
             self.verified_expiry(uid, sid, None, exp, text(roles), text(permissions), mac)
         };
+        // The authentication from position `at` on (four fields), if its MAC verifies.
+        let auth_at = |at: usize| {
+            let field = |i: usize| reply.get(at + i).cloned();
+            self.verified_auth(uid, sid, &(field(0), field(1), field(2), field(3)))
+        };
         let outcome = match text(0) {
-            "rotated" => match grant_at(1, 2, 3, 4) {
-                Some(expires_at) if now < expires_at => Rotation::Rotated {
+            "rotated" => match (grant_at(1, 2, 3, 4), auth_at(5)) {
+                (Some(expires_at), Some(auth)) if now < expires_at => Rotation::Rotated {
                     expires_at,
                     access: parse_access(text(2), text(3)),
+                    auth,
                 },
-                Some(_) => Rotation::Invalid,
-                None => self.unsealed_rotation(uid, sid, true).await,
+                (Some(_), Some(_)) => Rotation::Invalid,
+                _ => self.unsealed_rotation(uid, sid, true).await,
             },
             "replayed" => {
                 let rotation = match (text(3).parse::<i64>(), Uuid::parse_str(text(5))) {
@@ -622,17 +758,18 @@ impl RedisStore {
                     }
                     _ => None,
                 };
-                match (grant_at(1, 2, 6, 7), rotation) {
-                    (Some(expires_at), Some((rotated_at, jti))) if now < expires_at => {
+                match (grant_at(1, 2, 6, 7), rotation, auth_at(9)) {
+                    (Some(expires_at), Some((rotated_at, jti)), Some(auth)) if now < expires_at => {
                         Rotation::Replayed {
                             expires_at,
                             access: parse_access(text(2), text(6)),
+                            auth,
                             rotated_at,
                             sealed_successor: text(4).to_string(),
                             jti,
                         }
                     }
-                    (Some(_), Some(_)) => Rotation::Invalid,
+                    (Some(_), Some(_), Some(_)) => Rotation::Invalid,
                     _ => self.unsealed_rotation(uid, sid, true).await,
                 }
             }
@@ -694,6 +831,7 @@ mod tests {
             user_agent: None,
             access: Arc::new(Access::new(vec!["user".into()], vec![])),
             refresh_hash: String::new(),
+            auth: Arc::new(AuthContext::password(created_at)),
         }
     }
 
@@ -754,6 +892,9 @@ mod tests {
         let _ = store.create(&rec).await;
         let _ = store.load(uid, sid).await;
         let _ = store.touch(uid, sid, now).await;
+        let _ = store
+            .reauthenticate(uid, sid, &AuthContext::password(now))
+            .await;
         let _ = store.set_access(uid, &admin).await;
         let _ = store.list(uid).await;
         let _ = store.rotate(&first, &second, Uuid::new_v4(), now).await;
@@ -767,9 +908,9 @@ mod tests {
             prefix,
             &[store.channel()],
         );
-        // create (MULTI), load, touch, read_grants, set_access, list_index (two commands),
+        // create (MULTI), load, touch, reauthenticate, read_grants, set_access, list_index (two commands),
         // list (pipeline), rotate, revoke, revoke_all, cut_off, is_cut_off, restore.
-        assert!(checked >= 14, "only {checked} calls named keys");
+        assert!(checked >= 15, "only {checked} calls named keys");
     }
 
     #[actix_web::test]

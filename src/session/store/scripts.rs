@@ -22,6 +22,11 @@ pub(super) static READ_GRANTS: LazyLock<Script> =
 pub(super) static SET_ACCESS: LazyLock<Script> =
     LazyLock::new(|| load(include_str!("scripts/set_access.lua")));
 
+/// Replaces the authentication fields and their MAC (computed in Rust) of an existing session,
+/// and has every pod read the user's sessions again (an `a:` message).
+pub(super) static REAUTHENTICATE: LazyLock<Script> =
+    LazyLock::new(|| load(include_str!("scripts/reauthenticate.lua")));
+
 pub(super) static TOUCH: LazyLock<Script> =
     LazyLock::new(|| load(include_str!("scripts/touch.lua")));
 

@@ -1,6 +1,13 @@
 if redis.call('EXISTS', KEYS[4]) == 1 then return {'invalid'} end
 local f = redis.call('HMGET', KEYS[1], 'refresh_hash', 'prev_hash', 'rotated_at', 'succ_sealed',
-  'succ_jti', 'expires_at', 'roles', 'permissions', 'token_mac', 'grant_mac', 'rotation_mac')
+  'succ_jti', 'expires_at', 'roles', 'permissions', 'token_mac', 'grant_mac', 'rotation_mac',
+  'amr', 'auth_time', 'idp', 'auth_mac')
+-- The authentication fields and their MAC, appended to every answer that hands out tokens.
+local auth = {f[12] or '', f[13] or '', f[14] or '', f[15] or ''}
+local function with_auth(reply)
+  for _, v in ipairs(auth) do table.insert(reply, v) end
+  return reply
+end
 if not f[1] then return {'invalid'} end
 local now = tonumber(ARGV[3])
 local function revoke()
@@ -22,12 +29,12 @@ if f[1] == ARGV[1] then
   redis.call('EXPIREAT', KEYS[3], exp)
   local idle = tonumber(ARGV[9])
   if idle > 0 then redis.call('EXPIREAT', KEYS[1], math.min(exp, now + idle)) end
-  return {'rotated', f[6], f[7] or '', f[8] or '', f[10] or ''}
+  return with_auth({'rotated', f[6], f[7] or '', f[8] or '', f[10] or ''})
 end
 local rotated_at = tonumber(f[3])
 if f[2] == ARGV[1] and rotated_at and now - rotated_at <= tonumber(ARGV[4]) then
-  return {'replayed', f[6] or '', f[7] or '', f[3], f[4] or '', f[5] or '', f[8] or '',
-    f[10] or '', f[11] or ''}
+  return with_auth({'replayed', f[6] or '', f[7] or '', f[3], f[4] or '', f[5] or '', f[8] or '',
+    f[10] or '', f[11] or ''})
 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then
   revoke()

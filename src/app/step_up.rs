@@ -1,0 +1,210 @@
+//! Step-up: sensitive changes (the password, the email, the second factors, linked identities)
+//! need an authentication more recent than STEP_UP_MAX_AGE, and POST /reauthenticate renews the
+//! session's authentication without a new session.
+//!
+//! The guard reads the session from the store, not from the pod's cache: these calls are rare,
+//! and a reauthentication made through another pod a moment ago must count at once.
+use super::{
+    accounts::count_failure,
+    mfa::{self, SecondFactor, Verdict},
+    App, Caller,
+};
+use crate::actor::Ask;
+use crate::{
+    audit::AuditEvent,
+    domain::{AuditKind, Password},
+    error::ApiError,
+    session::{now_unix, AuthContext, Reauthenticate, SessionState, Validate},
+    throttle::{account_key, Scope, Throttled},
+    users::{password::Priority, FindAccess, FindAccount, NO_PASSWORD},
+};
+
+const STALE: &str = "this change needs a recent authentication: POST /reauthenticate with the \
+password (and the second factor, when one is enrolled), then try again";
+const NO_PASSWORD_TO_CHECK: &str = "this account has no password: sign in again through its \
+identity provider (a new sign-in is recent), or set a password first";
+
+/// The caller's session as the store has it now (not the pod's cache); 401 if it has ended.
+async fn current_session(app: &App, caller: &Caller) -> Result<SessionState, ApiError> {
+    app.sessions
+        .ask(Validate {
+            user_id: caller.user_id,
+            session_id: caller.session_id,
+            fresh: true,
+        })
+        .await?
+        .filter(|s| s.user_id == caller.user_id)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// `403 reauthentication_required` unless the caller's session authenticated (logged in, or
+/// POST /reauthenticate) within STEP_UP_MAX_AGE. Reads the session's current authentication,
+/// so a reauthentication through any pod counts at once for the same access token.
+pub async fn require_recent(app: &App, caller: &Caller) -> Result<(), ApiError> {
+    let session = current_session(app, caller).await?;
+    if session
+        .auth
+        .is_recent(now_unix(), app.settings.step_up_max_age)
+    {
+        return Ok(());
+    }
+    app.metrics
+        .reauthentications
+        .with_label_values(&["required"])
+        .inc();
+    Err(ApiError::ReauthenticationRequired(STALE))
+}
+
+/// What POST /reauthenticate presents.
+pub struct Proof {
+    pub password: String,
+    /// Required when the account has a second factor.
+    pub factor: Option<SecondFactor>,
+}
+
+/// POST /reauthenticate: the password (and the second factor, when enrolled) again, as at
+/// login: limited per session and per account, wrong answers count toward the account's
+/// lockout, and a locked account is refused like a wrong password. On success the session's
+/// `auth_time` (and `amr`) are renewed on every pod; no new session.
+pub async fn reauthenticate(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiError> {
+    let result = attempt(app, caller, proof).await;
+    if result.as_ref().is_err_and(|e| e.code().0.is_server_error()) {
+        app.metrics
+            .reauthentications
+            .with_label_values(&["error"])
+            .inc();
+    }
+    result
+}
+
+async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiError> {
+    let Proof { password, factor } = proof;
+    let outcome = |o: &str| app.metrics.reauthentications.with_label_values(&[o]).inc();
+    let event = |e: AuditEvent| e.by(caller.user_id).ip(caller.ip.clone());
+    let throttled = |reason: &str, t: Throttled| {
+        outcome("throttled");
+        app.audit.record(
+            event(AuditEvent::denied(AuditKind::Reauthenticate))
+                .detail(serde_json::json!({ "reason": reason })),
+        );
+        ApiError::from(t)
+    };
+    if let Err(t) = app
+        .throttle
+        .hit(Scope::PasswordChangeSession, &caller.session_id.to_string())
+        .await?
+    {
+        return Err(throttled("rate_limited", t));
+    }
+    let account = app
+        .users
+        .ask(FindAccount(caller.user_id))
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let now = now_unix();
+    let bucket = app
+        .throttle
+        .bucket(
+            &account_key(&account.email),
+            &super::client_group(caller.ip.as_deref()),
+        )
+        .await?;
+    if let Err(t) = app.throttle.hit(Scope::LoginAccount, bucket.id()).await? {
+        return Err(throttled("rate_limited", t));
+    }
+    if let Err(t) = app.throttle.check_lock(bucket.id(), now).await? {
+        return Err(throttled("locked", t));
+    }
+    if account.password_hash == NO_PASSWORD {
+        outcome("no_password");
+        app.audit.record(
+            event(AuditEvent::denied(AuditKind::Reauthenticate))
+                .detail(serde_json::json!({ "reason": "no_password" })),
+        );
+        return Err(ApiError::ReauthenticationRequired(NO_PASSWORD_TO_CHECK));
+    }
+    let refuse = async |reason: &str, error: ApiError| -> Result<ApiError, ApiError> {
+        count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone()).await?;
+        outcome(reason);
+        app.audit.record(
+            event(AuditEvent::failure(AuditKind::Reauthenticate))
+                .detail(serde_json::json!({ "reason": reason })),
+        );
+        Ok(error)
+    };
+    // Told before the password is checked, so the answer says nothing about the password.
+    let enrolled = mfa::enrolled_methods(app, caller.user_id).await?;
+    if !enrolled.is_empty() && factor.is_none() {
+        outcome("factor_required");
+        app.audit.record(
+            event(AuditEvent::denied(AuditKind::Reauthenticate))
+                .detail(serde_json::json!({ "reason": "factor_required" })),
+        );
+        return Err(ApiError::invalid(format!(
+            "this account has a second factor: send the password with one of {}",
+            enrolled.join(", ")
+        )));
+    }
+    // An impossible password cannot match: same answer, without spending a hash. A stolen token
+    // hammering this must not take the hashing share logins keep: not `Priority::Login`.
+    let verified = Password::could_match(&password)
+        && app
+            .hasher
+            .verify(
+                password,
+                Some(account.password_hash.clone()),
+                Priority::Other,
+            )
+            .await?;
+    if !verified {
+        return Err(refuse("invalid_credentials", ApiError::InvalidCredentials).await?);
+    }
+    let mut methods = vec![crate::session::amr::PASSWORD];
+    // A factor sent for an account that has none is ignored.
+    if let Some(factor) = factor.filter(|_| !enrolled.is_empty()) {
+        let method = factor.method();
+        let (verdict, factor_amr) = mfa::verify_factor_amr(app, caller.user_id, &factor).await?;
+        app.metrics
+            .mfa
+            .with_label_values(&[method, verdict.as_str()])
+            .inc();
+        if verdict != Verdict::Accepted {
+            let wrong = ApiError::InvalidGrant("the code is wrong or already used".into());
+            app.audit.record(
+                event(AuditEvent::failure(AuditKind::MfaVerify))
+                    .detail(serde_json::json!({ "method": method, "reason": verdict.as_str() })),
+            );
+            return Err(refuse("invalid_factor", wrong).await?);
+        }
+        methods.push(factor_amr);
+    }
+    // A disabled account's sessions are already revoked; this catches a race with it.
+    match app.users.ask(FindAccess(caller.user_id)).await? {
+        Some(a) if !a.disabled => {}
+        _ => return Err(ApiError::Unauthorized),
+    }
+    app.throttle.record_success(bucket.id()).await?;
+    // The provider of the session's sign-in is not part of this authentication.
+    let auth = AuthContext::new(&methods, now, None);
+    let amr = auth.amr.clone();
+    let renewed = app
+        .sessions
+        .ask(Reauthenticate {
+            user_id: caller.user_id,
+            session_id: caller.session_id,
+            auth,
+        })
+        .await?;
+    if !renewed {
+        return Err(ApiError::Unauthorized);
+    }
+    outcome("success");
+    app.audit.record(
+        event(AuditEvent::success(AuditKind::Reauthenticate)).detail(serde_json::json!({
+            "session_id": caller.session_id,
+            "amr": amr,
+        })),
+    );
+    tracing::info!(user_id = %caller.user_id, session_id = %caller.session_id, "reauthenticated");
+    Ok(())
+}
