@@ -132,13 +132,22 @@ pub async fn forgot_password(app: &App, client: &Client, email: Email) -> Result
     // Woken for a decoy too (it then finds nothing to send): the worker's reads of the outbox
     // follow either answer alike.
     app.mailer.wake();
-    if let Some(id) = user_id {
-        app.audit.record(
-            AuditEvent::success(AuditKind::PasswordResetRequest)
-                .subject(id)
-                .ip(client.ip.clone()),
-        );
-        tracing::info!(user_id = %id, "password reset link mailed");
+    // Audited either way: the same write after either answer, and a trail of requests for
+    // addresses no account holds (someone probing for accounts).
+    match user_id {
+        Some(id) => {
+            app.audit.record(
+                AuditEvent::success(AuditKind::PasswordResetRequest)
+                    .subject(id)
+                    .ip(client.ip.clone()),
+            );
+            tracing::info!(user_id = %id, "password reset link mailed");
+        }
+        None => app.audit.record(
+            AuditEvent::failure(AuditKind::PasswordResetRequest)
+                .ip(client.ip.clone())
+                .detail(serde_json::json!({ "reason": "unknown_address" })),
+        ),
     }
     Ok(())
 }

@@ -481,6 +481,8 @@ async fn unknown_email_is_indistinguishable(backend: Backend) {
     let app = dep.spawn().await;
     let known = unique_email("known");
     register(&app, &known).await;
+    // Its verification mail first, so that the reset mail is the second one it gets.
+    smtp.nth(&known, 1, "Confirm your email address").await;
     let unknown = unique_email("unknown");
     let (k, u) = (forgot(&app, &known).await, forgot(&app, &unknown).await);
     assert_eq!(k.status, StatusCode::ACCEPTED);
@@ -522,6 +524,31 @@ async fn unknown_email_is_indistinguishable(backend: Backend) {
             .expect("row");
         assert_eq!(row.try_get::<i64>("", "n").expect("n"), 1, "{email}");
     }
+    // Both are audited (the same write after either answer): the unknown address as a failure
+    // without a subject.
+    let count = async |outcome: &str, subject: &str| -> i64 {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!(
+                    "SELECT COUNT(*) AS n FROM audit_events WHERE event_type = \
+                     'password_reset_request' AND outcome = '{outcome}' AND subject_id {subject}"
+                ),
+            ))
+            .await
+            .expect("query")
+            .expect("row");
+        row.try_get::<i64>("", "n").expect("n")
+    };
+    let audited = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || {
+            count("success", "IS NOT NULL").await == 2 && count("failure", "IS NULL").await == 2
+        },
+    )
+    .await;
+    assert!(audited, "two requests of each kind audited");
     let _ = db.close().await;
 }
 
