@@ -9,6 +9,8 @@ use super::{
     mfa::{self, SecondFactor, Verdict},
     App, Caller,
 };
+use webauthn_rs::prelude::PublicKeyCredential;
+
 use crate::actor::Ask;
 use crate::{
     audit::AuditEvent,
@@ -18,7 +20,6 @@ use crate::{
     throttle::{account_key, Scope, Throttled},
     users::{password::Priority, FindAccess, FindAccount, NO_PASSWORD},
 };
-use webauthn_rs::prelude::PublicKeyCredential;
 
 const STALE: &str = "this change needs a recent authentication: POST /reauthenticate with the \
 password (and the second factor, when one is enrolled) or with a passkey, then try again";
@@ -74,8 +75,9 @@ pub enum Proof {
 }
 
 /// POST /reauthenticate: the password (and the second factor, when enrolled) again, as at
-/// login, or a passkey of the account (with or without the password): limited per session and per account, wrong answers count toward the account's
-/// lockout, and a locked account is refused like a wrong password. On success the session's
+/// login, or a passkey of the account (with or without the password): limited per session and
+/// per account, wrong answers count toward the account's lockout, and a locked account is
+/// refused like a wrong password. On success the session's
 /// `auth_time` (and `amr`) are renewed on every pod; no new session.
 pub async fn reauthenticate(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiError> {
     let result = attempt(app, caller, proof).await;
@@ -167,10 +169,10 @@ async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiErro
             enrolled.join(", ")
         )));
     }
-    // An impossible password cannot match: same answer, without spending a hash. A stolen token
-    // hammering this must not take the hashing share logins keep: not `Priority::Login`.
     let mut methods = Vec::new();
     if let Some(password) = password {
+        // An impossible password cannot match: same answer, without spending a hash. A stolen
+        // token hammering this must not take the hashing share logins keep: not `Priority::Login`.
         let verified = Password::could_match(&password)
             && app
                 .hasher

@@ -5,7 +5,8 @@
 //! [`CEREMONY_TTL`], in the one-time store of sign-in flows (Redis, so any pod can finish a
 //! ceremony another started; in-process when embedded): registrations under the session that
 //! started them, sign-ins under an opaque `passkey_token`, second factors under the
-//! `mfa_token`. Challenges, assertions and credentials are never logged, audited or counted.
+//! `mfa_token`, step-ups (POST /reauthenticate) under the session that asked. Challenges,
+//! assertions and credentials are never logged, audited or counted.
 use std::{sync::Arc, time::Duration};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};

@@ -25,12 +25,13 @@ both_backends!(
     an_admin_reset_removes_the_passkeys,
     a_passkey_only_account_steps_up_with_its_passkey,
     a_step_up_assertion_answers_only_its_sessions_challenge_from_an_allowed_origin,
+    a_passkey_step_up_lifts_the_limit_of_a_role_that_requires_mfa,
 );
 
 services_only!(a_ceremony_started_on_one_pod_finishes_on_another);
 
-const RP_ID: &str = "example.com";
-const ORIGIN: &str = "https://app.example.com";
+pub(crate) const RP_ID: &str = "example.com";
+pub(crate) const ORIGIN: &str = "https://app.example.com";
 /// On the relying party's domain (so the authenticator accepts it), but not an allowed origin.
 const EVIL_ORIGIN: &str = "https://evil.example.com";
 
@@ -44,14 +45,14 @@ async fn deployment(backend: Backend) -> Deployment {
 
 /// A software passkey, and what a resident key would remember: its credential id and the user
 /// handle (the account id) it was made for.
-struct Passkey {
+pub(crate) struct Passkey {
     soft: SoftPasskey,
     credential_id: Option<Vec<u8>>,
     user_handle: Option<Vec<u8>>,
 }
 
 impl Passkey {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             // `true`: it reports user verification (a PIN or biometrics), as passkeys do.
             soft: SoftPasskey::new(true),
@@ -62,7 +63,7 @@ impl Passkey {
 
     /// navigator.credentials.create with the options of /mfa/webauthn/register/start, from
     /// `origin`: the credential JSON for /mfa/webauthn/register/finish.
-    fn create(&mut self, options: &Value, origin: &str) -> Value {
+    pub(crate) fn create(&mut self, options: &Value, origin: &str) -> Value {
         let selection = &options["publicKey"]["authenticatorSelection"];
         assert_eq!(selection["residentKey"], "required", "{options}");
         assert_eq!(selection["userVerification"], "required", "{options}");
@@ -85,7 +86,7 @@ impl Passkey {
     /// navigator.credentials.get with request options, from `origin`. With an empty
     /// allowCredentials (a discoverable sign-in) the passkey offers itself and returns its user
     /// handle, as a resident key does.
-    fn get(&mut self, options: &Value, origin: &str) -> Value {
+    pub(crate) fn get(&mut self, options: &Value, origin: &str) -> Value {
         let mut rcr: RequestChallengeResponse =
             serde_json::from_value(options.clone()).expect("request options");
         let discoverable = rcr.public_key.allow_credentials.is_empty();
@@ -108,7 +109,7 @@ impl Passkey {
 }
 
 /// Registers a passkey named `name` for the account of `token`, from ORIGIN: the 201 body.
-async fn register(app: &TestApp, token: &str, key: &mut Passkey, name: &str) -> Value {
+pub(crate) async fn register(app: &TestApp, token: &str, key: &mut Passkey, name: &str) -> Value {
     let r = app
         .request(
             Method::POST,
@@ -612,7 +613,7 @@ async fn until_stale(app: &TestApp, token: &str, id: &str) {
 }
 
 /// POST /reauthenticate/passkey/start: the request options over the account's passkeys.
-async fn step_up_start(app: &TestApp, token: &str) -> Value {
+pub(crate) async fn step_up_start(app: &TestApp, token: &str) -> Value {
     let r = app
         .request(Method::POST, "/reauthenticate/passkey/start", token, None)
         .await;
@@ -779,4 +780,33 @@ async fn a_step_up_assertion_answers_only_its_sessions_challenge_from_an_allowed
     )
     .await
     .assert_error(409, "conflict");
+}
+
+/// REQUIRE_MFA_FOR_ROLES: a password session limited for want of a second factor registers a
+/// passkey, then steps up with it (the start is open to it) and is no longer limited.
+async fn a_passkey_step_up_lifts_the_limit_of_a_role_that_requires_mfa(backend: Backend) {
+    let mut dep = deployment(backend).await;
+    dep.set("REQUIRE_MFA_FOR_ROLES", "user");
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let token = me.tokens.access.as_str();
+    let r = app.get("/sessions", Some(token)).await;
+    r.assert_error(403, "forbidden");
+    assert_eq!(r.body["reason"], "mfa_enrolment_required", "{}", r.body);
+    let mut key = Passkey::new();
+    register(&app, token, &mut key, "Laptop").await;
+    app.get("/sessions", Some(token))
+        .await
+        .assert_error(403, "forbidden");
+
+    let options = step_up_start(&app, token).await;
+    let r = reauthenticate(
+        &app,
+        token,
+        json!({"password": PASSWORD, "webauthn": key.get(&options, ORIGIN)}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = app.get("/sessions", Some(token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
