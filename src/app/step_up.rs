@@ -9,6 +9,8 @@ use super::{
     mfa::{self, SecondFactor, Verdict},
     App, Caller,
 };
+use webauthn_rs::prelude::PublicKeyCredential;
+
 use crate::actor::Ask;
 use crate::{
     audit::AuditEvent,
@@ -20,9 +22,10 @@ use crate::{
 };
 
 const STALE: &str = "this change needs a recent authentication: POST /reauthenticate with the \
-password (and the second factor, when one is enrolled), then try again";
-const NO_PASSWORD_TO_CHECK: &str = "this account has no password: sign in again through its \
-identity provider (a new sign-in is recent), or set a password first";
+password (and the second factor, when one is enrolled) or with a passkey, then try again";
+const NO_PASSWORD_TO_CHECK: &str = "this account has no password: reauthenticate with a passkey \
+alone, sign in again through its identity provider (a new sign-in is recent), or set a password \
+first";
 
 /// The caller's session as the store has it now (not the pod's cache); 401 if it has ended.
 async fn current_session(app: &App, caller: &Caller) -> Result<SessionState, ApiError> {
@@ -55,16 +58,26 @@ pub async fn require_recent(app: &App, caller: &Caller) -> Result<(), ApiError> 
     Err(ApiError::ReauthenticationRequired(STALE))
 }
 
-/// What POST /reauthenticate presents.
-pub struct Proof {
-    pub password: String,
-    /// Required when the account has a second factor.
-    pub factor: Option<SecondFactor>,
+/// What POST /reauthenticate presents: the password with a code, the password with a passkey,
+/// or a passkey alone (a user-verified assertion is two factors, as at a passwordless sign-in).
+pub enum Proof {
+    Password {
+        password: String,
+        /// Required when the account has a second factor.
+        factor: Option<SecondFactor>,
+    },
+    /// An assertion answering the challenge of POST /reauthenticate/passkey/start for this
+    /// session; with the password, or alone.
+    Passkey {
+        password: Option<String>,
+        assertion: Box<PublicKeyCredential>,
+    },
 }
 
 /// POST /reauthenticate: the password (and the second factor, when enrolled) again, as at
-/// login: limited per session and per account, wrong answers count toward the account's
-/// lockout, and a locked account is refused like a wrong password. On success the session's
+/// login, or a passkey of the account (with or without the password): limited per session and
+/// per account, wrong answers count toward the account's lockout, and a locked account is
+/// refused like a wrong password. On success the session's
 /// `auth_time` (and `amr`) are renewed on every pod; no new session.
 pub async fn reauthenticate(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiError> {
     let result = attempt(app, caller, proof).await;
@@ -78,7 +91,17 @@ pub async fn reauthenticate(app: &App, caller: &Caller, proof: Proof) -> Result<
 }
 
 async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiError> {
-    let Proof { password, factor } = proof;
+    if matches!(proof, Proof::Passkey { .. }) {
+        // 404 like the other WebAuthn endpoints when passkeys are off, before any attempt counts.
+        super::webauthn::passkeys(app)?;
+    }
+    let (password, factor, passkey) = match proof {
+        Proof::Password { password, factor } => (Some(password), factor, None),
+        Proof::Passkey {
+            password,
+            assertion,
+        } => (password, None, Some(assertion)),
+    };
     let outcome = |o: &str| app.metrics.reauthentications.with_label_values(&[o]).inc();
     let event = |e: AuditEvent| e.by(caller.user_id).ip(caller.ip.clone());
     let throttled = |reason: &str, t: Throttled| {
@@ -115,7 +138,8 @@ async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiErro
     if let Err(t) = app.throttle.check_lock(bucket.id(), now).await? {
         return Err(throttled("locked", t));
     }
-    if account.password_hash == NO_PASSWORD {
+    // A passkey alone needs no password; with one, the password must exist to be checked.
+    if password.is_some() && account.password_hash == NO_PASSWORD {
         outcome("no_password");
         app.audit.record(
             event(AuditEvent::denied(AuditKind::Reauthenticate))
@@ -134,7 +158,7 @@ async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiErro
     };
     // Told before the password is checked, so the answer says nothing about the password.
     let enrolled = mfa::enrolled_methods(app, caller.user_id).await?;
-    if !enrolled.is_empty() && factor.is_none() {
+    if !enrolled.is_empty() && factor.is_none() && passkey.is_none() {
         outcome("factor_required");
         app.audit.record(
             event(AuditEvent::denied(AuditKind::Reauthenticate))
@@ -145,21 +169,36 @@ async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiErro
             enrolled.join(", ")
         )));
     }
-    // An impossible password cannot match: same answer, without spending a hash. A stolen token
-    // hammering this must not take the hashing share logins keep: not `Priority::Login`.
-    let verified = Password::could_match(&password)
-        && app
-            .hasher
-            .verify(
-                password,
-                Some(account.password_hash.clone()),
-                Priority::Other,
-            )
-            .await?;
-    if !verified {
-        return Err(refuse("invalid_credentials", ApiError::InvalidCredentials).await?);
+    let mut methods = Vec::new();
+    if let Some(password) = password {
+        // An impossible password cannot match: same answer, without spending a hash. A stolen
+        // token hammering this must not take the hashing share logins keep: not `Priority::Login`.
+        let verified = Password::could_match(&password)
+            && app
+                .hasher
+                .verify(
+                    password,
+                    Some(account.password_hash.clone()),
+                    Priority::Other,
+                )
+                .await?;
+        if !verified {
+            return Err(refuse("invalid_credentials", ApiError::InvalidCredentials).await?);
+        }
+        methods.push(crate::session::amr::PASSWORD);
     }
-    let mut methods = vec![crate::session::amr::PASSWORD];
+    if let Some(assertion) = passkey {
+        let asserted = super::webauthn::verify_reauthentication(app, caller, &assertion).await?;
+        let Some(asserted) = asserted else {
+            let wrong = ApiError::InvalidGrant(
+                "the passkey's answer is not accepted (another origin, or no challenge started \
+                 for this session by POST /reauthenticate/passkey/start, or it was used already)"
+                    .into(),
+            );
+            return Err(refuse("invalid_factor", wrong).await?);
+        };
+        methods.push(asserted.amr);
+    }
     // A factor sent for an account that has none is ignored.
     if let Some(factor) = factor.filter(|_| !enrolled.is_empty()) {
         let method = factor.method();

@@ -5,7 +5,8 @@
 //! [`CEREMONY_TTL`], in the one-time store of sign-in flows (Redis, so any pod can finish a
 //! ceremony another started; in-process when embedded): registrations under the session that
 //! started them, sign-ins under an opaque `passkey_token`, second factors under the
-//! `mfa_token`. Challenges, assertions and credentials are never logged, audited or counted.
+//! `mfa_token`, step-ups (POST /reauthenticate) under the session that asked. Challenges,
+//! assertions and credentials are never logged, audited or counted.
 use std::{sync::Arc, time::Duration};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
@@ -76,7 +77,7 @@ impl Passkeys {
     }
 }
 
-fn passkeys(app: &App) -> Result<&Passkeys, ApiError> {
+pub(super) fn passkeys(app: &App) -> Result<&Passkeys, ApiError> {
     app.webauthn.as_ref().ok_or(ApiError::NotFound(
         "WebAuthn (WEBAUTHN_RP_ID is not set), so passkey support",
     ))
@@ -404,6 +405,101 @@ pub async fn verify_second_factor(
             .await?;
     }
     outcome
+}
+
+/// A step-up challenge, kept under the session that asked for it.
+#[derive(Serialize, Deserialize)]
+struct Reauthentication {
+    user_id: Uuid,
+    state: PasskeyAuthentication,
+}
+
+/// Starts a step-up with a passkey (POST /reauthenticate/passkey/start): the request options for
+/// `navigator.credentials.get` over the caller's own credentials, with user verification. The
+/// challenge is kept for this session only, single-use, for [`CEREMONY_TTL`]; a new start
+/// replaces it.
+pub async fn start_reauthentication(
+    app: &App,
+    caller: &Caller,
+) -> Result<RequestChallengeResponse, ApiError> {
+    let pk = passkeys(app)?;
+    let held = parse_passkeys(&app.users.ask(ListWebauthn(caller.user_id)).await?);
+    if held.is_empty() {
+        return Err(ApiError::Conflict(
+            "this account has no passkey: reauthenticate with the password (and its second factor)"
+                .into(),
+        ));
+    }
+    let (options, state) = pk
+        .webauthn
+        .start_passkey_authentication(&held)
+        .map_err(|e| ApiError::Internal(format!("WebAuthn authentication: {e}")))?;
+    let record = serde_json::to_string(&Reauthentication {
+        user_id: caller.user_id,
+        state,
+    })
+    .map_err(internal("authentication state"))?;
+    pk.pending
+        .put(
+            Kind::WebauthnReauth,
+            &caller.session_id.to_string(),
+            &record,
+            CEREMONY_TTL,
+        )
+        .await?;
+    count(app, "reauthentication", "started");
+    Ok(options)
+}
+
+/// Checks an assertion presented at POST /reauthenticate against the challenge the caller's
+/// session started. `None`: refused (no challenge for this session, another origin or
+/// challenge, a bad signature, another account's or an unknown credential). The challenge is
+/// spent by any attempt: a refused one starts again.
+pub async fn verify_reauthentication(
+    app: &App,
+    caller: &Caller,
+    assertion: &PublicKeyCredential,
+) -> Result<Option<Asserted>, ApiError> {
+    let pk = passkeys(app)?;
+    let record = pk
+        .pending
+        .take(Kind::WebauthnReauth, &caller.session_id.to_string())
+        .await?;
+    let ceremony: Option<Reauthentication> = record.and_then(|r| serde_json::from_str(&r).ok());
+    let Some(ceremony) = ceremony.filter(|c| c.user_id == caller.user_id) else {
+        count(app, "reauthentication", "no_ceremony");
+        return Ok(None);
+    };
+    let credential_id = URL_SAFE_NO_PAD.encode(assertion.get_credential_id());
+    let credential = match app.users.ask(FindWebauthn(credential_id)).await? {
+        Some(c) if c.user_id == caller.user_id => c,
+        _ => {
+            count(app, "reauthentication", "invalid");
+            return Ok(None);
+        }
+    };
+    let Ok(passkey) = serde_json::from_str::<Passkey>(&credential.passkey) else {
+        count(app, "reauthentication", "invalid");
+        return Ok(None);
+    };
+    match pk
+        .webauthn
+        .finish_passkey_authentication(assertion, &ceremony.state)
+    {
+        Ok(result) => {
+            record_use(app, &credential, passkey, &result).await?;
+            count(app, "reauthentication", "success");
+            Ok(Some(Asserted {
+                user_id: caller.user_id,
+                amr: amr(&result),
+            }))
+        }
+        Err(e) => {
+            tracing::info!(user_id = %caller.user_id, cause = %e, "WebAuthn step-up assertion refused");
+            count(app, "reauthentication", "invalid");
+            Ok(None)
+        }
+    }
 }
 
 /// Starts a passwordless sign-in: an opaque `passkey_token` to finish with, and the request

@@ -45,6 +45,7 @@ fn open_while_limited(method: &str, route: &str) -> bool {
             | ("GET", "/session")
             | ("POST", "/logout")
             | ("POST", "/reauthenticate")
+            | ("POST", "/reauthenticate/passkey/start")
     ) || route.starts_with("/mfa/")
 }
 

@@ -23,6 +23,8 @@ pub enum Kind {
     WebauthnRegistration,
     WebauthnSignIn,
     WebauthnMfa,
+    /// A step-up (POST /reauthenticate) challenge, under the session that asked for it.
+    WebauthnReauth,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
             Kind::WebauthnRegistration => "webauthn-reg",
             Kind::WebauthnSignIn => "webauthn-signin",
             Kind::WebauthnMfa => "webauthn-mfa",
+            Kind::WebauthnReauth => "webauthn-reauth",
         }
     }
 }

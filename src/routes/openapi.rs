@@ -52,6 +52,7 @@ use crate::routes;
         routes::webauthn::start_sign_in,
         routes::webauthn::finish_sign_in,
         routes::step_up::reauthenticate,
+        routes::step_up::start_passkey,
         routes::session::current_session,
         routes::session::list_sessions,
         routes::session::delete_session,

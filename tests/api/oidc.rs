@@ -46,6 +46,7 @@ both_backends!(
     a_provider_session_keeps_fed_idp_and_auth_time_and_reauthenticates_by_signing_in,
     a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment,
     an_expired_state_is_refused,
+    a_passwordless_account_steps_up_with_its_passkey,
 );
 
 // Two pods need a shared session store: the embedded mode is one process.
@@ -1354,4 +1355,70 @@ async fn a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment(
         .get("/admin/users", done.body["access_token"].as_str())
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// A provider-made account (no password) with a passkey steps up with the passkey alone, then
+/// makes the change its stale session was refused.
+async fn a_passwordless_account_steps_up_with_its_passkey(backend: Backend) {
+    use crate::webauthn::{register, step_up_start, Passkey, ORIGIN, RP_ID};
+    let s = setup_with(
+        backend,
+        &[
+            ("STEP_UP_MAX_AGE", "2"),
+            ("WEBAUTHN_RP_ID", RP_ID),
+            ("WEBAUTHN_ORIGINS", ORIGIN),
+            // What `register` checks the options for.
+            ("WEBAUTHN_RP_NAME", "sessiond tests"),
+        ],
+    )
+    .await;
+    s.provider
+        .set_account("pax-1", "pax@example.com", true)
+        .await;
+    let made = s.tokens("pax-1").await;
+    let access = made.body["access_token"].as_str().unwrap();
+    let app = &s.app;
+    let mut key = Passkey::new();
+    register(app, access, &mut key, "Phone").await;
+    let stale = eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        async || {
+            app.request(reqwest::Method::DELETE, "/mfa/totp", access, None)
+                .await
+                .status
+                == StatusCode::FORBIDDEN
+        },
+    )
+    .await;
+    assert!(stale, "the sign-in never became too old");
+    let new = json!({"new_password": "a new and long passphrase"});
+    app.request(
+        reqwest::Method::PUT,
+        "/profile/password",
+        access,
+        Some(&new),
+    )
+    .await
+    .assert_error(403, "reauthentication_required");
+
+    let options = step_up_start(app, access).await;
+    let r = app
+        .request(
+            reqwest::Method::POST,
+            "/reauthenticate",
+            access,
+            Some(&json!({"webauthn": key.get(&options, ORIGIN)})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = app
+        .request(
+            reqwest::Method::PUT,
+            "/profile/password",
+            access,
+            Some(&new),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
 }

@@ -3,6 +3,8 @@
 //! would, and its output sent back over plain HTTP. Registration and listing, the passkey as a
 //! second factor at POST /login/mfa, passwordless sign-in, wrong origins, replayed ceremonies,
 //! deletion, and another account's credential.
+use std::time::Duration;
+
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -21,12 +23,15 @@ both_backends!(
     without_a_relying_party_webauthn_is_off,
     passkey_sign_in_refuses_disabled_accounts_and_is_limited_per_address,
     an_admin_reset_removes_the_passkeys,
+    a_passkey_only_account_steps_up_with_its_passkey,
+    a_step_up_assertion_answers_only_its_sessions_challenge_from_an_allowed_origin,
+    a_passkey_step_up_lifts_the_limit_of_a_role_that_requires_mfa,
 );
 
 services_only!(a_ceremony_started_on_one_pod_finishes_on_another);
 
-const RP_ID: &str = "example.com";
-const ORIGIN: &str = "https://app.example.com";
+pub(crate) const RP_ID: &str = "example.com";
+pub(crate) const ORIGIN: &str = "https://app.example.com";
 /// On the relying party's domain (so the authenticator accepts it), but not an allowed origin.
 const EVIL_ORIGIN: &str = "https://evil.example.com";
 
@@ -40,14 +45,14 @@ async fn deployment(backend: Backend) -> Deployment {
 
 /// A software passkey, and what a resident key would remember: its credential id and the user
 /// handle (the account id) it was made for.
-struct Passkey {
+pub(crate) struct Passkey {
     soft: SoftPasskey,
     credential_id: Option<Vec<u8>>,
     user_handle: Option<Vec<u8>>,
 }
 
 impl Passkey {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             // `true`: it reports user verification (a PIN or biometrics), as passkeys do.
             soft: SoftPasskey::new(true),
@@ -58,7 +63,7 @@ impl Passkey {
 
     /// navigator.credentials.create with the options of /mfa/webauthn/register/start, from
     /// `origin`: the credential JSON for /mfa/webauthn/register/finish.
-    fn create(&mut self, options: &Value, origin: &str) -> Value {
+    pub(crate) fn create(&mut self, options: &Value, origin: &str) -> Value {
         let selection = &options["publicKey"]["authenticatorSelection"];
         assert_eq!(selection["residentKey"], "required", "{options}");
         assert_eq!(selection["userVerification"], "required", "{options}");
@@ -81,7 +86,7 @@ impl Passkey {
     /// navigator.credentials.get with request options, from `origin`. With an empty
     /// allowCredentials (a discoverable sign-in) the passkey offers itself and returns its user
     /// handle, as a resident key does.
-    fn get(&mut self, options: &Value, origin: &str) -> Value {
+    pub(crate) fn get(&mut self, options: &Value, origin: &str) -> Value {
         let mut rcr: RequestChallengeResponse =
             serde_json::from_value(options.clone()).expect("request options");
         let discoverable = rcr.public_key.allow_credentials.is_empty();
@@ -104,7 +109,7 @@ impl Passkey {
 }
 
 /// Registers a passkey named `name` for the account of `token`, from ORIGIN: the 201 body.
-async fn register(app: &TestApp, token: &str, key: &mut Passkey, name: &str) -> Value {
+pub(crate) async fn register(app: &TestApp, token: &str, key: &mut Passkey, name: &str) -> Value {
     let r = app
         .request(
             Method::POST,
@@ -483,6 +488,9 @@ async fn without_a_relying_party_webauthn_is_off(backend: Backend) {
     app.post_json("/login/passkey/start", &json!({}))
         .await
         .assert_error(404, "not_found");
+    app.request(Method::POST, "/reauthenticate/passkey/start", token, None)
+        .await
+        .assert_error(404, "not_found");
 }
 
 async fn passkey_sign_in_refuses_disabled_accounts_and_is_limited_per_address(backend: Backend) {
@@ -576,5 +584,229 @@ async fn a_ceremony_started_on_one_pod_finishes_on_another() {
             &json!({ "mfa_token": r.body["mfa_token"], "webauthn": assertion }),
         )
         .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// Short enough to wait out, long enough for the calls right after a reauthentication.
+const STEP_UP_MAX_AGE: u64 = 2;
+
+/// Waits (generously) until the session's authentication is older than STEP_UP_MAX_AGE (DELETE
+/// /mfa/totp, with no authenticator to remove, answers 404 until then), then checks that the
+/// passkey `id` can no longer be deleted with `token`.
+async fn until_stale(app: &TestApp, token: &str, id: &str) {
+    let stale = eventually(
+        Duration::from_secs(STEP_UP_MAX_AGE * 5 + 5),
+        Duration::from_millis(200),
+        async || {
+            app.request(Method::DELETE, "/mfa/totp", token, None)
+                .await
+                .status
+                == StatusCode::FORBIDDEN
+        },
+    )
+    .await;
+    assert!(stale, "the authentication never became too old");
+    let path = format!("/mfa/webauthn/credentials/{id}");
+    app.request(Method::DELETE, &path, token, None)
+        .await
+        .assert_error(403, "reauthentication_required");
+}
+
+/// POST /reauthenticate/passkey/start: the request options over the account's passkeys.
+pub(crate) async fn step_up_start(app: &TestApp, token: &str) -> Value {
+    let r = app
+        .request(Method::POST, "/reauthenticate/passkey/start", token, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.body["publicKey"]["userVerification"], "required");
+    r.body
+}
+
+async fn reauthenticate(app: &TestApp, token: &str, body: Value) -> Reply {
+    app.request(Method::POST, "/reauthenticate", token, Some(&body))
+        .await
+}
+
+/// A second session of the passkey's account, signed in with the passkey.
+async fn second_session(app: &TestApp, key: &mut Passkey) -> String {
+    let (passkey_token, options) = sign_in_start(app).await;
+    let assertion = key.get(&options, ORIGIN);
+    let r = sign_in_finish(app, &passkey_token, &assertion).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
+}
+
+async fn a_passkey_only_account_steps_up_with_its_passkey(backend: Backend) {
+    let mut dep = deployment(backend).await;
+    dep.set("STEP_UP_MAX_AGE", STEP_UP_MAX_AGE);
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let token = me.tokens.access.as_str();
+    let mut key = Passkey::new();
+    let created = register(&app, token, &mut key, "Laptop").await;
+    let id = created["id"].as_str().expect("id");
+    until_stale(&app, token, id).await;
+
+    // The password alone is not enough for an account with a passkey.
+    reauthenticate(&app, token, json!({"password": PASSWORD}))
+        .await
+        .assert_error(400, "invalid_request");
+    // Nothing at all, or two factors at once: refused before anything is checked.
+    reauthenticate(&app, token, json!({}))
+        .await
+        .assert_error(400, "invalid_request");
+
+    // The password and the passkey, answering this session's challenge.
+    let options = step_up_start(&app, token).await;
+    let allowed = options["publicKey"]["allowCredentials"][0]["id"]
+        .as_str()
+        .expect("the account's passkey is allowed");
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(allowed).unwrap(),
+        key.credential_id.clone().unwrap()
+    );
+    let assertion = key.get(&options, ORIGIN);
+    reauthenticate(
+        &app,
+        token,
+        json!({"password": PASSWORD, "totp": "123456", "webauthn": assertion}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    let r = reauthenticate(
+        &app,
+        token,
+        json!({"password": PASSWORD, "webauthn": assertion}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let refreshed = refresh(&app, &me.tokens.refresh).await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+    let amr = claims_of(refreshed.body["access_token"].as_str().unwrap())["amr"].clone();
+    assert!(
+        amr == json!(["pwd", "hwk", "mfa"]) || amr == json!(["pwd", "swk", "mfa"]),
+        "{amr}"
+    );
+    // The same assertion again: its challenge is spent.
+    reauthenticate(
+        &app,
+        token,
+        json!({"password": PASSWORD, "webauthn": assertion}),
+    )
+    .await
+    .assert_error(400, "invalid_grant");
+    // Nor does it answer a new challenge.
+    step_up_start(&app, token).await;
+    reauthenticate(&app, token, json!({"webauthn": assertion}))
+        .await
+        .assert_error(400, "invalid_grant");
+
+    // The passkey alone (it verifies its user) is enough too.
+    let options = step_up_start(&app, token).await;
+    let r = reauthenticate(&app, token, json!({"webauthn": key.get(&options, ORIGIN)})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = app.get("/session", Some(token)).await;
+    let amr = r.body["amr"].clone();
+    assert!(amr == json!(["hwk"]) || amr == json!(["swk"]), "{}", r.body);
+
+    // The change the stale session was refused now goes through, with the same token.
+    let r = app
+        .request(
+            Method::DELETE,
+            &format!("/mfa/webauthn/credentials/{id}"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(list(&app, token).await.is_empty());
+    // No passkey left: nothing to start.
+    app.request(Method::POST, "/reauthenticate/passkey/start", token, None)
+        .await
+        .assert_error(409, "conflict");
+}
+
+async fn a_step_up_assertion_answers_only_its_sessions_challenge_from_an_allowed_origin(
+    backend: Backend,
+) {
+    let mut dep = deployment(backend).await;
+    dep.set("LOCKOUT_THRESHOLD", 3)
+        .set("LOCKOUT_BASE_SECONDS", 600)
+        .set("LOCKOUT_MAX_SECONDS", 600);
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let token = me.tokens.access.as_str();
+    let mut key = Passkey::new();
+    register(&app, token, &mut key, "Laptop").await;
+    let other = second_session(&app, &mut key).await;
+
+    // An answer to this session's challenge, sent by another session of the same account.
+    let options = step_up_start(&app, token).await;
+    let assertion = key.get(&options, ORIGIN);
+    reauthenticate(&app, &other, json!({"webauthn": assertion}))
+        .await
+        .assert_error(400, "invalid_grant");
+    // Even when that session started a challenge of its own.
+    step_up_start(&app, &other).await;
+    reauthenticate(&app, &other, json!({"webauthn": assertion}))
+        .await
+        .assert_error(400, "invalid_grant");
+    // Made for another origin.
+    let options = step_up_start(&app, token).await;
+    reauthenticate(
+        &app,
+        token,
+        json!({"password": PASSWORD, "webauthn": key.get(&options, EVIL_ORIGIN)}),
+    )
+    .await
+    .assert_error(400, "invalid_grant");
+    // Each counted toward the account's lockout: now even a right answer is refused.
+    let options = step_up_start(&app, token).await;
+    reauthenticate(&app, token, json!({"webauthn": key.get(&options, ORIGIN)}))
+        .await
+        .assert_error(429, "rate_limited");
+
+    // An account without a passkey has nothing to start.
+    let plain_user = plain(&app).await;
+    app.request(
+        Method::POST,
+        "/reauthenticate/passkey/start",
+        &plain_user.tokens.access,
+        None,
+    )
+    .await
+    .assert_error(409, "conflict");
+}
+
+/// REQUIRE_MFA_FOR_ROLES: a password session limited for want of a second factor registers a
+/// passkey, then steps up with it (the start is open to it) and is no longer limited.
+async fn a_passkey_step_up_lifts_the_limit_of_a_role_that_requires_mfa(backend: Backend) {
+    let mut dep = deployment(backend).await;
+    dep.set("REQUIRE_MFA_FOR_ROLES", "user");
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let token = me.tokens.access.as_str();
+    let r = app.get("/sessions", Some(token)).await;
+    r.assert_error(403, "forbidden");
+    assert_eq!(r.body["reason"], "mfa_enrolment_required", "{}", r.body);
+    let mut key = Passkey::new();
+    register(&app, token, &mut key, "Laptop").await;
+    app.get("/sessions", Some(token))
+        .await
+        .assert_error(403, "forbidden");
+
+    let options = step_up_start(&app, token).await;
+    let r = reauthenticate(
+        &app,
+        token,
+        json!({"password": PASSWORD, "webauthn": key.get(&options, ORIGIN)}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = app.get("/sessions", Some(token)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
