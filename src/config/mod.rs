@@ -1461,7 +1461,7 @@ pub fn check_secret(var: &'static str, value: String) -> Result<Secret, ConfigEr
     }
     let bytes = value.as_bytes();
     let periodic = (1..=bytes.len() / 2)
-        .any(|p| bytes.len() % p == 0 && bytes.chunks(p).all(|c| c == &bytes[..p]));
+        .any(|p| bytes.len().is_multiple_of(p) && bytes.chunks(p).all(|c| c == &bytes[..p]));
     if periodic || entropy_bits(bytes) < MIN_SECRET_ENTROPY_BITS {
         return Err(err(
             var,
