@@ -363,11 +363,12 @@ impl Redis {
         Ok(vec![(addr, self.pubsub().await?)])
     }
 
-    /// On a cluster: connections to the masters not among `linked`; elsewhere none.
-    pub async fn missing_pubsubs(&self, linked: &[String]) -> Vec<(String, PubSub)> {
+    /// On a cluster: connections to the masters not among `linked`, and the linked nodes that
+    /// are replicas now; elsewhere nothing.
+    pub async fn reconcile_pubsubs(&self, linked: &[String]) -> Reconciled {
         match &self.shared.cluster {
-            Some(subscriber) => subscriber.connect_missing(linked, self.timeout * 4).await,
-            None => Vec::new(),
+            Some(subscriber) => subscriber.reconcile(linked, self.timeout * 4).await,
+            None => Reconciled::default(),
         }
     }
 
@@ -839,6 +840,12 @@ impl Subscriber {
     /// Learns the cluster's nodes through the data connection (best effort: on failure the
     /// previous list stays); the masters among them.
     async fn discover(&self) -> Option<Vec<Client>> {
+        let nodes = self.discover_nodes().await?;
+        Some(nodes.into_iter().filter(|n| n.1).map(|n| n.0).collect())
+    }
+
+    /// As [`Self::discover`]: every node that is not failing, and whether it is a master.
+    async fn discover_nodes(&self) -> Option<Vec<(Client, bool)>> {
         let (Some(mut conn), Some(seed)) = (self.cluster.clone(), self.seeds.first()) else {
             return None;
         };
@@ -871,7 +878,12 @@ impl Subscriber {
                 *d = all;
             }
         }
-        Some(nodes.iter().filter(|n| n.2).filter_map(client).collect())
+        Some(
+            nodes
+                .iter()
+                .filter_map(|n| Some((client(n)?, n.2)))
+                .collect(),
+        )
     }
 
     /// The seeds, then the discovered nodes that are not seeds.
@@ -932,21 +944,37 @@ impl Subscriber {
     }
 
     /// Connections to the masters whose address is not in `linked` (promoted since, or not
-    /// answering before).
-    pub async fn connect_missing(
-        &self,
-        linked: &[String],
-        limit: Duration,
-    ) -> Vec<(String, PubSub)> {
-        let Ok(Some(masters)) = tokio::time::timeout(limit, self.discover()).await else {
-            return Vec::new();
+    /// answering before), and the addresses in `linked` the cluster now lists as replicas or
+    /// as masters without slots (a master demoted by a failover, or one that came back after
+    /// it; see [`cluster_nodes`]).
+    pub async fn reconcile(&self, linked: &[String], limit: Duration) -> Reconciled {
+        let Ok(Some(nodes)) = tokio::time::timeout(limit, self.discover_nodes()).await else {
+            return Reconciled::default();
         };
-        let missing: Vec<Client> = masters
-            .into_iter()
-            .filter(|m| !linked.contains(&node_addr(m)))
+        let missing: Vec<Client> = nodes
+            .iter()
+            .filter(|(node, master)| *master && !linked.contains(&node_addr(node)))
+            .map(|(node, _)| node.clone())
             .collect();
-        connect_each(&missing, limit).await
+        let demoted = nodes
+            .iter()
+            .filter(|(_, master)| !master)
+            .map(|(node, _)| node_addr(node))
+            .filter(|addr| linked.contains(addr))
+            .collect();
+        Reconciled {
+            added: connect_each(&missing, limit).await,
+            demoted,
+        }
     }
+}
+
+/// What [`Subscriber::reconcile`] found: connections to masters the links lacked, and linked
+/// addresses that are replicas now.
+#[derive(Default)]
+pub struct Reconciled {
+    pub added: Vec<(String, PubSub)>,
+    pub demoted: Vec<String>,
 }
 
 fn node_addr(client: &Client) -> String {
@@ -970,19 +998,25 @@ async fn connect_each(nodes: &[Client], limit: Duration) -> Vec<(String, PubSub)
 }
 
 /// `host:port` of every node in a CLUSTER NODES reply that is neither failing nor without an
-/// address (`<id> <ip:port@cport[,hostname]> <flags> ...`), and whether it is a master.
+/// address (`<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <link>
+/// <slot>...`), and whether it is a master serving slots. A master without slots serves no key
+/// (so runs no script that publishes), and it is how a node that has not yet heard a demoted
+/// master's new role lists it for a moment after a failover.
 fn cluster_nodes(text: &str) -> Vec<(String, u16, bool)> {
     text.lines()
         .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, addr, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (addr, flags) = (*fields.get(1)?, *fields.get(2)?);
             if flags
                 .split(',')
                 .any(|f| matches!(f, "fail" | "fail?" | "noaddr" | "handshake"))
             {
                 return None;
             }
-            let master = flags.split(',').any(|f| f == "master");
+            // Slot entries are ranges or single slots; `[slot->-id]` / `[slot-<-id]` are
+            // migrations in progress, not owned slots.
+            let serves = fields.iter().skip(8).any(|slot| !slot.starts_with('['));
+            let master = flags.split(',').any(|f| f == "master") && serves;
             let addr = addr.split(['@', ',']).next()?;
             let (host, port) = addr.rsplit_once(':')?;
             (!host.is_empty()).then(|| Some((host.to_string(), port.parse().ok()?, master)))?
@@ -1366,13 +1400,19 @@ mod tests {
 292f 127.0.0.1:30003@40003 master,fail - 0 1426238318243 3 connected 10923-16383
 6ec2 :0@0 master,noaddr - 0 0 0 disconnected
 e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+a1b2 127.0.0.1:30005@40005 master - 0 1426238316232 5 connected
+c3d4 127.0.0.1:30006@40006 master - 0 1426238316232 6 connected [77->-e7d1]
 ";
+        // The last two are masters without slots: a demoted master as a node that has not heard
+        // of its new role lists it, and one whose only entry is a migration.
         assert_eq!(
             cluster_nodes(text),
             vec![
                 ("127.0.0.1".to_string(), 30004, false),
                 ("127.0.0.1".to_string(), 30002, true),
                 ("127.0.0.1".to_string(), 30001, true),
+                ("127.0.0.1".to_string(), 30005, false),
+                ("127.0.0.1".to_string(), 30006, false),
             ]
         );
     }

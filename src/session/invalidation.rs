@@ -181,6 +181,21 @@ impl FirstCopies {
         self.links += 1;
     }
 
+    /// `link` delivers no more: its copies are no longer waited for.
+    pub fn remove_link(&mut self, link: u64) {
+        self.links = self.links.saturating_sub(1);
+        let links = self.links;
+        self.waiting.retain(|_, queue| {
+            for waiting in queue.iter_mut() {
+                waiting.seen.retain(|l| *l != link);
+            }
+            // Complete now, or still waiting for the others (also when its only copy so far
+            // came from `link`: theirs are not counted again).
+            queue.retain(|w| w.seen.len() < links);
+            !queue.is_empty()
+        });
+    }
+
     /// Whether this copy of `payload`, from `link` at `now`, is the first of its message.
     pub fn first(&mut self, link: u64, payload: &[u8], now: Instant) -> bool {
         self.forget_before(now);
@@ -356,5 +371,26 @@ mod tests {
         copies.add_link();
         assert!(!copies.first(9, b"a:2", t));
         assert!(copies.first(1, b"a:2", t));
+    }
+
+    #[test]
+    fn a_dropped_link_is_no_longer_waited_for() {
+        let t = Instant::now();
+        let mut copies = FirstCopies::default();
+        copies.reset(3);
+        // Seen on links 1 and 2; link 3 is dropped before its copy: the message is complete.
+        assert!(copies.first(1, b"s:a", t));
+        assert!(!copies.first(2, b"s:a", t));
+        // Seen only on the link that is dropped: the others' copies are still later copies.
+        assert!(copies.first(3, b"s:b", t));
+        copies.remove_link(3);
+        assert_eq!(copies.waiting(), 1);
+        assert!(!copies.first(1, b"s:b", t));
+        assert!(!copies.first(2, b"s:b", t));
+        assert_eq!(copies.waiting(), 0);
+        // Two links left: each message counts once.
+        assert!(copies.first(2, b"s:a", t));
+        assert!(!copies.first(1, b"s:a", t));
+        assert_eq!(copies.waiting(), 0);
     }
 }

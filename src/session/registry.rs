@@ -51,15 +51,16 @@ struct Subscription {
     next_link: u64,
     copies: FirstCopies,
     connecting: bool,
-    /// Connecting to masters the links lack (a cluster's promoted replica).
-    adding: bool,
+    /// Reconciling the links with the cluster's masters (see [`SessionRegistry::reconcile`]).
+    reconciling: bool,
     ever_connected: bool,
     backoff: Duration,
 }
 
-/// One subscribed connection: its node's address, its command side, and its message stream
-/// on the actor.
+/// One subscribed connection: its number (for [`FirstCopies`]), its node's address, its command
+/// side, and its message stream on the actor.
 struct Link {
+    id: u64,
     addr: String,
     sink: PubSubSink,
     stream: SpawnHandle,
@@ -119,7 +120,7 @@ impl SessionRegistry {
                 next_link: 0,
                 copies: FirstCopies::default(),
                 connecting: false,
-                adding: false,
+                reconciling: false,
                 ever_connected: false,
                 backoff: BACKOFF_MIN,
             }),
@@ -191,48 +192,83 @@ impl SessionRegistry {
                 futures_util::stream::once(async move { SubEvent::Ended(generation) }),
             );
             let stream = ctx.add_stream(events);
-            sub.links.push(Link { addr, sink, stream });
+            sub.links.push(Link {
+                id: link,
+                addr,
+                sink,
+                stream,
+            });
         }
         self.metrics.invalidation_links.set(sub.links.len() as i64);
     }
 
     /// On a cluster: links the masters the subscription lacks (a replica promoted since, or a
-    /// master that did not answer before). No cache flush: the links that stayed up heard
-    /// everything, as every node hears every message.
-    fn add_missing(&mut self, ctx: &mut Context<Self>) {
+    /// master that did not answer before), and drops the links to nodes that serve no slot now
+    /// (a master demoted by a failover, or one restarted after it, which calls itself a master
+    /// until it learns otherwise). No cache flush: every node hears every message, so the links
+    /// that stayed up heard everything.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
         let Some(sub) = self.sub.as_mut() else { return };
-        if sub.adding || sub.connecting || sub.links.is_empty() {
+        if sub.reconciling || sub.connecting || sub.links.is_empty() {
             return;
         }
-        sub.adding = true;
+        sub.reconciling = true;
         let (redis, channel, limit) = (sub.redis.clone(), sub.channel.clone(), sub.timeout * 4);
         let (generation, linked) = (
             sub.generation,
             sub.links.iter().map(|l| l.addr.clone()).collect::<Vec<_>>(),
         );
         let attempt = async move {
-            let pubsubs = redis.missing_pubsubs(&linked).await;
-            if pubsubs.is_empty() {
-                return Vec::new();
-            }
-            subscribe_each(pubsubs, &channel, limit)
-                .await
-                .unwrap_or_default()
+            let found = redis.reconcile_pubsubs(&linked).await;
+            let added = if found.added.is_empty() {
+                Vec::new()
+            } else {
+                subscribe_each(found.added, &channel, limit)
+                    .await
+                    .unwrap_or_default()
+            };
+            (added, found.demoted)
         };
-        ctx.spawn(attempt.into_actor(self).map(move |subscribed, act, ctx| {
-            let Some(sub) = act.sub.as_mut() else { return };
-            sub.adding = false;
-            // Lost meanwhile: the next full subscription will include them.
-            if subscribed.is_empty() || sub.generation != generation || sub.links.is_empty() {
-                return;
+        ctx.spawn(
+            attempt
+                .into_actor(self)
+                .map(move |(subscribed, demoted), act, ctx| {
+                    let Some(sub) = act.sub.as_mut() else { return };
+                    sub.reconciling = false;
+                    // Lost meanwhile: the next full subscription starts from the cluster's view.
+                    if sub.generation != generation || sub.links.is_empty() {
+                        return;
+                    }
+                    if !subscribed.is_empty() {
+                        for _ in &subscribed {
+                            sub.copies.add_link();
+                        }
+                        let nodes: Vec<String> = subscribed.iter().map(|l| l.0.clone()).collect();
+                        tracing::info!(?nodes, "subscribed to invalidations on more masters");
+                        act.attach(subscribed, ctx);
+                    }
+                    act.drop_links(&demoted, ctx);
+                }),
+        );
+    }
+
+    /// Closes the links to `addrs`, always keeping one: a replica hears every message too, and
+    /// a view that wrongly calls a master a replica (a node that has just restarted) is
+    /// corrected at the next reconciliation.
+    fn drop_links(&mut self, addrs: &[String], ctx: &mut Context<Self>) {
+        let Some(sub) = self.sub.as_mut() else { return };
+        for addr in addrs {
+            if sub.links.len() <= 1 {
+                break;
             }
-            for _ in &subscribed {
-                sub.copies.add_link();
+            if let Some(i) = sub.links.iter().position(|l| &l.addr == addr) {
+                let link = sub.links.remove(i);
+                ctx.cancel_future(link.stream);
+                sub.copies.remove_link(link.id);
+                tracing::info!(node = %addr, "stopped hearing invalidations on a node that is a replica now");
             }
-            let nodes: Vec<String> = subscribed.iter().map(|l| l.0.clone()).collect();
-            tracing::info!(?nodes, "subscribed to invalidations on more masters");
-            act.attach(subscribed, ctx);
-        }));
+        }
+        self.metrics.invalidation_links.set(sub.links.len() as i64);
     }
 
     fn retry_later(&mut self, ctx: &mut Context<Self>) {
@@ -300,7 +336,7 @@ impl Actor for SessionRegistry {
         if let Some(sub) = &self.sub {
             ctx.run_interval(sub.ping_interval, |act, ctx| {
                 act.ping(ctx);
-                act.add_missing(ctx);
+                act.reconcile(ctx);
             });
             self.connect(ctx);
         }

@@ -16,6 +16,7 @@ services_only!(
     role_changes_reach_the_other_pod_through_the_cluster,
     a_master_killed_under_load_fails_over_without_errors_or_revived_sessions,
     seeds_that_are_no_cluster_stop_the_start_naming_the_variable,
+    a_demoted_master_is_unlinked_and_may_then_stop_unnoticed,
     sessions_follow_their_slot_to_another_master,
 );
 
@@ -226,7 +227,7 @@ async fn a_master_killed_under_load_fails_over_without_errors_or_revived_session
     // B resubscribed on the live masters, the promoted replica among them, and invalidations
     // reach it again.
     assert!(b.metric("sessiond_pubsub_resubscriptions_total").await >= 1.0);
-    for pod in [&a, &b] {
+    for (name, pod) in [("A", &a), ("B", &b)] {
         let linked = eventually(
             Duration::from_secs(10),
             Duration::from_millis(50),
@@ -235,7 +236,8 @@ async fn a_master_killed_under_load_fails_over_without_errors_or_revived_session
         .await;
         assert!(
             linked,
-            "a pod is not subscribed on every master after the failover"
+            "pod {name} is not subscribed on every master after the failover: {} links",
+            pod.metric("sessiond_invalidation_links").await
         );
     }
     let before = b.metric("sessiond_invalidations_received_total").await;
@@ -321,4 +323,90 @@ async fn sessions_follow_their_slot_to_another_master() {
             StatusCode::OK
         );
     }
+}
+
+/// A manual failover keeps the old master up, as a replica: pods link the promoted master and
+/// drop the link to the demoted one (one link per master), so that node may then stop without
+/// a resubscription and a cache flush on every pod.
+async fn a_demoted_master_is_unlinked_and_may_then_stop_unnoticed() {
+    let cluster = RedisCluster::start().await;
+    let (dep, a, b) = two_pods(&cluster, &[("PUBSUB_PING_INTERVAL_MS", "200")]).await;
+    let links = async |pod: &TestApp| pod.metric("sessiond_invalidation_links").await;
+    for pod in [&a, &b] {
+        let linked = eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            async || links(pod).await == 3.0,
+        )
+        .await;
+        assert!(linked, "a pod is not subscribed on every master");
+    }
+    let (email, tokens) = a.user().await;
+    let key = sessions_key(&dep, &tokens.access);
+    let demoted = cluster.manual_failover(&key).await;
+    // Reconciliation runs every ping interval: fifteen of them, then one link per master.
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    for (name, pod) in [("A", &a), ("B", &b)] {
+        let linked = eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            async || links(pod).await == 3.0,
+        )
+        .await;
+        assert!(
+            linked,
+            "pod {name} has {} links after a manual failover, for 3 masters",
+            links(pod).await
+        );
+    }
+    cluster.kill(demoted);
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    for pod in [&a, &b] {
+        assert_eq!(
+            pod.metric("sessiond_pubsub_resubscriptions_total").await,
+            0.0
+        );
+        assert_eq!(pod.metric("sessiond_invalidation_link_up").await, 1.0);
+        assert_eq!(links(pod).await, 3.0);
+    }
+    // Back as the shard's replica (revocations WAIT for one), the session on the failed-over
+    // slot lives on, and a logout still reaches the other pod through pub/sub.
+    cluster.restart(demoted);
+    let promoted = cluster
+        .master_of(&key)
+        .await
+        .expect("the slot has a master");
+    let replicated = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || cluster.has_replicas(promoted, 1).await,
+    )
+    .await;
+    assert!(replicated, "the demoted master came back as a replica");
+    assert!(
+        cluster.settled(Duration::from_secs(30)).await,
+        "the replica is in sync"
+    );
+    assert_eq!(
+        b.get("/session", Some(&tokens.access)).await.status,
+        StatusCode::OK
+    );
+    let before = b.metric("sessiond_invalidations_received_total").await;
+    assert_eq!(
+        a.post_auth("/logout", &tokens.access).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let took = rejected_within(
+        &b,
+        &tokens.access,
+        Instant::now(),
+        Duration::from_secs(CACHE_TTL),
+    )
+    .await;
+    assert!(took.is_some(), "B still accepted a revoked token");
+    assert_eq!(
+        b.metric("sessiond_invalidations_received_total").await,
+        before + 1.0
+    );
+    assert_eq!(a.login_reply(&email, PASSWORD).await.status, StatusCode::OK);
 }

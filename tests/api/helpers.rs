@@ -1368,6 +1368,61 @@ impl RedisCluster {
         }
     }
 
+    /// A manual failover of `key`'s slot (`CLUSTER FAILOVER` on its master's replica): the
+    /// replica takes over with the master's agreement, and the old master stays up as its
+    /// replica. Returns the old master's port once the cluster has settled.
+    pub async fn manual_failover(&self, key: &str) -> u16 {
+        let old = self.master_of(key).await.expect("the slot has a master");
+        let nodes = self
+            .node_text(old, &["CLUSTER", "NODES"])
+            .await
+            .expect("CLUSTER NODES");
+        let line_of = |port: u16| {
+            nodes
+                .lines()
+                .find(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|a| a.starts_with(&format!("127.0.0.1:{port}@")))
+                })
+                .map(str::to_string)
+        };
+        let old_id = line_of(old)
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+            .expect("the master's id");
+        let replica = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == old_id)
+            .and_then(|f| {
+                f[1].split('@')
+                    .next()?
+                    .rsplit_once(':')?
+                    .1
+                    .parse::<u16>()
+                    .ok()
+            })
+            .expect("the master has a replica");
+        let mut con = self.node_conn(replica).await.expect("replica");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async(&mut con)
+            .await
+            .expect("CLUSTER FAILOVER");
+        let over = eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || self.master_of(key).await == Some(replica),
+        )
+        .await;
+        assert!(over, "the replica took over the slot");
+        assert!(
+            self.settled(Duration::from_secs(30)).await,
+            "cluster_state:ok again"
+        );
+        old
+    }
+
     /// SIGKILL: no goodbye to the cluster or the clients.
     pub fn kill(&self, port: u16) {
         let mut nodes = self.nodes.lock().unwrap();
