@@ -100,12 +100,14 @@ fn count(app: &App, ceremony: &str, outcome: &str) {
         .inc();
 }
 
-/// The name a user gives a credential: trimmed, 1 to 64 characters, no control characters.
+/// The name a user gives a credential: at most 64 characters as sent (the documented schema's
+/// bound), no control characters, stored trimmed and not empty then.
 pub fn check_name(name: Option<&str>) -> Result<String, ApiError> {
-    let Some(name) = name.map(str::trim) else {
+    let Some(sent) = name else {
         return Ok(DEFAULT_NAME.to_string());
     };
-    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+    let name = sent.trim();
+    if name.is_empty() || sent.chars().count() > MAX_NAME || sent.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             "name must be 1 to 64 characters, without control characters",
         ));
@@ -674,4 +676,25 @@ async fn attempt_sign_in(
         },
         amr,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_held_to_the_documented_schema() {
+        assert_eq!(check_name(None).ok().as_deref(), Some(DEFAULT_NAME));
+        assert_eq!(
+            check_name(Some("  Laptop ")).ok().as_deref(),
+            Some("Laptop")
+        );
+        assert!(check_name(Some(&"é".repeat(64))).is_ok());
+        // 64 characters as sent, the schema's bound, even when trimming would shorten them.
+        assert!(check_name(Some(&"é".repeat(65))).is_err());
+        assert!(check_name(Some(&format!(" {}", "a".repeat(64)))).is_err());
+        for bad in ["", "   ", "a\u{0}b", "tab\there", "c1\u{85}", "del\u{7f}"] {
+            assert!(check_name(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -265,13 +265,14 @@ pub async fn enable_user(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Reset an account's second factors, for a user who lost them: its TOTP authenticator and
-/// recovery codes are removed, so the password alone logs in until it enrols again. Its
-/// sessions live on. The owner is mailed a notice and `user.mfa_reset` is sent to the
-/// webhooks, both stored in the removal's transaction. An account without a factor also
+/// Reset an account's second factors, for a user who lost them: its TOTP authenticator,
+/// recovery codes and passkeys are removed in one transaction, so the password alone logs in
+/// until it enrols again (a passkey-only account signs in through password reset or a linked
+/// provider). Its sessions live on. The owner is mailed a notice and `user.mfa_reset` is sent
+/// to the webhooks, both stored in the removal's transaction. An account without a factor also
 /// answers 204 (nothing is removed, audited or mailed). Refused (403) for the caller's own
-/// account (`DELETE /mfa/totp` is the owner's way) and for an account holding a permission the
-/// caller lacks.
+/// account (`DELETE /mfa/totp` and `DELETE /mfa/webauthn/credentials/{id}` are the owner's
+/// way) and for an account holding a permission the caller lacks.
 #[utoipa::path(delete, path = "/admin/users/{id}/mfa", tag = "admin", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Account id")),
     responses(

@@ -133,7 +133,7 @@ pub struct LoginMfaBody {
     /// `PublicKeyCredential` `navigator.credentials.get` returned, as JSON (binary values
     /// base64url).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::webauthn::PasskeyAssertion>)]
     webauthn: Option<Box<webauthn_rs::prelude::PublicKeyCredential>>,
 }
 

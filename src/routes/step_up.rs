@@ -43,7 +43,7 @@ pub struct ReauthenticateBody {
     /// The `PublicKeyCredential` `navigator.credentials.get` returned for the options of POST
     /// /reauthenticate/passkey/start (this session's challenge), as JSON (its `toJSON()`).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::webauthn::PasskeyAssertion>)]
     webauthn: Option<Box<PublicKeyCredential>>,
 }
 

@@ -57,9 +57,96 @@ impl From<entities::webauthn_credential::Model> for Credential {
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationStartBody {
-    /// A name to tell the passkey apart (1 to 64 characters); `Passkey` when absent.
-    #[schema(example = "Laptop")]
+    /// A name to tell the passkey apart (1 to 64 characters, no control characters, trimmed:
+    /// white space alone is refused); `Passkey` when absent.
+    #[schema(
+        example = "Laptop",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: Option<String>,
+}
+
+/// A `PublicKeyCredential` that `navigator.credentials.get` returned, as JSON (its
+/// `toJSON()`), binary values base64url without padding.
+// For the OpenAPI document only: webauthn-rs reads the real thing (`PublicKeyCredential`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct PasskeyAssertion {
+    /// The credential id, as `rawId`.
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    id: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    raw_id: String,
+    #[serde(rename = "type")]
+    kind: CredentialType,
+    response: AssertionResponse,
+    /// The client's extension outputs; `{}` when none.
+    #[schema(value_type = Object, required = false)]
+    client_extension_results: Option<serde_json::Value>,
+}
+
+/// `AuthenticatorAssertionResponse`, binary values base64url.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AssertionResponse {
+    #[serde(rename = "authenticatorData")]
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    authenticator_data: String,
+    #[serde(rename = "clientDataJSON")]
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    client_data_json: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    signature: String,
+    /// The account's user handle; a discoverable credential (passwordless sign-in) gives it.
+    #[serde(rename = "userHandle")]
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    user_handle: Option<String>,
+}
+
+/// A `PublicKeyCredential` that `navigator.credentials.create` returned, as JSON (its
+/// `toJSON()`), binary values base64url without padding.
+// For the OpenAPI document only: webauthn-rs reads the real thing (`RegisterPublicKeyCredential`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct PasskeyAttestation {
+    /// The new credential's id, as `rawId`.
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    id: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    raw_id: String,
+    #[serde(rename = "type")]
+    kind: CredentialType,
+    response: AttestationResponse,
+    /// The client's extension outputs; `{}` when none.
+    #[schema(value_type = Object, required = false)]
+    client_extension_results: Option<serde_json::Value>,
+}
+
+/// `AuthenticatorAttestationResponse`, binary values base64url.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AttestationResponse {
+    #[serde(rename = "attestationObject")]
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    attestation_object: String,
+    #[serde(rename = "clientDataJSON")]
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
+    client_data_json: String,
+    /// `getTransports()`: how the client reaches the authenticator (`internal`, `hybrid`,
+    /// `usb`, `nfc`, `ble`).
+    transports: Option<Vec<String>>,
+}
+
+/// Always `public-key`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum CredentialType {
+    #[serde(rename = "public-key")]
+    PublicKey,
 }
 
 /// The options for `navigator.credentials.create`, as webauthn-rs writes them:
@@ -72,12 +159,10 @@ pub struct RegistrationStartBody {
 #[schema(value_type = Object)]
 pub struct CreationOptions(serde_json::Value);
 
-/// The `PublicKeyCredential` `navigator.credentials.create` returned, as JSON (its `toJSON()`:
-/// `id`, `rawId`, `type`, `response.attestationObject`, `response.clientDataJSON`, binary
-/// values base64url).
+/// The `PublicKeyCredential` `navigator.credentials.create` returned, as JSON (its `toJSON()`).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
-#[schema(value_type = Object)]
+#[schema(value_type = PasskeyAttestation)]
 pub struct RegistrationAnswer(RegisterPublicKeyCredential);
 
 /// The options for `navigator.credentials.get`: `{"publicKey": {"challenge", "timeout", "rpId",
@@ -95,10 +180,11 @@ fn options_json<T: Serialize>(options: &T) -> Result<serde_json::Value, ApiError
 /// asking for a discoverable credential with user verification. The challenge is kept on the
 /// server for 5 minutes, for this session, single-use (a new start replaces it).
 #[utoipa::path(post, path = "/mfa/webauthn/register/start", tag = "mfa", security(("bearer" = [])),
-    request_body(content = RegistrationStartBody, description = "Optional"),
+    request_body(content = Option<RegistrationStartBody>, description = "Optional"),
     responses(
         (status = 200, description = "The creation options", body = CreationOptions,
             headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "A body that is not such JSON, or a name that breaks its rules (`invalid_request`)", body = crate::error::ErrorBody),
         (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`): POST /reauthenticate, then try again", body = crate::error::ErrorBody),
         (status = 404, description = "WebAuthn is not configured (WEBAUTHN_RP_ID) (`not_found`)", body = crate::error::ErrorBody),
     ))]
@@ -110,14 +196,16 @@ pub async fn start_registration(
 ) -> Result<HttpResponse, actix_web::Error> {
     let caller = caller(&req, &state, &session);
     step_up::require_recent(&state.app, &caller).await?;
-    // The body is optional: none at all means no name.
+    // The body is optional: none at all, or JSON `null`, means no name.
     let has_body = req.headers().contains_key(header::CONTENT_TYPE)
         || req
             .headers()
             .get(header::CONTENT_LENGTH)
             .is_some_and(|l| l.as_bytes() != b"0");
     let body: RegistrationStartBody = if has_body {
-        json_body(&req, payload).await?
+        json_body::<Option<RegistrationStartBody>>(&req, payload)
+            .await?
+            .unwrap_or_default()
     } else {
         RegistrationStartBody::default()
     };
@@ -233,10 +321,8 @@ pub async fn start_sign_in(
 pub struct PasskeyFinishBody {
     /// From POST /login/passkey/start (single-use).
     passkey_token: String,
-    /// The `PublicKeyCredential` `navigator.credentials.get` returned, as JSON (its `toJSON()`:
-    /// `id`, `rawId`, `type`, `response.authenticatorData`, `response.clientDataJSON`,
-    /// `response.signature`, `response.userHandle`, binary values base64url).
-    #[schema(value_type = Object)]
+    /// The `PublicKeyCredential` `navigator.credentials.get` returned, as JSON (its `toJSON()`).
+    #[schema(value_type = PasskeyAssertion)]
     credential: PublicKeyCredential,
 }
 

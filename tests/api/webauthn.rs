@@ -26,6 +26,7 @@ both_backends!(
     a_passkey_only_account_steps_up_with_its_passkey,
     a_step_up_assertion_answers_only_its_sessions_challenge_from_an_allowed_origin,
     a_passkey_step_up_lifts_the_limit_of_a_role_that_requires_mfa,
+    passkey_names_are_held_to_the_documented_schema,
 );
 
 services_only!(a_ceremony_started_on_one_pod_finishes_on_another);
@@ -809,4 +810,45 @@ async fn a_passkey_step_up_lifts_the_limit_of_a_role_that_requires_mfa(backend: 
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let r = app.get("/sessions", Some(token)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// The registration's optional body as API.md describes it: none or `null` names the passkey
+/// `Passkey`; a name is 1 to 64 characters as sent, without control characters, and trimmed.
+async fn passkey_names_are_held_to_the_documented_schema(backend: Backend) {
+    let dep = deployment(backend).await;
+    let app = dep.spawn().await;
+    let (_, tokens) = app.user().await;
+    let token = tokens.access.as_str();
+    let start = async |body: Option<&Value>| {
+        app.request(Method::POST, "/mfa/webauthn/register/start", token, body)
+            .await
+    };
+    for body in [
+        None,
+        Some(&Value::Null),
+        Some(&json!({})),
+        Some(&json!({"name": null})),
+    ] {
+        let r = start(body).await;
+        assert_eq!(r.status, StatusCode::OK, "{body:?}: {}", r.body);
+    }
+    for name in [
+        "".to_string(),
+        "   ".to_string(),
+        "a\tb".to_string(),
+        "c1\u{85}".to_string(),
+        "é".repeat(65),
+        format!(" {}", "a".repeat(64)),
+    ] {
+        start(Some(&json!({ "name": name })))
+            .await
+            .assert_error(400, "invalid_request");
+    }
+    start(Some(&json!({"name": "x", "other": 1})))
+        .await
+        .assert_error(400, "invalid_request");
+    // A name that is fine is kept, trimmed.
+    let mut key = Passkey::new();
+    let created = register(&app, token, &mut key, &format!(" {} ", "é".repeat(62))).await;
+    assert_eq!(created["name"], "é".repeat(62));
 }

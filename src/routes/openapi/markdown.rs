@@ -314,7 +314,15 @@ fn fields(out: &mut String, schema: &Value) {
         .collect();
     out.push_str("| field | type | required | description |\n|---|---|---|---|\n");
     for (name, field) in schema["properties"].as_object().into_iter().flatten() {
-        let mut description = cell(field["description"].as_str().unwrap_or_default());
+        // utoipa puts the description of an optional named schema on its `oneOf` branch.
+        let described = field["description"].as_str().or_else(|| {
+            field["oneOf"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|branch| branch["description"].as_str())
+        });
+        let mut description = cell(described.unwrap_or_default());
         if !field["example"].is_null() {
             if !description.is_empty() {
                 description.push(' ');
@@ -350,6 +358,20 @@ fn type_name(schema: &Value) -> String {
         .and_then(|r| r.strip_prefix("#/components/schemas/"))
     {
         return format!("[{name}](#{})", name.to_lowercase());
+    }
+    if let Some(branches) = schema["oneOf"].as_array() {
+        return branches
+            .iter()
+            .map(type_name)
+            .collect::<Vec<_>>()
+            .join(" or ");
+    }
+    if let Some(values) = schema["enum"].as_array() {
+        return values
+            .iter()
+            .map(|v| format!("`{}`", text(v)))
+            .collect::<Vec<_>>()
+            .join(" or ");
     }
     let types: Vec<String> = match &schema["type"] {
         Value::String(t) => vec![t.clone()],
