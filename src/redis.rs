@@ -364,7 +364,7 @@ impl Redis {
     }
 
     /// On a cluster: connections to the masters not among `linked`, and the linked nodes that
-    /// are replicas now; elsewhere nothing.
+    /// serve no slot now; elsewhere nothing.
     pub async fn reconcile_pubsubs(&self, linked: &[String]) -> Reconciled {
         match &self.shared.cluster {
             Some(subscriber) => subscriber.reconcile(linked, self.timeout * 4).await,
@@ -970,7 +970,7 @@ impl Subscriber {
 }
 
 /// What [`Subscriber::reconcile`] found: connections to masters the links lacked, and linked
-/// addresses that are replicas now.
+/// addresses that serve no slot now.
 #[derive(Default)]
 pub struct Reconciled {
     pub added: Vec<(String, PubSub)>,
