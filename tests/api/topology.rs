@@ -989,7 +989,7 @@ async fn a_master_turned_replica_answers_readonly_and_the_pods_follow_the_sentin
         &["SENTINEL", "FAILOVER", MASTER],
     )
     .expect("SENTINEL FAILOVER");
-    let new_port = topology.new_master(old_port).await;
+    topology.new_master(old_port).await;
     // The sentinels turn the old master, still running, into a replica of the new one.
     let demoted = eventually(
         Duration::from_secs(30),
@@ -1002,7 +1002,7 @@ async fn a_master_turned_replica_answers_readonly_and_the_pods_follow_the_sentin
     )
     .await;
     assert!(demoted, "the old master was never turned into a replica");
-    wait_for_replication(new_port, 1).await;
+    topology.replicated_again().await;
     // Writes through both pods succeed again (503 until they follow, never 500).
     for pod in [&a, &b] {
         let mut last = StatusCode::OK;
