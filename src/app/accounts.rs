@@ -525,9 +525,8 @@ impl<'a> LoginAttempt<'a> {
         let webauthn = if methods.contains(&"webauthn") {
             super::webauthn::second_factor_challenge(self.app, user_id, &mfa_token)
                 .await?
-                .map(|options| serde_json::to_value(options).map(Box::new))
-                .transpose()
-                .map_err(|e| ApiError::Internal(format!("WebAuthn options: {e}")))?
+                .map(|options| super::webauthn::options_json(&options).map(Box::new))
+                .transpose()?
         } else {
             None
         };

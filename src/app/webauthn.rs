@@ -100,6 +100,11 @@ fn count(app: &App, ceremony: &str, outcome: &str) {
         .inc();
 }
 
+/// Ceremony options (webauthn-rs's challenge types) as the JSON a client hands the browser.
+pub fn options_json<T: Serialize>(options: &T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(options).map_err(|e| ApiError::Internal(format!("WebAuthn options: {e}")))
+}
+
 /// The name a user gives a credential: at most 64 characters as sent (the documented schema's
 /// bound), no control characters, stored trimmed and not empty then.
 pub fn check_name(name: Option<&str>) -> Result<String, ApiError> {

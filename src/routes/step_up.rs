@@ -120,8 +120,7 @@ pub async fn start_passkey(
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &state, &session);
     let options = webauthn::start_reauthentication(&state.app, &caller).await?;
-    let options = serde_json::to_value(&options)
-        .map_err(|e| ApiError::Internal(format!("WebAuthn options: {e}")))?;
+    let options = webauthn::options_json(&options)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(options))

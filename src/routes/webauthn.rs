@@ -172,10 +172,6 @@ pub struct RegistrationAnswer(RegisterPublicKeyCredential);
 #[schema(value_type = Object)]
 pub struct RequestOptions(serde_json::Value);
 
-fn options_json<T: Serialize>(options: &T) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(options).map_err(|e| ApiError::Internal(format!("WebAuthn options: {e}")))
-}
-
 /// Starts registering a passkey for the caller: the options for `navigator.credentials.create`,
 /// asking for a discoverable credential with user verification. The challenge is kept on the
 /// server for 5 minutes, for this session, single-use (a new start replaces it).
@@ -212,7 +208,7 @@ pub async fn start_registration(
     let options = webauthn::start_registration(&state.app, &caller, body.name.as_deref()).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(options_json(&options)?))
+        .json(webauthn::options_json(&options)?))
 }
 
 /// Finishes the registration with the authenticator's answer: the new passkey. It then serves as
@@ -312,7 +308,7 @@ pub async fn start_sign_in(
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(PasskeySignIn {
             passkey_token,
-            options: RequestOptions(options_json(&options)?),
+            options: RequestOptions(webauthn::options_json(&options)?),
         }))
 }
 

@@ -109,6 +109,16 @@ impl Passkey {
     }
 }
 
+/// Starts a registration for the account of `token` (no name) and has `key` answer it as the
+/// browser at `origin` would: the answer for POST /mfa/webauthn/register/finish.
+async fn registration_answer(app: &TestApp, token: &str, key: &mut Passkey, origin: &str) -> Value {
+    let r = app
+        .request(Method::POST, "/mfa/webauthn/register/start", token, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    key.create(&r.body, origin)
+}
+
 /// Registers a passkey named `name` for the account of `token`, from ORIGIN: the 201 body.
 pub(crate) async fn register(app: &TestApp, token: &str, key: &mut Passkey, name: &str) -> Value {
     let r = app
@@ -308,10 +318,7 @@ async fn ceremonies_from_another_origin_are_refused(backend: Backend) {
     let token = me.tokens.access.as_str();
     // A registration made for another origin.
     let mut evil = Passkey::new();
-    let r = app
-        .request(Method::POST, "/mfa/webauthn/register/start", token, None)
-        .await;
-    let answer = evil.create(&r.body, EVIL_ORIGIN);
+    let answer = registration_answer(&app, token, &mut evil, EVIL_ORIGIN).await;
     app.request(
         Method::POST,
         "/mfa/webauthn/register/finish",
@@ -357,10 +364,7 @@ async fn replayed_ceremonies_are_refused(backend: Backend) {
     let me = plain(&app).await;
     let token = me.tokens.access.as_str();
     let mut key = Passkey::new();
-    let r = app
-        .request(Method::POST, "/mfa/webauthn/register/start", token, None)
-        .await;
-    let answer = key.create(&r.body, ORIGIN);
+    let answer = registration_answer(&app, token, &mut key, ORIGIN).await;
     let finish = || {
         app.request(
             Method::POST,
@@ -553,10 +557,7 @@ async fn a_ceremony_started_on_one_pod_finishes_on_another() {
     let me = plain(&a).await;
     let token = me.tokens.access.as_str();
     let mut key = Passkey::new();
-    let r = a
-        .request(Method::POST, "/mfa/webauthn/register/start", token, None)
-        .await;
-    let answer = key.create(&r.body, ORIGIN);
+    let answer = registration_answer(&a, token, &mut key, ORIGIN).await;
     let r = b
         .request(
             Method::POST,
