@@ -95,22 +95,15 @@ pub enum Registered {
     Pending,
 }
 
-/// POST /register: an account with `user`, and `admin` for an address of ADMIN_EMAILS, and a
-/// verification mail. The caller has counted the attempt against the client's limit.
+/// POST /register: an account with `user`, and a verification mail. An address of
+/// ADMIN_EMAILS gets `admin` only once proven (`admin::grant_listed_admin`): registering proves
+/// nothing. The caller has counted the attempt against the client's limit.
 pub async fn register(
     app: &App,
     client: &Client,
     mut account: NewAccount,
 ) -> Result<Registered, ApiError> {
     account.roles = vec![USER_ROLE.to_string()];
-    if app
-        .settings
-        .admin_emails
-        .iter()
-        .any(|e| e == account.email.as_str())
-    {
-        account.roles.push(ADMIN_ROLE.to_string());
-    }
     let pending = app.settings.require_verification;
     if pending {
         let owner = app
@@ -492,6 +485,18 @@ impl<'a> LoginAttempt<'a> {
         let access = match app.users.ask(FindAccess(account.id)).await? {
             Some(a) if !a.disabled => a.access,
             _ => return Err(self.failed(bucket, Some(account.id), "disabled").await?),
+        };
+        // A listed address proven since the last start-up (e.g. verified on another pod).
+        let access = if account.email_verified
+            && !access.roles.iter().any(|r| r == ADMIN_ROLE)
+            && super::admin::grant_listed_admin(app, &account.email).await?
+        {
+            match app.users.ask(FindAccess(account.id)).await? {
+                Some(a) if !a.disabled => a.access,
+                _ => return Err(self.failed(bucket, Some(account.id), "disabled").await?),
+            }
+        } else {
+            access
         };
         // Only after the right password, so it tells nothing to whoever lacks it.
         if app.settings.require_verification && !account.email_verified {

@@ -452,21 +452,36 @@ pub async fn list_audit(
         .await?)
 }
 
-/// ADMIN_EMAILS at start-up: existing accounts listed there get `admin` (idempotent, so pods
-/// starting together agree), and their live sessions carry it from their next request on.
+/// ADMIN_EMAILS at start-up: existing accounts listed there whose address is proven get
+/// `admin` (idempotent, so pods starting together agree), and their live sessions carry it
+/// from their next request on.
 pub async fn grant_admin_emails(app: &App) -> Result<(), ApiError> {
     for email in &app.settings.admin_emails {
-        let granted = app
-            .users
-            .ask(GrantRole {
-                email: email.clone(),
-                role: ADMIN_ROLE.to_string(),
-                webhooks: app.webhooks.clone(),
-            })
-            .await?;
-        let Some((user_id, previous)) = granted else {
-            continue;
-        };
+        grant_listed_admin(app, email).await?;
+    }
+    Ok(())
+}
+
+/// `admin` for the account of `email` if ADMIN_EMAILS lists it and its address is proven (a
+/// mailed link used, a provider's verified claim, or `sessiond user create`): registration
+/// proves nothing, so whoever registers a listed address first gets no admin role by it.
+/// Returns whether the role was added now.
+pub async fn grant_listed_admin(app: &App, email: &str) -> Result<bool, ApiError> {
+    if !app.settings.admin_emails.iter().any(|e| e == email) {
+        return Ok(false);
+    }
+    let granted = app
+        .users
+        .ask(GrantRole {
+            email: email.to_string(),
+            role: ADMIN_ROLE.to_string(),
+            webhooks: app.webhooks.clone(),
+        })
+        .await?;
+    let Some((user_id, previous)) = granted else {
+        return Ok(false);
+    };
+    {
         let access = sync_session_access(app, user_id).await?;
         tracing::info!(%user_id, "granted the admin role (ADMIN_EMAILS)");
         let roles = access.map(|a| a.roles).unwrap_or_default();
@@ -482,5 +497,5 @@ pub async fn grant_admin_emails(app: &App) -> Result<(), ApiError> {
                 })),
         );
     }
-    Ok(())
+    Ok(true)
 }

@@ -17,8 +17,8 @@ use crate::{
     session::RevokeAll,
     throttle::{account_key, Scope},
     users::{
-        FindAccount, FindByEmail, FindToken, IssueToken, NewToken, Redeem, Redemption,
-        RequestReset, SeenLogin,
+        FindAccount, FindByEmail, FindToken, FirstProofMail, IssueToken, NewToken, Redeem,
+        Redemption, Removed, RequestReset, SeenLogin,
     },
     webhooks::Event,
 };
@@ -188,16 +188,21 @@ pub async fn reset_password(
         })
         .await?;
     let mail = notice(app, Template::PasswordChanged, &account, &[]);
-    app.users
+    let removed = app
+        .users
         .ask(Redeem {
             token_id: token.id,
             user_id: account.id,
             change: Redemption::Password { password_hash },
             mail: vec![mail],
+            first_proof: Some(first_proof_notice(app, &account)),
             webhooks: app.webhooks.clone(),
         })
         .await?;
     app.mailer.wake();
+    if let Some(removed) = removed {
+        proven(app, client, &account, &removed).await?;
+    }
     // `user.password_changed` committed with the new hash (see `Redeem`).
     app.webhooks.wake();
     app.profiles.invalidate(&account.id).await;
@@ -272,6 +277,7 @@ pub async fn verify_email(app: &App, client: &Client, token: &str) -> Result<(),
                     new: token.email.clone(),
                 },
                 mail: vec![mail],
+                first_proof: None,
                 webhooks: Default::default(),
             })
             .await?;
@@ -282,7 +288,21 @@ pub async fn verify_email(app: &App, client: &Client, token: &str) -> Result<(),
         );
         tracing::info!(user_id = %account.id, "email changed");
     } else {
-        app.users
+        // The first proof of the address ends every session opened before it (whoever
+        // registered the address may hold them), ahead of the change, as a reset does: should
+        // the change fail, the link still works for a retry.
+        if !account.email_verified {
+            let event = Event::sessions_revoked(account.id, "address_proven", None);
+            app.webhooks.write_ahead(&[event]).await?;
+            app.sessions
+                .ask(RevokeAll {
+                    user_id: account.id,
+                    except: None,
+                })
+                .await?;
+        }
+        let removed = app
+            .users
             .ask(Redeem {
                 token_id: token.id,
                 user_id: account.id,
@@ -290,15 +310,82 @@ pub async fn verify_email(app: &App, client: &Client, token: &str) -> Result<(),
                     email: token.email.clone(),
                 },
                 mail: Vec::new(),
+                first_proof: Some(first_proof_notice(app, &account)),
                 webhooks: Default::default(),
             })
             .await?;
+        app.mailer.wake();
         app.profiles.invalidate(&account.id).await;
+        if let Some(removed) = removed {
+            proven(app, client, &account, &removed).await?;
+        }
         app.audit.record(
             audit(AuditKind::EmailVerify).detail(serde_json::json!({ "step": "verified" })),
         );
         tracing::info!(user_id = %account.id, "email verified");
     }
+    Ok(())
+}
+
+/// The notice of a first proof that removed sign-in methods (none when nothing was removed):
+/// addressed without the account's name, which whoever registered the address chose.
+fn first_proof_notice(app: &App, account: &user::Model) -> FirstProofMail {
+    let mailer = app.mailer.clone();
+    let to = account.email.clone();
+    Box::new(move |removed: &Removed| {
+        if removed.is_empty() {
+            return Vec::new();
+        }
+        let mut lines: Vec<String> = removed
+            .identities
+            .iter()
+            .map(|p| format!("- the identity at {p}"))
+            .collect();
+        lines.extend(
+            removed
+                .passkeys
+                .iter()
+                .map(|n| format!("- the passkey \"{n}\"")),
+        );
+        if removed.totp {
+            lines.push("- the authenticator app and its recovery codes".into());
+        }
+        let removed = lines.join("\n");
+        vec![mailer.compose(
+            Template::MethodsRemoved,
+            &to,
+            &[("email", to.as_str()), ("removed", removed.as_str())],
+        )]
+    })
+}
+
+/// After the first proof of an account's address: audited, and `admin` granted when
+/// ADMIN_EMAILS lists it.
+async fn proven(
+    app: &App,
+    client: &Client,
+    account: &user::Model,
+    removed: &Removed,
+) -> Result<(), ApiError> {
+    app.audit.record(
+        AuditEvent::success(AuditKind::EmailVerify)
+            .subject(account.id)
+            .ip(client.ip.clone())
+            .detail(serde_json::json!({
+                "step": "first_proof",
+                "removed_identities": removed.identities,
+                "removed_passkeys": removed.passkeys.len(),
+                "removed_totp": removed.totp,
+            })),
+    );
+    tracing::info!(
+        user_id = %account.id,
+        identities = removed.identities.len(),
+        passkeys = removed.passkeys.len(),
+        totp = removed.totp,
+        "address proven for the first time: earlier sign-in methods removed"
+    );
+    super::admin::grant_listed_admin(app, &account.email).await?;
     Ok(())
 }
 

@@ -30,11 +30,11 @@ use crate::{
         pending::{Kind, Pending, PendingUnavailable},
         Asserted, Challenge, FederationError, Providers,
     },
-    session::AuthContext,
+    session::{AuthContext, Validate},
     throttle::Scope,
     users::{
-        CreateFederatedUser, FindAccess, FindByEmail, FindIdentity, LinkIdentity, ListIdentities,
-        UnlinkIdentity, UserStoreError,
+        CreateFederatedUser, FindAccess, FindAccount, FindByEmail, FindIdentity, LinkIdentity,
+        ListIdentities, UnlinkIdentity, UserStoreError,
     },
 };
 
@@ -64,6 +64,10 @@ struct Flow {
     pkce_verifier: String,
     /// Linking an identity to this signed-in account, rather than signing in.
     link: Option<Uuid>,
+    /// The session that started the linking: the callback links only while it lives (a reset
+    /// or logout since then ends the flow too).
+    #[serde(default)]
+    link_session: Option<Uuid>,
 }
 
 /// A one-time code, kept under the code.
@@ -155,15 +159,15 @@ pub fn providers(app: &App) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Starts a sign-in (or, with `link`, the linking of an identity to that account): the URL of
-/// the provider's authorization page.
+/// Starts a sign-in (or, with `link`, the linking of an identity to the account of that
+/// session): the URL of the provider's authorization page.
 pub async fn start(
     app: &App,
     client: &Client,
     provider: &str,
     return_to: &str,
     code_challenge: &str,
-    link: Option<Uuid>,
+    link: Option<&Caller>,
 ) -> Result<String, ApiError> {
     app.limit_client(Scope::OAuthIp, client).await?;
     let fed = federation(app)?;
@@ -186,7 +190,8 @@ pub async fn start(
         code_challenge: code_challenge.to_string(),
         nonce: challenge.nonce.clone(),
         pkce_verifier,
-        link,
+        link: link.map(|c| c.user_id),
+        link_session: link.map(|c| c.session_id),
     };
     let url = fed
         .providers
@@ -337,6 +342,15 @@ async fn finish(
         Err(e) => return Err(e.into()),
     };
     if let Some(user_id) = flow.link {
+        if !flow_session_lives(app, user_id, flow.link_session).await? {
+            app.audit.record(
+                AuditEvent::denied(AuditKind::IdentityLink)
+                    .subject(user_id)
+                    .ip(client.ip.clone())
+                    .detail(serde_json::json!({ "provider": provider, "reason": "session_ended" })),
+            );
+            return Err(Failure::Refused(Refusal::AccessDenied));
+        }
         return link(app, client, user_id, provider, asserted).await;
     }
     let user_id = account_for(app, fed, client, provider, asserted).await?;
@@ -353,6 +367,25 @@ async fn finish(
             return Err(Failure::Refused(Refusal::AccessDenied));
         }
     }
+    // REQUIRE_EMAIL_VERIFICATION: the password path refuses an unverified account even after
+    // a right password, so no provider enters it either (an identity linked to it before the
+    // address was proven is no proof of it).
+    if app.settings.require_verification {
+        let account = app.users.ask(FindAccount(user_id)).await?;
+        if let Some(account) = account.filter(|a| !a.email_verified) {
+            app.audit.record(
+                AuditEvent::denied(AuditKind::Login)
+                    .subject(user_id)
+                    .ip(client.ip.clone())
+                    .detail(serde_json::json!({
+                        "provider": provider,
+                        "reason": "email_not_verified",
+                    })),
+            );
+            super::email::remind_unverified(app, &account).await?;
+            return Err(Failure::Refused(Refusal::EmailNotVerified));
+        }
+    }
     let code = random_token();
     let grant = CodeGrant {
         user_id,
@@ -364,6 +397,28 @@ async fn finish(
         .put(Kind::Code, &code, &record, CODE_TTL)
         .await?;
     Ok(Finished::Code(code))
+}
+
+/// Whether the session that started a linking flow still lives, read from the store (not a
+/// cached answer: a revocation on another pod a moment ago counts).
+async fn flow_session_lives(
+    app: &App,
+    user_id: Uuid,
+    session_id: Option<Uuid>,
+) -> Result<bool, Failure> {
+    let Some(session_id) = session_id else {
+        return Ok(false);
+    };
+    let state = app
+        .sessions
+        .ask(Validate {
+            user_id,
+            session_id,
+            fresh: true,
+        })
+        .await
+        .map_err(ApiError::from)?;
+    Ok(state.is_some_and(|s| s.user_id == user_id))
 }
 
 /// The account of the asserted identity: the one it is linked to; else, for a verified email,
@@ -399,14 +454,22 @@ async fn account_for(
         .ask(FindByEmail(email.as_str().to_string()))
         .await?
     {
-        if !fed.providers.config().link_verified_emails {
+        // An address nobody has proven may have been registered by anyone (an attacker
+        // waiting for its owner, a pre-account takeover): the provider's word for the address
+        // never joins an account whose password or factors were set by whoever registered it.
+        let reason = if !fed.providers.config().link_verified_emails {
+            Some("account_exists")
+        } else if !existing.email_verified {
+            Some("account_unverified")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
             app.audit.record(
                 AuditEvent::denied(AuditKind::Login)
                     .subject(existing.id)
                     .ip(client.ip.clone())
-                    .detail(
-                        serde_json::json!({ "provider": provider, "reason": "account_exists" }),
-                    ),
+                    .detail(serde_json::json!({ "provider": provider, "reason": reason })),
             );
             return Err(Failure::Refused(Refusal::AccountExists));
         }

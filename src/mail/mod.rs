@@ -33,10 +33,11 @@ pub enum Template {
     NewLogin,
     AccountExists,
     MfaReset,
+    MethodsRemoved,
 }
 
 impl Template {
-    pub const ALL: [Template; 8] = [
+    pub const ALL: [Template; 9] = [
         Self::PasswordReset,
         Self::VerifyEmail,
         Self::ConfirmEmailChange,
@@ -45,6 +46,7 @@ impl Template {
         Self::NewLogin,
         Self::AccountExists,
         Self::MfaReset,
+        Self::MethodsRemoved,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +59,7 @@ impl Template {
             Self::NewLogin => "new_login",
             Self::AccountExists => "account_exists",
             Self::MfaReset => "mfa_reset",
+            Self::MethodsRemoved => "methods_removed",
         }
     }
 
@@ -78,6 +81,7 @@ impl Template {
             Self::NewLogin => pair!("new_login"),
             Self::AccountExists => pair!("account_exists"),
             Self::MfaReset => pair!("mfa_reset"),
+            Self::MethodsRemoved => pair!("methods_removed"),
         }
     }
 }

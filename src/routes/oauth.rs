@@ -243,14 +243,15 @@ pub async fn link_start(
     path: web::Path<String>,
     body: web::Json<LinkBody>,
 ) -> Result<HttpResponse, ApiError> {
-    step_up::require_recent(&state.app, &caller(&req, &state, &session)).await?;
+    let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
     let authorize_url = federated::start(
         &state.app,
         &client(&req, &state),
         &path,
         &body.return_to,
         &body.code_challenge,
-        Some(session.user_id),
+        Some(&caller),
     )
     .await?;
     Ok(HttpResponse::Ok().json(AuthorizeUrl { authorize_url }))

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use entities::{email_token, login_seen, user};
+use entities::{
+    email_token, identity, login_seen, mfa_recovery_code, mfa_totp, user, webauthn_credential,
+};
 use sea_orm::{
     sea_query::{Expr, OnConflict},
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
@@ -206,23 +208,86 @@ pub enum Redemption {
     ChangeEmail { old: String, new: String },
 }
 
+/// The sign-in methods the first proof of an account's address removed: whoever registered the
+/// address before its owner proved it may have added them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// The providers of the identities unlinked.
+    pub identities: Vec<String>,
+    /// The names of the passkeys deleted.
+    pub passkeys: Vec<String>,
+    /// A TOTP authenticator (confirmed or pending) and its recovery codes.
+    pub totp: bool,
+}
+
+impl Removed {
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty() && self.passkeys.is_empty() && !self.totp
+    }
+}
+
+/// The notices of a first proof, rendered once what it removed is known (in its transaction).
+pub type FirstProofMail = Box<dyn FnOnce(&Removed) -> Vec<Mail> + Send>;
+
+/// Removes every identity, passkey and TOTP authenticator (with its recovery codes) of the
+/// account, saying which.
+async fn remove_sign_in_methods(
+    conn: &impl ConnectionTrait,
+    user_id: Uuid,
+) -> Result<Removed, UserStoreError> {
+    let identities = identity::Entity::find()
+        .filter(identity::Column::UserId.eq(user_id))
+        .all(conn)
+        .await?;
+    let passkeys = webauthn_credential::Entity::find()
+        .filter(webauthn_credential::Column::UserId.eq(user_id))
+        .all(conn)
+        .await?;
+    identity::Entity::delete_many()
+        .filter(identity::Column::UserId.eq(user_id))
+        .exec(conn)
+        .await?;
+    webauthn_credential::Entity::delete_many()
+        .filter(webauthn_credential::Column::UserId.eq(user_id))
+        .exec(conn)
+        .await?;
+    mfa_recovery_code::Entity::delete_many()
+        .filter(mfa_recovery_code::Column::UserId.eq(user_id))
+        .exec(conn)
+        .await?;
+    let totp = mfa_totp::Entity::delete_many()
+        .filter(mfa_totp::Column::UserId.eq(user_id))
+        .exec(conn)
+        .await?;
+    Ok(Removed {
+        identities: identities.into_iter().map(|i| i.provider).collect(),
+        passkeys: passkeys.into_iter().map(|p| p.name).collect(),
+        totp: totp.rows_affected > 0,
+    })
+}
+
 /// Uses a token found by [`FindToken`]: marks it used (only if still unused and unexpired, so
 /// two concurrent uses cannot both succeed), applies the change, and stores its notices, in
 /// one transaction.
+///
+/// A reset or verification link that proves the account's address for the first time also
+/// removes the sign-in methods added before ([`Removed`], returned then), and stores the
+/// `first_proof` notices; the caller has revoked the sessions.
 #[derive(Message)]
-#[rtype(result = "Reply<Result<(), UserStoreError>>")]
+#[rtype(result = "Reply<Result<Option<Removed>, UserStoreError>>")]
 pub struct Redeem {
     pub token_id: Uuid,
     pub user_id: Uuid,
     pub change: Redemption,
     pub mail: Vec<Mail>,
+    pub first_proof: Option<FirstProofMail>,
     /// A new password is reported as `user.password_changed` (no session kept), written in the
     /// change's transaction.
     pub webhooks: Webhooks,
 }
 
 impl Handler<Redeem> for UserStore {
-    type Result = Reply<Result<(), UserStoreError>>;
+    type Result = Reply<Result<Option<Removed>, UserStoreError>>;
 
     fn handle(&mut self, msg: Redeem, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
@@ -240,6 +305,27 @@ impl Handler<Redeem> for UserStore {
                 if used.rows_affected == 0 {
                     return Err(UserStoreError::InvalidToken);
                 }
+                // The first proof of the address: decided by the row itself, so of two links
+                // used at once only one removes (and tells).
+                let first = match &msg.change {
+                    // The old address was proven, or never was: the new one proves nothing of it.
+                    Redemption::ChangeEmail { .. } => false,
+                    change => {
+                        let mut flip = user::Entity::update_many()
+                            .col_expr(user::Column::EmailVerified, Expr::value(true))
+                            .filter(user::Column::Id.eq(msg.user_id))
+                            .filter(user::Column::EmailVerified.eq(false));
+                        if let Redemption::Verify { email } = change {
+                            flip = flip.filter(user::Column::Email.eq(email.clone()));
+                        }
+                        flip.exec(&txn).await?.rows_affected == 1
+                    }
+                };
+                let removed = if first {
+                    Some(remove_sign_in_methods(&txn, msg.user_id).await?)
+                } else {
+                    None
+                };
                 let account = user::Entity::update_many()
                     .col_expr(user::Column::UpdatedAt, Expr::value(Utc::now()))
                     .col_expr(user::Column::EmailVerified, Expr::value(true))
@@ -274,9 +360,13 @@ impl Handler<Redeem> for UserStore {
                     // The account is gone, or its address changed since the link was mailed.
                     return Err(UserStoreError::InvalidToken);
                 }
-                enqueue(&txn, msg.mail, false).await?;
+                let mut mail = msg.mail;
+                if let (Some(removed), Some(render)) = (&removed, msg.first_proof) {
+                    mail.extend(render(removed));
+                }
+                enqueue(&txn, mail, false).await?;
                 txn.commit().await?;
-                Ok(())
+                Ok(removed)
             })
             .await
         })

@@ -281,8 +281,10 @@ impl Handler<GrantRole> for UserStore {
         Reply::new(async move {
             db.call_tx("grant_role", async {
                 let txn = db.conn.begin().await?;
+                // Only a proven address: ADMIN_EMAILS names owners, not whoever registered first.
                 let Some(found) = user::Entity::find()
                     .filter(user::Column::Email.eq(msg.email))
+                    .filter(user::Column::EmailVerified.eq(true))
                     .one(&txn)
                     .await?
                 else {

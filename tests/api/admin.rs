@@ -868,11 +868,19 @@ async fn admin_emails_at_start_up_promote_an_existing_account(backend: Backend) 
     let first = dep.spawn().await;
     let user = plain(&first).await;
     let (bystander, _) = first.user().await;
+    // Listed too, but nobody proved its address: whoever registered it first gains nothing.
+    let squatter = plain(&first).await;
+    verify_address(&first, &user.email).await;
     first.stop().await;
 
     dep.set(
         "ADMIN_EMAILS",
-        format!("{},{}", user.email, unique_email("absent")),
+        format!(
+            "{},{},{}",
+            user.email,
+            unique_email("absent"),
+            squatter.email
+        ),
     );
     let app = dep.spawn().await;
     let tokens = app.login(&user.email, PASSWORD).await;
@@ -893,13 +901,15 @@ async fn admin_emails_at_start_up_promote_an_existing_account(backend: Backend) 
     let r = app.get("/admin/users", Some(&tokens.access)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // Only the listed account, and an absent address created no account.
-    assert_eq!(r.body["total"], 2, "{}", r.body);
-    let others = app.login(&bystander, PASSWORD).await;
-    assert_grants(
-        &app.get("/session", Some(&others.access)).await,
-        &["user"],
-        &[],
-    );
+    assert_eq!(r.body["total"], 3, "{}", r.body);
+    for email in [&bystander, &squatter.email] {
+        let others = app.login(email, PASSWORD).await;
+        assert_grants(
+            &app.get("/session", Some(&others.access)).await,
+            &["user"],
+            &[],
+        );
+    }
 
     // The start-up grant is audited, with no actor.
     let events = settled(

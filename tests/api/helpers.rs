@@ -213,7 +213,7 @@ impl Deployment {
     }
 
     async fn start(config: Config) -> (TestApp, Option<String>) {
-        let app = Application::build(config)
+        let app = Application::build(config.clone())
             .await
             .expect("application starts");
         let port = app.port();
@@ -221,6 +221,7 @@ impl Deployment {
         let handle = app.handle();
         actix_web::rt::spawn(app.run_until_stopped());
         let app = TestApp {
+            database_url: Some(config.effective_database_url()),
             address: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -276,6 +277,8 @@ impl Drop for Deployment {
 }
 
 pub struct TestApp {
+    /// The database of an in-process app (`None` for a server started as a process).
+    pub database_url: Option<String>,
     pub address: String,
     pub client: reqwest::Client,
     pub handle: Option<actix_web::dev::ServerHandle>,
@@ -333,6 +336,7 @@ impl TestApp {
     /// A client for a server this test did not start in-process (the real binary).
     pub fn external(address: &str) -> Self {
         TestApp {
+            database_url: None,
             address: address.to_string(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -561,16 +565,47 @@ pub fn unique_email(kind: &str) -> String {
     format!("{kind}-{}@example.com", Uuid::new_v4().simple())
 }
 
-/// Registers `email` (asserting the roles /register returns) and logs it in.
+/// Registers `email` and logs it in, asserting the roles it then holds. `admin` (from
+/// ADMIN_EMAILS) comes only with a proven address: registration answers without it, and the
+/// address is marked verified ([`verify_address`]) so that the login grants it.
 pub async fn account(app: &TestApp, email: &str, roles: &[&str]) -> Account {
     let r = app.register(email, PASSWORD).await;
     assert_eq!(r.status, StatusCode::CREATED, "register: {}", r.body);
-    assert_eq!(r.body["roles"], json!(roles), "{}", r.body);
+    let unproven: Vec<&str> = roles.iter().copied().filter(|r| *r != "admin").collect();
+    assert_eq!(r.body["roles"], json!(unproven), "{}", r.body);
+    if roles.contains(&"admin") {
+        verify_address(app, email).await;
+    }
+    let tokens = app.login(email, PASSWORD).await;
+    if roles.contains(&"admin") {
+        let session = app.get("/session", Some(&tokens.access)).await;
+        assert_eq!(session.body["roles"], json!(roles), "{}", session.body);
+    }
     Account {
         id: r.body["id"].as_str().expect("id").to_string(),
         email: email.to_string(),
-        tokens: app.login(email, PASSWORD).await,
+        tokens,
     }
+}
+
+/// Marks the address of `email`'s account as proven, as its owner's use of a mailed link
+/// would: a fixture for tests of what a verified account may do (the mailed links themselves
+/// are tested in mail.rs and takeover.rs).
+pub async fn verify_address(app: &TestApp, email: &str) {
+    let url = app.database_url.as_deref().expect("an in-process app");
+    let db = Database::connect(url).await.expect("database");
+    let done = db
+        .execute_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "UPDATE users SET email_verified = true WHERE email = '{}'",
+                email.replace('\'', "''")
+            ),
+        ))
+        .await
+        .expect("verify the address");
+    assert_eq!(done.rows_affected(), 1, "no account holds {email}");
+    let _ = db.close().await;
 }
 
 /// A plain account (roles ["user"]).

@@ -33,14 +33,14 @@ fn smtp_python() -> Option<String> {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Tls {
+pub(crate) enum Tls {
     Plain,
     Starttls,
     Implicit,
 }
 
 /// One aiosmtpd process and the directory it writes received messages to.
-struct Smtp {
+pub(crate) struct Smtp {
     python: String,
     dir: PathBuf,
     tls: Tls,
@@ -51,17 +51,17 @@ struct Smtp {
 
 /// A received message: its headers and its decoded text part.
 #[derive(Debug, Clone)]
-struct Received {
-    to: String,
-    subject: String,
+pub(crate) struct Received {
+    pub(crate) to: String,
+    pub(crate) subject: String,
     from: String,
     bcc: bool,
-    text: String,
+    pub(crate) text: String,
 }
 
 impl Received {
     /// The single-use token of the message's link.
-    fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         let at = self.text.find("#token=").expect("a link with a token") + "#token=".len();
         self.text[at..]
             .chars()
@@ -157,7 +157,7 @@ fn parse(raw: &str) -> Received {
 }
 
 impl Smtp {
-    async fn start(tls: Tls, auth: bool) -> Option<Self> {
+    pub(crate) async fn start(tls: Tls, auth: bool) -> Option<Self> {
         let python = smtp_python()?;
         let dir =
             std::env::temp_dir().join(format!("sessiond-smtp-{}", uuid::Uuid::new_v4().simple()));
@@ -230,7 +230,7 @@ impl Smtp {
     }
 
     /// What a deployment needs to send through this server.
-    fn configure(&self, dep: &mut Deployment) {
+    pub(crate) fn configure(&self, dep: &mut Deployment) {
         let scheme = if self.tls == Tls::Implicit {
             "smtps"
         } else {
@@ -272,7 +272,7 @@ impl Smtp {
             .collect()
     }
 
-    fn to(&self, address: &str) -> Vec<Received> {
+    pub(crate) fn to(&self, address: &str) -> Vec<Received> {
         self.received()
             .into_iter()
             .filter(|m| m.to == address)
@@ -280,7 +280,7 @@ impl Smtp {
     }
 
     /// Waits until `address` has received `n` messages; returns them in arrival order.
-    async fn wait_for(&self, address: &str, n: usize) -> Vec<Received> {
+    pub(crate) async fn wait_for(&self, address: &str, n: usize) -> Vec<Received> {
         let arrived = eventually(
             Duration::from_secs(60),
             Duration::from_millis(50),
@@ -293,7 +293,7 @@ impl Smtp {
     }
 
     /// The newest mail to `address` once it has `n`, with its subject checked.
-    async fn nth(&self, address: &str, n: usize, subject: &str) -> Received {
+    pub(crate) async fn nth(&self, address: &str, n: usize, subject: &str) -> Received {
         let mail = self.wait_for(address, n).await[n - 1].clone();
         assert!(mail.subject.contains(subject), "{mail:?}");
         mail
@@ -322,12 +322,12 @@ async fn register(app: &TestApp, email: &str) -> Value {
     r.body
 }
 
-async fn forgot(app: &TestApp, email: &str) -> crate::helpers::Reply {
+pub(crate) async fn forgot(app: &TestApp, email: &str) -> crate::helpers::Reply {
     app.post_json("/password/forgot", &json!({ "email": email }))
         .await
 }
 
-async fn reset(app: &TestApp, token: &str, password: &str) -> crate::helpers::Reply {
+pub(crate) async fn reset(app: &TestApp, token: &str, password: &str) -> crate::helpers::Reply {
     app.post_json(
         "/password/reset",
         &json!({ "token": token, "new_password": password }),
@@ -635,6 +635,10 @@ async fn verification_on_and_off(backend: Backend) {
     verify(first).await.assert_error(400, "invalid_token");
     assert_eq!(verify(second.clone()).await.status, StatusCode::NO_CONTENT);
     verify(second).await.assert_error(400, "invalid_token");
+    // The first proof of the address ends the sessions opened before it.
+    let old = app.get("/profile", Some(&tokens.access)).await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED, "{}", old.body);
+    let tokens = app.login(&email, PASSWORD).await;
     let profile = app.get("/profile", Some(&tokens.access)).await;
     assert_eq!(
         profile.body["email_verified"],
@@ -939,4 +943,41 @@ crate::both_backends!(
     smtp_outage_loses_and_repeats_nothing,
     pod_restart_keeps_queued_mail,
     line_breaks_in_addresses_and_names_are_refused,
+    admin_emails_wait_for_the_address_to_be_proven,
 );
+
+/// ADMIN_EMAILS grants `admin` only to a proven address: whoever registers a listed address
+/// first gets a plain account (also across a restart, when the listed accounts are promoted),
+/// and the owner's use of the mailed verification link promotes it.
+async fn admin_emails_wait_for_the_address_to_be_proven(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Implicit, false).await else {
+        return;
+    };
+    let mut dep = deployment(backend, &smtp).await;
+    let email = unique_email("boss");
+    dep.set("ADMIN_EMAILS", &email);
+    let app = dep.spawn().await;
+    let r = app.register(&email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["roles"], json!(["user"]), "{}", r.body);
+    let roles = async |app: &TestApp| {
+        let tokens = app.login(&email, PASSWORD).await;
+        let admin = call(app, Method::GET, "/admin/users", Some(&tokens.access), None).await;
+        let session = app.get("/session", Some(&tokens.access)).await;
+        (session.body["roles"].clone(), admin.status)
+    };
+    assert_eq!(roles(&app).await, (json!(["user"]), StatusCode::FORBIDDEN));
+    app.stop().await;
+    let app = dep.spawn().await;
+    assert_eq!(roles(&app).await, (json!(["user"]), StatusCode::FORBIDDEN));
+
+    let token = smtp.nth(&email, 1, "Confirm").await.token();
+    let r = app
+        .post_json("/email/verify", &json!({ "token": token }))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(
+        roles(&app).await,
+        (json!(["admin", "user"]), StatusCode::OK)
+    );
+}

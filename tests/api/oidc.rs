@@ -47,6 +47,10 @@ both_backends!(
     a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment,
     an_expired_state_is_refused,
     a_passwordless_account_steps_up_with_its_passkey,
+    a_provider_identity_is_never_merged_into_an_unverified_account,
+    no_provider_enters_an_account_the_password_may_not_under_required_verification,
+    the_first_proof_of_an_address_removes_the_sign_in_methods_added_before,
+    a_linking_flow_ends_with_the_session_that_started_it,
 );
 
 // Two pods need a shared session store: the embedded mode is one process.
@@ -210,6 +214,16 @@ async fn setup_with(backend: Backend, extra: &[(&str, &str)]) -> Setup {
 }
 
 async fn setup_for(backend: Backend, extra: &[(&str, &str)], userinfo_only: bool) -> Setup {
+    setup_configured(backend, extra, userinfo_only, |_| {}).await
+}
+
+/// [`setup_for`], with the deployment edited before its pod starts (e.g. to send mail).
+async fn setup_configured(
+    backend: Backend,
+    extra: &[(&str, &str)],
+    userinfo_only: bool,
+    configure: impl FnOnce(&mut Deployment),
+) -> Setup {
     let lb = Forwarder::start().await;
     let provider = Provider::start(&lb.url(), userinfo_only).await;
     let mut dep = Deployment::new(backend).await;
@@ -229,6 +243,7 @@ async fn setup_for(backend: Backend, extra: &[(&str, &str)], userinfo_only: bool
     for (k, v) in extra {
         dep.set(k, v);
     }
+    configure(&mut dep);
     let app = dep.spawn().await;
     lb.point_at(&app);
     Setup {
@@ -471,7 +486,9 @@ async fn an_email_held_by_an_account_is_refused_unless_verified_emails_may_link(
     assert_eq!(query(&back, "code"), None);
     assert_eq!(s.count("identities").await, 0);
 
-    // With OAUTH_LINK_VERIFIED_EMAILS=true a verified email signs in to the account.
+    // With OAUTH_LINK_VERIFIED_EMAILS=true a verified email signs in to the account, once the
+    // account's own address is proven too.
+    verify_address(&s.app, "grace@example.com").await;
     let pod = s
         .dep
         .spawn_with(&[("OAUTH_LINK_VERIFIED_EMAILS", "true".into())])
@@ -849,6 +866,7 @@ async fn return_urls_and_challenges_are_checked(backend: Backend) {
 async fn a_disabled_account_cannot_sign_in_through_a_provider(backend: Backend) {
     let s = setup_with(backend, &[("ADMIN_EMAILS", "boss@example.com")]).await;
     s.app.register("boss@example.com", PASSWORD).await;
+    verify_address(&s.app, "boss@example.com").await;
     let boss = s.app.login("boss@example.com", PASSWORD).await;
     let made = s.tokens("dan-1").await;
     let user_id = claims_of(made.body["access_token"].as_str().unwrap())["sub"]
@@ -1421,4 +1439,289 @@ async fn a_passwordless_account_steps_up_with_its_passkey(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+}
+
+/// Pre-account takeover (OAUTH_LINK_VERIFIED_EMAILS=true): whoever registers the victim's
+/// address with a password of his own, and waits, never shares an account with the victim's
+/// identity at a provider: an account whose address nobody has proven is not merged.
+async fn a_provider_identity_is_never_merged_into_an_unverified_account(backend: Backend) {
+    let s = setup_with(backend, &[("OAUTH_LINK_VERIFIED_EMAILS", "true")]).await;
+    let victim = "vic@example.com";
+    assert_eq!(
+        s.app.register(victim, PASSWORD).await.status,
+        StatusCode::CREATED
+    );
+    s.provider.set_account("vic-sso", victim, true).await;
+    let (back, _) = s.sign_in("vic-sso").await;
+    assert_eq!(
+        query(&back, "error").as_deref(),
+        Some("account_exists"),
+        "{back}"
+    );
+    assert_eq!(query(&back, "code"), None);
+    assert_eq!(s.count("identities").await, 0);
+    assert_eq!(s.count("users").await, 1);
+    // The squatter's password still opens only what it made: no identity in it.
+    let squatter = s.app.login(victim, PASSWORD).await;
+    let listed = s
+        .app
+        .get("/profile/identities", Some(&squatter.access))
+        .await;
+    assert_eq!(listed.body["items"], json!([]), "{}", listed.body);
+
+    // Once the address is proven (its owner used a mailed link), the same sign-in joins it.
+    verify_address(&s.app, victim).await;
+    let signed = s.tokens("vic-sso").await;
+    let sub = claims_of(signed.body["access_token"].as_str().unwrap())["sub"].clone();
+    assert_eq!(sub, claims_of(&squatter.access)["sub"]);
+    assert_eq!(s.count("identities").await, 1);
+}
+
+/// REQUIRE_EMAIL_VERIFICATION: the provider path refuses an unverified account exactly where
+/// the password path does. Neither a merge by address nor an identity linked before the address
+/// was proven enters it.
+async fn no_provider_enters_an_account_the_password_may_not_under_required_verification(
+    backend: Backend,
+) {
+    let s = setup(backend).await;
+    // An account registered, signed in and linked while verification was not required.
+    let email = "una@example.com";
+    s.app.register(email, PASSWORD).await;
+    let account = s.app.login(email, PASSWORD).await;
+    s.provider.set_account("una-sso", email, true).await;
+    let (_, challenge) = pkce();
+    let started = s
+        .app
+        .request(
+            reqwest::Method::POST,
+            "/profile/identities/corp/start",
+            &account.access,
+            Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let url = started.body["authorize_url"].as_str().unwrap().to_string();
+    let back = browse(&browser(), url, "una-sso", RETURN_TO).await;
+    assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
+
+    let pod = s
+        .dep
+        .spawn_with(&[
+            ("REQUIRE_EMAIL_VERIFICATION", "true".into()),
+            ("OAUTH_LINK_VERIFIED_EMAILS", "true".into()),
+        ])
+        .await;
+    s.lb.point_at(&pod);
+    pod.login_reply(email, PASSWORD)
+        .await
+        .assert_error(403, "email_not_verified");
+    let (verifier, challenge) = pkce();
+    let start = format!(
+        "{}/oauth/corp/start?return_to={}&code_challenge={challenge}",
+        pod.address,
+        urlencode(RETURN_TO)
+    );
+    let back = browse(&browser(), start.clone(), "una-sso", RETURN_TO).await;
+    assert_eq!(
+        query(&back, "error").as_deref(),
+        Some("email_not_verified"),
+        "{back}"
+    );
+    assert_eq!(query(&back, "code"), None);
+
+    // A second unverified account, reached by address only: refused as well.
+    let other = "ola@example.com";
+    s.app.register(other, PASSWORD).await;
+    s.provider.set_account("ola-sso", other, true).await;
+    let back = browse(
+        &browser(),
+        start.replace(&challenge, &pkce().1),
+        "ola-sso",
+        RETURN_TO,
+    )
+    .await;
+    assert_eq!(
+        query(&back, "error").as_deref(),
+        Some("account_exists"),
+        "{back}"
+    );
+    assert_eq!(s.count("identities").await, 1);
+
+    // Proven, the account is entered both ways.
+    verify_address(&pod, email).await;
+    pod.login(email, PASSWORD).await;
+    let back = browse(&browser(), start, "una-sso", RETURN_TO).await;
+    let code = query(&back, "code").unwrap_or_else(|| panic!("{back}"));
+    let reply = pod
+        .post_json(
+            "/oauth/token",
+            &json!({"code": code, "code_verifier": verifier}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+}
+
+/// A pre-registration trojan: the attacker registers the victim's address, links his own
+/// identity at a provider and enrols an authenticator; the victim, finding the address taken,
+/// recovers it with a reset link. That first proof of the address removes every sign-in method
+/// added before it (identities, passkeys, TOTP, sessions), and the notice says so. A reset of an
+/// address proven before keeps them.
+async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(backend: Backend) {
+    let Some(smtp) = crate::mail::Smtp::start(crate::mail::Tls::Implicit, false).await else {
+        return;
+    };
+    let s = setup_configured(backend, &[], false, |dep| smtp.configure(dep)).await;
+    let victim = "trojan-victim@example.com";
+    s.app.register(victim, PASSWORD).await;
+    let attacker = s.app.login(victim, PASSWORD).await;
+    s.provider
+        .set_account("mallory-sso", "mallory@evil.example", true)
+        .await;
+    let (_, challenge) = pkce();
+    let started = s
+        .app
+        .request(
+            reqwest::Method::POST,
+            "/profile/identities/corp/start",
+            &attacker.access,
+            Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    let url = started.body["authorize_url"].as_str().unwrap().to_string();
+    let back = browse(&browser(), url, "mallory-sso", RETURN_TO).await;
+    assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
+    crate::mfa::enrol(&s.app, &attacker.access).await;
+    assert_eq!(s.count("identities").await, 1);
+    assert_eq!(s.count("mfa_totp").await, 1);
+
+    // The victim recovers the address through the mailed link.
+    let r = crate::mail::forgot(&s.app, victim).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let token = smtp.nth(victim, 2, "Reset your password").await.token();
+    let new_password = "victim takes it back";
+    let r = crate::mail::reset(&s.app, &token, new_password).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+
+    assert_eq!(s.count("identities").await, 0);
+    assert_eq!(s.count("mfa_totp").await, 0);
+    assert_eq!(s.count("mfa_recovery_codes").await, 0);
+    assert_eq!(s.count("webauthn_credentials").await, 0);
+    let gone = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || {
+            s.app.get("/session", Some(&attacker.access)).await.status == StatusCode::UNAUTHORIZED
+        },
+    )
+    .await;
+    assert!(gone, "the attacker's session survived the first proof");
+    // The attacker's identity no longer reaches the account; the victim needs no factor of his.
+    let theirs = s.tokens("mallory-sso").await;
+    let profile = s
+        .app
+        .get("/profile", theirs.body["access_token"].as_str())
+        .await;
+    assert_eq!(
+        profile.body["email"], "mallory@evil.example",
+        "{}",
+        profile.body
+    );
+    let mine = s.app.login(victim, new_password).await;
+    let profile = s.app.get("/profile", Some(&mine.access)).await;
+    assert_eq!(
+        profile.body["email_verified"],
+        json!(true),
+        "{}",
+        profile.body
+    );
+    let mails = smtp.wait_for(victim, 4).await;
+    let notice = mails
+        .iter()
+        .find(|m| m.subject.contains("Sign-in methods"))
+        .unwrap_or_else(|| panic!("a notice of the removal: {mails:?}"));
+    assert!(notice.text.contains("corp"), "{notice:?}");
+    assert!(notice.text.contains("authenticator app"), "{notice:?}");
+
+    // The address is proven now: the owner's own methods survive a later reset.
+    s.provider
+        .set_account("vic-own", "vic-own@example.com", true)
+        .await;
+    let (_, challenge) = pkce();
+    let started = s
+        .app
+        .request(
+            reqwest::Method::POST,
+            "/profile/identities/corp/start",
+            &mine.access,
+            Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
+        )
+        .await;
+    let url = started.body["authorize_url"].as_str().unwrap().to_string();
+    let back = browse(&browser(), url, "vic-own", RETURN_TO).await;
+    assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
+    let before = smtp.to(victim).len();
+    crate::mail::forgot(&s.app, victim).await;
+    let token = smtp
+        .nth(victim, before + 1, "Reset your password")
+        .await
+        .token();
+    let r = crate::mail::reset(&s.app, &token, "victim resets again").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let listed = s
+        .app
+        .get(
+            "/profile/identities",
+            Some(&s.app.login(victim, "victim resets again").await.access),
+        )
+        .await;
+    assert_eq!(
+        listed.body["items"][0]["subject"], "vic-own",
+        "{}",
+        listed.body
+    );
+}
+
+/// A started linking outlives nothing: once the session that started it has ended (a logout
+/// here; a reset or an admin's revocation alike), its callback links no identity.
+async fn a_linking_flow_ends_with_the_session_that_started_it(backend: Backend) {
+    let s = setup(backend).await;
+    let email = "lee@example.com";
+    s.app.register(email, PASSWORD).await;
+    s.provider
+        .set_account("lee-sso", "lee@corp.example", true)
+        .await;
+    let start = async |access: &str| {
+        let (_, challenge) = pkce();
+        let started = s
+            .app
+            .request(
+                reqwest::Method::POST,
+                "/profile/identities/corp/start",
+                access,
+                Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
+            )
+            .await;
+        assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+        started.body["authorize_url"].as_str().unwrap().to_string()
+    };
+    let ended = s.app.login(email, PASSWORD).await;
+    let url = start(&ended.access).await;
+    let r = s.app.post_auth("/logout", &ended.access).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let back = browse(&browser(), url, "lee-sso", RETURN_TO).await;
+    assert_eq!(
+        query(&back, "error").as_deref(),
+        Some("access_denied"),
+        "{back}"
+    );
+    assert_eq!(query(&back, "linked"), None);
+    assert_eq!(s.count("identities").await, 0);
+
+    // A live session's flow links, as before.
+    let live = s.app.login(email, PASSWORD).await;
+    let url = start(&live.access).await;
+    let back = browse(&browser(), url, "lee-sso", RETURN_TO).await;
+    assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
+    assert_eq!(s.count("identities").await, 1);
 }
