@@ -30,18 +30,22 @@ use crate::{
         pending::{Kind, Pending, PendingUnavailable},
         Asserted, Challenge, FederationError, Providers,
     },
-    session::{AuthContext, Validate},
+    session::{AuthContext, Revoke, Validate},
     throttle::Scope,
     users::{
         CreateFederatedUser, FindAccess, FindAccount, FindByEmail, FindIdentity, LinkIdentity,
         ListIdentities, UnlinkIdentity, UserStoreError,
     },
+    webhooks::Event,
 };
 
 /// How long a started flow may take to come back to the callback.
 pub const STATE_TTL: Duration = crate::config::PendingTtls::PRODUCTION.oauth_state;
 /// How long the one-time code given to the client lives.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
+/// How long a redeemed code's second use still revokes its session: longer than the code
+/// could have lived.
+const SPENT_CODE_TTL: Duration = Duration::from_secs(2 * 60);
 
 /// What the flows of identity providers run on: the providers and the one-time records.
 #[derive(Clone)]
@@ -564,12 +568,18 @@ pub async fn redeem(
     }
     // Without providers no code was ever given out.
     let fed = app.federation.as_ref().ok_or_else(invalid)?;
-    let record = fed
-        .pending
-        .take(Kind::Code, code)
-        .await?
-        .ok_or_else(invalid)?;
+    let Some(record) = fed.pending.take(Kind::Code, code).await? else {
+        revoke_on_reuse(app, fed, client, code).await?;
+        return Err(invalid());
+    };
     let grant: CodeGrant = serde_json::from_str(&record).map_err(|_| invalid())?;
+    // Spent: a second use of the code, for CODE_TTL, revokes what this one issues (RFC 6749
+    // 4.1.2). Written before the session exists, so a reuse racing this call is seen: it takes
+    // the mark, and this call then revokes its own session.
+    let spent = serde_json::json!({ "user_id": grant.user_id }).to_string();
+    fed.pending
+        .put(Kind::SpentCode, code, &spent, SPENT_CODE_TTL)
+        .await?;
     let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(code_verifier.as_bytes()));
     if !bool::from(computed.as_bytes().ct_eq(grant.code_challenge.as_bytes())) {
         app.metrics
@@ -601,6 +611,22 @@ pub async fn redeem(
     let (refresh, access) = attempt
         .open_session(grant.user_id, access, auth.clone())
         .await?;
+    let issued = serde_json::json!({ "user_id": grant.user_id, "session_id": refresh.session_id })
+        .to_string();
+    if fed.pending.take(Kind::SpentCode, code).await?.is_none() {
+        // Used again meanwhile: the session this call opened is the one to revoke.
+        app.sessions
+            .ask(Revoke {
+                user_id: grant.user_id,
+                session_id: refresh.session_id,
+            })
+            .await?;
+        audit_reuse(app, client, grant.user_id, refresh.session_id).await;
+        return Err(invalid());
+    }
+    fed.pending
+        .put(Kind::SpentCode, code, &issued, SPENT_CODE_TTL)
+        .await?;
     app.metrics
         .oauth_signins
         .with_label_values(&[grant.provider.as_str(), "success"])
@@ -627,6 +653,50 @@ pub async fn redeem(
         },
         grant.provider,
     ))
+}
+
+/// A one-time code presented again: the session its first use opened (if any yet) is revoked
+/// on every pod; a use still opening it finds its mark gone and revokes it itself.
+async fn revoke_on_reuse(
+    app: &App,
+    fed: &Federation,
+    client: &Client,
+    code: &str,
+) -> Result<(), ApiError> {
+    let Some(spent) = fed.pending.take(Kind::SpentCode, code).await? else {
+        return Ok(());
+    };
+    #[derive(Deserialize)]
+    struct Spent {
+        user_id: Uuid,
+        session_id: Option<Uuid>,
+    }
+    let Ok(spent) = serde_json::from_str::<Spent>(&spent) else {
+        return Ok(());
+    };
+    if let Some(session_id) = spent.session_id {
+        app.sessions
+            .ask(Revoke {
+                user_id: spent.user_id,
+                session_id,
+            })
+            .await?;
+        audit_reuse(app, client, spent.user_id, session_id).await;
+    }
+    Ok(())
+}
+
+async fn audit_reuse(app: &App, client: &Client, user_id: Uuid, session_id: Uuid) {
+    app.webhooks
+        .emit_after(Event::session_revoked(user_id, session_id, "code_reuse"))
+        .await;
+    app.audit.record(
+        AuditEvent::denied(AuditKind::SessionRevoke)
+            .subject(user_id)
+            .ip(client.ip.clone())
+            .detail(serde_json::json!({ "session_id": session_id, "reason": "code_reuse" })),
+    );
+    tracing::warn!(user_id = %user_id, session_id = %session_id, "one-time code used twice: its session revoked");
 }
 
 /// The caller's linked identities.

@@ -19,6 +19,8 @@ use crate::{
 pub enum Kind {
     State,
     Code,
+    /// A redeemed code, for its reuse to revoke the session it opened.
+    SpentCode,
     /// A WebAuthn ceremony's state between its start and its finish (`app::webauthn`).
     WebauthnRegistration,
     WebauthnSignIn,
@@ -32,6 +34,7 @@ impl Kind {
         match self {
             Kind::State => "oauth-state",
             Kind::Code => "oauth-code",
+            Kind::SpentCode => "oauth-code-spent",
             Kind::WebauthnRegistration => "webauthn-reg",
             Kind::WebauthnSignIn => "webauthn-signin",
             Kind::WebauthnMfa => "webauthn-mfa",

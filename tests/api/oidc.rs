@@ -658,10 +658,28 @@ async fn the_one_time_code_is_single_use_and_bound_to_the_verifier(backend: Back
     let s = setup(backend).await;
     let (back, verifier) = s.sign_in("carl-1").await;
     let code = query(&back, "code").unwrap();
-    assert_eq!(s.redeem(&code, &verifier).await.status, StatusCode::OK);
+    let first = s.redeem(&code, &verifier).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let access = first.body["access_token"].as_str().unwrap();
+    assert_eq!(
+        s.app.get("/session", Some(access)).await.status,
+        StatusCode::OK
+    );
     s.redeem(&code, &verifier)
         .await
         .assert_error(400, "invalid_grant");
+    // The second use revokes the session the first one opened (RFC 6749 4.1.2): whoever
+    // intercepted the code and raced the client does not keep a session either.
+    let revoked = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || s.app.get("/session", Some(access)).await.status == StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert!(revoked, "the first use's session survived the code's reuse");
+    refresh(&s.app, first.body["refresh_token"].as_str().unwrap())
+        .await
+        .assert_error(401, "unauthorized");
 
     let (back, verifier) = s.sign_in("carl-1").await;
     let code = query(&back, "code").unwrap();
