@@ -503,20 +503,14 @@ async fn switching_the_algorithm_logs_nobody_out() {
     back.stop().await;
 }
 
-/// JWKS_VERIFIER_PYTHON: a python with the packages of ci/requirements-jwks.txt (.ci/run makes
-/// one). Unset: skipped, unless REQUIRE_SERVICES=1.
+/// A python with the packages of ci/requirements-jwks.txt: JWKS_VERIFIER_PYTHON, or a venv
+/// made on first use (`provision`). `None`: skipped (a failure under REQUIRE_SERVICES=1).
 fn verifier_python() -> Option<String> {
-    match std::env::var("JWKS_VERIFIER_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            assert!(
-                std::env::var("REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "REQUIRE_SERVICES=1 but JWKS_VERIFIER_PYTHON is not set (see ci/requirements-jwks.txt)"
-            );
-            eprintln!("skipping the PyJWT verifier: JWKS_VERIFIER_PYTHON unset");
-            None
-        }
-    }
+    crate::provision::python(
+        "the PyJWT verifier (ci/requirements-jwks.txt)",
+        "ci/requirements-jwks.txt",
+        "JWKS_VERIFIER_PYTHON",
+    )
 }
 
 /// Runs examples/verify_token.py: exit status and output.

@@ -16,20 +16,14 @@ const NEW_PASSWORD: &str = "another staple horse";
 const SMTP_USER: &str = "mailer";
 const SMTP_PASSWORD: &str = "s3cret:p@ss";
 
-/// SMTP_TEST_PYTHON: a python with ci/requirements-smtp.txt (.ci/run makes one). Unset: the
-/// test is skipped, unless REQUIRE_SERVICES=1.
+/// A python with ci/requirements-smtp.txt: SMTP_TEST_PYTHON, or a venv made on first use
+/// (`provision`). `None`: the test is skipped (it fails under REQUIRE_SERVICES=1).
 fn smtp_python() -> Option<String> {
-    match std::env::var("SMTP_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            assert!(
-                std::env::var("REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "REQUIRE_SERVICES=1 but SMTP_TEST_PYTHON is not set (see ci/requirements-smtp.txt)"
-            );
-            eprintln!("skipping: SMTP_TEST_PYTHON unset");
-            None
-        }
-    }
+    crate::provision::python(
+        "the SMTP test server (aiosmtpd, ci/requirements-smtp.txt)",
+        "ci/requirements-smtp.txt",
+        "SMTP_TEST_PYTHON",
+    )
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -22,6 +22,7 @@ mod monitoring;
 mod oidc;
 mod persistence;
 mod process;
+mod provision;
 mod redis_down;
 mod refresh;
 mod registration;

@@ -70,14 +70,9 @@ struct Provider {
 impl Provider {
     /// Clients: `sessiond` (provider `corp`) and `other` (provider `corp2`), both calling back
     /// to `public`. `userinfo_only`: email claims in the UserInfo response, not the ID token.
-    async fn start(public: &str, userinfo_only: bool) -> Self {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
-        assert!(
-            std::path::Path::new(dir)
-                .join("node_modules/oidc-provider")
-                .exists(),
-            "the test OpenID Provider is not installed: run `npm ci` in tests/oidc (.ci/run does)"
-        );
+    /// `None`: the provider could not be installed (`provision`), and the test is skipped.
+    async fn start(public: &str, userinfo_only: bool) -> Option<Self> {
+        let dir = crate::provision::oidc_provider()?;
         let config = json!({"clients": [
             {"client_id": "sessiond", "client_secret": CLIENT_SECRET,
              "redirect_uris": [format!("{public}/oauth/corp/callback")]},
@@ -114,11 +109,11 @@ impl Provider {
                 }
             }
         });
-        Provider {
+        Some(Provider {
             _child: child,
             issuer,
             control: reqwest::Client::new(),
-        }
+        })
     }
 
     async fn set_account(&self, sub: &str, email: &str, verified: bool) {
@@ -209,11 +204,11 @@ struct Setup {
     app: TestApp,
 }
 
-async fn setup_with(backend: Backend, extra: &[(&str, &str)]) -> Setup {
+async fn setup_with(backend: Backend, extra: &[(&str, &str)]) -> Option<Setup> {
     setup_for(backend, extra, false).await
 }
 
-async fn setup_for(backend: Backend, extra: &[(&str, &str)], userinfo_only: bool) -> Setup {
+async fn setup_for(backend: Backend, extra: &[(&str, &str)], userinfo_only: bool) -> Option<Setup> {
     setup_configured(backend, extra, userinfo_only, |_| {}).await
 }
 
@@ -223,9 +218,9 @@ async fn setup_configured(
     extra: &[(&str, &str)],
     userinfo_only: bool,
     configure: impl FnOnce(&mut Deployment),
-) -> Setup {
+) -> Option<Setup> {
     let lb = Forwarder::start().await;
-    let provider = Provider::start(&lb.url(), userinfo_only).await;
+    let provider = Provider::start(&lb.url(), userinfo_only).await?;
     let mut dep = Deployment::new(backend).await;
     dep.set("OIDC_PROVIDERS", "corp,corp2")
         .set("OIDC_CORP_ISSUER", &provider.issuer)
@@ -246,15 +241,15 @@ async fn setup_configured(
     configure(&mut dep);
     let app = dep.spawn().await;
     lb.point_at(&app);
-    Setup {
+    Some(Setup {
         provider,
         lb,
         dep,
         app,
-    }
+    })
 }
 
-async fn setup(backend: Backend) -> Setup {
+async fn setup(backend: Backend) -> Option<Setup> {
     setup_with(backend, &[]).await
 }
 
@@ -418,7 +413,9 @@ fn urlencode(s: &str) -> String {
 }
 
 async fn first_sign_in_creates_a_passwordless_account_and_the_second_reuses_it(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     let providers = s.app.get("/oauth/providers", None).await;
     assert_eq!(
         providers.body["items"],
@@ -473,7 +470,9 @@ async fn first_sign_in_creates_a_passwordless_account_and_the_second_reuses_it(b
 }
 
 async fn an_email_held_by_an_account_is_refused_unless_verified_emails_may_link(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     assert_eq!(
         s.app.register("grace@example.com", PASSWORD).await.status,
         StatusCode::CREATED
@@ -523,7 +522,9 @@ async fn an_email_held_by_an_account_is_refused_unless_verified_emails_may_link(
 }
 
 async fn an_unverified_email_is_refused_and_creates_nothing(backend: Backend) {
-    let s = setup_with(backend, &[("OAUTH_LINK_VERIFIED_EMAILS", "true")]).await;
+    let Some(s) = setup_with(backend, &[("OAUTH_LINK_VERIFIED_EMAILS", "true")]).await else {
+        return;
+    };
     s.provider
         .set_account("mallory-1", "victim@example.com", false)
         .await;
@@ -538,7 +539,9 @@ async fn an_unverified_email_is_refused_and_creates_nothing(backend: Backend) {
 }
 
 async fn states_are_single_use_and_bound_to_their_provider(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     let (b, callback, _) = s.until_callback("corp", "sam-1").await;
     let direct = callback.replace(&s.lb.url(), &s.app.address);
     let first = b.get(&direct).send().await.unwrap();
@@ -574,7 +577,9 @@ async fn states_are_single_use_and_bound_to_their_provider(backend: Backend) {
 /// with the record.
 async fn an_expired_state_is_refused(backend: Backend) {
     const LIFETIME: Duration = Duration::from_secs(5);
-    let mut s = setup(backend).await;
+    let Some(mut s) = setup(backend).await else {
+        return;
+    };
     assert_eq!(
         s.dep.config().pending_ttls.oauth_state,
         Duration::from_secs(600),
@@ -617,7 +622,9 @@ fn hex_prefix(bytes: &[u8]) -> String {
 }
 
 async fn an_id_token_with_another_nonce_or_for_another_audience_is_refused(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     s.tokens("nina-1").await;
     // The provider answers the next exchange with the ID token of the previous flow: validly
     // signed, for sessiond, but with that flow's nonce.
@@ -646,7 +653,9 @@ async fn an_id_token_with_another_nonce_or_for_another_audience_is_refused(backe
 }
 
 async fn a_signing_key_rotated_between_two_sign_ins_is_fetched(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     let first = s.tokens("rita-1").await;
     s.provider.control("/test/rotate", json!({})).await;
     let second = s.tokens("rita-1").await;
@@ -655,7 +664,9 @@ async fn a_signing_key_rotated_between_two_sign_ins_is_fetched(backend: Backend)
 }
 
 async fn the_one_time_code_is_single_use_and_bound_to_the_verifier(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     let (back, verifier) = s.sign_in("carl-1").await;
     let code = query(&back, "code").unwrap();
     let first = s.redeem(&code, &verifier).await;
@@ -702,7 +713,9 @@ async fn the_one_time_code_is_single_use_and_bound_to_the_verifier(backend: Back
 }
 
 async fn a_provider_that_is_down_gives_503_and_creates_nothing(backend: Backend) {
-    let s = setup_with(backend, &[("OAUTH_DISCOVERY_REFRESH_SECONDS", "1")]).await;
+    let Some(s) = setup_with(backend, &[("OAUTH_DISCOVERY_REFRESH_SECONDS", "1")]).await else {
+        return;
+    };
     let (b, callback, _) = s.until_callback("corp", "dora-1").await;
     let Setup {
         provider, app, dep, ..
@@ -759,7 +772,9 @@ impl Setup {
 }
 
 async fn identities_are_linked_listed_and_unlinked(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     s.app.register("lin@example.com", PASSWORD).await;
     let account = s.app.login("lin@example.com", PASSWORD).await;
     s.provider
@@ -834,7 +849,9 @@ async fn identities_are_linked_listed_and_unlinked(backend: Backend) {
 }
 
 async fn return_urls_and_challenges_are_checked(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     let (_, challenge) = pkce();
     for (return_to, code_challenge) in [
         ("https://evil.example/cb", challenge.as_str()),
@@ -882,7 +899,9 @@ async fn return_urls_and_challenges_are_checked(backend: Backend) {
 }
 
 async fn a_disabled_account_cannot_sign_in_through_a_provider(backend: Backend) {
-    let s = setup_with(backend, &[("ADMIN_EMAILS", "boss@example.com")]).await;
+    let Some(s) = setup_with(backend, &[("ADMIN_EMAILS", "boss@example.com")]).await else {
+        return;
+    };
     s.app.register("boss@example.com", PASSWORD).await;
     verify_address(&s.app, "boss@example.com").await;
     let boss = s.app.login("boss@example.com", PASSWORD).await;
@@ -943,7 +962,9 @@ async fn a_disabled_account_cannot_sign_in_through_a_provider(backend: Backend) 
 }
 
 async fn a_provider_made_session_is_revoked_on_the_other_pod() {
-    let s = setup(Backend::Services).await;
+    let Some(s) = setup(Backend::Services).await else {
+        return;
+    };
     let other = s.dep.spawn().await;
     let made = s.tokens("otto-1").await;
     let token = made.body["access_token"].as_str().unwrap();
@@ -973,7 +994,9 @@ async fn a_provider_made_session_is_revoked_on_the_other_pod() {
 }
 
 async fn a_passwordless_account_sets_a_password_right_after_signing_in(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     s.provider
         .set_account("pia-1", "pia@example.com", true)
         .await;
@@ -1132,7 +1155,7 @@ impl GithubStandIn {
 
 async fn github_sign_ins_use_the_primary_verified_email_only(backend: Backend) {
     let gh = GithubStandIn::start().await;
-    let s = setup_with(
+    let Some(s) = setup_with(
         backend,
         &[
             ("GITHUB_CLIENT_ID", "gh-client"),
@@ -1141,7 +1164,10 @@ async fn github_sign_ins_use_the_primary_verified_email_only(backend: Backend) {
             ("GITHUB_API_URL", &format!("{}/api", gh.url)),
         ],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let listed = s.app.get("/oauth/providers", None).await;
     assert_eq!(
         listed.body["items"][2],
@@ -1182,7 +1208,9 @@ async fn github_sign_ins_use_the_primary_verified_email_only(backend: Backend) {
 }
 
 async fn sign_in_steps_are_limited_per_client_address(backend: Backend) {
-    let s = setup_with(backend, &[("RATE_LIMIT_LOGIN_PER_IP", "3")]).await;
+    let Some(s) = setup_with(backend, &[("RATE_LIMIT_LOGIN_PER_IP", "3")]).await else {
+        return;
+    };
     let (_, challenge) = pkce();
     let start = |app: &TestApp| {
         let url = format!(
@@ -1219,7 +1247,9 @@ async fn sign_in_steps_are_limited_per_client_address(backend: Backend) {
 }
 
 async fn an_email_given_by_userinfo_only_is_used(backend: Backend) {
-    let s = setup_for(backend, &[], true).await;
+    let Some(s) = setup_for(backend, &[], true).await else {
+        return;
+    };
     s.provider
         .set_account("uma-1", "uma@example.com", true)
         .await;
@@ -1239,7 +1269,9 @@ async fn an_email_given_by_userinfo_only_is_used(backend: Backend) {
 /// An account with a TOTP authenticator is not entered through a provider on the provider's word
 /// alone: the one-time code's redemption asks for the second factor, as a password login does.
 async fn a_provider_sign_in_to_an_account_with_totp_asks_for_the_code(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     s.provider
         .set_account("tess-1", "tess@example.com", true)
         .await;
@@ -1280,7 +1312,9 @@ async fn a_provider_sign_in_to_an_account_with_totp_asks_for_the_code(backend: B
 async fn a_provider_session_keeps_fed_idp_and_auth_time_and_reauthenticates_by_signing_in(
     backend: Backend,
 ) {
-    let s = setup_with(backend, &[("STEP_UP_MAX_AGE", "2")]).await;
+    let Some(s) = setup_with(backend, &[("STEP_UP_MAX_AGE", "2")]).await else {
+        return;
+    };
     s.provider
         .set_account("rhea-1", "rhea@example.com", true)
         .await;
@@ -1352,14 +1386,17 @@ async fn a_provider_session_keeps_fed_idp_and_auth_time_and_reauthenticates_by_s
 }
 
 async fn a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment(backend: Backend) {
-    let s = setup_with(
+    let Some(s) = setup_with(
         backend,
         &[
             ("REQUIRE_MFA_FOR_ROLES", "admin"),
             ("ADMIN_EMAILS", "ines@example.com"),
         ],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     s.provider
         .set_account("ines-1", "ines@example.com", true)
         .await;
@@ -1397,7 +1434,7 @@ async fn a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment(
 /// makes the change its stale session was refused.
 async fn a_passwordless_account_steps_up_with_its_passkey(backend: Backend) {
     use crate::webauthn::{register, step_up_start, Passkey, ORIGIN, RP_ID};
-    let s = setup_with(
+    let Some(s) = setup_with(
         backend,
         &[
             ("STEP_UP_MAX_AGE", "2"),
@@ -1407,7 +1444,10 @@ async fn a_passwordless_account_steps_up_with_its_passkey(backend: Backend) {
             ("WEBAUTHN_RP_NAME", "sessiond tests"),
         ],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     s.provider
         .set_account("pax-1", "pax@example.com", true)
         .await;
@@ -1463,7 +1503,9 @@ async fn a_passwordless_account_steps_up_with_its_passkey(backend: Backend) {
 /// address with a password of his own, and waits, never shares an account with the victim's
 /// identity at a provider: an account whose address nobody has proven is not merged.
 async fn a_provider_identity_is_never_merged_into_an_unverified_account(backend: Backend) {
-    let s = setup_with(backend, &[("OAUTH_LINK_VERIFIED_EMAILS", "true")]).await;
+    let Some(s) = setup_with(backend, &[("OAUTH_LINK_VERIFIED_EMAILS", "true")]).await else {
+        return;
+    };
     let victim = "vic@example.com";
     assert_eq!(
         s.app.register(victim, PASSWORD).await.status,
@@ -1501,7 +1543,9 @@ async fn a_provider_identity_is_never_merged_into_an_unverified_account(backend:
 async fn no_provider_enters_an_account_the_password_may_not_under_required_verification(
     backend: Backend,
 ) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     // An account registered, signed in and linked while verification was not required.
     let email = "una@example.com";
     s.app.register(email, PASSWORD).await;
@@ -1588,7 +1632,9 @@ async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(
     let Some(smtp) = crate::mail::Smtp::start(crate::mail::Tls::Implicit, false).await else {
         return;
     };
-    let s = setup_configured(backend, &[], false, |dep| smtp.configure(dep)).await;
+    let Some(s) = setup_configured(backend, &[], false, |dep| smtp.configure(dep)).await else {
+        return;
+    };
     let victim = "trojan-victim@example.com";
     s.app.register(victim, PASSWORD).await;
     let attacker = s.app.login(victim, PASSWORD).await;
@@ -1703,7 +1749,9 @@ async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(
 /// A started linking outlives nothing: once the session that started it has ended (a logout
 /// here; a reset or an admin's revocation alike), its callback links no identity.
 async fn a_linking_flow_ends_with_the_session_that_started_it(backend: Backend) {
-    let s = setup(backend).await;
+    let Some(s) = setup(backend).await else {
+        return;
+    };
     let email = "lee@example.com";
     s.app.register(email, PASSWORD).await;
     s.provider
