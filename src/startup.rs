@@ -288,6 +288,11 @@ impl Application {
             config.is_embedded_db(),
         )
         .map_err(StartupError::Mail)?;
+        if config.mail.smtp.as_ref().is_some_and(|s| s.allow_plaintext) {
+            tracing::warn!(
+                "SMTP_URL is smtp+plaintext://: when the SMTP server offers no STARTTLS (or someone on the way strips the offer), the SMTP password and the mails, reset and verification links included, are sent in clear"
+            );
+        }
         if config.mail.smtp.is_none() {
             tracing::warn!(
                 "SMTP_URL is not set: mails (password resets, verification links, notices) are written to the log, not sent"

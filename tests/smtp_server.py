@@ -6,6 +6,8 @@ name, then renamed, so a reader never sees half a message). Runs until killed.
 
   --tls starttls|implicit  with --cert/--key: offer STARTTLS, or speak TLS from the first byte
   --auth USER:PASSWORD     require AUTH (PLAIN or LOGIN) with these credentials
+  --auth-log FILE          append every AUTH command's argument (mechanism and initial
+                           response, so the credentials of AUTH PLAIN) to FILE, one a line
 """
 import argparse
 import asyncio
@@ -31,6 +33,20 @@ class Store:
         return "250 OK"
 
 
+class RecordingSMTP(SMTP):
+    """Writes down each AUTH attempt before handling it: the tests check what reached us."""
+
+    def __init__(self, *args, auth_log=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.auth_log = auth_log
+
+    async def smtp_AUTH(self, arg):
+        if self.auth_log:
+            with open(self.auth_log, "a") as f:
+                f.write(f"{arg}\n")
+        return await super().smtp_AUTH(arg)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
@@ -39,6 +55,7 @@ def main():
     p.add_argument("--cert")
     p.add_argument("--key")
     p.add_argument("--auth")
+    p.add_argument("--auth-log")
     a = p.parse_args()
 
     context = None
@@ -59,8 +76,9 @@ def main():
     store = Store(a.dir)
 
     def factory():
-        return SMTP(
+        return RecordingSMTP(
             store,
+            auth_log=a.auth_log,
             hostname="localhost",
             tls_context=context if a.tls == "starttls" else None,
             require_starttls=a.tls == "starttls",

@@ -1,6 +1,6 @@
-//! Mail settings: SMTP_URL (`smtp://` with STARTTLS when the server offers it, `smtps://` with
-//! TLS from the first byte; user and password in the URL), SMTP_CA_FILE, MAIL_FROM, APP_URL,
-//! MAIL_TEMPLATES_DIR, and the email flows' switches.
+//! Mail settings: SMTP_URL (`smtp://` with STARTTLS required, `smtps://` with TLS from the
+//! first byte, `smtp+plaintext://` with STARTTLS only when offered; user and password in the
+//! URL), SMTP_CA_FILE, MAIL_FROM, APP_URL, MAIL_TEMPLATES_DIR, and the email flows' switches.
 use std::fmt;
 
 use super::{err, ConfigError, Secret};
@@ -12,8 +12,12 @@ pub struct Smtp {
     pub url: String,
     pub host: String,
     pub port: u16,
-    /// `smtps://`: TLS from the first byte. `smtp://`: STARTTLS when offered.
+    /// `smtps://`: TLS from the first byte. `smtp://`: STARTTLS, required.
     pub implicit_tls: bool,
+    /// `smtp+plaintext://`: STARTTLS when offered, otherwise the password and the mails (their
+    /// single-use links) go in clear. Anyone on the way can strip the offer, so only for a
+    /// relay on the same host or a trusted network.
+    pub allow_plaintext: bool,
     pub user: Option<String>,
     pub password: Option<Secret>,
     /// SMTP_CA_FILE's path and its PEM, added to the built-in roots.
@@ -26,6 +30,7 @@ impl fmt::Debug for Smtp {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("implicit_tls", &self.implicit_tls)
+            .field("allow_plaintext", &self.allow_plaintext)
             .finish_non_exhaustive()
     }
 }
@@ -64,16 +69,19 @@ fn decode(var: &'static str, raw: &str) -> Result<String, ConfigError> {
     String::from_utf8(out).map_err(|_| err(var, "the user or password is not UTF-8"))
 }
 
-/// `smtp://user:password@host:port` or `smtps://...`; the error never repeats the URL (it may
-/// carry a password).
+/// `smtp://user:password@host:port`, `smtps://...` or `smtp+plaintext://...`; the error never
+/// repeats the URL (it may carry a password).
 pub fn parse_smtp_url(url: &str, ca_file: Option<String>) -> Result<Smtp, ConfigError> {
     const VAR: &str = "SMTP_URL";
     let url = url.trim();
-    let shape = "expected smtp://[user:password@]host[:port] or smtps://...";
-    let (implicit_tls, rest) = if let Some(r) = url.strip_prefix("smtps://") {
-        (true, r)
+    let shape = "expected smtp://[user:password@]host[:port] (STARTTLS required), smtps://... \
+                 (TLS from the first byte) or smtp+plaintext://... (in clear without STARTTLS)";
+    let (implicit_tls, allow_plaintext, rest) = if let Some(r) = url.strip_prefix("smtps://") {
+        (true, false, r)
     } else if let Some(r) = url.strip_prefix("smtp://") {
-        (false, r)
+        (false, false, r)
+    } else if let Some(r) = url.strip_prefix("smtp+plaintext://") {
+        (false, true, r)
     } else {
         return Err(err(VAR, shape));
     };
@@ -130,6 +138,7 @@ pub fn parse_smtp_url(url: &str, ca_file: Option<String>) -> Result<Smtp, Config
         host: host.to_string(),
         port,
         implicit_tls,
+        allow_plaintext,
         user,
         password,
         ca_file,
@@ -218,6 +227,47 @@ mod tests {
             _ => None,
         })
         .is_err());
+    }
+
+    #[test]
+    fn smtp_requires_tls_unless_the_url_says_plaintext() {
+        let smtp = |url: &str| {
+            crate::config::Config::from_lookup(|k| (k == "SMTP_URL").then(|| url.to_string()))
+        };
+        // smtp:// with or without credentials: STARTTLS required.
+        for url in ["smtp://mailer:pw@mail.example", "smtp://mail.example:25"] {
+            let s = smtp(url).unwrap().mail.smtp.unwrap();
+            assert!(!s.allow_plaintext && !s.implicit_tls, "{url}");
+        }
+        let s = parse_smtp_url("smtp+plaintext://mailer:p%40w@relay.internal:25", None).unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.implicit_tls, s.allow_plaintext),
+            ("relay.internal", 25, false, true)
+        );
+        assert_eq!(s.password.unwrap().expose(), b"p@w");
+        assert_eq!(
+            parse_smtp_url("smtp+plaintext://relay", None).unwrap().port,
+            587
+        );
+        // check-config shows the scheme, so the opt-out, with the password masked.
+        let shown = smtp("smtp+plaintext://mailer:pw-secret@relay:25")
+            .unwrap()
+            .describe();
+        assert!(
+            shown.contains("SMTP_URL=smtp+plaintext://mailer:***@relay:25"),
+            "{shown}"
+        );
+        assert!(!shown.contains("pw-secret"));
+        // Any other form is refused naming SMTP_URL, never repeating the URL.
+        for bad in [
+            "smtp+tls://mailer:pw-secret@relay",
+            "smtps+plaintext://mailer:pw-secret@relay",
+            "SMTP+PLAINTEXT://mailer:pw-secret@relay",
+        ] {
+            let e = smtp(bad).unwrap_err();
+            assert_eq!(e.var, "SMTP_URL", "{bad}");
+            assert!(!e.to_string().contains("pw-secret"), "{e}");
+        }
     }
 
     #[test]

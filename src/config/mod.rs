@@ -672,7 +672,7 @@ pub const VARS: &[Var] = &[
     Var::new(
         "SMTP_URL",
         Unset("mails are written to the log, not sent"),
-        "smtp:// (STARTTLS when offered) or smtps:// URL of the mail server, user and password in the URL",
+        "smtp:// (STARTTLS required), smtps:// or smtp+plaintext:// (in clear without STARTTLS: a trusted network only) URL of the mail server, user and password in the URL",
     ),
     Var::new(
         "SMTP_CA_FILE",

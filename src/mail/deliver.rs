@@ -72,10 +72,14 @@ fn transport(smtp: &Smtp) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> 
         params = params.add_root_certificate(cert);
     }
     let params = params.build().map_err(|e| format!("SMTP TLS: {e}"))?;
+    // smtp:// requires STARTTLS: with opportunistic TLS a relay that offers none (or an
+    // attacker who strips the offer) gets the password (AUTH PLAIN) and the links in clear.
     let tls = if smtp.implicit_tls {
         Tls::Wrapper(params)
-    } else {
+    } else if smtp.allow_plaintext {
         Tls::Opportunistic(params)
+    } else {
+        Tls::Required(params)
     };
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
         .port(smtp.port)
@@ -308,6 +312,8 @@ impl Worker {
                     cause: match e.status() {
                         Some(code) => format!("SMTP {code}"),
                         None if e.is_timeout() => "timed out".into(),
+                        // lettre's own words, e.g. "STARTTLS is not supported on this server".
+                        None if e.is_client() => e.to_string(),
                         None => "connection or TLS failed".into(),
                     },
                     permanent: e.is_permanent(),

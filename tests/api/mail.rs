@@ -183,6 +183,8 @@ impl Smtp {
             .arg(self.port.to_string())
             .arg("--dir")
             .arg(self.dir.join("inbox"))
+            .arg("--auth-log")
+            .arg(self.dir.join("auth.log"))
             .stdout(Stdio::piped())
             .kill_on_drop(true);
         if self.tls != Tls::Plain {
@@ -225,10 +227,11 @@ impl Smtp {
 
     /// What a deployment needs to send through this server.
     pub(crate) fn configure(&self, dep: &mut Deployment) {
-        let scheme = if self.tls == Tls::Implicit {
-            "smtps"
-        } else {
-            "smtp"
+        // The plaintext tests say so: smtp:// requires STARTTLS.
+        let scheme = match self.tls {
+            Tls::Implicit => "smtps",
+            Tls::Starttls => "smtp",
+            Tls::Plain => "smtp+plaintext",
         };
         let userinfo = if self.auth {
             // ':' and '@' percent-encoded, as in any URL.
@@ -248,6 +251,12 @@ impl Smtp {
         }
         dep.set("MAIL_FROM", "sessiond <no-reply@example.com>");
         dep.set("APP_URL", "https://app.example");
+    }
+
+    /// The AUTH commands the server was sent (their arguments: AUTH PLAIN's carry the
+    /// credentials), one a line.
+    fn auth_attempts(&self) -> String {
+        std::fs::read_to_string(self.dir.join("auth.log")).unwrap_or_default()
     }
 
     fn received(&self) -> Vec<Received> {
@@ -555,6 +564,8 @@ async fn reset_tokens_are_single_use_and_superseded(backend: Backend) {
     let app = dep.spawn().await;
     let email = unique_email("tokens");
     register(&app, &email).await;
+    // Its verification mail first: mails in one batch are sent concurrently, in any order.
+    smtp.nth(&email, 1, "Confirm your email address").await;
     forgot(&app, &email).await;
     let first = smtp.nth(&email, 2, "Reset").await.token();
     forgot(&app, &email).await;
@@ -926,7 +937,85 @@ async fn line_breaks_in_addresses_and_names_are_refused(backend: Backend) {
     assert!(!all[0].bcc && smtp.to("victim@example.com").is_empty());
 }
 
+/// The outbox rows' `(state, last_error)` for `email`.
+async fn outbox_rows(dep: &Deployment, email: &str) -> Vec<(i16, Option<String>)> {
+    let db = Database::connect(dep.database_url())
+        .await
+        .expect("database");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("SELECT state, last_error FROM mail_outbox WHERE recipient = '{email}'"),
+        ))
+        .await
+        .expect("query");
+    let _ = db.close().await;
+    rows.iter()
+        .map(|r| {
+            (
+                r.try_get("", "state").expect("state"),
+                r.try_get("", "last_error").expect("last_error"),
+            )
+        })
+        .collect()
+}
+
+/// `smtp://` requires STARTTLS: a server that does not offer it (a stripped offer) gets
+/// neither the SMTP password nor the mail, with or without credentials; the mail stays queued
+/// and retried, and says why. Only an `smtp+plaintext://` URL sends in clear.
+async fn plaintext_smtp_needs_the_opt_out(backend: Backend) {
+    for auth in [true, false] {
+        let Some(smtp) = Smtp::start(Tls::Plain, auth).await else {
+            return;
+        };
+        let mut dep = deployment(backend, &smtp).await;
+        let plaintext = dep.vars()["SMTP_URL"].clone();
+        dep.set(
+            "SMTP_URL",
+            plaintext.replace("smtp+plaintext://", "smtp://"),
+        );
+        let app = dep.spawn().await;
+        let email = unique_email("stripped");
+        register(&app, &email).await;
+        let retried = async || {
+            app.scrape()
+                .await
+                .contains("sessiond_mail_deliveries_total{outcome=\"retried\"}")
+        };
+        eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            async || retried().await || !smtp.received().is_empty(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(smtp.received().is_empty(), "auth {auth}: sent in clear");
+        assert!(retried().await, "auth {auth}: no failed attempt counted");
+        assert_eq!(smtp.auth_attempts(), "", "auth {auth}: AUTH sent in clear");
+        let rows = outbox_rows(&dep, &email).await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let (state, cause) = &rows[0];
+        assert_eq!(*state, 0, "auth {auth}: still pending");
+        let cause = cause.as_deref().unwrap_or("");
+        assert!(cause.contains("STARTTLS"), "auth {auth}: {cause}");
+        assert!(!cause.contains("s3cret"), "{cause}");
+        app.stop().await;
+
+        // The same server with the opt-out: sent in clear, AUTH included (which shows the
+        // server records it).
+        dep.set("SMTP_URL", plaintext);
+        let _app = dep.spawn().await;
+        smtp.nth(&email, 1, "Confirm your email address").await;
+        assert_eq!(
+            smtp.auth_attempts().lines().count(),
+            usize::from(auth),
+            "auth {auth}"
+        );
+    }
+}
+
 crate::both_backends!(
+    plaintext_smtp_needs_the_opt_out,
     password_reset_end_to_end,
     unknown_email_is_indistinguishable,
     reset_tokens_are_single_use_and_superseded,
