@@ -367,6 +367,7 @@ impl Application {
             mfa_issuer: config.jwt_issuer.clone(),
             mfa_key: config.jwt_key_encryption_key.clone(),
             step_up_max_age: config.step_up_max_age,
+            totp_enrolment_ttl: config.pending_ttls.totp_enrolment,
         };
         let state = web::Data::new(AppState {
             app: app::App {

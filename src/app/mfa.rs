@@ -30,8 +30,10 @@ use crate::{
     error::ApiError,
     redis::{script, Redis, RedisUnavailable},
     session::now_unix,
+    throttle::{account_key, Scope, Throttled},
     users::{
-        ConfirmTotp, FindAccount, FindTotp, RemoveTotp, SpendRecoveryCode, SpendTotpStep, StartTotp,
+        ConfirmTotp, DropExpiredTotp, FindAccount, FindTotp, RemoveTotp, SpendRecoveryCode,
+        SpendTotpStep, StartTotp,
     },
 };
 
@@ -125,35 +127,99 @@ pub async fn start_totp(app: &App, caller: &Caller) -> Result<Enrolment, ApiErro
     })
 }
 
+const NOTHING_PENDING: &str = "no pending TOTP enrolment: start one with POST /mfa/totp";
+
 /// Confirms the pending enrolment with a current code: from now on logins need a second
 /// factor. Returns the ten recovery codes, shown this once (only their hashes are kept).
+///
+/// A stolen access token must not guess its way to the recovery codes: limited per session and
+/// per account, wrong codes count toward the account's lockout (as at POST /login/mfa), a
+/// locked account is refused, and an enrolment pending longer than
+/// `Settings::totp_enrolment_ttl` is gone. (The route also requires a recent authentication.)
 pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<String>, ApiError> {
-    let pending = app
+    let event = |e: AuditEvent, reason: &str| {
+        e.by(caller.user_id)
+            .ip(caller.ip.clone())
+            .detail(serde_json::json!({ "method": "totp", "reason": reason }))
+    };
+    let throttled = |reason: &str, t: Throttled| {
+        app.audit
+            .record(event(AuditEvent::denied(AuditKind::MfaEnrol), reason));
+        ApiError::from(t)
+    };
+    if let Err(t) = app
+        .throttle
+        .hit(Scope::PasswordChangeSession, &caller.session_id.to_string())
+        .await?
+    {
+        return Err(throttled("rate_limited", t));
+    }
+    let account = app
+        .users
+        .ask(FindAccount(caller.user_id))
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    let now = now_unix();
+    let bucket = app
+        .throttle
+        .bucket(
+            &account_key(&account.email),
+            &super::client_group(caller.ip.as_deref()),
+        )
+        .await?;
+    if let Err(t) = app.throttle.hit(Scope::LoginAccount, bucket.id()).await? {
+        return Err(throttled("rate_limited", t));
+    }
+    if let Err(t) = app.throttle.check_lock(bucket.id(), now).await? {
+        return Err(throttled("locked", t));
+    }
+    let ttl = chrono::Duration::from_std(app.settings.totp_enrolment_ttl)
+        .map_err(|_| ApiError::Internal("TOTP enrolment lifetime out of range".into()))?;
+    let cutoff = chrono::Utc::now() - ttl;
+    let Some(pending) = app
         .users
         .ask(FindTotp(caller.user_id))
         .await?
         .filter(|t| t.confirmed_at.is_none())
-        .ok_or_else(|| {
-            ApiError::Conflict("no pending TOTP enrolment: start one with POST /mfa/totp".into())
-        })?;
+    else {
+        return Err(ApiError::Conflict(NOTHING_PENDING.into()));
+    };
+    if pending.created_at <= cutoff {
+        // Expired: as if never started, and not left behind.
+        app.users
+            .ask(DropExpiredTotp {
+                user_id: caller.user_id,
+                started_before: cutoff,
+            })
+            .await?;
+        return Err(ApiError::Conflict(NOTHING_PENDING.into()));
+    }
     let secret = open(app.settings.mfa_key(), caller.user_id, &pending.secret)?;
-    let step = check_code(secret, code, now_unix()).ok_or(ApiError::InvalidGrant(
-        "the code is wrong or already used".into(),
-    ))?;
+    let Some(step) = check_code(secret, code, now) else {
+        super::accounts::count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone())
+            .await?;
+        app.audit.record(event(
+            AuditEvent::failure(AuditKind::MfaEnrol),
+            "invalid_code",
+        ));
+        return Err(ApiError::InvalidGrant(
+            "the code is wrong or already used".into(),
+        ));
+    };
     let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
     let confirmed = app
         .users
         .ask(ConfirmTotp {
             user_id: caller.user_id,
+            started_after: cutoff,
             step,
             recovery_hashes: codes.iter().map(|c| recovery_hash(c)).collect(),
         })
         .await?;
     if !confirmed {
-        return Err(ApiError::Conflict(
-            "no pending TOTP enrolment: start one with POST /mfa/totp".into(),
-        ));
+        return Err(ApiError::Conflict(NOTHING_PENDING.into()));
     }
+    app.throttle.record_success(bucket.id()).await?;
     app.audit.record(
         AuditEvent::success(AuditKind::MfaEnrol)
             .by(caller.user_id)

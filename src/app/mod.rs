@@ -80,6 +80,8 @@ pub struct Settings {
     pub mfa_key: Option<crate::config::Secret>,
     /// STEP_UP_MAX_AGE: how recent an authentication sensitive changes need.
     pub step_up_max_age: Duration,
+    /// How long a TOTP enrolment may stay pending (`PendingTtls::totp_enrolment`).
+    pub totp_enrolment_ttl: Duration,
 }
 
 impl Settings {

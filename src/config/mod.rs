@@ -178,6 +178,8 @@ pub struct PendingTtls {
     pub mfa_token: Duration,
     /// A provider sign-in between its start and the callback (the state).
     pub oauth_state: Duration,
+    /// A TOTP enrolment between POST /mfa/totp and its confirmation.
+    pub totp_enrolment: Duration,
 }
 
 impl PendingTtls {
@@ -185,6 +187,7 @@ impl PendingTtls {
     pub const PRODUCTION: Self = Self {
         mfa_token: Duration::from_secs(300),
         oauth_state: Duration::from_secs(600),
+        totp_enrolment: Duration::from_secs(600),
     };
 }
 

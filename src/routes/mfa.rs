@@ -79,12 +79,16 @@ pub struct RecoveryCodes {
 }
 
 /// Confirms the pending enrolment with a current code: from now on logins need a second factor.
+/// The enrolment stays pending 10 minutes; wrong codes count toward the account's lockout.
 #[utoipa::path(post, path = "/mfa/totp/confirm", tag = "mfa", security(("bearer" = [])), request_body = ConfirmTotpBody,
     responses(
         (status = 200, description = "Enrolled; the recovery codes, shown once", body = RecoveryCodes,
             headers(("Cache-Control" = String, description = "no-store"))),
-        (status = 400, description = "Wrong or used code (`invalid_grant`)", body = crate::error::ErrorBody),
-        (status = 409, description = "No pending enrolment (`conflict`)", body = crate::error::ErrorBody),
+        (status = 400, description = "Wrong or used code (`invalid_grant`); each counts toward the account's lockout", body = crate::error::ErrorBody),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`): POST /reauthenticate, then try again", body = crate::error::ErrorBody),
+        (status = 409, description = "No pending enrolment, or it was started more than 10 minutes ago (`conflict`)", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many attempts, or the account is locked after repeated failures (`rate_limited`)", body = crate::error::ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
     ))]
 pub async fn confirm_totp(
     req: HttpRequest,
@@ -93,6 +97,7 @@ pub async fn confirm_totp(
     body: web::Json<ConfirmTotpBody>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
     let recovery_codes = mfa::confirm_totp(&state.app, &caller, &body.code).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -218,6 +218,7 @@ pub async fn start_registration(
     responses(
         (status = 201, description = "Registered", body = Credential),
         (status = 400, description = "No registration in progress for this session (expired, finished or never started), or an answer that does not match it: another origin, challenge or relying party, no user verification (`invalid_grant`); a body that is not a credential (`invalid_request`)", body = crate::error::ErrorBody),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`): POST /reauthenticate, then finish the same registration", body = crate::error::ErrorBody),
         (status = 404, description = "WebAuthn is not configured (`not_found`)", body = crate::error::ErrorBody),
         (status = 409, description = "The authenticator's credential is registered already, or the account holds 20 (`conflict`)", body = crate::error::ErrorBody),
     ))]
@@ -228,6 +229,8 @@ pub async fn finish_registration(
     body: web::Json<RegistrationAnswer>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &state, &session);
+    // Checked before the ceremony is taken: once reauthenticated, the same answer finishes.
+    step_up::require_recent(&state.app, &caller).await?;
     let credential =
         webauthn::finish_registration(&state.app, &caller, &body.into_inner().0).await?;
     Ok(HttpResponse::Created().json(Credential::from(credential)))

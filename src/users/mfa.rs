@@ -113,6 +113,8 @@ impl Handler<SpendTotpStep> for UserStore {
 #[rtype(result = "Reply<Result<bool, UserStoreError>>")]
 pub struct ConfirmTotp {
     pub user_id: Uuid,
+    /// Only an enrolment started after this is confirmed (older ones have expired).
+    pub started_after: chrono::DateTime<Utc>,
     pub step: i64,
     /// Hashes of the new recovery codes.
     pub recovery_hashes: Vec<String>,
@@ -131,6 +133,7 @@ impl Handler<ConfirmTotp> for UserStore {
                     .col_expr(mfa_totp::Column::ConfirmedAt, Expr::value(Utc::now()))
                     .filter(mfa_totp::Column::UserId.eq(msg.user_id))
                     .filter(mfa_totp::Column::ConfirmedAt.is_null())
+                    .filter(mfa_totp::Column::CreatedAt.gt(msg.started_after))
                     .exec(&txn)
                     .await?;
                 if confirmed.rows_affected != 1 {
@@ -155,6 +158,32 @@ impl Handler<ConfirmTotp> for UserStore {
                 Ok::<_, UserStoreError>(true)
             };
             db.call_tx("confirm_totp", work).await
+        })
+    }
+}
+
+/// Removes the account's pending authenticator if it was started before `started_before` (an
+/// expired enrolment); a confirmed one, or a newer pending one, stays.
+#[derive(Message)]
+#[rtype(result = "Reply<Result<(), UserStoreError>>")]
+pub struct DropExpiredTotp {
+    pub user_id: Uuid,
+    pub started_before: chrono::DateTime<Utc>,
+}
+
+impl Handler<DropExpiredTotp> for UserStore {
+    type Result = Reply<Result<(), UserStoreError>>;
+
+    fn handle(&mut self, msg: DropExpiredTotp, _: &mut Self::Context) -> Self::Result {
+        let db = self.ctx();
+        Reply::new(async move {
+            let delete = mfa_totp::Entity::delete_many()
+                .filter(mfa_totp::Column::UserId.eq(msg.user_id))
+                .filter(mfa_totp::Column::ConfirmedAt.is_null())
+                .filter(mfa_totp::Column::CreatedAt.lte(msg.started_before))
+                .exec(&db.conn);
+            db.call("drop_expired_totp", delete).await?;
+            Ok(())
         })
     }
 }

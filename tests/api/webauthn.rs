@@ -27,6 +27,7 @@ both_backends!(
     a_step_up_assertion_answers_only_its_sessions_challenge_from_an_allowed_origin,
     a_passkey_step_up_lifts_the_limit_of_a_role_that_requires_mfa,
     passkey_names_are_held_to_the_documented_schema,
+    a_stale_session_cannot_finish_a_passkey_registration,
 );
 
 services_only!(a_ceremony_started_on_one_pod_finishes_on_another);
@@ -852,4 +853,34 @@ async fn passkey_names_are_held_to_the_documented_schema(backend: Backend) {
     let mut key = Passkey::new();
     let created = register(&app, token, &mut key, &format!(" {} ", "é".repeat(62))).await;
     assert_eq!(created["name"], "é".repeat(62));
+}
+
+async fn a_stale_session_cannot_finish_a_passkey_registration(backend: Backend) {
+    let mut dep = deployment(backend).await;
+    dep.set("STEP_UP_MAX_AGE", STEP_UP_MAX_AGE);
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let token = me.tokens.access.as_str();
+    // Started while recent; finished once it is not.
+    let mut key = Passkey::new();
+    let answer = registration_answer(&app, token, &mut key, ORIGIN).await;
+    actix_web::rt::time::sleep(Duration::from_secs(STEP_UP_MAX_AGE + 2)).await;
+    let finish = || {
+        app.request(
+            Method::POST,
+            "/mfa/webauthn/register/finish",
+            token,
+            Some(&answer),
+        )
+    };
+    finish()
+        .await
+        .assert_error(403, "reauthentication_required");
+    assert!(list(&app, token).await.is_empty());
+    // Reauthenticated, the same ceremony finishes.
+    let r = reauthenticate(&app, token, json!({"password": PASSWORD})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = finish().await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(list(&app, token).await.len(), 1);
 }
