@@ -641,6 +641,11 @@ pub async fn redeem(
             })),
     );
     tracing::info!(user_id = %grant.user_id, session_id = %refresh.session_id, provider = %grant.provider, "signed in through an identity provider");
+    // The new-sign-in notice, as for every way in (a failure to look the account up only
+    // skips it).
+    if let Ok(Some(account)) = app.users.ask(FindAccount(grant.user_id)).await {
+        super::email::note_login(app, client, &account).await;
+    }
     let now = attempt.now;
     Ok((
         Grant {

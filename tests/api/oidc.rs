@@ -51,6 +51,7 @@ both_backends!(
     no_provider_enters_an_account_the_password_may_not_under_required_verification,
     the_first_proof_of_an_address_removes_the_sign_in_methods_added_before,
     a_linking_flow_ends_with_the_session_that_started_it,
+    a_provider_sign_in_from_a_new_client_is_mailed_about,
 );
 
 // Two pods need a shared session store: the embedded mode is one process.
@@ -1790,4 +1791,39 @@ async fn a_linking_flow_ends_with_the_session_that_started_it(backend: Backend) 
     let back = browse(&browser(), url, "lee-sso", RETURN_TO).await;
     assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
     assert_eq!(s.count("identities").await, 1);
+}
+
+/// The new-sign-in notice covers provider sign-ins too: a sign-in from a client (address and
+/// user agent) the account has not used in 30 days is mailed to its owner.
+async fn a_provider_sign_in_from_a_new_client_is_mailed_about(backend: Backend) {
+    let Some(smtp) = crate::mail::Smtp::start(crate::mail::Tls::Implicit, false).await else {
+        return;
+    };
+    let Some(s) = setup_configured(backend, &[], false, |dep| smtp.configure(dep)).await else {
+        return;
+    };
+    let email = "nat@example.com";
+    s.provider.set_account("nat-sso", email, true).await;
+    let sign_in = async |user_agent: &str| {
+        let (back, verifier) = s.sign_in("nat-sso").await;
+        let code = query(&back, "code").unwrap_or_else(|| panic!("a code: {back}"));
+        let res = s
+            .app
+            .client
+            .post(s.app.url("/oauth/token"))
+            .header("user-agent", user_agent)
+            .json(&json!({"code": code, "code_verifier": verifier}))
+            .send()
+            .await
+            .expect("redeem");
+        assert_eq!(res.status(), StatusCode::OK);
+    };
+    // The account's first sign-in is no news to it; the same client again neither.
+    sign_in("Firefox/1").await;
+    sign_in("Firefox/1").await;
+    sign_in("Phone/2").await;
+    let mail = smtp.nth(email, 1, "New sign-in").await;
+    assert!(mail.text.contains("Phone/2"), "{mail:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(smtp.to(email).len(), 1);
 }
