@@ -136,6 +136,13 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
         mfa_key: None,
         step_up_max_age: cfg.step_up_max_age,
     };
+    let mfa_tokens = sessiond::app::mfa::MfaTokens::memory(
+        sessiond::app::mfa::MFA_TOKEN_TTL,
+        sessiond::federation::pending::RecordSeal::new(
+            sessiond::session::seal::SealKeys::from_config(&cfg),
+            metrics.record_seal_failures.clone(),
+        ),
+    );
     web::Data::new(AppState {
         app: sessiond::app::App {
             users,
@@ -150,7 +157,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
             profiles: moka::future::Cache::builder().build(),
             client_secrets: sessiond::app::clients::client_secrets(cfg.session_cache_ttl),
             federation: None,
-            mfa_tokens: sessiond::app::mfa::MfaTokens::memory(sessiond::app::mfa::MFA_TOKEN_TTL),
+            mfa_tokens,
             webauthn: None,
             settings,
         },

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub sessions_revoked: IntCounter,
     /// Session records in Redis whose seal did not verify (each was treated as revoked).
     pub seal_failures: IntCounter,
+    /// One-time records in the session store whose seal did not verify (each was refused as an
+    /// unknown one and deleted), by kind: oauth-state, oauth-code, webauthn-reg,
+    /// webauthn-signin, webauthn-mfa, webauthn-reauth, mfa-login.
+    pub record_seal_failures: IntCounterVec,
     /// Children of `sessiond_token_checks_total{outcome}`, resolved once: the hot path bumps a
     /// counter without a label lookup.
     pub token_checks: TokenChecks,
@@ -272,6 +276,12 @@ impl Metrics {
                 &r,
                 "session_seal_failures_total",
                 "Session records in Redis refused and revoked because their MAC did not verify.",
+            ),
+            record_seal_failures: counter_vec(
+                &r,
+                "record_seal_failures_total",
+                "One-time records (sign-in states and codes, pending MFA logins, WebAuthn ceremonies) refused and deleted because their MAC did not verify, by kind.",
+                &["kind"],
             ),
             token_checks: TokenChecks {
                 cache_hit: checks.with_label_values(&["cache_hit"]),

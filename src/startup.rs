@@ -20,7 +20,10 @@ use crate::{
     audit::{AuditLog, AuditWriter},
     auth::JwtKeys,
     config::Config,
-    federation::{pending::Pending, Providers},
+    federation::{
+        pending::{Pending, RecordSeal},
+        Providers,
+    },
     mail::{MailWorker, Mailer},
     metrics::Metrics,
     redis::Redis,
@@ -193,6 +196,9 @@ impl Application {
 
         let lifetimes = Lifetimes::new(config.session_idle_timeout, config.refresh_reuse_grace)
             .with_session_limits(config.session_lifetime, config.max_sessions_per_user);
+        // One-time records are sealed with the session records' keys.
+        let seal = SealKeys::from_config(&config);
+        let record_seal = RecordSeal::new(seal.clone(), metrics.record_seal_failures.clone());
         // With Redis the cache is trusted only once the invalidation subscription is up.
         let (store, trusted, throttle, pending, mfa_tokens) = match &config.redis {
             Some(settings) => {
@@ -205,14 +211,10 @@ impl Application {
                     "connected to Redis"
                 );
                 let throttle = Throttle::redis(config.throttle.clone(), redis.clone());
-                let pending = Pending::Redis(redis.clone());
-                let mfa_tokens = MfaTokens::redis(redis.clone(), config.pending_ttls.mfa_token);
-                let store = RedisStore::new(
-                    redis,
-                    lifetimes,
-                    SealKeys::from_config(&config),
-                    metrics.seal_failures.clone(),
-                );
+                let pending = Pending::redis(redis.clone(), record_seal.clone());
+                let mfa_tokens =
+                    MfaTokens::redis(redis.clone(), config.pending_ttls.mfa_token, record_seal);
+                let store = RedisStore::new(redis, lifetimes, seal, metrics.seal_failures.clone());
                 (
                     SessionStore::Redis(store),
                     false,
@@ -225,8 +227,8 @@ impl Application {
                 SessionStore::Memory(MemoryStore::new(lifetimes)),
                 true,
                 Throttle::memory(config.throttle.clone()),
-                Pending::memory(),
-                MfaTokens::memory(config.pending_ttls.mfa_token),
+                Pending::memory(record_seal.clone()),
+                MfaTokens::memory(config.pending_ttls.mfa_token, record_seal),
             ),
         };
         // Every OpenID Provider's discovery document is read now: a misconfigured or

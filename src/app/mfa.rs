@@ -28,6 +28,7 @@ use crate::{
     audit::AuditEvent,
     domain::AuditKind,
     error::ApiError,
+    federation::pending::RecordSeal,
     redis::{script, Redis, RedisUnavailable},
     session::now_unix,
     throttle::{account_key, Scope, Throttled},
@@ -462,13 +463,28 @@ fn open(key: Option<&[u8]>, user_id: Uuid, stored: &str) -> Result<Vec<u8>, ApiE
 
 /// Pending logins: a correct password of an account with a second factor, waiting for it. Kept
 /// in the session store (Redis, so any pod can finish the login; in-process when embedded),
-/// under a hash of the token.
+/// under an HMAC of the token (`session::seal`, as the one-time records of `federation::pending`):
+/// whoever writes Redis can neither read a usable token nor plant a pending login under a token
+/// of his choice. In Redis the hash carries a MAC over the token, the user id and the provider
+/// (`idp`), so one edited or moved to another token's key is refused like an unknown one, and
+/// deleted. The attempts counter is not sealed: it only limits the guesses at the factor (it
+/// counts up to the limit, then the entry is gone), and whoever can write Redis can already reset
+/// the rate-limit and lockout counters; resetting it brings no login without the factor.
 #[derive(Clone)]
-pub enum MfaTokens {
+pub struct MfaTokens {
+    store: TokenStore,
+    seal: RecordSeal,
+}
+
+#[derive(Clone)]
+enum TokenStore {
     /// With the tokens' lifetime (the key's TTL).
     Redis(Redis, Duration),
     Memory(moka::sync::Cache<String, Arc<Mutex<Pending>>>),
 }
+
+/// The name of pending logins in their MAC and in `sessiond_record_seal_failures_total{kind}`.
+const MFA_LOGIN: &str = "mfa-login";
 
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -489,21 +505,22 @@ pub struct Attempt {
 
 static ISSUE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     script(&[r"
-redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'attempts', 0, 'idp', ARGV[3])
+redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'attempts', 0, 'idp', ARGV[3], 'mac', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1"])
 });
 
-/// Counts an attempt: nil when the token is unknown, expired or used up; else the user id and
-/// the attempt's number (the last allowed one deletes the entry).
+/// Counts an attempt: nil when the token is unknown, expired or used up; else the user id, the
+/// attempt's number, the provider and the MAC (the last allowed attempt deletes the entry).
 static ATTEMPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     script(&[r"
 local uid = redis.call('HGET', KEYS[1], 'user_id')
 if not uid then return false end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local idp = redis.call('HGET', KEYS[1], 'idp') or ''
+local mac = redis.call('HGET', KEYS[1], 'mac') or ''
 if n >= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) end
-return {uid, n, idp}"])
+return {uid, n, idp, mac}"])
 });
 
 fn unavailable(e: RedisUnavailable) -> ApiError {
@@ -513,27 +530,40 @@ fn unavailable(e: RedisUnavailable) -> ApiError {
     }
 }
 
+/// What a pending login's MAC covers besides the token: the account and the provider.
+fn sealed_fields(user_id: &str, idp: &str) -> [Vec<u8>; 2] {
+    [user_id.as_bytes().to_vec(), idp.as_bytes().to_vec()]
+}
+
 impl MfaTokens {
     /// `ttl`: [`MFA_TOKEN_TTL`] but in tests (`Config::pending_ttls`).
-    pub fn memory(ttl: Duration) -> Self {
-        MfaTokens::Memory(
-            moka::sync::Cache::builder()
-                .time_to_live(ttl)
-                .max_capacity(1_000_000)
-                .build(),
-        )
-    }
-
-    pub fn redis(redis: Redis, ttl: Duration) -> Self {
-        MfaTokens::Redis(redis, ttl)
-    }
-
-    fn key(&self, token: &str) -> String {
-        let digest = hex::encode(Sha256::digest(token.as_bytes()));
-        match self {
-            MfaTokens::Redis(r, _) => format!("{}mfa:{digest}", r.prefix()),
-            MfaTokens::Memory(_) => digest,
+    pub fn memory(ttl: Duration, seal: RecordSeal) -> Self {
+        MfaTokens {
+            store: TokenStore::Memory(
+                moka::sync::Cache::builder()
+                    .time_to_live(ttl)
+                    .max_capacity(1_000_000)
+                    .build(),
+            ),
+            seal,
         }
+    }
+
+    pub fn redis(redis: Redis, ttl: Duration, seal: RecordSeal) -> Self {
+        MfaTokens {
+            store: TokenStore::Redis(redis, ttl),
+            seal,
+        }
+    }
+
+    /// The token's keys: under the current secret, and under the previous one.
+    fn keys(&self, token: &str) -> (String, Option<String>) {
+        let (current, previous) = self.seal.keys().record_ids(MFA_LOGIN, token);
+        let key = |hash: String| match &self.store {
+            TokenStore::Redis(r, _) => format!("{}mfa:{hash}", r.prefix()),
+            TokenStore::Memory(_) => hash,
+        };
+        (key(current), previous.map(key))
     }
 
     /// A new pending login for `user_id` after a password; returns its token (256 random bits).
@@ -547,20 +577,21 @@ impl MfaTokens {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let token = URL_SAFE_NO_PAD.encode(bytes);
-        let key = self.key(&token);
-        match self {
-            MfaTokens::Redis(r, ttl) => {
+        let (key, _) = self.keys(&token);
+        match &self.store {
+            TokenStore::Redis(r, ttl) => {
+                let (uid, idp) = (user_id.to_string(), idp.unwrap_or_default());
+                let [f1, f2] = sealed_fields(&uid, idp);
+                let mac = self.seal.keys().seal_record(MFA_LOGIN, &token, &[&f1, &f2]);
                 let mut call = ISSUE.key(key);
-                call.arg(user_id.to_string())
-                    .arg(ttl.as_millis() as u64)
-                    .arg(idp.unwrap_or_default());
+                call.arg(uid).arg(ttl.as_millis() as u64).arg(idp).arg(mac);
                 r.call("mfa_token_issue", async |c| {
                     call.invoke_async::<i64>(c).await
                 })
                 .await
                 .map_err(unavailable)?;
             }
-            MfaTokens::Memory(c) => c.insert(
+            TokenStore::Memory(c) => c.insert(
                 key,
                 Arc::new(Mutex::new(Pending {
                     user_id,
@@ -572,35 +603,59 @@ impl MfaTokens {
         Ok(token)
     }
 
-    /// Counts one attempt on a pending login; `None` when the token is unknown, expired, used
-    /// or out of attempts.
+    /// Counts one attempt on a pending login; `None` when the token is unknown, expired, used,
+    /// out of attempts, or its record fails its seal (then it is deleted).
     pub async fn attempt(&self, token: &str) -> Result<Option<Attempt>, ApiError> {
         if token.is_empty() || token.len() > 128 {
             return Ok(None);
         }
-        let key = self.key(token);
-        let (user_id, n, idp) = match self {
-            MfaTokens::Redis(r, _) => {
-                let mut call = ATTEMPT.key(&key);
+        let (current, previous) = self.keys(token);
+        let found = match self.attempt_at(token, &current).await? {
+            None => match previous {
+                Some(previous) => self.attempt_at(token, &previous).await?,
+                None => None,
+            },
+            found => found,
+        };
+        Ok(found)
+    }
+
+    async fn attempt_at(&self, token: &str, key: &str) -> Result<Option<Attempt>, ApiError> {
+        let (user_id, n, idp) = match &self.store {
+            TokenStore::Redis(r, _) => {
+                let mut call = ATTEMPT.key(key);
                 call.arg(MFA_TOKEN_ATTEMPTS);
-                let got: Option<(String, u64, String)> = r
+                let got: Option<(String, u64, String, String)> = r
                     .call("mfa_token_attempt", async |c| call.invoke_async(c).await)
                     .await
                     .map_err(unavailable)?;
-                let parsed = got.and_then(|(uid, n, idp)| {
-                    Some((
-                        Uuid::parse_str(&uid).ok()?,
-                        n,
-                        (!idp.is_empty()).then_some(idp),
-                    ))
-                });
-                match parsed {
-                    Some(found) => found,
-                    None => return Ok(None),
-                }
+                let Some((uid, n, idp, mac)) = got else {
+                    return Ok(None);
+                };
+                let [f1, f2] = sealed_fields(&uid, &idp);
+                let sealed = self
+                    .seal
+                    .keys()
+                    .verify_record(MFA_LOGIN, token, &[&f1, &f2], &mac);
+                let parsed = Uuid::parse_str(&uid).ok().filter(|_| sealed);
+                let Some(user_id) = parsed else {
+                    self.seal.refused(MFA_LOGIN);
+                    // Best effort: a record left behind keeps failing its seal.
+                    let del = redis::cmd("DEL").arg(key).to_owned();
+                    if let Err(e) = r
+                        .call("mfa_token_consume", async |c| {
+                            del.query_async::<i64>(c).await
+                        })
+                        .await
+                    {
+                        tracing::warn!(error = %e.0, "could not delete a pending login that failed its seal");
+                    }
+                    return Ok(None);
+                };
+                (user_id, n, (!idp.is_empty()).then_some(idp))
             }
-            MfaTokens::Memory(c) => {
-                let Some(entry) = c.get(&key) else {
+            TokenStore::Memory(c) => {
+                let Some(entry) = c.get(key) else {
                     return Ok(None);
                 };
                 // A poisoned lock still holds a consistent count.
@@ -610,7 +665,7 @@ impl MfaTokens {
                 }
                 pending.attempts += 1;
                 if pending.attempts >= MFA_TOKEN_ATTEMPTS {
-                    c.invalidate(&key);
+                    c.invalidate(key);
                 }
                 (pending.user_id, pending.attempts, pending.idp.clone())
             }
@@ -618,7 +673,7 @@ impl MfaTokens {
         Ok(Some(Attempt {
             user_id,
             idp,
-            key,
+            key: key.to_string(),
             last: n >= MFA_TOKEN_ATTEMPTS,
         }))
     }
@@ -629,8 +684,8 @@ impl MfaTokens {
         if attempt.last {
             return Ok(true);
         }
-        match self {
-            MfaTokens::Redis(r, _) => {
+        match &self.store {
+            TokenStore::Redis(r, _) => {
                 let deleted: i64 = r
                     .call("mfa_token_consume", async |c| {
                         redis::cmd("DEL").arg(&attempt.key).query_async(c).await
@@ -639,7 +694,7 @@ impl MfaTokens {
                     .map_err(unavailable)?;
                 Ok(deleted == 1)
             }
-            MfaTokens::Memory(c) => Ok(c.remove(&attempt.key).is_some()),
+            TokenStore::Memory(c) => Ok(c.remove(&attempt.key).is_some()),
         }
     }
 }

@@ -22,6 +22,14 @@
 //! Inputs are length-prefixed fields after a per-MAC label, so no two different records encode
 //! the same.
 //!
+//! One-time records (identity-provider states and codes, pending MFA logins, WebAuthn
+//! ceremonies: `federation::pending`, `app::mfa`) are sealed with the same keys: their Redis key
+//! is an HMAC of their kind and the secret value the client holds (the code, state, token or
+//! session id) under a key of its own derivation ("sessiond record key v1"), so Redis holds no
+//! usable value and nobody without the secret computes the key for a value of his choice; the
+//! value carries a MAC over its kind, that secret value and the whole payload, so a record edited
+//! or moved to another record's key does not verify.
+//!
 //! Residual risk: an attacker who can write Redis can still delete records (a denial of
 //! service), bring back an earlier sealed state of the same session (e.g. its roles from before
 //! a demotion, or a revoked session's record), keep an idle session alive (last_seen_at is not
@@ -36,6 +44,8 @@ use crate::config::{Config, Secret};
 type HmacSha256 = Hmac<Sha256>;
 
 const DERIVATION_LABEL: &[u8] = b"sessiond session seal v1";
+/// The key that names one-time records in Redis: never the one that seals them.
+const RECORD_KEY_LABEL: &[u8] = b"sessiond record key v1";
 
 /// The fields of a record that grant access.
 pub struct Grant<'a> {
@@ -64,24 +74,39 @@ pub struct AuthFields<'a> {
 struct Key(HmacSha256);
 
 impl Key {
-    fn derive(secret: &[u8]) -> Self {
+    fn derive(secret: &[u8], label: &[u8]) -> Self {
         // HMAC accepts keys of any length; an error here is impossible.
         let mut kdf = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
-        kdf.update(DERIVATION_LABEL);
+        kdf.update(label);
         let derived = kdf.finalize().into_bytes();
         Self(HmacSha256::new_from_slice(&derived).unwrap_or_else(|_| unreachable!()))
     }
 
     fn mac(&self, label: &[u8], uid: Uuid, sid: Uuid, fields: &[&[u8]]) -> HmacSha256 {
+        self.mac_parts(
+            [label, uid.as_bytes().as_slice(), sid.as_bytes().as_slice()]
+                .into_iter()
+                .chain(fields.iter().copied()),
+        )
+    }
+
+    /// Length-prefixed parts: the one encoding of every MAC and record key.
+    fn mac_parts<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> HmacSha256 {
         let mut m = self.0.clone();
-        for part in [label, uid.as_bytes().as_slice(), sid.as_bytes().as_slice()]
-            .into_iter()
-            .chain(fields.iter().copied())
-        {
+        for part in parts {
             m.update(&(part.len() as u32).to_be_bytes());
             m.update(part);
         }
         m
+    }
+
+    /// A one-time record's MAC: its kind, the secret value it is kept under, its payload.
+    fn record_mac(&self, kind: &str, id: &str, fields: &[&[u8]]) -> HmacSha256 {
+        self.mac_parts(
+            [RECORD, kind.as_bytes(), id.as_bytes()]
+                .into_iter()
+                .chain(fields.iter().copied()),
+        )
     }
 }
 
@@ -90,6 +115,9 @@ pub struct SealKeys {
     current: Key,
     /// Verifies only, during a secret rotation.
     previous: Option<Key>,
+    /// Name one-time records in Redis (the previous one: finds those written before a rotation).
+    record_key: Key,
+    previous_record_key: Option<Key>,
 }
 
 impl std::fmt::Debug for SealKeys {
@@ -102,12 +130,15 @@ const GRANT: &[u8] = b"grant";
 const TOKEN: &[u8] = b"token";
 const ROTATION: &[u8] = b"rotation";
 const AUTH: &[u8] = b"auth";
+const RECORD: &[u8] = b"record";
 
 impl SealKeys {
     pub fn new(secret: &[u8], previous: Option<&[u8]>) -> Self {
         Self {
-            current: Key::derive(secret),
-            previous: previous.map(Key::derive),
+            current: Key::derive(secret, DERIVATION_LABEL),
+            previous: previous.map(|p| Key::derive(p, DERIVATION_LABEL)),
+            record_key: Key::derive(secret, RECORD_KEY_LABEL),
+            previous_record_key: previous.map(|p| Key::derive(p, RECORD_KEY_LABEL)),
         }
     }
 
@@ -144,6 +175,42 @@ impl SealKeys {
         };
         self.keys()
             .any(|k| k.mac(label, uid, sid, fields).verify_slice(&tag).is_ok())
+    }
+
+    /// Where a one-time record of `kind` for the secret value `id` is kept (hex, 160 bits):
+    /// under the current secret, and under the previous one (to find records written before a
+    /// rotation; new ones always go under the current).
+    pub fn record_ids(&self, kind: &str, id: &str) -> (String, Option<String>) {
+        let name = |k: &Key| {
+            let tag = k
+                .mac_parts([RECORD, kind.as_bytes(), id.as_bytes()])
+                .finalize()
+                .into_bytes();
+            hex::encode(&tag[..20])
+        };
+        (
+            name(&self.record_key),
+            self.previous_record_key.as_ref().map(name),
+        )
+    }
+
+    /// The MAC of a one-time record of `kind` kept for the secret value `id`, over `fields`.
+    pub fn seal_record(&self, kind: &str, id: &str, fields: &[&[u8]]) -> String {
+        hex::encode(
+            self.current
+                .record_mac(kind, id, fields)
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    /// Constant-time check against every configured key; a missing or malformed MAC fails.
+    pub fn verify_record(&self, kind: &str, id: &str, fields: &[&[u8]], mac: &str) -> bool {
+        let Ok(tag) = hex::decode(mac) else {
+            return false;
+        };
+        self.keys()
+            .any(|k| k.record_mac(kind, id, fields).verify_slice(&tag).is_ok())
     }
 
     fn grant_fields(g: &Grant<'_>) -> [Vec<u8>; 3] {
@@ -316,6 +383,57 @@ mod tests {
         let (current, previous) = rotated.expected_token_macs(u, s, "h");
         assert_eq!(current, rotated.seal_token(u, s, "h"));
         assert_eq!(previous, Some(old.seal_token(u, s, "h")));
+    }
+
+    #[test]
+    fn a_record_seal_binds_kind_id_and_every_field() {
+        let keys = SealKeys::new(S1, None);
+        let mac = keys.seal_record("oauth-code", "c1", &[b"payload", b"x"]);
+        assert!(keys.verify_record("oauth-code", "c1", &[b"payload", b"x"], &mac));
+        assert!(!keys.verify_record("oauth-code", "c2", &[b"payload", b"x"], &mac));
+        assert!(!keys.verify_record("oauth-state", "c1", &[b"payload", b"x"], &mac));
+        assert!(!keys.verify_record("oauth-code", "c1", &[b"payloaD", b"x"], &mac));
+        assert!(!keys.verify_record("oauth-code", "c1", &[b"payload"], &mac));
+        assert!(!keys.verify_record("oauth-code", "c1", &[b"payloadx"], &mac));
+        assert!(!SealKeys::new(S2, None).verify_record(
+            "oauth-code",
+            "c1",
+            &[b"payload", b"x"],
+            &mac
+        ));
+        for garbage in ["", "zz", &mac[..10]] {
+            assert!(!keys.verify_record("oauth-code", "c1", &[b"payload", b"x"], garbage));
+        }
+    }
+
+    #[test]
+    fn record_ids_are_keyed_and_the_previous_secret_still_finds_and_verifies() {
+        let old = SealKeys::new(S1, None);
+        let rotated = SealKeys::new(S2, Some(S1));
+        let (id, none) = old.record_ids("oauth-code", "c1");
+        assert_eq!(none, None);
+        assert_eq!(id.len(), 40);
+        // Keyed: another secret, kind or value names another record; the unkeyed hash of the
+        // value (what the key was before) is not it.
+        assert_ne!(SealKeys::new(S2, None).record_ids("oauth-code", "c1").0, id);
+        assert_ne!(old.record_ids("oauth-state", "c1").0, id);
+        assert_ne!(old.record_ids("oauth-code", "c2").0, id);
+        use sha2::Digest;
+        let unkeyed = hex::encode(&Sha256::digest(b"sessiond/oauth-code/c1")[..20]);
+        assert_ne!(id, unkeyed);
+        // A record id is never the record's MAC (own derivation).
+        assert!(!old.seal_record("oauth-code", "c1", &[]).starts_with(&id));
+        let (current, previous) = rotated.record_ids("oauth-code", "c1");
+        assert_eq!(previous.as_deref(), Some(id.as_str()));
+        assert_eq!(
+            current,
+            SealKeys::new(S2, None).record_ids("oauth-code", "c1").0
+        );
+        let old_mac = old.seal_record("mfa-login", "t", &[b"u"]);
+        assert!(rotated.verify_record("mfa-login", "t", &[b"u"], &old_mac));
+        let new_mac = rotated.seal_record("mfa-login", "t", &[b"u"]);
+        assert_ne!(new_mac, old_mac);
+        assert!(!old.verify_record("mfa-login", "t", &[b"u"], &new_mac));
     }
 
     #[test]

@@ -255,7 +255,7 @@ async fn setup(backend: Backend) -> Option<Setup> {
 }
 
 /// A browser: keeps cookies, follows no redirect by itself.
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .cookie_store(true)
         .redirect(Policy::none())
@@ -265,13 +265,13 @@ fn browser() -> reqwest::Client {
 }
 
 /// A client's PKCE pair: (verifier, S256 challenge).
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     let verifier = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     (verifier, challenge)
 }
 
-fn query(url: &str, name: &str) -> Option<String> {
+pub(crate) fn query(url: &str, name: &str) -> Option<String> {
     Url::parse(url)
         .ok()?
         .query_pairs()
@@ -402,7 +402,7 @@ impl Setup {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -1052,14 +1052,14 @@ struct GithubState {
     emails: Value,
 }
 
-struct GithubStandIn {
-    url: String,
+pub(crate) struct GithubStandIn {
+    pub(crate) url: String,
     state: Arc<Mutex<GithubState>>,
     handle: actix_web::dev::ServerHandle,
 }
 
 impl GithubStandIn {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
         let state: Arc<Mutex<GithubState>> = Arc::default();
         let shared = web::Data::from(state.clone());
@@ -1147,7 +1147,7 @@ impl GithubStandIn {
         GithubStandIn { url, state, handle }
     }
 
-    fn set_user(&self, id: u64, emails: Value) {
+    pub(crate) fn set_user(&self, id: u64, emails: Value) {
         let mut s = self.state.lock().unwrap();
         s.user = json!({"id": id, "login": format!("octo{id}"), "name": "Octo Cat"});
         s.emails = emails;
