@@ -114,8 +114,7 @@ pub async fn register(
             return taken_registration(app, client, account, owner).await;
         }
     }
-    let name = account.name.as_ref().map(|n| n.as_str().to_string());
-    let verify = super::email::verification(app, account.email.as_str(), name.as_deref());
+    let verify = super::email::verification(app, account.email.as_str());
     let user = match create_account(&app.users, &app.hasher, account, Some(verify), false).await {
         Ok(user) => user,
         // Lost a race with another registration of the address: the same one answer.

@@ -38,7 +38,17 @@ fn minutes(d: Duration) -> String {
     (d.as_secs() / 60).to_string()
 }
 
-/// A mail to the account's current address, addressed by its name.
+/// The account's name for a greeting, only in a mail to its verified address: a name is chosen
+/// by whoever created the account, who need not own the address (anyone can register with
+/// someone else's), so a mail to an address not yet verified greets neutrally ("Hello there").
+fn greeting_name<'a>(account: &'a user::Model, to: &str) -> &'a str {
+    match &account.name {
+        Some(name) if account.email_verified && to == account.email => name,
+        _ => "",
+    }
+}
+
+/// A mail to the account's current address, addressed by its name once it is verified.
 pub(crate) fn notice(
     app: &App,
     template: Template,
@@ -55,14 +65,17 @@ fn notice_to(
     account: &user::Model,
     vars: &[(&str, &str)],
 ) -> Mail {
-    let name = account.name.as_deref().unwrap_or("");
-    let mut all = vec![("name", name), ("email", account.email.as_str())];
+    let mut all = vec![
+        ("name", greeting_name(account, to)),
+        ("email", account.email.as_str()),
+    ];
     all.extend_from_slice(vars);
     app.mailer.compose(template, to, &all)
 }
 
 /// The verification mail for `email` with a fresh token: what [`NewToken`] stores, and the mail.
-pub(crate) fn verification(app: &App, email: &str, name: Option<&str>) -> (NewToken, Mail) {
+/// Without the account's name: the address is not verified (see [`greeting_name`]).
+pub(crate) fn verification(app: &App, email: &str) -> (NewToken, Mail) {
     let token = MailToken::generate();
     let link = app.mailer.link("verify-email", &token.token);
     let ttl = minutes(VERIFY_TTL);
@@ -70,7 +83,7 @@ pub(crate) fn verification(app: &App, email: &str, name: Option<&str>) -> (NewTo
         Template::VerifyEmail,
         email,
         &[
-            ("name", name.unwrap_or("")),
+            ("name", ""),
             ("email", email),
             ("link", &link),
             ("minutes", &ttl),
@@ -104,8 +117,7 @@ pub async fn forgot_password(app: &App, client: &Client, email: Email) -> Result
     let ttl = minutes(RESET_TTL);
     let name = account
         .as_ref()
-        .and_then(|a| a.name.as_deref())
-        .unwrap_or("");
+        .map_or("", |a| greeting_name(a, email.as_str()));
     let mail = app.mailer.compose(
         Template::PasswordReset,
         email.as_str(),
@@ -408,7 +420,7 @@ pub async fn resend_verification(app: &App, caller: &Caller) -> Result<(), ApiEr
     if account.email_verified {
         return Ok(());
     }
-    let (token, mail) = verification(app, &account.email, account.name.as_deref());
+    let (token, mail) = verification(app, &account.email);
     app.users
         .ask(IssueToken {
             user_id: account.id,
@@ -430,7 +442,7 @@ pub async fn resend_verification(app: &App, caller: &Caller) -> Result<(), ApiEr
 /// A login refused for an unverified address: a new link, at most every few minutes, so an
 /// owner whose link expired is not stuck (they cannot call the authenticated resend).
 pub(crate) async fn remind_unverified(app: &App, account: &user::Model) -> Result<(), ApiError> {
-    let (token, mail) = verification(app, &account.email, account.name.as_deref());
+    let (token, mail) = verification(app, &account.email);
     let issued = app
         .users
         .ask(IssueToken {

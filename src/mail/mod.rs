@@ -151,12 +151,32 @@ fn escape_html(s: &str) -> String {
     out
 }
 
-/// Replaces each `{{key}}`; `escape` is applied to the values (HTML bodies).
+/// Replaces each `{{key}}` in one pass: a value is never scanned for placeholders, so a name
+/// holding `{{link}}` stays that text. `escape` is applied to the values (HTML bodies); an
+/// unknown placeholder stays as it is.
 fn fill(template: &str, vars: &[(&str, &str)], escape: impl Fn(&str) -> String) -> String {
-    let mut out = template.to_string();
-    for (key, value) in vars {
-        out = out.replace(&format!("{{{{{key}}}}}"), &escape(value));
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find("{{") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let value = after.find("}}").and_then(|end| {
+            let key = &after[..end];
+            vars.iter().find(|(k, _)| *k == key).map(|(_, v)| (v, end))
+        });
+        match value {
+            Some((v, end)) => {
+                out.push_str(&escape(v));
+                rest = &after[end + 2..];
+            }
+            // Not a placeholder: keep one brace and look again from the next.
+            None => {
+                out.push('{');
+                rest = &rest[at + 1..];
+            }
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -321,6 +341,63 @@ mod tests {
             m.link("reset-password", "tok"),
             "https://app.example/reset-password#token=tok"
         );
+    }
+
+    #[test]
+    fn values_are_substituted_in_one_pass() {
+        let vars = [("name", "{{link}} {{app_url}}"), ("link", "SECRET")];
+        // A value is never scanned for placeholders, whatever the order of the variables.
+        assert_eq!(
+            fill("Hi {{name}}: {{link}}", &vars, str::to_string),
+            "Hi {{link}} {{app_url}}: SECRET"
+        );
+        let reversed = [vars[1], vars[0]];
+        assert_eq!(
+            fill("Hi {{name}}: {{link}}", &reversed, str::to_string),
+            "Hi {{link}} {{app_url}}: SECRET"
+        );
+        // Unknown placeholders and stray braces stay as they are.
+        assert_eq!(
+            fill("{{nope}} {{ {{{link}}} }}", &vars, str::to_string),
+            "{{nope}} {{ {SECRET} }}"
+        );
+        assert_eq!(fill("{{link", &vars, str::to_string), "{{link");
+        // HTML: values escaped, the template's own markup kept.
+        assert_eq!(
+            fill(
+                "<p>{{name}}</p>",
+                &[("name", "<a href=\"x\">{{link}}</a> & 'q'")],
+                escape_html
+            ),
+            "<p>&lt;a href=&quot;x&quot;&gt;{{link}}&lt;/a&gt; &amp; &#39;q&#39;</p>"
+        );
+    }
+
+    #[test]
+    fn a_name_holding_placeholders_is_not_expanded_in_any_template() {
+        let m = Mailer::new(&settings(None)).unwrap();
+        for t in Template::ALL {
+            let mail = m.compose(
+                t,
+                "x@y.z",
+                &[
+                    ("name", "{{link}}{{app_url}}<i>"),
+                    ("email", "x@y.z"),
+                    ("link", "https://app.example/p#token=SECRET"),
+                    ("new_email", "n@y.z"),
+                ],
+            );
+            for body in [&mail.text, &mail.html, &mail.subject] {
+                assert!(body.matches("SECRET").count() <= 1, "{}: {body}", t.name());
+            }
+            assert!(!mail.html.contains("<i>"), "{}", t.name());
+            assert!(mail.text.contains("{{link}}{{app_url}}<i>"), "{}", t.name());
+            assert!(
+                mail.html.contains("{{link}}{{app_url}}&lt;i&gt;"),
+                "{}",
+                t.name()
+            );
+        }
     }
 
     #[test]

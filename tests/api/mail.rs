@@ -51,6 +51,7 @@ pub(crate) struct Received {
     from: String,
     bcc: bool,
     pub(crate) text: String,
+    html: String,
 }
 
 impl Received {
@@ -128,17 +129,19 @@ fn decode_body(headers: &[(String, String)], body: &str) -> String {
 fn parse(raw: &str) -> Received {
     let (headers, body) = split_entity(raw);
     let ctype = header(&headers, "content-type").to_string();
-    let text = match ctype.split("boundary=").nth(1) {
+    let part = |kind: &str| match ctype.split("boundary=").nth(1) {
         Some(b) => {
             let boundary = format!("--{}", b.trim_matches('"').split(';').next().unwrap_or(""));
             body.split(boundary.as_str())
                 .map(split_entity)
-                .find(|(h, _)| header(h, "content-type").starts_with("text/plain"))
+                .find(|(h, _)| header(h, "content-type").starts_with(kind))
                 .map(|(h, b)| decode_body(&h, &b))
                 .unwrap_or_default()
         }
-        None => decode_body(&headers, &body),
+        None if kind == "text/plain" => decode_body(&headers, &body),
+        None => String::new(),
     };
+    let (text, html) = (part("text/plain"), part("text/html"));
     Received {
         to: header(&headers, "to")
             .trim_matches(['<', '>'])
@@ -147,6 +150,7 @@ fn parse(raw: &str) -> Received {
         from: header(&headers, "from").to_string(),
         bcc: headers.iter().any(|(k, _)| k == "bcc"),
         text,
+        html,
     }
 }
 
@@ -1014,7 +1018,60 @@ async fn plaintext_smtp_needs_the_opt_out(backend: Backend) {
     }
 }
 
+/// A display name is chosen by whoever registers, who need not own the address: it is not
+/// expanded (a name holding `{{link}}` stays that text), it is escaped in the HTML part, and no
+/// mail to an address not yet verified shows it.
+async fn display_names_are_not_expanded_nor_shown_unverified(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let dep = deployment(backend, &smtp).await;
+    let app = dep.spawn().await;
+    let email = unique_email("named");
+    let name = "{{link}} <b>Mallory</b> {{app_url}}";
+    let r = app
+        .post_json(
+            "/register",
+            &json!({"email": email, "password": PASSWORD, "name": name}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let no_name = |mail: &Received| {
+        for body in [&mail.text, &mail.html] {
+            assert!(!body.contains("Mallory"), "{body}");
+            assert_eq!(body.matches("#token=").count(), 1, "{body}");
+        }
+        assert!(mail.text.contains("Hello there,"), "{mail:?}");
+    };
+    // Unverified: the verification mail and a reset mail greet neutrally.
+    let verify = smtp.nth(&email, 1, "Confirm your email address").await;
+    no_name(&verify);
+    forgot(&app, &email).await;
+    no_name(&smtp.nth(&email, 2, "Reset your password").await);
+
+    // Verified: the name, as typed, not expanded, escaped in HTML.
+    let r = app
+        .post_json("/email/verify", &json!({ "token": verify.token() }))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    forgot(&app, &email).await;
+    let mail = smtp.nth(&email, 3, "Reset your password").await;
+    assert!(mail.text.contains(&format!("Hello {name},")), "{mail:?}");
+    assert!(
+        mail.html
+            .contains("{{link}} &lt;b&gt;Mallory&lt;/b&gt; {{app_url}}"),
+        "{}",
+        mail.html
+    );
+    assert!(!mail.html.contains("<b>Mallory"), "{}", mail.html);
+    for body in [&mail.text, &mail.html] {
+        assert_eq!(body.matches("#token=").count(), 1, "{body}");
+        assert!(!body.contains("Hello https://"), "{body}");
+    }
+}
+
 crate::both_backends!(
+    display_names_are_not_expanded_nor_shown_unverified,
     plaintext_smtp_needs_the_opt_out,
     password_reset_end_to_end,
     unknown_email_is_indistinguishable,
