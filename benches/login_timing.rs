@@ -8,7 +8,8 @@
 //! mean no detectable difference at this sample size.
 //!
 //! cargo bench --bench login_timing        (LOGIN_TIMING_SAMPLES, MFA_TIMING_SAMPLES,
-//! FORGOT_TIMING_SAMPLES: N per kind, default 300; 0 skips that part). The embedded default
+//! FORGOT_TIMING_SAMPLES: N per kind, default 300; 0 skips that part; FORGOT_FOLLOW_UP_PAUSE_MS:
+//! the pause between the follow-up pairs, default 50). The embedded default
 //! (SQLite, in-process sessions); with BENCH_DATABASE_URL (a PostgreSQL URL whose user may
 //! create databases) on a fresh PostgreSQL database and Redis (BENCH_REDIS_URL, default
 //! redis://127.0.0.1:6379).
@@ -353,6 +354,35 @@ async fn run() {
             &format!("POST /password/forgot latency, one registered address asked {samples} times vs {samples} unknown addresses asked once ({mode})"),
             ("registered address", &known),
             ("unknown address", &unknown),
+        );
+    }
+
+    // What the work after an answer does to the next request: a request for a registered or an
+    // unknown address (not timed), then at once the same timed request (for one more unknown
+    // address), then a pause so that each pair starts on an idle server.
+    let pause = std::time::Duration::from_millis(
+        std::env::var("FORGOT_FOLLOW_UP_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50),
+    );
+    let follow_up = async |first: &str| {
+        forgot(first).await;
+        let ms = forgot("follow-up@example.com").await;
+        tokio::time::sleep(pause).await;
+        ms
+    };
+    let (after_known, after_unknown) = interleaved(
+        samples,
+        async |_| follow_up(PLAIN).await,
+        async |_| follow_up("nobody@example.com").await,
+    )
+    .await;
+    if samples > 1 {
+        report(
+            &format!("POST /password/forgot latency of the request right after one for a registered vs an unknown address ({samples} each, {mode})"),
+            ("after a registered address", &after_known),
+            ("after an unknown address", &after_unknown),
         );
     }
 
