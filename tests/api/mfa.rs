@@ -344,16 +344,24 @@ async fn an_mfa_token_expires_after_its_lifetime(backend: Backend) {
     let (_totp, recovery) = enrol(&app, &me.tokens.access).await;
     let token = mfa_token(&app, &me.email).await;
     if backend == Backend::Services {
-        // Kept in Redis under a hash of the token, with the lifetime as its TTL.
+        // Kept in Redis under a keyed hash of the token (not its plain SHA-256, which anyone
+        // could compute for a token of his choice), with the lifetime as its TTL.
         let digest: String = Sha256::digest(token.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let key = format!("{}mfa:{digest}", dep.prefix);
         let client = redis::Client::open(redis_url()).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}mfa:*", dep.prefix))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let key = &keys[0];
+        assert_ne!(*key, format!("{}mfa:{digest}", dep.prefix));
         let ttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
+            .arg(key)
             .query_async(&mut con)
             .await
             .unwrap();
