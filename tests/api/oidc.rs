@@ -593,22 +593,33 @@ async fn an_expired_state_is_refused(backend: Backend) {
     s.lb.point_at(&s.app);
     let (b, callback, _) = s.until_callback("corp", "exp-1").await;
     if backend == Backend::Services {
-        // The state's key: a hash of the state under the deployment's prefix, with a TTL.
+        // The state's key: a keyed hash of the state (never its plain SHA-256, which anyone
+        // could compute for a state of his choice) under the deployment's prefix, with a TTL.
         let state = query(&callback, "state").unwrap();
         let digest = Sha256::digest(format!("sessiond/oauth-state/{state}").as_bytes());
-        let key = format!("{}oauth-state:{}", s.dep.prefix, hex_prefix(&digest[..20]));
+        let unkeyed = format!("{}oauth-state:{}", s.dep.prefix, hex_prefix(&digest[..20]));
         let client = redis::Client::open(redis_url()).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}oauth-state:*", s.dep.prefix))
             .query_async(&mut con)
             .await
             .unwrap();
-        // -2: already expired (a slow browser); -1 would be a key that never expires.
-        assert!(
-            ttl != -1 && ttl <= LIFETIME.as_millis() as i64,
-            "{key}: {ttl} ms"
-        );
+        // None left: already expired (a slow browser).
+        assert!(keys.len() <= 1, "{keys:?}");
+        assert!(!keys.contains(&unkeyed), "{keys:?}");
+        for key in keys {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            // -2: already expired; -1 would be a key that never expires.
+            assert!(
+                ttl != -1 && ttl <= LIFETIME.as_millis() as i64,
+                "{key}: {ttl} ms"
+            );
+        }
     }
     tokio::time::sleep(LIFETIME + Duration::from_secs(1)).await;
     let direct = callback.replace(&s.lb.url(), &s.app.address);

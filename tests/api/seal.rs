@@ -37,6 +37,7 @@ services_only!(
     oauth_codes_edited_or_swapped_are_refused,
     an_edited_oauth_state_links_no_identity,
     pending_mfa_logins_edited_or_swapped_are_refused,
+    one_time_records_of_the_previous_secret_are_found_and_verify,
 );
 
 const ALL_PERMISSIONS: &str = "audit:read,sessions:revoke,users:read,users:write";
@@ -944,4 +945,50 @@ async fn pending_mfa_logins_edited_or_swapped_are_refused() {
         .assert_error(400, "invalid_grant");
     assert_eq!(record_seal_failures(&app, "mfa-login").await, failures + 2);
     assert_eq!(sessions_of(&dep, victim.uid).await, sessions);
+}
+
+/// A pending login and a code issued under the old secret finish on a pod with the new one and
+/// the old as *_PREVIOUS; without it they are unknown.
+async fn one_time_records_of_the_previous_secret_are_found_and_verify() {
+    let old_jwt = "old-jwt-secret-old-jwt-secret-old-jwt-secret";
+    let (gh, mut dep, _) = github_deployment().await;
+    dep.set("JWT_SECRET", old_jwt);
+    let old = dep.spawn().await;
+    let (email, tokens) = old.user().await;
+    let (totp, _) = crate::mfa::enrol(&old, &tokens.access).await;
+    let pending = async || {
+        let r = old.login_reply(&email, PASSWORD).await;
+        r.assert_error(403, "mfa_required");
+        r.body["mfa_token"].as_str().expect("mfa_token").to_string()
+    };
+    let (kept, forgotten) = (pending().await, pending().await);
+    set_github_user(&gh, 601);
+    let (verifier, challenge) = pkce();
+    let code = github_code(&old, &challenge).await;
+
+    let rotated = dep
+        .spawn_with(&[
+            ("JWT_SECRET", SECRET.to_string()),
+            ("JWT_SECRET_PREVIOUS", old_jwt.to_string()),
+        ])
+        .await;
+    let r = rotated
+        .post_json(
+            "/login/mfa",
+            &json!({"mfa_token": kept, "totp": crate::mfa::code(&totp, 1)}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = redeem(&rotated, &code, &verifier).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(record_seal_failures(&rotated, "mfa-login").await, 0);
+
+    let forgot = dep.spawn_with(&[("JWT_SECRET", SECRET.to_string())]).await;
+    forgot
+        .post_json(
+            "/login/mfa",
+            &json!({"mfa_token": forgotten, "totp": crate::mfa::code(&totp, 2)}),
+        )
+        .await
+        .assert_error(400, "invalid_grant");
 }
