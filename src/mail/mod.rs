@@ -391,6 +391,10 @@ mod tests {
                 assert!(body.matches("SECRET").count() <= 1, "{}: {body}", t.name());
             }
             assert!(!mail.html.contains("<i>"), "{}", t.name());
+            // Some notices greet no one by name (methods_removed: the registrant chose it).
+            if !t.embedded().0.contains("{{name}}") {
+                continue;
+            }
             assert!(mail.text.contains("{{link}}{{app_url}}<i>"), "{}", t.name());
             assert!(
                 mail.html.contains("{{link}}{{app_url}}&lt;i&gt;"),
