@@ -23,6 +23,7 @@ both_backends!(
     wrong_confirmation_codes_count_toward_the_lockout_and_are_audited,
     a_pending_enrolment_expires_after_its_lifetime,
     a_stale_session_cannot_confirm_an_enrolment,
+    recovery_codes_are_stored_keyed_and_codes_of_the_first_scheme_still_work,
 );
 
 fn unix_now() -> u64 {
@@ -686,4 +687,99 @@ async fn a_stale_session_cannot_confirm_an_enrolment(backend: Backend) {
     let r = confirm(&app, access, &code(&totp, 0)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     mfa_token(&app, &me.email).await;
+}
+
+/// Runs `statement` on the deployment's database.
+async fn execute(dep: &Deployment, statement: &str) {
+    let db = Database::connect(dep.database_url())
+        .await
+        .expect("database");
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        statement.to_string(),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    let _ = db.close().await;
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// How the first scheme stored a code: SHA-256 of the normalized code, no key, no salt.
+fn first_scheme_hash(code: &str) -> String {
+    let normalized: String = code.chars().filter(char::is_ascii_alphanumeric).collect();
+    sha256_hex(&format!("sessiond/recovery-code/v1:{normalized}"))
+}
+
+async fn recovery_codes_are_stored_keyed_and_codes_of_the_first_scheme_still_work(
+    backend: Backend,
+) {
+    let dep = Deployment::new(backend).await;
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let (_totp, codes) = enrol(&app, &me.tokens.access).await;
+    let stored: Vec<String> = rows(
+        &dep,
+        "SELECT code_hash FROM mfa_recovery_codes",
+        &["code_hash"],
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect();
+    assert_eq!(stored.len(), 10, "{stored:?}");
+    for code in &codes {
+        let normalized: String = code.chars().filter(char::is_ascii_alphanumeric).collect();
+        for plain in [
+            sha256_hex(code),
+            sha256_hex(&normalized),
+            first_scheme_hash(code),
+        ] {
+            assert!(
+                stored.iter().all(|s| !s.contains(&plain)),
+                "{plain} in {stored:?}"
+            );
+        }
+    }
+    assert!(stored.iter().all(|s| s.starts_with("v2:")), "{stored:?}");
+    let token = mfa_token(&app, &me.email).await;
+    let r = second_factor(&app, &token, "recovery_code", &codes[0]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // An account whose codes the first scheme stored: they keep working. Here every unused
+    // row is spoiled, then one holds the first scheme's hash of a code.
+    execute(
+        &dep,
+        "UPDATE mfa_recovery_codes SET code_hash = 'gone' || SUBSTR(code_hash, 4) \
+         WHERE used_at IS NULL",
+    )
+    .await;
+    execute(
+        &dep,
+        &format!(
+            "UPDATE mfa_recovery_codes SET code_hash = '{}' WHERE code_hash = \
+             (SELECT MAX(code_hash) FROM mfa_recovery_codes WHERE used_at IS NULL)",
+            first_scheme_hash(&codes[1])
+        ),
+    )
+    .await;
+    let token = mfa_token(&app, &me.email).await;
+    // (The row of this code is spoiled.)
+    second_factor(&app, &token, "recovery_code", &codes[2])
+        .await
+        .assert_error(400, "invalid_grant");
+    let r = second_factor(&app, &token, "recovery_code", &codes[1]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let spent = rows(
+        &dep,
+        "SELECT CAST(COUNT(*) AS TEXT) AS n FROM mfa_recovery_codes WHERE used_at IS NOT NULL",
+        &["n"],
+    )
+    .await;
+    assert_eq!(spent, vec![vec!["2".to_string()]]);
 }
