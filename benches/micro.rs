@@ -136,6 +136,7 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
         mfa_key: None,
         step_up_max_age: cfg.step_up_max_age,
         totp_enrolment_ttl: cfg.pending_ttls.totp_enrolment,
+        recovery_keys: sessiond::app::mfa::RecoveryKeys::from_config(&cfg),
     };
     let mfa_tokens = sessiond::app::mfa::MfaTokens::memory(
         sessiond::app::mfa::MFA_TOKEN_TTL,

@@ -370,6 +370,7 @@ impl Application {
             mfa_key: config.jwt_key_encryption_key.clone(),
             step_up_max_age: config.step_up_max_age,
             totp_enrolment_ttl: config.pending_ttls.totp_enrolment,
+            recovery_keys: app::mfa::RecoveryKeys::from_config(&config),
         };
         let state = web::Data::new(AppState {
             app: app::App {

@@ -7,7 +7,9 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
     pub user_id: Uuid,
-    /// Hex SHA-256 of the code (domain-separated; see `sessiond::app::mfa`).
+    /// `v2:` and the base64url HMAC-SHA256 of the account id and the code under a key derived from the
+    /// server's secret; codes stored before that: hex SHA-256 of the code, no prefix (see
+    /// `sessiond::app::mfa::RecoveryKeys`).
     pub code_hash: String,
     pub used_at: Option<DateTimeUtc>,
 }

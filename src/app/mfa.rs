@@ -16,6 +16,7 @@ use base64::{
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
     Engine,
 };
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use redis::Script;
 use sha2::{Digest, Sha256};
@@ -214,7 +215,10 @@ pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<
             user_id: caller.user_id,
             started_after: cutoff,
             step,
-            recovery_hashes: codes.iter().map(|c| recovery_hash(c)).collect(),
+            recovery_hashes: codes
+                .iter()
+                .map(|c| app.settings.recovery_keys.hash(caller.user_id, c))
+                .collect(),
         })
         .await?;
     if !confirmed {
@@ -338,7 +342,7 @@ async fn verify_code(app: &App, user_id: Uuid, factor: &SecondFactor) -> Result<
                 .users
                 .ask(SpendRecoveryCode {
                     user_id,
-                    code_hash: recovery_hash(code),
+                    code_hashes: app.settings.recovery_keys.candidates(user_id, code),
                 })
                 .await?;
             Ok(if spent {
@@ -385,18 +389,121 @@ fn recovery_code() -> String {
         .join("-")
 }
 
-/// A recovery code's stored form. A fast hash is enough: the codes are 80 random bits, beyond
-/// any guessing, unlike passwords. Case, spaces and dashes do not matter.
-fn recovery_hash(code: &str) -> String {
-    let normalized: String = code
-        .chars()
+/// Case, spaces and dashes do not matter.
+fn normalize(code: &str) -> String {
+    code.chars()
         .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_lowercase())
-        .collect();
+        .collect()
+}
+
+/// The first scheme's stored form: unsalted, unkeyed SHA-256 (hex, no prefix). Codes stored
+/// before the keyed scheme are still accepted; new ones are never stored so.
+fn legacy_recovery_hash(code: &str) -> String {
     let mut h = Sha256::new();
     h.update(b"sessiond/recovery-code/v1:");
-    h.update(normalized.as_bytes());
+    h.update(normalize(code).as_bytes());
     hex::encode(h.finalize())
+}
+
+const RECOVERY_V2: &str = "v2:";
+const RECOVERY_LABEL: &[u8] = b"sessiond recovery code v2";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Keys of recovery codes' stored form: HMAC-SHA256 under a key derived from SESSION_SECRET (or
+/// JWT_SECRET without one), as the session seals' key is but with its own label, over the
+/// account id and the code. The database never sees the key, so a copy of it cannot be checked
+/// offline against guessed codes, and one hash says nothing about another account's codes.
+///
+/// The previous secret (SESSION_SECRET_PREVIOUS, or JWT_SECRET_PREVIOUS) still verifies: codes
+/// are stored once, at enrolment, so after a rotation the old secret must stay configured until
+/// every account re-enrolled, or those codes stop working (the authenticator still does; an admin
+/// can reset the factors). Without a configured secret (an embedded start that generated
+/// JWT_SECRET) the key is the label alone: salted per account but not secret, so codes survive
+/// the restart that changes the generated secret; such codes are accepted under any key.
+#[derive(Clone)]
+pub struct RecoveryKeys {
+    current: HmacSha256,
+    previous: Option<HmacSha256>,
+    unkeyed: HmacSha256,
+}
+
+impl std::fmt::Debug for RecoveryKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoveryKeys(***)")
+    }
+}
+
+impl RecoveryKeys {
+    fn derive(secret: &[u8]) -> HmacSha256 {
+        // HMAC accepts keys of any length: an error here is impossible.
+        let mut kdf =
+            <HmacSha256 as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+        kdf.update(RECOVERY_LABEL);
+        let derived = kdf.finalize().into_bytes();
+        <HmacSha256 as Mac>::new_from_slice(&derived).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// `None`: no configured secret (see the type).
+    pub fn new(secret: Option<&[u8]>, previous: Option<&[u8]>) -> Self {
+        let unkeyed = Self::derive(b"");
+        Self {
+            current: secret.map_or_else(|| unkeyed.clone(), Self::derive),
+            previous: previous.map(Self::derive),
+            unkeyed,
+        }
+    }
+
+    /// SESSION_SECRET (+ SESSION_SECRET_PREVIOUS) if set, else JWT_SECRET (+ JWT_SECRET_PREVIOUS)
+    /// unless it was generated at start-up, as the session seals choose.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let expose = |s: &Option<crate::config::Secret>| s.as_ref().map(|s| s.expose().to_vec());
+        let (secret, previous) = match &config.session_secret {
+            Some(s) => (
+                Some(s.expose().to_vec()),
+                expose(&config.session_secret_previous),
+            ),
+            None => (
+                (!config.jwt_secret_generated).then(|| config.jwt_secret.expose().to_vec()),
+                expose(&config.jwt_secret_previous),
+            ),
+        };
+        Self::new(secret.as_deref(), previous.as_deref())
+    }
+
+    fn mac(key: &HmacSha256, user_id: Uuid, code: &str) -> String {
+        let mut m = key.clone();
+        let normalized = normalize(code);
+        for part in [user_id.as_bytes().as_slice(), normalized.as_bytes()] {
+            m.update(&(part.len() as u32).to_be_bytes());
+            m.update(part);
+        }
+        // base64url (46 characters in all): the column holds 64, the first scheme's hex.
+        format!(
+            "{RECOVERY_V2}{}",
+            URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
+        )
+    }
+
+    /// A new recovery code's stored form, under the current key.
+    pub fn hash(&self, user_id: Uuid, code: &str) -> String {
+        Self::mac(&self.current, user_id, code)
+    }
+
+    /// Every stored form `code` of `user_id` may have: under the current key, the previous one,
+    /// no secret, and the first (unkeyed) scheme.
+    pub fn candidates(&self, user_id: Uuid, code: &str) -> Vec<String> {
+        let mut all = vec![self.hash(user_id, code)];
+        for key in self.previous.iter().chain([&self.unkeyed]) {
+            let h = Self::mac(key, user_id, code);
+            if !all.contains(&h) {
+                all.push(h);
+            }
+        }
+        all.push(legacy_recovery_hash(code));
+        all
+    }
 }
 
 const SEALED: &str = "enc:v1:";
@@ -722,13 +829,55 @@ mod tests {
 
     #[test]
     fn recovery_codes_match_however_they_are_typed() {
+        let keys = RecoveryKeys::new(Some(b"a secret"), None);
+        let user = Uuid::new_v4();
         let code = recovery_code();
         assert_eq!(code.len(), 19);
         assert_eq!(
-            recovery_hash(&code),
-            recovery_hash(&code.to_uppercase().replace('-', " "))
+            keys.hash(user, &code),
+            keys.hash(user, &code.to_uppercase().replace('-', " "))
         );
-        assert_ne!(recovery_hash(&code), recovery_hash(&recovery_code()));
+        assert_ne!(keys.hash(user, &code), keys.hash(user, &recovery_code()));
+    }
+
+    #[test]
+    fn recovery_hashes_are_keyed_and_bound_to_the_account() {
+        let code = recovery_code();
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let keys = RecoveryKeys::new(Some(b"first secret"), None);
+        let stored = keys.hash(alice, &code);
+        assert!(stored.starts_with(RECOVERY_V2), "{stored}");
+        // Not the plain (or the first scheme's) SHA-256 of the code.
+        assert_ne!(stored, legacy_recovery_hash(&code));
+        assert!(stored.len() <= 64, "{stored}");
+        // Another account, another key: another hash.
+        assert_ne!(stored, keys.hash(bob, &code));
+        let other = RecoveryKeys::new(Some(b"other secret"), None);
+        assert!(!other.candidates(alice, &code).contains(&stored));
+        assert!(keys.candidates(alice, &code).contains(&stored));
+        assert!(!keys.candidates(bob, &code).contains(&stored));
+    }
+
+    #[test]
+    fn recovery_codes_survive_a_secret_rotation_and_the_first_scheme() {
+        let code = recovery_code();
+        let user = Uuid::new_v4();
+        let old = RecoveryKeys::new(Some(b"old secret"), None);
+        let rotated = RecoveryKeys::new(Some(b"new secret"), Some(b"old secret"));
+        let stored = old.hash(user, &code);
+        assert!(rotated.candidates(user, &code).contains(&stored));
+        // New codes use the new secret.
+        assert_ne!(rotated.hash(user, &code), stored);
+        // Once the previous secret is gone, its codes no longer match.
+        let forgot = RecoveryKeys::new(Some(b"new secret"), None);
+        assert!(!forgot.candidates(user, &code).contains(&stored));
+        // Codes stored by the first scheme, and without a secret, keep working under any key.
+        assert!(rotated
+            .candidates(user, &code)
+            .contains(&legacy_recovery_hash(&code)));
+        let generated = RecoveryKeys::new(None, None).hash(user, &code);
+        assert!(rotated.candidates(user, &code).contains(&generated));
+        assert!(!rotated.candidates(user, &recovery_code()).contains(&stored));
     }
 
     #[test]

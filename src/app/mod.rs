@@ -82,6 +82,8 @@ pub struct Settings {
     pub step_up_max_age: Duration,
     /// How long a TOTP enrolment may stay pending (`PendingTtls::totp_enrolment`).
     pub totp_enrolment_ttl: Duration,
+    /// Keys the stored form of recovery codes.
+    pub recovery_keys: mfa::RecoveryKeys,
 }
 
 impl Settings {

@@ -339,27 +339,47 @@ fn amr(result: &AuthenticationResult) -> &'static str {
     }
 }
 
-/// Records the use of a credential: its updated signature counter, and the time.
+/// Records the use of a credential: its updated signature counter, and the time. `false`: the
+/// assertion must be refused, as a cloned authenticator's or a raced one's: its signature
+/// counter is not above the one stored now (the ceremony's state may hold an older one), or
+/// another assertion of the same credential stored its counter first. Authenticators that always
+/// report 0 (synced passkeys) have no counter to check.
 async fn record_use(
     app: &App,
     credential: &entities::webauthn_credential::Model,
     mut passkey: Passkey,
     result: &AuthenticationResult,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
+    // The stored counter (webauthn-rs keeps it behind a feature; its JSON has it as is).
+    let stored = serde_json::from_str::<serde_json::Value>(&credential.passkey)
+        .ok()
+        .and_then(|v| v["cred"]["counter"].as_u64())
+        .unwrap_or(0);
+    let counter = u64::from(result.counter());
+    if counter != 0 && counter <= stored {
+        tracing::warn!(credential = %credential.id, counter, stored,
+            "passkey assertion with a signature counter not above the stored one refused");
+        return Ok(false);
+    }
     let changed = passkey.update_credential(result).unwrap_or(false);
     let passkey = if changed {
         Some(serde_json::to_string(&passkey).map_err(internal("passkey"))?)
     } else {
         None
     };
-    app.users
+    let recorded = app
+        .users
         .ask(UseWebauthn {
             id: credential.id,
+            expected: credential.passkey.clone(),
             passkey,
             at: Utc::now(),
         })
         .await?;
-    Ok(())
+    if !recorded {
+        tracing::warn!(credential = %credential.id, "raced passkey assertion refused");
+    }
+    Ok(recorded)
 }
 
 /// Checks an assertion presented at POST /login/mfa against the pending login's challenge.
@@ -392,7 +412,9 @@ pub async fn verify_second_factor(
         };
         match pk.webauthn.finish_passkey_authentication(assertion, &state) {
             Ok(result) => {
-                record_use(app, &credential, passkey, &result).await?;
+                if !record_use(app, &credential, passkey, &result).await? {
+                    return Ok(None);
+                }
                 Ok(Some(Asserted {
                     user_id,
                     amr: amr(&result),
@@ -494,7 +516,10 @@ pub async fn verify_reauthentication(
         .finish_passkey_authentication(assertion, &ceremony.state)
     {
         Ok(result) => {
-            record_use(app, &credential, passkey, &result).await?;
+            if !record_use(app, &credential, passkey, &result).await? {
+                count(app, "reauthentication", "invalid");
+                return Ok(None);
+            }
             count(app, "reauthentication", "success");
             Ok(Some(Asserted {
                 user_id: caller.user_id,
@@ -613,7 +638,9 @@ async fn attempt_sign_in(
             return Err(refuse(Some(user_id), "invalid_assertion"));
         }
     };
-    record_use(app, &credential, passkey, &result).await?;
+    if !record_use(app, &credential, passkey, &result).await? {
+        return Err(refuse(Some(user_id), "counter"));
+    }
     let account = app
         .users
         .ask(FindAccount(user_id))

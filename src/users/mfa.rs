@@ -188,12 +188,14 @@ impl Handler<DropExpiredTotp> for UserStore {
     }
 }
 
-/// Spends a recovery code by its hash: `true` only for an unused code of this account.
+/// Spends a recovery code by its hash: `true` only for an unused code of this account. One code
+/// has several possible stored forms (the current key, the previous one, older schemes): at most
+/// one row is spent.
 #[derive(Message)]
 #[rtype(result = "Reply<Result<bool, UserStoreError>>")]
 pub struct SpendRecoveryCode {
     pub user_id: Uuid,
-    pub code_hash: String,
+    pub code_hashes: Vec<String>,
 }
 
 impl Handler<SpendRecoveryCode> for UserStore {
@@ -202,13 +204,19 @@ impl Handler<SpendRecoveryCode> for UserStore {
     fn handle(&mut self, msg: SpendRecoveryCode, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
         Reply::new(async move {
-            let update = mfa_recovery_code::Entity::update_many()
-                .col_expr(mfa_recovery_code::Column::UsedAt, Expr::value(Utc::now()))
-                .filter(mfa_recovery_code::Column::UserId.eq(msg.user_id))
-                .filter(mfa_recovery_code::Column::CodeHash.eq(msg.code_hash))
-                .filter(mfa_recovery_code::Column::UsedAt.is_null())
-                .exec(&db.conn);
-            Ok(db.call("spend_recovery_code", update).await?.rows_affected == 1)
+            // Tried one form at a time, so one code never spends two rows.
+            for code_hash in msg.code_hashes {
+                let update = mfa_recovery_code::Entity::update_many()
+                    .col_expr(mfa_recovery_code::Column::UsedAt, Expr::value(Utc::now()))
+                    .filter(mfa_recovery_code::Column::UserId.eq(msg.user_id))
+                    .filter(mfa_recovery_code::Column::CodeHash.eq(code_hash))
+                    .filter(mfa_recovery_code::Column::UsedAt.is_null())
+                    .exec(&db.conn);
+                if db.call("spend_recovery_code", update).await?.rows_affected == 1 {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         })
     }
 }

@@ -116,17 +116,21 @@ impl Handler<AddWebauthn> for UserStore {
 }
 
 /// Records a use: the credential (its signature counter) as updated by the assertion, if it
-/// changed, and the time.
+/// changed, and the time. A new counter is stored only over the credential as `expected` (read
+/// before the assertion was checked), in one conditional UPDATE: of two assertions raced with
+/// the same counter, one stores it and the other gets `false`.
 #[derive(Message)]
-#[rtype(result = "Reply<Result<(), UserStoreError>>")]
+#[rtype(result = "Reply<Result<bool, UserStoreError>>")]
 pub struct UseWebauthn {
     pub id: Uuid,
+    /// The stored `passkey` the assertion was checked against.
+    pub expected: String,
     pub passkey: Option<String>,
     pub at: DateTime<Utc>,
 }
 
 impl Handler<UseWebauthn> for UserStore {
-    type Result = Reply<Result<(), UserStoreError>>;
+    type Result = Reply<Result<bool, UserStoreError>>;
 
     fn handle(&mut self, msg: UseWebauthn, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
@@ -134,12 +138,15 @@ impl Handler<UseWebauthn> for UserStore {
             let mut update = webauthn_credential::Entity::update_many()
                 .col_expr(webauthn_credential::Column::LastUsedAt, Expr::value(msg.at))
                 .filter(webauthn_credential::Column::Id.eq(msg.id));
+            let counted = msg.passkey.is_some();
             if let Some(passkey) = msg.passkey {
-                update =
-                    update.col_expr(webauthn_credential::Column::Passkey, Expr::value(passkey));
+                update = update
+                    .col_expr(webauthn_credential::Column::Passkey, Expr::value(passkey))
+                    .filter(webauthn_credential::Column::Passkey.eq(msg.expected));
             }
-            db.call("use_webauthn", update.exec(&db.conn)).await?;
-            Ok(())
+            let done = db.call("use_webauthn", update.exec(&db.conn)).await?;
+            // Without a new counter there is nothing to race for (a deleted credential aside).
+            Ok(!counted || done.rows_affected == 1)
         })
     }
 }

@@ -20,6 +20,10 @@ both_backends!(
     enrolment_is_confirmed_by_a_code_and_can_be_removed,
     an_admin_resets_the_factors_of_a_user_who_lost_them,
     a_factor_reset_obeys_the_escalation_rule,
+    wrong_confirmation_codes_count_toward_the_lockout_and_are_audited,
+    a_pending_enrolment_expires_after_its_lifetime,
+    a_stale_session_cannot_confirm_an_enrolment,
+    recovery_codes_are_stored_keyed_and_codes_of_the_first_scheme_still_work,
 );
 
 fn unix_now() -> u64 {
@@ -541,4 +545,249 @@ async fn a_factor_reset_obeys_the_escalation_rule(backend: Backend) {
     assert_event(&denied[0], "mfa_reset", Some(&desk.id), about, "denied");
     assert_eq!(denied[0]["detail"]["reason"], "escalation");
     assert_eq!(denied[0]["detail"]["admin_role_required"], true);
+}
+
+/// A 6-digit code the authenticator shows in none of the steps the server accepts.
+fn wrong_code(totp: &Totp) -> String {
+    let accepted: Vec<String> = (-2..=2).map(|o| code(totp, o)).collect();
+    (0..)
+        .map(|n: u32| format!("{:06}", (n * 7919) % 1_000_000))
+        .find(|c| !accepted.contains(c))
+        .expect("a wrong code")
+}
+
+async fn start(app: &TestApp, token: &str) -> Totp {
+    let r = app.request(Method::POST, "/mfa/totp", token, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    authenticator(r.body["secret"].as_str().expect("secret"))
+}
+
+async fn confirm(app: &TestApp, token: &str, code: &str) -> Reply {
+    app.request(
+        Method::POST,
+        "/mfa/totp/confirm",
+        token,
+        Some(&json!({ "code": code })),
+    )
+    .await
+}
+
+async fn wrong_confirmation_codes_count_toward_the_lockout_and_are_audited(backend: Backend) {
+    let (mut dep, admins) = with_admins(backend, 1).await;
+    dep.set("LOCKOUT_THRESHOLD", 3)
+        .set("LOCKOUT_BASE_SECONDS", 600)
+        .set("LOCKOUT_MAX_SECONDS", 600);
+    let app = dep.spawn().await;
+    let root = admin(&app, &admins[0]).await;
+    // A stolen access token of an account whose owner started an enrolment.
+    let user = plain(&app).await;
+    let stolen = user.tokens.access.as_str();
+    let totp = start(&app, stolen).await;
+    fresh_step().await;
+    let wrong = wrong_code(&totp);
+    for _ in 0..3 {
+        confirm(&app, stolen, &wrong)
+            .await
+            .assert_error(400, "invalid_grant");
+    }
+    // Locked: even the right code is refused, as a locked login is.
+    let r = confirm(&app, stolen, &code(&totp, 0)).await;
+    r.assert_error(429, "rate_limited");
+    assert!(
+        r.header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|s| s > 0),
+        "{:?}",
+        r.header("retry-after")
+    );
+    // The guesses count toward the account's login lockout.
+    app.login_reply(&user.email, PASSWORD)
+        .await
+        .assert_error(429, "rate_limited");
+
+    // Audited: three failures and the refusal, with the reason and no code.
+    let query = format!("type=mfa_enrol&user_id={}", user.id);
+    let events = settled(&app, &root.tokens.access, &query, 4).await;
+    let me = Some(user.id.as_str());
+    assert_event(&events[0], "mfa_enrol", me, me, "denied");
+    assert_eq!(
+        events[0]["detail"],
+        json!({"method": "totp", "reason": "locked"})
+    );
+    for e in &events[1..] {
+        assert_event(e, "mfa_enrol", me, me, "failure");
+        assert_eq!(
+            e["detail"],
+            json!({"method": "totp", "reason": "invalid_code"})
+        );
+    }
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains(&wrong), "{text}");
+    // Still pending, not confirmed: the password alone logs in once the lock is over.
+    let pending = rows(
+        &dep,
+        "SELECT CAST(COUNT(*) AS TEXT) AS n FROM mfa_totp WHERE confirmed_at IS NULL",
+        &["n"],
+    )
+    .await;
+    assert_eq!(pending, vec![vec!["1".to_string()]]);
+}
+
+async fn a_pending_enrolment_expires_after_its_lifetime(backend: Backend) {
+    let dep = Deployment::new(backend).await;
+    assert_eq!(
+        dep.config().pending_ttls.totp_enrolment,
+        Duration::from_secs(600),
+        "a pending enrolment waits 10 minutes in production"
+    );
+    let app = dep
+        .spawn_edited(|c| c.pending_ttls.totp_enrolment = Duration::from_secs(5))
+        .await;
+    let me = plain(&app).await;
+    let access = me.tokens.access.as_str();
+    let totp = start(&app, access).await;
+    actix_web::rt::time::sleep(Duration::from_millis(5500)).await;
+    fresh_step().await;
+    // Too old: as if nothing were pending, and the row is gone.
+    confirm(&app, access, &code(&totp, 0))
+        .await
+        .assert_error(409, "conflict");
+    let left = rows(
+        &dep,
+        "SELECT CAST(COUNT(*) AS TEXT) AS n FROM mfa_totp",
+        &["n"],
+    )
+    .await;
+    assert_eq!(left, vec![vec!["0".to_string()]]);
+    // The password alone logs in; a new enrolment, confirmed in time, works.
+    app.login(&me.email, PASSWORD).await;
+    fresh_step().await;
+    let totp = start(&app, access).await;
+    let r = confirm(&app, access, &code(&totp, 0)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    mfa_token(&app, &me.email).await;
+}
+
+async fn a_stale_session_cannot_confirm_an_enrolment(backend: Backend) {
+    let mut dep = Deployment::new(backend).await;
+    dep.set("STEP_UP_MAX_AGE", 2);
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let access = me.tokens.access.as_str();
+    let totp = start(&app, access).await;
+    // Well past STEP_UP_MAX_AGE.
+    actix_web::rt::time::sleep(Duration::from_secs(4)).await;
+    fresh_step().await;
+    let r = confirm(&app, access, &code(&totp, 0)).await;
+    r.assert_error(403, "reauthentication_required");
+    // Nothing was enrolled.
+    app.login(&me.email, PASSWORD).await;
+    // Once reauthenticated, the same pending enrolment confirms.
+    let r = app
+        .request(
+            Method::POST,
+            "/reauthenticate",
+            access,
+            Some(&json!({"password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = confirm(&app, access, &code(&totp, 0)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    mfa_token(&app, &me.email).await;
+}
+
+/// Runs `statement` on the deployment's database.
+async fn execute(dep: &Deployment, statement: &str) {
+    let db = Database::connect(dep.database_url())
+        .await
+        .expect("database");
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        statement.to_string(),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    let _ = db.close().await;
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// How the first scheme stored a code: SHA-256 of the normalized code, no key, no salt.
+fn first_scheme_hash(code: &str) -> String {
+    let normalized: String = code.chars().filter(char::is_ascii_alphanumeric).collect();
+    sha256_hex(&format!("sessiond/recovery-code/v1:{normalized}"))
+}
+
+async fn recovery_codes_are_stored_keyed_and_codes_of_the_first_scheme_still_work(
+    backend: Backend,
+) {
+    let dep = Deployment::new(backend).await;
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let (_totp, codes) = enrol(&app, &me.tokens.access).await;
+    let stored: Vec<String> = rows(
+        &dep,
+        "SELECT code_hash FROM mfa_recovery_codes",
+        &["code_hash"],
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect();
+    assert_eq!(stored.len(), 10, "{stored:?}");
+    for code in &codes {
+        let normalized: String = code.chars().filter(char::is_ascii_alphanumeric).collect();
+        for plain in [
+            sha256_hex(code),
+            sha256_hex(&normalized),
+            first_scheme_hash(code),
+        ] {
+            assert!(
+                stored.iter().all(|s| !s.contains(&plain)),
+                "{plain} in {stored:?}"
+            );
+        }
+    }
+    assert!(stored.iter().all(|s| s.starts_with("v2:")), "{stored:?}");
+    let token = mfa_token(&app, &me.email).await;
+    let r = second_factor(&app, &token, "recovery_code", &codes[0]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // An account whose codes the first scheme stored: they keep working. Here every unused
+    // row is spoiled, then one holds the first scheme's hash of a code.
+    execute(
+        &dep,
+        "UPDATE mfa_recovery_codes SET code_hash = 'gone' || SUBSTR(code_hash, 4) \
+         WHERE used_at IS NULL",
+    )
+    .await;
+    execute(
+        &dep,
+        &format!(
+            "UPDATE mfa_recovery_codes SET code_hash = '{}' WHERE code_hash = \
+             (SELECT MAX(code_hash) FROM mfa_recovery_codes WHERE used_at IS NULL)",
+            first_scheme_hash(&codes[1])
+        ),
+    )
+    .await;
+    let token = mfa_token(&app, &me.email).await;
+    // (The row of this code is spoiled.)
+    second_factor(&app, &token, "recovery_code", &codes[2])
+        .await
+        .assert_error(400, "invalid_grant");
+    let r = second_factor(&app, &token, "recovery_code", &codes[1]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let spent = rows(
+        &dep,
+        "SELECT CAST(COUNT(*) AS TEXT) AS n FROM mfa_recovery_codes WHERE used_at IS NOT NULL",
+        &["n"],
+    )
+    .await;
+    assert_eq!(spent, vec![vec!["2".to_string()]]);
 }

@@ -28,6 +28,7 @@ both_backends!(
     a_passkey_step_up_lifts_the_limit_of_a_role_that_requires_mfa,
     passkey_names_are_held_to_the_documented_schema,
     a_stale_session_cannot_finish_a_passkey_registration,
+    raced_assertions_with_the_same_counter_are_accepted_once,
 );
 
 services_only!(a_ceremony_started_on_one_pod_finishes_on_another);
@@ -883,4 +884,51 @@ async fn a_stale_session_cannot_finish_a_passkey_registration(backend: Backend) 
     let r = finish().await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(list(&app, token).await.len(), 1);
+}
+
+async fn raced_assertions_with_the_same_counter_are_accepted_once(backend: Backend) {
+    let dep = deployment(backend).await;
+    let app = dep.spawn().await;
+    let me = plain(&app).await;
+    let mut key = Passkey::new();
+    register(&app, &me.tokens.access, &mut key, "Laptop").await;
+    // A clone of the authenticator: the same key, its own copy of the signature counter.
+    // SoftPasskey is not Clone; the bitwise copy shares the key map, which signing only reads,
+    // and is never dropped (so the map is freed once).
+    let mut clone = std::mem::ManuallyDrop::new(Passkey {
+        // SAFETY: see above; `key` outlives every use of the copy.
+        soft: unsafe { std::ptr::read(&key.soft) },
+        credential_id: key.credential_id.clone(),
+        user_handle: key.user_handle.clone(),
+    });
+    let (first, options) = sign_in_start(&app).await;
+    let original = key.get(&options, ORIGIN);
+    let (second, options) = sign_in_start(&app).await;
+    let cloned = clone.get(&options, ORIGIN);
+    let (a, b) = tokio::join!(
+        sign_in_finish(&app, &first, &original),
+        sign_in_finish(&app, &second, &cloned)
+    );
+    let signed_in = [&a, &b]
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    assert_eq!(signed_in, 1, "{} / {}", a.body, b.body);
+    let loser = if a.status == StatusCode::OK { &b } else { &a };
+    loser.assert_error(400, "invalid_grant");
+
+    // Started before another use of the key, finished after it: its counter is not above the
+    // stored one any more, and it is refused too.
+    let (late, options) = sign_in_start(&app).await;
+    let stale = clone.get(&options, ORIGIN);
+    let (now, options) = sign_in_start(&app).await;
+    let r = sign_in_finish(&app, &now, &key.get(&options, ORIGIN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    sign_in_finish(&app, &late, &stale)
+        .await
+        .assert_error(400, "invalid_grant");
+    // The genuine authenticator, counting on, still signs in.
+    let (token, options) = sign_in_start(&app).await;
+    let r = sign_in_finish(&app, &token, &key.get(&options, ORIGIN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
