@@ -135,6 +135,8 @@ async fn app_state(cfg: Config) -> web::Data<AppState> {
         mfa_issuer: cfg.jwt_issuer.clone(),
         mfa_key: None,
         step_up_max_age: cfg.step_up_max_age,
+        totp_enrolment_ttl: cfg.pending_ttls.totp_enrolment,
+        recovery_keys: sessiond::app::mfa::RecoveryKeys::from_config(&cfg),
     };
     web::Data::new(AppState {
         app: sessiond::app::App {
