@@ -593,6 +593,11 @@ pub async fn account(app: &TestApp, email: &str, roles: &[&str]) -> Account {
 /// are tested in mail.rs and takeover.rs).
 pub async fn verify_address(app: &TestApp, email: &str) {
     let url = app.database_url.as_deref().expect("an in-process app");
+    verify_address_in(url, email).await;
+}
+
+/// [`verify_address`] on the database at `url` (a server started as a process).
+pub async fn verify_address_in(url: &str, email: &str) {
     let db = Database::connect(url).await.expect("database");
     let done = db
         .execute_raw(Statement::from_string(

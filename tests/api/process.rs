@@ -336,6 +336,8 @@ async fn ecs_logs_of_a_full_flow_are_ecs_documents_without_secrets(backend: Back
     let registered = app.register(email, password).await;
     assert_eq!(registered.status, StatusCode::CREATED);
     let user_id = registered.body["id"].as_str().expect("id").to_string();
+    // ADMIN_EMAILS grants `admin` at the login after the address is proven.
+    verify_address_in(&dep.database_url(), email).await;
     app.login_reply(email, "a wrong passphrase 12345")
         .await
         .assert_error(401, "invalid_credentials");
