@@ -332,6 +332,24 @@ async fn browse(browser: &reqwest::Client, mut url: String, sub: &str, stop: &st
 }
 
 impl Setup {
+    /// Links the identity `sub` at `corp` to the account of `access`, in a new browser: the URL
+    /// sessiond sent it back to.
+    async fn link(&self, access: &str, sub: &str) -> String {
+        let (_, challenge) = pkce();
+        let started = self
+            .app
+            .request(
+                reqwest::Method::POST,
+                "/profile/identities/corp/start",
+                access,
+                Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
+            )
+            .await;
+        assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+        let url = started.body["authorize_url"].as_str().unwrap().to_string();
+        browse(&browser(), url, sub, RETURN_TO).await
+    }
+
     fn start_url(&self, provider: &str, challenge: &str) -> String {
         format!(
             "{}/oauth/{provider}/start?return_to={}&code_challenge={challenge}",
@@ -792,19 +810,7 @@ async fn identities_are_linked_listed_and_unlinked(backend: Backend) {
     s.provider
         .set_account("lin-sso", "lin@corp.example", true)
         .await;
-    let (_, challenge) = pkce();
-    let started = s
-        .app
-        .request(
-            reqwest::Method::POST,
-            "/profile/identities/corp/start",
-            &account.access,
-            Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
-        )
-        .await;
-    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
-    let url = started.body["authorize_url"].as_str().unwrap().to_string();
-    let back = browse(&browser(), url, "lin-sso", RETURN_TO).await;
+    let back = s.link(&account.access, "lin-sso").await;
     assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
     let listed = s
         .app
@@ -1563,19 +1569,7 @@ async fn no_provider_enters_an_account_the_password_may_not_under_required_verif
     s.app.register(email, PASSWORD).await;
     let account = s.app.login(email, PASSWORD).await;
     s.provider.set_account("una-sso", email, true).await;
-    let (_, challenge) = pkce();
-    let started = s
-        .app
-        .request(
-            reqwest::Method::POST,
-            "/profile/identities/corp/start",
-            &account.access,
-            Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
-        )
-        .await;
-    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
-    let url = started.body["authorize_url"].as_str().unwrap().to_string();
-    let back = browse(&browser(), url, "una-sso", RETURN_TO).await;
+    let back = s.link(&account.access, "una-sso").await;
     assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
 
     let pod = s
@@ -1653,19 +1647,7 @@ async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(
     s.provider
         .set_account("mallory-sso", "mallory@evil.example", true)
         .await;
-    let (_, challenge) = pkce();
-    let started = s
-        .app
-        .request(
-            reqwest::Method::POST,
-            "/profile/identities/corp/start",
-            &attacker.access,
-            Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
-        )
-        .await;
-    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
-    let url = started.body["authorize_url"].as_str().unwrap().to_string();
-    let back = browse(&browser(), url, "mallory-sso", RETURN_TO).await;
+    let back = s.link(&attacker.access, "mallory-sso").await;
     assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
     crate::mfa::enrol(&s.app, &attacker.access).await;
     assert_eq!(s.count("identities").await, 1);
@@ -1723,18 +1705,7 @@ async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(
     s.provider
         .set_account("vic-own", "vic-own@example.com", true)
         .await;
-    let (_, challenge) = pkce();
-    let started = s
-        .app
-        .request(
-            reqwest::Method::POST,
-            "/profile/identities/corp/start",
-            &mine.access,
-            Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
-        )
-        .await;
-    let url = started.body["authorize_url"].as_str().unwrap().to_string();
-    let back = browse(&browser(), url, "vic-own", RETURN_TO).await;
+    let back = s.link(&mine.access, "vic-own").await;
     assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
     let before = smtp.to(victim).len();
     crate::mail::forgot(&s.app, victim).await;
