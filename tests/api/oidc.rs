@@ -335,6 +335,12 @@ impl Setup {
     /// Links the identity `sub` at `corp` to the account of `access`, in a new browser: the URL
     /// sessiond sent it back to.
     async fn link(&self, access: &str, sub: &str) -> String {
+        let url = self.link_url(access).await;
+        browse(&browser(), url, sub, RETURN_TO).await
+    }
+
+    /// Starts linking an identity at `corp` to the account of `access`: the authorize URL.
+    async fn link_url(&self, access: &str) -> String {
         let (_, challenge) = pkce();
         let started = self
             .app
@@ -346,8 +352,7 @@ impl Setup {
             )
             .await;
         assert_eq!(started.status, StatusCode::OK, "{}", started.body);
-        let url = started.body["authorize_url"].as_str().unwrap().to_string();
-        browse(&browser(), url, sub, RETURN_TO).await
+        started.body["authorize_url"].as_str().unwrap().to_string()
     }
 
     fn start_url(&self, provider: &str, challenge: &str) -> String {
@@ -1740,22 +1745,8 @@ async fn a_linking_flow_ends_with_the_session_that_started_it(backend: Backend) 
     s.provider
         .set_account("lee-sso", "lee@corp.example", true)
         .await;
-    let start = async |access: &str| {
-        let (_, challenge) = pkce();
-        let started = s
-            .app
-            .request(
-                reqwest::Method::POST,
-                "/profile/identities/corp/start",
-                access,
-                Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
-            )
-            .await;
-        assert_eq!(started.status, StatusCode::OK, "{}", started.body);
-        started.body["authorize_url"].as_str().unwrap().to_string()
-    };
     let ended = s.app.login(email, PASSWORD).await;
-    let url = start(&ended.access).await;
+    let url = s.link_url(&ended.access).await;
     let r = s.app.post_auth("/logout", &ended.access).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let back = browse(&browser(), url, "lee-sso", RETURN_TO).await;
@@ -1769,7 +1760,7 @@ async fn a_linking_flow_ends_with_the_session_that_started_it(backend: Backend) 
 
     // A live session's flow links, as before.
     let live = s.app.login(email, PASSWORD).await;
-    let url = start(&live.access).await;
+    let url = s.link_url(&live.access).await;
     let back = browse(&browser(), url, "lee-sso", RETURN_TO).await;
     assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
     assert_eq!(s.count("identities").await, 1);
