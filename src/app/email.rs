@@ -73,6 +73,27 @@ fn notice_to(
     app.mailer.compose(template, to, &all)
 }
 
+/// The owner's notice that a way to sign in was added or removed (ASVS 6.3.7), stored by the
+/// caller with the change. `change` is a sentence of sessiond's own, never text a user chose
+/// (a passkey's name, say), which could reach an address its owner never verified.
+pub(crate) async fn method_notice(
+    app: &App,
+    user_id: uuid::Uuid,
+    change: &str,
+) -> Result<Mail, ApiError> {
+    let account = app
+        .users
+        .ask(FindAccount(user_id))
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    Ok(notice(
+        app,
+        Template::MethodChanged,
+        &account,
+        &[("change", change)],
+    ))
+}
+
 /// The verification mail for `email` with a fresh token: what [`NewToken`] stores, and the mail.
 /// Without the account's name: the address is not verified (see [`greeting_name`]).
 pub(crate) fn verification(app: &App, email: &str) -> (NewToken, Mail) {

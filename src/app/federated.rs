@@ -163,6 +163,14 @@ pub fn providers(app: &App) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The operator's name for a provider (its configured name when it is no longer configured).
+fn provider_display_name(app: &App, provider: &str) -> String {
+    providers(app)
+        .into_iter()
+        .find(|(name, _)| name == provider)
+        .map_or_else(|| provider.to_string(), |(_, display)| display)
+}
+
 /// Starts a sign-in (or, with `link`, the linking of an identity to the account of that
 /// session): the URL of the provider's authorization page.
 pub async fn start(
@@ -528,6 +536,11 @@ async fn link(
     provider: &str,
     asserted: Asserted,
 ) -> Result<Finished, Failure> {
+    let change = format!(
+        "Your identity at {} was linked: it signs you in",
+        provider_display_name(app, provider)
+    );
+    let notice = super::email::method_notice(app, user_id, &change).await?;
     let linked = app
         .users
         .ask(LinkIdentity {
@@ -535,10 +548,12 @@ async fn link(
             provider: provider.to_string(),
             subject: asserted.subject,
             email: asserted.email,
+            notice,
         })
         .await;
     match linked {
         Ok(_) => {
+            app.mailer.wake();
             app.audit.record(
                 AuditEvent::success(AuditKind::IdentityLink)
                     .by(user_id)
@@ -714,16 +729,23 @@ pub async fn identities(
 
 /// Unlinks the caller's identity at a provider (409 when it is the last way to sign in).
 pub async fn unlink(app: &App, caller: &Caller, provider: &str) -> Result<(), ApiError> {
+    let change = format!(
+        "Your identity at {} was unlinked: it no longer signs you in",
+        provider_display_name(app, provider)
+    );
+    let notice = super::email::method_notice(app, caller.user_id, &change).await?;
     app.users
         .ask(UnlinkIdentity {
             user_id: caller.user_id,
             provider: provider.to_string(),
+            notice,
         })
         .await
         .map_err(|e| match e {
             UserStoreError::NotFound => ApiError::NotFound("identity"),
             e => e.into(),
         })?;
+    app.mailer.wake();
     app.audit.record(
         AuditEvent::success(AuditKind::IdentityUnlink)
             .by(caller.user_id)

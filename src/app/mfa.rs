@@ -209,6 +209,16 @@ pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<
         ));
     };
     let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
+    let notice = super::email::notice(
+        app,
+        crate::mail::Template::MethodChanged,
+        &account,
+        &[(
+            "change",
+            "An authenticator app was turned on, with new recovery codes: together with your \
+             password they sign you in",
+        )],
+    );
     let confirmed = app
         .users
         .ask(ConfirmTotp {
@@ -219,11 +229,13 @@ pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<
                 .iter()
                 .map(|c| app.settings.recovery_keys.hash(caller.user_id, c))
                 .collect(),
+            notice,
         })
         .await?;
     if !confirmed {
         return Err(ApiError::Conflict(NOTHING_PENDING.into()));
     }
+    app.mailer.wake();
     app.throttle.record_success(bucket.id()).await?;
     app.audit.record(
         AuditEvent::success(AuditKind::MfaEnrol)
@@ -237,9 +249,24 @@ pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<
 
 /// Removes the authenticator (confirmed or pending) and the recovery codes.
 pub async fn remove_totp(app: &App, caller: &Caller) -> Result<(), ApiError> {
-    if !app.users.ask(RemoveTotp(caller.user_id)).await? {
+    let notice = super::email::method_notice(
+        app,
+        caller.user_id,
+        "The authenticator app and its recovery codes were removed: your account no longer asks \
+         for their codes",
+    )
+    .await?;
+    let removed = app
+        .users
+        .ask(RemoveTotp {
+            user_id: caller.user_id,
+            notice,
+        })
+        .await?;
+    if !removed {
         return Err(ApiError::NotFound("TOTP authenticator"));
     }
+    app.mailer.wake();
     app.audit.record(
         AuditEvent::success(AuditKind::MfaDisable)
             .by(caller.user_id)

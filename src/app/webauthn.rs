@@ -225,6 +225,12 @@ pub async fn finish_registration(
     };
     let credential_id = URL_SAFE_NO_PAD.encode(passkey.cred_id());
     let stored = serde_json::to_string(&passkey).map_err(internal("passkey"))?;
+    let notice = super::email::method_notice(
+        app,
+        caller.user_id,
+        "A passkey was registered: it signs you in",
+    )
+    .await?;
     let added = app
         .users
         .ask(AddWebauthn {
@@ -232,6 +238,7 @@ pub async fn finish_registration(
             credential_id,
             name: registration.name,
             passkey: stored,
+            notice,
         })
         .await;
     let credential = match added {
@@ -243,6 +250,7 @@ pub async fn finish_registration(
         Err(e) => return Err(e.into()),
     };
     count(app, "registration", "success");
+    app.mailer.wake();
     app.audit.record(
         AuditEvent::success(AuditKind::MfaEnrol)
             .by(caller.user_id)
@@ -265,16 +273,24 @@ pub async fn credentials(
 /// Deletes one of the caller's credentials (404 for any other id, another account's included).
 pub async fn delete_credential(app: &App, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
     passkeys(app)?;
+    let notice = super::email::method_notice(
+        app,
+        caller.user_id,
+        "A passkey was deleted: it no longer signs you in",
+    )
+    .await?;
     let removed = app
         .users
         .ask(RemoveWebauthn {
             user_id: caller.user_id,
             id,
+            notice,
         })
         .await?;
     if !removed {
         return Err(ApiError::NotFound("passkey"));
     }
+    app.mailer.wake();
     app.audit.record(
         AuditEvent::success(AuditKind::MfaDisable)
             .by(caller.user_id)

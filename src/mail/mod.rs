@@ -34,10 +34,11 @@ pub enum Template {
     AccountExists,
     MfaReset,
     MethodsRemoved,
+    MethodChanged,
 }
 
 impl Template {
-    pub const ALL: [Template; 9] = [
+    pub const ALL: [Template; 10] = [
         Self::PasswordReset,
         Self::VerifyEmail,
         Self::ConfirmEmailChange,
@@ -47,6 +48,7 @@ impl Template {
         Self::AccountExists,
         Self::MfaReset,
         Self::MethodsRemoved,
+        Self::MethodChanged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +62,7 @@ impl Template {
             Self::AccountExists => "account_exists",
             Self::MfaReset => "mfa_reset",
             Self::MethodsRemoved => "methods_removed",
+            Self::MethodChanged => "method_changed",
         }
     }
 
@@ -82,6 +85,7 @@ impl Template {
             Self::AccountExists => pair!("account_exists"),
             Self::MfaReset => pair!("mfa_reset"),
             Self::MethodsRemoved => pair!("methods_removed"),
+            Self::MethodChanged => pair!("method_changed"),
         }
     }
 }

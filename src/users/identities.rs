@@ -10,7 +10,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{roles, User, UserStore, UserStoreError};
-use crate::actor::Reply;
+use crate::{actor::Reply, mail::Mail};
 
 /// The stored "hash" of an account without a password: no argon2 hash is empty, so it never
 /// matches (login verifies the dummy hash instead, at the same cost).
@@ -131,6 +131,8 @@ pub struct LinkIdentity {
     pub provider: String,
     pub subject: String,
     pub email: Option<String>,
+    /// The owner's notice, stored with the link.
+    pub notice: Mail,
 }
 
 impl Handler<LinkIdentity> for UserStore {
@@ -140,7 +142,14 @@ impl Handler<LinkIdentity> for UserStore {
         let db = self.ctx();
         Reply::new(async move {
             let model = new_identity(msg.user_id, msg.provider, msg.subject, msg.email);
-            match db.call("link_identity", model.insert(&db.conn)).await {
+            let work = async {
+                let txn = db.conn.begin().await?;
+                let linked = model.insert(&txn).await?;
+                crate::mail::enqueue(&txn, vec![msg.notice], false).await?;
+                txn.commit().await?;
+                Ok::<_, UserStoreError>(linked)
+            };
+            match db.call_tx("link_identity", work).await {
                 Err(UserStoreError::EmailTaken) => Err(UserStoreError::Conflict(
                     "this identity, or one at the same provider, is already linked".into(),
                 )),
@@ -157,6 +166,8 @@ impl Handler<LinkIdentity> for UserStore {
 pub struct UnlinkIdentity {
     pub user_id: Uuid,
     pub provider: String,
+    /// The owner's notice, stored with the unlink.
+    pub notice: Mail,
 }
 
 impl Handler<UnlinkIdentity> for UserStore {
@@ -197,6 +208,7 @@ impl Handler<UnlinkIdentity> for UserStore {
                             .into(),
                     ));
                 }
+                crate::mail::enqueue(&txn, vec![msg.notice], false).await?;
                 txn.commit().await?;
                 Ok(())
             };

@@ -118,6 +118,8 @@ pub struct ConfirmTotp {
     pub step: i64,
     /// Hashes of the new recovery codes.
     pub recovery_hashes: Vec<String>,
+    /// The owner's notice, stored with the confirmation.
+    pub notice: Mail,
 }
 
 impl Handler<ConfirmTotp> for UserStore {
@@ -154,6 +156,7 @@ impl Handler<ConfirmTotp> for UserStore {
                 mfa_recovery_code::Entity::insert_many(rows)
                     .exec(&txn)
                     .await?;
+                crate::mail::enqueue(&txn, vec![msg.notice], false).await?;
                 txn.commit().await?;
                 Ok::<_, UserStoreError>(true)
             };
@@ -222,10 +225,14 @@ impl Handler<SpendRecoveryCode> for UserStore {
 }
 
 /// Removes the authenticator (pending or confirmed) and the recovery codes; `true` if there
-/// was one.
+/// was one. The owner's notice is stored with the removal of a confirmed one (a pending one
+/// never guarded a sign-in).
 #[derive(Message)]
 #[rtype(result = "Reply<Result<bool, UserStoreError>>")]
-pub struct RemoveTotp(pub Uuid);
+pub struct RemoveTotp {
+    pub user_id: Uuid,
+    pub notice: Mail,
+}
 
 impl Handler<RemoveTotp> for UserStore {
     type Result = Reply<Result<bool, UserStoreError>>;
@@ -235,11 +242,19 @@ impl Handler<RemoveTotp> for UserStore {
         Reply::new(async move {
             let work = async {
                 let txn = db.conn.begin().await?;
+                let Some(totp) = mfa_totp::Entity::find_by_id(msg.user_id).one(&txn).await? else {
+                    return Ok(false);
+                };
                 mfa_recovery_code::Entity::delete_many()
-                    .filter(mfa_recovery_code::Column::UserId.eq(msg.0))
+                    .filter(mfa_recovery_code::Column::UserId.eq(msg.user_id))
                     .exec(&txn)
                     .await?;
-                let removed = mfa_totp::Entity::delete_by_id(msg.0).exec(&txn).await?;
+                let removed = mfa_totp::Entity::delete_by_id(msg.user_id)
+                    .exec(&txn)
+                    .await?;
+                if removed.rows_affected == 1 && totp.confirmed_at.is_some() {
+                    crate::mail::enqueue(&txn, vec![msg.notice], false).await?;
+                }
                 txn.commit().await?;
                 Ok::<_, UserStoreError>(removed.rows_affected == 1)
             };

@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 use entities::webauthn_credential;
 use sea_orm::{
     sea_query::Expr, ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::{UserStore, UserStoreError};
-use crate::actor::Reply;
+use crate::{actor::Reply, mail::Mail};
 
 /// The most credentials one account may hold.
 pub const MAX_WEBAUTHN_CREDENTIALS: u64 = 20;
@@ -69,6 +70,8 @@ pub struct AddWebauthn {
     pub name: String,
     /// The serialized `Passkey`.
     pub passkey: String,
+    /// The owner's notice, stored with the credential.
+    pub notice: Mail,
 }
 
 impl Handler<AddWebauthn> for UserStore {
@@ -79,9 +82,10 @@ impl Handler<AddWebauthn> for UserStore {
         Reply::new(async move {
             let work = async {
                 use sea_orm::PaginatorTrait;
+                let txn = db.conn.begin().await?;
                 let held = webauthn_credential::Entity::find()
                     .filter(webauthn_credential::Column::UserId.eq(msg.user_id))
-                    .count(&db.conn)
+                    .count(&txn)
                     .await?;
                 if held >= MAX_WEBAUTHN_CREDENTIALS {
                     return Err(UserStoreError::Conflict(format!(
@@ -97,10 +101,14 @@ impl Handler<AddWebauthn> for UserStore {
                     created_at: Set(Utc::now()),
                     last_used_at: Set(None),
                 }
-                .insert(&db.conn)
+                .insert(&txn)
                 .await;
                 match inserted {
-                    Ok(model) => Ok(model),
+                    Ok(model) => {
+                        crate::mail::enqueue(&txn, vec![msg.notice], false).await?;
+                        txn.commit().await?;
+                        Ok(model)
+                    }
                     Err(e) => match UserStoreError::from(e) {
                         // The unique credential id (the only unique column besides the key).
                         UserStoreError::EmailTaken => Err(UserStoreError::Conflict(
@@ -157,6 +165,8 @@ impl Handler<UseWebauthn> for UserStore {
 pub struct RemoveWebauthn {
     pub user_id: Uuid,
     pub id: Uuid,
+    /// The owner's notice, stored with the removal (not when nothing was removed).
+    pub notice: Mail,
 }
 
 impl Handler<RemoveWebauthn> for UserStore {
@@ -165,11 +175,21 @@ impl Handler<RemoveWebauthn> for UserStore {
     fn handle(&mut self, msg: RemoveWebauthn, _: &mut Self::Context) -> Self::Result {
         let db = self.ctx();
         Reply::new(async move {
-            let removed = webauthn_credential::Entity::delete_many()
-                .filter(webauthn_credential::Column::Id.eq(msg.id))
-                .filter(webauthn_credential::Column::UserId.eq(msg.user_id))
-                .exec(&db.conn);
-            Ok(db.call("remove_webauthn", removed).await?.rows_affected == 1)
+            let work = async {
+                let txn = db.conn.begin().await?;
+                let removed = webauthn_credential::Entity::delete_many()
+                    .filter(webauthn_credential::Column::Id.eq(msg.id))
+                    .filter(webauthn_credential::Column::UserId.eq(msg.user_id))
+                    .exec(&txn)
+                    .await?;
+                if removed.rows_affected != 1 {
+                    return Ok(false);
+                }
+                crate::mail::enqueue(&txn, vec![msg.notice], false).await?;
+                txn.commit().await?;
+                Ok::<_, UserStoreError>(true)
+            };
+            db.call_tx("remove_webauthn", work).await
         })
     }
 }

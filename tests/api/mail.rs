@@ -299,6 +299,31 @@ impl Smtp {
         got
     }
 
+    /// The `n`th mail to `address` whose subject contains `subject`, once it has arrived (other
+    /// mails may come in between).
+    pub(crate) async fn nth_with(&self, address: &str, subject: &str, n: usize) -> Received {
+        let matching = || -> Vec<Received> {
+            self.to(address)
+                .into_iter()
+                .filter(|m| m.subject.contains(subject))
+                .collect()
+        };
+        let arrived = eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            async || matching().len() >= n,
+        )
+        .await;
+        let got = matching();
+        assert!(
+            arrived,
+            "{address} got {} of {n} `{subject}` mails: {:?}",
+            got.len(),
+            self.to(address)
+        );
+        got[n - 1].clone()
+    }
+
     /// The newest mail to `address` once it has `n`, with its subject checked.
     pub(crate) async fn nth(&self, address: &str, n: usize, subject: &str) -> Received {
         let mail = self.wait_for(address, n).await[n - 1].clone();
@@ -1084,7 +1109,92 @@ crate::both_backends!(
     pod_restart_keeps_queued_mail,
     line_breaks_in_addresses_and_names_are_refused,
     admin_emails_wait_for_the_address_to_be_proven,
+    every_change_of_a_way_to_sign_in_is_mailed,
 );
+
+/// ASVS 6.3.7: the owner hears of every way to sign in added or removed (TOTP turned on and
+/// off, a passkey registered and deleted), in sessiond's words only: a passkey's name is the
+/// registering party's text and stays out. A pending enrolment removed unconfirmed, or a
+/// wrong confirmation code, changes nothing and mails nothing.
+async fn every_change_of_a_way_to_sign_in_is_mailed(backend: Backend) {
+    let Some(smtp) = Smtp::start(Tls::Plain, false).await else {
+        return;
+    };
+    let mut dep = deployment(backend, &smtp).await;
+    dep.set("WEBAUTHN_RP_ID", crate::webauthn::RP_ID)
+        .set("WEBAUTHN_ORIGINS", crate::webauthn::ORIGIN)
+        .set("WEBAUTHN_RP_NAME", "sessiond tests");
+    let app = dep.spawn().await;
+    let email = unique_email("methods");
+    register(&app, &email).await;
+    let token = app.login(&email, PASSWORD).await.access;
+    const CHANGED: &str = "A way to sign in to your account changed";
+
+    // Started and abandoned: nothing guarded a sign-in, so nothing to tell.
+    let r = app.request(Method::POST, "/mfa/totp", &token, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = app
+        .request(
+            Method::POST,
+            "/mfa/totp/confirm",
+            &token,
+            Some(&json!({"code": "000000"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = app.request(Method::DELETE, "/mfa/totp", &token, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+
+    crate::mfa::enrol(&app, &token).await;
+    let on = smtp.nth_with(&email, CHANGED, 1).await;
+    assert!(
+        on.text.contains("authenticator app was turned on"),
+        "{on:?}"
+    );
+    assert!(on.text.contains(&email), "{on:?}");
+
+    let mut key = crate::webauthn::Passkey::new();
+    let credential = crate::webauthn::register(&app, &token, &mut key, "<b>{{link}}</b>").await;
+    let added = smtp.nth_with(&email, CHANGED, 2).await;
+    assert!(added.text.contains("A passkey was registered"), "{added:?}");
+    let path = format!(
+        "/mfa/webauthn/credentials/{}",
+        credential["id"].as_str().expect("id")
+    );
+    let r = app.request(Method::DELETE, &path, &token, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let deleted = smtp.nth_with(&email, CHANGED, 3).await;
+    assert!(
+        deleted.text.contains("A passkey was deleted"),
+        "{deleted:?}"
+    );
+
+    let r = app.request(Method::DELETE, "/mfa/totp", &token, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let off = smtp.nth_with(&email, CHANGED, 4).await;
+    assert!(
+        off.text
+            .contains("authenticator app and its recovery codes were removed"),
+        "{off:?}"
+    );
+
+    for mail in [&on, &added, &deleted, &off] {
+        for body in [&mail.text, &mail.html] {
+            assert!(
+                !body.contains("{{link}}") && !body.contains("<b>"),
+                "{body}"
+            );
+        }
+    }
+    // Each change mailed once, and the abandoned enrolment not at all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = smtp.to(&email);
+    assert_eq!(
+        all.iter().filter(|m| m.subject.contains(CHANGED)).count(),
+        4,
+        "{all:?}"
+    );
+}
 
 /// ADMIN_EMAILS grants `admin` only to a proven address: whoever registers a listed address
 /// first gets a plain account (also across a restart, when the listed accounts are promoted),

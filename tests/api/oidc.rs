@@ -52,6 +52,7 @@ both_backends!(
     the_first_proof_of_an_address_removes_the_sign_in_methods_added_before,
     a_linking_flow_ends_with_the_session_that_started_it,
     a_provider_sign_in_from_a_new_client_is_mailed_about,
+    linking_and_unlinking_an_identity_is_mailed_to_the_owner,
 );
 
 // Two pods need a shared session store: the embedded mode is one process.
@@ -1661,7 +1662,10 @@ async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(
     // The victim recovers the address through the mailed link.
     let r = crate::mail::forgot(&s.app, victim).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let token = smtp.nth(victim, 2, "Reset your password").await.token();
+    let token = smtp
+        .nth_with(victim, "Reset your password", 1)
+        .await
+        .token();
     let new_password = "victim takes it back";
     let r = crate::mail::reset(&s.app, &token, new_password).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
@@ -1698,11 +1702,7 @@ async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(
         "{}",
         profile.body
     );
-    let mails = smtp.wait_for(victim, 4).await;
-    let notice = mails
-        .iter()
-        .find(|m| m.subject.contains("Sign-in methods"))
-        .unwrap_or_else(|| panic!("a notice of the removal: {mails:?}"));
+    let notice = smtp.nth_with(victim, "Sign-in methods", 1).await;
     assert!(notice.text.contains("corp"), "{notice:?}");
     assert!(notice.text.contains("authenticator app"), "{notice:?}");
 
@@ -1712,10 +1712,9 @@ async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(
         .await;
     let back = s.link(&mine.access, "vic-own").await;
     assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
-    let before = smtp.to(victim).len();
     crate::mail::forgot(&s.app, victim).await;
     let token = smtp
-        .nth(victim, before + 1, "Reset your password")
+        .nth_with(victim, "Reset your password", 2)
         .await
         .token();
     let r = crate::mail::reset(&s.app, &token, "victim resets again").await;
@@ -1799,4 +1798,67 @@ async fn a_provider_sign_in_from_a_new_client_is_mailed_about(backend: Backend) 
     assert!(mail.text.contains("Phone/2"), "{mail:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(smtp.to(email).len(), 1);
+}
+
+/// ASVS 6.3.7: the owner is mailed when an identity is linked to the account and when it is
+/// unlinked; a refused unlink (the last way to sign in) changes nothing and mails nothing.
+async fn linking_and_unlinking_an_identity_is_mailed_to_the_owner(backend: Backend) {
+    let Some(smtp) = crate::mail::Smtp::start(crate::mail::Tls::Implicit, false).await else {
+        return;
+    };
+    let Some(s) = setup_configured(backend, &[], false, |dep| smtp.configure(dep)).await else {
+        return;
+    };
+    const CHANGED: &str = "A way to sign in to your account changed";
+    let email = "lena@example.com";
+    s.app.register(email, PASSWORD).await;
+    let account = s.app.login(email, PASSWORD).await;
+    s.provider
+        .set_account("lena-sso", "lena@elsewhere.example", true)
+        .await;
+    let back = s.link(&account.access, "lena-sso").await;
+    assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
+    let linked = smtp.nth_with(email, CHANGED, 1).await;
+    assert!(linked.text.contains("was linked"), "{linked:?}");
+    let del = s
+        .app
+        .request(
+            reqwest::Method::DELETE,
+            "/profile/identities/corp",
+            &account.access,
+            None,
+        )
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.body);
+    let unlinked = smtp.nth_with(email, CHANGED, 2).await;
+    assert!(unlinked.text.contains("was unlinked"), "{unlinked:?}");
+
+    // The last way to sign in stays, and nobody is told of a change that did not happen.
+    let pat = "pat-only@example.com";
+    s.provider.set_account("pat-only", pat, true).await;
+    let made = s.tokens("pat-only").await;
+    let token = made.body["access_token"].as_str().expect("access token");
+    let del = s
+        .app
+        .request(
+            reqwest::Method::DELETE,
+            "/profile/identities/corp",
+            token,
+            None,
+        )
+        .await;
+    del.assert_error(409, "conflict");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let told = smtp.to(pat);
+    assert!(
+        told.iter().all(|m| !m.subject.contains(CHANGED)),
+        "{told:?}"
+    );
+    assert_eq!(
+        smtp.to(email)
+            .iter()
+            .filter(|m| m.subject.contains(CHANGED))
+            .count(),
+        2
+    );
 }
