@@ -9,9 +9,12 @@ pub const PENDING: i16 = 0;
 pub const SENT: i16 = 1;
 /// `state`: given up after the retry period.
 pub const FAILED: i16 = 2;
-/// `state`: never to be sent: the row a request about an unknown address writes so that it
-/// does the same work as one about a known address.
+/// `state`: never to be sent: a [`DECOY`] once the worker has handled it.
 pub const DISCARDED: i16 = 3;
+/// `state`: the row a request about an unknown address writes so that it does the same work as
+/// one about a known address. The worker claims it like a [`PENDING`] row and builds the
+/// message, so the work after the answer is alike too, then stores it [`DISCARDED`] unsent.
+pub const DECOY: i16 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "mail_outbox")]

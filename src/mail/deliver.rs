@@ -14,7 +14,7 @@ use std::{
 
 use entities::{
     email_token,
-    mail_outbox::{Column, Entity, FAILED, PENDING, SENT},
+    mail_outbox::{Column, Entity, DECOY, DISCARDED, FAILED, PENDING, SENT},
 };
 use futures_util::StreamExt;
 use lettre::{
@@ -162,6 +162,8 @@ struct Claimed {
     html_body: String,
     created_at_ms: i64,
     attempts: i32,
+    /// A decoy: built like a mail, then stored discarded unsent.
+    decoy: bool,
 }
 
 /// Why an attempt failed, and whether trying again can help.
@@ -237,19 +239,22 @@ impl Worker {
         };
         let sql = format!(
             "UPDATE mail_outbox SET next_attempt_ms = $1, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM mail_outbox WHERE state = $2 AND next_attempt_ms <= $3 \
-             ORDER BY next_attempt_ms LIMIT $4{lock}) \
-             RETURNING id, kind, recipient, subject, text_body, html_body, created_at_ms, attempts"
+             WHERE id IN (SELECT id FROM mail_outbox WHERE state IN ($2, $3) \
+             AND next_attempt_ms <= $4 ORDER BY next_attempt_ms LIMIT $5{lock}) \
+             RETURNING id, kind, recipient, subject, text_body, html_body, created_at_ms, attempts, \
+             state"
         );
+        // In the order they appear: SQLite's `?` are bound by position.
         let values = [
             (now + LEASE.as_millis() as i64).into(),
             PENDING.into(),
+            DECOY.into(),
             now.into(),
             (BATCH as i64).into(),
         ];
         let sql = match backend {
             sea_orm::DatabaseBackend::Postgres => sql,
-            _ => ["$1", "$2", "$3", "$4"]
+            _ => ["$1", "$2", "$3", "$4", "$5"]
                 .iter()
                 .fold(sql, |s, p| s.replace(p, "?")),
         };
@@ -268,6 +273,7 @@ impl Worker {
                     html_body: r.try_get("", "html_body")?,
                     created_at_ms: r.try_get("", "created_at_ms")?,
                     attempts: r.try_get("", "attempts")?,
+                    decoy: r.try_get::<i16>("", "state")? == DECOY,
                 })
             })
             .collect()
@@ -292,6 +298,11 @@ impl Worker {
                 row.html_body.clone(),
             ))
             .map_err(|e| permanent(format!("cannot build the message: {e}")))?;
+        if row.decoy {
+            // Built as a mail to a registered address is, then dropped.
+            std::hint::black_box(message.formatted());
+            return Ok("decoy");
+        }
         match &self.sender {
             Sender::Log { bodies: true } => {
                 tracing::info!(mail_id = %row.id, kind = %row.kind, to = %row.recipient,
@@ -332,10 +343,13 @@ impl Worker {
                 .inc()
         };
         let recorded = match outcome {
+            // Counted nowhere: a decoy is no delivery.
+            Ok(_) if row.decoy => self.finish(row.id, DISCARDED, now, None).await,
             Ok(label) => {
                 counter(label);
                 self.finish(row.id, SENT, now, None).await
             }
+            Err(_) if row.decoy => self.finish(row.id, DISCARDED, now, None).await,
             Err(Failure { cause, permanent }) => {
                 let attempt = row.attempts.max(1) as u32;
                 let retry = self

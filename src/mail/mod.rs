@@ -223,7 +223,7 @@ pub async fn enqueue(
 ) -> Result<(), DbErr> {
     let now = chrono::Utc::now().timestamp_millis();
     let state = if discarded {
-        mail_outbox::DISCARDED
+        mail_outbox::DECOY
     } else {
         mail_outbox::PENDING
     };
