@@ -82,6 +82,19 @@ struct CodeGrant {
     code_challenge: String,
 }
 
+/// An identity a linking flow asserted, waiting for the session that started the flow to
+/// confirm it (OAUTH_LINK_CONFIRM), kept under its one-time `link_code`.
+#[derive(Serialize, Deserialize)]
+struct PendingLink {
+    user_id: Uuid,
+    session_id: Uuid,
+    provider: String,
+    subject: String,
+    email: Option<String>,
+    /// The starting client's PKCE S256 challenge, which the confirmation answers.
+    code_challenge: String,
+}
+
 /// The ways a sign-in ends without a code, as the client reads them in `?error=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -264,6 +277,10 @@ pub async fn callback(
             metric("linked");
             Ok(with_param(&flow.return_to, "linked", provider))
         }
+        Ok(Finished::LinkCode(code)) => {
+            metric("link_pending");
+            Ok(with_param(&flow.return_to, "link_code", &code))
+        }
         Err(Failure::Refused(refusal)) => {
             metric(refusal.code());
             Ok(with_param(&flow.return_to, "error", refusal.code()))
@@ -278,6 +295,8 @@ pub async fn callback(
 enum Finished {
     Code(String),
     Linked,
+    /// OAUTH_LINK_CONFIRM: the one-time code the starting session confirms the link with.
+    LinkCode(String),
 }
 
 enum Failure {
@@ -362,6 +381,25 @@ async fn finish(
                     .detail(serde_json::json!({ "provider": provider, "reason": "session_ended" })),
             );
             return Err(Failure::Refused(Refusal::AccessDenied));
+        }
+        if fed.providers.config().link_confirm {
+            // Not linked yet: a browser that was handed someone else's flow (a linking swap)
+            // brings its code to a client whose session did not start it.
+            let pending = PendingLink {
+                user_id,
+                session_id: flow.link_session.unwrap_or_default(),
+                provider: provider.to_string(),
+                subject: asserted.subject,
+                email: asserted.email,
+                code_challenge: flow.code_challenge.clone(),
+            };
+            let record =
+                serde_json::to_string(&pending).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let code = random_token();
+            fed.pending
+                .put(Kind::LinkCode, &code, &record, CODE_TTL)
+                .await?;
+            return Ok(Finished::LinkCode(code));
         }
         return link(app, client, user_id, provider, asserted).await;
     }
@@ -564,6 +602,75 @@ async fn link(
         }
         Err(UserStoreError::Conflict(_)) => Err(Failure::Refused(Refusal::AccountExists)),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// POST /profile/identities/{provider}/confirm (OAUTH_LINK_CONFIRM): links the identity a
+/// linking flow's callback left under `link_code`, for the session that started that flow
+/// only, with its PKCE verifier. The code is taken first, so any failure spends it; every
+/// failure is the same `400 invalid_grant`, and one by another session is audited.
+pub async fn confirm_link(
+    app: &App,
+    client: &Client,
+    caller: &Caller,
+    provider: &str,
+    link_code: &str,
+    code_verifier: &str,
+) -> Result<(), ApiError> {
+    app.limit_client(Scope::OAuthIp, client).await?;
+    let invalid = || {
+        ApiError::InvalidGrant(
+            "unknown, used or expired link_code, another session's, or wrong verifier".into(),
+        )
+    };
+    let fed = federation(app)?;
+    fed.providers.provider(provider)?;
+    if !fed.providers.config().link_confirm {
+        return Err(ApiError::NotFound("linking confirmation"));
+    }
+    if link_code.is_empty() || link_code.len() > 128 || code_verifier.len() > 128 {
+        return Err(invalid());
+    }
+    let Some(record) = fed.pending.take(Kind::LinkCode, link_code).await? else {
+        return Err(invalid());
+    };
+    let pending: PendingLink = serde_json::from_str(&record).map_err(|_| invalid())?;
+    if pending.session_id != caller.session_id || pending.user_id != caller.user_id {
+        app.audit.record(
+            AuditEvent::denied(AuditKind::IdentityLink)
+                .by(caller.user_id)
+                .subject(pending.user_id)
+                .ip(caller.ip.clone())
+                .detail(serde_json::json!({ "provider": provider, "reason": "other_session" })),
+        );
+        tracing::warn!(user_id = %caller.user_id, flow_user = %pending.user_id, provider,
+            "a linking flow's code brought by a session that did not start it: refused");
+        return Err(invalid());
+    }
+    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(code_verifier.as_bytes()));
+    if pending.provider != provider
+        || !bool::from(computed.as_bytes().ct_eq(pending.code_challenge.as_bytes()))
+    {
+        return Err(invalid());
+    }
+    let asserted = Asserted {
+        subject: pending.subject,
+        email: pending.email,
+        email_verified: false,
+        name: None,
+    };
+    match link(app, client, caller.user_id, provider, asserted).await {
+        Ok(_) => {
+            app.metrics
+                .oauth_signins
+                .with_label_values(&[provider, "linked"])
+                .inc();
+            Ok(())
+        }
+        Err(Failure::Refused(_)) => Err(ApiError::Conflict(
+            "this identity, or one at the same provider, is already linked".into(),
+        )),
+        Err(Failure::Error(e)) => Err(e),
     }
 }
 

@@ -618,6 +618,11 @@ pub const VARS: &[Var] = &[
         "a provider-verified email signs in to the existing account holding it",
     ),
     Var::new(
+        "OAUTH_LINK_CONFIRM",
+        Value("false"),
+        "a linking flow's callback returns a link_code that only the session that started it can confirm",
+    ),
+    Var::new(
         "OAUTH_DISCOVERY_REFRESH_SECONDS",
         Value("3600"),
         "how long a provider's discovery document and keys are used before they are read again",
@@ -1313,6 +1318,7 @@ impl Config {
             "PUBLIC_URL" => opt(self.oauth.public_url.clone()),
             "OAUTH_RETURN_URLS" => list(self.oauth.return_urls.iter().cloned()),
             "OAUTH_LINK_VERIFIED_EMAILS" => Text(self.oauth.link_verified_emails.to_string()),
+            "OAUTH_LINK_CONFIRM" => Text(self.oauth.link_confirm.to_string()),
             "OAUTH_DISCOVERY_REFRESH_SECONDS" => secs(self.oauth.discovery_refresh),
             "OIDC_PROVIDERS" => list(self.oidc().map(|p| p.name.clone())),
             "OIDC_<NAME>_ISSUER" => list(self.oidc().map(|p| match &p.kind {

@@ -40,6 +40,9 @@ pub struct OAuthConfig {
     pub return_urls: Vec<String>,
     /// A provider-verified email may sign in to the existing account holding it.
     pub link_verified_emails: bool,
+    /// A linking flow's callback hands the browser a one-time `link_code`, and only the session
+    /// that started the flow links with it (POST /profile/identities/{provider}/confirm).
+    pub link_confirm: bool,
     pub providers: Vec<ProviderConfig>,
     /// How long a provider's discovery document and keys are used before they are read again.
     pub discovery_refresh: Duration,
@@ -265,6 +268,7 @@ pub(super) fn read(
         public_url,
         return_urls,
         link_verified_emails: flag("OAUTH_LINK_VERIFIED_EMAILS")?,
+        link_confirm: flag("OAUTH_LINK_CONFIRM")?,
         providers,
         discovery_refresh: Duration::from_secs(refresh_seconds),
     })

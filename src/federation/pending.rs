@@ -26,6 +26,8 @@ pub enum Kind {
     Code,
     /// A redeemed code, for its reuse to revoke the session it opened.
     SpentCode,
+    /// A linking flow's identity waiting for the starting session's confirmation.
+    LinkCode,
     /// A WebAuthn ceremony's state between its start and its finish (`app::webauthn`).
     WebauthnRegistration,
     WebauthnSignIn,
@@ -41,6 +43,7 @@ impl Kind {
             Kind::State => "oauth-state",
             Kind::Code => "oauth-code",
             Kind::SpentCode => "oauth-code-spent",
+            Kind::LinkCode => "oauth-link",
             Kind::WebauthnRegistration => "webauthn-reg",
             Kind::WebauthnSignIn => "webauthn-signin",
             Kind::WebauthnMfa => "webauthn-mfa",

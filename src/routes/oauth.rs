@@ -26,6 +26,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(link_start)),
         )
         .service(
+            resource("/profile/identities/{provider}/confirm", "POST")
+                .route(web::post().to(link_confirm)),
+        )
+        .service(
             resource("/profile/identities/{provider}", "DELETE").route(web::delete().to(unlink)),
         );
 }
@@ -215,6 +219,7 @@ pub async fn list_identities(
 #[serde(deny_unknown_fields)]
 pub struct LinkBody {
     /// Where the browser returns (an exact URL of OAUTH_RETURN_URLS), with `?linked=<provider>`
+    /// (with OAUTH_LINK_CONFIRM: `?link_code=`, for POST /profile/identities/{provider}/confirm)
     /// or `?error=`.
     return_to: String,
     /// A PKCE S256 challenge, as for a sign-in (the flow is the same).
@@ -255,6 +260,49 @@ pub async fn link_start(
     )
     .await?;
     Ok(HttpResponse::Ok().json(AuthorizeUrl { authorize_url }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfirmBody {
+    /// The `link_code` the callback added to `return_to`.
+    link_code: String,
+    /// The PKCE verifier of the `code_challenge` given at POST /profile/identities/{provider}/start.
+    code_verifier: String,
+}
+
+/// With OAUTH_LINK_CONFIRM: links the identity the callback left under `link_code`, for the
+/// session that started the flow only (a browser handed someone else's flow cannot link its
+/// owner's identity to that account).
+#[utoipa::path(post, path = "/profile/identities/{provider}/confirm", tag = "identity providers", security(("bearer" = [])),
+    params(("provider" = String, Path)), request_body = LinkConfirmBody,
+    responses(
+        (status = 204, description = "Linked"),
+        (status = 400, description = "Unknown, used or expired `link_code`, one of a flow another session started, or a wrong `code_verifier` (`invalid_grant`); the code is spent either way", body = crate::error::ErrorBody),
+        (status = 403, description = "The session's authentication is older than STEP_UP_MAX_AGE (`reauthentication_required`)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such provider, or OAUTH_LINK_CONFIRM is off (`not_found`)", body = crate::error::ErrorBody),
+        (status = 409, description = "The identity, or one at the same provider, is linked already (`conflict`)", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many sign-in steps from this address (`rate_limited`)", body = crate::error::ErrorBody),
+    ))]
+pub async fn link_confirm(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    session: AuthenticatedSession,
+    path: web::Path<String>,
+    body: web::Json<LinkConfirmBody>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller(&req, &state, &session);
+    step_up::require_recent(&state.app, &caller).await?;
+    federated::confirm_link(
+        &state.app,
+        &client(&req, &state),
+        &caller,
+        &path,
+        &body.link_code,
+        &body.code_verifier,
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// Unlinks the caller's identity at a provider.

@@ -40,6 +40,7 @@ use crate::routes;
         routes::oauth::token,
         routes::oauth::list_identities,
         routes::oauth::link_start,
+        routes::oauth::link_confirm,
         routes::oauth::unlink,
         routes::mfa::login_mfa,
         routes::mfa::start_totp,

@@ -53,6 +53,7 @@ both_backends!(
     a_linking_flow_ends_with_the_session_that_started_it,
     a_provider_sign_in_from_a_new_client_is_mailed_about,
     linking_and_unlinking_an_identity_is_mailed_to_the_owner,
+    with_link_confirm_a_swapped_linking_flow_links_nothing,
 );
 
 // Two pods need a shared session store: the embedded mode is one process.
@@ -1861,4 +1862,95 @@ async fn linking_and_unlinking_an_identity_is_mailed_to_the_owner(backend: Backe
             .count(),
         2
     );
+}
+
+/// The linking swap, closed by OAUTH_LINK_CONFIRM: Mallory starts linking at his account and
+/// gets Vic's browser to finish the flow at the provider (a link in a mail, say). Without the
+/// setting the callback links Vic's identity to Mallory's account (the contract's flow, see the
+/// README). With it the callback links nothing: it hands the browser a one-time `link_code`,
+/// which only the session that started the flow, with its PKCE verifier, turns into a link.
+/// Vic's own app bringing the code is refused (and spends it); so is any guess of Mallory's.
+async fn with_link_confirm_a_swapped_linking_flow_links_nothing(backend: Backend) {
+    let Some(s) = setup_configured(backend, &[("OAUTH_LINK_CONFIRM", "true")], false, |_| {}).await
+    else {
+        return;
+    };
+    s.app.register("mallory@example.com", PASSWORD).await;
+    s.app.register("vic@example.com", PASSWORD).await;
+    let mallory = s.app.login("mallory@example.com", PASSWORD).await;
+    let vic = s.app.login("vic@example.com", PASSWORD).await;
+    s.provider
+        .set_account("vic-sso", "vic@corp.example", true)
+        .await;
+    let start = async |access: &str| {
+        let (verifier, challenge) = pkce();
+        let started = s
+            .app
+            .request(
+                reqwest::Method::POST,
+                "/profile/identities/corp/start",
+                access,
+                Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
+            )
+            .await;
+        assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+        let url = started.body["authorize_url"].as_str().unwrap().to_string();
+        (url, verifier)
+    };
+    let confirm = async |access: &str, code: &str, verifier: &str| {
+        s.app
+            .request(
+                reqwest::Method::POST,
+                "/profile/identities/corp/confirm",
+                access,
+                Some(&json!({"link_code": code, "code_verifier": verifier})),
+            )
+            .await
+    };
+
+    // Mallory's flow, finished in Vic's browser: nothing is linked.
+    let (url, mallorys_verifier) = start(&mallory.access).await;
+    let back = browse(&browser(), url, "vic-sso", RETURN_TO).await;
+    assert_eq!(query(&back, "linked"), None, "{back}");
+    let code = query(&back, "link_code").unwrap_or_else(|| panic!("a link_code: {back}"));
+    assert_eq!(s.count("identities").await, 0);
+    // Vic's app brings the code with Vic's session: refused, and the code is spent.
+    confirm(&vic.access, &code, &mallorys_verifier)
+        .await
+        .assert_error(400, "invalid_grant");
+    confirm(&mallory.access, &code, &mallorys_verifier)
+        .await
+        .assert_error(400, "invalid_grant");
+    confirm(&mallory.access, "guessed-code", &mallorys_verifier)
+        .await
+        .assert_error(400, "invalid_grant");
+    assert_eq!(s.count("identities").await, 0);
+
+    // Vic's own flow: the code and Vic's verifier link it, once; a wrong verifier spends it.
+    let (url, verifier) = start(&vic.access).await;
+    let back = browse(&browser(), url, "vic-sso", RETURN_TO).await;
+    let code = query(&back, "link_code").unwrap_or_else(|| panic!("a link_code: {back}"));
+    confirm(&vic.access, &code, "not-the-verifier")
+        .await
+        .assert_error(400, "invalid_grant");
+    let (url, verifier2) = start(&vic.access).await;
+    assert_ne!(verifier, verifier2);
+    let back = browse(&browser(), url, "vic-sso", RETURN_TO).await;
+    let code = query(&back, "link_code").unwrap_or_else(|| panic!("a link_code: {back}"));
+    let r = confirm(&vic.access, &code, &verifier2).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    confirm(&vic.access, &code, &verifier2)
+        .await
+        .assert_error(400, "invalid_grant");
+    let listed = s.app.get("/profile/identities", Some(&vic.access)).await;
+    assert_eq!(
+        listed.body["items"][0]["subject"], "vic-sso",
+        "{}",
+        listed.body
+    );
+    assert_eq!(s.count("identities").await, 1);
+    // The linked identity signs in to Vic's account.
+    let signed = s.tokens("vic-sso").await;
+    let sub = claims_of(signed.body["access_token"].as_str().unwrap())["sub"].clone();
+    assert_eq!(sub, claims_of(&vic.access)["sub"]);
 }
