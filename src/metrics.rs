@@ -238,8 +238,8 @@ impl Metrics {
             logins: counter_vec(
                 &r,
                 "logins_total",
-                "Login attempts by outcome.",
-                &["outcome"],
+                "Sign-in attempts by way in (password, mfa, passkey, federation) and outcome.",
+                &["method", "outcome"],
             ),
             oauth_signins: counter_vec(
                 &r,
@@ -431,10 +431,10 @@ mod tests {
     #[test]
     fn every_metric_registers_and_renders() {
         let m = Metrics::new();
-        m.logins.with_label_values(&["success"]).inc();
+        m.logins.with_label_values(&["password", "success"]).inc();
         let text = m.render();
         assert!(text.contains("sessiond_build_info{"));
-        assert!(text.contains("sessiond_logins_total{outcome=\"success\"} 1"));
+        assert!(text.contains("sessiond_logins_total{method=\"password\",outcome=\"success\"} 1"));
         assert!(text.contains("sessiond_redis_wait_total{outcome=\"short\"} 0"));
     }
 }

@@ -218,7 +218,7 @@ pub async fn login(
 ) -> Result<Grant, ApiError> {
     let result = attempt_login(app, client, credentials).await;
     if result.as_ref().is_err_and(|e| e.code().0.is_server_error()) {
-        app.metrics.logins.with_label_values(&["error"]).inc();
+        Way::Password.count(app, "error");
     }
     result
 }
@@ -229,7 +229,7 @@ async fn attempt_login(
     credentials: Credentials,
 ) -> Result<Grant, ApiError> {
     let Credentials { email, password } = credentials;
-    let attempt = LoginAttempt::new(app, client, &email);
+    let attempt = LoginAttempt::new(app, client, &email, Way::Password);
     let bucket = attempt.admit().await?;
     let (account, access) = attempt.verify(&bucket, password).await?;
     attempt.require_second_factor(account.id, None).await?;
@@ -252,7 +252,7 @@ pub async fn login_second_factor(
 ) -> Result<Grant, ApiError> {
     let result = attempt_second_factor(app, client, mfa_token, &factor).await;
     if result.as_ref().is_err_and(|e| e.code().0.is_server_error()) {
-        app.metrics.logins.with_label_values(&["error"]).inc();
+        Way::SecondFactor.count(app, "error");
         app.metrics
             .mfa
             .with_label_values(&[factor.method(), "error"])
@@ -282,7 +282,7 @@ async fn attempt_second_factor(
         .ask(FindAccount(pending.user_id))
         .await?
         .ok_or(ApiError::InvalidGrant(MFA_TOKEN_DEAD.into()))?;
-    let attempt = LoginAttempt::new(app, client, &account.email);
+    let attempt = LoginAttempt::new(app, client, &account.email, Way::SecondFactor);
     let bucket = attempt.admit().await?;
     let method = factor.method();
     let (verdict, factor_amr) = mfa::verify_factor_amr(app, account.id, factor).await?;
@@ -347,10 +347,41 @@ async fn attempt_second_factor(
 
 const MAX_USER_AGENT: usize = 256;
 
+/// The way a sign-in came in: the `method` label of `sessiond_logins_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    Password,
+    /// The second step of a sign-in whose first (password or provider) asked for a factor.
+    SecondFactor,
+    Passkey,
+    Federation,
+}
+
+impl Way {
+    pub fn label(self) -> &'static str {
+        match self {
+            Way::Password => "password",
+            Way::SecondFactor => "mfa",
+            Way::Passkey => "passkey",
+            Way::Federation => "federation",
+        }
+    }
+
+    /// One sign-in attempt's outcome (`success`, `invalid_credentials`, `throttled`,
+    /// `email_not_verified`, `mfa_required`, `error`).
+    pub fn count(self, app: &App, outcome: &str) {
+        app.metrics
+            .logins
+            .with_label_values(&[self.label(), outcome])
+            .inc();
+    }
+}
+
 /// One login, step by step: admitted by the limits and the lockout, verified, then a session.
 pub(super) struct LoginAttempt<'a> {
     app: &'a App,
     client: &'a Client,
+    way: Way,
     pub(super) now: i64,
     /// Normalized, or why it is not an address.
     email: Result<Email, String>,
@@ -362,7 +393,7 @@ pub(super) struct LoginAttempt<'a> {
 }
 
 impl<'a> LoginAttempt<'a> {
-    pub(super) fn new(app: &'a App, client: &'a Client, email: &str) -> Self {
+    pub(super) fn new(app: &'a App, client: &'a Client, email: &str, way: Way) -> Self {
         let normalized = Email::parse(email);
         let account_key = account_key(match &normalized {
             Ok(e) => e.as_str(),
@@ -371,6 +402,7 @@ impl<'a> LoginAttempt<'a> {
         Self {
             app,
             client,
+            way,
             now: now_unix(),
             email: normalized,
             account_key,
@@ -379,7 +411,7 @@ impl<'a> LoginAttempt<'a> {
     }
 
     fn outcome(&self, outcome: &str) {
-        self.app.metrics.logins.with_label_values(&[outcome]).inc();
+        self.way.count(self.app, outcome);
     }
 
     /// The limits per address and per account, then the lockout. An address that logged in to

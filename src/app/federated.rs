@@ -20,7 +20,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use super::{accounts::LoginAttempt, sessions::Grant, App, Caller, Client};
+use super::{
+    accounts::{LoginAttempt, Way},
+    sessions::Grant,
+    App, Caller, Client,
+};
 use crate::{
     actor::Ask,
     audit::AuditEvent,
@@ -682,6 +686,27 @@ pub async fn redeem(
     code: &str,
     code_verifier: &str,
 ) -> Result<(Grant, String), ApiError> {
+    let result = attempt_redeem(app, client, code, code_verifier).await;
+    // `mfa_required` is counted where it is decided (`require_second_factor`).
+    let outcome = match &result {
+        Ok(_) => Some("success"),
+        Err(ApiError::MfaRequired { .. }) => None,
+        Err(ApiError::RateLimited { .. }) => Some("throttled"),
+        Err(e) if e.code().0.is_server_error() => Some("error"),
+        Err(_) => Some("invalid_credentials"),
+    };
+    if let Some(outcome) = outcome {
+        Way::Federation.count(app, outcome);
+    }
+    result
+}
+
+async fn attempt_redeem(
+    app: &App,
+    client: &Client,
+    code: &str,
+    code_verifier: &str,
+) -> Result<(Grant, String), ApiError> {
     app.limit_client(Scope::OAuthIp, client).await?;
     let invalid =
         || ApiError::InvalidGrant("unknown, used or expired code, or wrong verifier".into());
@@ -714,7 +739,7 @@ pub async fn redeem(
         Some(a) if !a.disabled => a.access,
         _ => return Err(invalid()),
     };
-    let attempt = LoginAttempt::new(app, client, "");
+    let attempt = LoginAttempt::new(app, client, "", Way::Federation);
     // The provider vouches for the identity, not for the account's own second factor: an
     // account with one finishes at POST /login/mfa, as after a password (the code is spent).
     if let Err(e) = attempt

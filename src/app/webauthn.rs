@@ -22,7 +22,11 @@ use webauthn_rs::prelude::{
 
 use webauthn_rs_proto::ResidentKeyRequirement;
 
-use super::{accounts::LoginAttempt, sessions::Grant, App, Caller, Client};
+use super::{
+    accounts::{LoginAttempt, Way},
+    sessions::Grant,
+    App, Caller, Client,
+};
 use crate::{
     actor::Ask,
     audit::AuditEvent,
@@ -98,6 +102,15 @@ fn count(app: &App, ceremony: &str, outcome: &str) {
         .webauthn
         .with_label_values(&[ceremony, outcome])
         .inc();
+    // A passwordless sign-in is a sign-in like any other in `sessiond_logins_total`.
+    if ceremony == "sign_in" {
+        let outcome = match outcome {
+            "started" => return,
+            "invalid" => "invalid_credentials",
+            other => other,
+        };
+        Way::Passkey.count(app, outcome);
+    }
 }
 
 /// Ceremony options (webauthn-rs's challenge types) as the JSON a client hands the browser.
@@ -686,7 +699,7 @@ async fn attempt_sign_in(
         super::email::remind_unverified(app, &account).await?;
         return Err(ApiError::EmailNotVerified);
     }
-    let attempt = LoginAttempt::new(app, client, &account.email);
+    let attempt = LoginAttempt::new(app, client, &account.email, Way::Passkey);
     let amr = amr(&result);
     // A passkey with user verification is a sign-in of its own: the key's `amr` only.
     let auth = Arc::new(crate::session::AuthContext::new(&[amr], attempt.now, None));

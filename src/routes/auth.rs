@@ -97,7 +97,7 @@ pub async fn login(
     let grant = accounts::login(&state.app, &client(&req, &state), credentials).await?;
     // Counted like any failure of the login itself.
     token_response(&state.jwt, grant).await.inspect_err(|_| {
-        state.app.metrics.logins.with_label_values(&["error"]).inc();
+        accounts::Way::Password.count(&state.app, "error");
     })
 }
 

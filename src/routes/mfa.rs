@@ -180,6 +180,6 @@ pub async fn login_mfa(
     let client = client(&req, &state);
     let grant = accounts::login_second_factor(&state.app, &client, &mfa_token, factor).await?;
     token_response(&state.jwt, grant).await.inspect_err(|_| {
-        state.app.metrics.logins.with_label_values(&["error"]).inc();
+        accounts::Way::SecondFactor.count(&state.app, "error");
     })
 }

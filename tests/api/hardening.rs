@@ -60,7 +60,7 @@ async fn wrong_passwords_from_rotating_forwarded_for_are_throttled_by_account(ba
     r.assert_error(429, "rate_limited");
     let metrics = app.scrape().await;
     assert!(
-        metrics.contains("sessiond_logins_total{outcome=\"throttled\"} 21"),
+        metrics.contains("sessiond_logins_total{method=\"password\",outcome=\"throttled\"} 21"),
         "{metrics}"
     );
 }

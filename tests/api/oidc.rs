@@ -493,6 +493,23 @@ async fn first_sign_in_creates_a_passwordless_account_and_the_second_reuses_it(b
         scraped.contains("sessiond_oauth_signins_total{outcome=\"success\",provider=\"corp\"} 2"),
         "{scraped}"
     );
+    // Counted as sign-ins too, by their way in, as the two password attempts are by theirs.
+    for line in [
+        "sessiond_logins_total{method=\"federation\",outcome=\"success\"} 2",
+        "sessiond_logins_total{method=\"password\",outcome=\"invalid_credentials\"} 2",
+    ] {
+        assert!(scraped.contains(line), "no `{line}` in:\n{scraped}");
+    }
+    let r = s
+        .app
+        .post_json(
+            "/oauth/token",
+            &json!({"code": "no-such-code", "code_verifier": "x".repeat(43)}),
+        )
+        .await;
+    r.assert_error(400, "invalid_grant");
+    let line = "sessiond_logins_total{method=\"federation\",outcome=\"invalid_credentials\"} 1";
+    assert!(s.app.scrape().await.contains(line), "no `{line}`");
 }
 
 async fn an_email_held_by_an_account_is_refused_unless_verified_emails_may_link(backend: Backend) {

@@ -29,6 +29,7 @@ both_backends!(
     passkey_names_are_held_to_the_documented_schema,
     a_stale_session_cannot_finish_a_passkey_registration,
     raced_assertions_with_the_same_counter_are_accepted_once,
+    every_way_in_is_counted_in_logins_total,
 );
 
 services_only!(a_ceremony_started_on_one_pod_finishes_on_another);
@@ -931,4 +932,50 @@ async fn raced_assertions_with_the_same_counter_are_accepted_once(backend: Backe
     let (token, options) = sign_in_start(&app).await;
     let r = sign_in_finish(&app, &token, &key.get(&options, ORIGIN)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// `sessiond_logins_total` counts every way in by `method`: a password login (right, wrong,
+/// and one that needs a second factor), the second step at POST /login/mfa, and a passwordless
+/// passkey sign-in (accepted and refused). Provider sign-ins: `oidc::` checks `federation`.
+async fn every_way_in_is_counted_in_logins_total(backend: Backend) {
+    let dep = deployment(backend).await;
+    let app = dep.spawn().await;
+    let email = unique_email("counted");
+    let r = app.register(&email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let token = app.login(&email, PASSWORD).await.access;
+    let r = app.login_reply(&email, "not the password").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let mut key = Passkey::new();
+    register(&app, &token, &mut key, "Laptop").await;
+    // The password is right; the passkey is now a second factor.
+    let r = app.login_reply(&email, PASSWORD).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let mfa_token = r.body["mfa_token"].as_str().expect("mfa_token").to_string();
+    let r = app
+        .post_json(
+            "/login/mfa",
+            &json!({ "mfa_token": mfa_token, "totp": "000000" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let (passkey_token, options) = sign_in_start(&app).await;
+    let credential = key.get(&options, ORIGIN);
+    let r = sign_in_finish(&app, &passkey_token, &credential).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = sign_in_finish(&app, "no-such-token", &credential).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+
+    let scrape = app.scrape().await;
+    for (method, outcome) in [
+        ("password", "success"),
+        ("password", "invalid_credentials"),
+        ("password", "mfa_required"),
+        ("mfa", "invalid_credentials"),
+        ("passkey", "success"),
+        ("passkey", "invalid_credentials"),
+    ] {
+        let line = format!("sessiond_logins_total{{method=\"{method}\",outcome=\"{outcome}\"}} 1");
+        assert!(scrape.contains(&line), "no `{line}` in:\n{scrape}");
+    }
 }
