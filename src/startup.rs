@@ -233,16 +233,16 @@ impl Application {
         };
         // Every OpenID Provider's discovery document is read now: a misconfigured or
         // unreachable issuer stops the start with its name.
-        let federation = if config.oauth.providers.is_empty() {
+        let federation = if config.federation.providers.is_empty() {
             None
         } else {
-            let providers = Providers::start(&config.oauth)
+            let providers = Providers::start(&config.federation)
                 .await
                 .map_err(StartupError::Providers)?;
-            Some(app::federated::Federation {
+            Some(app::federation::Federation {
                 providers,
                 pending: pending.clone(),
-                state_ttl: config.pending_ttls.oauth_state,
+                state_ttl: config.pending_ttls.federation_state,
             })
         };
         let webauthn = config

@@ -14,7 +14,7 @@ pub mod accounts;
 pub mod admin;
 pub mod clients;
 pub mod email;
-pub mod federated;
+pub mod federation;
 pub mod mfa;
 pub mod sessions;
 pub mod step_up;
@@ -55,7 +55,7 @@ pub struct App {
     /// Service clients' secret hashes, kept at most SESSION_CACHE_TTL.
     pub client_secrets: clients::ClientSecrets,
     /// Sign-in with identity providers; `None` when none is configured.
-    pub federation: Option<federated::Federation>,
+    pub federation: Option<federation::Federation>,
     /// Logins waiting for their second factor (POST /login/mfa).
     pub mfa_tokens: mfa::MfaTokens,
     /// Passkeys and security keys; `None` when WEBAUTHN_RP_ID is not set.

@@ -1,6 +1,6 @@
 //! Environment variables → a validated [`Config`]. Every error names the variable it came from.
 pub mod mail;
-pub mod oauth;
+pub mod federation;
 pub mod redis;
 pub mod tls;
 pub mod webauthn;
@@ -161,7 +161,7 @@ pub struct Config {
     /// A webhook not delivered this long after its event is marked failed.
     pub webhook_give_up: Duration,
     /// Sign-in with identity providers (none configured: the feature is off).
-    pub oauth: oauth::OAuthConfig,
+    pub federation: federation::FederationConfig,
     /// SMTP, the sender, the links' base URL, the templates and the email flows' switches.
     pub mail: mail::MailSettings,
     /// Passkeys and security keys; `None` (WEBAUTHN_RP_ID unset): the feature is off.
@@ -177,7 +177,7 @@ pub struct PendingTtls {
     /// A login waiting for its second factor (the `mfa_token`).
     pub mfa_token: Duration,
     /// A provider sign-in between its start and the callback (the state).
-    pub oauth_state: Duration,
+    pub federation_state: Duration,
     /// A TOTP enrolment between POST /mfa/totp and its confirmation.
     pub totp_enrolment: Duration,
 }
@@ -186,7 +186,7 @@ impl PendingTtls {
     /// What production runs with.
     pub const PRODUCTION: Self = Self {
         mfa_token: Duration::from_secs(300),
-        oauth_state: Duration::from_secs(600),
+        federation_state: Duration::from_secs(600),
         totp_enrolment: Duration::from_secs(600),
     };
 }
@@ -1033,7 +1033,7 @@ impl Config {
             notify_new_login: env.boolean("NOTIFY_NEW_LOGIN")?,
         };
 
-        let oauth = oauth::read(
+        let federation = federation::read(
             &|name| env.dynamic(name),
             |var| env.boolean_or(var, false),
             env.number("OAUTH_DISCOVERY_REFRESH_SECONDS", 1, 86_400)?,
@@ -1163,7 +1163,7 @@ impl Config {
             webhook_urls,
             webhook_secret,
             webhook_give_up: secs(env.number("WEBHOOK_GIVE_UP_SECONDS", 1, 30 * 86_400)?),
-            oauth,
+            federation,
             mail,
             webauthn,
             pending_ttls: PendingTtls::default(),
@@ -1315,15 +1315,15 @@ impl Config {
             "WEBAUTHN_RP_ID" => opt(self.webauthn.as_ref().map(|w| w.rp_id.clone())),
             "WEBAUTHN_ORIGINS" => opt(self.webauthn.as_ref().map(|w| w.origins.join(","))),
             "WEBAUTHN_RP_NAME" => opt(self.webauthn.as_ref().map(|w| w.rp_name.clone())),
-            "PUBLIC_URL" => opt(self.oauth.public_url.clone()),
-            "OAUTH_RETURN_URLS" => list(self.oauth.return_urls.iter().cloned()),
-            "OAUTH_LINK_VERIFIED_EMAILS" => Text(self.oauth.link_verified_emails.to_string()),
-            "OAUTH_LINK_CONFIRM" => Text(self.oauth.link_confirm.to_string()),
-            "OAUTH_DISCOVERY_REFRESH_SECONDS" => secs(self.oauth.discovery_refresh),
+            "PUBLIC_URL" => opt(self.federation.public_url.clone()),
+            "OAUTH_RETURN_URLS" => list(self.federation.return_urls.iter().cloned()),
+            "OAUTH_LINK_VERIFIED_EMAILS" => Text(self.federation.link_verified_emails.to_string()),
+            "OAUTH_LINK_CONFIRM" => Text(self.federation.link_confirm.to_string()),
+            "OAUTH_DISCOVERY_REFRESH_SECONDS" => secs(self.federation.discovery_refresh),
             "OIDC_PROVIDERS" => list(self.oidc().map(|p| p.name.clone())),
             "OIDC_<NAME>_ISSUER" => list(self.oidc().map(|p| match &p.kind {
-                oauth::ProviderKind::Oidc { issuer } => format!("{}: {issuer}", p.name),
-                oauth::ProviderKind::Github { .. } => String::new(),
+                federation::ProviderKind::Oidc { issuer } => format!("{}: {issuer}", p.name),
+                federation::ProviderKind::Github { .. } => String::new(),
             })),
             "OIDC_<NAME>_CLIENT_ID" => {
                 list(self.oidc().map(|p| format!("{}: {}", p.name, p.client_id)))
@@ -1342,7 +1342,7 @@ impl Config {
             "GITHUB_CLIENT_SECRET" if self.github().is_some() => Hidden,
             "GITHUB_CLIENT_SECRET" => Off,
             "GITHUB_WEB_URL" | "GITHUB_API_URL" => opt(self.github().and_then(|p| match &p.kind {
-                oauth::ProviderKind::Github {
+                federation::ProviderKind::Github {
                     authorize_url,
                     api_url,
                     ..
@@ -1353,7 +1353,7 @@ impl Config {
                         .trim_end_matches("/login/oauth/authorize")
                         .to_string()
                 }),
-                oauth::ProviderKind::Oidc { .. } => None,
+                federation::ProviderKind::Oidc { .. } => None,
             })),
             "SMTP_URL" => opt(self.mail.smtp.as_ref().map(|s| s.url.clone())),
             "SMTP_CA_FILE" => opt(self
@@ -1371,15 +1371,15 @@ impl Config {
         }
     }
 
-    fn oidc(&self) -> impl Iterator<Item = &oauth::ProviderConfig> {
-        self.oauth
+    fn oidc(&self) -> impl Iterator<Item = &federation::ProviderConfig> {
+        self.federation
             .providers
             .iter()
-            .filter(|p| matches!(p.kind, oauth::ProviderKind::Oidc { .. }))
+            .filter(|p| matches!(p.kind, federation::ProviderKind::Oidc { .. }))
     }
 
-    fn github(&self) -> Option<&oauth::ProviderConfig> {
-        self.oauth.provider(oauth::GITHUB)
+    fn github(&self) -> Option<&federation::ProviderConfig> {
+        self.federation.provider(federation::GITHUB)
     }
 
     /// The URL sea-orm connects to.
@@ -2272,15 +2272,15 @@ mod tests {
             ),
         ];
         let c = config(&good).unwrap();
-        let names: Vec<&str> = c.oauth.providers.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<&str> = c.federation.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["corp", "google-2"]);
-        assert_eq!(c.oauth.providers[0].scopes, ["openid", "email", "profile"]);
-        assert_eq!(c.oauth.providers[0].display_name, "corp");
+        assert_eq!(c.federation.providers[0].scopes, ["openid", "email", "profile"]);
+        assert_eq!(c.federation.providers[0].display_name, "corp");
         assert_eq!(
-            c.oauth.callback_url("corp"),
+            c.federation.callback_url("corp"),
             "https://auth.example.com/oauth/corp/callback"
         );
-        assert!(!c.oauth.link_verified_emails);
+        assert!(!c.federation.link_verified_emails);
         let refused = |change: &[(&'static str, &'static str)], skip: &str| {
             let mut vars: Vec<(&str, &str)> =
                 good.iter().copied().filter(|(k, _)| *k != skip).collect();
@@ -2319,7 +2319,7 @@ mod tests {
             ("OAUTH_RETURN_URLS", "https://app.example.com/cb"),
         ])
         .unwrap();
-        assert_eq!(github.oauth.providers[0].name, "github");
+        assert_eq!(github.federation.providers[0].name, "github");
     }
 
     #[test]

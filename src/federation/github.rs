@@ -5,7 +5,7 @@ use openidconnect::url::Url;
 use serde::Deserialize;
 
 use super::{read_limited, Asserted, Challenge, FederationError, Providers};
-use crate::config::oauth::{ProviderConfig, ProviderKind};
+use crate::config::federation::{ProviderConfig, ProviderKind};
 
 const API_VERSION: &str = "2022-11-28";
 

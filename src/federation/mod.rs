@@ -1,7 +1,7 @@
 //! Identity providers: OpenID Providers found by discovery (metadata and signing keys cached,
 //! read again after OAUTH_DISCOVERY_REFRESH_SECONDS and when an ID token names an unknown key),
 //! and the GitHub preset ([`github`]). Talks to the providers only; the sign-in flow is
-//! `app::federated`. One-time flow records live in [`pending`].
+//! `app::federation`. One-time flow records live in [`pending`].
 pub mod github;
 pub mod pending;
 
@@ -20,7 +20,7 @@ use openidconnect::{
 use tokio::sync::Mutex;
 
 use crate::{
-    config::oauth::{OAuthConfig, ProviderConfig, ProviderKind},
+    config::federation::{FederationConfig, ProviderConfig, ProviderKind},
     error::{ApiError, PublicError},
 };
 
@@ -151,7 +151,7 @@ pub struct Providers {
 }
 
 struct Inner {
-    config: OAuthConfig,
+    config: FederationConfig,
     http: reqwest::Client,
     oidc: HashMap<String, OidcProvider>,
 }
@@ -159,7 +159,7 @@ struct Inner {
 impl Providers {
     /// Reads every OpenID Provider's discovery document: one that cannot be read is a start-up
     /// error naming the provider.
-    pub async fn start(config: &OAuthConfig) -> Result<Self, String> {
+    pub async fn start(config: &FederationConfig) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(PROVIDER_TIMEOUT)
@@ -197,7 +197,7 @@ impl Providers {
         Ok(providers)
     }
 
-    pub fn config(&self) -> &OAuthConfig {
+    pub fn config(&self) -> &FederationConfig {
         &self.inner.config
     }
 

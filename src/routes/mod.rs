@@ -8,7 +8,7 @@ pub mod health;
 pub mod introspection;
 pub mod jwks;
 pub mod mfa;
-pub mod oauth;
+pub mod federation;
 pub mod openapi;
 pub mod session;
 pub mod step_up;
@@ -65,7 +65,7 @@ pub fn configure(
         users::configure(cfg);
         email::configure(cfg);
         auth::configure(cfg);
-        oauth::configure(cfg);
+        federation::configure(cfg);
         mfa::configure(cfg);
         webauthn::configure(cfg);
         session::configure(cfg);

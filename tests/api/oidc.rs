@@ -624,13 +624,13 @@ async fn an_expired_state_is_refused(backend: Backend) {
         return;
     };
     assert_eq!(
-        s.dep.config().pending_ttls.oauth_state,
+        s.dep.config().pending_ttls.federation_state,
         Duration::from_secs(600),
         "a flow's state lives 10 minutes in production"
     );
     s.app = s
         .dep
-        .spawn_edited(|c| c.pending_ttls.oauth_state = LIFETIME)
+        .spawn_edited(|c| c.pending_ttls.federation_state = LIFETIME)
         .await;
     s.lb.point_at(&s.app);
     let (b, callback, _) = s.until_callback("corp", "exp-1").await;

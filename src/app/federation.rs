@@ -44,7 +44,7 @@ use crate::{
 };
 
 /// How long a started flow may take to come back to the callback.
-pub const STATE_TTL: Duration = crate::config::PendingTtls::PRODUCTION.oauth_state;
+pub const STATE_TTL: Duration = crate::config::PendingTtls::PRODUCTION.federation_state;
 /// How long the one-time code given to the client lives.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
 /// How long a redeemed code's second use still revokes its session: longer than the code

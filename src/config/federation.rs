@@ -33,7 +33,7 @@ pub struct ProviderConfig {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct OAuthConfig {
+pub struct FederationConfig {
     /// sessiond's external base URL, without a trailing slash; callbacks derive from it.
     pub public_url: Option<String>,
     /// Exact URLs a flow may return to.
@@ -48,7 +48,7 @@ pub struct OAuthConfig {
     pub discovery_refresh: Duration,
 }
 
-impl OAuthConfig {
+impl FederationConfig {
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
     }
@@ -102,7 +102,7 @@ pub(super) fn read(
     get: &dyn Fn(&str) -> Option<String>,
     flag: impl Fn(&'static str) -> Result<bool, ConfigError>,
     refresh_seconds: u64,
-) -> Result<OAuthConfig, ConfigError> {
+) -> Result<FederationConfig, ConfigError> {
     let mut providers = Vec::new();
     for raw in get("OIDC_PROVIDERS").unwrap_or_default().split(',') {
         let name = raw.trim().to_ascii_lowercase();
@@ -264,7 +264,7 @@ pub(super) fn read(
             ));
         }
     }
-    Ok(OAuthConfig {
+    Ok(FederationConfig {
         public_url,
         return_urls,
         link_verified_emails: flag("OAUTH_LINK_VERIFIED_EMAILS")?,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{auth::token_response, caller, client, resource};
 use crate::{
     app::{
-        federated::{self, CallbackParams},
+        federation::{self, CallbackParams},
         step_up,
     },
     auth::AuthenticatedSession,
@@ -51,7 +51,7 @@ pub struct ProviderList {
 #[utoipa::path(get, path = "/oauth/providers", tag = "identity providers",
     responses((status = 200, description = "The configured providers", body = ProviderList)))]
 pub async fn providers(state: web::Data<AppState>) -> HttpResponse {
-    let items = federated::providers(&state.app)
+    let items = federation::providers(&state.app)
         .into_iter()
         .map(|(name, display_name)| Provider { name, display_name })
         .collect();
@@ -90,7 +90,7 @@ pub async fn start(
     path: web::Path<String>,
     query: web::Query<StartQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let url = federated::start(
+    let url = federation::start(
         &state.app,
         &client(&req, &state),
         &path,
@@ -132,7 +132,7 @@ pub async fn callback(
         code,
         error,
     } = query.into_inner();
-    let location = federated::callback(
+    let location = federation::callback(
         &state.app,
         &client(&req, &state),
         &path,
@@ -170,7 +170,7 @@ pub async fn token(
     state: web::Data<AppState>,
     body: web::Json<TokenBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let (grant, _provider) = federated::redeem(
+    let (grant, _provider) = federation::redeem(
         &state.app,
         &client(&req, &state),
         &body.code,
@@ -202,7 +202,7 @@ pub async fn list_identities(
     state: web::Data<AppState>,
     session: AuthenticatedSession,
 ) -> Result<HttpResponse, ApiError> {
-    let items = federated::identities(&state.app, &caller(&req, &state, &session))
+    let items = federation::identities(&state.app, &caller(&req, &state, &session))
         .await?
         .into_iter()
         .map(|i| Identity {
@@ -250,7 +250,7 @@ pub async fn link_start(
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &state, &session);
     step_up::require_recent(&state.app, &caller).await?;
-    let authorize_url = federated::start(
+    let authorize_url = federation::start(
         &state.app,
         &client(&req, &state),
         &path,
@@ -293,7 +293,7 @@ pub async fn link_confirm(
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &state, &session);
     step_up::require_recent(&state.app, &caller).await?;
-    federated::confirm_link(
+    federation::confirm_link(
         &state.app,
         &client(&req, &state),
         &caller,
@@ -322,6 +322,6 @@ pub async fn unlink(
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &state, &session);
     step_up::require_recent(&state.app, &caller).await?;
-    federated::unlink(&state.app, &caller, &path).await?;
+    federation::unlink(&state.app, &caller, &path).await?;
     Ok(HttpResponse::NoContent().finish())
 }
