@@ -1,6 +1,6 @@
 //! Environment variables → a validated [`Config`]. Every error names the variable it came from.
-pub mod mail;
 pub mod federation;
+pub mod mail;
 pub mod redis;
 pub mod tls;
 pub mod webauthn;
@@ -2272,9 +2272,17 @@ mod tests {
             ),
         ];
         let c = config(&good).unwrap();
-        let names: Vec<&str> = c.federation.providers.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<&str> = c
+            .federation
+            .providers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(names, ["corp", "google-2"]);
-        assert_eq!(c.federation.providers[0].scopes, ["openid", "email", "profile"]);
+        assert_eq!(
+            c.federation.providers[0].scopes,
+            ["openid", "email", "profile"]
+        );
         assert_eq!(c.federation.providers[0].display_name, "corp");
         assert_eq!(
             c.federation.callback_url("corp"),

@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{caller, scoped_resource};
+use super::{caller, respond::json_body, scoped_resource};
 use crate::{
     app::admin as ops,
     audit::AuditEventView,
@@ -24,9 +24,10 @@ use crate::{
 
 /// One scope, so that requests outside /admin skip these patterns after a single prefix check
 /// (most of them are dynamic, and the hot path should not try them one by one).
-const SCOPE: &str = "/admin";
+pub const SCOPE: &str = "/admin";
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// The admin scope; `more` adds the routes other files keep under it (the clients').
+pub fn configure(cfg: &mut web::ServiceConfig, more: impl FnOnce(&mut web::ServiceConfig)) {
     cfg.service(
         web::scope(SCOPE)
             .service(scoped_resource(SCOPE, "/users", "GET").route(web::get().to(list_users)))
@@ -61,7 +62,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::post().to(create_role)),
             )
             .service(scoped_resource(SCOPE, "/audit", "GET").route(web::get().to(list_audit)))
-            .configure(super::clients::configure_admin(SCOPE)),
+            .configure(more),
     );
 }
 
@@ -90,18 +91,6 @@ async fn query<T: DeserializeOwned + 'static>(req: &HttpRequest) -> Result<T, ac
         );
     }
     Ok(web::Query::<T>::extract(req).await?.into_inner())
-}
-
-/// Reads a JSON body after authorization, with the app's JsonConfig (limits, 415, error shape).
-pub(super) async fn json_body<T: DeserializeOwned + 'static>(
-    req: &HttpRequest,
-    payload: web::Payload,
-) -> Result<T, actix_web::Error> {
-    use actix_web::FromRequest;
-    let mut payload = payload.into_inner();
-    Ok(web::Json::<T>::from_request(req, &mut payload)
-        .await?
-        .into_inner())
 }
 
 /// One page of accounts.

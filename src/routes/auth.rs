@@ -1,15 +1,17 @@
 //! Login, refresh, logout and logout-everywhere.
-use actix_web::{http::header, web, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
 
-use super::{caller, client, resource};
+use super::{
+    caller, client, resource,
+    respond::{token_response, TokenPair},
+};
 use crate::{
     app::{
         accounts::{self, Credentials},
-        sessions::{self, Grant},
+        sessions,
     },
-    auth::{AuthenticatedSession, JwtKeys},
+    auth::AuthenticatedSession,
     error::ApiError,
     session::RefreshToken,
     state::AppState,
@@ -29,51 +31,6 @@ pub struct LoginBody {
     email: String,
     #[schema(example = "correct horse battery")]
     password: String,
-}
-
-/// A new session's (or a refresh's) tokens. Served with `Cache-Control: no-store`.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct TokenPair {
-    /// JWT (`typ: at+jwt`, signed with JWT_ALGORITHM) for `Authorization: Bearer`.
-    access_token: String,
-    #[schema(example = "Bearer")]
-    token_type: &'static str,
-    /// Seconds until the access token expires.
-    expires_in: i64,
-    /// Opaque; present it to POST /token/refresh. Rotated on every use.
-    refresh_token: String,
-    /// Seconds until the session ends (refreshing never extends it).
-    refresh_expires_in: i64,
-    session_id: Uuid,
-}
-
-/// Signs the access token of a grant (saying how the session's user authenticated) and
-/// answers with the pair.
-pub(crate) async fn token_response(jwt: &JwtKeys, grant: Grant) -> Result<HttpResponse, ApiError> {
-    let Grant {
-        refresh,
-        access,
-        expires_at,
-        issued_at,
-        jti,
-        auth,
-    } = grant;
-    let (uid, sid) = (refresh.user_id, refresh.session_id);
-    let (access_token, expires_in) = jwt
-        .issue_async(uid, sid, &access, expires_at, issued_at, jti, Some(&auth))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::PRAGMA, "no-cache"))
-        .json(TokenPair {
-            access_token,
-            token_type: "Bearer",
-            expires_in,
-            refresh_token: refresh.encode(),
-            refresh_expires_in: expires_at - issued_at,
-            session_id: sid,
-        }))
 }
 
 /// Log in: creates a session.

@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{admin::json_body, caller, scoped_resource};
+use super::{caller, respond::json_body, scoped_resource};
 use crate::{
     app::clients as ops,
     auth::{access::ClientsWrite, Authorized},

@@ -1,9 +1,12 @@
 //! Recovery and verification by email: forgotten password, reset, address verification, email
 //! change.
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::{caller, client, resource};
+use super::{
+    caller, client, resource,
+    respond::{accepted, Accepted},
+};
 use crate::{
     app::{email, step_up},
     auth::AuthenticatedSession,
@@ -20,23 +23,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource("/email/verify/resend", "POST").route(web::post().to(resend_verification)),
         )
         .service(resource("/profile/email", "PUT").route(web::put().to(change_email)));
-}
-
-/// The fixed body of a `202`: the same whatever happened behind it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Accepted {
-    #[schema(example = "accepted")]
-    pub status: &'static str,
-    pub message: &'static str,
-}
-
-pub(crate) fn accepted(message: &'static str) -> HttpResponse {
-    HttpResponse::Accepted()
-        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
-        .json(Accepted {
-            status: "accepted",
-            message,
-        })
 }
 
 fn parse_email(field: &str, raw: &str) -> Result<Email, ApiError> {

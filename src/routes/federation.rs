@@ -4,7 +4,7 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{auth::token_response, caller, client, resource};
+use super::{caller, client, resource, respond::token_response};
 use crate::{
     app::{
         federation::{self, CallbackParams},
@@ -159,7 +159,7 @@ pub struct TokenBody {
 /// carries `amr: ["fed"]` and `idp` (the provider).
 #[utoipa::path(post, path = "/oauth/token", tag = "identity providers", request_body = TokenBody,
     responses(
-        (status = 200, description = "Session created", body = crate::routes::auth::TokenPair,
+        (status = 200, description = "Session created", body = crate::routes::respond::TokenPair,
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "Unknown, used or expired code, or a verifier that does not match (`invalid_grant`)", body = crate::error::ErrorBody),
         (status = 403, description = "The account has a second factor (`mfa_required`): the body also carries `mfa_token` and `methods`; finish at POST /login/mfa (the code is spent)", body = crate::error::ErrorBody),

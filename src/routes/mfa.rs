@@ -2,7 +2,7 @@
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::{auth::token_response, caller, client, resource};
+use super::{caller, client, resource, respond::token_response};
 use crate::{
     app::{
         accounts,
@@ -138,7 +138,7 @@ pub struct LoginMfaBody {
     /// `PublicKeyCredential` `navigator.credentials.get` returned, as JSON (binary values
     /// base64url).
     #[serde(default)]
-    #[schema(value_type = Option<super::webauthn::PasskeyAssertion>)]
+    #[schema(value_type = Option<super::passkey_json::PasskeyAssertion>)]
     webauthn: Option<Box<webauthn_rs::prelude::PublicKeyCredential>>,
 }
 
@@ -146,7 +146,7 @@ pub struct LoginMfaBody {
 /// and ends with the first success.
 #[utoipa::path(post, path = "/login/mfa", tag = "sessions", request_body = LoginMfaBody,
     responses(
-        (status = 200, description = "Session created", body = super::auth::TokenPair,
+        (status = 200, description = "Session created", body = super::respond::TokenPair,
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "Unknown, expired or used-up `mfa_token`, a wrong or used code, or a passkey answer not accepted (another account's or unknown credential, another origin or challenge) (`invalid_grant`); not exactly one of `totp`, `recovery_code` and `webauthn` (`invalid_request`)", body = crate::error::ErrorBody),
         (status = 429, description = "Too many attempts, or the account is locked after repeated failures (`rate_limited`)", body = crate::error::ErrorBody,

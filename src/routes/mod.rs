@@ -4,12 +4,14 @@ pub mod admin;
 pub mod auth;
 pub mod clients;
 pub mod email;
+pub mod federation;
 pub mod health;
 pub mod introspection;
 pub mod jwks;
 pub mod mfa;
-pub mod federation;
 pub mod openapi;
+pub mod passkey_json;
+pub mod respond;
 pub mod session;
 pub mod step_up;
 pub mod users;
@@ -75,7 +77,7 @@ pub fn configure(
             resource("/openapi.json", "GET")
                 .route(web::get().to(crate::routes::openapi::openapi_json)),
         );
-        admin::configure(cfg);
+        admin::configure(cfg, clients::configure_admin(admin::SCOPE));
     }
 }
 

@@ -4,7 +4,7 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use webauthn_rs::prelude::PublicKeyCredential;
 
-use super::{caller, resource, webauthn::RequestOptions};
+use super::{caller, passkey_json::RequestOptions, resource};
 use crate::{
     app::{
         mfa::SecondFactor,
@@ -43,7 +43,7 @@ pub struct ReauthenticateBody {
     /// The `PublicKeyCredential` `navigator.credentials.get` returned for the options of POST
     /// /reauthenticate/passkey/start (this session's challenge), as JSON (its `toJSON()`).
     #[serde(default)]
-    #[schema(value_type = Option<super::webauthn::PasskeyAssertion>)]
+    #[schema(value_type = Option<super::passkey_json::PasskeyAssertion>)]
     webauthn: Option<Box<PublicKeyCredential>>,
 }
 

@@ -42,7 +42,7 @@ pub struct RegisterBody {
 #[utoipa::path(post, path = "/register", tag = "users", request_body = RegisterBody,
     responses(
         (status = 201, description = "Account created; a verification link is mailed to its address", body = users::User),
-        (status = 202, description = "REQUIRE_EMAIL_VERIFICATION: one answer whether the account was created or the address is taken (its owner is mailed a notice then)", body = super::email::Accepted),
+        (status = 202, description = "REQUIRE_EMAIL_VERIFICATION: one answer whether the account was created or the address is taken (its owner is mailed a notice then)", body = super::respond::Accepted),
         (status = 409, description = "An account with this email exists (`email_taken`; not with REQUIRE_EMAIL_VERIFICATION)", body = crate::error::ErrorBody),
         (status = 429, description = "Too many registrations from this address (`rate_limited`)", body = crate::error::ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait"))),
@@ -69,7 +69,7 @@ pub async fn register(
     };
     match accounts::register(&state.app, &client, account).await? {
         accounts::Registered::Created(user) => Ok(HttpResponse::Created().json(user)),
-        accounts::Registered::Pending => Ok(super::email::accepted(
+        accounts::Registered::Pending => Ok(super::respond::accepted(
             "check the mailbox of this address to finish registering",
         )),
     }

@@ -6,7 +6,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
-use super::{admin::json_body, auth::token_response, caller, client, resource};
+use super::{
+    caller, client,
+    passkey_json::{CreationOptions, PasskeyAssertion, PasskeyAttestation, RequestOptions},
+    resource,
+    respond::{json_body, token_response},
+};
 use crate::{
     app::{step_up, webauthn},
     auth::AuthenticatedSession,
@@ -68,109 +73,11 @@ pub struct RegistrationStartBody {
     name: Option<String>,
 }
 
-/// A `PublicKeyCredential` that `navigator.credentials.get` returned, as JSON (its
-/// `toJSON()`), binary values base64url without padding.
-// For the OpenAPI document only: webauthn-rs reads the real thing (`PublicKeyCredential`).
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-pub struct PasskeyAssertion {
-    /// The credential id, as `rawId`.
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    id: String,
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    raw_id: String,
-    #[serde(rename = "type")]
-    kind: CredentialType,
-    response: AssertionResponse,
-    /// The client's extension outputs; `{}` when none.
-    #[schema(value_type = Object, required = false)]
-    client_extension_results: Option<serde_json::Value>,
-}
-
-/// `AuthenticatorAssertionResponse`, binary values base64url.
-#[derive(Serialize, utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct AssertionResponse {
-    #[serde(rename = "authenticatorData")]
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    authenticator_data: String,
-    #[serde(rename = "clientDataJSON")]
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    client_data_json: String,
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    signature: String,
-    /// The account's user handle; a discoverable credential (passwordless sign-in) gives it.
-    #[serde(rename = "userHandle")]
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    user_handle: Option<String>,
-}
-
-/// A `PublicKeyCredential` that `navigator.credentials.create` returned, as JSON (its
-/// `toJSON()`), binary values base64url without padding.
-// For the OpenAPI document only: webauthn-rs reads the real thing (`RegisterPublicKeyCredential`).
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-pub struct PasskeyAttestation {
-    /// The new credential's id, as `rawId`.
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    id: String,
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    raw_id: String,
-    #[serde(rename = "type")]
-    kind: CredentialType,
-    response: AttestationResponse,
-    /// The client's extension outputs; `{}` when none.
-    #[schema(value_type = Object, required = false)]
-    client_extension_results: Option<serde_json::Value>,
-}
-
-/// `AuthenticatorAttestationResponse`, binary values base64url.
-#[derive(Serialize, utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct AttestationResponse {
-    #[serde(rename = "attestationObject")]
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    attestation_object: String,
-    #[serde(rename = "clientDataJSON")]
-    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
-    client_data_json: String,
-    /// `getTransports()`: how the client reaches the authenticator (`internal`, `hybrid`,
-    /// `usb`, `nfc`, `ble`).
-    transports: Option<Vec<String>>,
-}
-
-/// Always `public-key`.
-#[derive(Serialize, utoipa::ToSchema)]
-#[allow(dead_code)]
-pub enum CredentialType {
-    #[serde(rename = "public-key")]
-    PublicKey,
-}
-
-/// The options for `navigator.credentials.create`, as webauthn-rs writes them:
-/// `{"publicKey": {"rp", "user", "challenge", "pubKeyCredParams", "timeout",
-/// "excludeCredentials", "authenticatorSelection", "attestation", "extensions"}}`, binary
-/// values base64url. A browser client decodes `challenge`, `user.id` and each
-/// `excludeCredentials[].id` to ArrayBuffers.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(transparent)]
-#[schema(value_type = Object)]
-pub struct CreationOptions(serde_json::Value);
-
 /// The `PublicKeyCredential` `navigator.credentials.create` returned, as JSON (its `toJSON()`).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 #[schema(value_type = PasskeyAttestation)]
 pub struct RegistrationAnswer(RegisterPublicKeyCredential);
-
-/// The options for `navigator.credentials.get`: `{"publicKey": {"challenge", "timeout", "rpId",
-/// "allowCredentials", "userVerification"}, "mediation"?}`, binary values base64url.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(transparent)]
-#[schema(value_type = Object)]
-pub struct RequestOptions(serde_json::Value);
 
 /// Starts registering a passkey for the caller: the options for `navigator.credentials.create`,
 /// asking for a discoverable credential with user verification. The challenge is kept on the
@@ -329,7 +236,7 @@ pub struct PasskeyFinishBody {
 /// verifies its user (PIN or biometrics), so no second factor is asked.
 #[utoipa::path(post, path = "/login/passkey/finish", tag = "sessions", request_body = PasskeyFinishBody,
     responses(
-        (status = 200, description = "Session created", body = super::auth::TokenPair,
+        (status = 200, description = "Session created", body = super::respond::TokenPair,
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "Unknown, used or expired `passkey_token`, or an assertion not accepted: unknown or deleted passkey, another origin or challenge, a bad signature (`invalid_grant`)", body = crate::error::ErrorBody),
         (status = 401, description = "The account is disabled (`invalid_credentials`)", body = crate::error::ErrorBody),
