@@ -1,4 +1,4 @@
-# Everyday commands; each runs what README.md shows. `make help` lists them.
+# Everyday commands; each runs what README.md and docs/ show. `make help` lists them.
 # Deploy: make deploy OVERLAY=eks IMAGE=123456789012.dkr.ecr.eu-west-1.amazonaws.com/sessiond:TAG
 OVERLAY ?= dev
 IMAGE ?= sessiond:dev
@@ -26,7 +26,7 @@ fmt:
 bench:
 	cargo bench
 
-docker: ## PostgreSQL, Redis, migration, two replicas behind a load balancer on :8080 (README quick start)
+docker: ## PostgreSQL, Redis, migration, two replicas behind a load balancer on :8080 (docs/deployment.md, Compose quick start)
 	bash ci/dev-secrets.sh
 	cargo build --release --locked
 	IMAGE=sessiond:local bash ci/image.sh --prebuilt

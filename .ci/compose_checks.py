@@ -2,7 +2,7 @@
 """Checks against the running Compose stack (started by .ci/compose-checks), as an operator and a
 client see it: only through the ports it publishes on 127.0.0.1 (8080 the nginx load balancer,
 8081 replica a, 8082 replica b) and the docker/docker-compose commands. Exits non-zero on the
-first failed check. COMPOSE is the Compose command line; MEASURE=1 adds the README's figures."""
+first failed check. COMPOSE is the Compose command line; MEASURE=1 adds the figures of docs/deployment.md."""
 import datetime
 import json
 import os
@@ -19,7 +19,7 @@ import uuid
 COMPOSE = shlex.split(os.environ["COMPOSE"])
 MEASURE = os.environ.get("MEASURE") == "1"
 LB, A, B = "http://127.0.0.1:8080", "http://127.0.0.1:8081", "http://127.0.0.1:8082"
-# README "Revocation guarantee": no pod accepts a revoked token longer than SESSION_CACHE_TTL
+# docs/sessions.md "Revocation guarantee": no pod accepts a revoked token longer than SESSION_CACHE_TTL
 # (default 5 s, which docker-compose.yml keeps) after the logout returned.
 CACHE_TTL = 5.0
 PASSWORD = "correct horse battery staple"

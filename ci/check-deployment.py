@@ -95,7 +95,7 @@ def check_command(where: str, args, commands: set[str]) -> None:
 
 
 # Read by glibc, not by the server: fixes the allocator's mmap threshold so argon2id's 19 MiB
-# blocks go back to the system after each hash (README "Docker Compose quick start", memory).
+# blocks go back to the system after each hash (docs/deployment.md "Docker Compose quick start", memory).
 RUNTIME_ENV = {"MALLOC_MMAP_THRESHOLD_"}
 
 

@@ -5,6 +5,8 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+#[cfg(test)]
+mod docs_links;
 pub mod domain;
 pub mod error;
 pub mod federation;

@@ -1,5 +1,5 @@
 //! The suite's output: the Markdown table (printed), JSON, the SVG chart of latency against
-//! offered load, and the README "Performance" section (full runs against Redis only).
+//! offered load, and docs/performance.md (full runs against Redis only).
 use std::{fmt::Write as _, path::Path, time::Duration};
 
 use plotters::prelude::*;
@@ -306,7 +306,7 @@ impl Report {
             .map(|r| r.rps)
     }
 
-    /// Compares the measurements with the targets the README states.
+    /// Compares the measurements with the targets docs/performance.md states.
     pub fn finish(&mut self) {
         self.elapsed_seconds = self.elapsed.as_secs_f64();
         let health = self.rps("sessiond", "GET /health");
@@ -640,7 +640,7 @@ impl Report {
 
     /// Writes everything under target/bench-report and prints the Markdown. A full run against
     /// Redis also refreshes benches/RESULTS.md and benches/results/hot-path.svg, the copy the
-    /// README shows, so the README's numbers are always ones the suite printed.
+    /// performance guide shows, so its numbers are always ones the suite printed.
     pub fn write(&self, settings: &Settings) {
         let dir = &settings.out_dir;
         std::fs::create_dir_all(dir).expect("creating target/bench-report");
@@ -675,7 +675,10 @@ impl Report {
             section.push_str(include_str!("NOTES.md"));
             std::fs::write(benches.join("RESULTS.md"), section)
                 .expect("writing benches/RESULTS.md");
-            println!("README section: {}", benches.join("RESULTS.md").display());
+            println!(
+                "docs/performance.md section: {}",
+                benches.join("RESULTS.md").display()
+            );
         }
     }
 }

@@ -5,7 +5,7 @@
 //! Properties:
 //! - `revoked session refused within the bound`: no pod accepts the session from its cache, or
 //!   answers a read with it, `SESSION_CACHE_TTL` or more after the revocation was acknowledged,
-//!   whatever pub/sub loses or delays (the README's "Revocation guarantee");
+//!   whatever pub/sub loses or delays (docs/sessions.md, "Revocation guarantee");
 //! - `old roles gone within the bound`: likewise for the roles a role change replaced;
 //! - `revocation prompt while subscribed` and `role change prompt while subscribed` (when
 //!   pub/sub loses messages only together with a connection drop the pod notices, as Redis

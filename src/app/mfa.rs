@@ -544,7 +544,7 @@ fn aad(user_id: Uuid) -> Vec<u8> {
 
 /// Seals a TOTP secret under JWT_KEY_ENCRYPTION_KEY (AES-256-GCM). Without that key the secret
 /// is stored as it is (marked `plain:`): the database then holds what an authenticator app does,
-/// which the README says.
+/// which docs/mfa-and-passkeys.md says.
 fn seal(key: Option<&[u8]>, user_id: Uuid, secret: &[u8]) -> Result<String, ApiError> {
     let Some(key) = key else {
         return Ok(format!("{PLAIN}{}", STANDARD.encode(secret)));

@@ -1883,9 +1883,10 @@ async fn linking_and_unlinking_an_identity_is_mailed_to_the_owner(backend: Backe
 
 /// The linking swap, closed by OAUTH_LINK_CONFIRM: Mallory starts linking at his account and
 /// gets Vic's browser to finish the flow at the provider (a link in a mail, say). Without the
-/// setting the callback links Vic's identity to Mallory's account (the contract's flow, see the
-/// README). With it the callback links nothing: it hands the browser a one-time `link_code`,
-/// which only the session that started the flow, with its PKCE verifier, turns into a link.
+/// setting the callback links Vic's identity to Mallory's account (the contract's flow, see
+/// docs/identity-providers.md). With it the callback links nothing: it hands the browser a
+/// one-time `link_code`, which only the session that started the flow, with its PKCE verifier,
+/// turns into a link.
 /// Vic's own app bringing the code is refused (and spends it); so is any guess of Mallory's.
 async fn with_link_confirm_a_swapped_linking_flow_links_nothing(backend: Backend) {
     let Some(s) = setup_configured(backend, &[("OAUTH_LINK_CONFIRM", "true")], false, |_| {}).await
