@@ -797,36 +797,24 @@ pub(crate) async fn check_current_password(
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     let now = now_unix();
-    let client_group = super::client_group(caller.ip.as_deref());
     let event = |e: AuditEvent| e.by(caller.user_id).ip(caller.ip.clone());
-    let throttled = |reason: &str, t: Throttled| {
-        app.audit.record(
-            event(AuditEvent::denied(kind)).detail(serde_json::json!({ "reason": reason })),
-        );
-        ApiError::from(t)
+    let bucket = match super::limits::admit_caller(
+        app,
+        caller,
+        &account.email,
+        Scope::PasswordChangeAccount,
+        now,
+    )
+    .await?
+    {
+        Ok(bucket) => bucket,
+        Err(r) => {
+            app.audit.record(
+                event(AuditEvent::denied(kind)).detail(serde_json::json!({ "reason": r.reason })),
+            );
+            return Err(ApiError::from(r.throttled));
+        }
     };
-    let session_key = caller.session_id.to_string();
-    if let Err(t) = app
-        .throttle
-        .hit(Scope::PasswordChangeSession, &session_key)
-        .await?
-    {
-        return Err(throttled("rate_limited", t));
-    }
-    let bucket = app
-        .throttle
-        .bucket(&account_key(&account.email), &client_group)
-        .await?;
-    if let Err(t) = app
-        .throttle
-        .hit(Scope::PasswordChangeAccount, bucket.id())
-        .await?
-    {
-        return Err(throttled("rate_limited", t));
-    }
-    if let Err(t) = app.throttle.check_lock(bucket.id(), now).await? {
-        return Err(throttled("locked", t));
-    }
     let verified = match current_password {
         Some(current) => {
             app.hasher

@@ -32,7 +32,7 @@ use crate::{
     federation::pending::RecordSeal,
     redis::{script, Redis, RedisUnavailable},
     session::now_unix,
-    throttle::{account_key, Scope, Throttled},
+    throttle::{Scope, Throttled},
     users::{
         ConfirmTotp, DropExpiredTotp, FindAccount, FindTotp, RemoveTotp, SpendRecoveryCode,
         SpendTotpStep, StartTotp,
@@ -149,32 +149,19 @@ pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<
             .record(event(AuditEvent::denied(AuditKind::MfaEnrol), reason));
         ApiError::from(t)
     };
-    if let Err(t) = app
-        .throttle
-        .hit(Scope::PasswordChangeSession, &caller.session_id.to_string())
-        .await?
-    {
-        return Err(throttled("rate_limited", t));
-    }
     let account = app
         .users
         .ask(FindAccount(caller.user_id))
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     let now = now_unix();
-    let bucket = app
-        .throttle
-        .bucket(
-            &account_key(&account.email),
-            &super::client_group(caller.ip.as_deref()),
-        )
-        .await?;
-    if let Err(t) = app.throttle.hit(Scope::LoginAccount, bucket.id()).await? {
-        return Err(throttled("rate_limited", t));
-    }
-    if let Err(t) = app.throttle.check_lock(bucket.id(), now).await? {
-        return Err(throttled("locked", t));
-    }
+    let bucket =
+        match super::limits::admit_caller(app, caller, &account.email, Scope::LoginAccount, now)
+            .await?
+        {
+            Ok(bucket) => bucket,
+            Err(r) => return Err(throttled(r.reason, r.throttled)),
+        };
     let ttl = chrono::Duration::from_std(app.settings.totp_enrolment_ttl)
         .map_err(|_| ApiError::Internal("TOTP enrolment lifetime out of range".into()))?;
     let cutoff = chrono::Utc::now() - ttl;

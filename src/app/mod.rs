@@ -15,6 +15,7 @@ pub mod admin;
 pub mod clients;
 pub mod email;
 pub mod federation;
+pub(crate) mod limits;
 pub mod mfa;
 pub mod sessions;
 pub mod step_up;

@@ -17,7 +17,7 @@ use crate::{
     domain::{AuditKind, Password},
     error::ApiError,
     session::{now_unix, AuthContext, Reauthenticate, SessionState, Validate},
-    throttle::{account_key, Scope, Throttled},
+    throttle::{Scope, Throttled},
     users::{password::Priority, FindAccess, FindAccount, NO_PASSWORD},
 };
 
@@ -112,32 +112,19 @@ async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiErro
         );
         ApiError::from(t)
     };
-    if let Err(t) = app
-        .throttle
-        .hit(Scope::PasswordChangeSession, &caller.session_id.to_string())
-        .await?
-    {
-        return Err(throttled("rate_limited", t));
-    }
     let account = app
         .users
         .ask(FindAccount(caller.user_id))
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let now = now_unix();
-    let bucket = app
-        .throttle
-        .bucket(
-            &account_key(&account.email),
-            &super::client_group(caller.ip.as_deref()),
-        )
-        .await?;
-    if let Err(t) = app.throttle.hit(Scope::LoginAccount, bucket.id()).await? {
-        return Err(throttled("rate_limited", t));
-    }
-    if let Err(t) = app.throttle.check_lock(bucket.id(), now).await? {
-        return Err(throttled("locked", t));
-    }
+    let bucket =
+        match super::limits::admit_caller(app, caller, &account.email, Scope::LoginAccount, now)
+            .await?
+        {
+            Ok(bucket) => bucket,
+            Err(r) => return Err(throttled(r.reason, r.throttled)),
+        };
     // A passkey alone needs no password; with one, the password must exist to be checked.
     if password.is_some() && account.password_hash == NO_PASSWORD {
         outcome("no_password");
