@@ -6,8 +6,10 @@ use actix::Addr;
 use uuid::Uuid;
 
 use super::{
+    limits::count_failure,
     mfa::{self, SecondFactor, Verdict},
     sessions::Grant,
+    step_up::check_current_password,
     App, Caller, Client,
 };
 use crate::actor::Ask;
@@ -26,7 +28,7 @@ use crate::{
     users::{
         password::{PasswordHasher, Priority},
         AccountAccess, CreateUser, FindAccess, FindAccount, FindByEmail, FindById, NewToken,
-        QueueMail, SetPassword, User, UserStore, NO_PASSWORD,
+        QueueMail, SetPassword, User, UserStore,
     },
     webhooks::Event,
 };
@@ -114,7 +116,7 @@ pub async fn register(
             return taken_registration(app, client, account, owner).await;
         }
     }
-    let verify = super::email::verification(app, account.email.as_str());
+    let verify = super::notices::verification(app, account.email.as_str());
     let user = match create_account(&app.users, &app.hasher, account, Some(verify), false).await {
         Ok(user) => user,
         // Lost a race with another registration of the address: the same one answer.
@@ -153,7 +155,7 @@ async fn taken_registration(
     app.hasher
         .hash_new(account.password.expose(), known)
         .await?;
-    let mail = super::email::notice(app, Template::AccountExists, &owner, &[]);
+    let mail = super::notices::notice(app, Template::AccountExists, &owner, &[]);
     app.users.ask(QueueMail(vec![mail])).await?;
     app.mailer.wake();
     app.audit.record(
@@ -237,7 +239,7 @@ async fn attempt_login(
     let grant = attempt
         .finish(&bucket, account.id, access, auth, None)
         .await?;
-    super::email::note_login(app, client, &account).await;
+    super::notices::note_login(app, client, &account).await;
     Ok(grant)
 }
 
@@ -341,7 +343,7 @@ async fn attempt_second_factor(
     let grant = attempt
         .finish(&bucket, account.id, access, auth, Some(method))
         .await?;
-    super::email::note_login(app, client, &account).await;
+    super::notices::note_login(app, client, &account).await;
     Ok(grant)
 }
 
@@ -538,7 +540,7 @@ impl<'a> LoginAttempt<'a> {
                     .ip(self.client.ip.clone())
                     .detail(serde_json::json!({ "reason": "email_not_verified" })),
             );
-            super::email::remind_unverified(app, &account).await?;
+            super::notices::remind_unverified(app, &account).await?;
             return Err(ApiError::EmailNotVerified);
         }
         Ok((account, access))
@@ -702,31 +704,6 @@ impl<'a> LoginAttempt<'a> {
     }
 }
 
-/// Counts a wrong password (or a disabled account) toward the bucket's lockout. The failure that
-/// starts a lock is audited once as `account_locked`, about the account when it exists (an
-/// unknown email's locks are not recorded, so a spray of made-up addresses cannot flood the
-/// trail).
-pub(super) async fn count_failure(
-    app: &App,
-    bucket: &Bucket,
-    now: i64,
-    subject: Option<Uuid>,
-    ip: Option<String>,
-) -> Result<(), ApiError> {
-    let started = app.throttle.record_failure(bucket.id(), now).await?;
-    if let (Some(seconds), Some(subject)) = (started, subject) {
-        let addresses = if bucket.known() { "known" } else { "unknown" };
-        app.audit.record(
-            AuditEvent::denied(AuditKind::AccountLocked)
-                .subject(subject)
-                .ip(ip)
-                .detail(serde_json::json!({ "seconds": seconds, "addresses": addresses })),
-        );
-        tracing::info!(user_id = %subject, seconds, addresses, "account locked");
-    }
-    Ok(())
-}
-
 /// Changes the caller's password, and ends every other session of the account. Sessions are
 /// revoked before the new hash is stored: if the second step fails, the old password still
 /// works and the call can simply be retried. The owner is mailed a notice, and the account's
@@ -757,7 +734,7 @@ pub async fn change_password(
             except: Some(caller.session_id),
         })
         .await?;
-    let notice = super::email::notice(app, Template::PasswordChanged, &account, &[]);
+    let notice = super::notices::notice(app, Template::PasswordChanged, &account, &[]);
     app.users
         .ask(SetPassword {
             user_id: caller.user_id,
@@ -778,68 +755,4 @@ pub async fn change_password(
     app.webhooks.wake();
     tracing::info!(user_id = %caller.user_id, other_sessions_revoked = revoked, "password changed");
     Ok(())
-}
-
-/// The caller's account, once `current_password` is proved right: for the changes that ask for
-/// it again (password, email). A stolen access token must not guess the current password faster
-/// than a login could: limited per session and per account, and wrong guesses count toward the
-/// same lockout as logins (the stored email is normalized, so the key is the login's). Denials
-/// and wrong guesses are audited as `kind`.
-pub(crate) async fn check_current_password(
-    app: &App,
-    caller: &Caller,
-    current_password: Option<String>,
-    kind: AuditKind,
-) -> Result<entities::user::Model, ApiError> {
-    let account = app
-        .users
-        .ask(FindAccount(caller.user_id))
-        .await?
-        .ok_or(ApiError::NotFound("user"))?;
-    let now = now_unix();
-    let event = |e: AuditEvent| e.by(caller.user_id).ip(caller.ip.clone());
-    let bucket = match super::limits::admit_caller(
-        app,
-        caller,
-        &account.email,
-        Scope::PasswordChangeAccount,
-        now,
-    )
-    .await?
-    {
-        Ok(bucket) => bucket,
-        Err(r) => {
-            app.audit.record(
-                event(AuditEvent::denied(kind)).detail(serde_json::json!({ "reason": r.reason })),
-            );
-            return Err(ApiError::from(r.throttled));
-        }
-    };
-    let verified = match current_password {
-        Some(current) => {
-            app.hasher
-                .verify(
-                    current,
-                    Some(account.password_hash.clone()),
-                    Priority::Other,
-                )
-                .await?
-        }
-        None if account.password_hash != NO_PASSWORD => {
-            return Err(ApiError::invalid("current_password is required"));
-        }
-        // A passwordless account (made by a provider sign-in) has nothing to check but the
-        // sign-in itself: recent enough, as for every sensitive change.
-        None => {
-            super::step_up::require_recent(app, caller).await?;
-            true
-        }
-    };
-    if !verified {
-        count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone()).await?;
-        app.audit.record(event(AuditEvent::failure(kind)));
-        return Err(ApiError::Forbidden);
-    }
-    app.throttle.record_success(bucket.id()).await?;
-    Ok(account)
 }

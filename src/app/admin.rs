@@ -375,7 +375,7 @@ pub async fn reset_factors(app: &App, admin: &Caller, user_id: Uuid) -> Result<(
         .ask(FindAccount(user_id))
         .await?
         .ok_or(ApiError::NotFound("user"))?;
-    let mail = super::email::notice(app, Template::MfaReset, &account, &[]);
+    let mail = super::notices::notice(app, Template::MfaReset, &account, &[]);
     let removed = app
         .users
         .ask(ResetFactors {

@@ -436,7 +436,7 @@ async fn finish(
                         "reason": "email_not_verified",
                     })),
             );
-            super::email::remind_unverified(app, &account).await?;
+            super::notices::remind_unverified(app, &account).await?;
             return Err(Failure::Refused(Refusal::EmailNotVerified));
         }
     }
@@ -582,7 +582,7 @@ async fn link(
         "Your identity at {} was linked: it signs you in",
         provider_display_name(app, provider)
     );
-    let notice = super::email::method_notice(app, user_id, &change).await?;
+    let notice = super::notices::method_notice(app, user_id, &change).await?;
     let linked = app
         .users
         .ask(LinkIdentity {
@@ -791,7 +791,7 @@ async fn attempt_redeem(
     // The new-sign-in notice, as for every way in (a failure to look the account up only
     // skips it).
     if let Ok(Some(account)) = app.users.ask(FindAccount(grant.user_id)).await {
-        super::email::note_login(app, client, &account).await;
+        super::notices::note_login(app, client, &account).await;
     }
     let now = attempt.now;
     Ok((
@@ -865,7 +865,7 @@ pub async fn unlink(app: &App, caller: &Caller, provider: &str) -> Result<(), Ap
         "Your identity at {} was unlinked: it no longer signs you in",
         provider_display_name(app, provider)
     );
-    let notice = super::email::method_notice(app, caller.user_id, &change).await?;
+    let notice = super::notices::method_notice(app, caller.user_id, &change).await?;
     app.users
         .ask(UnlinkIdentity {
             user_id: caller.user_id,

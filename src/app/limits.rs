@@ -1,8 +1,12 @@
 //! The limits and the lockout in front of a signed-in caller's proof (a password or a code it
 //! presents again: a password change, a step-up, a TOTP confirmation). A leaf: it imports no
 //! other application file.
+use uuid::Uuid;
+
 use super::{App, Caller};
 use crate::{
+    audit::AuditEvent,
+    domain::AuditKind,
     error::ApiError,
     throttle::{account_key, Bucket, Scope, Throttled},
 };
@@ -39,4 +43,29 @@ pub(crate) async fn admit_caller(
         return refused("locked", t);
     }
     Ok(Ok(bucket))
+}
+
+/// Counts a wrong password (or a disabled account) toward the bucket's lockout. The failure that
+/// starts a lock is audited once as `account_locked`, about the account when it exists (an
+/// unknown email's locks are not recorded, so a spray of made-up addresses cannot flood the
+/// trail).
+pub(crate) async fn count_failure(
+    app: &App,
+    bucket: &Bucket,
+    now: i64,
+    subject: Option<Uuid>,
+    ip: Option<String>,
+) -> Result<(), ApiError> {
+    let started = app.throttle.record_failure(bucket.id(), now).await?;
+    if let (Some(seconds), Some(subject)) = (started, subject) {
+        let addresses = if bucket.known() { "known" } else { "unknown" };
+        app.audit.record(
+            AuditEvent::denied(AuditKind::AccountLocked)
+                .subject(subject)
+                .ip(ip)
+                .detail(serde_json::json!({ "seconds": seconds, "addresses": addresses })),
+        );
+        tracing::info!(user_id = %subject, seconds, addresses, "account locked");
+    }
+    Ok(())
 }

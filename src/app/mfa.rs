@@ -185,7 +185,7 @@ pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<
     }
     let secret = open(app.settings.mfa_key(), caller.user_id, &pending.secret)?;
     let Some(step) = check_code(secret, code, now) else {
-        super::accounts::count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone())
+        super::limits::count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone())
             .await?;
         app.audit.record(event(
             AuditEvent::failure(AuditKind::MfaEnrol),
@@ -196,7 +196,7 @@ pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<
         ));
     };
     let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
-    let notice = super::email::notice(
+    let notice = super::notices::notice(
         app,
         crate::mail::Template::MethodChanged,
         &account,
@@ -236,7 +236,7 @@ pub async fn confirm_totp(app: &App, caller: &Caller, code: &str) -> Result<Vec<
 
 /// Removes the authenticator (confirmed or pending) and the recovery codes.
 pub async fn remove_totp(app: &App, caller: &Caller) -> Result<(), ApiError> {
-    let notice = super::email::method_notice(
+    let notice = super::notices::method_notice(
         app,
         caller.user_id,
         "The authenticator app and its recovery codes were removed: your account no longer asks \

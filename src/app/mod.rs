@@ -17,6 +17,8 @@ pub mod email;
 pub mod federation;
 pub(crate) mod limits;
 pub mod mfa;
+pub(crate) mod notices;
+pub mod passkey_sign_in;
 pub mod sessions;
 pub mod step_up;
 pub mod webauthn;

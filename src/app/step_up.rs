@@ -5,7 +5,7 @@
 //! The guard reads the session from the store, not from the pod's cache: these calls are rare,
 //! and a reauthentication made through another pod a moment ago must count at once.
 use super::{
-    accounts::count_failure,
+    limits::count_failure,
     mfa::{self, SecondFactor, Verdict},
     App, Caller,
 };
@@ -233,4 +233,68 @@ async fn attempt(app: &App, caller: &Caller, proof: Proof) -> Result<(), ApiErro
     );
     tracing::info!(user_id = %caller.user_id, session_id = %caller.session_id, "reauthenticated");
     Ok(())
+}
+
+/// The caller's account, once `current_password` is proved right: for the changes that ask for
+/// it again (password, email). A stolen access token must not guess the current password faster
+/// than a login could: limited per session and per account, and wrong guesses count toward the
+/// same lockout as logins (the stored email is normalized, so the key is the login's). Denials
+/// and wrong guesses are audited as `kind`.
+pub(crate) async fn check_current_password(
+    app: &App,
+    caller: &Caller,
+    current_password: Option<String>,
+    kind: AuditKind,
+) -> Result<entities::user::Model, ApiError> {
+    let account = app
+        .users
+        .ask(FindAccount(caller.user_id))
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    let now = now_unix();
+    let event = |e: AuditEvent| e.by(caller.user_id).ip(caller.ip.clone());
+    let bucket = match super::limits::admit_caller(
+        app,
+        caller,
+        &account.email,
+        Scope::PasswordChangeAccount,
+        now,
+    )
+    .await?
+    {
+        Ok(bucket) => bucket,
+        Err(r) => {
+            app.audit.record(
+                event(AuditEvent::denied(kind)).detail(serde_json::json!({ "reason": r.reason })),
+            );
+            return Err(ApiError::from(r.throttled));
+        }
+    };
+    let verified = match current_password {
+        Some(current) => {
+            app.hasher
+                .verify(
+                    current,
+                    Some(account.password_hash.clone()),
+                    Priority::Other,
+                )
+                .await?
+        }
+        None if account.password_hash != NO_PASSWORD => {
+            return Err(ApiError::invalid("current_password is required"));
+        }
+        // A passwordless account (made by a provider sign-in) has nothing to check but the
+        // sign-in itself: recent enough, as for every sensitive change.
+        None => {
+            super::step_up::require_recent(app, caller).await?;
+            true
+        }
+    };
+    if !verified {
+        count_failure(app, &bucket, now, Some(caller.user_id), caller.ip.clone()).await?;
+        app.audit.record(event(AuditEvent::failure(kind)));
+        return Err(ApiError::Forbidden);
+    }
+    app.throttle.record_success(bucket.id()).await?;
+    Ok(account)
 }

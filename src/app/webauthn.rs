@@ -15,18 +15,14 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use webauthn_rs::prelude::{
-    AuthenticationResult, CreationChallengeResponse, DiscoverableAuthentication, Passkey,
-    PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential,
+    AuthenticationResult, CreationChallengeResponse, Passkey, PasskeyAuthentication,
+    PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential,
     RequestChallengeResponse, Url, Webauthn, WebauthnBuilder,
 };
 
 use webauthn_rs_proto::ResidentKeyRequirement;
 
-use super::{
-    accounts::{LoginAttempt, Way},
-    sessions::Grant,
-    App, Caller, Client,
-};
+use super::{App, Caller};
 use crate::{
     actor::Ask,
     audit::AuditEvent,
@@ -34,10 +30,9 @@ use crate::{
     domain::AuditKind,
     error::ApiError,
     federation::pending::{Kind, Pending},
-    throttle::Scope,
     users::{
-        AddWebauthn, FindAccess, FindAccount, FindWebauthn, ListWebauthn, RemoveWebauthn,
-        UseWebauthn, UserStoreError,
+        AddWebauthn, FindAccount, FindWebauthn, ListWebauthn, RemoveWebauthn, UseWebauthn,
+        UserStoreError,
     },
 };
 
@@ -50,8 +45,8 @@ const DEFAULT_NAME: &str = "Passkey";
 /// The relying party and the ceremonies in progress.
 #[derive(Clone)]
 pub struct Passkeys {
-    webauthn: Arc<Webauthn>,
-    pending: Pending,
+    pub(super) webauthn: Arc<Webauthn>,
+    pub(super) pending: Pending,
 }
 
 impl Passkeys {
@@ -87,30 +82,21 @@ pub(super) fn passkeys(app: &App) -> Result<&Passkeys, ApiError> {
     ))
 }
 
-fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
+pub(super) fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
     move |e| ApiError::Internal(format!("{what}: {e}"))
 }
 
-fn random_token() -> String {
+pub(super) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn count(app: &App, ceremony: &str, outcome: &str) {
+pub(super) fn count(app: &App, ceremony: &str, outcome: &str) {
     app.metrics
         .webauthn
         .with_label_values(&[ceremony, outcome])
         .inc();
-    // A passwordless sign-in is a sign-in like any other in `sessiond_logins_total`.
-    if ceremony == "sign_in" {
-        let outcome = match outcome {
-            "started" => return,
-            "invalid" => "invalid_credentials",
-            other => other,
-        };
-        Way::Passkey.count(app, outcome);
-    }
 }
 
 /// Ceremony options (webauthn-rs's challenge types) as the JSON a client hands the browser.
@@ -238,7 +224,7 @@ pub async fn finish_registration(
     };
     let credential_id = URL_SAFE_NO_PAD.encode(passkey.cred_id());
     let stored = serde_json::to_string(&passkey).map_err(internal("passkey"))?;
-    let notice = super::email::method_notice(
+    let notice = super::notices::method_notice(
         app,
         caller.user_id,
         "A passkey was registered: it signs you in",
@@ -286,7 +272,7 @@ pub async fn credentials(
 /// Deletes one of the caller's credentials (404 for any other id, another account's included).
 pub async fn delete_credential(app: &App, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
     passkeys(app)?;
-    let notice = super::email::method_notice(
+    let notice = super::notices::method_notice(
         app,
         caller.user_id,
         "A passkey was deleted: it no longer signs you in",
@@ -360,7 +346,7 @@ pub struct Asserted {
     pub amr: &'static str,
 }
 
-fn amr(result: &AuthenticationResult) -> &'static str {
+pub(super) fn amr(result: &AuthenticationResult) -> &'static str {
     if result.backup_eligible() {
         "swk"
     } else {
@@ -373,7 +359,7 @@ fn amr(result: &AuthenticationResult) -> &'static str {
 /// counter is not above the one stored now (the ceremony's state may hold an older one), or
 /// another assertion of the same credential stored its counter first. Authenticators that always
 /// report 0 (synced passkeys) have no counter to check.
-async fn record_use(
+pub(super) async fn record_use(
     app: &App,
     credential: &entities::webauthn_credential::Model,
     mut passkey: Passkey,
@@ -561,182 +547,6 @@ pub async fn verify_reauthentication(
             Ok(None)
         }
     }
-}
-
-/// Starts a passwordless sign-in: an opaque `passkey_token` to finish with, and the request
-/// options for `navigator.credentials.get` (any discoverable credential of this relying party).
-/// Limited per client address like logins.
-pub async fn start_sign_in(
-    app: &App,
-    client: &Client,
-) -> Result<(String, RequestChallengeResponse), ApiError> {
-    let pk = passkeys(app)?;
-    if let Err(e) = app.limit_client(Scope::LoginIp, client).await {
-        count(app, "sign_in", "throttled");
-        return Err(e);
-    }
-    let (options, state) = pk
-        .webauthn
-        .start_discoverable_authentication()
-        .map_err(|e| ApiError::Internal(format!("WebAuthn authentication: {e}")))?;
-    let token = random_token();
-    let record = serde_json::to_string(&state).map_err(internal("authentication state"))?;
-    pk.pending
-        .put(Kind::WebauthnSignIn, &token, &record, CEREMONY_TTL)
-        .await?;
-    count(app, "sign_in", "started");
-    Ok((token, options))
-}
-
-const SIGN_IN_REFUSED: &str =
-    "the passkey_token is unknown, used or expired, or the passkey was not accepted: start again";
-
-/// Finishes a passwordless sign-in: the very session and token pair a password login opens,
-/// and the `amr` of the credential. The `passkey_token` is spent whatever the outcome. A
-/// passkey verifies its user itself, so no second factor is asked; disabled accounts, and
-/// unverified addresses under REQUIRE_EMAIL_VERIFICATION, are refused as at POST /login.
-pub async fn finish_sign_in(
-    app: &App,
-    client: &Client,
-    passkey_token: &str,
-    assertion: &PublicKeyCredential,
-) -> Result<(Grant, &'static str), ApiError> {
-    let result = attempt_sign_in(app, client, passkey_token, assertion).await;
-    if result.as_ref().is_err_and(|e| e.code().0.is_server_error()) {
-        count(app, "sign_in", "error");
-    }
-    result
-}
-
-async fn attempt_sign_in(
-    app: &App,
-    client: &Client,
-    passkey_token: &str,
-    assertion: &PublicKeyCredential,
-) -> Result<(Grant, &'static str), ApiError> {
-    let pk = passkeys(app)?;
-    if let Err(e) = app.limit_client(Scope::LoginIp, client).await {
-        count(app, "sign_in", "throttled");
-        return Err(e);
-    }
-    let refuse = |subject: Option<Uuid>, reason: &str| {
-        count(app, "sign_in", "invalid");
-        app.audit.record(
-            AuditEvent::failure(AuditKind::Login)
-                .subject(subject)
-                .ip(client.ip.clone())
-                .detail(serde_json::json!({ "method": "passkey", "reason": reason })),
-        );
-        ApiError::InvalidGrant(SIGN_IN_REFUSED.into())
-    };
-    if passkey_token.is_empty() || passkey_token.len() > 128 {
-        return Err(refuse(None, "no_ceremony"));
-    }
-    let state = pk
-        .pending
-        .take(Kind::WebauthnSignIn, passkey_token)
-        .await?
-        .and_then(|r| serde_json::from_str::<DiscoverableAuthentication>(&r).ok());
-    let Some(state) = state else {
-        return Err(refuse(None, "no_ceremony"));
-    };
-    let Ok((user_id, raw_id)) = pk.webauthn.identify_discoverable_authentication(assertion) else {
-        return Err(refuse(None, "invalid_assertion"));
-    };
-    let credential = match app
-        .users
-        .ask(FindWebauthn(URL_SAFE_NO_PAD.encode(raw_id)))
-        .await?
-    {
-        Some(c) if c.user_id == user_id => c,
-        _ => return Err(refuse(None, "unknown_credential")),
-    };
-    let Ok(passkey) = serde_json::from_str::<Passkey>(&credential.passkey) else {
-        return Err(ApiError::Internal(format!(
-            "stored passkey {} does not parse",
-            credential.id
-        )));
-    };
-    let result = match pk
-        .webauthn
-        .finish_discoverable_authentication_v2(assertion, state, &passkey)
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(%user_id, cause = %e, "passkey sign-in refused");
-            return Err(refuse(Some(user_id), "invalid_assertion"));
-        }
-    };
-    if !record_use(app, &credential, passkey, &result).await? {
-        return Err(refuse(Some(user_id), "counter"));
-    }
-    let account = app
-        .users
-        .ask(FindAccount(user_id))
-        .await?
-        .ok_or_else(|| refuse(Some(user_id), "disabled"))?;
-    let access = match app.users.ask(FindAccess(user_id)).await? {
-        Some(a) if !a.disabled => a.access,
-        _ => {
-            count(app, "sign_in", "invalid");
-            app.audit.record(
-                AuditEvent::failure(AuditKind::Login)
-                    .subject(user_id)
-                    .ip(client.ip.clone())
-                    .detail(serde_json::json!({ "method": "passkey", "reason": "disabled" })),
-            );
-            return Err(ApiError::InvalidCredentials);
-        }
-    };
-    if app.settings.require_verification && !account.email_verified {
-        count(app, "sign_in", "email_not_verified");
-        app.audit.record(
-            AuditEvent::denied(AuditKind::Login)
-                .subject(user_id)
-                .ip(client.ip.clone())
-                .detail(serde_json::json!({ "method": "passkey", "reason": "email_not_verified" })),
-        );
-        super::email::remind_unverified(app, &account).await?;
-        return Err(ApiError::EmailNotVerified);
-    }
-    let attempt = LoginAttempt::new(app, client, &account.email, Way::Passkey);
-    let amr = amr(&result);
-    // A passkey with user verification is a sign-in of its own: the key's `amr` only.
-    let auth = Arc::new(crate::session::AuthContext::new(&[amr], attempt.now, None));
-    let (refresh, access) = match attempt.open_session(user_id, access, auth.clone()).await {
-        Ok(opened) => opened,
-        Err(e) => {
-            if matches!(e, ApiError::InvalidCredentials) {
-                count(app, "sign_in", "invalid");
-            }
-            return Err(e);
-        }
-    };
-    count(app, "sign_in", "success");
-    app.audit.record(
-        AuditEvent::success(AuditKind::Login)
-            .by(user_id)
-            .ip(client.ip.clone())
-            .detail(serde_json::json!({
-                "session_id": refresh.session_id,
-                "method": "passkey",
-                "credential": credential.id,
-            })),
-    );
-    tracing::info!(%user_id, session_id = %refresh.session_id, "signed in with a passkey");
-    super::email::note_login(app, client, &account).await;
-    let now = attempt.now;
-    Ok((
-        Grant {
-            refresh,
-            access: Arc::new(access),
-            expires_at: now + app.settings.session_lifetime.as_secs() as i64,
-            issued_at: now,
-            jti: Uuid::new_v4(),
-            auth,
-        },
-        amr,
-    ))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use super::{
     respond::{json_body, token_response},
 };
 use crate::{
-    app::{step_up, webauthn},
+    app::{passkey_sign_in, step_up, webauthn},
     auth::AuthenticatedSession,
     error::ApiError,
     state::AppState,
@@ -213,7 +213,7 @@ pub async fn start_sign_in(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let client = client(&req, &state);
-    let (passkey_token, options) = webauthn::start_sign_in(&state.app, &client).await?;
+    let (passkey_token, options) = passkey_sign_in::start_sign_in(&state.app, &client).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(PasskeySignIn {
@@ -258,6 +258,6 @@ pub async fn finish_sign_in(
     } = body.into_inner();
     // `_amr` (hwk, or swk for a synced passkey) is in the grant's authentication already.
     let (grant, _amr) =
-        webauthn::finish_sign_in(&state.app, &client, &passkey_token, &credential).await?;
+        passkey_sign_in::finish_sign_in(&state.app, &client, &passkey_token, &credential).await?;
     token_response(&state.jwt, grant).await
 }

@@ -44,6 +44,11 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
 
 /// The first segment of every `crate::a::...` and `crate::{a::.., b}` outside comments.
 fn crate_paths(code: &str) -> Vec<String> {
+    paths_after(code, "crate::")
+}
+
+/// The first segment of every `<prefix>a::...` and `<prefix>{a::.., b}` outside comments.
+fn paths_after(code: &str, prefix: &str) -> Vec<String> {
     let code: String = code
         .lines()
         .map(|l| l.split("//").next().unwrap_or_default())
@@ -56,8 +61,16 @@ fn crate_paths(code: &str) -> Vec<String> {
             .collect()
     };
     let mut names = Vec::new();
-    for (at, _) in code.match_indices("crate::") {
-        let rest = &code[at + "crate::".len()..];
+    for (at, _) in code.match_indices(prefix) {
+        // `crate::` is not the end of `xcrate::`; `super::` not of `a::super::`.
+        if code[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+        {
+            continue;
+        }
+        let rest = &code[at + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
             // Top-level entries of the group: split on commas outside nested braces.
             let (mut depth, mut start) = (0usize, 0usize);
@@ -165,4 +178,80 @@ fn the_import_reader_sees_groups_and_paths() {
         find_circle(&graph),
         Some(vec!["x".into(), "y".into(), "x".into()])
     );
+}
+
+/// The files directly in `src/<dir>/` → the sibling files each names (`super::x`,
+/// `crate::<dir>::x`), test modules excluded; `mod.rs`, the wiring, is left out.
+fn sibling_imports(dir: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&root).expect("a source directory") {
+        let path = entry.expect("directory entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let name = path
+                .file_stem()
+                .expect("a name")
+                .to_string_lossy()
+                .to_string();
+            let text = std::fs::read_to_string(&path).expect("a source file");
+            let code = text
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            files.insert(name, code);
+        }
+    }
+    files.remove("mod");
+    let names: BTreeSet<String> = files.keys().cloned().collect();
+    files
+        .iter()
+        .map(|(name, code)| {
+            let mut named: BTreeSet<String> = paths_after(code, "super::")
+                .into_iter()
+                .chain(paths_after(code, &format!("crate::{dir}::")))
+                .filter(|n| n != name && names.contains(n))
+                .collect();
+            named.remove(name);
+            (name.clone(), named)
+        })
+        .collect()
+}
+
+/// The application layer imports in one direction: flows (a way in, an account change) use the
+/// shared proofs (second factors, step-up) and the leaves, never the other way round, and no
+/// two files import each other however long the way. The leaves import no application file.
+#[test]
+fn application_files_import_in_one_direction() {
+    let graph = sibling_imports("app");
+    assert!(graph.len() > 8, "read too few files: {graph:?}");
+    if let Some(circle) = find_circle(&graph) {
+        panic!("import circle in src/app/: {}", circle.join(" -> "));
+    }
+    for leaf in ["limits", "notices", "sessions"] {
+        assert_eq!(graph.get(leaf), Some(&BTreeSet::new()), "{leaf} imports");
+    }
+}
+
+/// Route files import no other route file; what several share is in the shared ones.
+#[test]
+fn route_files_import_only_the_shared_route_files() {
+    let graph = sibling_imports("routes");
+    assert!(graph.len() > 8, "read too few files: {graph:?}");
+    let shared = ["respond", "passkey_json"];
+    for (file, named) in &graph {
+        for other in named {
+            assert!(
+                shared.contains(&other.as_str()) && !shared.contains(&file.as_str()),
+                "src/routes/{file}.rs imports src/routes/{other}.rs"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_file_import_reader_sees_super_groups() {
+    let code = "use super::{a::B, c::{d, e}, App};\nuse crate::app::f::g;\na::super::h;\n";
+    assert_eq!(paths_after(code, "super::"), ["a", "c", "App"]);
+    assert_eq!(paths_after(code, "crate::app::"), ["f"]);
 }
