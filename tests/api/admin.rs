@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::{both_backends, helpers::*, services_only};
+use crate::{both_backends, services_only, support::*};
 
 both_backends!(
     admin_endpoints_need_their_permission_and_a_valid_existing_id,

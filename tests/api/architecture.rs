@@ -1,5 +1,6 @@
 //! The shape of `src/`, read from the source: the top-level modules import each other without a
-//! circle, and the bottom layers import nothing above them (see docs/architecture.md).
+//! circle, and the bottom layers import nothing above them (see docs/architecture.md). And the
+//! shape of this test binary: no test module imports another; what they share is in support/.
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
@@ -218,6 +219,43 @@ fn sibling_imports(dir: &str) -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
+/// Each test module of tests/api/ (every `*.rs` there but main.rs; support/ is a folder) → the
+/// other test modules it names through `crate::`.
+fn test_module_imports() -> BTreeMap<String, BTreeSet<String>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api");
+    let mut texts = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).expect("tests/api/ is readable") {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() || path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let module = path
+            .file_stem()
+            .expect("a file name")
+            .to_string_lossy()
+            .to_string();
+        if module != "main" {
+            let text = std::fs::read_to_string(&path).expect("a test module");
+            texts.insert(module, text);
+        }
+    }
+    cross_imports(&texts)
+}
+
+/// Module → the other modules of `texts` its text names through `crate::`.
+fn cross_imports(texts: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
+    texts
+        .iter()
+        .map(|(module, text)| {
+            let named = crate_paths(text)
+                .into_iter()
+                .filter(|n| n != module && texts.contains_key(n))
+                .collect();
+            (module.clone(), named)
+        })
+        .collect()
+}
+
 /// The application layer imports in one direction: flows (a way in, an account change) use the
 /// shared proofs (second factors, step-up) and the leaves, never the other way round, and no
 /// two files import each other however long the way. The leaves import no application file.
@@ -254,4 +292,46 @@ fn the_file_import_reader_sees_super_groups() {
     let code = "use super::{a::B, c::{d, e}, App};\nuse crate::app::f::g;\na::super::h;\n";
     assert_eq!(paths_after(code, "super::"), ["a", "c", "App"]);
     assert_eq!(paths_after(code, "crate::app::"), ["f"]);
+}
+
+/// "a.rs names crate::b::" for every edge of `graph`.
+fn offenders(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    graph
+        .iter()
+        .flat_map(|(module, named)| {
+            named
+                .iter()
+                .map(move |other| format!("tests/api/{module}.rs names crate::{other}::"))
+        })
+        .collect()
+}
+
+#[test]
+fn no_test_module_imports_another() {
+    let graph = test_module_imports();
+    assert!(graph.len() > 10, "read too few test modules: {graph:?}");
+    let found = offenders(&graph);
+    assert!(
+        found.is_empty(),
+        "a test module imports another (move what they share into tests/api/support/): {}",
+        found.join("; ")
+    );
+}
+
+#[test]
+fn the_test_import_reader_names_the_offender() {
+    let texts = BTreeMap::from([
+        (
+            "a".to_string(),
+            "use crate::{b::X, support::*};".to_string(),
+        ),
+        (
+            "b".to_string(),
+            "pub fn x() { crate::support::y() }".to_string(),
+        ),
+    ]);
+    assert_eq!(
+        offenders(&cross_imports(&texts)),
+        ["tests/api/a.rs names crate::b::"]
+    );
 }

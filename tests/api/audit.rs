@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, support::*};
 
 both_backends!(
     account_events_are_recorded_once_with_the_user_as_actor_and_subject,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::{helpers::*, services_only};
+use crate::{services_only, support::*};
 
 services_only!(
     a_read_in_flight_during_a_lost_revocation_is_cached_no_longer_than_the_bound,

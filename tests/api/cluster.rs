@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::{failover::Stream, helpers::*, services_only};
+use crate::{services_only, support::failover::Stream, support::*};
 
 services_only!(
     logout_on_one_pod_revokes_on_the_other_through_the_cluster,

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::{helpers::*, services_only};
+use crate::{services_only, support::*};
 
 services_only!(
     logout_on_one_pod_revokes_the_token_on_the_other,

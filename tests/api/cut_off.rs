@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use uuid::Uuid;
 
-use crate::{both_backends, helpers::*, services_only};
+use crate::{both_backends, services_only, support::*};
 
 both_backends!(a_deleted_accounts_id_still_takes_a_session_revocation);
 services_only!(

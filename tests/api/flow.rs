@@ -2,7 +2,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, support::*};
 
 both_backends!(
     register_login_profile_session_logout_then_401,

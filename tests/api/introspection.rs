@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::{both_backends, helpers::*, services_only};
+use crate::{both_backends, services_only, support::*};
 
 both_backends!(
     clients_are_managed_by_admins_and_the_secret_is_shown_once,

@@ -8,7 +8,7 @@ use sea_orm::{Database, EntityTrait};
 use serde_json::{json, Value};
 use sessiond::{auth::keys, startup::Application};
 
-use crate::{both_backends, helpers::*, services_only};
+use crate::{both_backends, services_only, support::*};
 
 both_backends!(
     tokens_carry_kid_and_typ_and_the_jwks_publishes_their_key,
@@ -506,7 +506,7 @@ async fn switching_the_algorithm_logs_nobody_out() {
 /// A python with the packages of ci/requirements-jwks.txt: JWKS_VERIFIER_PYTHON, or a venv
 /// made on first use (`provision`). `None`: skipped (a failure under REQUIRE_SERVICES=1).
 fn verifier_python() -> Option<String> {
-    crate::provision::python(
+    crate::support::provision::python(
         "the PyJWT verifier (ci/requirements-jwks.txt)",
         "ci/requirements-jwks.txt",
         "JWKS_VERIFIER_PYTHON",

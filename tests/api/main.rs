@@ -1,6 +1,6 @@
 //! The one integration test binary: every API test runs against the embedded default and,
 //! with TEST_DATABASE_URL + TEST_REDIS_URL, against PostgreSQL + Redis.
-mod helpers;
+mod support;
 
 mod admin;
 mod architecture;
@@ -10,7 +10,6 @@ mod cluster;
 mod cross_pod;
 mod cut_off;
 mod escalation;
-mod failover;
 mod flow;
 mod hardening;
 mod introspection;
@@ -22,7 +21,6 @@ mod monitoring;
 mod oidc;
 mod persistence;
 mod process;
-mod provision;
 mod redis_down;
 mod refresh;
 mod registration;

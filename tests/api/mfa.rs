@@ -2,15 +2,19 @@
 //! that need a second factor (POST /login/mfa), one step of clock skew, codes and recovery codes
 //! accepted once, the mfa_token's single use, attempt limit and lifetime, and an admin's reset
 //! of a user's factors.
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use totp_rs::{Algorithm, Builder, Secret, Totp};
+use totp_rs::Totp;
 
-use crate::{both_backends, helpers::*};
+use crate::{
+    both_backends,
+    support::totp::{authenticator, code, enrol, fresh_step},
+    support::*,
+};
 
 both_backends!(
     a_totp_enrolment_then_logins_with_codes_and_recovery_codes,
@@ -25,65 +29,6 @@ both_backends!(
     a_stale_session_cannot_confirm_an_enrolment,
     recovery_codes_are_stored_keyed_and_codes_of_the_first_scheme_still_work,
 );
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// Waits until at least 10 s of the current 30 s step remain, so a code computed now is judged
-/// against the same step by the server.
-async fn fresh_step() {
-    let left = 30 - unix_now() % 30;
-    if left < 10 {
-        actix_web::rt::time::sleep(Duration::from_secs(left + 1)).await;
-    }
-}
-
-fn authenticator(secret: &str) -> Totp {
-    let bytes = Secret::try_from_base32(secret).expect("base32 secret");
-    Builder::new()
-        .with_algorithm(Algorithm::SHA1)
-        .with_digits(6)
-        .with_step_duration(30)
-        .with_secret(bytes.as_ref().to_vec())
-        .build()
-        .expect("RFC 6238 parameters")
-}
-
-/// The authenticator's code `offset` steps from now.
-pub(crate) fn code(totp: &Totp, offset: i64) -> String {
-    let t = unix_now() as i64 + offset * 30;
-    totp.generate(t as u64).to_string()
-}
-
-/// Enrols a TOTP authenticator for the account (confirmed with the current code); returns it and
-/// the recovery codes.
-pub(crate) async fn enrol(app: &TestApp, token: &str) -> (Totp, Vec<String>) {
-    let r = app.request(Method::POST, "/mfa/totp", token, None).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let secret = r.body["secret"].as_str().expect("secret").to_string();
-    let totp = authenticator(&secret);
-    fresh_step().await;
-    let r = app
-        .request(
-            Method::POST,
-            "/mfa/totp/confirm",
-            token,
-            Some(&json!({"code": code(&totp, 0)})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let codes: Vec<String> = r.body["recovery_codes"]
-        .as_array()
-        .expect("recovery_codes")
-        .iter()
-        .map(|c| c.as_str().expect("code").to_string())
-        .collect();
-    (totp, codes)
-}
 
 /// POST /login with the right password: the mfa_token of the 403.
 async fn mfa_token(app: &TestApp, email: &str) -> String {

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::Value;
 
-use crate::{helpers::*, services_only};
+use crate::{services_only, support::*};
 
 services_only!(dashboard_and_alerts_name_only_metrics_the_server_exposes);
 

@@ -13,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use reqwest::{redirect::Policy, StatusCode, Url};
 use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::{json, Value};
@@ -24,7 +23,11 @@ use tokio::{
     process::{Child, Command},
 };
 
-use crate::{both_backends, helpers::*, services_only};
+use crate::{
+    both_backends, services_only,
+    support::oauth::{browser, pkce, query, urlencode, GithubStandIn},
+    support::*,
+};
 
 both_backends!(
     first_sign_in_creates_a_passwordless_account_and_the_second_reuses_it,
@@ -75,7 +78,7 @@ impl Provider {
     /// to `public`. `userinfo_only`: email claims in the UserInfo response, not the ID token.
     /// `None`: the provider could not be installed (`provision`), and the test is skipped.
     async fn start(public: &str, userinfo_only: bool) -> Option<Self> {
-        let dir = crate::provision::oidc_provider()?;
+        let dir = crate::support::provision::oidc_provider()?;
         let config = json!({"clients": [
             {"client_id": "sessiond", "client_secret": CLIENT_SECRET,
              "redirect_uris": [format!("{public}/oauth/corp/callback")]},
@@ -256,31 +259,6 @@ async fn setup(backend: Backend) -> Option<Setup> {
     setup_with(backend, &[]).await
 }
 
-/// A browser: keeps cookies, follows no redirect by itself.
-pub(crate) fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("browser")
-}
-
-/// A client's PKCE pair: (verifier, S256 challenge).
-pub(crate) fn pkce() -> (String, String) {
-    let verifier = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    (verifier, challenge)
-}
-
-pub(crate) fn query(url: &str, name: &str) -> Option<String> {
-    Url::parse(url)
-        .ok()?
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 /// Follows the browser's way from `url`, signing in as `sub` on the provider's login page and
 /// consenting, until a URL that starts with `stop` (not requested).
 async fn browse(browser: &reqwest::Client, mut url: String, sub: &str, stop: &str) -> String {
@@ -425,17 +403,6 @@ impl Setup {
         let _ = db.close().await;
         n
     }
-}
-
-pub(crate) fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn first_sign_in_creates_a_passwordless_account_and_the_second_reuses_it(backend: Backend) {
@@ -1080,121 +1047,6 @@ async fn a_passwordless_account_sets_a_password_right_after_signing_in(backend: 
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
-// GitHub: a local stand-in for GitHub, not GitHub itself. It speaks the documented shape of
-// GitHub's OAuth web flow (`/login/oauth/authorize`, `/login/oauth/access_token` with PKCE) and
-// of its REST API (`GET /user`, `GET /user/emails`), and approves every authorization at once.
-
-#[derive(Default)]
-struct GithubState {
-    /// code → (redirect_uri, code_challenge)
-    codes: std::collections::HashMap<String, (String, String)>,
-    tokens: Vec<String>,
-    user: Value,
-    emails: Value,
-}
-
-pub(crate) struct GithubStandIn {
-    pub(crate) url: String,
-    state: Arc<Mutex<GithubState>>,
-    handle: actix_web::dev::ServerHandle,
-}
-
-impl GithubStandIn {
-    pub(crate) async fn start() -> Self {
-        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-        let state: Arc<Mutex<GithubState>> = Arc::default();
-        let shared = web::Data::from(state.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        async fn authorize(
-            s: web::Data<Mutex<GithubState>>,
-            q: web::Query<std::collections::HashMap<String, String>>,
-        ) -> HttpResponse {
-            assert_eq!(q["client_id"], "gh-client");
-            assert_eq!(q["code_challenge_method"], "S256");
-            let code = uuid::Uuid::new_v4().simple().to_string();
-            s.lock().unwrap().codes.insert(
-                code.clone(),
-                (q["redirect_uri"].clone(), q["code_challenge"].clone()),
-            );
-            let to = format!(
-                "{}?code={code}&state={}",
-                q["redirect_uri"],
-                urlencode(&q["state"])
-            );
-            HttpResponse::Found()
-                .insert_header(("location", to))
-                .finish()
-        }
-        async fn access_token(
-            s: web::Data<Mutex<GithubState>>,
-            form: web::Form<std::collections::HashMap<String, String>>,
-        ) -> HttpResponse {
-            let mut s = s.lock().unwrap();
-            let ok = form.get("client_secret").map(String::as_str) == Some("gh-secret")
-                && match s.codes.remove(&form["code"]) {
-                    Some((redirect, challenge)) => {
-                        redirect == form["redirect_uri"]
-                            && URL_SAFE_NO_PAD
-                                .encode(Sha256::digest(form["code_verifier"].as_bytes()))
-                                == challenge
-                    }
-                    None => false,
-                };
-            if !ok {
-                // GitHub answers a bad code with 200 and an error field.
-                return HttpResponse::Ok().json(json!({"error": "bad_verification_code"}));
-            }
-            let token = format!("gho_{}", uuid::Uuid::new_v4().simple());
-            s.tokens.push(token.clone());
-            HttpResponse::Ok().json(json!({"access_token": token, "token_type": "bearer", "scope": "read:user,user:email"}))
-        }
-        fn authorized(s: &GithubState, req: &HttpRequest) -> bool {
-            let auth = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            auth.and_then(|a| a.strip_prefix("Bearer "))
-                .is_some_and(|t| s.tokens.iter().any(|k| k == t))
-        }
-        async fn user(s: web::Data<Mutex<GithubState>>, req: HttpRequest) -> HttpResponse {
-            let s = s.lock().unwrap();
-            if !authorized(&s, &req) {
-                return HttpResponse::Unauthorized().json(json!({"message": "Bad credentials"}));
-            }
-            HttpResponse::Ok().json(s.user.clone())
-        }
-        async fn emails(s: web::Data<Mutex<GithubState>>, req: HttpRequest) -> HttpResponse {
-            let s = s.lock().unwrap();
-            if !authorized(&s, &req) {
-                return HttpResponse::Unauthorized().json(json!({"message": "Bad credentials"}));
-            }
-            HttpResponse::Ok().json(s.emails.clone())
-        }
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(shared.clone())
-                .route("/login/oauth/authorize", web::get().to(authorize))
-                .route("/login/oauth/access_token", web::post().to(access_token))
-                .route("/api/user", web::get().to(user))
-                .route("/api/user/emails", web::get().to(emails))
-        })
-        .workers(1)
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
-        GithubStandIn { url, state, handle }
-    }
-
-    pub(crate) fn set_user(&self, id: u64, emails: Value) {
-        let mut s = self.state.lock().unwrap();
-        s.user = json!({"id": id, "login": format!("octo{id}"), "name": "Octo Cat"});
-        s.emails = emails;
-    }
-}
-
 async fn github_sign_ins_use_the_primary_verified_email_only(backend: Backend) {
     let gh = GithubStandIn::start().await;
     let Some(s) = setup_with(
@@ -1319,7 +1171,7 @@ async fn a_provider_sign_in_to_an_account_with_totp_asks_for_the_code(backend: B
         .await;
     let first = s.tokens("tess-1").await;
     let access = first.body["access_token"].as_str().expect("access token");
-    let (totp, _) = crate::mfa::enrol(&s.app, access).await;
+    let (totp, _) = crate::support::totp::enrol(&s.app, access).await;
 
     let (back, verifier) = s.sign_in("tess-1").await;
     let code = query(&back, "code").unwrap_or_else(|| panic!("a code: {back}"));
@@ -1336,7 +1188,7 @@ async fn a_provider_sign_in_to_an_account_with_totp_asks_for_the_code(backend: B
         .app
         .post_json(
             "/login/mfa",
-            &json!({"mfa_token": mfa_token, "totp": crate::mfa::code(&totp, 1)}),
+            &json!({"mfa_token": mfa_token, "totp": crate::support::totp::code(&totp, 1)}),
         )
         .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
@@ -1452,7 +1304,7 @@ async fn a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment(
         json!(["admin", "user"])
     );
     // Enrolment is open; the next sign-in then asks for the code and is not limited.
-    let (totp, _) = crate::mfa::enrol(&s.app, access).await;
+    let (totp, _) = crate::support::totp::enrol(&s.app, access).await;
     let (back, verifier) = s.sign_in("ines-1").await;
     let code = query(&back, "code").unwrap_or_else(|| panic!("a code: {back}"));
     let reply = s.redeem(&code, &verifier).await;
@@ -1461,7 +1313,7 @@ async fn a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment(
         .app
         .post_json(
             "/login/mfa",
-            &json!({"mfa_token": reply.body["mfa_token"], "totp": crate::mfa::code(&totp, 1)}),
+            &json!({"mfa_token": reply.body["mfa_token"], "totp": crate::support::totp::code(&totp, 1)}),
         )
         .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
@@ -1475,7 +1327,7 @@ async fn a_provider_sign_in_to_a_role_that_requires_mfa_is_limited_to_enrolment(
 /// A provider-made account (no password) with a passkey steps up with the passkey alone, then
 /// makes the change its stale session was refused.
 async fn a_passwordless_account_steps_up_with_its_passkey(backend: Backend) {
-    use crate::webauthn::{register, step_up_start, Passkey, ORIGIN, RP_ID};
+    use crate::support::passkey::{register, step_up_start, Passkey, ORIGIN, RP_ID};
     let Some(s) = setup_with(
         backend,
         &[
@@ -1659,7 +1511,9 @@ async fn no_provider_enters_an_account_the_password_may_not_under_required_verif
 /// added before it (identities, passkeys, TOTP, sessions), and the notice says so. A reset of an
 /// address proven before keeps them.
 async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(backend: Backend) {
-    let Some(smtp) = crate::mail::Smtp::start(crate::mail::Tls::Implicit, false).await else {
+    let Some(smtp) =
+        crate::support::smtp::Smtp::start(crate::support::smtp::Tls::Implicit, false).await
+    else {
         return;
     };
     let Some(s) = setup_configured(backend, &[], false, |dep| smtp.configure(dep)).await else {
@@ -1673,19 +1527,19 @@ async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(
         .await;
     let back = s.link(&attacker.access, "mallory-sso").await;
     assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
-    crate::mfa::enrol(&s.app, &attacker.access).await;
+    crate::support::totp::enrol(&s.app, &attacker.access).await;
     assert_eq!(s.count("identities").await, 1);
     assert_eq!(s.count("mfa_totp").await, 1);
 
     // The victim recovers the address through the mailed link.
-    let r = crate::mail::forgot(&s.app, victim).await;
+    let r = crate::support::smtp::forgot(&s.app, victim).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let token = smtp
         .nth_with(victim, "Reset your password", 1)
         .await
         .token();
     let new_password = "victim takes it back";
-    let r = crate::mail::reset(&s.app, &token, new_password).await;
+    let r = crate::support::smtp::reset(&s.app, &token, new_password).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
 
     assert_eq!(s.count("identities").await, 0);
@@ -1730,12 +1584,12 @@ async fn the_first_proof_of_an_address_removes_the_sign_in_methods_added_before(
         .await;
     let back = s.link(&mine.access, "vic-own").await;
     assert_eq!(query(&back, "linked").as_deref(), Some("corp"), "{back}");
-    crate::mail::forgot(&s.app, victim).await;
+    crate::support::smtp::forgot(&s.app, victim).await;
     let token = smtp
         .nth_with(victim, "Reset your password", 2)
         .await
         .token();
-    let r = crate::mail::reset(&s.app, &token, "victim resets again").await;
+    let r = crate::support::smtp::reset(&s.app, &token, "victim resets again").await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let listed = s
         .app
@@ -1786,7 +1640,9 @@ async fn a_linking_flow_ends_with_the_session_that_started_it(backend: Backend) 
 /// The new-sign-in notice covers provider sign-ins too: a sign-in from a client (address and
 /// user agent) the account has not used in 30 days is mailed to its owner.
 async fn a_provider_sign_in_from_a_new_client_is_mailed_about(backend: Backend) {
-    let Some(smtp) = crate::mail::Smtp::start(crate::mail::Tls::Implicit, false).await else {
+    let Some(smtp) =
+        crate::support::smtp::Smtp::start(crate::support::smtp::Tls::Implicit, false).await
+    else {
         return;
     };
     let Some(s) = setup_configured(backend, &[], false, |dep| smtp.configure(dep)).await else {
@@ -1821,7 +1677,9 @@ async fn a_provider_sign_in_from_a_new_client_is_mailed_about(backend: Backend) 
 /// ASVS 6.3.7: the owner is mailed when an identity is linked to the account and when it is
 /// unlinked; a refused unlink (the last way to sign in) changes nothing and mails nothing.
 async fn linking_and_unlinking_an_identity_is_mailed_to_the_owner(backend: Backend) {
-    let Some(smtp) = crate::mail::Smtp::start(crate::mail::Tls::Implicit, false).await else {
+    let Some(smtp) =
+        crate::support::smtp::Smtp::start(crate::support::smtp::Tls::Implicit, false).await
+    else {
         return;
     };
     let Some(s) = setup_configured(backend, &[], false, |dep| smtp.configure(dep)).await else {

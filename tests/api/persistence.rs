@@ -1,6 +1,6 @@
 use reqwest::StatusCode;
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, support::*};
 
 both_backends!(restart_keeps_users_and_redis_sessions);
 

@@ -9,7 +9,7 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, support::*};
 
 both_backends!(
     json_logs_of_a_full_flow_never_contain_secrets,

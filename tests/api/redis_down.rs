@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::{helpers::*, services_only};
+use crate::{services_only, support::*};
 
 services_only!(redis_outage_fails_closed_and_recovers);
 

@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Database, Statement};
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, support::*};
 
 both_backends!(
     duplicate_email_in_any_spelling_is_409,

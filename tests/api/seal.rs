@@ -15,10 +15,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{
-    helpers::*,
-    oidc::{browser, pkce, query, urlencode, GithubStandIn},
     services_only,
-    webauthn::{register, Passkey, ORIGIN, RP_ID},
+    support::oauth::{browser, pkce, query, urlencode, GithubStandIn},
+    support::passkey::{register, Passkey, ORIGIN, RP_ID},
+    support::*,
 };
 
 services_only!(
@@ -663,7 +663,7 @@ async fn a_planted_pending_mfa_login_does_not_stand_for_the_password() {
     let (_, tokens) = app.user().await;
     let victim = live(tokens);
     // The second factor alone (a code read over the victim's shoulder), not the password.
-    let (totp, _) = crate::mfa::enrol(&app, &victim.tokens.access).await;
+    let (totp, _) = crate::support::totp::enrol(&app, &victim.tokens.access).await;
     let token = "a-token-of-the-attackers-choosing";
     let fields = [
         ("user_id".to_string(), victim.uid.to_string()),
@@ -674,7 +674,7 @@ async fn a_planted_pending_mfa_login_does_not_stand_for_the_password() {
     let before = sessions_of(&dep, victim.uid).await;
     app.post_json(
         "/login/mfa",
-        &json!({"mfa_token": token, "totp": crate::mfa::code(&totp, 1)}),
+        &json!({"mfa_token": token, "totp": crate::support::totp::code(&totp, 1)}),
     )
     .await
     .assert_error(400, "invalid_grant");
@@ -895,8 +895,8 @@ async fn pending_mfa_logins_edited_or_swapped_are_refused() {
     let (attacker_email, attacker) = app.user().await;
     let (victim_email, victim) = app.user().await;
     let victim = live(victim);
-    crate::mfa::enrol(&app, &attacker.access).await;
-    let (victim_totp, _) = crate::mfa::enrol(&app, &victim.tokens.access).await;
+    crate::support::totp::enrol(&app, &attacker.access).await;
+    let (victim_totp, _) = crate::support::totp::enrol(&app, &victim.tokens.access).await;
     let pending = async |email: &str| {
         let before = keys_of(&dep, "mfa").await;
         let r = app.login_reply(email, PASSWORD).await;
@@ -907,7 +907,7 @@ async fn pending_mfa_logins_edited_or_swapped_are_refused() {
     let second_factor = async |token: &str| {
         app.post_json(
             "/login/mfa",
-            &json!({"mfa_token": token, "totp": crate::mfa::code(&victim_totp, 1)}),
+            &json!({"mfa_token": token, "totp": crate::support::totp::code(&victim_totp, 1)}),
         )
         .await
     };
@@ -955,7 +955,7 @@ async fn one_time_records_of_the_previous_secret_are_found_and_verify() {
     dep.set("JWT_SECRET", old_jwt);
     let old = dep.spawn().await;
     let (email, tokens) = old.user().await;
-    let (totp, _) = crate::mfa::enrol(&old, &tokens.access).await;
+    let (totp, _) = crate::support::totp::enrol(&old, &tokens.access).await;
     let pending = async || {
         let r = old.login_reply(&email, PASSWORD).await;
         r.assert_error(403, "mfa_required");
@@ -975,7 +975,7 @@ async fn one_time_records_of_the_previous_secret_are_found_and_verify() {
     let r = rotated
         .post_json(
             "/login/mfa",
-            &json!({"mfa_token": kept, "totp": crate::mfa::code(&totp, 1)}),
+            &json!({"mfa_token": kept, "totp": crate::support::totp::code(&totp, 1)}),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -987,7 +987,7 @@ async fn one_time_records_of_the_previous_secret_are_found_and_verify() {
     forgot
         .post_json(
             "/login/mfa",
-            &json!({"mfa_token": forgotten, "totp": crate::mfa::code(&totp, 2)}),
+            &json!({"mfa_token": forgotten, "totp": crate::support::totp::code(&totp, 2)}),
         )
         .await
         .assert_error(400, "invalid_grant");

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, support::*};
 
 both_backends!(
     metrics_port_serves_metrics_and_the_public_port_has_none_in_any_spelling,

@@ -4,7 +4,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::{both_backends, helpers::*, services_only};
+use crate::{both_backends, services_only, support::*};
 
 both_backends!(
     inventory_marks_the_current_session_and_hides_others,

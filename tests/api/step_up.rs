@@ -8,10 +8,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::{
-    both_backends,
-    helpers::*,
-    mfa::{code, enrol},
-    services_only,
+    both_backends, services_only,
+    support::totp::{code, enrol},
+    support::*,
 };
 
 both_backends!(

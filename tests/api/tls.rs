@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Backend, Deployment};
+use crate::support::{Backend, Deployment};
 
 #[actix_web::test]
 async fn serves_https_with_the_given_certificate_and_refuses_plain_http() {

@@ -2,7 +2,7 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, support::*};
 
 both_backends!(forged_expired_and_foreign_tokens_are_401);
 

@@ -12,7 +12,7 @@ use std::{
 use reqwest::StatusCode;
 use uuid::Uuid;
 
-use crate::{failover::Stream, helpers::*, services_only};
+use crate::{services_only, support::failover::Stream, support::*};
 
 services_only!(
     tls_pods_share_logout_refresh_throttling_and_roles,

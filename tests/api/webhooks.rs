@@ -19,7 +19,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::helpers::{
+use crate::support::{
     admin, call, create_role, eventually, plain, set_roles, with_admins, Account, Backend,
     Deployment, TestApp, PASSWORD,
 };

@@ -12,7 +12,7 @@ use std::{
 
 use reqwest::StatusCode;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// The stream's workers and what they saw.
 #[derive(Default)]
