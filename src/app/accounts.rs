@@ -603,14 +603,20 @@ impl<'a> LoginAttempt<'a> {
                 .detail(detail),
         );
         tracing::info!(user_id = %user_id, session_id = %refresh.session_id, "logged in");
-        Ok(Grant {
+        Ok(self.grant(refresh, access, auth))
+    }
+
+    /// The grant of a session [`Self::open_session`] opened: its tokens are issued now, and it
+    /// ends SESSION_LIFETIME from now.
+    pub(super) fn grant(&self, refresh: RefreshToken, access: Access, auth: SharedAuth) -> Grant {
+        Grant {
             refresh,
             access: Arc::new(access),
-            expires_at: self.now + app.settings.session_lifetime.as_secs() as i64,
+            expires_at: self.now + self.app.settings.session_lifetime.as_secs() as i64,
             issued_at: self.now,
             jti: Uuid::new_v4(),
             auth,
-        })
+        }
     }
 
     /// Clears the failures, and remembers the address for this account.

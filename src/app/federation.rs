@@ -793,18 +793,7 @@ async fn attempt_redeem(
     if let Ok(Some(account)) = app.users.ask(FindAccount(grant.user_id)).await {
         super::notices::note_login(app, client, &account).await;
     }
-    let now = attempt.now;
-    Ok((
-        Grant {
-            refresh,
-            access: Arc::new(access),
-            expires_at: now + app.settings.session_lifetime.as_secs() as i64,
-            issued_at: now,
-            jti: Uuid::new_v4(),
-            auth,
-        },
-        grant.provider,
-    ))
+    Ok((attempt.grant(refresh, access, auth), grant.provider))
 }
 
 /// A one-time code presented again: the session its first use opened (if any yet) is revoked

@@ -197,16 +197,5 @@ async fn attempt_sign_in(
     );
     tracing::info!(%user_id, session_id = %refresh.session_id, "signed in with a passkey");
     super::notices::note_login(app, client, &account).await;
-    let now = attempt.now;
-    Ok((
-        Grant {
-            refresh,
-            access: Arc::new(access),
-            expires_at: now + app.settings.session_lifetime.as_secs() as i64,
-            issued_at: now,
-            jti: Uuid::new_v4(),
-            auth,
-        },
-        amr,
-    ))
+    Ok((attempt.grant(refresh, access, auth), amr))
 }
