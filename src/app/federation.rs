@@ -140,6 +140,12 @@ fn check_challenge(challenge: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Whether a PKCE verifier answers an S256 challenge (compared in constant time).
+fn verifier_matches(verifier: &str, challenge: &str) -> bool {
+    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    bool::from(computed.as_bytes().ct_eq(challenge.as_bytes()))
+}
+
 fn federation(app: &App) -> Result<&Federation, ApiError> {
     app.federation
         .as_ref()
@@ -651,10 +657,7 @@ pub async fn confirm_link(
             "a linking flow's code brought by a session that did not start it: refused");
         return Err(invalid());
     }
-    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(code_verifier.as_bytes()));
-    if pending.provider != provider
-        || !bool::from(computed.as_bytes().ct_eq(pending.code_challenge.as_bytes()))
-    {
+    if pending.provider != provider || !verifier_matches(code_verifier, &pending.code_challenge) {
         return Err(invalid());
     }
     let asserted = Asserted {
@@ -727,8 +730,7 @@ async fn attempt_redeem(
     fed.pending
         .put(Kind::SpentCode, code, &spent, SPENT_CODE_TTL)
         .await?;
-    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(code_verifier.as_bytes()));
-    if !bool::from(computed.as_bytes().ct_eq(grant.code_challenge.as_bytes())) {
+    if !verifier_matches(code_verifier, &grant.code_challenge) {
         app.metrics
             .oauth_signins
             .with_label_values(&[grant.provider.as_str(), "invalid_grant"])

@@ -321,7 +321,13 @@ impl Setup {
 
     /// Starts linking an identity at `corp` to the account of `access`: the authorize URL.
     async fn link_url(&self, access: &str) -> String {
-        let (_, challenge) = pkce();
+        self.link_start(access).await.0
+    }
+
+    /// Starts linking an identity at `corp` to the account of `access`: the authorize URL and
+    /// the PKCE verifier of the challenge sent.
+    async fn link_start(&self, access: &str) -> (String, String) {
+        let (verifier, challenge) = pkce();
         let started = self
             .app
             .request(
@@ -332,7 +338,8 @@ impl Setup {
             )
             .await;
         assert_eq!(started.status, StatusCode::OK, "{}", started.body);
-        started.body["authorize_url"].as_str().unwrap().to_string()
+        let url = started.body["authorize_url"].as_str().unwrap().to_string();
+        (url, verifier)
     }
 
     fn start_url(&self, provider: &str, challenge: &str) -> String {
@@ -1758,21 +1765,7 @@ async fn with_link_confirm_a_swapped_linking_flow_links_nothing(backend: Backend
     s.provider
         .set_account("vic-sso", "vic@corp.example", true)
         .await;
-    let start = async |access: &str| {
-        let (verifier, challenge) = pkce();
-        let started = s
-            .app
-            .request(
-                reqwest::Method::POST,
-                "/profile/identities/corp/start",
-                access,
-                Some(&json!({"return_to": RETURN_TO, "code_challenge": challenge})),
-            )
-            .await;
-        assert_eq!(started.status, StatusCode::OK, "{}", started.body);
-        let url = started.body["authorize_url"].as_str().unwrap().to_string();
-        (url, verifier)
-    };
+    let start = async |access: &str| s.link_start(access).await;
     let confirm = async |access: &str, code: &str, verifier: &str| {
         s.app
             .request(
