@@ -95,15 +95,7 @@ async fn introspect_raw(
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
-    let res = req.send().await.expect("request sent");
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.bytes().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    Reply::read(req.send().await.expect("request sent")).await
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";

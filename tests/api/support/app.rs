@@ -242,15 +242,7 @@ pub async fn call(
     if let Some(b) = body {
         req = req.json(b);
     }
-    let res = req.send().await.expect("request sent");
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.bytes().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    Reply::read(req.send().await.expect("request sent")).await
 }
 
 /// DELETE `path` with `token`.
